@@ -1,0 +1,55 @@
+//! Command line: `strata serve` and its flags. Every flag is also a `STRATA_…`
+//! environment variable and a key of the TOML config file (flags win over the
+//! environment, which wins over the file).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Kafka-compatible broker whose log lives in object storage"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a broker.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see config/strata.toml).
+    #[arg(long, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to accept Kafka clients on [default: 127.0.0.1:9092].
+    #[arg(long, env = "STRATA_LISTEN")]
+    pub listen: Option<String>,
+    /// Address given to clients in Metadata [default: the listen address].
+    #[arg(long, env = "STRATA_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Local directory for the Raft log, snapshots and cache [default: ./data].
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Object store URL: file:///dir, s3://bucket/prefix or memory:// [default: file://<data-dir>/objects].
+    #[arg(long, env = "STRATA_STORE")]
+    pub store: Option<String>,
+    /// This broker's id [default: 1].
+    #[arg(long, env = "STRATA_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Create unknown topics on Metadata and Produce, like auto.create.topics.enable [default: true].
+    #[arg(long, env = "STRATA_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Flush the write buffer after this many milliseconds [default: 10].
+    #[arg(long, env = "STRATA_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Flush the write buffer once it holds this many bytes [default: 8388608].
+    #[arg(long, env = "STRATA_FLUSH_BYTES")]
+    pub flush_bytes: Option<usize>,
+}

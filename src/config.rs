@@ -1,0 +1,264 @@
+//! Broker configuration: defaults, then the TOML file, then `STRATA_…` variables and
+//! flags. Unknown keys are rejected, and every bad value is reported in one line that
+//! says what to change.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key} = {value:?} is not valid: {hint}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        hint: &'static str,
+    },
+}
+
+/// The TOML file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    store: Option<String>,
+    node_id: Option<u64>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    flush_interval_ms: Option<u64>,
+    flush_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    cache_bytes: Option<usize>,
+    snapshot_every: Option<u64>,
+    group_initial_rebalance_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub advertise_host: String,
+    pub advertise_port: i32,
+    pub data_dir: PathBuf,
+    pub store: String,
+    pub node_id: u64,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub flush_interval: Duration,
+    pub flush_bytes: usize,
+    pub max_request_bytes: usize,
+    pub cache_bytes: usize,
+    pub snapshot_every: u64,
+    pub group_initial_rebalance_delay: Duration,
+}
+
+impl Config {
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            value: listen_text.clone(),
+            hint: "use HOST:PORT with a numeric IP, e.g. 127.0.0.1:9092 or 0.0.0.0:9092",
+        })?;
+        let advertise = args
+            .advertise
+            .clone()
+            .or(file.advertise)
+            .unwrap_or(listen_text);
+        let (advertise_host, advertise_port) =
+            split_host_port(&advertise).ok_or(ConfigError::Invalid {
+                key: "advertise",
+                value: advertise.clone(),
+                hint: "use HOST:PORT that clients can reach, e.g. broker1.example.com:9092",
+            })?;
+        if advertise_host == "0.0.0.0" || advertise_host == "::" {
+            return Err(ConfigError::Invalid {
+                key: "advertise",
+                value: advertise,
+                hint: "clients cannot connect to a wildcard address; set --advertise to a reachable HOST:PORT",
+            });
+        }
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let store = match args.store.clone().or(file.store) {
+            Some(store) => store,
+            None => default_store(&data_dir)?,
+        };
+        let flush_interval_ms = args
+            .flush_interval_ms
+            .or(file.flush_interval_ms)
+            .unwrap_or(10);
+        if !(1..=10_000).contains(&flush_interval_ms) {
+            return Err(ConfigError::Invalid {
+                key: "flush_interval_ms",
+                value: flush_interval_ms.to_string(),
+                hint: "use 1 to 10000 milliseconds",
+            });
+        }
+        let flush_bytes = args.flush_bytes.or(file.flush_bytes).unwrap_or(8 << 20);
+        if !(1024..=(1 << 30)).contains(&flush_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "flush_bytes",
+                value: flush_bytes.to_string(),
+                hint: "use 1024 to 1073741824 bytes",
+            });
+        }
+        let default_partitions = file.default_partitions.unwrap_or(1);
+        if !(1..=crate::metadata::state::MAX_PARTITIONS).contains(&default_partitions) {
+            return Err(ConfigError::Invalid {
+                key: "default_partitions",
+                value: default_partitions.to_string(),
+                hint: "use 1 to 10000",
+            });
+        }
+        let max_request_bytes = file.max_request_bytes.unwrap_or(100 << 20);
+        if !(1024..=(1 << 30)).contains(&max_request_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "max_request_bytes",
+                value: max_request_bytes.to_string(),
+                hint: "use 1024 to 1073741824 bytes",
+            });
+        }
+        let snapshot_every = file.snapshot_every.unwrap_or(10_000);
+        if snapshot_every == 0 {
+            return Err(ConfigError::Invalid {
+                key: "snapshot_every",
+                value: "0".into(),
+                hint: "use a positive number of log entries",
+            });
+        }
+        Ok(Self {
+            listen,
+            advertise_host,
+            advertise_port,
+            data_dir,
+            store,
+            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
+            default_partitions,
+            flush_interval: Duration::from_millis(flush_interval_ms),
+            flush_bytes,
+            max_request_bytes,
+            cache_bytes: file.cache_bytes.unwrap_or(256 << 20),
+            snapshot_every,
+            group_initial_rebalance_delay: Duration::from_millis(
+                file.group_initial_rebalance_delay_ms.unwrap_or(300),
+            ),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.message().to_owned(),
+    })
+}
+
+fn split_host_port(s: &str) -> Option<(String, i32)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && port != 0).then(|| (host.to_owned(), i32::from(port)))
+}
+
+/// `file://<data-dir>/objects`: a local directory, so one machine needs nothing else.
+fn default_store(data_dir: &Path) -> Result<String, ConfigError> {
+    let absolute = std::path::absolute(data_dir).map_err(|_| ConfigError::Invalid {
+        key: "data_dir",
+        value: data_dir.display().to_string(),
+        hint: "use a path the broker can resolve",
+    })?;
+    let url = url::Url::from_directory_path(absolute.join("objects")).map_err(|_| {
+        ConfigError::Invalid {
+            key: "data_dir",
+            value: data_dir.display().to_string(),
+            hint: "use a path the broker can resolve",
+        }
+    })?;
+    Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_one_machine() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(
+            (c.advertise_host.as_str(), c.advertise_port),
+            ("127.0.0.1", 9092)
+        );
+        assert!(c.store.starts_with("file:///") && c.store.ends_with("/data/objects/"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let args = ServeArgs {
+            listen: Some("nonsense".into()),
+            ..Default::default()
+        };
+        let e = Config::load(&args).unwrap_err().to_string();
+        assert!(e.starts_with("listen = \"nonsense\" is not valid"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_typo = 3\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let e = Config::load(&args).unwrap_err().to_string();
+        assert!(e.contains("unknown field `listen_typo`"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1000\"\nnode_id = 7\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            listen: Some("127.0.0.1:2000".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.node_id, 7);
+    }
+}

@@ -1,0 +1,97 @@
+//! DescribeGroups / ListGroups views of the group map.
+
+use std::collections::HashMap;
+
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{GroupId, ListGroupsResponse};
+
+use super::responses::s;
+use super::state::{Group, GroupState};
+
+/// Kafka's GroupMetadata.summary: metadata/assignments are only shown when Stable.
+pub(super) fn describe(group: Option<&Group>, group_id: &GroupId, version: i16) -> DescribedGroup {
+    let out = DescribedGroup::default().with_group_id(group_id.clone());
+    let Some(g) = group else {
+        // Kafka's classic coordinator reports an unknown group as Dead with no error.
+        return out.with_group_state(s(GroupState::Dead.as_str()));
+    };
+    let stable = g.state == GroupState::Stable;
+    let protocol = if stable {
+        g.protocol_name.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let members = g
+        .members
+        .iter()
+        .map(|m| {
+            let mut d = DescribedGroupMember::default()
+                .with_member_id(s(&m.id))
+                .with_client_id(s(&m.client_id))
+                .with_client_host(s(&m.client_host));
+            if version >= 4 {
+                d = d.with_group_instance_id(m.instance_id.as_deref().map(s));
+            }
+            if stable {
+                d = d
+                    .with_member_metadata(m.metadata_for(&protocol))
+                    .with_member_assignment(m.assignment.clone());
+            }
+            d
+        })
+        .collect();
+    out.with_group_state(s(g.state.as_str()))
+        .with_protocol_type(s(g.protocol_type.as_deref().unwrap_or_default()))
+        .with_protocol_data(s(&protocol))
+        .with_members(members)
+}
+
+pub(super) fn list(
+    groups: &HashMap<String, Group>,
+    states_filter: &[String],
+    types_filter: &[String],
+    groups_with_offsets: &[String],
+    version: i16,
+) -> ListGroupsResponse {
+    let mut rows: Vec<(String, String, &'static str)> = groups
+        .values()
+        .map(|g| {
+            let ptype = g.protocol_type.clone().unwrap_or_else(|| "consumer".into());
+            (g.id.clone(), ptype, g.state.as_str())
+        })
+        .collect();
+    for id in groups_with_offsets {
+        if !groups.contains_key(id) {
+            rows.push((id.clone(), "consumer".into(), GroupState::Empty.as_str()));
+        }
+    }
+    rows.sort();
+    rows.dedup_by(|a, b| a.0 == b.0);
+    let listed = rows
+        .into_iter()
+        .filter(|(_, _, state)| {
+            states_filter.is_empty() || states_filter.iter().any(|f| f.eq_ignore_ascii_case(state))
+        })
+        // Every group here is a classic group.
+        .filter(|_| {
+            types_filter.is_empty()
+                || types_filter
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case("classic"))
+        })
+        .map(|(id, ptype, state)| {
+            let mut g = ListedGroup::default()
+                .with_group_id(GroupId(s(&id)))
+                .with_protocol_type(s(&ptype));
+            if version >= 4 {
+                g = g.with_group_state(s(state));
+            }
+            if version >= 5 {
+                g = g.with_group_type(s("classic"));
+            }
+            g
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(listed)
+}

@@ -1,0 +1,343 @@
+//! Consumer group coordinator for Kafka's classic group protocol
+//! (JoinGroup/SyncGroup/Heartbeat/LeaveGroup/DescribeGroups/ListGroups).
+//!
+//! The state machine lives in [`state`] and is pure (it takes `now`); this
+//! module is the async shell: it owns the group map, parks JoinGroup/SyncGroup
+//! callers on oneshot channels and runs a ticker that expires sessions and
+//! fires rebalance deadlines.
+
+mod describe;
+mod member_id;
+mod responses;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::{
+    DescribeGroupsRequest, DescribeGroupsResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use tokio::sync::oneshot;
+use tokio::time::{Duration, Instant};
+
+pub use self::state::GroupState;
+use self::state::{Group, JoinParams, Protocol, Waiter};
+
+/// How often the background task checks session expiry and join deadlines.
+const TICK: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Kafka's group.initial.rebalance.delay.ms. Kafka defaults to 3s; we use
+    /// 100ms: enough for consumers started together (each doing the
+    /// MEMBER_ID_REQUIRED round trip) to land in one generation — the delay is
+    /// extended while new members keep arriving — without making every fresh
+    /// single consumer wait seconds for its first assignment.
+    pub initial_rebalance_delay: Duration,
+    /// group.min.session.timeout.ms (6s).
+    pub min_session_timeout: Duration,
+    /// group.max.session.timeout.ms (30 min).
+    pub max_session_timeout: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            initial_rebalance_delay: Duration::from_millis(100),
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+pub struct GroupCoordinator {
+    config: GroupConfig,
+    groups: Mutex<HashMap<String, Group>>,
+    shut_down: AtomicBool,
+}
+
+fn opt_str(v: &Option<kafka_protocol::protocol::StrBytes>) -> Option<&str> {
+    v.as_ref().map(|s| s.as_str())
+}
+
+impl GroupCoordinator {
+    /// Spawns the expiry ticker if called inside a tokio runtime; the ticker
+    /// only holds a `Weak` and stops on shutdown or when the coordinator drops.
+    pub fn new(config: GroupConfig) -> Arc<Self> {
+        let this = Arc::new(GroupCoordinator {
+            config,
+            groups: Mutex::new(HashMap::new()),
+            shut_down: AtomicBool::new(false),
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(Self::ticker(Arc::downgrade(&this)));
+            }
+            Err(_) => tracing::warn!("no tokio runtime: group session expiry disabled"),
+        }
+        this
+    }
+
+    async fn ticker(weak: Weak<Self>) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(this) = weak.upgrade() else { break };
+            if this.shut_down.load(Ordering::Relaxed) {
+                break;
+            }
+            this.tick(Instant::now());
+        }
+    }
+
+    /// Drive timeouts for every group (exposed to tests for deterministic time).
+    fn tick(&self, now: Instant) {
+        for g in self.lock().values_mut() {
+            g.tick(now);
+        }
+    }
+
+    /// A poisoned lock only means another request panicked; the map is still usable.
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub async fn join_group(
+        &self,
+        req: JoinGroupRequest,
+        version: i16,
+        client_id: &str,
+        client_host: &str,
+    ) -> JoinGroupResponse {
+        let member_id = req.member_id.to_string();
+        let fail = |e: ResponseError| responses::join_error(version, e, &member_id);
+        if self.shut_down.load(Ordering::Relaxed) {
+            return fail(ResponseError::CoordinatorNotAvailable);
+        }
+        let group_id = req.group_id.0.to_string();
+        if group_id.is_empty() {
+            return fail(ResponseError::InvalidGroupId);
+        }
+        let session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+        if session_timeout < self.config.min_session_timeout
+            || session_timeout > self.config.max_session_timeout
+        {
+            return fail(ResponseError::InvalidSessionTimeout);
+        }
+        if req.protocol_type.is_empty() || req.protocols.is_empty() {
+            return fail(ResponseError::InconsistentGroupProtocol);
+        }
+        // v0 has no rebalance timeout; Kafka uses the session timeout then.
+        let rebalance_timeout = if req.rebalance_timeout_ms > 0 {
+            Duration::from_millis(req.rebalance_timeout_ms as u64)
+        } else {
+            session_timeout
+        };
+        let instance_id = opt_str(&req.group_instance_id).map(str::to_string);
+        // Kafka skips the MEMBER_ID_REQUIRED round trip for static members.
+        let require_known_id = version >= 4 && instance_id.is_none();
+        let params = JoinParams {
+            member_id: member_id.clone(),
+            instance_id,
+            client_id: client_id.to_string(),
+            client_host: client_host.to_string(),
+            session_timeout,
+            rebalance_timeout,
+            protocol_type: req.protocol_type.to_string(),
+            protocols: req
+                .protocols
+                .into_iter()
+                .map(|p| Protocol {
+                    name: p.name.to_string(),
+                    metadata: p.metadata,
+                })
+                .collect(),
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut groups = self.lock();
+            if !groups.contains_key(&group_id) && !member_id.is_empty() {
+                return fail(ResponseError::UnknownMemberId);
+            }
+            let delay = self.config.initial_rebalance_delay;
+            let group = groups
+                .entry(group_id.clone())
+                .or_insert_with(|| Group::new(group_id, delay));
+            group.join(
+                params,
+                require_known_id,
+                || member_id::generate(client_id),
+                Instant::now(),
+                Waiter::new(tx, version),
+            );
+        }
+        // A dropped waiter means the coordinator went away mid-join.
+        rx.await
+            .unwrap_or_else(|_| fail(ResponseError::CoordinatorNotAvailable))
+    }
+
+    pub async fn sync_group(&self, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return responses::sync_error(ResponseError::CoordinatorNotAvailable);
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut groups = self.lock();
+            let Some(group) = groups.get_mut(req.group_id.as_str()) else {
+                return responses::sync_error(ResponseError::UnknownMemberId);
+            };
+            let assignments: Vec<(String, Bytes)> = req
+                .assignments
+                .into_iter()
+                .map(|a| (a.member_id.to_string(), a.assignment))
+                .collect();
+            group.sync(
+                &req.member_id,
+                opt_str(&req.group_instance_id),
+                req.generation_id,
+                opt_str(&req.protocol_type),
+                opt_str(&req.protocol_name),
+                assignments,
+                Instant::now(),
+                Waiter::new(tx, version),
+            );
+        }
+        rx.await
+            .unwrap_or_else(|_| responses::sync_error(ResponseError::CoordinatorNotAvailable))
+    }
+
+    pub async fn heartbeat(&self, req: HeartbeatRequest, _version: i16) -> HeartbeatResponse {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return responses::heartbeat(Some(ResponseError::CoordinatorNotAvailable));
+        }
+        let mut groups = self.lock();
+        let err = match groups.get_mut(req.group_id.as_str()) {
+            None => Some(ResponseError::UnknownMemberId),
+            Some(g) => g.heartbeat(
+                &req.member_id,
+                opt_str(&req.group_instance_id),
+                req.generation_id,
+                Instant::now(),
+            ),
+        };
+        responses::heartbeat(err)
+    }
+
+    pub async fn leave_group(&self, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        // v0-2 name one member; v3+ carry a batch with per-member results.
+        let leaving: Vec<(String, Option<String>)> = if version >= 3 {
+            req.members
+                .iter()
+                .map(|m| {
+                    (
+                        m.member_id.to_string(),
+                        opt_str(&m.group_instance_id).map(str::to_string),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(req.member_id.to_string(), None)]
+        };
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let group = groups.get_mut(req.group_id.as_str());
+        let results: Vec<(String, Option<String>, Option<ResponseError>)> = match group {
+            None => leaving
+                .into_iter()
+                .map(|(m, i)| (m, i, Some(ResponseError::UnknownMemberId)))
+                .collect(),
+            Some(g) => leaving
+                .into_iter()
+                .map(|(m, i)| {
+                    let err = g.leave(&m, i.as_deref(), now);
+                    (m, i, err)
+                })
+                .collect(),
+        };
+        drop(groups);
+        let code = |e: Option<ResponseError>| e.map_or(0, |e| e.code());
+        if version >= 3 {
+            let members = results
+                .into_iter()
+                .map(|(m, i, e)| {
+                    MemberResponse::default()
+                        .with_member_id(responses::s(&m))
+                        .with_group_instance_id(i.as_deref().map(responses::s))
+                        .with_error_code(code(e))
+                })
+                .collect();
+            // Kafka reports per-member errors here, even for an unknown group.
+            LeaveGroupResponse::default().with_members(members)
+        } else {
+            let err = results.into_iter().next().and_then(|(_, _, e)| e);
+            LeaveGroupResponse::default().with_error_code(code(err))
+        }
+    }
+
+    pub fn describe_groups(
+        &self,
+        req: DescribeGroupsRequest,
+        version: i16,
+    ) -> DescribeGroupsResponse {
+        let groups = self.lock();
+        let described = req
+            .groups
+            .iter()
+            .map(|id| describe::describe(groups.get(id.as_str()), id, version))
+            .collect();
+        DescribeGroupsResponse::default().with_groups(described)
+    }
+
+    /// Groups known only through committed offsets are listed as Empty "consumer" groups.
+    pub fn list_groups(
+        &self,
+        req: ListGroupsRequest,
+        version: i16,
+        groups_with_offsets: &[String],
+    ) -> ListGroupsResponse {
+        let states: Vec<String> = if version >= 4 {
+            req.states_filter.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        let types: Vec<String> = if version >= 5 {
+            req.types_filter.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        describe::list(&self.lock(), &states, &types, groups_with_offsets, version)
+    }
+
+    /// Validate an OffsetCommit against group membership, as Kafka does.
+    /// generation -1 + empty member id is a standalone commit, allowed only
+    /// while the group has no members. `None` means the commit may proceed.
+    pub fn check_offset_commit(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+    ) -> Option<ResponseError> {
+        match self.lock().get(group_id) {
+            Some(g) => g.check_offset_commit(generation_id, member_id, group_instance_id),
+            // Unknown group: fine for standalone commits, stale otherwise.
+            None if generation_id < 0 => None,
+            None => Some(ResponseError::IllegalGeneration),
+        }
+    }
+
+    /// Stop the ticker and fail every parked request (they see COORDINATOR_NOT_AVAILABLE).
+    pub fn shutdown(&self) {
+        self.shut_down.store(true, Ordering::Relaxed);
+        self.lock().clear();
+    }
+}

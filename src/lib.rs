@@ -1,0 +1,27 @@
+//! Strata: a Kafka-compatible broker whose log lives in object storage.
+//!
+//! # Layout
+//!
+//! - [`server`]: the TCP listener and the per-connection loop (ordered responses).
+//! - [`protocol`]: the Kafka front end: frame decoding, the supported-versions table,
+//!   one handler file per API family.
+//! - [`produce`]: batch validation and the write buffer that flushes segment objects and
+//!   commits them through the metadata log.
+//! - [`fetch`]: index look-ups, cached or ranged object reads, offset patching.
+//! - [`storage`]: the object store (local directory, S3, memory), the segment object
+//!   format and the block cache.
+//! - [`metadata`]: the pure state machine ([`metadata::state`]) and its Raft glue.
+//! - [`group`]: the consumer group coordinator (classic protocol, in memory).
+//! - [`config`] and [`cli`]: settings from flags, `STRATA_…` variables and TOML.
+//! - [`broker`]: wires the parts together.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod fetch;
+pub mod group;
+pub mod metadata;
+pub mod produce;
+pub mod protocol;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,70 @@
+//! The `strata` binary: parse the command line, start the broker, stop on a signal.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use strata::broker::Broker;
+use strata::cli::{Cli, Command};
+use strata::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => Config::load(&args)
+            .map_err(anyhow::Error::from)
+            .and_then(serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line that says what is wrong and how to fix it.
+            eprintln!("strata: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process is using it; stop it or pass --listen HOST:PORT"
+            } else {
+                "pass --listen with an address of this machine"
+            };
+            anyhow::anyhow!("cannot listen on {listen}: {e} ({hint})")
+        })?;
+        let (broker, tasks) = Broker::start(config).await?;
+        info!(%listen, advertise = %format!("{}:{}", broker.config.advertise_host, broker.config.advertise_port), "strata is serving");
+        let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = int.recv() => info!("SIGINT: shutting down"),
+            }
+        };
+        strata::server::serve(broker.clone(), listener, shutdown).await;
+        // Requests already buffered finish their flush and commit; every acknowledged
+        // record is in the store already, so a bounded wait is all a graceful stop needs.
+        tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;
+        broker.groups.shutdown();
+        broker.metadata.shutdown().await?;
+        drop(tasks);
+        info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,901 @@
+//! openraft (0.9, storage-v2) glue for the metadata log.
+//!
+//! Layout of the Raft directory:
+//! - `raft.log`: append-only records `[u32 len][u32 crc32c][json]`; an optional leading
+//!   `Purged` record remembers how far the log was purged, so purge/truncate stay a single
+//!   atomic rewrite.
+//! - `vote.json`, `committed.json`, `snapshot.json`: replaced atomically (tmp + rename).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Cursor, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    ClientWriteError, InitializeError, InstallSnapshotError, RPCError, RaftError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    BasicNode, Config, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftNetwork,
+    RaftNetworkFactory, RaftSnapshotBuilder, ServerState, Snapshot, SnapshotMeta, SnapshotPolicy,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::state::{Command, MetadataState, Response};
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+type NodeId = u64;
+type Raft = openraft::Raft<TypeConfig>;
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+const LOG_FILE: &str = "raft.log";
+const VOTE_FILE: &str = "vote.json";
+const COMMITTED_FILE: &str = "committed.json";
+const SNAPSHOT_FILE: &str = "snapshot.json";
+/// Generous because a restart may have to replay a long log before the node is leader.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Entries kept behind a snapshot so a briefly lagging follower (later) can catch up from the
+/// log instead of a full snapshot transfer.
+const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 8;
+/// Record header: u32 payload length + u32 crc32c of the payload.
+const HEADER_LEN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftGlueError {
+    #[error("cannot open raft log in {dir}: {source}")]
+    Open { dir: PathBuf, source: io::Error },
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("corrupt raft file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("invalid raft config: {0}")]
+    Config(String),
+    #[error("raft node failed to start: {0}")]
+    Start(String),
+    #[error("raft node did not become leader within {0:?}: {1}")]
+    LeaderTimeout(Duration, String),
+    #[error("this node is not the metadata leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("metadata proposal failed: {0}")]
+    Propose(String),
+    #[error("raft shutdown failed: {0}")]
+    Shutdown(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RaftGlueError + '_ {
+    move |source| RaftGlueError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Handle to the running metadata Raft node; cheap to clone.
+#[derive(Clone)]
+pub struct MetadataRaft {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    state: Arc<RwLock<MetadataState>>,
+    applied: watch::Receiver<u64>,
+}
+
+impl MetadataRaft {
+    /// Start (or restart) a single-node Raft whose log, vote and snapshots live in `dir`.
+    pub async fn start(
+        node_id: u64,
+        dir: &Path,
+        snapshot_every: u64,
+    ) -> Result<Self, RaftGlueError> {
+        fs::create_dir_all(dir).map_err(|source| RaftGlueError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let log_store = LogStore::open(dir)?;
+        let (sm, state, applied) = StateMachineStore::open(dir)?;
+        let fresh = {
+            let inner = log_store.lock();
+            inner.vote.is_none() && inner.last_log_id().is_none()
+        };
+
+        let config = Config {
+            cluster_name: "strata-metadata".to_string(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: LOGS_TO_KEEP_AFTER_SNAPSHOT,
+            purge_batch_size: 1,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftGlueError::Config(e.to_string()))?;
+
+        let raft = Raft::new(node_id, Arc::new(config), NoNetwork, log_store, sm)
+            .await
+            .map_err(|e| RaftGlueError::Start(e.to_string()))?;
+
+        if let Err(e) = Self::become_leader(&raft, node_id, fresh).await {
+            // Don't leave a half-started node running against this directory.
+            if let Err(err) = raft.shutdown().await {
+                tracing::warn!(error = %err, "shutting down failed metadata raft");
+            }
+            return Err(e);
+        }
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                raft,
+                state,
+                applied,
+            }),
+        })
+    }
+
+    async fn become_leader(raft: &Raft, node_id: u64, fresh: bool) -> Result<(), RaftGlueError> {
+        if fresh {
+            let members = BTreeMap::from([(node_id, BasicNode::default())]);
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(RaftGlueError::Start(e.to_string())),
+            }
+        }
+
+        let metrics = raft
+            .wait(Some(START_TIMEOUT))
+            .state(ServerState::Leader, "metadata raft start")
+            .await
+            .map_err(|e| RaftGlueError::LeaderTimeout(START_TIMEOUT, e.to_string()))?;
+        // Leadership alone does not mean the replayed log is applied; wait for the new
+        // leader's blank entry so `state()` reflects everything acknowledged before restart.
+        raft.wait(Some(START_TIMEOUT))
+            .applied_index_at_least(metrics.last_log_index, "metadata raft replay")
+            .await
+            .map_err(|e| RaftGlueError::LeaderTimeout(START_TIMEOUT, e.to_string()))?;
+        Ok(())
+    }
+
+    /// Propose a command; returns the state machine's Response once committed and applied.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, RaftGlueError> {
+        match self.inner.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RaftGlueError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(RaftGlueError::Propose(e.to_string())),
+        }
+    }
+
+    /// Read access to the applied state.
+    pub fn state(&self) -> Arc<RwLock<MetadataState>> {
+        self.inner.state.clone()
+    }
+
+    /// Changes whenever entries are applied; the value is the last applied log index.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.clone()
+    }
+
+    pub async fn shutdown(&self) -> Result<(), RaftGlueError> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftGlueError::Shutdown(e.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable file helpers
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replace `path` with `bytes` so that a crash leaves either the old or the new content.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fsync_dir(dir)
+}
+
+/// Read and decode an optional JSON file; a missing file is `None`.
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, RaftGlueError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| RaftGlueError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+fn to_json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(io::Error::other)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log storage
+
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Purged(LogId<NodeId>),
+    Entry(Entry<TypeConfig>),
+}
+
+fn encode_record(rec: &Record, out: &mut Vec<u8>) -> io::Result<()> {
+    let payload = to_json(rec)?;
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::other("raft log record larger than 4 GiB"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Decode the record at the start of `buf`; `None` means torn or garbage.
+fn decode_record(buf: &[u8]) -> Option<(Record, usize)> {
+    let header = buf.get(..HEADER_LEN)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let payload = buf.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?;
+    if len == 0 || crc32c::crc32c(payload) != crc {
+        return None;
+    }
+    let rec = serde_json::from_slice(payload).ok()?;
+    Some((rec, HEADER_LEN + len))
+}
+
+struct LogInner {
+    dir: PathBuf,
+    log_path: PathBuf,
+    file: File,
+    cache: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+impl LogInner {
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.cache
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(self.last_purged)
+    }
+
+    /// Rewrite the whole log from the in-memory view (used by truncate and purge).
+    fn rewrite(&mut self) -> io::Result<()> {
+        let mut buf = Vec::new();
+        if let Some(p) = self.last_purged {
+            encode_record(&Record::Purged(p), &mut buf)?;
+        }
+        for e in self.cache.values() {
+            encode_record(&Record::Entry(e.clone()), &mut buf)?;
+        }
+        write_atomic(&self.log_path, &buf)?;
+        self.file = OpenOptions::new().append(true).open(&self.log_path)?;
+        Ok(())
+    }
+}
+
+/// File-backed Raft log; clones share the same file and cache (the clone is the log reader).
+#[derive(Clone)]
+struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+impl LogStore {
+    fn open(dir: &Path) -> Result<Self, RaftGlueError> {
+        let log_path = dir.join(LOG_FILE);
+        let bytes = match fs::read(&log_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(RaftGlueError::Open {
+                    dir: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
+
+        let mut cache = BTreeMap::new();
+        let mut last_purged = None;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let Some((rec, used)) = decode_record(&bytes[pos..]) else {
+                break;
+            };
+            match rec {
+                Record::Purged(id) => last_purged = Some(id),
+                Record::Entry(e) => {
+                    cache.insert(e.log_id.index, e);
+                }
+            }
+            pos += used;
+        }
+
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| RaftGlueError::Open {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        if pos < bytes.len() {
+            // Appends are acknowledged only after fsync, so an undecodable tail is a write the
+            // crash interrupted; nobody was told it succeeded.
+            tracing::warn!(
+                path = %log_path.display(),
+                offset = pos,
+                dropped = bytes.len() - pos,
+                "discarding torn tail of raft log"
+            );
+            file.set_len(pos as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(&log_path))?;
+        }
+
+        let vote = read_json(&dir.join(VOTE_FILE))?;
+        let committed = read_json(&dir.join(COMMITTED_FILE))?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(LogInner {
+                dir: dir.to_path_buf(),
+                log_path,
+                file,
+                cache,
+                last_purged,
+                vote,
+                committed,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogInner> {
+        // A panic mid-update cannot leave the cache ahead of the file in a harmful way: the
+        // file is the source of truth on restart.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        Ok(self
+            .lock()
+            .cache
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let inner = self.lock();
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: inner.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let mut inner = self.lock();
+        let path = inner.dir.join(VOTE_FILE);
+        to_json(vote)
+            .and_then(|b| write_atomic(&path, &b))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        let mut inner = self.lock();
+        let path = inner.dir.join(COMMITTED_FILE);
+        to_json(&committed)
+            .and_then(|b| write_atomic(&path, &b))
+            .map_err(|e| StorageIOError::write(&e))?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = self.lock();
+        let mut buf = Vec::new();
+        let mut appended = Vec::new();
+        for e in entries {
+            encode_record(&Record::Entry(e.clone()), &mut buf)
+                .map_err(|err| StorageIOError::write_log_entry(e.log_id, &err))?;
+            appended.push(e);
+        }
+        // The metadata log is small and low-rate, so a synchronous write + fsync here is
+        // simpler than a background flusher and keeps append order trivially correct.
+        let res = inner
+            .file
+            .write_all(&buf)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(e) = res {
+            let msg = e.to_string();
+            callback.log_io_completed(Err(e));
+            return Err(StorageIOError::write_logs(&io::Error::other(msg)).into());
+        }
+        for e in appended {
+            inner.cache.insert(e.log_id.index, e);
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut inner = self.lock();
+        inner.cache.split_off(&log_id.index);
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut inner = self.lock();
+        inner.cache = inner.cache.split_off(&(log_id.index + 1));
+        inner.last_purged = Some(log_id);
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State machine
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    state: MetadataState,
+}
+
+struct StateMachineStore {
+    dir: PathBuf,
+    state: Arc<RwLock<MetadataState>>,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, BasicNode>,
+    applied_tx: watch::Sender<u64>,
+}
+
+type SmParts = (
+    StateMachineStore,
+    Arc<RwLock<MetadataState>>,
+    watch::Receiver<u64>,
+);
+
+impl StateMachineStore {
+    fn open(dir: &Path) -> Result<SmParts, RaftGlueError> {
+        let snap: Option<SnapshotFile> = read_json(&dir.join(SNAPSHOT_FILE))?;
+        let (meta, state) = snap.map(|s| (s.meta, s.state)).unwrap_or_default();
+        let state = Arc::new(RwLock::new(state));
+        let (applied_tx, applied_rx) =
+            watch::channel(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        let sm = Self {
+            dir: dir.to_path_buf(),
+            state: state.clone(),
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership,
+            applied_tx,
+        };
+        Ok((sm, state, applied_rx))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                let resp = match entry.payload {
+                    EntryPayload::Normal(cmd) => state.apply(&cmd),
+                    EntryPayload::Membership(m) => {
+                        self.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        Response::default()
+                    }
+                    EntryPayload::Blank => Response::default(),
+                };
+                responses.push(resp);
+            }
+        }
+        if let Some(l) = self.last_applied {
+            self.applied_tx.send_replace(l.index);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Copy now: the builder may run while later entries are being applied.
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            state: self
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let snap: SnapshotFile = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        write_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = snap.state;
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        self.applied_tx
+            .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        };
+        let snap: SnapshotFile =
+            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+struct SnapshotBuilder {
+    dir: PathBuf,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, BasicNode>,
+    state: MetadataState,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let snapshot_id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            state: std::mem::take(&mut self.state),
+        };
+        // Must be durable before returning: openraft purges the log up to this point next.
+        let bytes = to_json(&file)
+            .and_then(|b| write_atomic(&self.dir.join(SNAPSHOT_FILE), &b).map(|()| b))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network: single node for now, so every peer is unreachable.
+
+struct NoNetwork;
+
+struct NoConnection {
+    target: NodeId,
+}
+
+impl NoConnection {
+    fn unreachable(&self) -> Unreachable {
+        Unreachable::new(&io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!(
+                "metadata raft has no network; node {} is unreachable",
+                self.target
+            ),
+        ))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NoNetwork {
+    type Network = NoConnection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+        NoConnection { target }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl RaftNetwork<TypeConfig> for NoConnection {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        Err(RPCError::Unreachable(self.unreachable()))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        Err(RPCError::Unreachable(self.unreachable()))
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        Err(RPCError::Unreachable(self.unreachable()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test code that knows `Command`'s shape: adapt it if the variants change.
+    /// Any deterministic command works, since results are compared against a plain
+    /// `MetadataState` that applied the same sequence.
+    /// Topic creations, some of which fail (a repeated name): any deterministic command will do.
+    fn add(i: u64) -> Command {
+        Command::CreateTopic {
+            name: format!("t{}", i % 7),
+            topic_id: [i as u8; 16],
+            partitions: 1 + (i % 3) as i32,
+            configs: Default::default(),
+            now_ms: i as i64,
+        }
+    }
+
+    /// Compared as JSON so the state types need no `PartialEq`.
+    fn snapshot_of(r: &MetadataRaft) -> serde_json::Value {
+        let state = r.state();
+        let guard = state.read().unwrap_or_else(PoisonError::into_inner);
+        serde_json::to_value(&*guard).unwrap_or_default()
+    }
+
+    fn expected(n: u64) -> serde_json::Value {
+        let mut s = MetadataState::default();
+        for i in 0..n {
+            s.apply(&add(i));
+        }
+        serde_json::to_value(&s).unwrap_or_default()
+    }
+
+    async fn propose_range(r: &MetadataRaft, range: std::ops::Range<u64>) -> anyhow::Result<()> {
+        for i in range {
+            r.propose(add(i)).await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn restart_restores_state() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        let mut applied = r.applied();
+        r.propose(add(0)).await?;
+        assert!(applied.has_changed()?);
+        applied.borrow_and_update();
+        propose_range(&r, 1..20).await?;
+        let before = snapshot_of(&r);
+        assert_eq!(before, expected(20));
+        r.shutdown().await?;
+        drop(r);
+
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        assert_eq!(snapshot_of(&r), before);
+        // And it keeps working after restart.
+        propose_range(&r, 20..25).await?;
+        assert_eq!(snapshot_of(&r), expected(25));
+        r.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn restart_after_snapshot_and_purge() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = MetadataRaft::start(1, dir.path(), 10).await?;
+        propose_range(&r, 0..35).await?;
+        let m = r
+            .inner
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.purged.is_some() && m.snapshot.is_some(), "purge")
+            .await?;
+        assert!(m.snapshot.map(|s| s.index).unwrap_or(0) >= 20);
+        let before = snapshot_of(&r);
+        assert_eq!(before, expected(35));
+        r.shutdown().await?;
+        drop(r);
+
+        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        {
+            let log = LogStore::open(dir.path())?;
+            let inner = log.lock();
+            let purged = inner.last_purged.map(|l| l.index);
+            assert!(purged.is_some());
+            assert!(inner.cache.keys().all(|k| Some(*k) > purged));
+        }
+
+        let r = MetadataRaft::start(1, dir.path(), 10).await?;
+        assert_eq!(snapshot_of(&r), before);
+        assert!(*r.applied().borrow() >= 36);
+        propose_range(&r, 35..50).await?;
+        r.shutdown().await?;
+        drop(r);
+
+        let r = MetadataRaft::start(1, dir.path(), 10).await?;
+        assert_eq!(snapshot_of(&r), expected(50));
+        r.shutdown().await?;
+        Ok(())
+    }
+
+    /// Dropping the runtime kills every task mid-flight without a graceful shutdown, which is
+    /// as close to SIGKILL as an in-process test gets.
+    #[test]
+    fn abrupt_stop_keeps_acknowledged_entries() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+        };
+        let before = runtime()?.block_on(async {
+            let r = MetadataRaft::start(1, dir.path(), 5).await?;
+            propose_range(&r, 0..23).await?;
+            anyhow::Ok(snapshot_of(&r))
+        })?;
+        assert_eq!(before, expected(23));
+
+        runtime()?.block_on(async {
+            let r = MetadataRaft::start(1, dir.path(), 5).await?;
+            assert_eq!(snapshot_of(&r), before);
+            r.shutdown().await?;
+            anyhow::Ok(())
+        })
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_discarded() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        propose_range(&r, 0..12).await?;
+        let before = snapshot_of(&r);
+        r.shutdown().await?;
+        drop(r);
+
+        let log_path = dir.path().join(LOG_FILE);
+        let clean_len = fs::metadata(&log_path)?.len();
+        // A half-written record: plausible header, truncated payload.
+        let mut torn = Vec::new();
+        encode_record(&Record::Purged(LogId::default()), &mut torn)?;
+        torn.truncate(torn.len() - 3);
+        torn.extend_from_slice(b"\0\0garbage");
+        OpenOptions::new()
+            .append(true)
+            .open(&log_path)?
+            .write_all(&torn)?;
+
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        assert_eq!(snapshot_of(&r), before);
+        propose_range(&r, 12..15).await?;
+        assert_eq!(snapshot_of(&r), expected(15));
+        r.shutdown().await?;
+        drop(r);
+        assert!(fs::metadata(&log_path)?.len() > clean_len);
+
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        assert_eq!(snapshot_of(&r), expected(15));
+        r.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn corrupt_vote_file_names_path() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join(VOTE_FILE), b"{not json")?;
+        let err = match MetadataRaft::start(1, dir.path(), 10).await {
+            Ok(_) => anyhow::bail!("start must fail on a corrupt vote file"),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains(VOTE_FILE), "{err}");
+        Ok(())
+    }
+}

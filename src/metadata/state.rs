@@ -1,0 +1,557 @@
+//! The metadata state machine: pure and deterministic.
+//!
+//! Every broker applies the same committed [`Command`]s in the same order and so reaches
+//! the same [`MetadataState`]. Nothing in here reads a clock, a disk or the network: values
+//! that depend on time (creation times, commit times) are chosen by the proposer and carried
+//! inside the command, so replaying the log reproduces the state exactly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A change to the metadata, proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreateTopic {
+        name: String,
+        /// Chosen by the proposer (random) so every replica agrees on it.
+        topic_id: [u8; 16],
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        now_ms: i64,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// A segment object is durable in the store; give its chunks offsets.
+    CommitSegment {
+        object: String,
+        object_size: u64,
+        entries: Vec<SegmentEntry>,
+    },
+    CommitOffsets {
+        group: String,
+        offsets: Vec<OffsetCommit>,
+    },
+}
+
+/// One partition's chunk inside a segment object: contiguous record batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    pub topic: String,
+    pub partition: i32,
+    /// Byte position of the chunk inside the object.
+    pub position: u64,
+    pub length: u64,
+    /// Offsets the chunk spans: the sum of `last_offset_delta + 1` over its batches.
+    pub offset_count: u32,
+    pub max_timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
+/// Why a command (or one entry of it) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StateError {
+    #[error("topic already exists")]
+    TopicAlreadyExists,
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("invalid number of partitions")]
+    InvalidPartitions,
+    #[error("invalid topic name")]
+    InvalidTopic,
+}
+
+/// The outcome of applying one command.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Blank and membership log entries.
+    #[default]
+    Empty,
+    Topic(Result<(), StateError>),
+    /// One result per [`SegmentEntry`], in order: the base offset it was given.
+    Segment(Vec<Result<i64, StateError>>),
+    /// One result per [`OffsetCommit`], in order.
+    Offsets(Vec<Result<(), StateError>>),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetadataState {
+    topics: BTreeMap<String, Topic>,
+    groups: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>,
+    /// Live references from index entries, per object: an object is garbage once it
+    /// drops to zero (collected by a later issue's background work).
+    object_refs: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Topic {
+    pub id: [u8; 16],
+    pub configs: BTreeMap<String, String>,
+    pub created_ms: i64,
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Partition {
+    /// The high watermark: the offset the next committed batch will get.
+    pub next_offset: i64,
+    pub log_start_offset: i64,
+    /// Sorted by `base_offset`, contiguous.
+    pub index: Vec<IndexEntry>,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub base_offset: i64,
+    pub offset_count: u32,
+    pub object: String,
+    pub position: u64,
+    pub length: u64,
+    pub max_timestamp: i64,
+}
+
+impl IndexEntry {
+    pub fn end_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.offset_count)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
+/// Kafka's legal topic names: up to 249 of `[a-zA-Z0-9._-]`, not "." or "..".
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl MetadataState {
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::CreateTopic {
+                name,
+                topic_id,
+                partitions,
+                configs,
+                now_ms,
+            } => Response::Topic(self.create_topic(name, *topic_id, *partitions, configs, *now_ms)),
+            Command::DeleteTopic { name } => Response::Topic(self.delete_topic(name)),
+            Command::CommitSegment {
+                object, entries, ..
+            } => Response::Segment(self.commit_segment(object, entries)),
+            Command::CommitOffsets { group, offsets } => {
+                Response::Offsets(self.commit_offsets(group, offsets))
+            }
+        }
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        id: [u8; 16],
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<(), StateError> {
+        if !valid_topic_name(name) {
+            return Err(StateError::InvalidTopic);
+        }
+        if self.topics.contains_key(name) {
+            return Err(StateError::TopicAlreadyExists);
+        }
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(StateError::InvalidPartitions);
+        }
+        let topic = Topic {
+            id,
+            configs: configs.clone(),
+            created_ms: now_ms,
+            partitions: vec![Partition::default(); partitions as usize],
+        };
+        self.topics.insert(name.to_owned(), topic);
+        Ok(())
+    }
+
+    fn delete_topic(&mut self, name: &str) -> Result<(), StateError> {
+        let topic = self
+            .topics
+            .remove(name)
+            .ok_or(StateError::UnknownTopicOrPartition)?;
+        for entry in topic.partitions.iter().flat_map(|p| p.index.iter()) {
+            self.release_object(&entry.object);
+        }
+        for offsets in self.groups.values_mut() {
+            offsets.remove(name);
+        }
+        Ok(())
+    }
+
+    fn release_object(&mut self, object: &str) {
+        if let Some(refs) = self.object_refs.get_mut(object) {
+            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                self.object_refs.remove(object);
+            }
+        }
+    }
+
+    fn commit_segment(
+        &mut self,
+        object: &str,
+        entries: &[SegmentEntry],
+    ) -> Vec<Result<i64, StateError>> {
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some(partition) = self.partition_mut(&entry.topic, entry.partition) else {
+                results.push(Err(StateError::UnknownTopicOrPartition));
+                continue;
+            };
+            let base_offset = partition.next_offset;
+            partition.next_offset += i64::from(entry.offset_count);
+            partition.size_bytes += entry.length;
+            partition.index.push(IndexEntry {
+                base_offset,
+                offset_count: entry.offset_count,
+                object: object.to_owned(),
+                position: entry.position,
+                length: entry.length,
+                max_timestamp: entry.max_timestamp,
+            });
+            *self.object_refs.entry(object.to_owned()).or_default() += 1;
+            results.push(Ok(base_offset));
+        }
+        results
+    }
+
+    fn commit_offsets(
+        &mut self,
+        group: &str,
+        offsets: &[OffsetCommit],
+    ) -> Vec<Result<(), StateError>> {
+        let mut results = Vec::with_capacity(offsets.len());
+        for commit in offsets {
+            if self.partition(&commit.topic, commit.partition).is_none() {
+                results.push(Err(StateError::UnknownTopicOrPartition));
+                continue;
+            }
+            self.groups
+                .entry(group.to_owned())
+                .or_default()
+                .entry(commit.topic.clone())
+                .or_default()
+                .insert(
+                    commit.partition,
+                    CommittedOffset {
+                        offset: commit.offset,
+                        metadata: commit.metadata.clone(),
+                        commit_ms: commit.commit_ms,
+                    },
+                );
+            results.push(Ok(()));
+        }
+        results
+    }
+
+    pub fn topics(&self) -> &BTreeMap<String, Topic> {
+        &self.topics
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&Partition> {
+        let index = usize::try_from(partition).ok()?;
+        self.topics.get(topic)?.partitions.get(index)
+    }
+
+    fn partition_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {
+        let index = usize::try_from(partition).ok()?;
+        self.topics.get_mut(topic)?.partitions.get_mut(index)
+    }
+
+    pub fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&CommittedOffset> {
+        self.groups.get(group)?.get(topic)?.get(&partition)
+    }
+
+    /// Every committed offset of a group, by topic then partition.
+    pub fn group_offsets(
+        &self,
+        group: &str,
+    ) -> Option<&BTreeMap<String, BTreeMap<i32, CommittedOffset>>> {
+        self.groups.get(group)
+    }
+
+    pub fn group_ids(&self) -> impl Iterator<Item = &String> {
+        self.groups.keys()
+    }
+
+    pub fn object_refs(&self, object: &str) -> u32 {
+        self.object_refs.get(object).copied().unwrap_or(0)
+    }
+}
+
+/// Far above any sane topic, low enough that a typo can't allocate gigabytes.
+pub const MAX_PARTITIONS: i32 = 10_000;
+
+impl Partition {
+    /// The index entries that hold `offset` and what follows it, up to `max` entries.
+    pub fn entries_from(&self, offset: i64, max: usize) -> &[IndexEntry] {
+        let start = self.index.partition_point(|e| e.end_offset() <= offset);
+        let end = (start + max).min(self.index.len());
+        &self.index[start..end]
+    }
+
+    /// The first offset whose batch holds a timestamp at or after `timestamp`, or None.
+    /// Batch granularity: the answer is the base offset of the first such batch chunk.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Option<i64> {
+        self.index
+            .iter()
+            .find(|e| e.max_timestamp >= timestamp && e.end_offset() > self.log_start_offset)
+            .map(|e| e.base_offset.max(self.log_start_offset))
+    }
+
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        self.index
+            .iter()
+            .max_by_key(|e| e.max_timestamp)
+            .map(|e| (e.max_timestamp, e.base_offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn create(name: &str, partitions: i32) -> Command {
+        Command::CreateTopic {
+            name: name.into(),
+            topic_id: [1; 16],
+            partitions,
+            configs: BTreeMap::new(),
+            now_ms: 0,
+        }
+    }
+
+    fn entry(topic: &str, partition: i32, count: u32) -> SegmentEntry {
+        SegmentEntry {
+            topic: topic.into(),
+            partition,
+            position: 0,
+            length: 100,
+            offset_count: count,
+            max_timestamp: 10,
+        }
+    }
+
+    #[test]
+    fn offsets_are_assigned_in_commit_order() {
+        let mut s = MetadataState::default();
+        assert_eq!(s.apply(&create("t", 2)), Response::Topic(Ok(())));
+        let r = s.apply(&Command::CommitSegment {
+            object: "a".into(),
+            object_size: 300,
+            entries: vec![
+                entry("t", 0, 3),
+                entry("t", 1, 5),
+                entry("nope", 0, 1),
+                entry("t", 2, 1),
+            ],
+        });
+        assert_eq!(
+            r,
+            Response::Segment(vec![
+                Ok(0),
+                Ok(0),
+                Err(StateError::UnknownTopicOrPartition),
+                Err(StateError::UnknownTopicOrPartition)
+            ])
+        );
+        let r = s.apply(&Command::CommitSegment {
+            object: "b".into(),
+            object_size: 100,
+            entries: vec![entry("t", 0, 2)],
+        });
+        assert_eq!(r, Response::Segment(vec![Ok(3)]));
+        let p = s.partition("t", 0).unwrap();
+        assert_eq!(p.next_offset, 5);
+        assert_eq!(p.entries_from(4, 10)[0].object, "b");
+        assert_eq!(p.entries_from(0, 10).len(), 2);
+        assert_eq!(p.entries_from(5, 10).len(), 0);
+        assert_eq!(s.object_refs("a"), 2);
+    }
+
+    #[test]
+    fn topics_are_validated() {
+        let mut s = MetadataState::default();
+        assert_eq!(
+            s.apply(&create("t", 0)),
+            Response::Topic(Err(StateError::InvalidPartitions))
+        );
+        assert_eq!(
+            s.apply(&create("bad name", 1)),
+            Response::Topic(Err(StateError::InvalidTopic))
+        );
+        assert_eq!(s.apply(&create("t", 1)), Response::Topic(Ok(())));
+        assert_eq!(
+            s.apply(&create("t", 1)),
+            Response::Topic(Err(StateError::TopicAlreadyExists))
+        );
+        assert_eq!(
+            s.apply(&Command::DeleteTopic { name: "x".into() }),
+            Response::Topic(Err(StateError::UnknownTopicOrPartition))
+        );
+    }
+
+    #[test]
+    fn delete_topic_drops_index_offsets_and_refs() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        s.apply(&Command::CommitSegment {
+            object: "a".into(),
+            object_size: 1,
+            entries: vec![entry("t", 0, 1)],
+        });
+        s.apply(&Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![OffsetCommit {
+                topic: "t".into(),
+                partition: 0,
+                offset: 1,
+                metadata: None,
+                commit_ms: 5,
+            }],
+        });
+        assert_eq!(s.committed_offset("g", "t", 0).map(|c| c.offset), Some(1));
+        s.apply(&Command::DeleteTopic { name: "t".into() });
+        assert_eq!(s.object_refs("a"), 0);
+        assert!(s.committed_offset("g", "t", 0).is_none());
+        // A re-created topic starts from offset zero.
+        s.apply(&create("t", 1));
+        assert_eq!(s.partition("t", 0).unwrap().next_offset, 0);
+    }
+
+    #[test]
+    fn group_offsets_need_an_existing_partition() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        let commit = |p| OffsetCommit {
+            topic: "t".into(),
+            partition: p,
+            offset: 7,
+            metadata: Some("m".into()),
+            commit_ms: 1,
+        };
+        let r = s.apply(&Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![commit(0), commit(3)],
+        });
+        assert_eq!(
+            r,
+            Response::Offsets(vec![Ok(()), Err(StateError::UnknownTopicOrPartition)])
+        );
+        assert_eq!(s.group_ids().collect::<Vec<_>>(), vec!["g"]);
+    }
+
+    #[test]
+    fn timestamp_lookup_uses_batch_max_timestamp() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        for (i, ts) in [100, 200, 300].into_iter().enumerate() {
+            let mut e = entry("t", 0, 2);
+            e.max_timestamp = ts;
+            e.position = i as u64;
+            s.apply(&Command::CommitSegment {
+                object: "o".into(),
+                object_size: 1,
+                entries: vec![e],
+            });
+        }
+        let p = s.partition("t", 0).unwrap();
+        assert_eq!(p.offset_for_timestamp(0), Some(0));
+        assert_eq!(p.offset_for_timestamp(150), Some(2));
+        assert_eq!(p.offset_for_timestamp(300), Some(4));
+        assert_eq!(p.offset_for_timestamp(301), None);
+        assert_eq!(p.max_timestamp(), Some((300, 4)));
+    }
+
+    fn arb_command() -> impl Strategy<Value = Command> {
+        let topic = prop::sample::select(vec!["a", "b", "c"]);
+        prop_oneof![
+            (topic.clone(), 0..4i32).prop_map(|(t, p)| create(t, p)),
+            topic
+                .clone()
+                .prop_map(|t| Command::DeleteTopic { name: t.into() }),
+            prop::collection::vec((topic.clone(), 0..4i32, 1..50u32), 0..6).prop_map(|es| {
+                Command::CommitSegment {
+                    object: "obj".into(),
+                    object_size: 0,
+                    entries: es.into_iter().map(|(t, p, c)| entry(t, p, c)).collect(),
+                }
+            }),
+            (topic, 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
+                group: "g".into(),
+                offsets: vec![OffsetCommit {
+                    topic: t.into(),
+                    partition: p,
+                    offset: o,
+                    metadata: None,
+                    commit_ms: 0,
+                }],
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Replaying the same log gives the same state and responses (determinism), and
+        /// every partition's index stays contiguous from its log start to its high watermark.
+        #[test]
+        fn replay_is_deterministic_and_index_contiguous(cmds in prop::collection::vec(arb_command(), 0..60)) {
+            let mut a = MetadataState::default();
+            let mut b = MetadataState::default();
+            for cmd in &cmds {
+                prop_assert_eq!(a.apply(cmd), b.apply(cmd));
+            }
+            prop_assert_eq!(&a, &b);
+            // A state survives a snapshot round trip unchanged.
+            let json = serde_json::to_string(&a).unwrap();
+            let restored: MetadataState = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(&a, &restored);
+            for topic in a.topics().values() {
+                for p in &topic.partitions {
+                    let mut next = p.log_start_offset;
+                    for e in &p.index {
+                        prop_assert_eq!(e.base_offset, next);
+                        next = e.end_offset();
+                    }
+                    prop_assert_eq!(next, p.next_offset);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The write buffer: accepts validated batches from any number of produce requests and
+//! flushes them, by time or size, into one segment object for many partitions.
+//!
+//! A flush is two stages. Uploads run concurrently (a few at a time, which bounds memory
+//! and applies backpressure to producers); commits run strictly in flush order, so two
+//! requests to the same partition keep their order even when a later upload finishes
+//! first. A request is answered only after its object is durable and committed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use indexmap::IndexMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn, Instrument};
+
+use super::batch::ValidatedBatches;
+use crate::metadata::state::{Command, Response, StateError};
+use crate::metadata::Metadata;
+use crate::storage::segment::SegmentBuilder;
+use crate::storage::{BlockCache, ObjectStorage};
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProduceError {
+    #[error("object store write failed: {0}")]
+    Storage(String),
+    #[error("metadata commit failed: {0}")]
+    Commit(String),
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone)]
+pub struct BufferConfig {
+    pub flush_interval: Duration,
+    pub flush_bytes: usize,
+    /// Uploads in flight at once; past this, flushing (and so producers) waits.
+    pub max_inflight_uploads: usize,
+    pub node_id: u64,
+}
+
+struct Pending {
+    topic: String,
+    partition: i32,
+    batches: ValidatedBatches,
+    reply: oneshot::Sender<Result<i64, ProduceError>>,
+}
+
+/// One partition's requests inside an uploaded object, in arrival order.
+struct ChunkWaiters {
+    waiters: Vec<(u32, oneshot::Sender<Result<i64, ProduceError>>)>,
+}
+
+struct Uploaded {
+    object: String,
+    size: u64,
+    command_entries: Vec<crate::metadata::state::SegmentEntry>,
+    chunks: Vec<ChunkWaiters>,
+}
+
+#[derive(Clone)]
+pub struct WriteBuffer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl WriteBuffer {
+    pub fn start(
+        config: BufferConfig,
+        storage: ObjectStorage,
+        metadata: Arc<Metadata>,
+        cache: Arc<BlockCache>,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let (commit_tx, commit_rx) = mpsc::channel(config.max_inflight_uploads.max(1));
+        let flusher = tokio::spawn(flush_loop(config, rx, commit_tx, storage, cache));
+        let committer = tokio::spawn(commit_loop(commit_rx, metadata));
+        let handle = tokio::spawn(async move {
+            let _ = flusher.await;
+            let _ = committer.await;
+        });
+        (Self { tx }, handle)
+    }
+
+    /// Buffers one partition's batches; resolves with their base offset once committed.
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: ValidatedBatches,
+    ) -> Result<i64, ProduceError> {
+        let (reply, rx) = oneshot::channel();
+        let pending = Pending {
+            topic: topic.to_owned(),
+            partition,
+            batches,
+            reply,
+        };
+        self.tx
+            .send(pending)
+            .await
+            .map_err(|_| ProduceError::ShuttingDown)?;
+        rx.await.map_err(|_| ProduceError::ShuttingDown)?
+    }
+}
+
+async fn flush_loop(
+    config: BufferConfig,
+    mut rx: mpsc::Receiver<Pending>,
+    commit_tx: mpsc::Sender<JoinHandle<Option<Uploaded>>>,
+    storage: ObjectStorage,
+    cache: Arc<BlockCache>,
+) {
+    let mut seq: u64 = 0;
+    // Ends when every WriteBuffer handle is dropped: what is buffered is still flushed.
+    while let Some(first) = rx.recv().await {
+        let deadline = Instant::now() + config.flush_interval;
+        let mut bytes = first.batches.bytes;
+        let mut pending = vec![first];
+        while bytes < config.flush_bytes {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(p) => {
+                        bytes += p.batches.bytes;
+                        pending.push(p);
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        seq += 1;
+        let object = object_name(config.node_id, seq);
+        let span = tracing::debug_span!("upload", %object, bytes, requests = pending.len());
+        let upload =
+            tokio::spawn(upload(object, pending, storage.clone(), cache.clone()).instrument(span));
+        if commit_tx.send(upload).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn object_name(node_id: u64, seq: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    // Time first, so a listing is in write order; nanos keep restarts from colliding.
+    format!(
+        "segments/{:013}-{node_id}-{:09}-{seq}.seg",
+        now.as_millis(),
+        now.subsec_nanos()
+    )
+}
+
+async fn upload(
+    object: String,
+    pending: Vec<Pending>,
+    storage: ObjectStorage,
+    cache: Arc<BlockCache>,
+) -> Option<Uploaded> {
+    let mut by_partition: IndexMap<(String, i32), Vec<Pending>> = IndexMap::new();
+    for p in pending {
+        by_partition
+            .entry((p.topic.clone(), p.partition))
+            .or_default()
+            .push(p);
+    }
+    let mut builder = SegmentBuilder::new();
+    let mut chunks = Vec::with_capacity(by_partition.len());
+    for ((topic, partition), requests) in by_partition {
+        let batches: Vec<_> = requests
+            .iter()
+            .flat_map(|p| p.batches.batches.iter().cloned())
+            .collect();
+        let offset_count = requests.iter().map(|p| p.batches.offset_count).sum();
+        let max_timestamp = requests
+            .iter()
+            .map(|p| p.batches.max_timestamp)
+            .max()
+            .unwrap_or(-1);
+        builder.add_chunk(&topic, partition, &batches, offset_count, max_timestamp);
+        chunks.push(ChunkWaiters {
+            waiters: requests
+                .into_iter()
+                .map(|p| (p.batches.offset_count, p.reply))
+                .collect(),
+        });
+    }
+    let (data, entries) = builder.finish();
+    let size = data.len() as u64;
+    if let Err(e) = storage.put(&object, data.clone()).await {
+        warn!(error = %e, "segment upload failed");
+        let err = ProduceError::Storage(e.to_string());
+        for (_, reply) in chunks.into_iter().flat_map(|c| c.waiters) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        return None;
+    }
+    // Write-through: the uploader's own cache serves tail reads of what it just wrote.
+    for entry in &entries {
+        let start = entry.position as usize;
+        cache.insert(
+            &object,
+            entry.position,
+            data.slice(start..start + entry.length as usize),
+        );
+    }
+    debug!(size, "segment uploaded");
+    Some(Uploaded {
+        object,
+        size,
+        command_entries: entries,
+        chunks,
+    })
+}
+
+async fn commit_loop(
+    mut rx: mpsc::Receiver<JoinHandle<Option<Uploaded>>>,
+    metadata: Arc<Metadata>,
+) {
+    while let Some(upload) = rx.recv().await {
+        let Ok(Some(uploaded)) = upload.await else {
+            continue;
+        };
+        let command = Command::CommitSegment {
+            object: uploaded.object.clone(),
+            object_size: uploaded.size,
+            entries: uploaded.command_entries,
+        };
+        let results = match metadata.propose(command).await {
+            Ok(Response::Segment(results)) => results,
+            Ok(other) => {
+                warn!(?other, "unexpected response to CommitSegment");
+                Vec::new()
+            }
+            Err(e) => {
+                warn!(error = %e, object = %uploaded.object, "segment commit failed");
+                let err = ProduceError::Commit(e.to_string());
+                for (_, reply) in uploaded.chunks.into_iter().flat_map(|c| c.waiters) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                continue;
+            }
+        };
+        for (i, chunk) in uploaded.chunks.into_iter().enumerate() {
+            let result = results
+                .get(i)
+                .cloned()
+                .unwrap_or(Err(StateError::UnknownTopicOrPartition));
+            let mut next = match result {
+                Ok(base) => base,
+                Err(_) => {
+                    for (_, reply) in chunk.waiters {
+                        let _ = reply.send(Err(ProduceError::UnknownTopicOrPartition));
+                    }
+                    continue;
+                }
+            };
+            for (count, reply) in chunk.waiters {
+                let _ = reply.send(Ok(next));
+                next += i64::from(count);
+            }
+        }
+    }
+}

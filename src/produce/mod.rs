@@ -1,0 +1,7 @@
+//! The produce path: validate batches, buffer them, flush segment objects, commit.
+
+pub mod batch;
+pub mod buffer;
+
+pub use batch::{BatchError, ValidatedBatches};
+pub use buffer::{ProduceError, WriteBuffer};

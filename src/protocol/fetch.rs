@@ -1,0 +1,136 @@
+//! Fetch: sessionless reads, long-polling on the applied metadata log when there is less
+//! than `min_bytes` to return.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::broker::Broker;
+use crate::fetch::FetchError;
+
+/// Clients ask for up to this long; more would only tie up the connection.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
+    let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
+    let deadline = Instant::now() + wait;
+    let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
+    let mut applied = broker.metadata.subscribe();
+    loop {
+        applied.borrow_and_update();
+        let (responses, bytes, errors) = read_once(broker, &req, version).await;
+        if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline {
+            return FetchResponse::default().with_responses(responses);
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() {
+                return FetchResponse::default().with_responses(responses);
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let (responses, _, _) = read_once(broker, &req, version).await;
+                return FetchResponse::default().with_responses(responses);
+            }
+        }
+    }
+}
+
+/// One pass over every requested partition: (responses, record bytes, any error).
+async fn read_once(
+    broker: &Broker,
+    req: &FetchRequest,
+    version: i16,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let max_total = if version >= 3 {
+        usize::try_from(req.max_bytes).unwrap_or(0)
+    } else {
+        usize::MAX
+    };
+    let mut total = 0usize;
+    let mut errors = false;
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for topic in &req.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let budget = usize::try_from(p.partition_max_bytes)
+                .unwrap_or(0)
+                .min(max_total.saturating_sub(total));
+            let mut data = PartitionData::default().with_partition_index(p.partition);
+            // Once the response is full, remaining partitions answer empty (not an error).
+            let read = if budget == 0 && total > 0 {
+                broker
+                    .fetcher
+                    .read(topic.topic.as_str(), p.partition, p.fetch_offset, 0)
+                    .await
+                    .map(|mut d| {
+                        d.records = bytes::Bytes::new();
+                        d
+                    })
+            } else {
+                broker
+                    .fetcher
+                    .read(
+                        topic.topic.as_str(),
+                        p.partition,
+                        p.fetch_offset,
+                        budget.max(1),
+                    )
+                    .await
+            };
+            match read {
+                Ok(read) => {
+                    total += read.records.len();
+                    data = data
+                        .with_high_watermark(read.high_watermark)
+                        .with_last_stable_offset(read.high_watermark)
+                        .with_records(Some(read.records));
+                    if version >= 5 {
+                        data = data.with_log_start_offset(read.log_start_offset);
+                    }
+                    if version >= 4 {
+                        data = data.with_aborted_transactions(Some(Vec::new()));
+                    }
+                }
+                Err(e) => {
+                    errors = true;
+                    let code = match &e {
+                        FetchError::UnknownTopicOrPartition => {
+                            ResponseError::UnknownTopicOrPartition
+                        }
+                        FetchError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+                        FetchError::Storage(message) => {
+                            warn!(%message, "fetch read failed");
+                            ResponseError::KafkaStorageError
+                        }
+                    };
+                    let (hw, start) = broker
+                        .metadata
+                        .read(|s| {
+                            s.partition(topic.topic.as_str(), p.partition)
+                                .map(|p| (p.next_offset, p.log_start_offset))
+                        })
+                        .unwrap_or((-1, -1));
+                    data = data
+                        .with_error_code(code.code())
+                        .with_high_watermark(hw)
+                        .with_last_stable_offset(hw)
+                        .with_records(Some(bytes::Bytes::new()));
+                    if version >= 5 {
+                        data = data.with_log_start_offset(start);
+                    }
+                }
+            }
+            partitions.push(data);
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions),
+        );
+    }
+    (topics, total, errors)
+}

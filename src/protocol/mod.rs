@@ -1,0 +1,199 @@
+//! The Kafka protocol front end: request frames in, response frames out, one handler
+//! file per API family.
+
+mod api_versions;
+mod configs;
+mod fetch;
+mod groups;
+mod list_offsets;
+mod metadata;
+mod offsets;
+mod produce;
+mod topics;
+pub mod versions;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tracing::debug;
+
+use crate::broker::Broker;
+
+/// Errors after which the connection is closed, as Kafka does for requests it can't parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("request frame shorter than a request header")]
+    Truncated,
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("API {key:?} version {version} is not supported")]
+    UnsupportedVersion { key: ApiKey, version: i16 },
+    #[error("cannot decode {key:?} v{version}: {message}")]
+    Decode {
+        key: ApiKey,
+        version: i16,
+        message: String,
+    },
+    #[error("cannot encode response to {key:?} v{version}: {message}")]
+    Encode {
+        key: ApiKey,
+        version: i16,
+        message: String,
+    },
+}
+
+/// Handles one request frame (without its size prefix). Returns the response frame
+/// (with its size prefix), or None when the request wants no answer (acks=0).
+pub async fn handle_frame(
+    broker: Arc<Broker>,
+    mut frame: Bytes,
+) -> Result<Option<Bytes>, ProtocolError> {
+    if frame.len() < 8 {
+        return Err(ProtocolError::Truncated);
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let key = ApiKey::try_from(raw_key).map_err(|_| ProtocolError::UnknownApiKey(raw_key))?;
+    let Some((min, max)) = versions::range(key) else {
+        return Err(ProtocolError::UnknownApiKey(raw_key));
+    };
+    if version < min || version > max {
+        if key == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 so any client can read which versions we speak.
+            return Ok(Some(api_versions::unsupported_version(correlation_id)));
+        }
+        return Err(ProtocolError::UnsupportedVersion { key, version });
+    }
+    let decode_err = |e: anyhow::Error| ProtocolError::Decode {
+        key,
+        version,
+        message: e.to_string(),
+    };
+    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(decode_err)?;
+    let request = RequestKind::decode(key, &mut frame, version).map_err(decode_err)?;
+    let client_id = header
+        .client_id
+        .as_ref()
+        .map(StrBytes::as_str)
+        .unwrap_or("");
+    let span = tracing::debug_span!("request", api = ?key, version, correlation_id, client_id);
+    let _enter = span.enter();
+    drop(_enter);
+    let response = dispatch(&broker, request, version, client_id).await?;
+    let Some(response) = response else {
+        return Ok(None);
+    };
+    encode_response(key, version, correlation_id, &response).map(Some)
+}
+
+async fn dispatch(
+    broker: &Arc<Broker>,
+    request: RequestKind,
+    version: i16,
+    client_id: &str,
+) -> Result<Option<ResponseKind>, ProtocolError> {
+    let response = match request {
+        RequestKind::ApiVersions(req) => {
+            ResponseKind::ApiVersions(api_versions::handle(req, version))
+        }
+        RequestKind::Metadata(req) => {
+            ResponseKind::Metadata(metadata::handle(broker, req, version).await)
+        }
+        RequestKind::CreateTopics(req) => {
+            ResponseKind::CreateTopics(topics::create(broker, req, version).await)
+        }
+        RequestKind::DeleteTopics(req) => {
+            ResponseKind::DeleteTopics(topics::delete(broker, req, version).await)
+        }
+        RequestKind::Produce(req) => match produce::handle(broker, req, version).await {
+            Some(resp) => ResponseKind::Produce(resp),
+            None => return Ok(None),
+        },
+        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(broker, req, version).await),
+        RequestKind::ListOffsets(req) => {
+            ResponseKind::ListOffsets(list_offsets::handle(broker, req, version))
+        }
+        RequestKind::FindCoordinator(req) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(broker, req, version))
+        }
+        RequestKind::JoinGroup(req) => {
+            ResponseKind::JoinGroup(broker.groups.join_group(req, version, client_id, "").await)
+        }
+        RequestKind::SyncGroup(req) => {
+            ResponseKind::SyncGroup(broker.groups.sync_group(req, version).await)
+        }
+        RequestKind::Heartbeat(req) => {
+            ResponseKind::Heartbeat(broker.groups.heartbeat(req, version).await)
+        }
+        RequestKind::LeaveGroup(req) => {
+            ResponseKind::LeaveGroup(broker.groups.leave_group(req, version).await)
+        }
+        RequestKind::DescribeGroups(req) => {
+            ResponseKind::DescribeGroups(broker.groups.describe_groups(req, version))
+        }
+        RequestKind::ListGroups(req) => {
+            ResponseKind::ListGroups(groups::list_groups(broker, req, version))
+        }
+        RequestKind::OffsetCommit(req) => {
+            ResponseKind::OffsetCommit(offsets::commit(broker, req, version).await)
+        }
+        RequestKind::OffsetFetch(req) => {
+            ResponseKind::OffsetFetch(offsets::fetch(broker, req, version))
+        }
+        RequestKind::DescribeConfigs(req) => {
+            ResponseKind::DescribeConfigs(configs::describe(broker, req, version))
+        }
+        other => {
+            debug!(?other, "request for an API missing from the dispatch table");
+            return Err(ProtocolError::UnsupportedVersion {
+                key: ApiKey::ApiVersions,
+                version,
+            });
+        }
+    };
+    Ok(Some(response))
+}
+
+fn encode_response(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<Bytes, ProtocolError> {
+    let encode_err = |e: anyhow::Error| ProtocolError::Encode {
+        key,
+        version,
+        message: e.to_string(),
+    };
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0); // size, filled in below
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, key.response_header_version(version))
+        .map_err(encode_err)?;
+    response.encode(&mut buf, version).map_err(encode_err)?;
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Reads the size prefix of a frame, if four bytes are there.
+pub fn frame_size(buf: &[u8]) -> Option<i32> {
+    (buf.len() >= 4).then(|| (&buf[..4]).get_i32())
+}
+
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+/// Milliseconds since the Unix epoch, for values that Kafka reports in wall-clock time.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,56 @@
+//! The one table of Kafka APIs Strata serves, and the versions of each.
+//!
+//! Ranges cover what kafkajs 2.2, librdkafka 2.x and kafka-python negotiate, capped below
+//! versions whose semantics we don't implement yet (Fetch v13+ addresses topics by id,
+//! OffsetFetch v8+ batches groups, OffsetCommit v9+ is the KIP-848 protocol). Each range is
+//! also clipped to what the kafka-protocol crate can decode.
+
+use kafka_protocol::messages::ApiKey;
+
+const TABLE: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+];
+
+/// Every supported API with its (min, max) version.
+pub fn supported() -> impl Iterator<Item = (ApiKey, i16, i16)> {
+    TABLE.iter().filter_map(|&(key, min, max)| {
+        let valid = key.valid_versions();
+        let (min, max) = (min.max(valid.min), max.min(valid.max));
+        (min <= max).then_some((key, min, max))
+    })
+}
+
+/// The supported range of `key`, or None when Strata doesn't serve it.
+pub fn range(key: ApiKey) -> Option<(i16, i16)> {
+    supported()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_api_in_the_table_survives_clipping() {
+        assert_eq!(supported().count(), TABLE.len());
+        assert_eq!(range(ApiKey::Produce), Some((3, 9)));
+        assert_eq!(range(ApiKey::InitProducerId), None);
+    }
+}

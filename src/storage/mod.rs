@@ -1,0 +1,8 @@
+//! Storage: the object store, the segment object format and the block cache.
+
+pub mod cache;
+pub mod segment;
+pub mod store;
+
+pub use cache::BlockCache;
+pub use store::{ObjectStorage, StorageError};
