@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line that says what is wrong and how to fix it.
-            eprintln!("strata: {e:#}");
+            eprintln!("strata: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
@@ -67,4 +67,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// The error and its causes on one line, skipping causes the message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
