@@ -11,10 +11,10 @@ use crate::config::Config;
 use crate::fetch::FetchReader;
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::metadata::state::{valid_topic_name, Command, Response, StateError};
-use crate::metadata::{Metadata, MetadataError};
+use crate::metadata::{shipping, Metadata, MetadataError};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
-use crate::storage::{BlockCache, ObjectStorage, StorageError};
+use crate::storage::{orphans, BlockCache, ObjectStorage, StorageError};
 
 /// Why the broker could not start; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,10 @@ pub enum StartError {
     StoreProbe { url: String, source: StorageError },
     #[error("cannot open the metadata log: {0}")]
     Metadata(#[from] MetadataError),
+    #[error("cannot recover the metadata from the object store: {0}")]
+    Recovery(#[from] crate::metadata::shipping::ShippingError),
+    #[error("cannot set the old metadata log {dir} aside: {source}")]
+    SetAside { dir: String, source: std::io::Error },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +63,21 @@ pub struct Broker {
     pub buffer: WriteBuffer,
     pub fetcher: FetchReader,
     pub groups: Arc<GroupCoordinator>,
+    pub storage: ObjectStorage,
 }
 
 /// Background work owned by a running broker.
 pub struct BrokerTasks {
     pub flusher: JoinHandle<()>,
+    pub snapshot_shipper: JoinHandle<()>,
+    pub orphan_collector: JoinHandle<()>,
+}
+
+impl BrokerTasks {
+    pub fn abort(&self) {
+        self.snapshot_shipper.abort();
+        self.orphan_collector.abort();
+    }
 }
 
 impl Broker {
@@ -81,27 +95,51 @@ impl Broker {
                 url: config.store.clone(),
                 source,
             })?;
-        let metadata = Arc::new(
-            Metadata::open(
-                config.node_id,
-                &config.data_dir.join("raft"),
-                config.snapshot_every,
-            )
-            .await?,
-        );
+        let raft_dir = config.data_dir.join("raft");
+        let has_log = raft_dir.join("raft.log").exists();
+        if has_log && config.recover_from_store {
+            let aside = config.data_dir.join(format!(
+                "raft.before-recovery-{}",
+                crate::protocol::now_ms()
+            ));
+            std::fs::rename(&raft_dir, &aside).map_err(|source| StartError::SetAside {
+                dir: raft_dir.display().to_string(),
+                source,
+            })?;
+            info!(aside = %aside.display(), "old metadata log set aside for recovery");
+        }
+        let metadata =
+            Arc::new(Metadata::open(config.node_id, &raft_dir, config.snapshot_every).await?);
+        // A broker with no metadata log of its own (a new machine, a wiped disk) rebuilds
+        // it from the bucket: the store is the only durable copy.
+        if (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
+            shipping::recover(&metadata, &storage, config.upload_timeout * 2).await?;
+        }
         let cache = Arc::new(BlockCache::new(config.cache_bytes));
         let (buffer, flusher) = WriteBuffer::start(
             BufferConfig {
                 flush_interval: config.flush_interval,
                 flush_bytes: config.flush_bytes,
                 max_inflight_uploads: 4,
+                max_buffered_bytes: config.buffer_max_bytes,
+                upload_timeout: config.upload_timeout,
                 node_id: config.node_id,
             },
             storage.clone(),
             metadata.clone(),
             cache.clone(),
         );
-        let fetcher = FetchReader::new(metadata.clone(), storage, cache);
+        let snapshot_shipper = tokio::spawn(shipping::ship_snapshots(
+            metadata.clone(),
+            storage.clone(),
+            config.store_snapshot_interval,
+        ));
+        let orphan_collector = tokio::spawn(orphans::collect_orphans(
+            metadata.clone(),
+            storage.clone(),
+            config.orphan_grace,
+        ));
+        let fetcher = FetchReader::new(metadata.clone(), storage.clone(), cache);
         let groups = GroupCoordinator::new(GroupConfig {
             initial_rebalance_delay: config.group_initial_rebalance_delay,
             ..GroupConfig::default()
@@ -116,8 +154,14 @@ impl Broker {
             buffer,
             fetcher,
             groups,
+            storage,
         });
-        Ok((broker, BrokerTasks { flusher }))
+        let tasks = BrokerTasks {
+            flusher,
+            snapshot_shipper,
+            orphan_collector,
+        };
+        Ok((broker, tasks))
     }
 
     pub fn node_id(&self) -> i32 {

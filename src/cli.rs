@@ -52,4 +52,14 @@ pub struct ServeArgs {
     /// Flush the write buffer once it holds this many bytes [default: 8388608].
     #[arg(long, env = "STRATA_FLUSH_BYTES")]
     pub flush_bytes: Option<usize>,
+    /// Copy the metadata snapshot to the object store this often [default: 60000].
+    #[arg(long, env = "STRATA_STORE_SNAPSHOT_INTERVAL_MS")]
+    pub store_snapshot_interval_ms: Option<u64>,
+    /// Delete uncommitted (orphan) objects once older than this [default: 3600000].
+    #[arg(long, env = "STRATA_ORPHAN_GRACE_MS")]
+    pub orphan_grace_ms: Option<u64>,
+    /// Rebuild the metadata from the object store (snapshot plus newer segment objects).
+    /// Happens by itself when the data directory has no metadata log.
+    #[arg(long, env = "STRATA_RECOVER_FROM_STORE")]
+    pub recover_from_store: bool,
 }

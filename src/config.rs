@@ -44,6 +44,11 @@ struct FileConfig {
     cache_bytes: Option<usize>,
     snapshot_every: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    buffer_max_bytes: Option<usize>,
+    upload_timeout_ms: Option<u64>,
+    store_snapshot_interval_ms: Option<u64>,
+    orphan_grace_ms: Option<u64>,
+    recover_from_store: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +67,15 @@ pub struct Config {
     pub cache_bytes: usize,
     pub snapshot_every: u64,
     pub group_initial_rebalance_delay: Duration,
+    pub buffer_max_bytes: usize,
+    pub upload_timeout: Duration,
+    /// How often the metadata snapshot is copied to the object store.
+    pub store_snapshot_interval: Duration,
+    /// Uncommitted objects younger than this are never deleted (their commit may be on its way).
+    pub orphan_grace: Duration,
+    /// Rebuild the metadata from the store's snapshot and objects, even if the data
+    /// directory has a metadata log (it is set aside).
+    pub recover_from_store: bool,
 }
 
 impl Config {
@@ -150,7 +164,38 @@ impl Config {
                 hint: "use a positive number of log entries",
             });
         }
+        let buffer_max_bytes = file.buffer_max_bytes.unwrap_or(256 << 20);
+        if buffer_max_bytes < (1 << 20) {
+            return Err(ConfigError::Invalid {
+                key: "buffer_max_bytes",
+                value: buffer_max_bytes.to_string(),
+                hint: "use at least 1048576 bytes",
+            });
+        }
+        let orphan_grace_ms = args
+            .orphan_grace_ms
+            .or(file.orphan_grace_ms)
+            .unwrap_or(3_600_000);
+        if orphan_grace_ms < 1000 {
+            return Err(ConfigError::Invalid {
+                key: "orphan_grace_ms",
+                value: orphan_grace_ms.to_string(),
+                hint: "use at least 1000 ms, longer than any upload-to-commit delay",
+            });
+        }
         Ok(Self {
+            buffer_max_bytes,
+            upload_timeout: Duration::from_millis(
+                file.upload_timeout_ms.unwrap_or(60_000).max(1000),
+            ),
+            store_snapshot_interval: Duration::from_millis(
+                args.store_snapshot_interval_ms
+                    .or(file.store_snapshot_interval_ms)
+                    .unwrap_or(60_000)
+                    .max(100),
+            ),
+            orphan_grace: Duration::from_millis(orphan_grace_ms),
+            recover_from_store: args.recover_from_store || file.recover_from_store.unwrap_or(false),
             listen,
             advertise_host,
             advertise_port,

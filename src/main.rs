@@ -19,6 +19,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Serve(args) => Config::load(&args)
@@ -61,9 +62,23 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Requests already buffered finish their flush and commit; every acknowledged
         // record is in the store already, so a bounded wait is all a graceful stop needs.
         tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;
+        tasks.abort();
+        // The bucket gets the latest metadata, so a replacement broker on a new machine
+        // starts from exactly here.
+        if let Err(e) = strata::metadata::shipping::ship_once(&broker.metadata, &broker.storage, 0).await {
+            tracing::warn!(error = %e, "could not ship the final metadata snapshot");
+        }
+        let counters = broker.storage.counters();
+        let load = std::sync::atomic::Ordering::Relaxed;
+        info!(
+            puts = counters.puts.load(load),
+            gets = counters.gets.load(load),
+            lists = counters.lists.load(load),
+            deletes = counters.deletes.load(load),
+            "object_store_requests"
+        );
         broker.groups.shutdown();
         broker.metadata.shutdown().await?;
-        drop(tasks);
         info!("stopped");
         Ok(())
     })

@@ -1,6 +1,7 @@
 //! Metadata: the pure state machine and the Raft log that orders its commands.
 
 pub mod raft;
+pub mod shipping;
 pub mod state;
 
 use std::path::Path;

@@ -33,6 +33,11 @@ pub enum Command {
         group: String,
         offsets: Vec<OffsetCommit>,
     },
+    /// Replace the whole state: the first command of a cluster rebuilt from the object
+    /// store's snapshot.
+    Restore {
+        state: Box<MetadataState>,
+    },
 }
 
 /// One partition's chunk inside a segment object: contiguous record batches.
@@ -160,6 +165,10 @@ impl MetadataState {
             } => Response::Segment(self.commit_segment(object, entries)),
             Command::CommitOffsets { group, offsets } => {
                 Response::Offsets(self.commit_offsets(group, offsets))
+            }
+            Command::Restore { state } => {
+                *self = (**state).clone();
+                Response::Empty
             }
         }
     }
@@ -308,6 +317,10 @@ impl MetadataState {
 
     pub fn group_ids(&self) -> impl Iterator<Item = &String> {
         self.groups.keys()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.groups.is_empty()
     }
 
     pub fn object_refs(&self, object: &str) -> u32 {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indexmap::IndexMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
@@ -39,19 +39,41 @@ pub struct BufferConfig {
     pub flush_bytes: usize,
     /// Uploads in flight at once; past this, flushing (and so producers) waits.
     pub max_inflight_uploads: usize,
+    /// Record bytes accepted but not yet answered. Past this, produce requests wait (and
+    /// time out) instead of growing memory without bound while the store is unreachable.
+    pub max_buffered_bytes: usize,
+    /// How long an upload is retried before its requests are failed.
+    pub upload_timeout: Duration,
     pub node_id: u64,
 }
+
+type Reply = oneshot::Sender<Result<i64, ProduceError>>;
 
 struct Pending {
     topic: String,
     partition: i32,
     batches: ValidatedBatches,
-    reply: oneshot::Sender<Result<i64, ProduceError>>,
+    reply: Reply,
+    /// Held until the request is answered: the memory cap.
+    permit: OwnedSemaphorePermit,
+}
+
+/// A request waiting for its commit: offsets it spans, where to answer, its memory.
+struct Waiter {
+    offset_count: u32,
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Waiter {
+    fn answer(self, result: Result<i64, ProduceError>) {
+        let _ = self.reply.send(result);
+    }
 }
 
 /// One partition's requests inside an uploaded object, in arrival order.
 struct ChunkWaiters {
-    waiters: Vec<(u32, oneshot::Sender<Result<i64, ProduceError>>)>,
+    waiters: Vec<Waiter>,
 }
 
 struct Uploaded {
@@ -64,6 +86,13 @@ struct Uploaded {
 #[derive(Clone)]
 pub struct WriteBuffer {
     tx: mpsc::Sender<Pending>,
+    memory: Arc<Semaphore>,
+    capacity_kib: u32,
+}
+
+/// The memory cap counts in KiB so that a permit count fits the semaphore's u32.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 impl WriteBuffer {
@@ -74,6 +103,8 @@ impl WriteBuffer {
         cache: Arc<BlockCache>,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
+        let capacity_kib = kib(config.max_buffered_bytes).max(1);
+        let memory = Arc::new(Semaphore::new(capacity_kib as usize));
         let (commit_tx, commit_rx) = mpsc::channel(config.max_inflight_uploads.max(1));
         let flusher = tokio::spawn(flush_loop(config, rx, commit_tx, storage, cache));
         let committer = tokio::spawn(commit_loop(commit_rx, metadata));
@@ -81,7 +112,14 @@ impl WriteBuffer {
             let _ = flusher.await;
             let _ = committer.await;
         });
-        (Self { tx }, handle)
+        (
+            Self {
+                tx,
+                memory,
+                capacity_kib,
+            },
+            handle,
+        )
     }
 
     /// Buffers one partition's batches; resolves with their base offset once committed.
@@ -92,17 +130,30 @@ impl WriteBuffer {
         batches: ValidatedBatches,
     ) -> Result<i64, ProduceError> {
         let (reply, rx) = oneshot::channel();
+        // A request larger than the whole cap still goes through, alone.
+        let want = kib(batches.bytes).min(self.memory_capacity());
+        let permit = self
+            .memory
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| ProduceError::ShuttingDown)?;
         let pending = Pending {
             topic: topic.to_owned(),
             partition,
             batches,
             reply,
+            permit,
         };
         self.tx
             .send(pending)
             .await
             .map_err(|_| ProduceError::ShuttingDown)?;
         rx.await.map_err(|_| ProduceError::ShuttingDown)?
+    }
+
+    fn memory_capacity(&self) -> u32 {
+        self.capacity_kib
     }
 }
 
@@ -134,8 +185,16 @@ async fn flush_loop(
         seq += 1;
         let object = object_name(config.node_id, seq);
         let span = tracing::debug_span!("upload", %object, bytes, requests = pending.len());
-        let upload =
-            tokio::spawn(upload(object, pending, storage.clone(), cache.clone()).instrument(span));
+        let upload = tokio::spawn(
+            upload(
+                object,
+                pending,
+                storage.clone(),
+                cache.clone(),
+                config.upload_timeout,
+            )
+            .instrument(span),
+        );
         if commit_tx.send(upload).await.is_err() {
             break;
         }
@@ -154,11 +213,44 @@ fn object_name(node_id: u64, seq: u64) -> String {
     )
 }
 
+/// Retries an upload with capped exponential backoff and jitter until `timeout`: the
+/// store may be throttling (503 SlowDown), restarting or briefly unreachable.
+async fn put_with_retry(
+    storage: &ObjectStorage,
+    object: &str,
+    data: &bytes::Bytes,
+    timeout: Duration,
+) -> Result<(), crate::storage::StorageError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match storage.put(object, data.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() + backoff >= timeout => return Err(e),
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "segment upload failed; retrying");
+                tokio::time::sleep(backoff + jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Up to half of `d`, from the clock's nanoseconds: spreads retries without a RNG.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    d.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
 async fn upload(
     object: String,
     pending: Vec<Pending>,
     storage: ObjectStorage,
     cache: Arc<BlockCache>,
+    upload_timeout: Duration,
 ) -> Option<Uploaded> {
     let mut by_partition: IndexMap<(String, i32), Vec<Pending>> = IndexMap::new();
     for p in pending {
@@ -184,17 +276,21 @@ async fn upload(
         chunks.push(ChunkWaiters {
             waiters: requests
                 .into_iter()
-                .map(|p| (p.batches.offset_count, p.reply))
+                .map(|p| Waiter {
+                    offset_count: p.batches.offset_count,
+                    reply: p.reply,
+                    _permit: p.permit,
+                })
                 .collect(),
         });
     }
     let (data, entries) = builder.finish();
     let size = data.len() as u64;
-    if let Err(e) = storage.put(&object, data.clone()).await {
-        warn!(error = %e, "segment upload failed");
+    if let Err(e) = put_with_retry(&storage, &object, &data, upload_timeout).await {
+        warn!(error = %e, "segment upload failed; failing its requests");
         let err = ProduceError::Storage(e.to_string());
-        for (_, reply) in chunks.into_iter().flat_map(|c| c.waiters) {
-            let _ = reply.send(Err(err.clone()));
+        for waiter in chunks.into_iter().flat_map(|c| c.waiters) {
+            waiter.answer(Err(err.clone()));
         }
         return None;
     }
@@ -238,8 +334,8 @@ async fn commit_loop(
             Err(e) => {
                 warn!(error = %e, object = %uploaded.object, "segment commit failed");
                 let err = ProduceError::Commit(e.to_string());
-                for (_, reply) in uploaded.chunks.into_iter().flat_map(|c| c.waiters) {
-                    let _ = reply.send(Err(err.clone()));
+                for waiter in uploaded.chunks.into_iter().flat_map(|c| c.waiters) {
+                    waiter.answer(Err(err.clone()));
                 }
                 continue;
             }
@@ -252,14 +348,15 @@ async fn commit_loop(
             let mut next = match result {
                 Ok(base) => base,
                 Err(_) => {
-                    for (_, reply) in chunk.waiters {
-                        let _ = reply.send(Err(ProduceError::UnknownTopicOrPartition));
+                    for waiter in chunk.waiters {
+                        waiter.answer(Err(ProduceError::UnknownTopicOrPartition));
                     }
                     continue;
                 }
             };
-            for (count, reply) in chunk.waiters {
-                let _ = reply.send(Ok(next));
+            for waiter in chunk.waiters {
+                let count = waiter.offset_count;
+                waiter.answer(Ok(next));
                 next += i64::from(count);
             }
         }

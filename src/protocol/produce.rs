@@ -20,6 +20,12 @@ pub async fn handle(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = req.acks;
+    // Kafka's request.timeout: past it the client hears REQUEST_TIMED_OUT (retriable).
+    let timeout = std::time::Duration::from_millis(
+        u64::try_from(req.timeout_ms)
+            .unwrap_or(0)
+            .clamp(100, 300_000),
+    );
     if req.transactional_id.is_some() {
         return Some(reject_all(
             req,
@@ -39,8 +45,16 @@ pub async fn handle(
                 let name = name.clone();
                 let lookup = lookup.clone();
                 async move {
+                    let produce = produce_partition(&broker, &name, &lookup, p.index, p.records);
                     let result =
-                        produce_partition(&broker, &name, &lookup, p.index, p.records).await;
+                        tokio::time::timeout(timeout, produce)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err((
+                                    ResponseError::RequestTimedOut,
+                                    "timed out waiting for the object store".into(),
+                                ))
+                            });
                     partition_response(p.index, result, version)
                 }
             }))

@@ -107,27 +107,54 @@ pub fn read_footer(object: &[u8]) -> Result<Footer, SegmentError> {
     if object.len() < HEADER_MAGIC.len() + TRAILER_LEN {
         return Err(SegmentError::TooShort);
     }
-    if &object[..8] != HEADER_MAGIC || &object[object.len() - 8..] != TRAILER_MAGIC {
+    if &object[..8] != HEADER_MAGIC {
         return Err(SegmentError::BadMagic);
     }
     let trailer = &object[object.len() - TRAILER_LEN..];
-    let footer_len = u32::from_be_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+    let location = locate_footer(object.len() as u64, trailer)?;
+    let json = &object[location.start as usize..location.end as usize];
+    decode_footer(json, &location)
+}
+
+/// Where the footer lies, from the object's size and its last 16 bytes (so a reader
+/// needs two small ranged reads, not the whole object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FooterLocation {
+    pub start: u64,
+    pub end: u64,
+    crc: u32,
+}
+
+pub const TRAILER_BYTES: u64 = TRAILER_LEN as u64;
+
+pub fn locate_footer(object_size: u64, trailer: &[u8]) -> Result<FooterLocation, SegmentError> {
+    if trailer.len() != TRAILER_LEN || object_size < (HEADER_MAGIC.len() + TRAILER_LEN) as u64 {
+        return Err(SegmentError::TooShort);
+    }
+    if &trailer[8..] != TRAILER_MAGIC {
+        return Err(SegmentError::BadMagic);
+    }
+    let footer_len = u64::from(u32::from_be_bytes([
+        trailer[0], trailer[1], trailer[2], trailer[3],
+    ]));
     let crc = u32::from_be_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
-    let footer_end = object.len() - TRAILER_LEN;
-    let footer_start = footer_end
+    let end = object_size - TRAILER_BYTES;
+    let start = end
         .checked_sub(footer_len)
-        .filter(|s| *s >= HEADER_MAGIC.len())
+        .filter(|s| *s >= HEADER_MAGIC.len() as u64)
         .ok_or(SegmentError::TooShort)?;
-    let json = &object[footer_start..footer_end];
-    if crc32c::crc32c(json) != crc {
+    Ok(FooterLocation { start, end, crc })
+}
+
+pub fn decode_footer(json: &[u8], location: &FooterLocation) -> Result<Footer, SegmentError> {
+    if crc32c::crc32c(json) != location.crc {
         return Err(SegmentError::BadChecksum);
     }
     let footer: Footer =
         serde_json::from_slice(json).map_err(|e| SegmentError::BadFooter(e.to_string()))?;
     for (i, chunk) in footer.chunks.iter().enumerate() {
         let end = chunk.position.checked_add(chunk.length);
-        if chunk.position < HEADER_MAGIC.len() as u64
-            || end.is_none_or(|end| end > footer_start as u64)
+        if chunk.position < HEADER_MAGIC.len() as u64 || end.is_none_or(|end| end > location.start)
         {
             return Err(SegmentError::ChunkOutOfBounds(i));
         }

@@ -1,7 +1,11 @@
 //! The object store behind a URL: `file:///dir`, `s3://bucket/prefix`, `memory://`.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::TryStreamExt;
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
@@ -9,7 +13,9 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 use url::Url;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,24 @@ pub enum StorageError {
 pub struct ObjectStorage {
     inner: Arc<dyn ObjectStore>,
     description: String,
+    counters: Arc<RequestCounters>,
+}
+
+/// Requests sent to the store, for the request-cost figures (PUTs and GETs per GB).
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    pub puts: AtomicU64,
+    pub gets: AtomicU64,
+    pub lists: AtomicU64,
+    pub deletes: AtomicU64,
+}
+
+/// An object found by listing.
+#[derive(Debug, Clone)]
+pub struct ListedObject {
+    pub path: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
 }
 
 impl ObjectStorage {
@@ -58,8 +82,7 @@ impl ObjectStorage {
                 let bucket = parsed
                     .host_str()
                     .ok_or_else(|| bad("use s3://bucket/prefix"))?;
-                let s3 = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
+                let s3 = s3_builder(bucket)
                     .build()
                     .map_err(|e| bad(&e.to_string()))?;
                 let prefix = parsed.path().trim_matches('/');
@@ -78,7 +101,12 @@ impl ObjectStorage {
         Ok(Self {
             inner,
             description: url.to_owned(),
+            counters: Arc::default(),
         })
+    }
+
+    pub fn counters(&self) -> &RequestCounters {
+        &self.counters
     }
 
     pub fn description(&self) -> &str {
@@ -86,6 +114,7 @@ impl ObjectStorage {
     }
 
     pub async fn put(&self, path: &str, data: Bytes) -> Result<(), StorageError> {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
         self.inner
             .put(&Path::from(path), PutPayload::from(data))
             .await
@@ -94,6 +123,7 @@ impl ObjectStorage {
     }
 
     pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.inner
             .get_range(&Path::from(path), range)
             .await
@@ -101,6 +131,7 @@ impl ObjectStorage {
     }
 
     pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
         let result = self
             .inner
             .get(&Path::from(path))
@@ -111,6 +142,85 @@ impl ObjectStorage {
             .await
             .map_err(|source| store_error(path, source))
     }
+}
+
+impl ObjectStorage {
+    /// None when the object does not exist.
+    pub async fn get_opt(&self, path: &str) -> Result<Option<Bytes>, StorageError> {
+        match self.get(path).await {
+            Ok(data) => Ok(Some(data)),
+            Err(StorageError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, StorageError> {
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        let objects: Vec<_> = self
+            .inner
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|source| store_error(prefix, source))?;
+        Ok(objects
+            .into_iter()
+            .map(|o| ListedObject {
+                path: o.location.to_string(),
+                size: o.size,
+                last_modified: SystemTime::from(o.last_modified),
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), StorageError> {
+        self.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        match self.inner.delete(&Path::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(store_error(path, source)),
+        }
+    }
+}
+
+/// S3 settings from the standard `AWS_*` variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, …). An `http://` endpoint given explicitly is allowed, as MinIO
+/// and other local servers need. Requests are path-style, which every S3-compatible
+/// server accepts.
+fn s3_builder(bucket: &str) -> AmazonS3Builder {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+        .ok();
+    let allow_http = endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"))
+        || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1");
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|_| "us-east-1".into());
+    // Each request retries briefly; the write buffer retries whole uploads on top, so a
+    // long outage turns into produce timeouts rather than requests stuck for minutes.
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(10),
+    };
+    AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_retry(retry)
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(allow_http)
+                .with_connect_timeout(Duration::from_secs(3))
+                .with_timeout(Duration::from_secs(30)),
+        )
 }
 
 fn store_error(path: &str, source: object_store::Error) -> StorageError {
