@@ -38,6 +38,11 @@ pub enum Command {
     Restore {
         state: Box<MetadataState>,
     },
+    /// InitProducerId for an idempotent producer: a new id, or the next epoch of the id
+    /// the producer already holds (KIP-360).
+    InitProducer {
+        current: Option<(i64, i16)>,
+    },
 }
 
 /// One partition's chunk inside a segment object: contiguous record batches.
@@ -51,6 +56,19 @@ pub struct SegmentEntry {
     /// Offsets the chunk spans: the sum of `last_offset_delta + 1` over its batches.
     pub offset_count: u32,
     pub max_timestamp: i64,
+    /// Set when the chunk is one idempotent producer's request: checked for duplicates
+    /// and sequence gaps before it gets offsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<ProducerBatch>,
+}
+
+/// The idempotence fields of a request's batches (all from one producer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerBatch {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_sequence: i32,
+    pub last_sequence: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +91,15 @@ pub enum StateError {
     InvalidPartitions,
     #[error("invalid topic name")]
     InvalidTopic,
+    /// A retry of a batch already committed at this base offset: answered as success.
+    #[error("duplicate sequence number (already at offset {0})")]
+    DuplicateSequence(i64),
+    #[error("out of order sequence number")]
+    OutOfOrderSequence,
+    #[error("producer epoch is fenced by a newer one")]
+    InvalidProducerEpoch,
+    #[error("unknown producer id")]
+    UnknownProducerId,
 }
 
 /// The outcome of applying one command.
@@ -86,6 +113,7 @@ pub enum Response {
     Segment(Vec<Result<i64, StateError>>),
     /// One result per [`OffsetCommit`], in order.
     Offsets(Vec<Result<(), StateError>>),
+    Producer(Result<(i64, i16), StateError>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -95,6 +123,11 @@ pub struct MetadataState {
     /// Live references from index entries, per object: an object is garbage once it
     /// drops to zero (collected by a later issue's background work).
     object_refs: BTreeMap<String, u32>,
+    /// Producer ids handed out so far, and each one's current epoch.
+    #[serde(default)]
+    next_producer_id: i64,
+    #[serde(default)]
+    producer_epochs: BTreeMap<i64, i16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +146,20 @@ pub struct Partition {
     /// Sorted by `base_offset`, contiguous.
     pub index: Vec<IndexEntry>,
     pub size_bytes: u64,
+    /// Idempotent producers writing here: their epoch and last few batches.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub producers: BTreeMap<i64, ProducerState>,
+}
+
+/// How many recent batches per producer are remembered for de-duplication; matches
+/// the most requests a Kafka producer keeps in flight with idempotence on.
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub epoch: i16,
+    /// (first sequence, last sequence, base offset), oldest first.
+    pub batches: Vec<(i32, i32, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +217,7 @@ impl MetadataState {
                 *self = (**state).clone();
                 Response::Empty
             }
+            Command::InitProducer { current } => Response::Producer(self.init_producer(*current)),
         }
     }
 
@@ -235,6 +283,12 @@ impl MetadataState {
                 continue;
             };
             let base_offset = partition.next_offset;
+            if let Some(producer) = &entry.producer {
+                if let Err(e) = partition.check_sequence(producer, base_offset) {
+                    results.push(Err(e));
+                    continue;
+                }
+            }
             partition.next_offset += i64::from(entry.offset_count);
             partition.size_bytes += entry.length;
             partition.index.push(IndexEntry {
@@ -249,6 +303,27 @@ impl MetadataState {
             results.push(Ok(base_offset));
         }
         results
+    }
+
+    fn init_producer(&mut self, current: Option<(i64, i16)>) -> Result<(i64, i16), StateError> {
+        if let Some((id, epoch)) = current {
+            let known = self
+                .producer_epochs
+                .get_mut(&id)
+                .ok_or(StateError::UnknownProducerId)?;
+            if *known != epoch {
+                return Err(StateError::InvalidProducerEpoch);
+            }
+            // An exhausted epoch moves the producer to a fresh id, as Kafka does.
+            if *known < i16::MAX - 1 {
+                *known += 1;
+                return Ok((id, *known));
+            }
+        }
+        let id = self.next_producer_id;
+        self.next_producer_id += 1;
+        self.producer_epochs.insert(id, 0);
+        Ok((id, 0))
     }
 
     fn commit_offsets(
@@ -332,6 +407,49 @@ impl MetadataState {
 pub const MAX_PARTITIONS: i32 = 10_000;
 
 impl Partition {
+    /// Kafka's idempotence rules for a batch about to get `base_offset`; on success the
+    /// batch is remembered for de-duplicating retries.
+    fn check_sequence(
+        &mut self,
+        batch: &ProducerBatch,
+        base_offset: i64,
+    ) -> Result<(), StateError> {
+        let state = self.producers.entry(batch.producer_id).or_default();
+        let fresh = state.batches.is_empty();
+        if !fresh && batch.epoch < state.epoch {
+            return Err(StateError::InvalidProducerEpoch);
+        }
+        if fresh || batch.epoch > state.epoch {
+            // A new producer (or epoch) starts its sequence at zero.
+            if batch.first_sequence != 0 {
+                if fresh {
+                    self.producers.remove(&batch.producer_id);
+                }
+                return Err(StateError::OutOfOrderSequence);
+            }
+            state.epoch = batch.epoch;
+            state.batches.clear();
+        } else {
+            if let Some(&(_, _, offset)) = state.batches.iter().find(|(first, last, _)| {
+                *first == batch.first_sequence && *last == batch.last_sequence
+            }) {
+                return Err(StateError::DuplicateSequence(offset));
+            }
+            let last = state.batches.last().map_or(-1, |b| b.1);
+            let expected = if last == i32::MAX { 0 } else { last + 1 };
+            if batch.first_sequence != expected {
+                return Err(StateError::OutOfOrderSequence);
+            }
+        }
+        state
+            .batches
+            .push((batch.first_sequence, batch.last_sequence, base_offset));
+        if state.batches.len() > PRODUCER_BATCHES_KEPT {
+            state.batches.remove(0);
+        }
+        Ok(())
+    }
+
     /// The index entries that hold `offset` and what follows it, up to `max` entries.
     pub fn entries_from(&self, offset: i64, max: usize) -> &[IndexEntry] {
         let start = self.index.partition_point(|e| e.end_offset() <= offset);
@@ -379,7 +497,80 @@ mod tests {
             length: 100,
             offset_count: count,
             max_timestamp: 10,
+            producer: None,
         }
+    }
+
+    fn idempotent(count: u32, producer_id: i64, epoch: i16, first_sequence: i32) -> SegmentEntry {
+        SegmentEntry {
+            producer: Some(ProducerBatch {
+                producer_id,
+                epoch,
+                first_sequence,
+                last_sequence: first_sequence + count as i32 - 1,
+            }),
+            ..entry("t", 0, count)
+        }
+    }
+
+    fn commit(s: &mut MetadataState, e: SegmentEntry) -> Result<i64, StateError> {
+        match s.apply(&Command::CommitSegment {
+            object: "o".into(),
+            object_size: 1,
+            entries: vec![e],
+        }) {
+            Response::Segment(mut r) => r.remove(0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn idempotent_retries_are_deduplicated_and_gaps_refused() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        let Response::Producer(Ok((pid, 0))) = s.apply(&Command::InitProducer { current: None })
+        else {
+            panic!()
+        };
+        assert_eq!(commit(&mut s, idempotent(3, pid, 0, 0)), Ok(0));
+        assert_eq!(commit(&mut s, idempotent(2, pid, 0, 3)), Ok(3));
+        // A retry of an acknowledged batch gets its original offset back, no new offsets.
+        assert_eq!(
+            commit(&mut s, idempotent(3, pid, 0, 0)),
+            Err(StateError::DuplicateSequence(0))
+        );
+        assert_eq!(s.partition("t", 0).unwrap().next_offset, 5);
+        assert_eq!(
+            commit(&mut s, idempotent(1, pid, 0, 9)),
+            Err(StateError::OutOfOrderSequence)
+        );
+        // A new producer must start at sequence zero.
+        assert_eq!(
+            commit(&mut s, idempotent(1, 77, 0, 4)),
+            Err(StateError::OutOfOrderSequence)
+        );
+        // Bumping the epoch fences the old one.
+        assert_eq!(
+            s.apply(&Command::InitProducer {
+                current: Some((pid, 0))
+            }),
+            Response::Producer(Ok((pid, 1)))
+        );
+        assert_eq!(commit(&mut s, idempotent(1, pid, 1, 0)), Ok(5));
+        assert_eq!(
+            commit(&mut s, idempotent(1, pid, 0, 5)),
+            Err(StateError::InvalidProducerEpoch)
+        );
+        assert_eq!(
+            s.apply(&Command::InitProducer {
+                current: Some((pid, 0))
+            }),
+            Response::Producer(Err(StateError::InvalidProducerEpoch))
+        );
+        assert_eq!(
+            s.apply(&Command::InitProducer { current: None }),
+            Response::Producer(Ok((pid + 1, 0)))
+        );
     }
 
     #[test]

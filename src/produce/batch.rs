@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 
+use crate::metadata::state::ProducerBatch;
+
 /// Offsets of header fields inside a record batch.
 const BASE_OFFSET: usize = 0;
 const BATCH_LENGTH: usize = 8;
@@ -13,6 +15,11 @@ const CRC: usize = 17;
 const ATTRIBUTES: usize = 21;
 const LAST_OFFSET_DELTA: usize = 23;
 const MAX_TIMESTAMP: usize = 35;
+const PRODUCER_ID: usize = 43;
+const PRODUCER_EPOCH: usize = 51;
+const BASE_SEQUENCE: usize = 53;
+/// Attribute bits Strata refuses: transactional batches and control records.
+const TRANSACTIONAL_OR_CONTROL: i16 = 0x30;
 const RECORDS_COUNT: usize = 57;
 pub const HEADER_LEN: usize = 61;
 /// baseOffset and batchLength are not counted by batchLength itself.
@@ -30,6 +37,8 @@ pub enum BatchError {
     Invalid,
     #[error("no record batches")]
     Empty,
+    #[error("transactional batches are not supported")]
+    Transactional,
 }
 
 /// The batches of one partition in one produce request, checked and split.
@@ -40,10 +49,16 @@ pub struct ValidatedBatches {
     pub offset_count: u32,
     pub max_timestamp: i64,
     pub bytes: usize,
+    /// The idempotent producer that wrote them, if any.
+    pub producer: Option<ProducerBatch>,
 }
 
 fn be_i32(b: &[u8], at: usize) -> i32 {
     i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
 }
 
 fn be_i64(b: &[u8], at: usize) -> i64 {
@@ -58,6 +73,7 @@ pub fn validate(records: &Bytes) -> Result<ValidatedBatches, BatchError> {
     let mut batches = Vec::new();
     let mut offset_count: u32 = 0;
     let mut max_timestamp = i64::MIN;
+    let mut producer: Option<ProducerBatch> = None;
     let mut at = 0;
     while at < records.len() {
         let rest = &records[at..];
@@ -90,6 +106,34 @@ pub fn validate(records: &Bytes) -> Result<ValidatedBatches, BatchError> {
         if records_count <= 0 || last_offset_delta != records_count - 1 {
             return Err(BatchError::Invalid);
         }
+        if be_i16(batch, ATTRIBUTES) & TRANSACTIONAL_OR_CONTROL != 0 {
+            return Err(BatchError::Transactional);
+        }
+        let producer_id = be_i64(batch, PRODUCER_ID);
+        let base_sequence = be_i32(batch, BASE_SEQUENCE);
+        if producer_id >= 0 && base_sequence >= 0 {
+            let last_sequence = base_sequence.wrapping_add(last_offset_delta);
+            let epoch = be_i16(batch, PRODUCER_EPOCH);
+            producer = match producer {
+                None if batches.is_empty() => Some(ProducerBatch {
+                    producer_id,
+                    epoch,
+                    first_sequence: base_sequence,
+                    last_sequence,
+                }),
+                // Later batches of one request must continue the same producer's sequence.
+                Some(p)
+                    if p.producer_id == producer_id
+                        && p.epoch == epoch
+                        && p.last_sequence.wrapping_add(1) == base_sequence =>
+                {
+                    Some(ProducerBatch { last_sequence, ..p })
+                }
+                _ => return Err(BatchError::Invalid),
+            };
+        } else if producer.is_some() {
+            return Err(BatchError::Invalid);
+        }
         offset_count = offset_count
             .checked_add(records_count as u32)
             .ok_or(BatchError::Invalid)?;
@@ -105,6 +149,7 @@ pub fn validate(records: &Bytes) -> Result<ValidatedBatches, BatchError> {
         offset_count,
         max_timestamp,
         bytes: records.len(),
+        producer,
     })
 }
 

@@ -29,6 +29,8 @@ pub enum ProduceError {
     Commit(String),
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    #[error("refused by the metadata log: {0}")]
+    Rejected(StateError),
     #[error("broker is shutting down")]
     ShuttingDown,
 }
@@ -252,16 +254,20 @@ async fn upload(
     cache: Arc<BlockCache>,
     upload_timeout: Duration,
 ) -> Option<Uploaded> {
-    let mut by_partition: IndexMap<(String, i32), Vec<Pending>> = IndexMap::new();
-    for p in pending {
+    // One chunk per partition; an idempotent request gets a chunk of its own, so the
+    // state machine can refuse it (a duplicate, a sequence gap) without touching others.
+    let mut by_partition: IndexMap<(String, i32, Option<usize>), Vec<Pending>> = IndexMap::new();
+    for (i, p) in pending.into_iter().enumerate() {
+        let own_chunk = p.batches.producer.map(|_| i);
         by_partition
-            .entry((p.topic.clone(), p.partition))
+            .entry((p.topic.clone(), p.partition, own_chunk))
             .or_default()
             .push(p);
     }
     let mut builder = SegmentBuilder::new();
     let mut chunks = Vec::with_capacity(by_partition.len());
-    for ((topic, partition), requests) in by_partition {
+    for ((topic, partition, _), requests) in by_partition {
+        let producer = requests.first().and_then(|p| p.batches.producer);
         let batches: Vec<_> = requests
             .iter()
             .flat_map(|p| p.batches.batches.iter().cloned())
@@ -272,7 +278,14 @@ async fn upload(
             .map(|p| p.batches.max_timestamp)
             .max()
             .unwrap_or(-1);
-        builder.add_chunk(&topic, partition, &batches, offset_count, max_timestamp);
+        builder.add_chunk(
+            &topic,
+            partition,
+            &batches,
+            offset_count,
+            max_timestamp,
+            producer,
+        );
         chunks.push(ChunkWaiters {
             waiters: requests
                 .into_iter()
@@ -347,9 +360,17 @@ async fn commit_loop(
                 .unwrap_or(Err(StateError::UnknownTopicOrPartition));
             let mut next = match result {
                 Ok(base) => base,
-                Err(_) => {
+                // A retry of a committed batch: the producer hears its original offset.
+                Err(StateError::DuplicateSequence(base)) => base,
+                Err(e) => {
+                    let err = match e {
+                        StateError::UnknownTopicOrPartition => {
+                            ProduceError::UnknownTopicOrPartition
+                        }
+                        other => ProduceError::Rejected(other),
+                    };
                     for waiter in chunk.waiters {
-                        waiter.answer(Err(ProduceError::UnknownTopicOrPartition));
+                        waiter.answer(Err(err.clone()));
                     }
                     continue;
                 }

@@ -9,6 +9,7 @@ mod list_offsets;
 mod metadata;
 mod offsets;
 mod produce;
+mod producer_id;
 mod topics;
 pub mod versions;
 
@@ -143,6 +144,9 @@ async fn dispatch(
         }
         RequestKind::OffsetFetch(req) => {
             ResponseKind::OffsetFetch(offsets::fetch(broker, req, version))
+        }
+        RequestKind::InitProducerId(req) => {
+            ResponseKind::InitProducerId(producer_id::init(broker, req, version).await)
         }
         RequestKind::DescribeConfigs(req) => {
             ResponseKind::DescribeConfigs(configs::describe(broker, req, version))

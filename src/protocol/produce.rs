@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
+use crate::metadata::state::StateError;
 use crate::produce::batch::{self, BatchError};
 use crate::produce::ProduceError;
 
@@ -99,6 +100,7 @@ async fn produce_partition(
         let code = match e {
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
             BatchError::Invalid | BatchError::Empty => ResponseError::InvalidRecord,
+            BatchError::Transactional => ResponseError::TransactionalIdAuthorizationFailed,
             BatchError::CrcMismatch | BatchError::Truncated => ResponseError::CorruptMessage,
         };
         (code, e.to_string())
@@ -116,6 +118,16 @@ async fn produce_partition(
         .map_err(|e| {
             let code = match e {
                 ProduceError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+                ProduceError::Rejected(StateError::OutOfOrderSequence) => {
+                    ResponseError::OutOfOrderSequenceNumber
+                }
+                ProduceError::Rejected(StateError::InvalidProducerEpoch) => {
+                    ResponseError::InvalidProducerEpoch
+                }
+                ProduceError::Rejected(StateError::UnknownProducerId) => {
+                    ResponseError::UnknownProducerId
+                }
+                ProduceError::Rejected(_) => ResponseError::UnknownServerError,
                 ProduceError::Storage(_) => ResponseError::KafkaStorageError,
                 ProduceError::Commit(_) | ProduceError::ShuttingDown => {
                     ResponseError::RequestTimedOut

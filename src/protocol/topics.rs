@@ -84,6 +84,7 @@ fn create_error(e: &BrokerError) -> (ResponseError, String) {
         BrokerError::State(StateError::UnknownTopicOrPartition) => {
             ResponseError::UnknownTopicOrPartition
         }
+        BrokerError::State(_) => ResponseError::InvalidRequest,
         BrokerError::Metadata(_) => ResponseError::RequestTimedOut,
     };
     (code, e.to_string())

@@ -12,7 +12,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::state::SegmentEntry;
+use crate::metadata::state::{ProducerBatch, SegmentEntry};
 
 const HEADER_MAGIC: &[u8; 8] = b"STRATA01";
 const TRAILER_MAGIC: &[u8; 8] = b"STRATAFT";
@@ -67,6 +67,7 @@ impl SegmentBuilder {
         batches: &[Bytes],
         offset_count: u32,
         max_timestamp: i64,
+        producer: Option<ProducerBatch>,
     ) -> u64 {
         let position = self.buf.len() as u64;
         for batch in batches {
@@ -79,6 +80,7 @@ impl SegmentBuilder {
             length: self.buf.len() as u64 - position,
             offset_count,
             max_timestamp,
+            producer,
         });
         position
     }
@@ -177,7 +179,7 @@ mod tests {
             let mut builder = SegmentBuilder::new();
             for (topic, partition, batches, count) in &chunks {
                 let batches: Vec<Bytes> = batches.iter().map(|b| Bytes::from(b.clone())).collect();
-                builder.add_chunk(topic, *partition, &batches, *count, 42);
+                builder.add_chunk(topic, *partition, &batches, *count, 42, None);
             }
             let (object, entries) = builder.finish();
             let footer = read_footer(&object).unwrap();
@@ -199,7 +201,7 @@ mod tests {
     #[test]
     fn a_flipped_footer_byte_is_detected() {
         let mut builder = SegmentBuilder::new();
-        builder.add_chunk("t", 0, &[Bytes::from_static(b"abc")], 1, 0);
+        builder.add_chunk("t", 0, &[Bytes::from_static(b"abc")], 1, 0, None);
         let (object, _) = builder.finish();
         let mut bad = object.to_vec();
         let i = bad.len() - TRAILER_LEN - 3;

@@ -1,0 +1,38 @@
+//! InitProducerId: ids and epochs for idempotent producers, allocated by the metadata log
+//! so they are unique across brokers and restarts. Transactions are not supported yet.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+
+use crate::broker::Broker;
+use crate::metadata::state::{Command, Response, StateError};
+
+pub async fn init(
+    broker: &Arc<Broker>,
+    req: InitProducerIdRequest,
+    _version: i16,
+) -> InitProducerIdResponse {
+    let response = InitProducerIdResponse::default();
+    if req.transactional_id.is_some() {
+        return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    let current = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+    match broker
+        .metadata
+        .propose(Command::InitProducer { current })
+        .await
+    {
+        Ok(Response::Producer(Ok((id, epoch)))) => response
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
+        Ok(Response::Producer(Err(StateError::InvalidProducerEpoch))) => {
+            response.with_error_code(ResponseError::InvalidProducerEpoch.code())
+        }
+        Ok(Response::Producer(Err(_))) => {
+            response.with_error_code(ResponseError::UnknownProducerId.code())
+        }
+        _ => response.with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+    }
+}

@@ -1,0 +1,364 @@
+"""Tiny hand-rolled Kafka wire-format helpers for raw-socket tests.
+
+Only non-flexible request versions (request header v1, response header v0):
+ApiVersions v0, Metadata v1, Produce v3, plus a record-batch v2 encoder with a
+pure-Python CRC-32C (Castagnoli).  Also the Java murmur2 used by Kafka's
+default / legacy partitioners.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+# ------------------------------------------------------------------ CRC-32C
+_CRC32C_POLY = 0x82F63B78  # reflected Castagnoli polynomial
+
+
+def _make_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ _CRC32C_POLY if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _make_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283, "CRC-32C self-check failed"
+
+# ------------------------------------------------------------------ murmur2
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's Java murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as signed int32."""
+    length = len(data)
+    seed = 0x9747B28C
+    m = 0x5BD1E995
+    r = 24
+    mask = 0xFFFFFFFF
+    h = (seed ^ length) & mask
+    n4 = length // 4
+    for i in range(n4):
+        k = struct.unpack_from("<I", data, i * 4)[0]
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    tail = length & ~3
+    rem = length % 4
+    if rem == 3:
+        h ^= data[tail + 2] << 16
+    if rem >= 2:
+        h ^= data[tail + 1] << 8
+    if rem >= 1:
+        h ^= data[tail]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def murmur2_partition(key: bytes, num_partitions: int) -> int:
+    return (murmur2(key) & 0x7FFFFFFF) % num_partitions
+
+
+# ------------------------------------------------------------------ primitives
+
+
+def zigzag(n: int) -> int:
+    return (n << 1) ^ (n >> 63)
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def varint(n: int) -> bytes:
+    return uvarint(zigzag(n) & 0xFFFFFFFFFFFFFFFF)
+
+
+def kstring(s: str | None) -> bytes:
+    if s is None:
+        return struct.pack(">h", -1)
+    b = s.encode()
+    return struct.pack(">h", len(b)) + b
+
+
+def kbytes(b: bytes | None) -> bytes:
+    if b is None:
+        return struct.pack(">i", -1)
+    return struct.pack(">i", len(b)) + b
+
+
+# ------------------------------------------------------------------ record batch v2
+
+
+def encode_record(offset_delta: int, key: bytes | None, value: bytes | None, ts_delta: int = 0) -> bytes:
+    body = bytearray()
+    body += struct.pack(">b", 0)  # attributes
+    body += varint(ts_delta)
+    body += varint(offset_delta)
+    if key is None:
+        body += varint(-1)
+    else:
+        body += varint(len(key)) + key
+    if value is None:
+        body += varint(-1)
+    else:
+        body += varint(len(value)) + value
+    body += varint(0)  # headers
+    return varint(len(body)) + bytes(body)
+
+
+def encode_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,
+                 corrupt_crc: bool = False) -> bytes:
+    """Record batch v2 (magic 2), uncompressed, no producer id."""
+    if base_timestamp is None:
+        base_timestamp = int(time.time() * 1000)
+    recs = b"".join(encode_record(i, k, v) for i, (k, v) in enumerate(records))
+    after_crc = (
+        struct.pack(">h", 0)  # attributes
+        + struct.pack(">i", len(records) - 1)  # lastOffsetDelta
+        + struct.pack(">q", base_timestamp)  # baseTimestamp
+        + struct.pack(">q", base_timestamp)  # maxTimestamp
+        + struct.pack(">q", -1)  # producerId
+        + struct.pack(">h", -1)  # producerEpoch
+        + struct.pack(">i", -1)  # baseSequence
+        + struct.pack(">i", len(records))
+        + recs
+    )
+    crc = crc32c(after_crc)
+    if corrupt_crc:
+        crc ^= 0xDEADBEEF
+    # batchLength counts from partitionLeaderEpoch to the end
+    after_len = struct.pack(">i", -1) + struct.pack(">b", 2) + struct.pack(">I", crc) + after_crc
+    return struct.pack(">q", 0) + struct.pack(">i", len(after_len)) + after_len
+
+
+# ------------------------------------------------------------------ requests
+
+API_PRODUCE = 0
+API_FETCH = 1
+API_METADATA = 3
+API_API_VERSIONS = 18
+
+
+def request(api_key: int, api_version: int, correlation_id: int, body: bytes, client_id: str | None = "strata-raw") -> bytes:
+    header = struct.pack(">hhi", api_key, api_version, correlation_id) + kstring(client_id)
+    payload = header + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def produce_v3_body(topic: str, partition: int, batch: bytes, acks: int = -1, timeout_ms: int = 10000) -> bytes:
+    return (
+        kstring(None)  # transactional_id
+        + struct.pack(">hi", acks, timeout_ms)
+        + struct.pack(">i", 1) + kstring(topic)
+        + struct.pack(">i", 1) + struct.pack(">i", partition) + kbytes(batch)
+    )
+
+
+def metadata_v1_body(topics: list[str] | None) -> bytes:
+    if topics is None:
+        return struct.pack(">i", -1)
+    return struct.pack(">i", len(topics)) + b"".join(kstring(t) for t in topics)
+
+
+# ------------------------------------------------------------------ responses
+
+
+class Reader:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def _unpack(self, fmt: str):
+        v = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return v[0]
+
+    def i8(self):
+        return self._unpack(">b")
+
+    def i16(self):
+        return self._unpack(">h")
+
+    def i32(self):
+        return self._unpack(">i")
+
+    def i64(self):
+        return self._unpack(">q")
+
+    def string(self):
+        n = self.i16()
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+
+def parse_api_versions_v0(body: bytes) -> dict:
+    r = Reader(body)
+    err = r.i16()
+    n = r.i32()
+    keys = {}
+    for _ in range(max(n, 0)):
+        k, lo, hi = r.i16(), r.i16(), r.i16()
+        keys[k] = (lo, hi)
+    return {"error_code": err, "api_keys": keys}
+
+
+def parse_produce_v3(body: bytes) -> list[dict]:
+    r = Reader(body)
+    out = []
+    for _ in range(r.i32()):
+        name = r.string()
+        for _ in range(r.i32()):
+            out.append({
+                "topic": name,
+                "partition": r.i32(),
+                "error_code": r.i16(),
+                "base_offset": r.i64(),
+                "log_append_time": r.i64(),
+            })
+    r.i32()  # throttle_time_ms
+    return out
+
+
+# ------------------------------------------------------------------ socket helpers
+
+
+def connect(bootstrap: str, timeout: float = 10.0) -> socket.socket:
+    host, port = bootstrap.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_response(s: socket.socket) -> tuple[int, bytes]:
+    """Read one response frame; returns (correlation_id, body after header v0)."""
+    size = struct.unpack(">i", recv_exact(s, 4))[0]
+    assert 4 <= size < 100 * 1024 * 1024, f"bad response size {size}"
+    frame = recv_exact(s, size)
+    return struct.unpack(">i", frame[:4])[0], frame[4:]
+
+
+def roundtrip(bootstrap: str, api_key: int, api_version: int, body: bytes, correlation_id: int = 7) -> bytes:
+    with connect(bootstrap) as s:
+        s.sendall(request(api_key, api_version, correlation_id, body))
+        cid, resp = read_response(s)
+        assert cid == correlation_id, f"correlation id {cid} != {correlation_id}"
+        return resp
+
+
+def wait_closed(s: socket.socket, timeout: float = 10.0) -> bytes:
+    """Wait for the peer to close. Returns any bytes received before EOF.
+
+    Raises AssertionError if the connection is still open after `timeout`."""
+    s.settimeout(timeout)
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"connection still open after {timeout}s (received {bytes(got[:64])!r})")
+        s.settimeout(remaining)
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return bytes(got)
+        except socket.timeout:
+            raise AssertionError(f"connection still open after {timeout}s (received {bytes(got[:64])!r})")
+        if not chunk:
+            return bytes(got)
+        got += chunk
+
+
+# ------------------------------------------------------------------ kafkajs LegacyPartitioner hash
+# kafkajs' legacy murmur2 is *not* Java-compatible: it multiplies in IEEE doubles
+# (no Math.imul) and loops ceil(len/4) times.  Emulated here bit-for-bit so the
+# kafkajs test can check the partition independently of kafkajs itself.
+
+
+def _js_toint32(x: float) -> int:
+    if x != x or x in (float("inf"), float("-inf")):
+        return 0
+    n = int(x) & 0xFFFFFFFF
+    return n - (1 << 32) if n & 0x80000000 else n
+
+
+def _js_touint32(x: float) -> int:
+    return _js_toint32(x) & 0xFFFFFFFF
+
+
+def kafkajs_legacy_murmur2(data: bytes) -> int:
+    M = 0x5BD1E995
+    length = len(data)
+
+    def byte(i):
+        return data[i] if i < length else 0  # JS: undefined & 0xff == 0
+
+    h = _js_toint32(0x9747B28C) ^ length
+    i = 0
+    while i < length / 4:
+        i4 = i * 4
+        k = float(byte(i4) + (byte(i4 + 1) << 8) + (byte(i4 + 2) << 16) + _js_toint32(byte(i4 + 3) << 24))
+        k = k * M
+        k = _js_toint32(k) ^ (_js_touint32(k) >> 24)
+        k = float(k) * M
+        h = float(h) * M
+        h = _js_toint32(h) ^ _js_toint32(k)
+        i += 1
+    rem = length % 4
+    base = length & ~3
+    if rem == 3:
+        h = _js_toint32(h) ^ _js_toint32((data[base + 2] & 0xFF) << 16)
+    if rem >= 2:
+        h = _js_toint32(h) ^ _js_toint32((data[base + 1] & 0xFF) << 8)
+    if rem >= 1:
+        h = _js_toint32(h) ^ (data[base] & 0xFF)
+        h = float(h) * M
+    h = _js_toint32(h) ^ (_js_touint32(h) >> 13)
+    h = float(h) * M
+    h = _js_toint32(h) ^ (_js_touint32(h) >> 15)
+    return h
+
+
+def kafkajs_legacy_partition(key: bytes, num_partitions: int) -> int:
+    return (kafkajs_legacy_murmur2(key) & 0x7FFFFFFF) % num_partitions
