@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::protocol::{handle_frame, ProtocolError};
+use crate::protocol::{start_request, ProtocolError};
 
 /// Requests a connection may have in flight; past this, reading pauses (backpressure).
 const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
@@ -77,7 +77,15 @@ async fn connection(broker: Arc<Broker>, stream: TcpStream) -> Result<(), Connec
                 .ok_or(ConnectionError::FrameSize(i64::from(size)))?;
             let mut frame = BytesMut::zeroed(size);
             reader.read_exact(&mut frame).await?;
-            let handler = tokio::spawn(handle_frame(broker.clone(), frame.freeze()));
+            // Started in order (a produce enters the write buffer here), finished concurrently.
+            let handler = match start_request(broker.clone(), frame.freeze()).await {
+                Ok(response) => tokio::spawn(response),
+                // Answer what came before, then close: the writer stops at this error.
+                Err(e) => {
+                    let _ = tx.send(tokio::spawn(async move { Err(e) })).await;
+                    return Ok(());
+                }
+            };
             if tx.send(handler).await.is_err() {
                 return Ok(());
             }

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::metadata::state::IndexEntry;
 use crate::metadata::Metadata;
-use crate::produce::batch::{set_base_offset, stored_batches};
+use crate::produce::batch::{record_timestamps, set_base_offset, stored_batches};
 use crate::storage::{BlockCache, ObjectStorage};
 
 /// Index entries looked at per partition per fetch; each is at least one batch.
@@ -93,6 +93,58 @@ impl FetchReader {
             high_watermark,
             log_start_offset,
         })
+    }
+
+    /// Kafka's ListOffsets by timestamp: the first offset whose record timestamp is at
+    /// or after `timestamp`, with that timestamp. Exact for uncompressed batches; for a
+    /// compressed batch it is the batch's first offset.
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, FetchError> {
+        let entries = self
+            .metadata
+            .read(|s| {
+                let p = s.partition(topic, partition)?;
+                Some(
+                    p.index
+                        .iter()
+                        .filter(|e| {
+                            e.max_timestamp >= timestamp && e.end_offset() > p.log_start_offset
+                        })
+                        .take(1)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .ok_or(FetchError::UnknownTopicOrPartition)?;
+        let Some(entry) = entries.first() else {
+            return Ok(None);
+        };
+        let chunk = self.chunk(entry).await?;
+        let mut base = entry.base_offset;
+        for batch in stored_batches(&chunk) {
+            let bytes = &chunk[batch.start..batch.start + batch.len];
+            match record_timestamps(bytes) {
+                Some(records) => {
+                    if let Some((delta, ts)) = records.into_iter().find(|(_, ts)| *ts >= timestamp)
+                    {
+                        return Ok(Some((ts, base + delta)));
+                    }
+                }
+                None => {
+                    let max = i64::from_be_bytes(bytes[35..43].try_into().unwrap_or_default());
+                    if max >= timestamp {
+                        return Ok(Some((max, base)));
+                    }
+                }
+            }
+            base += i64::from(batch.offset_span);
+        }
+        // The index said this chunk reaches the timestamp; fall back to its start.
+        Ok(Some((entry.max_timestamp, entry.base_offset)))
     }
 
     async fn chunk(&self, entry: &IndexEntry) -> Result<Bytes, FetchError> {

@@ -186,6 +186,54 @@ pub fn stored_batches(chunk: &[u8]) -> Vec<StoredBatch> {
     out
 }
 
+/// Each record's (offset delta, timestamp) in an uncompressed batch; None when the batch
+/// is compressed (records unreadable without inflating) or malformed.
+pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {
+    let attributes = be_i16(batch, ATTRIBUTES);
+    if attributes & 0x07 != 0 {
+        return None;
+    }
+    let max_timestamp = be_i64(batch, MAX_TIMESTAMP);
+    // LogAppendTime: every record carries the batch's max timestamp.
+    let log_append_time = attributes & 0x08 != 0;
+    let base_timestamp = be_i64(batch, 27);
+    let count = usize::try_from(be_i32(batch, RECORDS_COUNT)).ok()?;
+    let mut out = Vec::with_capacity(count.min(4096));
+    let mut at = HEADER_LEN;
+    for _ in 0..count {
+        let len = usize::try_from(varint(batch, &mut at)?).ok()?;
+        let end = at.checked_add(len)?;
+        if end > batch.len() {
+            return None;
+        }
+        let mut p = at + 1; // attributes
+        let timestamp_delta = varint(batch, &mut p)?;
+        let offset_delta = varint(batch, &mut p)?;
+        let timestamp = if log_append_time {
+            max_timestamp
+        } else {
+            base_timestamp.wrapping_add(timestamp_delta)
+        };
+        out.push((offset_delta, timestamp));
+        at = end;
+    }
+    Some(out)
+}
+
+/// A zigzag varint (Kafka's varint and varlong), advancing `at`.
+fn varint(buf: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
 /// Writes the assigned base offset into a batch header; the field lies outside the CRC.
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
@@ -267,6 +315,16 @@ pub mod tests {
             validate(&Bytes::from(huge)).unwrap_err(),
             BatchError::Truncated
         );
+    }
+
+    #[test]
+    fn record_timestamps_are_read_from_uncompressed_batches() {
+        let b = make_batch(3, 1000);
+        let ts = record_timestamps(&b).unwrap();
+        assert_eq!(ts, vec![(0, 1000), (1, 1000), (2, 1000)]);
+        let mut compressed = b.to_vec();
+        compressed[ATTRIBUTES + 1] = 1;
+        assert_eq!(record_timestamps(&compressed), None);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum ProduceError {
     Rejected(StateError),
     #[error("broker is shutting down")]
     ShuttingDown,
+    #[error("timed out waiting for the commit")]
+    TimedOut,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +87,24 @@ struct Uploaded {
     chunks: Vec<ChunkWaiters>,
 }
 
+/// The answer to an enqueued request: its base offset once committed.
+pub struct Committed {
+    rx: oneshot::Receiver<Result<i64, ProduceError>>,
+}
+
+impl std::future::Future for Committed {
+    type Output = Result<i64, ProduceError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ProduceError::ShuttingDown)))
+    }
+}
+
 #[derive(Clone)]
 pub struct WriteBuffer {
     tx: mpsc::Sender<Pending>,
@@ -124,13 +144,14 @@ impl WriteBuffer {
         )
     }
 
-    /// Buffers one partition's batches; resolves with their base offset once committed.
-    pub async fn append(
+    /// Buffers one partition's batches; the returned future resolves with their base
+    /// offset once committed. Calls made in sequence get offsets in that sequence.
+    pub async fn enqueue(
         &self,
         topic: &str,
         partition: i32,
         batches: ValidatedBatches,
-    ) -> Result<i64, ProduceError> {
+    ) -> Result<Committed, ProduceError> {
         let (reply, rx) = oneshot::channel();
         // A request larger than the whole cap still goes through, alone.
         let want = kib(batches.bytes).min(self.memory_capacity());
@@ -151,7 +172,17 @@ impl WriteBuffer {
             .send(pending)
             .await
             .map_err(|_| ProduceError::ShuttingDown)?;
-        rx.await.map_err(|_| ProduceError::ShuttingDown)?
+        Ok(Committed { rx })
+    }
+
+    /// Buffers and waits for the commit.
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: ValidatedBatches,
+    ) -> Result<i64, ProduceError> {
+        self.enqueue(topic, partition, batches).await?.await
     }
 
     fn memory_capacity(&self) -> u32 {

@@ -9,49 +9,58 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use crate::broker::Broker;
+use crate::fetch::FetchError;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub fn handle(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
-    let topics =
-        req.topics
-            .into_iter()
-            .map(|topic| {
-                let partitions = topic
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let found = broker.metadata.read(|s| {
-                            let part = s.partition(topic.name.as_str(), p.partition_index)?;
-                            Some(match p.timestamp {
-                                LATEST => (-1, part.next_offset),
-                                EARLIEST => (-1, part.log_start_offset),
-                                MAX_TIMESTAMP => part.max_timestamp().unwrap_or((-1, -1)),
-                                ts => match part.offset_for_timestamp(ts) {
-                                    Some(offset) => (ts, offset),
-                                    // Kafka answers "no such record" with offset -1.
-                                    None => (-1, -1),
-                                },
-                            })
-                        });
-                        let response = ListOffsetsPartitionResponse::default()
-                            .with_partition_index(p.partition_index);
-                        match found {
-                            Some((timestamp, offset)) => response
-                                .with_timestamp(timestamp)
-                                .with_offset(offset)
-                                .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
-                            None => response
-                                .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-                        }
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for topic in req.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let name = topic.name.as_str();
+            let found = match p.timestamp {
+                LATEST | EARLIEST | MAX_TIMESTAMP => broker.metadata.read(|s| {
+                    let part = s.partition(name, p.partition_index)?;
+                    Some(match p.timestamp {
+                        LATEST => (-1, part.next_offset),
+                        EARLIEST => (-1, part.log_start_offset),
+                        _ => part.max_timestamp().unwrap_or((-1, -1)),
                     })
-                    .collect();
-                ListOffsetsTopicResponse::default()
-                    .with_name(topic.name)
-                    .with_partitions(partitions)
-            })
-            .collect();
+                }),
+                ts => match broker
+                    .fetcher
+                    .offset_for_timestamp(name, p.partition_index, ts)
+                    .await
+                {
+                    Ok(Some(found)) => Some(found),
+                    // Kafka answers "no record that late" with offset -1.
+                    Ok(None) => Some((-1, -1)),
+                    Err(FetchError::UnknownTopicOrPartition) => None,
+                    Err(_) => Some((-1, -1)),
+                },
+            };
+            let response =
+                ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            partitions.push(match found {
+                Some((timestamp, offset)) => response
+                    .with_timestamp(timestamp)
+                    .with_offset(offset)
+                    .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
+                None => response.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+            });
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
     ListOffsetsResponse::default().with_topics(topics)
 }

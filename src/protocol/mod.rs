@@ -16,9 +16,10 @@ pub mod versions;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::broker::Broker;
 
@@ -47,10 +48,17 @@ pub enum ProtocolError {
 
 /// Handles one request frame (without its size prefix). Returns the response frame
 /// (with its size prefix), or None when the request wants no answer (acks=0).
-pub async fn handle_frame(
+/// The rest of a request's work, run concurrently with the requests that follow it.
+pub type ResponseFuture = BoxFuture<'static, Result<Option<Bytes>, ProtocolError>>;
+
+/// Starts one request frame (without its size prefix). What must happen in request
+/// order (decoding; a produce's entry into the write buffer) is done before this
+/// returns; the returned future yields the response frame (with its size prefix), or
+/// None when the request wants no answer (acks=0).
+pub async fn start_request(
     broker: Arc<Broker>,
     mut frame: Bytes,
-) -> Result<Option<Bytes>, ProtocolError> {
+) -> Result<ResponseFuture, ProtocolError> {
     if frame.len() < 8 {
         return Err(ProtocolError::Truncated);
     }
@@ -64,7 +72,8 @@ pub async fn handle_frame(
     if version < min || version > max {
         if key == ApiKey::ApiVersions {
             // KIP-511: answer in v0 so any client can read which versions we speak.
-            return Ok(Some(api_versions::unsupported_version(correlation_id)));
+            let response = api_versions::unsupported_version(correlation_id);
+            return Ok(Box::pin(async move { Ok(Some(response)) }));
         }
         return Err(ProtocolError::UnsupportedVersion { key, version });
     }
@@ -79,16 +88,26 @@ pub async fn handle_frame(
     let client_id = header
         .client_id
         .as_ref()
-        .map(StrBytes::as_str)
-        .unwrap_or("");
-    let span = tracing::debug_span!("request", api = ?key, version, correlation_id, client_id);
-    let _enter = span.enter();
-    drop(_enter);
-    let response = dispatch(&broker, request, version, client_id).await?;
-    let Some(response) = response else {
-        return Ok(None);
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::debug_span!("request", api = ?key, version, correlation_id, %client_id);
+    let respond = move |response: Option<ResponseKind>| match response {
+        Some(response) => encode_response(key, version, correlation_id, &response).map(Some),
+        None => Ok(None),
     };
-    encode_response(key, version, correlation_id, &response).map(Some)
+    if let RequestKind::Produce(req) = request {
+        let pending = produce::enqueue(&broker, req, version)
+            .instrument(span.clone())
+            .await;
+        return Ok(Box::pin(
+            async move { respond(pending.finish().await.map(ResponseKind::Produce)) }
+                .instrument(span),
+        ));
+    }
+    Ok(Box::pin(
+        async move { respond(dispatch(&broker, request, version, &client_id).await?) }
+            .instrument(span),
+    ))
 }
 
 async fn dispatch(
@@ -110,13 +129,16 @@ async fn dispatch(
         RequestKind::DeleteTopics(req) => {
             ResponseKind::DeleteTopics(topics::delete(broker, req, version).await)
         }
-        RequestKind::Produce(req) => match produce::handle(broker, req, version).await {
-            Some(resp) => ResponseKind::Produce(resp),
-            None => return Ok(None),
-        },
+        RequestKind::Produce(req) => {
+            let pending = produce::enqueue(broker, req, version).await;
+            match pending.finish().await {
+                Some(resp) => ResponseKind::Produce(resp),
+                None => return Ok(None),
+            }
+        }
         RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(broker, req, version).await),
         RequestKind::ListOffsets(req) => {
-            ResponseKind::ListOffsets(list_offsets::handle(broker, req, version))
+            ResponseKind::ListOffsets(list_offsets::handle(broker, req, version).await)
         }
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(broker, req, version))

@@ -1,84 +1,128 @@
 //! Produce: validate every partition's batches, hand them to the write buffer, and answer
 //! once they are in the object store and committed (acks=1 is served like acks=all).
+//!
+//! Two phases. [`enqueue`] runs in the connection's read loop, in request order, so
+//! pipelined requests to one partition enter the write buffer (and so get offsets) in
+//! the order the client sent them. [`PendingProduce::finish`] then waits for the commit
+//! concurrently with whatever the client sends next.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
 use crate::metadata::state::StateError;
 use crate::produce::batch::{self, BatchError};
+use crate::produce::buffer::Committed;
 use crate::produce::ProduceError;
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    req: ProduceRequest,
+type PartitionError = (ResponseError, String);
+
+/// A produce request whose batches are in the write buffer (or were refused).
+pub struct PendingProduce {
+    acks: i16,
     version: i16,
-) -> Option<ProduceResponse> {
-    let acks = req.acks;
-    // Kafka's request.timeout: past it the client hears REQUEST_TIMED_OUT (retriable).
-    let timeout = std::time::Duration::from_millis(
+    deadline: Instant,
+    topics: Vec<(TopicName, Vec<(i32, Result<Committed, PartitionError>)>)>,
+}
+
+pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> PendingProduce {
+    // Kafka's request timeout: past it the client hears REQUEST_TIMED_OUT (retriable).
+    let timeout = Duration::from_millis(
         u64::try_from(req.timeout_ms)
             .unwrap_or(0)
             .clamp(100, 300_000),
     );
-    if req.transactional_id.is_some() {
-        return Some(reject_all(
-            req,
-            ResponseError::TransactionalIdAuthorizationFailed,
-        ));
-    }
-    let mut topic_futures = Vec::with_capacity(req.topic_data.len());
+    let deadline = Instant::now() + timeout;
+    let transactional = req.transactional_id.is_some();
+    let mut topics = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = topic.name.as_str().to_owned();
-        let lookup = broker
-            .lookup_or_create_topic(&name, broker.config.auto_create_topics)
-            .await;
-        let broker = broker.clone();
-        topic_futures.push(async move {
-            let partitions = join_all(topic.partition_data.into_iter().map(|p| {
-                let broker = broker.clone();
-                let name = name.clone();
-                let lookup = lookup.clone();
-                async move {
-                    let produce = produce_partition(&broker, &name, &lookup, p.index, p.records);
-                    let result =
-                        tokio::time::timeout(timeout, produce)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err((
-                                    ResponseError::RequestTimedOut,
-                                    "timed out waiting for the object store".into(),
-                                ))
-                            });
-                    partition_response(p.index, result, version)
-                }
-            }))
-            .await;
-            TopicProduceResponse::default()
-                .with_name(topic.name)
-                .with_partition_responses(partitions)
-        });
+        let lookup = if transactional {
+            TopicLookup::Missing
+        } else {
+            broker
+                .lookup_or_create_topic(&name, broker.config.auto_create_topics)
+                .await
+        };
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for p in topic.partition_data {
+            let result = if transactional {
+                Err((
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "transactions are not supported".to_owned(),
+                ))
+            } else {
+                tokio::time::timeout_at(
+                    deadline,
+                    enqueue_partition(broker, &name, &lookup, p.index, p.records),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+            };
+            partitions.push((p.index, result));
+        }
+        topics.push((topic.name, partitions));
     }
-    let responses = join_all(topic_futures).await;
-    if acks == 0 {
-        return None;
+    PendingProduce {
+        acks: req.acks,
+        version,
+        deadline,
+        topics,
     }
-    Some(ProduceResponse::default().with_responses(responses))
 }
 
-async fn produce_partition(
+fn timed_out() -> PartitionError {
+    (
+        ResponseError::RequestTimedOut,
+        "timed out waiting for the object store".into(),
+    )
+}
+
+impl PendingProduce {
+    /// Waits for every partition's commit; None for acks=0, which gets no answer.
+    pub async fn finish(self) -> Option<ProduceResponse> {
+        let (acks, version, deadline) = (self.acks, self.version, self.deadline);
+        let topics = join_all(
+            self.topics
+                .into_iter()
+                .map(|(name, partitions)| async move {
+                    let partitions =
+                        join_all(partitions.into_iter().map(|(index, queued)| async move {
+                            let result = match queued {
+                                Ok(committed) => tokio::time::timeout_at(deadline, committed)
+                                    .await
+                                    .unwrap_or_else(|_| Err(ProduceError::TimedOut))
+                                    .map_err(produce_error),
+                                Err(e) => Err(e),
+                            };
+                            partition_response(index, result, version)
+                        }))
+                        .await;
+                    TopicProduceResponse::default()
+                        .with_name(name)
+                        .with_partition_responses(partitions)
+                }),
+        )
+        .await;
+        (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
+    }
+}
+
+async fn enqueue_partition(
     broker: &Broker,
     topic: &str,
     lookup: &TopicLookup,
     partition: i32,
     records: Option<bytes::Bytes>,
-) -> Result<i64, (ResponseError, String)> {
+) -> Result<Committed, PartitionError> {
     match lookup {
         TopicLookup::Found { partitions, .. } if (0..*partitions).contains(&partition) => {}
         TopicLookup::Invalid => {
@@ -100,8 +144,8 @@ async fn produce_partition(
         let code = match e {
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
             BatchError::Invalid | BatchError::Empty => ResponseError::InvalidRecord,
-            BatchError::Transactional => ResponseError::TransactionalIdAuthorizationFailed,
             BatchError::CrcMismatch | BatchError::Truncated => ResponseError::CorruptMessage,
+            BatchError::Transactional => ResponseError::TransactionalIdAuthorizationFailed,
         };
         (code, e.to_string())
     })?;
@@ -113,33 +157,33 @@ async fn produce_partition(
     }
     broker
         .buffer
-        .append(topic, partition, batches)
+        .enqueue(topic, partition, batches)
         .await
-        .map_err(|e| {
-            let code = match e {
-                ProduceError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
-                ProduceError::Rejected(StateError::OutOfOrderSequence) => {
-                    ResponseError::OutOfOrderSequenceNumber
-                }
-                ProduceError::Rejected(StateError::InvalidProducerEpoch) => {
-                    ResponseError::InvalidProducerEpoch
-                }
-                ProduceError::Rejected(StateError::UnknownProducerId) => {
-                    ResponseError::UnknownProducerId
-                }
-                ProduceError::Rejected(_) => ResponseError::UnknownServerError,
-                ProduceError::Storage(_) => ResponseError::KafkaStorageError,
-                ProduceError::Commit(_) | ProduceError::ShuttingDown => {
-                    ResponseError::RequestTimedOut
-                }
-            };
-            (code, e.to_string())
-        })
+        .map_err(produce_error)
+}
+
+fn produce_error(e: ProduceError) -> PartitionError {
+    let code = match e {
+        ProduceError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        ProduceError::Rejected(StateError::OutOfOrderSequence) => {
+            ResponseError::OutOfOrderSequenceNumber
+        }
+        ProduceError::Rejected(StateError::InvalidProducerEpoch) => {
+            ResponseError::InvalidProducerEpoch
+        }
+        ProduceError::Rejected(StateError::UnknownProducerId) => ResponseError::UnknownProducerId,
+        ProduceError::Rejected(_) => ResponseError::UnknownServerError,
+        ProduceError::Storage(_) => ResponseError::KafkaStorageError,
+        ProduceError::Commit(_) | ProduceError::ShuttingDown | ProduceError::TimedOut => {
+            ResponseError::RequestTimedOut
+        }
+    };
+    (code, e.to_string())
 }
 
 fn partition_response(
     index: i32,
-    result: Result<i64, (ResponseError, String)>,
+    result: Result<i64, PartitionError>,
     version: i16,
 ) -> PartitionProduceResponse {
     let response = PartitionProduceResponse::default().with_index(index);
@@ -156,27 +200,4 @@ fn partition_response(
             }
         }
     }
-}
-
-fn reject_all(req: ProduceRequest, code: ResponseError) -> ProduceResponse {
-    let responses = req
-        .topic_data
-        .into_iter()
-        .map(|t| {
-            TopicProduceResponse::default()
-                .with_partition_responses(
-                    t.partition_data
-                        .iter()
-                        .map(|p| {
-                            PartitionProduceResponse::default()
-                                .with_index(p.index)
-                                .with_error_code(code.code())
-                                .with_base_offset(-1)
-                        })
-                        .collect(),
-                )
-                .with_name(t.name)
-        })
-        .collect();
-    ProduceResponse::default().with_responses(responses)
 }
