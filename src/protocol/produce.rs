@@ -24,13 +24,15 @@ use crate::produce::buffer::Committed;
 use crate::produce::ProduceError;
 
 type PartitionError = (ResponseError, String);
+/// Each partition of a topic: enqueued (waiting for its commit) or already refused.
+type QueuedPartitions = Vec<(i32, Result<Committed, PartitionError>)>;
 
 /// A produce request whose batches are in the write buffer (or were refused).
 pub struct PendingProduce {
     acks: i16,
     version: i16,
     deadline: Instant,
-    topics: Vec<(TopicName, Vec<(i32, Result<Committed, PartitionError>)>)>,
+    topics: Vec<(TopicName, QueuedPartitions)>,
 }
 
 pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> PendingProduce {
@@ -99,7 +101,7 @@ impl PendingProduce {
                             let result = match queued {
                                 Ok(committed) => tokio::time::timeout_at(deadline, committed)
                                     .await
-                                    .unwrap_or_else(|_| Err(ProduceError::TimedOut))
+                                    .unwrap_or(Err(ProduceError::TimedOut))
                                     .map_err(produce_error),
                                 Err(e) => Err(e),
                             };
