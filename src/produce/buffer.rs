@@ -360,10 +360,16 @@ async fn commit_loop(
     mut rx: mpsc::Receiver<JoinHandle<Option<Uploaded>>>,
     metadata: Arc<Metadata>,
 ) {
+    // Test-only crash window: die after an upload, before its commit, leaving an orphan.
+    let crash_before_commit = std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "crash-before-commit");
     while let Some(upload) = rx.recv().await {
         let Ok(Some(uploaded)) = upload.await else {
             continue;
         };
+        if crash_before_commit {
+            warn!(object = %uploaded.object, "failpoint crash-before-commit: aborting");
+            std::process::abort();
+        }
         let command = Command::CommitSegment {
             object: uploaded.object.clone(),
             object_size: uploaded.size,
