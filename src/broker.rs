@@ -10,8 +10,9 @@ use tracing::info;
 use crate::config::Config;
 use crate::fetch::FetchReader;
 use crate::group::{GroupConfig, GroupCoordinator};
+use crate::metadata::cluster::ClusterCommand;
 use crate::metadata::state::{valid_topic_name, Command, Response, StateError};
-use crate::metadata::{shipping, Metadata, MetadataError};
+use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
 use crate::storage::{orphans, BlockCache, ObjectStorage, StorageError};
@@ -25,8 +26,16 @@ pub enum StartError {
     DataDir { dir: String, source: std::io::Error },
     #[error("{0}")]
     Store(#[from] StorageError),
-    #[error("object store {url} is not usable: {source} (check the bucket exists and the credentials may write to it)")]
-    StoreProbe { url: String, source: StorageError },
+    #[error("object store {url} is not usable: {detail} (check the bucket exists and the credentials may write to it)")]
+    StoreProbe { url: String, detail: String },
+    #[error("object store {url}: bucket {bucket:?} does not exist (create it, or fix --store)")]
+    NoSuchBucket { url: String, bucket: String },
+    #[error("object store {url}: access to bucket {bucket:?} denied: {detail} (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the role's permissions)")]
+    StoreAccessDenied {
+        url: String,
+        bucket: String,
+        detail: String,
+    },
     #[error("cannot open the metadata log: {0}")]
     Metadata(#[from] MetadataError),
     #[error("cannot recover the metadata from the object store: {0}")]
@@ -41,6 +50,22 @@ pub enum BrokerError {
     State(StateError),
     #[error("metadata unavailable: {0}")]
     Metadata(#[from] MetadataError),
+}
+
+fn raft_options(config: &Config) -> RaftOptions {
+    let addr = config
+        .controllers
+        .get(&config.node_id)
+        .cloned()
+        .or_else(|| config.raft_listen.clone())
+        .unwrap_or_default();
+    RaftOptions {
+        node_id: config.node_id,
+        snapshot_every: config.snapshot_every,
+        addr,
+        listen: config.raft_listen.clone(),
+        voters: config.controllers.clone(),
+    }
 }
 
 /// What a request learns about a topic.
@@ -80,6 +105,44 @@ impl BrokerTasks {
     }
 }
 
+/// The start-up probe's failure as one line: a missing bucket or refused access said
+/// plainly; anything else with the store's own message, flattened to one line.
+fn probe_error(url: &str, source: StorageError) -> StartError {
+    let bucket = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let one_line = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        // S3 error bodies are XML over several lines; keep the first line of it.
+        text.lines().next().unwrap_or_default().trim().to_owned()
+    };
+    match &source {
+        // A PUT answered 404 means the bucket is missing (S3 NoSuchBucket).
+        StorageError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        } => StartError::NoSuchBucket {
+            url: url.to_owned(),
+            bucket,
+        },
+        StorageError::Store {
+            source:
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ..
+        } => StartError::StoreAccessDenied {
+            url: url.to_owned(),
+            bucket,
+            detail: one_line(e),
+        },
+        _ => StartError::StoreProbe {
+            url: url.to_owned(),
+            detail: one_line(&source),
+        },
+    }
+}
+
 impl Broker {
     pub async fn start(config: Config) -> Result<(Arc<Self>, BrokerTasks), StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
@@ -91,10 +154,7 @@ impl Broker {
         storage
             .put("_strata/probe", Bytes::from_static(b"ok"))
             .await
-            .map_err(|source| StartError::StoreProbe {
-                url: config.store.clone(),
-                source,
-            })?;
+            .map_err(|source| probe_error(&config.store, source))?;
         let raft_dir = config.data_dir.join("raft");
         let has_log = raft_dir.join("raft.log").exists();
         if has_log && config.recover_from_store {
@@ -108,11 +168,13 @@ impl Broker {
             })?;
             info!(aside = %aside.display(), "old metadata log set aside for recovery");
         }
-        let metadata =
-            Arc::new(Metadata::open(config.node_id, &raft_dir, config.snapshot_every).await?);
+        let metadata = Arc::new(Metadata::open(&raft_dir, raft_options(&config)).await?);
         // A broker with no metadata log of its own (a new machine, a wiped disk) rebuilds
         // it from the bucket: the store is the only durable copy.
-        if (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
+        // Only the broker that founds the metadata cluster may rebuild it: anyone else
+        // with an empty log is joining a cluster that already has its metadata.
+        let founder = config.controllers.keys().next() == Some(&config.node_id);
+        if founder && (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
             shipping::recover(&metadata, &storage, config.upload_timeout * 2).await?;
         }
         let cache = Arc::new(BlockCache::new(config.cache_bytes));
@@ -162,6 +224,102 @@ impl Broker {
             orphan_collector,
         };
         Ok((broker, tasks))
+    }
+
+    /// Announces this broker to the cluster and keeps its lease; the Raft leader also
+    /// expires the leases of brokers that went silent.
+    pub async fn register(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let register = ClusterCommand::Register {
+            id: self.config.node_id,
+            host: self.config.advertise_host.clone(),
+            port: self.config.advertise_port,
+            rack: self.config.rack.clone(),
+            now_ms: crate::protocol::now_ms(),
+        };
+        self.metadata.propose(Command::Cluster(register)).await?;
+        Ok(())
+    }
+
+    pub fn spawn_liveness(self: &Arc<Self>) -> JoinHandle<()> {
+        let broker = Arc::downgrade(self);
+        let lease = self.config.broker_lease;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 4);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
+                let now_ms = crate::protocol::now_ms();
+                let id = broker.config.node_id;
+                let heartbeat = Command::Cluster(ClusterCommand::Heartbeat { id, now_ms });
+                if let Err(e) = broker.metadata.propose(heartbeat).await {
+                    tracing::warn!(error = %e, "broker heartbeat failed");
+                }
+                if broker.metadata.is_leader() {
+                    let expire = Command::Cluster(ClusterCommand::Expire {
+                        now_ms,
+                        lease_ms: lease.as_millis() as i64,
+                    });
+                    if let Err(e) = broker.metadata.propose(expire).await {
+                        tracing::warn!(error = %e, "expiring broker leases failed");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Leaves the cluster gracefully: its partitions and groups move at once.
+    pub async fn deregister(&self) {
+        let cmd = Command::Cluster(ClusterCommand::Deregister {
+            id: self.config.node_id,
+        });
+        if let Err(e) = self.metadata.propose(cmd).await {
+            tracing::warn!(error = %e, "leaving the cluster failed");
+        }
+    }
+
+    /// The live brokers clients may use: (id, host, port, rack); this broker at least.
+    pub fn live_brokers(&self) -> Vec<(i32, String, i32, Option<String>)> {
+        let mut brokers: Vec<_> = self.metadata.read(|s| {
+            s.cluster()
+                .live()
+                .map(|(id, b)| (id as i32, b.host.clone(), b.port, b.rack.clone()))
+                .collect()
+        });
+        if !brokers.iter().any(|b| b.0 == self.node_id()) {
+            brokers.push((
+                self.node_id(),
+                self.config.advertise_host.clone(),
+                self.config.advertise_port,
+                self.config.rack.clone(),
+            ));
+            brokers.sort();
+        }
+        brokers
+    }
+
+    /// The broker clients should use for a partition, and the leader epoch to report.
+    pub fn preferred_broker(&self, topic: &str, partition: i32) -> (i32, i32) {
+        self.metadata.read(|s| {
+            let cluster = s.cluster();
+            let id = cluster
+                .preferred_broker(topic, partition)
+                .map_or(self.node_id(), |id| id as i32);
+            (id, cluster.epoch())
+        })
+    }
+
+    /// The broker coordinating `group`.
+    pub fn coordinator(&self, group: &str) -> i32 {
+        self.metadata
+            .read(|s| s.cluster().coordinator(group))
+            .map_or(self.node_id(), |id| id as i32)
+    }
+
+    pub fn is_coordinator(&self, group: &str) -> bool {
+        self.coordinator(group) == self.node_id()
     }
 
     pub fn node_id(&self) -> i32 {
@@ -238,6 +396,15 @@ impl Broker {
             Response::Topic(Err(e)) => Err(BrokerError::State(e)),
             _ => Err(BrokerError::State(StateError::UnknownTopicOrPartition)),
         }
+    }
+
+    /// Whether the topic stamps batches with the broker's time (`message.timestamp.type`).
+    pub fn log_append_time(&self, topic: &str) -> bool {
+        self.metadata.read(|s| {
+            s.topic(topic)
+                .and_then(|t| t.configs.get("message.timestamp.type"))
+                .is_some_and(|v| v == "LogAppendTime")
+        })
     }
 
     /// The topic's `max.message.bytes`, or Kafka's default (1 MiB plus batch overhead).

@@ -62,4 +62,17 @@ pub struct ServeArgs {
     /// Happens by itself when the data directory has no metadata log.
     #[arg(long, env = "STRATA_RECOVER_FROM_STORE")]
     pub recover_from_store: bool,
+    /// Address for the metadata Raft traffic of other brokers (needed in a cluster).
+    #[arg(long, env = "STRATA_RAFT_LISTEN")]
+    pub raft_listen: Option<String>,
+    /// The Raft voters: `1@host:port,2@host:port,3@host:port`. A broker not in the list
+    /// is a learner and joins through them [default: this broker alone].
+    #[arg(long, env = "STRATA_CONTROLLERS")]
+    pub controllers: Option<String>,
+    /// Rack (availability zone) of this broker, shown to clients.
+    #[arg(long, env = "STRATA_RACK")]
+    pub rack: Option<String>,
+    /// A broker silent this long is marked dead and its partitions move [default: 5000].
+    #[arg(long, env = "STRATA_BROKER_LEASE_MS")]
+    pub broker_lease_ms: Option<u64>,
 }

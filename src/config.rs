@@ -49,6 +49,10 @@ struct FileConfig {
     store_snapshot_interval_ms: Option<u64>,
     orphan_grace_ms: Option<u64>,
     recover_from_store: Option<bool>,
+    raft_listen: Option<String>,
+    controllers: Option<String>,
+    rack: Option<String>,
+    broker_lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +80,12 @@ pub struct Config {
     /// Rebuild the metadata from the store's snapshot and objects, even if the data
     /// directory has a metadata log (it is set aside).
     pub recover_from_store: bool,
+    /// Where peers' Raft traffic arrives; None for a lone broker.
+    pub raft_listen: Option<String>,
+    /// The Raft voters by node id and Raft address.
+    pub controllers: std::collections::BTreeMap<u64, String>,
+    pub rack: Option<String>,
+    pub broker_lease: Duration,
 }
 
 impl Config {
@@ -183,7 +193,57 @@ impl Config {
                 hint: "use at least 1000 ms, longer than any upload-to-commit delay",
             });
         }
+        let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        let raft_listen = args.raft_listen.clone().or(file.raft_listen);
+        if let Some(addr) = &raft_listen {
+            if split_host_port(addr).is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "raft_listen",
+                    value: addr.clone(),
+                    hint: "use HOST:PORT that the other brokers can reach, e.g. 10.0.0.5:9093",
+                });
+            }
+        }
+        let controllers = match args.controllers.clone().or(file.controllers) {
+            Some(list) => parse_controllers(&list)?,
+            None => std::collections::BTreeMap::from([(
+                node_id,
+                raft_listen.clone().unwrap_or_default(),
+            )]),
+        };
+        let lone_voter = controllers.len() == 1 && controllers.contains_key(&node_id);
+        if !lone_voter && raft_listen.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "raft_listen",
+                value: String::new(),
+                hint: "a broker in a cluster needs --raft-listen HOST:PORT for the metadata Raft traffic",
+            });
+        }
+        if let (Some(listen), Some(mine)) = (&raft_listen, controllers.get(&node_id)) {
+            if listen != mine {
+                return Err(ConfigError::Invalid {
+                    key: "controllers",
+                    value: format!("{node_id}@{mine}"),
+                    hint: "this broker's entry must be its --raft-listen address",
+                });
+            }
+        }
+        let broker_lease_ms = args
+            .broker_lease_ms
+            .or(file.broker_lease_ms)
+            .unwrap_or(5000);
+        if !(500..=600_000).contains(&broker_lease_ms) {
+            return Err(ConfigError::Invalid {
+                key: "broker_lease_ms",
+                value: broker_lease_ms.to_string(),
+                hint: "use 500 to 600000 milliseconds",
+            });
+        }
         Ok(Self {
+            raft_listen,
+            controllers,
+            rack: args.rack.clone().or(file.rack),
+            broker_lease: Duration::from_millis(broker_lease_ms),
             buffer_max_bytes,
             upload_timeout: Duration::from_millis(
                 file.upload_timeout_ms.unwrap_or(60_000).max(1000),
@@ -201,7 +261,7 @@ impl Config {
             advertise_port,
             data_dir,
             store,
-            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            node_id,
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.auto_create_topics)
@@ -217,6 +277,30 @@ impl Config {
             ),
         })
     }
+}
+
+/// `1@host:port,2@host:port`: the Raft voters.
+fn parse_controllers(list: &str) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+    let invalid = || {
+        ConfigError::Invalid {
+        key: "controllers",
+        value: list.to_owned(),
+        hint: "use ID@HOST:PORT entries separated by commas, e.g. 1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093",
+    }
+    };
+    let mut voters = std::collections::BTreeMap::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry.split_once('@').ok_or_else(invalid)?;
+        let id: u64 = id.parse().map_err(|_| invalid())?;
+        split_host_port(addr).ok_or_else(invalid)?;
+        if voters.insert(id, addr.to_owned()).is_some() {
+            return Err(invalid());
+        }
+    }
+    if voters.is_empty() {
+        return Err(invalid());
+    }
+    Ok(voters)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -49,6 +49,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot listen on {listen}: {e} ({hint})")
         })?;
         let (broker, tasks) = Broker::start(config).await?;
+        broker.register().await?;
+        let liveness = broker.spawn_liveness();
         info!(%listen, advertise = %format!("{}:{}", broker.config.advertise_host, broker.config.advertise_port), "strata is serving");
         let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
@@ -63,6 +65,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // record is in the store already, so a bounded wait is all a graceful stop needs.
         tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;
         tasks.abort();
+        liveness.abort();
+        // Hand partitions and groups to the others now rather than after the lease.
+        broker.deregister().await;
         // The bucket gets the latest metadata, so a replacement broker on a new machine
         // starts from exactly here.
         if let Err(e) = strata::metadata::shipping::ship_once(&broker.metadata, &broker.storage, 0).await {

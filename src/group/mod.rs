@@ -335,9 +335,86 @@ impl GroupCoordinator {
         }
     }
 
+    /// DeleteGroups: a group with members is NON_EMPTY_GROUP; an Empty one is dropped
+    /// from memory. Ok(true) when the group was known here (its committed offsets, if
+    /// any, are the caller's to delete).
+    pub fn delete_group(&self, group_id: &str) -> Result<bool, ResponseError> {
+        let mut groups = self.lock();
+        match groups.get(group_id) {
+            None => Ok(false),
+            Some(g) if g.state != GroupState::Empty || !g.members.is_empty() => {
+                Err(ResponseError::NonEmptyGroup)
+            }
+            Some(_) => {
+                groups.remove(group_id);
+                Ok(true)
+            }
+        }
+    }
+
+    /// What OffsetDelete needs to know about a live group: None when the group has no
+    /// members here; otherwise its protocol type and the topics its members subscribe to
+    /// (read from the consumer protocol's subscription metadata).
+    pub fn active_subscriptions(
+        &self,
+        group_id: &str,
+    ) -> Option<(Option<String>, std::collections::BTreeSet<String>)> {
+        let groups = self.lock();
+        let g = groups.get(group_id)?;
+        if g.members.is_empty() {
+            return None;
+        }
+        let topics = g
+            .members
+            .iter()
+            .flat_map(|m| m.protocols.iter())
+            .flat_map(|p| subscribed_topics(&p.metadata))
+            .collect();
+        Some((g.protocol_type.clone(), topics))
+    }
+
     /// Stop the ticker and fail every parked request (they see COORDINATOR_NOT_AVAILABLE).
     pub fn shutdown(&self) {
         self.shut_down.store(true, Ordering::Relaxed);
         self.lock().clear();
+    }
+}
+
+/// The topics of a consumer protocol Subscription (version, then an array of topic
+/// names); anything unparseable yields no topics.
+pub(crate) fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
+    fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if buf.len() < n {
+            return None;
+        }
+        let (head, rest) = buf.split_at(n);
+        *buf = rest;
+        Some(head)
+    }
+    fn parse(mut buf: &[u8]) -> Option<Vec<String>> {
+        let _version = take(&mut buf, 2)?;
+        let count = take(&mut buf, 4)?;
+        let count = i32::from_be_bytes([count[0], count[1], count[2], count[3]]);
+        let mut topics = Vec::new();
+        for _ in 0..count.max(0) {
+            let len = take(&mut buf, 2)?;
+            let len = usize::try_from(i16::from_be_bytes([len[0], len[1]])).ok()?;
+            let name = take(&mut buf, len)?;
+            topics.push(String::from_utf8_lossy(name).into_owned());
+        }
+        Some(topics)
+    }
+    parse(metadata).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod subscription_tests {
+    #[test]
+    fn subscription_topics_are_parsed_and_garbage_ignored() {
+        let mut meta = vec![0, 1, 0, 0, 0, 2, 0, 1, b'a', 0, 2, b'b', b'c'];
+        meta.extend_from_slice(&[0, 0, 0, 0]); // user data
+        assert_eq!(super::subscribed_topics(&meta), vec!["a", "bc"]);
+        assert!(super::subscribed_topics(&[0, 1, 0, 0, 0, 9, 0]).is_empty());
+        assert!(super::subscribed_topics(&[]).is_empty());
     }
 }

@@ -207,8 +207,12 @@ impl Group {
                 .and_then(|x| self.idx_by_instance(x))
             {
                 // A static member restarted: its new incarnation replaces (fences) the old.
-                let old = self.members.remove(i);
-                Self::fail_waiters(old, ResponseError::FencedInstanceId);
+                return self.replace_static_member(
+                    i,
+                    JoinParams { member_id: id, ..p },
+                    now,
+                    reply,
+                );
             }
             if require_known_id {
                 self.pending.insert(id.clone(), now + p.session_timeout);
@@ -254,6 +258,64 @@ impl Group {
             self.prepare_rebalance(now);
         }
         self.try_complete_join(now);
+    }
+
+    /// Kafka's updateStaticMemberAndRebalance: the new member id takes over the old
+    /// member's place (and assignment). A Stable group whose selected protocol stays the
+    /// same does not rebalance; the new incarnation gets the current generation back, with
+    /// the *old* leader id so that a restarted leader doesn't compute a fresh assignment.
+    fn replace_static_member(
+        &mut self,
+        i: usize,
+        p: JoinParams,
+        now: Instant,
+        reply: Waiter<JoinGroupResponse>,
+    ) {
+        let current_leader = self.leader.clone().unwrap_or_default();
+        let m = &mut self.members[i];
+        let old_id = std::mem::replace(&mut m.id, p.member_id.clone());
+        if let Some(w) = m.join.take() {
+            w.send(|v| responses::join_error(v, ResponseError::FencedInstanceId, &old_id));
+        }
+        if let Some(w) = m.sync.take() {
+            w.send(|_| responses::sync_error(ResponseError::FencedInstanceId));
+        }
+        m.client_id = p.client_id;
+        m.client_host = p.client_host;
+        m.session_timeout = p.session_timeout;
+        m.rebalance_timeout = p.rebalance_timeout;
+        m.protocols = p.protocols;
+        m.last_seen = now;
+        if self.leader.as_deref() == Some(old_id.as_str()) {
+            self.leader = Some(p.member_id.clone());
+        }
+        match self.state {
+            GroupState::Stable if self.select_protocol() == self.protocol_name => {
+                let member_id = p.member_id;
+                reply.send(|v| {
+                    responses::join_ok(
+                        v,
+                        JoinOk {
+                            generation: self.generation,
+                            protocol_type: self.protocol_type.as_deref(),
+                            protocol_name: self.protocol_name.as_deref(),
+                            leader: &current_leader,
+                            member_id: &member_id,
+                            members: Vec::new(),
+                        },
+                    )
+                })
+            }
+            GroupState::PreparingRebalance => {
+                self.members[i].join = Some(reply);
+                self.try_complete_join(now);
+            }
+            _ => {
+                self.members[i].join = Some(reply);
+                self.prepare_rebalance(now);
+                self.try_complete_join(now);
+            }
+        }
     }
 
     fn rejoin(&mut self, i: usize, p: JoinParams, now: Instant, reply: Waiter<JoinGroupResponse>) {
@@ -656,6 +718,90 @@ mod tests {
     ) {
         let (tx, rx) = oneshot::channel();
         (Waiter::new(tx, 5), rx)
+    }
+
+    fn static_params(id: &str, instance: &str, meta: &'static [u8]) -> JoinParams {
+        JoinParams {
+            instance_id: Some(instance.into()),
+            protocols: vec![Protocol {
+                name: "range".into(),
+                metadata: Bytes::from_static(meta),
+            }],
+            ..params(id, "range")
+        }
+    }
+
+    /// A restarted static member (same instance id, new member id) takes the old one's
+    /// place in a Stable group without a rebalance; the old id is fenced.
+    #[test]
+    fn static_member_rejoin_keeps_generation() {
+        let t0 = Instant::now();
+        let mut g = Group::new("g".into(), Duration::from_millis(100));
+        let (w1, mut r1) = waiter();
+        g.join(static_params("", "i1", b"m"), false, || "a".into(), t0, w1);
+        let (w2, mut r2) = waiter();
+        g.join(static_params("", "i2", b"m"), false, || "b".into(), t0, w2);
+        g.tick(t0 + Duration::from_millis(100));
+        g.tick(t0 + Duration::from_millis(200));
+        assert_eq!(r1.try_recv().map(|r| r.generation_id).ok(), Some(1));
+        assert_eq!(r2.try_recv().map(|r| r.generation_id).ok(), Some(1));
+        let (stx, _srx) = oneshot::channel();
+        let assignments = vec![
+            ("a".to_string(), Bytes::from_static(b"for-a")),
+            ("b".to_string(), Bytes::from_static(b"for-b")),
+        ];
+        g.sync(
+            "a",
+            Some("i1"),
+            1,
+            None,
+            None,
+            assignments,
+            t0,
+            Waiter::new(stx, 5),
+        );
+        assert_eq!(g.state, GroupState::Stable);
+
+        // "b" restarts: same instance id, no member id.
+        let (w, mut r) = waiter();
+        g.join(static_params("", "i2", b"m"), false, || "b2".into(), t0, w);
+        let resp = r.try_recv().expect("answered at once");
+        assert_eq!(resp.error_code, 0);
+        assert_eq!(resp.generation_id, 1);
+        assert_eq!(resp.member_id.as_str(), "b2");
+        assert_eq!(resp.leader.as_str(), "a");
+        assert_eq!(g.state, GroupState::Stable);
+        // The new incarnation syncs into its predecessor's assignment.
+        let (stx, mut srx) = oneshot::channel();
+        g.sync(
+            "b2",
+            Some("i2"),
+            1,
+            None,
+            None,
+            vec![],
+            t0,
+            Waiter::new(stx, 5),
+        );
+        assert_eq!(
+            srx.try_recv().map(|r| r.assignment).ok(),
+            Some(Bytes::from_static(b"for-b"))
+        );
+        // The old incarnation is fenced.
+        assert_eq!(
+            g.heartbeat("b", Some("i2"), 1, t0),
+            Some(ResponseError::FencedInstanceId)
+        );
+        assert_eq!(g.heartbeat("b2", Some("i2"), 1, t0), None);
+
+        // The leader restarting keeps the old leader id in its answer (no reassignment).
+        let (w, mut r) = waiter();
+        g.join(static_params("", "i1", b"m"), false, || "a2".into(), t0, w);
+        let resp = r.try_recv().expect("answered at once");
+        assert_eq!((resp.generation_id, resp.leader.as_str()), (1, "a"));
+        assert!(resp.members.is_empty());
+        assert_eq!(g.leader.as_deref(), Some("a2"));
+        assert_eq!(g.state, GroupState::Stable);
     }
 
     /// Driven purely by explicit `now`: initial delay is extended by a late

@@ -1,5 +1,7 @@
 //! Metadata: the pure state machine and the Raft log that orders its commands.
 
+pub mod cluster;
+pub mod network;
 pub mod raft;
 pub mod shipping;
 pub mod state;
@@ -9,6 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+pub use self::raft::RaftOptions;
 use self::raft::{MetadataRaft, RaftGlueError};
 use self::state::{Command, MetadataState, Response};
 
@@ -25,14 +28,20 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    pub async fn open(
-        node_id: u64,
-        dir: &Path,
-        snapshot_every: u64,
-    ) -> Result<Self, MetadataError> {
-        let raft = MetadataRaft::start(node_id, dir, snapshot_every).await?;
+    pub async fn open(dir: &Path, options: RaftOptions) -> Result<Self, MetadataError> {
+        let raft = MetadataRaft::start_with(dir, options).await?;
         let state = raft.state();
         Ok(Self { raft, state })
+    }
+
+    /// Whether this broker is the metadata Raft leader: it runs the cluster-wide chores
+    /// (liveness expiry, snapshot shipping, orphan collection).
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.leader()
     }
 
     pub async fn propose(&self, cmd: Command) -> Result<Response, MetadataError> {

@@ -15,23 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use openraft::error::{
-    ClientWriteError, InitializeError, InstallSnapshotError, RPCError, RaftError, Unreachable,
-};
-use openraft::network::RPCOption;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    BasicNode, Config, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftNetwork,
-    RaftNetworkFactory, RaftSnapshotBuilder, ServerState, Snapshot, SnapshotMeta, SnapshotPolicy,
-    StorageError, StorageIOError, StoredMembership, Vote,
+    BasicNode, Config, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, SnapshotPolicy, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::network::{self, Isolation, RaftReply, RaftRequest, TcpNetwork};
 use super::state::{Command, MetadataState, Response};
 
 openraft::declare_raft_types!(
@@ -45,7 +38,7 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-type NodeId = u64;
+pub type NodeId = u64;
 type Raft = openraft::Raft<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -53,8 +46,11 @@ const LOG_FILE: &str = "raft.log";
 const VOTE_FILE: &str = "vote.json";
 const COMMITTED_FILE: &str = "committed.json";
 const SNAPSHOT_FILE: &str = "snapshot.json";
-/// Generous because a restart may have to replay a long log before the node is leader.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Generous because a restart may have to replay a long log, or wait for a quorum of
+/// voters to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a proposal keeps looking for a leader (elections take well under a second).
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries kept behind a snapshot so a briefly lagging follower (later) can catch up from the
 /// log instead of a full snapshot transfer.
 const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 8;
@@ -90,6 +86,32 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RaftGlueError + '_ {
     }
 }
 
+/// Where this node sits in the metadata cluster.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    pub node_id: NodeId,
+    pub snapshot_every: u64,
+    /// This node's Raft address as peers reach it.
+    pub addr: String,
+    /// Bind here for peers' Raft traffic; None for a lone voter that needs no network.
+    pub listen: Option<String>,
+    /// The voters (controllers) by id and Raft address. A node not among them is a learner.
+    pub voters: BTreeMap<NodeId, String>,
+}
+
+impl RaftOptions {
+    /// A single voter with no network: one broker on one machine.
+    pub fn single(node_id: NodeId, snapshot_every: u64) -> Self {
+        Self {
+            node_id,
+            snapshot_every,
+            addr: String::new(),
+            listen: None,
+            voters: BTreeMap::from([(node_id, String::new())]),
+        }
+    }
+}
+
 /// Handle to the running metadata Raft node; cheap to clone.
 #[derive(Clone)]
 pub struct MetadataRaft {
@@ -109,6 +131,14 @@ impl MetadataRaft {
         dir: &Path,
         snapshot_every: u64,
     ) -> Result<Self, RaftGlueError> {
+        Self::start_with(dir, RaftOptions::single(node_id, snapshot_every)).await
+    }
+
+    /// Start (or restart) this node of the metadata cluster; returns once a leader is
+    /// known and this node has applied the log it holds.
+    pub async fn start_with(dir: &Path, options: RaftOptions) -> Result<Self, RaftGlueError> {
+        let node_id = options.node_id;
+        let snapshot_every = options.snapshot_every;
         fs::create_dir_all(dir).map_err(|source| RaftGlueError::Open {
             dir: dir.to_path_buf(),
             source,
@@ -133,41 +163,79 @@ impl MetadataRaft {
         .validate()
         .map_err(|e| RaftGlueError::Config(e.to_string()))?;
 
-        let raft = Raft::new(node_id, Arc::new(config), NoNetwork, log_store, sm)
+        let isolation = Isolation::new(dir);
+        let network = TcpNetwork {
+            isolation: isolation.clone(),
+        };
+        let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| RaftGlueError::Start(e.to_string()))?;
+        let this = Self {
+            inner: Arc::new(Inner {
+                raft: raft.clone(),
+                state,
+                applied,
+            }),
+        };
+        if let Some(listen) = &options.listen {
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                RaftGlueError::Start(format!(
+                    "cannot listen for raft on {listen}: {e} (pass --raft-listen with a free HOST:PORT)"
+                ))
+            })?;
+            tokio::spawn(network::serve(listener, Arc::new(this.clone()), isolation));
+        }
 
-        if let Err(e) = Self::become_leader(&raft, node_id, fresh).await {
+        if let Err(e) = Self::wait_ready(&raft, &options, fresh).await {
             // Don't leave a half-started node running against this directory.
             if let Err(err) = raft.shutdown().await {
                 tracing::warn!(error = %err, "shutting down failed metadata raft");
             }
             return Err(e);
         }
-
-        Ok(Self {
-            inner: Arc::new(Inner {
-                raft,
-                state,
-                applied,
-            }),
-        })
+        Ok(this)
     }
 
-    async fn become_leader(raft: &Raft, node_id: u64, fresh: bool) -> Result<(), RaftGlueError> {
-        if fresh {
-            let members = BTreeMap::from([(node_id, BasicNode::default())]);
+    async fn wait_ready(
+        raft: &Raft,
+        options: &RaftOptions,
+        fresh: bool,
+    ) -> Result<(), RaftGlueError> {
+        let node_id = options.node_id;
+        let is_voter = options.voters.contains_key(&node_id);
+        if fresh && is_voter && options.voters.keys().next() == Some(&node_id) {
+            // The lowest-numbered voter founds the cluster; the others wait to hear from it.
+            let members = options
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect::<BTreeMap<_, _>>();
             match raft.initialize(members).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(RaftGlueError::Start(e.to_string())),
             }
         }
-
+        if fresh && !is_voter {
+            tokio::spawn(join_as_learner(raft.clone(), options.clone()));
+        }
+        if options.voters.len() > 1 || !is_voter {
+            tracing::info!(node_id, voter = is_voter, "waiting for the metadata leader");
+        }
         let metrics = raft
             .wait(Some(START_TIMEOUT))
-            .state(ServerState::Leader, "metadata raft start")
+            .metrics(
+                |m| m.current_leader.is_some() && m.last_log_index.is_some(),
+                "metadata leader known",
+            )
             .await
-            .map_err(|e| RaftGlueError::LeaderTimeout(START_TIMEOUT, e.to_string()))?;
+            .map_err(|e| {
+                RaftGlueError::LeaderTimeout(
+                    START_TIMEOUT,
+                    format!(
+                        "{e} (check --controllers and that a majority of the voters is running)"
+                    ),
+                )
+            })?;
         // Leadership alone does not mean the replayed log is applied; wait for the new
         // leader's blank entry so `state()` reflects everything acknowledged before restart.
         raft.wait(Some(START_TIMEOUT))
@@ -177,17 +245,46 @@ impl MetadataRaft {
         Ok(())
     }
 
-    /// Propose a command; returns the state machine's Response once committed and applied.
+    /// Propose a command; returns the state machine's Response once committed and
+    /// applied. A follower or learner forwards it to the leader.
     pub async fn propose(&self, cmd: Command) -> Result<Response, RaftGlueError> {
-        match self.inner.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(RaftGlueError::NotLeader {
-                    leader: f.leader_id,
-                })
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            let last_error = match self.inner.raft.client_write(cmd.clone()).await {
+                Ok(resp) => return Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match f.leader_node.filter(|n| !n.addr.is_empty()) {
+                        Some(leader) => {
+                            let request = RaftRequest::Propose(cmd.clone());
+                            match network::call_once(&leader.addr, &request, PROPOSE_TIMEOUT).await
+                            {
+                                Ok(RaftReply::Propose(Ok(response))) => return Ok(response),
+                                Ok(RaftReply::Propose(Err(e))) => e,
+                                Ok(_) => "unexpected reply to a forwarded proposal".to_owned(),
+                                Err(e) => format!("forwarding to leader {:?}: {e}", f.leader_id),
+                            }
+                        }
+                        None => "no metadata leader elected yet".to_owned(),
+                    }
+                }
+                Err(e) => return Err(RaftGlueError::Propose(e.to_string())),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RaftGlueError::Propose(last_error));
             }
-            Err(e) => Err(RaftGlueError::Propose(e.to_string())),
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// This node's id, and the current leader's if one is known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(m.id)
     }
 
     /// Read access to the applied state.
@@ -667,60 +764,80 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Network: single node for now, so every peer is unreachable.
+// Serving peers' requests
 
-struct NoNetwork;
-
-struct NoConnection {
-    target: NodeId,
-}
-
-impl NoConnection {
-    fn unreachable(&self) -> Unreachable {
-        Unreachable::new(&io::Error::new(
-            io::ErrorKind::NotConnected,
-            format!(
-                "metadata raft has no network; node {} is unreachable",
-                self.target
-            ),
-        ))
+impl network::Handler for MetadataRaft {
+    async fn handle(&self, request: RaftRequest) -> RaftReply {
+        let raft = &self.inner.raft;
+        match request {
+            RaftRequest::AppendEntries(rpc) => {
+                RaftReply::AppendEntries(raft.append_entries(rpc).await)
+            }
+            RaftRequest::Vote(rpc) => RaftReply::Vote(raft.vote(rpc).await),
+            RaftRequest::InstallSnapshot(rpc) => {
+                RaftReply::InstallSnapshot(raft.install_snapshot(rpc).await)
+            }
+            RaftRequest::Propose(cmd) => {
+                RaftReply::Propose(self.propose(cmd).await.map_err(|e| e.to_string()))
+            }
+            RaftRequest::Join { node_id, addr } => {
+                RaftReply::Join(self.add_learner(node_id, addr).await)
+            }
+        }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoConnection;
-
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
-        NoConnection { target }
+impl MetadataRaft {
+    /// Adds a learner (on the leader; a follower forwards to it).
+    async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), String> {
+        match self
+            .inner
+            .raft
+            .add_learner(node_id, BasicNode { addr: addr.clone() }, false)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(node_id, %addr, "learner added to the metadata cluster");
+                Ok(())
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = f.leader_node.ok_or("no metadata leader elected yet")?;
+                match network::call_once(
+                    &leader.addr,
+                    &RaftRequest::Join { node_id, addr },
+                    PROPOSE_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(RaftReply::Join(result)) => result,
+                    Ok(_) => Err("unexpected reply to a forwarded join".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
-
-impl RaftNetwork<TypeConfig> for NoConnection {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        Err(RPCError::Unreachable(self.unreachable()))
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+/// A new learner asks the voters, in turn, to add it until one (or its leader) does.
+async fn join_as_learner(raft: Raft, options: RaftOptions) {
+    let request = RaftRequest::Join {
+        node_id: options.node_id,
+        addr: options.addr.clone(),
+    };
+    loop {
+        for addr in options.voters.values() {
+            match network::call_once(addr, &request, PROPOSE_TIMEOUT).await {
+                Ok(RaftReply::Join(Ok(()))) => return,
+                Ok(RaftReply::Join(Err(e))) => tracing::debug!(%addr, error = %e, "join refused"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%addr, error = %e, "voter unreachable"),
+            }
+        }
+        if raft.metrics().borrow().current_leader.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -47,6 +47,10 @@ pub async fn ship_snapshots(metadata: Arc<Metadata>, storage: ObjectStorage, int
     let mut shipped = 0;
     loop {
         tokio::time::sleep(interval).await;
+        // One shipper per cluster: the Raft leader, whose state is the most advanced.
+        if !metadata.is_leader() {
+            continue;
+        }
         match ship_once(&metadata, &storage, shipped).await {
             Ok(applied) => shipped = applied,
             Err(e) => warn!(error = %e, "shipping the metadata snapshot failed; will retry"),

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{ClusterCommand, ClusterState};
+
 /// A change to the metadata, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -42,6 +44,35 @@ pub enum Command {
     /// the producer already holds (KIP-360).
     InitProducer {
         current: Option<(i64, i16)>,
+    },
+    /// Broker membership and liveness.
+    Cluster(ClusterCommand),
+    /// CreatePartitions: grow a topic to `count` partitions (never shrink).
+    CreatePartitions {
+        name: String,
+        count: i32,
+    },
+    /// AlterConfigs (`replace`: the new set is exactly `changes`) and
+    /// IncrementalAlterConfigs (`changes` applied on top: None deletes a key).
+    AlterTopicConfigs {
+        name: String,
+        replace: bool,
+        changes: BTreeMap<String, Option<String>>,
+    },
+    /// DeleteRecords: advance the log start offset (-1 means the high watermark).
+    DeleteRecords {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// OffsetDelete: forget a group's committed offsets for these partitions.
+    DeleteGroupOffsets {
+        group: String,
+        partitions: Vec<(String, i32)>,
+    },
+    /// DeleteGroups: forget every committed offset of the group.
+    DeleteGroup {
+        group: String,
     },
 }
 
@@ -100,6 +131,12 @@ pub enum StateError {
     InvalidProducerEpoch,
     #[error("unknown producer id")]
     UnknownProducerId,
+    #[error("segment object already committed")]
+    ObjectAlreadyCommitted,
+    #[error("offset out of range")]
+    OffsetOutOfRange,
+    #[error("group id not found")]
+    GroupIdNotFound,
 }
 
 /// The outcome of applying one command.
@@ -114,6 +151,10 @@ pub enum Response {
     /// One result per [`OffsetCommit`], in order.
     Offsets(Vec<Result<(), StateError>>),
     Producer(Result<(i64, i16), StateError>),
+    /// DeleteRecords: the partition's new log start offset.
+    LogStart(Result<i64, StateError>),
+    /// DeleteGroup.
+    Group(Result<(), StateError>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -128,6 +169,8 @@ pub struct MetadataState {
     next_producer_id: i64,
     #[serde(default)]
     producer_epochs: BTreeMap<i64, i16>,
+    #[serde(default)]
+    cluster: ClusterState,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,12 +256,132 @@ impl MetadataState {
             Command::CommitOffsets { group, offsets } => {
                 Response::Offsets(self.commit_offsets(group, offsets))
             }
-            Command::Restore { state } => {
+            // Only an empty state may be replaced: a restore must never roll back a
+            // cluster that already has metadata.
+            Command::Restore { state } if self.is_empty() => {
                 *self = (**state).clone();
                 Response::Empty
             }
+            Command::Restore { .. } => Response::Empty,
             Command::InitProducer { current } => Response::Producer(self.init_producer(*current)),
+            Command::Cluster(cmd) => {
+                self.cluster.apply(cmd);
+                Response::Empty
+            }
+            Command::CreatePartitions { name, count } => {
+                Response::Topic(self.create_partitions(name, *count))
+            }
+            Command::AlterTopicConfigs {
+                name,
+                replace,
+                changes,
+            } => Response::Topic(self.alter_topic_configs(name, *replace, changes)),
+            Command::DeleteRecords {
+                topic,
+                partition,
+                offset,
+            } => Response::LogStart(self.delete_records(topic, *partition, *offset)),
+            Command::DeleteGroupOffsets { group, partitions } => {
+                Response::Offsets(self.delete_group_offsets(group, partitions))
+            }
+            Command::DeleteGroup { group } => Response::Group(
+                self.groups
+                    .remove(group)
+                    .map(|_| ())
+                    .ok_or(StateError::GroupIdNotFound),
+            ),
         }
+    }
+
+    fn create_partitions(&mut self, name: &str, count: i32) -> Result<(), StateError> {
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or(StateError::UnknownTopicOrPartition)?;
+        let current = topic.partitions.len();
+        let wanted = usize::try_from(count).map_err(|_| StateError::InvalidPartitions)?;
+        if wanted <= current || count > MAX_PARTITIONS {
+            return Err(StateError::InvalidPartitions);
+        }
+        topic.partitions.resize(wanted, Partition::default());
+        Ok(())
+    }
+
+    fn alter_topic_configs(
+        &mut self,
+        name: &str,
+        replace: bool,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), StateError> {
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or(StateError::UnknownTopicOrPartition)?;
+        if replace {
+            topic.configs.clear();
+        }
+        for (key, value) in changes {
+            match value {
+                Some(v) => topic.configs.insert(key.clone(), v.clone()),
+                None => topic.configs.remove(key),
+            };
+        }
+        Ok(())
+    }
+
+    fn delete_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, StateError> {
+        let p = self
+            .partition_mut(topic, partition)
+            .ok_or(StateError::UnknownTopicOrPartition)?;
+        let target = if offset == -1 { p.next_offset } else { offset };
+        if target < 0 || target > p.next_offset {
+            return Err(StateError::OffsetOutOfRange);
+        }
+        if target <= p.log_start_offset {
+            return Ok(p.log_start_offset);
+        }
+        p.log_start_offset = target;
+        // Chunks wholly below the new start are no longer reachable.
+        let dropped = p.index.partition_point(|e| e.end_offset() <= target);
+        let released: Vec<IndexEntry> = p.index.drain(..dropped).collect();
+        for e in &released {
+            p.size_bytes = p.size_bytes.saturating_sub(e.length);
+        }
+        for e in &released {
+            self.release_object(&e.object);
+        }
+        Ok(target)
+    }
+
+    fn delete_group_offsets(
+        &mut self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Vec<Result<(), StateError>> {
+        let Some(offsets) = self.groups.get_mut(group) else {
+            return vec![Err(StateError::GroupIdNotFound); partitions.len()];
+        };
+        let results = partitions
+            .iter()
+            .map(|(topic, partition)| {
+                if let Some(by_partition) = offsets.get_mut(topic) {
+                    by_partition.remove(partition);
+                    if by_partition.is_empty() {
+                        offsets.remove(topic);
+                    }
+                }
+                Ok(())
+            })
+            .collect();
+        if offsets.is_empty() {
+            self.groups.remove(group);
+        }
+        results
     }
 
     fn create_topic(
@@ -276,6 +439,11 @@ impl MetadataState {
         object: &str,
         entries: &[SegmentEntry],
     ) -> Vec<Result<i64, StateError>> {
+        // An object is committed once: a replay (a recovery racing a live cluster, a
+        // retried proposal) must not give its records a second set of offsets.
+        if self.object_refs.contains_key(object) {
+            return vec![Err(StateError::ObjectAlreadyCommitted); entries.len()];
+        }
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
             let Some(partition) = self.partition_mut(&entry.topic, entry.partition) else {
@@ -392,6 +560,10 @@ impl MetadataState {
 
     pub fn group_ids(&self) -> impl Iterator<Item = &String> {
         self.groups.keys()
+    }
+
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
     }
 
     pub fn is_empty(&self) -> bool {
@@ -514,8 +686,10 @@ mod tests {
     }
 
     fn commit(s: &mut MetadataState, e: SegmentEntry) -> Result<i64, StateError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match s.apply(&Command::CommitSegment {
-            object: "o".into(),
+            object: format!("o{n}"),
             object_size: 1,
             entries: vec![e],
         }) {
@@ -691,7 +865,7 @@ mod tests {
             e.max_timestamp = ts;
             e.position = i as u64;
             s.apply(&Command::CommitSegment {
-                object: "o".into(),
+                object: format!("o{i}"),
                 object_size: 1,
                 entries: vec![e],
             });
@@ -704,6 +878,156 @@ mod tests {
         assert_eq!(p.max_timestamp(), Some((300, 4)));
     }
 
+    #[test]
+    fn partitions_grow_but_never_shrink() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 2));
+        let grow = |name: &str, count| Command::CreatePartitions {
+            name: name.into(),
+            count,
+        };
+        assert_eq!(
+            s.apply(&grow("t", 2)),
+            Response::Topic(Err(StateError::InvalidPartitions))
+        );
+        assert_eq!(
+            s.apply(&grow("x", 3)),
+            Response::Topic(Err(StateError::UnknownTopicOrPartition))
+        );
+        assert_eq!(s.apply(&grow("t", 5)), Response::Topic(Ok(())));
+        assert_eq!(s.topic("t").unwrap().partitions.len(), 5);
+        assert_eq!(
+            s.apply(&grow("t", MAX_PARTITIONS + 1)),
+            Response::Topic(Err(StateError::InvalidPartitions))
+        );
+        // New partitions take writes from offset zero.
+        assert_eq!(commit(&mut s, entry("t", 4, 2)), Ok(0));
+    }
+
+    #[test]
+    fn topic_configs_are_replaced_or_patched() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        let alter = |replace, kv: &[(&str, Option<&str>)]| Command::AlterTopicConfigs {
+            name: "t".into(),
+            replace,
+            changes: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
+        };
+        s.apply(&alter(false, &[("a", Some("1")), ("b", Some("2"))]));
+        s.apply(&alter(false, &[("a", None), ("c", Some("3"))]));
+        let configs = &s.topic("t").unwrap().configs;
+        assert_eq!(
+            configs.iter().collect::<Vec<_>>(),
+            vec![
+                (&"b".to_string(), &"2".to_string()),
+                (&"c".to_string(), &"3".to_string())
+            ]
+        );
+        s.apply(&alter(true, &[("d", Some("4"))]));
+        assert_eq!(s.topic("t").unwrap().configs.len(), 1);
+        assert_eq!(
+            s.apply(&Command::AlterTopicConfigs {
+                name: "x".into(),
+                replace: true,
+                changes: BTreeMap::new()
+            }),
+            Response::Topic(Err(StateError::UnknownTopicOrPartition))
+        );
+    }
+
+    #[test]
+    fn delete_records_advances_the_log_start() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        for (object, ts) in [("a", 100), ("b", 200), ("c", 300)] {
+            let mut e = entry("t", 0, 10);
+            e.max_timestamp = ts;
+            s.apply(&Command::CommitSegment {
+                object: object.into(),
+                object_size: 1,
+                entries: vec![e],
+            });
+        }
+        let delete = |offset| Command::DeleteRecords {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        };
+        assert_eq!(s.apply(&delete(15)), Response::LogStart(Ok(15)));
+        let p = s.partition("t", 0).unwrap();
+        assert_eq!(p.log_start_offset, 15);
+        // The chunk wholly below 15 is gone and its object released; the one holding 15 stays.
+        assert_eq!(p.index.len(), 2);
+        assert_eq!(p.size_bytes, 200);
+        assert_eq!(s.object_refs("a"), 0);
+        assert_eq!(s.object_refs("b"), 1);
+        assert_eq!(p.offset_for_timestamp(0), Some(15));
+        // Going backwards is a no-op that reports the current start.
+        assert_eq!(s.apply(&delete(3)), Response::LogStart(Ok(15)));
+        assert_eq!(
+            s.apply(&delete(31)),
+            Response::LogStart(Err(StateError::OffsetOutOfRange))
+        );
+        assert_eq!(
+            s.apply(&Command::DeleteRecords {
+                topic: "t".into(),
+                partition: 1,
+                offset: 0
+            }),
+            Response::LogStart(Err(StateError::UnknownTopicOrPartition))
+        );
+        // -1 means the high watermark: everything goes.
+        assert_eq!(s.apply(&delete(-1)), Response::LogStart(Ok(30)));
+        let p = s.partition("t", 0).unwrap();
+        assert!(p.index.is_empty());
+        assert_eq!(p.entries_from(30, 10).len(), 0);
+        // Writes continue at the high watermark.
+        assert_eq!(commit(&mut s, entry("t", 0, 1)), Ok(30));
+    }
+
+    #[test]
+    fn group_offsets_can_be_deleted_per_partition_or_whole() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 2));
+        let offset = |p| OffsetCommit {
+            topic: "t".into(),
+            partition: p,
+            offset: 1,
+            metadata: None,
+            commit_ms: 0,
+        };
+        s.apply(&Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![offset(0), offset(1)],
+        });
+        let r = s.apply(&Command::DeleteGroupOffsets {
+            group: "g".into(),
+            partitions: vec![("t".into(), 0)],
+        });
+        assert_eq!(r, Response::Offsets(vec![Ok(())]));
+        assert!(s.committed_offset("g", "t", 0).is_none());
+        assert!(s.committed_offset("g", "t", 1).is_some());
+        assert_eq!(
+            s.apply(&Command::DeleteGroupOffsets {
+                group: "nope".into(),
+                partitions: vec![("t".into(), 0)],
+            }),
+            Response::Offsets(vec![Err(StateError::GroupIdNotFound)])
+        );
+        assert_eq!(
+            s.apply(&Command::DeleteGroup { group: "g".into() }),
+            Response::Group(Ok(()))
+        );
+        assert!(s.group_offsets("g").is_none());
+        assert_eq!(
+            s.apply(&Command::DeleteGroup { group: "g".into() }),
+            Response::Group(Err(StateError::GroupIdNotFound))
+        );
+    }
+
     fn arb_command() -> impl Strategy<Value = Command> {
         let topic = prop::sample::select(vec!["a", "b", "c"]);
         prop_oneof![
@@ -711,13 +1035,41 @@ mod tests {
             topic
                 .clone()
                 .prop_map(|t| Command::DeleteTopic { name: t.into() }),
-            prop::collection::vec((topic.clone(), 0..4i32, 1..50u32), 0..6).prop_map(|es| {
-                Command::CommitSegment {
-                    object: "obj".into(),
-                    object_size: 0,
-                    entries: es.into_iter().map(|(t, p, c)| entry(t, p, c)).collect(),
+            (
+                prop::collection::vec((topic.clone(), 0..4i32, 1..50u32), 0..6),
+                0..8u8
+            )
+                .prop_map(|(es, n)| {
+                    // A few names, so some commits repeat an object and must be refused.
+                    Command::CommitSegment {
+                        object: format!("obj{n}"),
+                        object_size: 0,
+                        entries: es.into_iter().map(|(t, p, c)| entry(t, p, c)).collect(),
+                    }
+                }),
+            (topic.clone(), 0..6i32).prop_map(|(t, c)| Command::CreatePartitions {
+                name: t.into(),
+                count: c
+            }),
+            (topic.clone(), any::<bool>(), 0..3u8).prop_map(|(t, replace, v)| {
+                Command::AlterTopicConfigs {
+                    name: t.into(),
+                    replace,
+                    changes: [("retention.ms".to_string(), (v > 0).then(|| v.to_string()))]
+                        .into_iter()
+                        .collect(),
                 }
             }),
+            (topic.clone(), 0..4i32, -1..200i64).prop_map(|(t, p, o)| Command::DeleteRecords {
+                topic: t.into(),
+                partition: p,
+                offset: o,
+            }),
+            (topic.clone(), 0..4i32).prop_map(|(t, p)| Command::DeleteGroupOffsets {
+                group: "g".into(),
+                partitions: vec![(t.into(), p)],
+            }),
+            Just(Command::DeleteGroup { group: "g".into() }),
             (topic, 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![OffsetCommit {
@@ -733,7 +1085,8 @@ mod tests {
 
     proptest! {
         /// Replaying the same log gives the same state and responses (determinism), and
-        /// every partition's index stays contiguous from its log start to its high watermark.
+        /// every partition's index stays contiguous from its log start to its high watermark
+        /// (DeleteRecords included).
         #[test]
         fn replay_is_deterministic_and_index_contiguous(cmds in prop::collection::vec(arb_command(), 0..60)) {
             let mut a = MetadataState::default();
@@ -748,7 +1101,15 @@ mod tests {
             prop_assert_eq!(&a, &restored);
             for topic in a.topics().values() {
                 for p in &topic.partitions {
-                    let mut next = p.log_start_offset;
+                    // The first chunk holds the log start offset (it may begin below it).
+                    let mut next = match p.index.first() {
+                        Some(first) => {
+                            prop_assert!(first.base_offset <= p.log_start_offset);
+                            prop_assert!(p.log_start_offset < first.end_offset());
+                            first.base_offset
+                        }
+                        None => p.log_start_offset,
+                    };
                     for e in &p.index {
                         prop_assert_eq!(e.base_offset, next);
                         next = e.end_offset();

@@ -361,7 +361,8 @@ async fn commit_loop(
     metadata: Arc<Metadata>,
 ) {
     // Test-only crash window: die after an upload, before its commit, leaving an orphan.
-    let crash_before_commit = std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "crash-before-commit");
+    let crash_before_commit =
+        std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "crash-before-commit");
     while let Some(upload) = rx.recv().await {
         let Ok(Some(uploaded)) = upload.await else {
             continue;

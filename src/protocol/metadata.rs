@@ -30,14 +30,33 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         let lookup = broker.lookup_or_create_topic(&name, allow_create).await;
         topics.push(topic_metadata(broker, &name, lookup, version));
     }
-    let node = BrokerId(broker.node_id());
+    let brokers = broker
+        .live_brokers()
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(&host))
+                .with_port(port)
+                .with_rack(if version >= 1 {
+                    rack.map(|r| str_bytes(&r))
+                } else {
+                    None
+                })
+        })
+        .collect();
+    let controller = broker
+        .metadata
+        .leader()
+        .map_or(broker.node_id(), |id| id as i32);
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(str_bytes(&broker.config.advertise_host))
-            .with_port(broker.config.advertise_port)])
+        .with_brokers(brokers)
         .with_cluster_id((version >= 2).then(|| str_bytes(&broker.cluster_id)))
-        .with_controller_id(if version >= 1 { node } else { BrokerId(-1) })
+        .with_controller_id(if version >= 1 {
+            BrokerId(controller)
+        } else {
+            BrokerId(-1)
+        })
         .with_topics(topics)
 }
 
@@ -51,13 +70,16 @@ fn topic_metadata(
         .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))));
     match lookup {
         TopicLookup::Found { id, partitions } => {
-            let node = BrokerId(broker.node_id());
+            // Every broker serves every partition; the preferred one is named leader so
+            // producers and tail consumers meet where the cache is warm.
             let partitions = (0..partitions)
                 .map(|index| {
+                    let (leader, epoch) = broker.preferred_broker(name, index);
+                    let node = BrokerId(leader);
                     MetadataResponsePartition::default()
                         .with_partition_index(index)
                         .with_leader_id(node)
-                        .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                        .with_leader_epoch(if version >= 7 { epoch } else { -1 })
                         .with_replica_nodes(vec![node])
                         .with_isr_nodes(vec![node])
                 })

@@ -2,14 +2,19 @@
 //! file per API family.
 
 mod api_versions;
+mod cluster;
 mod configs;
+mod coordinator;
 mod fetch;
 mod groups;
 mod list_offsets;
 mod metadata;
 mod offsets;
+mod partitions;
 mod produce;
 mod producer_id;
+mod producers;
+mod records;
 mod topics;
 pub mod versions;
 
@@ -116,6 +121,9 @@ async fn dispatch(
     version: i16,
     client_id: &str,
 ) -> Result<Option<ResponseKind>, ProtocolError> {
+    if let Some(redirect) = coordinator::redirect(broker, &request, version) {
+        return Ok(Some(redirect));
+    }
     let response = match request {
         RequestKind::ApiVersions(req) => {
             ResponseKind::ApiVersions(api_versions::handle(req, version))
@@ -172,6 +180,33 @@ async fn dispatch(
         }
         RequestKind::DescribeConfigs(req) => {
             ResponseKind::DescribeConfigs(configs::describe(broker, req, version))
+        }
+        RequestKind::AlterConfigs(req) => {
+            ResponseKind::AlterConfigs(configs::alter(broker, req, version).await)
+        }
+        RequestKind::IncrementalAlterConfigs(req) => ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter(broker, req, version).await,
+        ),
+        RequestKind::CreatePartitions(req) => {
+            ResponseKind::CreatePartitions(partitions::create(broker, req, version).await)
+        }
+        RequestKind::DeleteRecords(req) => {
+            ResponseKind::DeleteRecords(records::delete(broker, req, version).await)
+        }
+        RequestKind::DescribeCluster(req) => {
+            ResponseKind::DescribeCluster(cluster::describe(broker, req, version))
+        }
+        RequestKind::OffsetForLeaderEpoch(req) => ResponseKind::OffsetForLeaderEpoch(
+            cluster::offset_for_leader_epoch(broker, req, version),
+        ),
+        RequestKind::OffsetDelete(req) => {
+            ResponseKind::OffsetDelete(offsets::delete(broker, req, version).await)
+        }
+        RequestKind::DeleteGroups(req) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(broker, req, version).await)
+        }
+        RequestKind::DescribeProducers(req) => {
+            ResponseKind::DescribeProducers(producers::describe(broker, req, version))
         }
         other => {
             debug!(?other, "request for an API missing from the dispatch table");

@@ -1,4 +1,4 @@
-//! OffsetCommit and OffsetFetch: committed group offsets live in the metadata log.
+//! OffsetCommit, OffsetFetch and OffsetDelete: committed group offsets live in the metadata log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,11 +7,15 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -132,4 +136,74 @@ pub fn fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, _version: i16) -> Of
             .collect()
     });
     OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// OffsetDelete: forget committed offsets of partitions the group no longer consumes.
+/// Partitions of topics an active member subscribes to answer GROUP_SUBSCRIBED_TO_TOPIC.
+pub async fn delete(
+    broker: &Arc<Broker>,
+    req: OffsetDeleteRequest,
+    _version: i16,
+) -> OffsetDeleteResponse {
+    let group = req.group_id.as_str().to_owned();
+    let top_error = |e: ResponseError| OffsetDeleteResponse::default().with_error_code(e.code());
+    let active = broker.groups.active_subscriptions(&group);
+    let has_offsets = broker.metadata.read(|s| s.group_offsets(&group).is_some());
+    let subscribed = match active {
+        None if !has_offsets => return top_error(ResponseError::GroupIdNotFound),
+        None => Default::default(),
+        Some((protocol_type, _)) if protocol_type.as_deref() != Some("consumer") => {
+            return top_error(ResponseError::NonEmptyGroup)
+        }
+        Some((_, topics)) => topics,
+    };
+    // (topic, partition, error) in request order; deletable ones go to the state.
+    let mut outcome: Vec<(usize, i32, Option<ResponseError>)> = Vec::new();
+    let mut deletable = Vec::new();
+    broker.metadata.read(|s| {
+        for (t, topic) in req.topics.iter().enumerate() {
+            for p in &topic.partitions {
+                let name = topic.name.as_str();
+                let error = if s.partition(name, p.partition_index).is_none() {
+                    Some(ResponseError::UnknownTopicOrPartition)
+                } else if subscribed.contains(name) {
+                    Some(ResponseError::GroupSubscribedToTopic)
+                } else {
+                    deletable.push((name.to_owned(), p.partition_index));
+                    None
+                };
+                outcome.push((t, p.partition_index, error));
+            }
+        }
+    });
+    if !deletable.is_empty() && has_offsets {
+        let cmd = Command::DeleteGroupOffsets {
+            group,
+            partitions: deletable,
+        };
+        match broker.metadata.propose(cmd).await {
+            Ok(Response::Offsets(_)) => {}
+            _ => return top_error(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+    let topics = req
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(t, topic)| {
+            let partitions = outcome
+                .iter()
+                .filter(|(i, _, _)| *i == t)
+                .map(|(_, partition, error)| {
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(*partition)
+                        .with_error_code(error.map_or(0, |e| e.code()))
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetDeleteResponse::default().with_topics(topics)
 }

@@ -25,7 +25,8 @@ use crate::produce::ProduceError;
 
 type PartitionError = (ResponseError, String);
 /// Each partition of a topic: enqueued (waiting for its commit) or already refused.
-type QueuedPartitions = Vec<(i32, Result<Committed, PartitionError>)>;
+/// A queued partition carries its LogAppendTime, when the topic uses it.
+type QueuedPartitions = Vec<(i32, Result<(Committed, Option<i64>), PartitionError>)>;
 
 /// A produce request whose batches are in the write buffer (or were refused).
 pub struct PendingProduce {
@@ -98,14 +99,17 @@ impl PendingProduce {
                 .map(|(name, partitions)| async move {
                     let partitions =
                         join_all(partitions.into_iter().map(|(index, queued)| async move {
-                            let result = match queued {
-                                Ok(committed) => tokio::time::timeout_at(deadline, committed)
-                                    .await
-                                    .unwrap_or(Err(ProduceError::TimedOut))
-                                    .map_err(produce_error),
-                                Err(e) => Err(e),
+                            let (result, append_time) = match queued {
+                                Ok((committed, append_time)) => (
+                                    tokio::time::timeout_at(deadline, committed)
+                                        .await
+                                        .unwrap_or(Err(ProduceError::TimedOut))
+                                        .map_err(produce_error),
+                                    append_time,
+                                ),
+                                Err(e) => (Err(e), None),
                             };
-                            partition_response(index, result, version)
+                            partition_response(index, result, append_time, version)
                         }))
                         .await;
                     TopicProduceResponse::default()
@@ -124,7 +128,7 @@ async fn enqueue_partition(
     lookup: &TopicLookup,
     partition: i32,
     records: Option<bytes::Bytes>,
-) -> Result<Committed, PartitionError> {
+) -> Result<(Committed, Option<i64>), PartitionError> {
     match lookup {
         TopicLookup::Found { partitions, .. } if (0..*partitions).contains(&partition) => {}
         TopicLookup::Invalid => {
@@ -141,7 +145,7 @@ async fn enqueue_partition(
         }
     }
     let records = records.unwrap_or_default();
-    let batches = batch::validate(&records).map_err(|e| {
+    let mut batches = batch::validate(&records).map_err(|e| {
         debug!(topic, partition, error = %e, "rejected produce");
         let code = match e {
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
@@ -157,11 +161,39 @@ async fn enqueue_partition(
             "batch exceeds max.message.bytes".into(),
         ));
     }
+    // The broker's clock (this proposer's), never the state machine's.
+    let append_time = broker.log_append_time(topic).then(super::now_ms);
+    if let Some(now) = append_time {
+        set_log_append_time(&mut batches, now);
+    }
     broker
         .buffer
         .enqueue(topic, partition, batches)
         .await
+        .map(|committed| (committed, append_time))
         .map_err(produce_error)
+}
+
+/// Record batch header positions used to stamp LogAppendTime.
+const CRC: usize = 17;
+const ATTRIBUTES: usize = 21;
+const MAX_TIMESTAMP: usize = 35;
+const TIMESTAMP_TYPE_BIT: u8 = 0x08;
+
+/// Kafka's LogAppendTime: each batch's timestamp-type attribute is set and its max
+/// timestamp becomes the append time (what consumers then see on every record); the
+/// CRC-32C over attributes..end is recomputed. Records stay untouched (compressed or not).
+fn set_log_append_time(batches: &mut batch::ValidatedBatches, now: i64) {
+    for b in &mut batches.batches {
+        let mut out = bytes::BytesMut::from(&b[..]);
+        // The low byte of the big-endian i16 attributes.
+        out[ATTRIBUTES + 1] |= TIMESTAMP_TYPE_BIT;
+        out[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now.to_be_bytes());
+        let crc = crc32c::crc32c(&out[ATTRIBUTES..]);
+        out[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        *b = out.freeze();
+    }
+    batches.max_timestamp = now;
 }
 
 fn produce_error(e: ProduceError) -> PartitionError {
@@ -186,12 +218,14 @@ fn produce_error(e: ProduceError) -> PartitionError {
 fn partition_response(
     index: i32,
     result: Result<i64, PartitionError>,
+    append_time: Option<i64>,
     version: i16,
 ) -> PartitionProduceResponse {
     let response = PartitionProduceResponse::default().with_index(index);
     match result {
         Ok(base_offset) => response
             .with_base_offset(base_offset)
+            .with_log_append_time_ms(append_time.filter(|_| version >= 2).unwrap_or(-1))
             .with_log_start_offset(if version >= 5 { 0 } else { -1 }),
         Err((code, message)) => {
             let response = response.with_error_code(code.code()).with_base_offset(-1);
@@ -201,5 +235,29 @@ fn partition_response(
                 response
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::produce::batch::tests::make_batch;
+
+    #[test]
+    fn log_append_time_sets_the_type_bit_and_max_timestamp_with_a_valid_crc() {
+        let raw = make_batch(3, 1_000);
+        let mut batches = batch::validate(&raw).unwrap();
+        set_log_append_time(&mut batches, 123_456);
+        assert_eq!(batches.max_timestamp, 123_456);
+        let stamped = batches.batches[0].clone();
+        // Still a valid batch (CRC recomputed), now LogAppendTime.
+        let again = batch::validate(&stamped).unwrap();
+        assert_eq!(again.max_timestamp, 123_456);
+        assert_eq!(
+            stamped[ATTRIBUTES + 1] & TIMESTAMP_TYPE_BIT,
+            TIMESTAMP_TYPE_BIT
+        );
+        let timestamps = batch::record_timestamps(&stamped).unwrap();
+        assert!(timestamps.iter().all(|(_, ts)| *ts == 123_456));
     }
 }

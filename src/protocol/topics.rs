@@ -37,7 +37,12 @@ pub async fn create(
             })
             .collect();
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
-        let outcome = if !topic.assignments.is_empty() {
+        let bad_config = configs
+            .iter()
+            .find_map(|(k, v)| super::configs::validate_topic_config(k, v).err());
+        let outcome = if let Some(message) = bad_config {
+            Err((ResponseError::InvalidConfig, message))
+        } else if !topic.assignments.is_empty() {
             Err((
                 ResponseError::InvalidReplicaAssignment,
                 "manual replica assignment is not supported: storage is shared".to_owned(),

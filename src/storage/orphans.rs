@@ -16,6 +16,11 @@ pub async fn collect_orphans(metadata: Arc<Metadata>, storage: ObjectStorage, gr
     let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
     loop {
         tokio::time::sleep(every).await;
+        // The leader's state is the most advanced, so it never mistakes a freshly
+        // committed object for an orphan.
+        if !metadata.is_leader() {
+            continue;
+        }
         match collect_once(&metadata, &storage, grace).await {
             Ok(0) => {}
             Ok(deleted) => info!(deleted, "orphan segment objects deleted"),

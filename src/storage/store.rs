@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime};
 use futures::TryStreamExt;
 
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, CredentialProvider, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig,
 };
 use url::Url;
 
@@ -199,7 +200,9 @@ fn s3_builder(bucket: &str) -> AmazonS3Builder {
         || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1");
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|_| "us-east-1".into());
+        .ok()
+        .or_else(region_from_chain)
+        .unwrap_or_else(|| "us-east-1".into());
     // Each request retries briefly; the write buffer retries whole uploads on top, so a
     // long outage turns into produce timeouts rather than requests stuck for minutes.
     let retry = RetryConfig {
@@ -211,7 +214,15 @@ fn s3_builder(bucket: &str) -> AmazonS3Builder {
         max_retries: 4,
         retry_timeout: Duration::from_secs(10),
     };
-    AmazonS3Builder::from_env()
+    let builder = AmazonS3Builder::from_env();
+    // Keys in the environment are read by object_store itself (above); otherwise the
+    // standard AWS chain (profile files, SSO, web identity, ECS, instance metadata).
+    let builder = if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        builder
+    } else {
+        builder.with_credentials(Arc::new(AwsChainCredentials::default()))
+    };
+    builder
         .with_bucket_name(bucket)
         .with_region(region)
         .with_retry(retry)
@@ -221,6 +232,83 @@ fn s3_builder(bucket: &str) -> AmazonS3Builder {
                 .with_connect_timeout(Duration::from_secs(3))
                 .with_timeout(Duration::from_secs(30)),
         )
+}
+
+/// The region from aws-config's chain (profile files, then instance metadata), for when
+/// `AWS_REGION` is unset. The chain is async and `open` is not, so it runs on a thread of
+/// its own with a small runtime; this works whatever runtime (if any) the caller is on.
+fn region_from_chain() -> Option<String> {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            aws_config::default_provider::region::DefaultRegionChain::builder()
+                .build()
+                .region()
+                .await
+                .map(|r| r.to_string())
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Credentials from aws-config's default chain, handed to object_store. The chain is built
+/// on first use (it is async); the credentials are cached and fetched again
+/// `REFRESH_BEFORE_EXPIRY` before they expire (static ones are kept for good).
+#[derive(Default)]
+struct AwsChainCredentials {
+    chain:
+        tokio::sync::OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>,
+    cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
+}
+
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+
+impl std::fmt::Debug for AwsChainCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AwsChainCredentials")
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialProvider for AwsChainCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let mut cached = self.cached.lock().await;
+        if let Some((credential, expiry)) = cached.as_ref() {
+            let fresh = expiry.is_none_or(|at| SystemTime::now() + REFRESH_BEFORE_EXPIRY < at);
+            if fresh {
+                return Ok(credential.clone());
+            }
+        }
+        let chain = self
+            .chain
+            .get_or_init(|| {
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .build()
+            })
+            .await;
+        let c = chain
+            .provide_credentials()
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: format!("no AWS credentials from the environment, profile, web identity or instance metadata: {e}").into(),
+            })?;
+        let credential = Arc::new(AwsCredential {
+            key_id: c.access_key_id().to_owned(),
+            secret_key: c.secret_access_key().to_owned(),
+            token: c.session_token().map(str::to_owned),
+        });
+        *cached = Some((credential.clone(), c.expiry()));
+        Ok(credential)
+    }
 }
 
 fn store_error(path: &str, source: object_store::Error) -> StorageError {

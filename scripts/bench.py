@@ -1,0 +1,815 @@
+#!/usr/bin/env python3
+"""Strata benchmark (issue 5): starts its own broker, drives it with librdkafka
+(confluent-kafka), and prints one `name: value unit` line per figure so runs can
+be diffed.  Run it through scripts/bench.sh, which prepares the venv and binary.
+
+Units: MB = 10^6 bytes, GB = 10^9 bytes, MiB/GiB only in option values.
+Machine figures are measured in the same run, on the filesystem of --dir, so
+throughputs can be read as fractions of what this machine can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MB = 1e6
+GB = 1e9
+TOPIC = "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------- output
+def fig(name: str, value, unit: str = "") -> None:
+    """One figure per line, stable format: `name: value unit`."""
+    if isinstance(value, float):
+        value = f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    print(f"{name}: {value} {unit}".rstrip(), flush=True)
+
+
+def note(msg: str) -> None:
+    print(f"# {msg}", flush=True)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?[bB]?|[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (use e.g. 256MiB, 2GiB)")
+    n = float(m.group(1))
+    unit = (m.group(2) or "b").lower().rstrip("b")
+    mult = {"": 1, "k": 1000, "ki": 1024, "m": 10**6, "mi": 2**20, "g": 10**9, "gi": 2**30}[unit]
+    return int(n * mult)
+
+
+def pct(sorted_vals: list[float], p: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    i = min(len(sorted_vals) - 1, max(0, int(round(p / 100.0 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[i]
+
+
+# ----------------------------------------------------------------- machine
+def machine_info(bench_dir: Path) -> None:
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    df = subprocess.run(["df", "-hT", str(bench_dir)], capture_output=True, text=True).stdout.splitlines()
+    fig("machine_nproc", os.cpu_count())
+    fig("machine_cpu", cpu)
+    fig("machine_memory", f"{mem_kib / 2**20:.1f}", "GiB")
+    fig("machine_kernel", platform.release())
+    if len(df) > 1:
+        fig("machine_disk", " ".join(df[1].split()))
+
+
+def _drop_file_cache(path: Path) -> None:
+    """Evict a file's clean pages from the page cache (no root needed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def drop_tree_cache(root: Path) -> int:
+    os.sync()  # dirty pages cannot be evicted; write them back first
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            _drop_file_cache(Path(dirpath) / name)
+            n += 1
+    return n
+
+
+def disk_bandwidth(bench_dir: Path, nbytes: int) -> tuple[float, float, float]:
+    """Sequential write (1 MiB writes, fsync at the end), cold read (pages evicted
+    with fadvise DONTNEED, falling back to O_DIRECT check), cached re-read. MB/s."""
+    path = bench_dir / "disk-test.bin"
+    chunk = 1 << 20
+    buf = os.urandom(chunk)
+    n = nbytes // chunk
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    t0 = time.monotonic()
+    for _ in range(n):
+        os.write(fd, buf)
+    os.fsync(fd)
+    t_w = time.monotonic() - t0
+    os.close(fd)
+    write_mbs = n * chunk / t_w / MB
+
+    def read_all(flags: int) -> float:
+        fd = os.open(path, os.O_RDONLY | flags)
+        m = mmap.mmap(-1, 4 * chunk)  # page-aligned buffer, valid for O_DIRECT
+        total = 0
+        t0 = time.monotonic()
+        while True:
+            r = os.readv(fd, [m])
+            if r <= 0:
+                break
+            total += r
+        dt = time.monotonic() - t0
+        os.close(fd)
+        m.close()
+        return total / dt / MB
+
+    try:
+        read_cold = read_all(getattr(os, "O_DIRECT", 0))
+    except OSError:
+        _drop_file_cache(path)
+        read_cold = read_all(0)
+    read_all(0)  # populate the page cache
+    read_cached = read_all(0)
+    path.unlink()
+    return write_mbs, read_cold, read_cached
+
+
+def _loop_sink(port: int, q) -> None:
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", port))
+    ls.listen(1)
+    q.put("ready")
+    c, _ = ls.accept()
+    buf = bytearray(1 << 20)
+    mv = memoryview(buf)
+    total = 0
+    while True:
+        r = c.recv_into(mv)
+        if r == 0:
+            break
+        total += r
+    q.put(total)
+    c.close()
+    ls.close()
+
+
+def loopback_bandwidth(nbytes: int) -> float:
+    """One TCP stream over 127.0.0.1 between two Python processes, MB/s."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    p = ctx.Process(daemon=True, target=_loop_sink, args=(port, q))
+    p.start()
+    q.get(timeout=30)
+    s = socket.create_connection(("127.0.0.1", port))
+    buf = os.urandom(1 << 20)
+    n = nbytes // len(buf)
+    t0 = time.monotonic()
+    for _ in range(n):
+        s.sendall(buf)
+    s.shutdown(socket.SHUT_WR)
+    total = q.get(timeout=120)
+    dt = time.monotonic() - t0
+    s.close()
+    p.join(10)
+    return total / dt / MB
+
+
+# ----------------------------------------------------------------- broker
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))
+    except OSError:
+        pass
+
+
+class Broker:
+    def __init__(self, binary: Path, base: Path, store: str | None, extra: list[str]):
+        self.binary = Path(binary).resolve()
+        self.base = base
+        self.data_dir = base / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or f"file://{(base / 'objects').resolve()}"
+        self.store_dir = Path(self.store[len("file://"):]) if self.store.startswith("file://") else None
+        if self.store_dir:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.extra = extra
+        self.port = free_port()
+        self.log_path = base / "broker.log"
+        self.proc: subprocess.Popen | None = None
+        self.log_offset = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [str(self.binary), "serve", "--listen", self.bootstrap, "--advertise", self.bootstrap,
+               "--data-dir", str(self.data_dir), "--store", self.store, *self.extra]
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info,openraft=warn")
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        logf = open(self.log_path, "ab", buffering=0)
+        logf.write(f"\n===== bench: {' '.join(cmd)}\n".encode())
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                     env=env, cwd=str(self.base), preexec_fn=_die_with_parent)
+        logf.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("broker did not start listening within 30 s")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            note("broker did not stop within 30 s of SIGTERM; SIGKILL")
+            self.proc.kill()
+            rc = self.proc.wait(10)
+        self.proc = None
+        return rc
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def disk_read_bytes(self) -> int:
+        try:
+            with open(f"/proc/{self.proc.pid}/io") as f:
+                for line in f:
+                    if line.startswith("read_bytes:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return -1
+
+    def log_since_start(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")
+
+    def segment_objects(self) -> int:
+        if not self.store_dir:
+            return -1
+        return sum(len(files) for _, _, files in os.walk(self.store_dir))
+
+    def store_bytes(self) -> int:
+        if not self.store_dir:
+            return -1
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(self.store_dir) for f in files)
+
+
+class Phase:
+    """Samples broker CPU (and disk reads) around a phase."""
+
+    def __init__(self, broker: Broker):
+        self.b = broker
+
+    def __enter__(self):
+        self.cpu0 = self.b.cpu_seconds()
+        self.rd0 = self.b.disk_read_bytes()
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        if self.b.proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {self.b.proc.returncode} during the phase; see {self.b.log_path}")
+        self.wall = time.monotonic() - self.t0
+        self.cpu = self.b.cpu_seconds() - self.cpu0
+        self.disk_read = self.b.disk_read_bytes() - self.rd0
+        return False
+
+
+# ----------------------------------------------------------------- clients
+def _values(size: int, n: int = 64) -> list[bytes]:
+    return [os.urandom(size) for _ in range(n)]
+
+
+def _producer_conf(bootstrap: str, args: dict) -> dict:
+    return {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "linger.ms": args["linger_ms"],
+        "batch.size": args["batch_size"],
+        "message.max.bytes": max(1000000, args["batch_size"] + 65536),
+        "compression.type": "none",
+        "queue.buffering.max.kbytes": 1048576,
+        "queue.buffering.max.messages": 1000000,
+        "enable.idempotence": False,
+    }
+
+
+def _throughput_producer(bootstrap, topic, nrec, args, barrier, q) -> None:
+    from confluent_kafka import Producer
+
+    errors = [0, ""]
+
+    def on_err(err, msg):
+        if err is not None:
+            errors[0] += 1
+            errors[1] = str(err)
+
+    conf = _producer_conf(bootstrap, args)
+    conf["delivery.report.only.error"] = True
+    conf["on_delivery"] = on_err
+    p = Producer(conf)
+    p.list_topics(topic, timeout=20)
+    vals = _values(args["record_size"])
+    produce = p.produce
+    barrier.wait()
+    t0 = time.monotonic()
+    for i in range(nrec):
+        v = vals[i & 63]
+        while True:
+            try:
+                produce(topic, v)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if (i & 4095) == 0:
+            p.poll(0)
+    left = p.flush(600)
+    t1 = time.monotonic()
+    cpu = time.process_time()
+    q.put({"t0": t0, "t1": t1, "n": nrec, "errors": errors[0], "last_error": errors[1],
+           "undelivered": left, "cpu": cpu})
+
+
+def _drain_consumer(bootstrap, topic, starts: dict, ends: dict, args, q, ready) -> None:
+    """Read partitions from starts[p] up to ends[p] (exclusive); report bytes and time."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-drain-{os.getpid()}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": args["fetch_max_bytes"],
+        "max.partition.fetch.bytes": args["partition_fetch_bytes"],
+        "queued.max.messages.kbytes": 262144,
+        "enable.partition.eof": False,
+    })
+    c.assign([TopicPartition(topic, int(p), int(o)) for p, o in starts.items()])
+    remaining = {int(p): int(ends[p]) for p in starts if int(ends[p]) > int(starts[p])}
+    ready.wait()
+    t_ready = time.monotonic()
+    t0 = None
+    nbytes = nrec = 0
+    errors = 0
+    last_progress = t_ready
+    while remaining:
+        msgs = c.consume(10000, 1.0)
+        now = time.monotonic()
+        if not msgs:
+            if now - last_progress > 60:
+                break
+            continue
+        last_progress = now
+        if t0 is None:
+            t0 = now  # throughput is timed from the first record (the first fetch round trip is reported apart)
+            first = sum(len(m) for m in msgs if not m.error())
+        for m in msgs:
+            if m.error():
+                errors += 1
+                continue
+            nbytes += len(m)
+            nrec += 1
+            p = m.partition()
+            end = remaining.get(p)
+            if end is not None and m.offset() >= end - 1:
+                del remaining[p]
+    t1 = time.monotonic()
+    c.close()
+    if t0 is None:
+        t0, first = t1, 0
+    q.put({"t0": t0, "t1": t1, "t_ready": t_ready, "first_bytes": first, "bytes": nbytes, "records": nrec, "errors": errors,
+           "unfinished": len(remaining), "cpu": time.process_time()})
+
+
+def _rate_producer(bootstrap, topic, rate_rps, warmup_s, dur_s, args, ready, q) -> None:
+    from confluent_kafka import Producer
+
+    lat: list[int] = []
+    errors = [0]
+    mono = time.monotonic_ns
+
+    def on_dr(err, msg):
+        if err is not None:
+            errors[0] += 1
+            return
+        v = msg.value()
+        if v[8] == 1:
+            lat.append(mono() - int.from_bytes(v[:8], "little"))
+
+    p = Producer({**_producer_conf(bootstrap, args), "on_delivery": on_dr})
+    p.list_topics(topic, timeout=20)
+    body = os.urandom(args["record_size"] - 9)
+    ready.wait()
+    total_s = warmup_s + dur_s
+    t_start = time.monotonic()
+    sent = measured = 0
+    behind_max = 0
+    while True:
+        el = time.monotonic() - t_start
+        if el >= total_s:
+            break
+        target = int(el * rate_rps)
+        behind_max = max(behind_max, target - sent)
+        flag = b"\x01" if el >= warmup_s else b"\x00"
+        while sent < target:
+            ts = mono()
+            while True:
+                try:
+                    p.produce(topic, ts.to_bytes(8, "little") + flag + body)
+                    break
+                except BufferError:
+                    p.poll(0.001)
+            sent += 1
+            if flag == b"\x01":
+                measured += 1
+        p.poll(0.001)
+    achieved = sent / (time.monotonic() - t_start)
+    p.flush(120)
+    q.put({"lat": lat, "sent": sent, "measured": measured, "errors": errors[0],
+           "achieved_rps": achieved, "behind_max": behind_max})
+
+
+def _e2e_consumer(bootstrap, topic, partitions, args, ready, q, stop) -> None:
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_END
+
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-e2e-{os.getpid()}",
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": args["fetch_wait_ms"],
+        "enable.partition.eof": False,
+    })
+    c.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])
+    deadline = time.monotonic() + 20
+    # Resolve the end offsets before the producer starts.
+    while time.monotonic() < deadline:
+        c.consume(100, 0.2)
+        try:
+            pos = c.position([TopicPartition(topic, p) for p in range(partitions)])
+            if all(tp.offset >= 0 for tp in pos):
+                break
+        except Exception:
+            pass
+    ready.set()
+    lat: list[int] = []
+    mono = time.monotonic_ns
+    idle_since = None
+    while True:
+        # poll(), not consume(n, t): consume waits for n messages or t, which would add
+        # the client's own batching delay to every receipt time.
+        m = c.poll(0.1)
+        msgs = [m] if m is not None else []
+        now = mono()
+        for m in msgs:
+            if m.error():
+                continue
+            v = m.value()
+            if v[8] == 1:
+                lat.append(now - int.from_bytes(v[:8], "little"))
+        if stop.is_set():
+            if msgs:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > 3:
+                break
+    c.close()
+    q.put({"lat": lat})
+
+
+# ----------------------------------------------------------------- phases
+def create_topic(bootstrap: str, partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    fs = a.create_topics([NewTopic(TOPIC, num_partitions=partitions, replication_factor=1)])
+    for _t, f in fs.items():
+        f.result(30)
+    md = a.list_topics(TOPIC, timeout=20)
+    got = len(md.topics[TOPIC].partitions)
+    if got != partitions:
+        raise RuntimeError(f"topic has {got} partitions, wanted {partitions}")
+
+
+def watermarks(bootstrap: str, partitions: int) -> dict[int, tuple[int, int]]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-wm", "enable.auto.commit": False})
+    out = {p: c.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=20) for p in range(partitions)}
+    c.close()
+    return out
+
+
+def collect(q, procs, n: int, timeout: float) -> list:
+    """n results from q; fail fast (instead of hanging) if a worker dies first."""
+    import queue as _queue
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        try:
+            out.append(q.get(timeout=1.0))
+            continue
+        except _queue.Empty:
+            pass
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"worker {dead[0].name} exited with {dead[0].exitcode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers gave no result within {timeout:.0f} s")
+    return out
+
+
+def run_drain(ctx, bootstrap, starts, ends, nconsumers, args) -> dict:
+    parts = sorted(starts)
+    groups = [parts[i::nconsumers] for i in range(nconsumers)]
+    q = ctx.Queue()
+    ready = ctx.Event()
+    procs = []
+    for g in groups:
+        if not g:
+            continue
+        pr = ctx.Process(daemon=True, target=_drain_consumer, args=(bootstrap, TOPIC, {p: starts[p] for p in g},
+                                                         {p: ends[p] for p in g}, args, q, ready))
+        pr.start()
+        procs.append(pr)
+    time.sleep(1.0)  # let the consumers connect and resolve their assignment
+    ready.set()
+    res = collect(q, procs, len(procs), 900)
+    for pr in procs:
+        pr.join(30)
+    t0 = min(r["t0"] for r in res)
+    t1 = max(r["t1"] for r in res)
+    # bytes of each consumer's first batch arrived at t0, so they don't count towards the rate
+    return {"bytes": sum(r["bytes"] - r["first_bytes"] for r in res), "total_bytes": sum(r["bytes"] for r in res),
+            "records": sum(r["records"] for r in res),
+            "first_record_s": max(r["t0"] - r["t_ready"] for r in res),
+            "secs": max(t1 - t0, 1e-6), "errors": sum(r["errors"] for r in res),
+            "unfinished": sum(r["unfinished"] for r in res), "client_cpu": sum(r["cpu"] for r in res)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="~1 minute run: 256MiB volume, 8 s latency phase, 256MiB disk test")
+    ap.add_argument("--volume", type=parse_size, default=None, help="bytes to produce in the throughput phase [2GiB]")
+    ap.add_argument("--record-size", type=int, default=1024)
+    ap.add_argument("--partitions", type=int, default=12)
+    ap.add_argument("--producers", type=int, default=2, help="producer processes in the throughput phase [2]")
+    ap.add_argument("--consumers", type=int, default=2, help="consumer processes in the consume phases [2]")
+    ap.add_argument("--linger-ms", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=1000000)
+    ap.add_argument("--rate", type=float, default=20.0, help="MB/s for the latency phase [20]")
+    ap.add_argument("--latency-seconds", type=float, default=None, help="measured seconds of the latency phase [20]")
+    ap.add_argument("--fetch-wait-ms", type=int, default=500, help="e2e consumer fetch.wait.max.ms [500, librdkafka default]")
+    ap.add_argument("--tail-window", type=parse_size, default=parse_size("192MiB"),
+                    help="bytes the tail reader re-reads at the head of the log (must fit the broker cache, 256MiB by default) [192MiB]")
+    ap.add_argument("--disk-bytes", type=parse_size, default=None, help="size of the disk test file [1GiB]")
+    ap.add_argument("--loopback-bytes", type=parse_size, default=None, help="bytes pushed over loopback [1GiB]")
+    ap.add_argument("--store", default=None, help="object store URL [file://<dir>/objects]")
+    ap.add_argument("--dir", type=Path, default=REPO_ROOT / "target" / "bench", help="scratch dir (wiped) [target/bench]")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch dir (data, broker log) afterwards")
+    ap.add_argument("--broker-bin", type=Path, default=REPO_ROOT / "target" / "release" / "strata")
+    ap.add_argument("--broker-arg", action="append", default=[], help="extra arg for `strata serve` (repeatable)")
+    ap.add_argument("--skip-machine", action="store_true", help="skip the disk/loopback measurements")
+    a = ap.parse_args()
+
+    volume = a.volume if a.volume is not None else (parse_size("256MiB") if a.quick else parse_size("2GiB"))
+    lat_s = a.latency_seconds if a.latency_seconds is not None else (8.0 if a.quick else 20.0)
+    warm_s = 2.0
+    disk_bytes = a.disk_bytes if a.disk_bytes is not None else (parse_size("256MiB") if a.quick else parse_size("1GiB"))
+    loop_bytes = a.loopback_bytes if a.loopback_bytes is not None else (parse_size("512MiB") if a.quick else parse_size("1GiB"))
+    cargs = {"record_size": a.record_size, "linger_ms": a.linger_ms, "batch_size": a.batch_size,
+             "fetch_max_bytes": 52428800, "partition_fetch_bytes": 4 << 20, "fetch_wait_ms": a.fetch_wait_ms}
+
+    if a.dir.exists():
+        shutil.rmtree(a.dir)
+    a.dir.mkdir(parents=True)
+    ctx = mp.get_context("spawn")
+    t_bench = time.monotonic()
+
+    note(f"strata bench: volume={volume} B, record={a.record_size} B, partitions={a.partitions}, "
+         f"producers={a.producers}, consumers={a.consumers}, linger.ms={a.linger_ms}, batch.size={a.batch_size}, "
+         f"rate={a.rate} MB/s for {lat_s:g}+{warm_s:g}(warm-up) s, dir={a.dir}")
+    from confluent_kafka import version, libversion
+    fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")
+    machine_info(a.dir)
+    fig("machine_loadavg_start", " ".join(open("/proc/loadavg").read().split()[:3]))
+
+    # ---- machine
+    if a.skip_machine:
+        disk_w = disk_r = disk_rc = loop = float("nan")
+    else:
+        disk_w, disk_r, disk_rc = disk_bandwidth(a.dir, disk_bytes)
+        fig("disk_write_seq", disk_w, "MB/s")
+        fig("disk_read_seq_cold", disk_r, "MB/s")
+        fig("disk_read_seq_cached", disk_rc, "MB/s")
+        loop = loopback_bandwidth(loop_bytes)
+        fig("loopback_tcp", loop, "MB/s")
+
+    broker = Broker(a.broker_bin, a.dir, a.store, a.broker_arg)
+    broker.start()
+    fig("broker_store", broker.store)
+    problems: list[str] = []
+    try:
+        create_topic(broker.bootstrap, a.partitions)
+
+        # ---- produce throughput
+        nrec = volume // a.record_size
+        per = [nrec // a.producers + (1 if i < nrec % a.producers else 0) for i in range(a.producers)]
+        objs0 = broker.segment_objects()
+        sbytes0 = broker.store_bytes()
+        q = ctx.Queue()
+        barrier = ctx.Barrier(a.producers + 1)
+        procs = [ctx.Process(daemon=True, target=_throughput_producer, args=(broker.bootstrap, TOPIC, n, cargs, barrier, q))
+                 for n in per]
+        for pr in procs:
+            pr.start()
+        barrier.wait(timeout=60)
+        with Phase(broker) as ph:
+            res = collect(q, procs, len(procs), 1800)
+        for pr in procs:
+            pr.join(30)
+        secs = max(r["t1"] for r in res) - min(r["t0"] for r in res)
+        prod_bytes = nrec * a.record_size
+        prod_mbs = prod_bytes / secs / MB
+        errs = sum(r["errors"] for r in res) + sum(r["undelivered"] for r in res)
+        objs = broker.segment_objects() - objs0
+        fig("produce_volume", prod_bytes / MB, "MB")
+        fig("produce_seconds", secs, "s")
+        fig("produce_throughput", prod_mbs, "MB/s")
+        fig("produce_records", nrec / secs, "records/s")
+        fig("produce_vs_disk_write", prod_mbs / disk_w, "ratio")
+        fig("produce_errors", errs)
+        if errs:
+            problems.append(f"produce: {errs} errors, last: {[r['last_error'] for r in res if r['last_error']]}")
+        fig("produce_client_cpu", sum(r["cpu"] for r in res) / secs, "cores")
+        fig("produce_broker_cpu", ph.cpu / secs, "cores")
+        fig("broker_cpu_per_gb", ph.cpu / (prod_bytes / GB), "cpu-s/GB")
+        if objs >= 0:
+            fig("store_puts_per_gb", objs / (prod_bytes / GB), "PUT/GB")
+            fig("store_object_mean_size", (broker.store_bytes() - sbytes0) / max(objs, 1) / MB, "MB")
+        else:
+            fig("store_puts_per_gb", "n/a")
+        fig("broker_rss_after_produce", broker.rss_mib(), "MiB")
+
+        # ---- tail reader: the newest --tail-window bytes, still in the broker cache
+        wm = watermarks(broker.bootstrap, a.partitions)
+        ends = {p: wm[p][1] for p in wm}
+        per_part = max(1, a.tail_window // a.record_size // a.partitions)
+        starts = {p: max(wm[p][0], ends[p] - per_part) for p in wm}
+        if broker.store_dir:
+            drop_tree_cache(broker.store_dir)  # so a store read would show up as a disk read
+        with Phase(broker) as ph:
+            r = run_drain(ctx, broker.bootstrap, starts, ends, a.consumers, cargs)
+        tail_mbs = r["bytes"] / r["secs"] / MB
+        fig("tail_consume_volume", r["total_bytes"] / MB, "MB")
+        fig("tail_consume_first_record", r["first_record_s"] * 1000, "ms")
+        fig("tail_consume_throughput", tail_mbs, "MB/s")
+        fig("tail_consume_vs_produce", tail_mbs / prod_mbs, "ratio")
+        fig("tail_consume_vs_loopback", tail_mbs / loop, "ratio")
+        fig("tail_consume_broker_disk_read", ph.disk_read / MB if ph.disk_read >= 0 else "n/a", "MB")
+        fig("tail_consume_broker_cpu", ph.cpu / r["secs"], "cores")
+        fig("tail_consume_client_cpu", r["client_cpu"] / r["secs"], "cores")
+        if r["errors"] or r["unfinished"]:
+            problems.append(f"tail consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
+
+        # ---- latency at a fixed rate: produce latency and end-to-end
+        rate_rps = a.rate * MB / a.record_size
+        q = ctx.Queue()
+        ready = ctx.Event()
+        stop = ctx.Event()
+        cons = ctx.Process(daemon=True, target=_e2e_consumer, args=(broker.bootstrap, TOPIC, a.partitions, cargs, ready, q, stop))
+        cons.start()
+        if not ready.wait(40):
+            problems.append("e2e consumer did not get ready")
+        prod_ready = ctx.Event()
+        prod_ready.set()
+        qp = ctx.Queue()
+        prod = ctx.Process(daemon=True, target=_rate_producer,
+                           args=(broker.bootstrap, TOPIC, rate_rps, warm_s, lat_s, cargs, prod_ready, qp))
+        with Phase(broker) as ph:
+            prod.start()
+            pres = collect(qp, [prod], 1, lat_s + warm_s + 300)[0]
+        prod.join(30)
+        stop.set()
+        cres = collect(q, [cons], 1, 120)[0]
+        cons.join(30)
+        plat = sorted(x / 1e6 for x in pres["lat"])
+        elat = sorted(x / 1e6 for x in cres["lat"])
+        fig("latency_rate_target", a.rate, "MB/s")
+        fig("latency_rate_achieved", pres["achieved_rps"] * a.record_size / MB, "MB/s")
+        fig("produce_latency_p50", pct(plat, 50), "ms")
+        fig("produce_latency_p99", pct(plat, 99), "ms")
+        fig("produce_latency_p999", pct(plat, 99.9), "ms")
+        fig("produce_latency_max", plat[-1] if plat else float("nan"), "ms")
+        fig("e2e_latency_p50", pct(elat, 50), "ms")
+        fig("e2e_latency_p99", pct(elat, 99), "ms")
+        fig("e2e_latency_max", elat[-1] if elat else float("nan"), "ms")
+        fig("latency_samples", f"{len(plat)} produce, {len(elat)} e2e of {pres['measured']} sent")
+        fig("latency_broker_cpu", ph.cpu / ph.wall, "cores")
+        if pres["errors"]:
+            problems.append(f"latency phase: {pres['errors']} produce errors")
+        if len(elat) < pres["measured"]:
+            problems.append(f"e2e consumer received {len(elat)} of {pres['measured']} measured records")
+
+        # ---- catch-up reader: restart (cold broker cache), evict store files from the page cache
+        rc = broker.stop()
+        if rc not in (0, None):
+            problems.append(f"broker exited with {rc} on SIGTERM")
+        log1 = broker.log_since_start()
+        broker.start()
+        wm = watermarks(broker.bootstrap, a.partitions)
+        starts = {p: wm[p][0] for p in wm}
+        ends = {p: wm[p][1] for p in wm}
+        evicted = drop_tree_cache(broker.store_dir) if broker.store_dir else 0
+        with Phase(broker) as ph:
+            r = run_drain(ctx, broker.bootstrap, starts, ends, a.consumers, cargs)
+        cu_mbs = r["bytes"] / r["secs"] / MB
+        fig("catchup_consume_volume", r["total_bytes"] / MB, "MB")
+        fig("catchup_consume_first_record", r["first_record_s"] * 1000, "ms")
+        fig("catchup_consume_throughput", cu_mbs, "MB/s")
+        fig("catchup_consume_vs_disk_read", cu_mbs / disk_r, "ratio")
+        fig("catchup_consume_vs_loopback", cu_mbs / loop, "ratio")
+        fig("catchup_consume_broker_disk_read", ph.disk_read / MB if ph.disk_read >= 0 else "n/a", "MB")
+        fig("catchup_consume_broker_cpu", ph.cpu / r["secs"], "cores")
+        fig("catchup_consume_client_cpu", r["client_cpu"] / r["secs"], "cores")
+        if broker.store_dir:
+            note(f"catch-up: broker restarted, {evicted} store files evicted from the page cache first")
+        if r["errors"] or r["unfinished"]:
+            problems.append(f"catch-up consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
+    finally:
+        rc = broker.stop()
+    log2 = broker.log_since_start()
+    if rc not in (0, None):
+        problems.append(f"broker exited with {rc} on SIGTERM")
+
+    # ---- object-store request counters, if the broker logs them at shutdown
+    counts = [re.search(r"object_store_requests\s+puts=(\d+)\s+gets=(\d+)", t) for t in (log1, log2)]
+    if all(counts):
+        puts = sum(int(m.group(1)) for m in counts)
+        gets = sum(int(m.group(2)) for m in counts)
+        fig("store_requests_puts", puts)
+        fig("store_requests_gets", gets)
+        fig("store_gets_per_gb_consumed", "see counts above")
+    else:
+        fig("store_gets_per_gb", "n/a", "(broker does not report object-store GETs)")
+
+    full = broker.log_path.read_text(errors="replace")
+    bad = [l for l in full.splitlines() if re.search(r"\b(WARN|ERROR)\b|panicked", l)]
+    fig("broker_log_warn_error_lines", len(bad))
+    for l in bad[:15]:
+        note(f"broker log: {l[:300]}")
+    for p in problems:
+        note(f"PROBLEM: {p}")
+    fig("machine_loadavg_end", " ".join(open("/proc/loadavg").read().split()[:3]))
+    fig("bench_wall", time.monotonic() - t_bench, "s")
+    if not a.keep:
+        shutil.rmtree(a.dir, ignore_errors=True)
+    else:
+        note(f"kept {a.dir} (broker log: {broker.log_path})")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# THE benchmark command for Strata (issue 5). Prepares what it needs, then runs
+# scripts/bench.py, which starts its own release broker on a free port and prints
+# one `name: value unit` line per figure.
+#
+#   scripts/bench.sh --quick          # ~1 minute smoke run
+#   scripts/bench.sh                  # default run (2 GiB produce, 20 s latency phase)
+#   scripts/bench.sh --help           # all options (--volume 512MiB, --store URL, ...)
+#
+# Setup (idempotent): reuses .venv if it has confluent-kafka, else creates it and
+# installs the pin from tests/integration/requirements.txt; builds
+# target/release/strata if it is missing (set STRATA_BIN to use another binary).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+req=tests/integration/requirements.txt
+if ! .venv/bin/python -c 'import confluent_kafka' >/dev/null 2>&1; then
+    echo "==> creating .venv with confluent-kafka" >&2
+    py=python3
+    command -v python3.11 >/dev/null 2>&1 && py=python3.11
+    [ -x .venv/bin/python ] || "$py" -m venv .venv
+    .venv/bin/python -m pip install --disable-pip-version-check -q "$(grep -E '^confluent-kafka==' "$req")"
+fi
+
+bin="${STRATA_BIN:-target/release/strata}"
+if [ ! -x "$bin" ]; then
+    echo "==> building $bin (cargo build --release)" >&2
+    cargo build --release
+fi
+
+exec .venv/bin/python scripts/bench.py --broker-bin "$(realpath "$bin")" "$@"

@@ -1,0 +1,250 @@
+//! Cluster membership in the metadata state: which brokers exist, which are alive, and
+//! from that, which broker is preferred for each partition and which coordinates each
+//! group. Pure, like the rest of the state machine: liveness is judged from the times
+//! carried in commands, never from a clock read here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// A broker starts (or restarts) and announces where clients reach it.
+    Register {
+        id: u64,
+        host: String,
+        port: i32,
+        rack: Option<String>,
+        now_ms: i64,
+    },
+    /// A broker renews its lease.
+    Heartbeat { id: u64, now_ms: i64 },
+    /// Proposed by the Raft leader on a timer: brokers silent for `lease_ms` are dead.
+    Expire { now_ms: i64, lease_ms: i64 },
+    /// A broker leaves gracefully.
+    Deregister { id: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    pub last_heartbeat_ms: i64,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    brokers: BTreeMap<u64, BrokerInfo>,
+    /// Bumped whenever the set of live brokers changes; served as every partition's
+    /// leader epoch, so clients notice that preferred brokers may have moved.
+    epoch: i32,
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, cmd: &ClusterCommand) {
+        match cmd {
+            ClusterCommand::Register {
+                id,
+                host,
+                port,
+                rack,
+                now_ms,
+            } => {
+                let info = BrokerInfo {
+                    host: host.clone(),
+                    port: *port,
+                    rack: rack.clone(),
+                    last_heartbeat_ms: *now_ms,
+                    alive: true,
+                };
+                let changed = self.brokers.get(id).is_none_or(|old| {
+                    !old.alive
+                        || old.host != info.host
+                        || old.port != info.port
+                        || old.rack != info.rack
+                });
+                self.brokers.insert(*id, info);
+                if changed {
+                    self.epoch += 1;
+                }
+            }
+            ClusterCommand::Heartbeat { id, now_ms } => {
+                if let Some(broker) = self.brokers.get_mut(id) {
+                    broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(*now_ms);
+                    if !broker.alive {
+                        broker.alive = true;
+                        self.epoch += 1;
+                    }
+                }
+            }
+            ClusterCommand::Expire { now_ms, lease_ms } => {
+                let mut changed = false;
+                for broker in self.brokers.values_mut() {
+                    if broker.alive && now_ms - broker.last_heartbeat_ms > *lease_ms {
+                        broker.alive = false;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.epoch += 1;
+                }
+            }
+            ClusterCommand::Deregister { id } => {
+                if self.brokers.remove(id).is_some_and(|b| b.alive) {
+                    self.epoch += 1;
+                }
+            }
+        }
+    }
+
+    pub fn epoch(&self) -> i32 {
+        self.epoch
+    }
+
+    pub fn broker(&self, id: u64) -> Option<&BrokerInfo> {
+        self.brokers.get(&id)
+    }
+
+    /// Live brokers, by id.
+    pub fn live(&self) -> impl Iterator<Item = (u64, &BrokerInfo)> {
+        self.brokers
+            .iter()
+            .filter(|(_, b)| b.alive)
+            .map(|(id, b)| (*id, b))
+    }
+
+    /// The broker a partition's producers and consumers should meet on: rendezvous
+    /// hashing over live brokers, so a broker joining or leaving moves only its share.
+    pub fn preferred_broker(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.pick(|h| {
+            h.write(topic.as_bytes());
+            h.write(&partition.to_be_bytes());
+        })
+    }
+
+    /// The broker coordinating a consumer group.
+    pub fn coordinator(&self, group: &str) -> Option<u64> {
+        self.pick(|h| {
+            h.write(b"group:");
+            h.write(group.as_bytes());
+        })
+    }
+
+    fn pick(&self, key: impl Fn(&mut Fnv)) -> Option<u64> {
+        self.live()
+            .map(|(id, _)| {
+                let mut h = Fnv::new();
+                key(&mut h);
+                h.write(&id.to_be_bytes());
+                (h.finish(), id)
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+}
+
+/// FNV-1a, 64-bit: stable across builds and platforms (std's hasher is not), so every
+/// replica computes the same placement.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // A final mix so that ids differing in one bit spread well.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(id: u64, now_ms: i64) -> ClusterCommand {
+        ClusterCommand::Register {
+            id,
+            host: "127.0.0.1".into(),
+            port: 9000 + id as i32,
+            rack: None,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn silent_brokers_expire_and_come_back() {
+        let mut c = ClusterState::default();
+        c.apply(&register(1, 0));
+        c.apply(&register(2, 0));
+        let epoch = c.epoch();
+        c.apply(&ClusterCommand::Heartbeat {
+            id: 1,
+            now_ms: 5000,
+        });
+        c.apply(&ClusterCommand::Expire {
+            now_ms: 6000,
+            lease_ms: 3000,
+        });
+        assert_eq!(c.live().map(|(id, _)| id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(c.epoch(), epoch + 1);
+        c.apply(&ClusterCommand::Heartbeat {
+            id: 2,
+            now_ms: 7000,
+        });
+        assert_eq!(c.live().count(), 2);
+        assert_eq!(c.epoch(), epoch + 2);
+        // A heartbeat that changes nothing does not bump the epoch.
+        c.apply(&ClusterCommand::Heartbeat {
+            id: 2,
+            now_ms: 8000,
+        });
+        assert_eq!(c.epoch(), epoch + 2);
+    }
+
+    #[test]
+    fn placement_is_balanced_and_moves_little() {
+        let mut c = ClusterState::default();
+        for id in 1..=3 {
+            c.apply(&register(id, 0));
+        }
+        let before: Vec<_> = (0..300)
+            .map(|p| c.preferred_broker("t", p).unwrap())
+            .collect();
+        for id in 1..=3 {
+            let share = before.iter().filter(|b| **b == id).count();
+            assert!(
+                (60..=140).contains(&share),
+                "broker {id} got {share} of 300"
+            );
+        }
+        c.apply(&register(4, 0));
+        let after: Vec<_> = (0..300)
+            .map(|p| c.preferred_broker("t", p).unwrap())
+            .collect();
+        // Only partitions that went to the new broker moved.
+        for (b, a) in before.iter().zip(&after) {
+            assert!(a == b || *a == 4);
+        }
+        assert!(after.iter().filter(|a| **a == 4).count() > 40);
+        c.apply(&ClusterCommand::Deregister { id: 4 });
+        let back: Vec<_> = (0..300)
+            .map(|p| c.preferred_broker("t", p).unwrap())
+            .collect();
+        assert_eq!(before, back);
+        assert!(c.coordinator("g").is_some());
+    }
+}

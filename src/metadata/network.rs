@@ -1,0 +1,290 @@
+//! The metadata Raft's network: length-prefixed JSON frames over TCP between brokers'
+//! `--raft-listen` addresses.
+//!
+//! Besides Raft's own RPCs it carries two broker requests: `Propose` (a broker that is not
+//! the leader forwards its command) and `Join` (a new learner asks to be added).
+//!
+//! A test-only switch isolates a node: while the file `ISOLATE` exists in its Raft
+//! directory, it refuses incoming Raft traffic and sends none, as if its Raft port were
+//! cut off from the network.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use super::raft::{NodeId, TypeConfig};
+use super::state::{Command, Response};
+
+/// Raft frames carry whole log batches and snapshot chunks; far below this.
+const MAX_FRAME: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    Propose(Command),
+    Join { node_id: NodeId, addr: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Propose(Result<Response, String>),
+    Join(Result<(), String>),
+}
+
+/// Whether this node is (test-only) cut off from Raft traffic.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    switch: Arc<PathBuf>,
+}
+
+impl Isolation {
+    pub fn new(raft_dir: &std::path::Path) -> Self {
+        Self {
+            switch: Arc::new(raft_dir.join("ISOLATE")),
+        }
+    }
+
+    pub fn isolated(&self) -> bool {
+        self.switch.exists()
+    }
+}
+
+/// Sends one request and reads its reply on `stream`.
+pub async fn call(stream: &mut TcpStream, request: &RaftRequest) -> io::Result<RaftReply> {
+    let body = serde_json::to_vec(request).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len()).map_err(|_| io::Error::other("raft frame too large"))?;
+    stream.write_u32(len).await?;
+    stream.write_all(&body).await?;
+    let reply = read_frame(stream).await?;
+    serde_json::from_slice(&reply).map_err(io::Error::other)
+}
+
+async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let len = stream.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::other(format!(
+            "raft frame of {len} bytes is too large"
+        )));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Connects to `addr` and makes one call.
+pub async fn call_once(
+    addr: &str,
+    request: &RaftRequest,
+    timeout: Duration,
+) -> io::Result<RaftReply> {
+    tokio::time::timeout(timeout, async {
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        call(&mut stream, request).await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "raft call timed out"))?
+}
+
+/// What serves the requests a connection receives.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: RaftRequest) -> impl std::future::Future<Output = RaftReply> + Send;
+}
+
+/// Accepts Raft connections until the listener fails.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, isolation: Isolation) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "raft accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        let isolation = isolation.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, handler, isolation).await {
+                debug!(%peer, error = %e, "raft connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_connection<H: Handler>(
+    mut stream: TcpStream,
+    handler: Arc<H>,
+    isolation: Isolation,
+) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    loop {
+        let frame = match read_frame(&mut stream).await {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if isolation.isolated() {
+            return Err(io::Error::other("isolated: dropping raft traffic"));
+        }
+        let request: RaftRequest = serde_json::from_slice(&frame).map_err(io::Error::other)?;
+        let reply = handler.handle(request).await;
+        let body = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+        stream.write_u32(body.len() as u32).await?;
+        stream.write_all(&body).await?;
+    }
+}
+
+/// Builds a connection per peer; each keeps one TCP stream and reconnects on error.
+#[derive(Clone)]
+pub struct TcpNetwork {
+    pub isolation: Isolation,
+}
+
+pub struct TcpConnection {
+    target: NodeId,
+    addr: String,
+    stream: Option<TcpStream>,
+    isolation: Isolation,
+}
+
+impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
+    type Network = TcpConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        TcpConnection {
+            target,
+            addr: node.addr.clone(),
+            stream: None,
+            isolation: self.isolation.clone(),
+        }
+    }
+}
+
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl TcpConnection {
+    async fn send<E: std::error::Error>(
+        &mut self,
+        request: RaftRequest,
+        option: &RPCOption,
+    ) -> Result<RaftReply, RpcError<E>> {
+        if self.isolation.isolated() {
+            let e = io::Error::other("isolated: not sending raft traffic");
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
+        let attempt = async {
+            let stream = match self.stream.take() {
+                Some(stream) => stream,
+                None => {
+                    let stream =
+                        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+                            .await
+                            .map_err(|_| {
+                                io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
+                            })??;
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
+            };
+            let mut stream = stream;
+            let reply = call(&mut stream, &request).await?;
+            Ok::<_, io::Error>((stream, reply))
+        };
+        match tokio::time::timeout(option.hard_ttl(), attempt).await {
+            Ok(Ok((stream, reply))) => {
+                self.stream = Some(stream);
+                Ok(reply)
+            }
+            Ok(Err(e))
+                if e.kind() == io::ErrorKind::ConnectionRefused
+                    || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(_) => {
+                let e = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("raft rpc to node {} timed out", self.target),
+                );
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RpcError<E> {
+        RPCError::Network(NetworkError::new(&io::Error::other(
+            "unexpected raft reply",
+        )))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for TcpConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
+            RaftReply::AppendEntries(Ok(r)) => Ok(r),
+            RaftReply::AppendEntries(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        match self
+            .send(RaftRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            RaftReply::InstallSnapshot(Ok(r)) => Ok(r),
+            RaftReply::InstallSnapshot(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        match self.send(RaftRequest::Vote(rpc), &option).await? {
+            RaftReply::Vote(Ok(r)) => Ok(r),
+            RaftReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.unexpected()),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! DescribeProducers: the idempotent producers the state machine tracks per partition.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse, ProducerState, TopicResponse,
+};
+use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
+
+use super::str_bytes;
+use crate::broker::Broker;
+
+pub fn describe(
+    broker: &Arc<Broker>,
+    req: DescribeProducersRequest,
+    _version: i16,
+) -> DescribeProducersResponse {
+    let topics = broker.metadata.read(|s| {
+        req.topics
+            .iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partition_indexes
+                    .iter()
+                    .map(|&index| {
+                        let out = PartitionResponse::default().with_partition_index(index);
+                        let Some(p) = s.partition(topic.name.as_str(), index) else {
+                            return out
+                                .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                                .with_error_message(Some(str_bytes(
+                                    "This server does not host this topic-partition.",
+                                )));
+                        };
+                        let producers = p
+                            .producers
+                            .iter()
+                            .map(|(&id, state)| {
+                                ProducerState::default()
+                                    .with_producer_id(ProducerId(id))
+                                    .with_producer_epoch(i32::from(state.epoch))
+                                    .with_last_sequence(state.batches.last().map_or(-1, |b| b.1))
+                                    // Not tracked: append times stay outside the state.
+                                    .with_last_timestamp(-1)
+                                    .with_coordinator_epoch(-1)
+                                    .with_current_txn_start_offset(-1)
+                            })
+                            .collect();
+                        out.with_active_producers(producers)
+                    })
+                    .collect();
+                TopicResponse::default()
+                    .with_name(topic.name.clone())
+                    .with_partitions(partitions)
+            })
+            .collect()
+    });
+    DescribeProducersResponse::default().with_topics(topics)
+}
