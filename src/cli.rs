@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Flush the write buffer after this many milliseconds [default: 10].
     #[arg(long, env = "STRATA_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
-    /// Flush the write buffer once it holds this many bytes [default: 8388608].
+    /// Flush the write buffer once it holds this many bytes [default: 16777216].
     #[arg(long, env = "STRATA_FLUSH_BYTES")]
     pub flush_bytes: Option<usize>,
     /// Copy the metadata snapshot to the object store this often [default: 60000].

@@ -58,11 +58,19 @@ impl FetchReader {
             .metadata
             .read(|s| {
                 let p = s.partition(topic, partition)?;
-                Some((
-                    p.entries_from(offset, MAX_ENTRIES_PER_READ).to_vec(),
-                    p.next_offset,
-                    p.log_start_offset,
-                ))
+                // Clone only the entries this read can use: enough bytes to fill max_bytes.
+                let mut budget = 0u64;
+                let entries = p
+                    .entries_from(offset, MAX_ENTRIES_PER_READ)
+                    .iter()
+                    .take_while(|e| {
+                        let take = budget < max_bytes as u64;
+                        budget += e.length;
+                        take
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>();
+                Some((entries, p.next_offset, p.log_start_offset))
             })
             .ok_or(FetchError::UnknownTopicOrPartition)?;
         if offset < log_start_offset || offset > high_watermark {

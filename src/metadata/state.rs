@@ -31,6 +31,11 @@ pub enum Command {
         object_size: u64,
         entries: Vec<SegmentEntry>,
     },
+    /// Several segment objects in one log entry, in upload order: under load the write
+    /// buffer commits whatever finished uploading while the previous commit was in flight.
+    CommitSegments {
+        segments: Vec<SegmentCommit>,
+    },
     CommitOffsets {
         group: String,
         offsets: Vec<OffsetCommit>,
@@ -74,6 +79,14 @@ pub enum Command {
     DeleteGroup {
         group: String,
     },
+}
+
+/// One uploaded segment object and its chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentCommit {
+    pub object: String,
+    pub object_size: u64,
+    pub entries: Vec<SegmentEntry>,
 }
 
 /// One partition's chunk inside a segment object: contiguous record batches.
@@ -151,6 +164,8 @@ pub enum Response {
     /// One result per [`OffsetCommit`], in order.
     Offsets(Vec<Result<(), StateError>>),
     Producer(Result<(i64, i16), StateError>),
+    /// Per object of a [`Command::CommitSegments`], per entry.
+    Segments(Vec<Vec<Result<i64, StateError>>>),
     /// DeleteRecords: the partition's new log start offset.
     LogStart(Result<i64, StateError>),
     /// DeleteGroup.
@@ -253,6 +268,12 @@ impl MetadataState {
             Command::CommitSegment {
                 object, entries, ..
             } => Response::Segment(self.commit_segment(object, entries)),
+            Command::CommitSegments { segments } => Response::Segments(
+                segments
+                    .iter()
+                    .map(|s| self.commit_segment(&s.object, &s.entries))
+                    .collect(),
+            ),
             Command::CommitOffsets { group, offsets } => {
                 Response::Offsets(self.commit_offsets(group, offsets))
             }
@@ -782,6 +803,32 @@ mod tests {
         assert_eq!(p.entries_from(0, 10).len(), 2);
         assert_eq!(p.entries_from(5, 10).len(), 0);
         assert_eq!(s.object_refs("a"), 2);
+        // An object is committed once, however often it is proposed.
+        let r = s.apply(&Command::CommitSegment {
+            object: "b".into(),
+            object_size: 100,
+            entries: vec![entry("t", 0, 2)],
+        });
+        assert_eq!(
+            r,
+            Response::Segment(vec![Err(StateError::ObjectAlreadyCommitted)])
+        );
+        // Several objects in one entry get offsets in order.
+        let r = s.apply(&Command::CommitSegments {
+            segments: vec![
+                SegmentCommit {
+                    object: "c".into(),
+                    object_size: 1,
+                    entries: vec![entry("t", 0, 4)],
+                },
+                SegmentCommit {
+                    object: "d".into(),
+                    object_size: 1,
+                    entries: vec![entry("t", 0, 1), entry("t", 1, 1)],
+                },
+            ],
+        });
+        assert_eq!(r, Response::Segments(vec![vec![Ok(5)], vec![Ok(9), Ok(5)]]));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use super::batch::ValidatedBatches;
-use crate::metadata::state::{Command, Response, StateError};
+use crate::metadata::state::{Command, Response, SegmentCommit, StateError};
 use crate::metadata::Metadata;
 use crate::storage::segment::SegmentBuilder;
 use crate::storage::{BlockCache, ObjectStorage};
@@ -363,61 +363,87 @@ async fn commit_loop(
     // Test-only crash window: die after an upload, before its commit, leaving an orphan.
     let crash_before_commit =
         std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "crash-before-commit");
-    while let Some(upload) = rx.recv().await {
-        let Ok(Some(uploaded)) = upload.await else {
+    while let Some(first) = rx.recv().await {
+        // Everything queued behind the first upload rides in the same Raft entry: one
+        // commit round trip (and fsync) for many objects when load is heavy.
+        let mut handles = vec![first];
+        while let Ok(next) = rx.try_recv() {
+            handles.push(next);
+        }
+        let mut uploads = Vec::with_capacity(handles.len());
+        for handle in handles {
+            if let Ok(Some(uploaded)) = handle.await {
+                uploads.push(uploaded);
+            }
+        }
+        if uploads.is_empty() {
             continue;
-        };
+        }
         if crash_before_commit {
-            warn!(object = %uploaded.object, "failpoint crash-before-commit: aborting");
+            warn!(object = %uploads[0].object, "failpoint crash-before-commit: aborting");
             std::process::abort();
         }
-        let command = Command::CommitSegment {
-            object: uploaded.object.clone(),
-            object_size: uploaded.size,
-            entries: uploaded.command_entries,
-        };
-        let results = match metadata.propose(command).await {
-            Ok(Response::Segment(results)) => results,
+        let segments = uploads
+            .iter_mut()
+            .map(|u| SegmentCommit {
+                object: u.object.clone(),
+                object_size: u.size,
+                entries: std::mem::take(&mut u.command_entries),
+            })
+            .collect();
+        let results = match metadata.propose(Command::CommitSegments { segments }).await {
+            Ok(Response::Segments(results)) => results,
             Ok(other) => {
-                warn!(?other, "unexpected response to CommitSegment");
+                warn!(?other, "unexpected response to CommitSegments");
                 Vec::new()
             }
             Err(e) => {
-                warn!(error = %e, object = %uploaded.object, "segment commit failed");
+                warn!(error = %e, objects = uploads.len(), "segment commit failed");
                 let err = ProduceError::Commit(e.to_string());
-                for waiter in uploaded.chunks.into_iter().flat_map(|c| c.waiters) {
+                for waiter in uploads
+                    .into_iter()
+                    .flat_map(|u| u.chunks)
+                    .flat_map(|c| c.waiters)
+                {
                     waiter.answer(Err(err.clone()));
                 }
                 continue;
             }
         };
-        for (i, chunk) in uploaded.chunks.into_iter().enumerate() {
-            let result = results
-                .get(i)
-                .cloned()
-                .unwrap_or(Err(StateError::UnknownTopicOrPartition));
-            let mut next = match result {
-                Ok(base) => base,
-                // A retry of a committed batch: the producer hears its original offset.
-                Err(StateError::DuplicateSequence(base)) => base,
-                Err(e) => {
-                    let err = match e {
-                        StateError::UnknownTopicOrPartition => {
-                            ProduceError::UnknownTopicOrPartition
-                        }
-                        other => ProduceError::Rejected(other),
-                    };
-                    for waiter in chunk.waiters {
-                        waiter.answer(Err(err.clone()));
-                    }
-                    continue;
+        let mut results = results.into_iter();
+        for uploaded in uploads {
+            answer_waiters(uploaded.chunks, results.next().unwrap_or_default());
+        }
+    }
+}
+
+/// Gives each request its base offset: its chunk's base plus the offsets of the requests
+/// before it in the chunk.
+fn answer_waiters(chunks: Vec<ChunkWaiters>, results: Vec<Result<i64, StateError>>) {
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let result = results
+            .get(i)
+            .cloned()
+            .unwrap_or(Err(StateError::UnknownTopicOrPartition));
+        let mut next = match result {
+            Ok(base) => base,
+            // A retry of a committed batch: the producer hears its original offset.
+            Err(StateError::DuplicateSequence(base)) => base,
+            Err(e) => {
+                let err = match e {
+                    StateError::UnknownTopicOrPartition => ProduceError::UnknownTopicOrPartition,
+                    other => ProduceError::Rejected(other),
+                };
+                for waiter in chunk.waiters {
+                    waiter.answer(Err(err.clone()));
                 }
-            };
-            for waiter in chunk.waiters {
-                let count = waiter.offset_count;
-                waiter.answer(Ok(next));
-                next += i64::from(count);
+                continue;
             }
+        };
+        for waiter in chunk.waiters {
+            let count = waiter.offset_count;
+            waiter.answer(Ok(next));
+            next += i64::from(count);
         }
     }
 }
