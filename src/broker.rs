@@ -15,6 +15,7 @@ use crate::metadata::state::{valid_topic_name, Command, Response, StateError};
 use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
+use crate::storage::cache::{CacheConfig, CacheError};
 use crate::storage::{orphans, BlockCache, ObjectStorage, StorageError};
 
 /// Why the broker could not start; each says what to fix.
@@ -38,6 +39,8 @@ pub enum StartError {
     },
     #[error("cannot open the metadata log: {0}")]
     Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("cannot recover the metadata from the object store: {0}")]
     Recovery(#[from] crate::metadata::shipping::ShippingError),
     #[error("cannot set the old metadata log {dir} aside: {source}")]
@@ -86,7 +89,7 @@ pub struct Broker {
     pub cluster_id: String,
     pub metadata: Arc<Metadata>,
     pub buffer: WriteBuffer,
-    pub fetcher: FetchReader,
+    pub fetcher: Arc<FetchReader>,
     pub groups: Arc<GroupCoordinator>,
     pub storage: ObjectStorage,
 }
@@ -177,7 +180,15 @@ impl Broker {
         if founder && (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
             shipping::recover(&metadata, &storage, config.upload_timeout * 2).await?;
         }
-        let cache = Arc::new(BlockCache::new(config.cache_bytes));
+        let cache = Arc::new(
+            BlockCache::open(CacheConfig {
+                memory_bytes: config.cache_bytes,
+                disk_dir: Some(config.data_dir.join("cache")),
+                disk_bytes: config.cache_disk_bytes,
+                max_chunk_bytes: config.flush_bytes,
+            })
+            .await?,
+        );
         let (buffer, flusher) = WriteBuffer::start(
             BufferConfig {
                 flush_interval: config.flush_interval,
@@ -201,7 +212,7 @@ impl Broker {
             storage.clone(),
             config.orphan_grace,
         ));
-        let fetcher = FetchReader::new(metadata.clone(), storage.clone(), cache);
+        let fetcher = Arc::new(FetchReader::new(metadata.clone(), storage.clone(), cache));
         let groups = GroupCoordinator::new(GroupConfig {
             initial_rebalance_delay: config.group_initial_rebalance_delay,
             ..GroupConfig::default()

@@ -42,6 +42,7 @@ struct FileConfig {
     flush_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     cache_bytes: Option<usize>,
+    cache_disk_bytes: Option<usize>,
     snapshot_every: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     buffer_max_bytes: Option<usize>,
@@ -69,6 +70,8 @@ pub struct Config {
     pub flush_bytes: usize,
     pub max_request_bytes: usize,
     pub cache_bytes: usize,
+    /// The cache's disk tier under `<data_dir>/cache` (0: memory only).
+    pub cache_disk_bytes: usize,
     pub snapshot_every: u64,
     pub group_initial_rebalance_delay: Duration,
     pub buffer_max_bytes: usize,
@@ -273,6 +276,7 @@ impl Config {
             flush_bytes,
             max_request_bytes,
             cache_bytes: file.cache_bytes.unwrap_or(256 << 20),
+            cache_disk_bytes: file.cache_disk_bytes.unwrap_or(1 << 30),
             snapshot_every,
             group_initial_rebalance_delay: Duration::from_millis(
                 file.group_initial_rebalance_delay_ms.unwrap_or(300),

@@ -12,6 +12,8 @@ use crate::storage::{BlockCache, ObjectStorage};
 
 /// Index entries looked at per partition per fetch; each is at least one batch.
 const MAX_ENTRIES_PER_READ: usize = 256;
+/// Chunks loaded ahead of a reader that missed the cache.
+const READ_AHEAD_CHUNKS: usize = 4;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FetchError {
@@ -48,7 +50,7 @@ impl FetchReader {
     /// Record batches from `offset`, up to `max_bytes` (but always the first batch, so a
     /// consumer can't get stuck behind a batch larger than its limit).
     pub async fn read(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         partition: i32,
         offset: i64,
@@ -76,7 +78,11 @@ impl FetchReader {
         if offset < log_start_offset || offset > high_watermark {
             return Err(FetchError::OffsetOutOfRange);
         }
+        let missed = entries
+            .first()
+            .is_some_and(|e| !self.cache.contains(&e.object, e.position));
         let mut out = BytesMut::new();
+        let mut read_up_to = offset;
         'entries: for entry in &entries {
             let chunk = self.chunk(entry).await?;
             let mut next = entry.base_offset;
@@ -89,12 +95,16 @@ impl FetchReader {
                     let at = out.len();
                     out.extend_from_slice(&chunk[batch.start..batch.start + batch.len]);
                     set_base_offset(&mut out[at..], next);
+                    read_up_to = end;
                 }
                 next = end;
             }
             if out.len() >= max_bytes {
                 break;
             }
+        }
+        if missed {
+            self.read_ahead(topic, partition, read_up_to);
         }
         Ok(PartitionData {
             records: out.freeze(),
@@ -156,16 +166,33 @@ impl FetchReader {
     }
 
     async fn chunk(&self, entry: &IndexEntry) -> Result<Bytes, FetchError> {
-        if let Some(hit) = self.cache.get(&entry.object, entry.position) {
-            return Ok(hit);
-        }
-        let data = self
-            .storage
-            .get_range(&entry.object, entry.position..entry.position + entry.length)
-            .await
-            .map_err(|e| FetchError::Storage(e.to_string()))?;
+        let storage = self.storage.clone();
+        let object = entry.object.clone();
+        let range = entry.position..entry.position + entry.length;
         self.cache
-            .insert(&entry.object, entry.position, data.clone());
-        Ok(data)
+            .get_or_load(&entry.object, entry.position, async move {
+                storage.get_range(&object, range).await
+            })
+            .await
+            .map_err(FetchError::Storage)
+    }
+
+    /// Sequential read-ahead for catch-up readers: start loading the chunks that follow
+    /// what a fetch just read, so the next fetch finds them in the cache.
+    fn read_ahead(self: &Arc<Self>, topic: &str, partition: i32, after: i64) {
+        let entries = self.metadata.read(|s| {
+            s.partition(topic, partition)
+                .map(|p| p.entries_from(after, READ_AHEAD_CHUNKS).to_vec())
+                .unwrap_or_default()
+        });
+        for entry in entries {
+            if self.cache.contains(&entry.object, entry.position) {
+                continue;
+            }
+            let reader = self.clone();
+            tokio::spawn(async move {
+                let _ = reader.chunk(&entry).await;
+            });
+        }
     }
 }

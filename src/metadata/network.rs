@@ -50,7 +50,8 @@ pub enum RaftReply {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
-    Propose(Result<Response, String>),
+    /// The state machine's answer and the entry's log index.
+    Propose(Result<(Response, u64), String>),
     Join(Result<(), String>),
 }
 

@@ -122,6 +122,8 @@ struct Inner {
     raft: Raft,
     state: Arc<RwLock<MetadataState>>,
     applied: watch::Receiver<u64>,
+    /// The test-only network cut also stops forwarded proposals and joins.
+    isolation: Isolation,
 }
 
 impl MetadataRaft {
@@ -175,6 +177,7 @@ impl MetadataRaft {
                 raft: raft.clone(),
                 state,
                 applied,
+                isolation: isolation.clone(),
             }),
         };
         if let Some(listen) = &options.listen {
@@ -246,19 +249,49 @@ impl MetadataRaft {
     }
 
     /// Propose a command; returns the state machine's Response once committed and
-    /// applied. A follower or learner forwards it to the leader.
+    /// applied. A follower or learner forwards it to the leader, and answers only once
+    /// it has applied the entry itself: what a broker acknowledged, it then serves
+    /// (a topic it created is in its Metadata, a record it took is below its high
+    /// watermark).
     pub async fn propose(&self, cmd: Command) -> Result<Response, RaftGlueError> {
+        let (response, index) = self.propose_indexed(cmd).await?;
+        let mut applied = self.inner.applied.clone();
+        if tokio::time::timeout(PROPOSE_TIMEOUT, applied.wait_for(|i| *i >= index))
+            .await
+            .is_err()
+        {
+            tracing::warn!(index, "committed entry not applied locally in time");
+        }
+        Ok(response)
+    }
+
+    /// `propose`, also returning the entry's log index.
+    async fn propose_indexed(&self, cmd: Command) -> Result<(Response, u64), RaftGlueError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
         loop {
-            let last_error = match self.inner.raft.client_write(cmd.clone()).await {
-                Ok(resp) => return Ok(resp.data),
+            // A leader cut off from its followers never learns it was deposed: bound the
+            // wait so that the caller gets an error instead of hanging.
+            let write =
+                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone()));
+            let Ok(result) = write.await else {
+                return Err(RaftGlueError::Propose(format!(
+                    "not committed within {PROPOSE_TIMEOUT:?} (no quorum reachable?)"
+                )));
+            };
+            let last_error = match result {
+                Ok(resp) => return Ok((resp.data, resp.log_id.index)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+                    if self.inner.isolation.isolated() =>
+                {
+                    "isolated: not forwarding the proposal to the leader".to_owned()
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match f.leader_node.filter(|n| !n.addr.is_empty()) {
                         Some(leader) => {
                             let request = RaftRequest::Propose(cmd.clone());
                             match network::call_once(&leader.addr, &request, PROPOSE_TIMEOUT).await
                             {
-                                Ok(RaftReply::Propose(Ok(response))) => return Ok(response),
+                                Ok(RaftReply::Propose(Ok(answer))) => return Ok(answer),
                                 Ok(RaftReply::Propose(Err(e))) => e,
                                 Ok(_) => "unexpected reply to a forwarded proposal".to_owned(),
                                 Err(e) => format!("forwarding to leader {:?}: {e}", f.leader_id),
@@ -706,6 +739,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         write_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes.len(),
+            "installed a metadata snapshot from the leader"
+        );
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = snap.state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -778,7 +816,7 @@ impl network::Handler for MetadataRaft {
                 RaftReply::InstallSnapshot(raft.install_snapshot(rpc).await)
             }
             RaftRequest::Propose(cmd) => {
-                RaftReply::Propose(self.propose(cmd).await.map_err(|e| e.to_string()))
+                RaftReply::Propose(self.propose_indexed(cmd).await.map_err(|e| e.to_string()))
             }
             RaftRequest::Join { node_id, addr } => {
                 RaftReply::Join(self.add_learner(node_id, addr).await)
@@ -799,6 +837,11 @@ impl MetadataRaft {
             Ok(_) => {
                 tracing::info!(node_id, %addr, "learner added to the metadata cluster");
                 Ok(())
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+                if self.inner.isolation.isolated() =>
+            {
+                Err("isolated: not forwarding the join to the leader".into())
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let leader = f.leader_node.ok_or("no metadata leader elected yet")?;

@@ -463,7 +463,23 @@ impl MetadataState {
         // An object is committed once: a replay (a recovery racing a live cluster, a
         // retried proposal) must not give its records a second set of offsets.
         if self.object_refs.contains_key(object) {
-            return vec![Err(StateError::ObjectAlreadyCommitted); entries.len()];
+            // A retried proposal (its first answer lost with a failed leader) hears the
+            // offsets each entry got the first time, as a retried idempotent batch does.
+            return entries
+                .iter()
+                .map(|entry| {
+                    self.partition(&entry.topic, entry.partition)
+                        .and_then(|p| {
+                            p.index
+                                .iter()
+                                .rev()
+                                .find(|i| i.object == object && i.position == entry.position)
+                        })
+                        .map_or(Err(StateError::ObjectAlreadyCommitted), |i| {
+                            Err(StateError::DuplicateSequence(i.base_offset))
+                        })
+                })
+                .collect();
         }
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -803,7 +819,8 @@ mod tests {
         assert_eq!(p.entries_from(0, 10).len(), 2);
         assert_eq!(p.entries_from(5, 10).len(), 0);
         assert_eq!(s.object_refs("a"), 2);
-        // An object is committed once, however often it is proposed.
+        // An object is committed once, however often it is proposed; a retry hears the
+        // offsets of the first commit.
         let r = s.apply(&Command::CommitSegment {
             object: "b".into(),
             object_size: 100,
@@ -811,8 +828,9 @@ mod tests {
         });
         assert_eq!(
             r,
-            Response::Segment(vec![Err(StateError::ObjectAlreadyCommitted)])
+            Response::Segment(vec![Err(StateError::DuplicateSequence(3))])
         );
+        assert_eq!(s.partition("t", 0).unwrap().next_offset, 5);
         // Several objects in one entry get offsets in order.
         let r = s.apply(&Command::CommitSegments {
             segments: vec![

@@ -26,20 +26,32 @@ pub fn describe(
     req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
-    let node = BrokerId(broker.node_id());
+    // As in Metadata: the live brokers, and the metadata Raft leader as controller.
+    let controller = broker
+        .metadata
+        .leader()
+        .map_or(broker.node_id(), |id| id as i32);
     let resp = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&broker.cluster_id))
-        .with_controller_id(node);
+        .with_controller_id(BrokerId(controller));
     if version >= 1 && req.endpoint_type != ENDPOINT_BROKERS {
         return resp
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
             .with_error_message(Some(str_bytes("only broker endpoints are served")))
             .with_endpoint_type(req.endpoint_type);
     }
-    resp.with_brokers(vec![DescribeClusterBroker::default()
-        .with_broker_id(node)
-        .with_host(str_bytes(&broker.config.advertise_host))
-        .with_port(broker.config.advertise_port)])
+    let brokers = broker
+        .live_brokers()
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(id))
+                .with_host(str_bytes(&host))
+                .with_port(port)
+                .with_rack(rack.map(|r| str_bytes(&r)))
+        })
+        .collect();
+    resp.with_brokers(brokers)
 }
 
 pub fn offset_for_leader_epoch(
@@ -47,6 +59,12 @@ pub fn offset_for_leader_epoch(
     req: OffsetForLeaderEpochRequest,
     _version: i16,
 ) -> OffsetForLeaderEpochResponse {
+    // Strata's partitions never diverge or truncate: offsets are assigned once, by the
+    // metadata Raft, whichever broker wrote them. So every epoch up to the cluster epoch
+    // (served as the leader epoch in Metadata) ends, as far as a client can tell, at the
+    // log end offset, and a client validating its position after a leader move never
+    // finds a truncation.
+    let epoch = broker.metadata.read(|s| s.cluster().epoch());
     let topics = req
         .topics
         .into_iter()
@@ -65,13 +83,14 @@ pub fn offset_for_leader_epoch(
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                             .with_leader_epoch(-1)
                             .with_end_offset(-1),
-                        // A client that believes in a later epoch than ours is ahead of us.
-                        Some(_) if p.current_leader_epoch > 0 => out
+                        // A client that believes in a later epoch than ours is ahead of
+                        // this broker's replica of the metadata: it retries.
+                        Some(_) if p.current_leader_epoch > epoch => out
                             .with_error_code(ResponseError::UnknownLeaderEpoch.code())
                             .with_leader_epoch(-1)
                             .with_end_offset(-1),
-                        Some(hw) if p.leader_epoch == 0 => {
-                            out.with_leader_epoch(0).with_end_offset(hw)
+                        Some(hw) if (0..=epoch).contains(&p.leader_epoch) => {
+                            out.with_leader_epoch(p.leader_epoch).with_end_offset(hw)
                         }
                         // Epochs we never had: UNDEFINED_EPOCH / UNDEFINED_EPOCH_OFFSET.
                         Some(_) => out.with_leader_epoch(-1).with_end_offset(-1),

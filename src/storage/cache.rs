@@ -1,61 +1,120 @@
-//! A bounded in-memory cache of object chunks, so tail reads never touch the store.
+//! The fetch path's cache: a foyer hybrid cache (memory, then a local disk directory) of
+//! object chunks, keyed by (object, position), the unit the index points at.
 //!
-//! Keyed by (object, position): the unit the index points at. FIFO eviction is enough here;
-//! the foyer hybrid cache replaces this in the performance work.
+//! The flush path writes every uploaded chunk through it, so tail reads never touch the
+//! store; concurrent misses for one chunk are coalesced into a single ranged GET.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::future::Future;
+use std::path::PathBuf;
 
 use bytes::Bytes;
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, LruConfig,
+};
 
-type Key = (String, u64);
-
-pub struct BlockCache {
-    capacity: usize,
-    inner: Mutex<Inner>,
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub memory_bytes: usize,
+    /// Where the disk tier lives, and its size; None or 0 bytes: memory only.
+    pub disk_dir: Option<PathBuf>,
+    pub disk_bytes: usize,
+    /// The largest chunk the disk tier holds (it allocates in blocks of this size).
+    pub max_chunk_bytes: usize,
 }
 
-#[derive(Default)]
-struct Inner {
-    map: HashMap<Key, Bytes>,
-    order: VecDeque<Key>,
-    size: usize,
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the cache in {dir}: {message} (check --data-dir is writable, or set cache_disk_bytes = 0)")]
+pub struct CacheError {
+    dir: String,
+    message: String,
+}
+
+pub struct BlockCache {
+    inner: HybridCache<String, Bytes>,
+}
+
+fn key(object: &str, position: u64) -> String {
+    format!("{object}@{position}")
 }
 
 impl BlockCache {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            inner: Mutex::new(Inner::default()),
-        }
+    pub async fn open(config: CacheConfig) -> Result<Self, CacheError> {
+        let builder = HybridCacheBuilder::new()
+            .with_name("strata-chunks")
+            // Insert writes to disk too: a chunk evicted from memory is still local.
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
+            .memory(config.memory_bytes.max(1 << 20))
+            .with_eviction_config(LruConfig::default())
+            .with_weighter(|k: &String, v: &Bytes| k.len() + v.len())
+            .storage();
+        let dir = config.disk_dir.clone().unwrap_or_default();
+        let error = |message: String| CacheError {
+            dir: dir.display().to_string(),
+            message,
+        };
+        let builder = match &config.disk_dir {
+            Some(disk_dir) if config.disk_bytes > 0 => {
+                std::fs::create_dir_all(disk_dir).map_err(|e| error(e.to_string()))?;
+                let device = FsDeviceBuilder::new(disk_dir)
+                    .with_capacity(config.disk_bytes)
+                    .build()
+                    .map_err(|e| error(e.to_string()))?;
+                let block = config.max_chunk_bytes.next_power_of_two().max(1 << 20);
+                builder.with_engine_config(BlockEngineConfig::new(device).with_block_size(block))
+            }
+            _ => builder,
+        };
+        let inner = builder.build().await.map_err(|e| error(e.to_string()))?;
+        Ok(Self { inner })
     }
 
-    pub fn get(&self, object: &str, position: u64) -> Option<Bytes> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.map.get(&(object.to_owned(), position)).cloned()
+    /// A cache for tests: memory only.
+    pub async fn in_memory(bytes: usize) -> Self {
+        let config = CacheConfig {
+            memory_bytes: bytes,
+            disk_dir: None,
+            disk_bytes: 0,
+            max_chunk_bytes: 1 << 20,
+        };
+        match Self::open(config).await {
+            Ok(cache) => cache,
+            Err(e) => panic!("memory cache: {e}"),
+        }
     }
 
     pub fn insert(&self, object: &str, position: u64, data: Bytes) {
-        if data.len() > self.capacity {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (object.to_owned(), position);
-        let len = data.len();
-        if let Some(old) = inner.map.insert(key.clone(), data) {
-            inner.size -= old.len();
-        } else {
-            inner.order.push_back(key);
-        }
-        inner.size += len;
-        while inner.size > self.capacity {
-            let Some(oldest) = inner.order.pop_front() else {
-                break;
-            };
-            if let Some(old) = inner.map.remove(&oldest) {
-                inner.size -= old.len();
-            }
-        }
+        self.inner.insert(key(object, position), data);
+    }
+
+    pub fn contains(&self, object: &str, position: u64) -> bool {
+        self.inner.contains(&key(object, position))
+    }
+
+    /// The chunk from memory, disk, or `load` (called once however many readers miss
+    /// at the same time).
+    pub async fn get_or_load<F, E>(
+        &self,
+        object: &str,
+        position: u64,
+        load: F,
+    ) -> Result<Bytes, String>
+    where
+        F: Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let entry = self
+            .inner
+            .get_or_fetch(&key(object, position), || async move {
+                load.await.map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(entry.value().clone())
+    }
+
+    pub async fn close(&self) {
+        let _ = self.inner.close().await;
     }
 }
 
@@ -63,14 +122,51 @@ impl BlockCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn evicts_oldest_beyond_capacity() {
-        let cache = BlockCache::new(10);
-        cache.insert("a", 0, Bytes::from_static(b"123456"));
-        cache.insert("b", 0, Bytes::from_static(b"123456"));
-        assert!(cache.get("a", 0).is_none());
-        assert_eq!(cache.get("b", 0).as_deref(), Some(&b"123456"[..]));
-        cache.insert("c", 0, Bytes::from_static(b"12345678901"));
-        assert!(cache.get("c", 0).is_none());
+    #[tokio::test]
+    async fn misses_load_once_and_hits_after() {
+        let cache = BlockCache::in_memory(1 << 20).await;
+        let got = cache
+            .get_or_load("a", 0, async {
+                Ok::<_, String>(Bytes::from_static(b"xyz"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"xyz");
+        assert!(cache.contains("a", 0));
+        let again = cache
+            .get_or_load("a", 0, async { Err::<Bytes, _>("must not load twice") })
+            .await
+            .unwrap();
+        assert_eq!(&again[..], b"xyz");
+        let err = cache
+            .get_or_load("b", 0, async { Err::<Bytes, _>("store down") })
+            .await
+            .unwrap_err();
+        assert!(err.contains("store down"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn disk_tier_serves_what_memory_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(CacheConfig {
+            memory_bytes: 1 << 20,
+            disk_dir: Some(dir.path().to_path_buf()),
+            disk_bytes: 64 << 20,
+            max_chunk_bytes: 1 << 20,
+        })
+        .await
+        .unwrap();
+        for i in 0..8u64 {
+            cache.insert("o", i, Bytes::from(vec![i as u8; 400 << 10]));
+        }
+        // Give the disk writer a moment, then read the first chunk back.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let first = cache
+            .get_or_load("o", 0, async { Err::<Bytes, _>("not from the store") })
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 400 << 10);
+        assert!(first.iter().all(|b| *b == 0));
+        cache.close().await;
     }
 }
