@@ -92,6 +92,7 @@ pub struct Broker {
     pub fetcher: Arc<FetchReader>,
     pub groups: Arc<GroupCoordinator>,
     pub storage: ObjectStorage,
+    pub cache: Arc<BlockCache>,
 }
 
 /// Background work owned by a running broker.
@@ -212,7 +213,11 @@ impl Broker {
             storage.clone(),
             config.orphan_grace,
         ));
-        let fetcher = Arc::new(FetchReader::new(metadata.clone(), storage.clone(), cache));
+        let fetcher = Arc::new(FetchReader::new(
+            metadata.clone(),
+            storage.clone(),
+            cache.clone(),
+        ));
         let groups = GroupCoordinator::new(GroupConfig {
             initial_rebalance_delay: config.group_initial_rebalance_delay,
             ..GroupConfig::default()
@@ -228,6 +233,7 @@ impl Broker {
             fetcher,
             groups,
             storage,
+            cache,
         });
         let tasks = BrokerTasks {
             flusher,

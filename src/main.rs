@@ -83,6 +83,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             "object_store_requests"
         );
         broker.groups.shutdown();
+        broker.cache.close().await;
         broker.metadata.shutdown().await?;
         info!("stopped");
         Ok(())
