@@ -24,8 +24,9 @@ if ! .venv/bin/python -c 'import confluent_kafka' >/dev/null 2>&1; then
 fi
 
 bin="${STRATA_BIN:-target/release/strata}"
-if [ ! -x "$bin" ]; then
-    echo "==> building $bin (cargo build --release)" >&2
+if [ -z "${STRATA_BIN:-}" ]; then
+    # Always rebuild (a no-op when up to date), so a run never measures a stale binary.
+    echo "==> cargo build --release" >&2
     cargo build --release
 fi
 
