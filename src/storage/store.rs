@@ -44,9 +44,11 @@ pub struct ObjectStorage {
     multipart: bool,
 }
 
-/// Objects this large are uploaded in parts; S3 parts must be at least 5 MiB.
-const MULTIPART_THRESHOLD: usize = 16 << 20;
-const MULTIPART_PART: usize = 8 << 20;
+/// Objects this large are uploaded in parallel parts. Each part (plus the create and
+/// complete calls) is a billed request, so only objects well above the default 16 MiB
+/// flush size (a larger `flush_bytes`) go this way; S3 parts must be at least 5 MiB.
+const MULTIPART_THRESHOLD: usize = 48 << 20;
+const MULTIPART_PART: usize = 16 << 20;
 
 /// Requests sent to the store, for the request-cost figures (PUTs and GETs per GB).
 #[derive(Debug, Default)]
