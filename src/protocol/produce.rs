@@ -30,6 +30,7 @@ type QueuedPartitions = Vec<(i32, Result<(Committed, Option<i64>), PartitionErro
 
 /// A produce request whose batches are in the write buffer (or were refused).
 pub struct PendingProduce {
+    broker: Arc<Broker>,
     acks: i16,
     version: i16,
     deadline: Instant,
@@ -75,6 +76,7 @@ pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) ->
         topics.push((topic.name, partitions));
     }
     PendingProduce {
+        broker: broker.clone(),
         acks: req.acks,
         version,
         deadline,
@@ -93,10 +95,13 @@ impl PendingProduce {
     /// Waits for every partition's commit; None for acks=0, which gets no answer.
     pub async fn finish(self) -> Option<ProduceResponse> {
         let (acks, version, deadline) = (self.acks, self.version, self.deadline);
+        let broker = &self.broker;
         let topics = join_all(
             self.topics
                 .into_iter()
                 .map(|(name, partitions)| async move {
+                    let topic = name.as_str().to_owned();
+                    let topic = &topic;
                     let partitions =
                         join_all(partitions.into_iter().map(|(index, queued)| async move {
                             let (result, append_time) = match queued {
@@ -109,7 +114,12 @@ impl PendingProduce {
                                 ),
                                 Err(e) => (Err(e), None),
                             };
-                            partition_response(index, result, append_time, version)
+                            // Kafka reports the partition's log start offset after the append.
+                            let log_start = broker
+                                .metadata
+                                .read(|s| s.partition(topic, index).map(|p| p.log_start_offset))
+                                .unwrap_or(0);
+                            partition_response(index, result, append_time, log_start, version)
                         }))
                         .await;
                     TopicProduceResponse::default()
@@ -219,6 +229,7 @@ fn partition_response(
     index: i32,
     result: Result<i64, PartitionError>,
     append_time: Option<i64>,
+    log_start: i64,
     version: i16,
 ) -> PartitionProduceResponse {
     let response = PartitionProduceResponse::default().with_index(index);
@@ -226,7 +237,7 @@ fn partition_response(
         Ok(base_offset) => response
             .with_base_offset(base_offset)
             .with_log_append_time_ms(append_time.filter(|_| version >= 2).unwrap_or(-1))
-            .with_log_start_offset(if version >= 5 { 0 } else { -1 }),
+            .with_log_start_offset(if version >= 5 { log_start } else { -1 }),
         Err((code, message)) => {
             let response = response.with_error_code(code.code()).with_base_offset(-1);
             if version >= 8 {

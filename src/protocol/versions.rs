@@ -63,4 +63,14 @@ mod tests {
         assert_eq!(range(ApiKey::Produce), Some((3, 9)));
         assert_eq!(range(ApiKey::EndTxn), None);
     }
+
+    /// docs/compatibility.md lists every API with exactly the versions served here.
+    #[test]
+    fn compatibility_doc_matches_the_table() {
+        let doc = include_str!("../../docs/compatibility.md");
+        for (key, min, max) in supported() {
+            let row = format!("| {key:?} | {} | {min}–{max} |", key as i16);
+            assert!(doc.contains(&row), "docs/compatibility.md lacks {row}");
+        }
+    }
 }
