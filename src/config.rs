@@ -244,6 +244,11 @@ impl Config {
                 hint: "use 500 to 600000 milliseconds",
             });
         }
+        let default_disk_cache = if store.starts_with("file:") {
+            0
+        } else {
+            1 << 30
+        };
         Ok(Self {
             raft_listen,
             controllers,
@@ -276,7 +281,9 @@ impl Config {
             flush_bytes,
             max_request_bytes,
             cache_bytes: file.cache_bytes.unwrap_or(256 << 20),
-            cache_disk_bytes: file.cache_disk_bytes.unwrap_or(1 << 30),
+            // A disk tier in front of a store that is itself a local directory would
+            // only copy it; it pays off in front of S3.
+            cache_disk_bytes: file.cache_disk_bytes.unwrap_or(default_disk_cache),
             snapshot_every,
             group_initial_rebalance_delay: Duration::from_millis(
                 file.group_initial_rebalance_delay_ms.unwrap_or(300),

@@ -198,9 +198,11 @@ async fn flush_loop(
     cache: Arc<BlockCache>,
 ) {
     let mut seq: u64 = 0;
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Ends when every WriteBuffer handle is dropped: what is buffered is still flushed.
     while let Some(first) = rx.recv().await {
-        let deadline = Instant::now() + config.flush_interval;
+        let started = Instant::now();
+        let mut deadline = started + config.flush_interval;
         let mut bytes = first.batches.bytes;
         let mut pending = vec![first];
         while bytes < config.flush_bytes {
@@ -212,20 +214,37 @@ async fn flush_loop(
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Adaptive size: while earlier uploads are still going (heavy load), a
+                    // new object would only queue behind them, so keep filling this one,
+                    // for up to four intervals. Light load flushes on the interval.
+                    let busy = in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0;
+                    if busy && deadline < started + config.flush_interval * 4 {
+                        deadline += config.flush_interval;
+                        continue;
+                    }
+                    break;
+                }
             }
         }
         seq += 1;
         let object = object_name(config.node_id, seq);
         let span = tracing::debug_span!("upload", %object, bytes, requests = pending.len());
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let uploading = in_flight.clone();
+        let work = upload(
+            object,
+            pending,
+            storage.clone(),
+            cache.clone(),
+            config.upload_timeout,
+        );
         let upload = tokio::spawn(
-            upload(
-                object,
-                pending,
-                storage.clone(),
-                cache.clone(),
-                config.upload_timeout,
-            )
+            async move {
+                let uploaded = work.await;
+                uploading.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                uploaded
+            }
             .instrument(span),
         );
         if commit_tx.send(upload).await.is_err() {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, LruConfig,
+    HybridCachePolicy, HybridCacheProperties, Location, LruConfig,
 };
 
 #[derive(Debug, Clone)]
@@ -42,7 +42,8 @@ impl BlockCache {
     pub async fn open(config: CacheConfig) -> Result<Self, CacheError> {
         let builder = HybridCacheBuilder::new()
             .with_name("strata-chunks")
-            // Insert writes to disk too: a chunk evicted from memory is still local.
+            // Chunks loaded from the store go to disk as they arrive, so a catch-up
+            // reader re-reading them (or another consumer group) stays local.
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(config.memory_bytes.max(1 << 20))
             .with_eviction_config(LruConfig::default())
@@ -83,8 +84,13 @@ impl BlockCache {
         }
     }
 
+    /// Write-through from the flush path: memory only. Tail readers read it while it is
+    /// hot; writing every produced byte to the disk tier too would double the broker's
+    /// disk writes for data that is in the store already.
     pub fn insert(&self, object: &str, position: u64, data: Bytes) {
-        self.inner.insert(key(object, position), data);
+        let properties = HybridCacheProperties::default().with_location(Location::InMem);
+        self.inner
+            .insert_with_properties(key(object, position), data, properties);
     }
 
     pub fn contains(&self, object: &str, position: u64) -> bool {
