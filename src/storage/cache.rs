@@ -162,8 +162,13 @@ mod tests {
         })
         .await
         .unwrap();
+        // Chunks loaded from the store go to disk as well as memory.
         for i in 0..8u64 {
-            cache.insert("o", i, Bytes::from(vec![i as u8; 400 << 10]));
+            let chunk = Bytes::from(vec![i as u8; 400 << 10]);
+            cache
+                .get_or_load("o", i, async move { Ok::<_, String>(chunk) })
+                .await
+                .unwrap();
         }
         // Give the disk writer a moment, then read the first chunk back.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
