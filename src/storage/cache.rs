@@ -46,7 +46,11 @@ impl BlockCache {
             // reader re-reading them (or another consumer group) stays local.
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(config.memory_bytes.max(1 << 20))
-            .with_eviction_config(LruConfig::default())
+            // Plain LRU: foyer's default keeps 90% for entries read twice, which would leave
+            // write-through chunks (read once, by tail consumers) only a tenth of memory.
+            .with_eviction_config(LruConfig {
+                high_priority_pool_ratio: 0.0,
+            })
             .with_weighter(|k: &String, v: &Bytes| k.len() + v.len())
             .storage();
         let dir = config.disk_dir.clone().unwrap_or_default();
