@@ -328,6 +328,18 @@ impl Broker {
         })
     }
 
+    /// KIP-392: the broker a consumer in `rack` should fetch this partition from, when
+    /// that is not this broker.
+    pub fn read_replica_elsewhere(&self, topic: &str, partition: i32, rack: &str) -> Option<i32> {
+        if rack.is_empty() {
+            return None;
+        }
+        let replica = self
+            .metadata
+            .read(|s| s.cluster().read_replica(topic, partition, rack))?;
+        (replica as i32 != self.node_id()).then_some(replica as i32)
+    }
+
     /// The broker coordinating `group`.
     pub fn coordinator(&self, group: &str) -> i32 {
         self.metadata

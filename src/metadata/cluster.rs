@@ -132,8 +132,36 @@ impl ClusterState {
         })
     }
 
+    /// Where a consumer in `rack` should read a partition (KIP-392): the preferred
+    /// broker if it is in that rack, else a live broker of that rack picked the same
+    /// way; None when the rack has no live broker. Every broker serves every partition,
+    /// so reading in-zone costs nothing but saves cross-zone traffic.
+    pub fn read_replica(&self, topic: &str, partition: i32, rack: &str) -> Option<u64> {
+        let in_rack = |b: &BrokerInfo| b.rack.as_deref() == Some(rack);
+        let preferred = self.preferred_broker(topic, partition)?;
+        if self.brokers.get(&preferred).is_some_and(in_rack) {
+            return Some(preferred);
+        }
+        self.pick_among(
+            |b| in_rack(b),
+            |h| {
+                h.write(topic.as_bytes());
+                h.write(&partition.to_be_bytes());
+            },
+        )
+    }
+
     fn pick(&self, key: impl Fn(&mut Fnv)) -> Option<u64> {
+        self.pick_among(|_| true, key)
+    }
+
+    fn pick_among(
+        &self,
+        eligible: impl Fn(&BrokerInfo) -> bool,
+        key: impl Fn(&mut Fnv),
+    ) -> Option<u64> {
         self.live()
+            .filter(|(_, b)| eligible(b))
             .map(|(id, _)| {
                 let mut h = Fnv::new();
                 key(&mut h);
@@ -213,6 +241,31 @@ mod tests {
             now_ms: 8000,
         });
         assert_eq!(c.epoch(), epoch + 2);
+    }
+
+    #[test]
+    fn consumers_read_in_their_rack() {
+        let mut c = ClusterState::default();
+        for (id, rack) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
+            c.apply(&ClusterCommand::Register {
+                id,
+                host: "h".into(),
+                port: 1,
+                rack: Some(rack.into()),
+                now_ms: 0,
+            });
+        }
+        for p in 0..50 {
+            let leader = c.preferred_broker("t", p).unwrap();
+            for rack in ["a", "b"] {
+                let replica = c.read_replica("t", p, rack).unwrap();
+                assert_eq!(c.broker(replica).unwrap().rack.as_deref(), Some(rack));
+                if c.broker(leader).unwrap().rack.as_deref() == Some(rack) {
+                    assert_eq!(replica, leader);
+                }
+            }
+            assert_eq!(c.read_replica("t", p, "nowhere"), None);
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -60,6 +60,30 @@ async fn read_once(
                 .unwrap_or(0)
                 .min(max_total.saturating_sub(total));
             let mut data = PartitionData::default().with_partition_index(p.partition);
+            // A consumer that names its rack is sent to a broker in it (KIP-392, v11+).
+            if version >= 11 {
+                if let Some(replica) = broker.read_replica_elsewhere(
+                    topic.topic.as_str(),
+                    p.partition,
+                    req.rack_id.as_str(),
+                ) {
+                    let (hw, start) = broker
+                        .metadata
+                        .read(|s| {
+                            s.partition(topic.topic.as_str(), p.partition)
+                                .map(|p| (p.next_offset, p.log_start_offset))
+                        })
+                        .unwrap_or((-1, -1));
+                    partitions.push(
+                        data.with_high_watermark(hw)
+                            .with_last_stable_offset(hw)
+                            .with_log_start_offset(start)
+                            .with_preferred_read_replica(BrokerId(replica))
+                            .with_records(Some(bytes::Bytes::new())),
+                    );
+                    continue;
+                }
+            }
             // Once the response is full, remaining partitions answer empty (not an error).
             let read = if budget == 0 && total > 0 {
                 broker

@@ -97,6 +97,8 @@ class Node:
         ]
         if self.cluster.config_path is not None:
             cmd += ["--config", str(self.cluster.config_path)]
+        if self.id in self.cluster.racks:
+            cmd += ["--rack", self.cluster.racks[self.id]]
         return cmd + self.cluster.extra_args
 
     def launch(self) -> None:
@@ -171,12 +173,13 @@ class Node:
 
 class Cluster:
     def __init__(self, base_dir: Path, voters: int = 3, extra_args: list[str] | None = None,
-                 config: str | None = None):
+                 config: str | None = None, racks: dict[int, str] | None = None):
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.objects_dir = self.base_dir / "objects"
         self.objects_dir.mkdir(exist_ok=True)
         self.extra_args = list(extra_args or [])
+        self.racks = dict(racks or {})
         self.config_path: Path | None = None
         if config is not None:
             self.config_path = self.base_dir / "strata.toml"

@@ -84,10 +84,10 @@ def produce_keyed(bootstrap: str, topic: str, n: int, prefix: str = "") -> dict:
 
 
 def consume_all(bootstrap: str, topic: str, want: int, group: str | None = None,
-                timeout: float = 60.0) -> dict:
+                timeout: float = 60.0, extra: dict | None = None) -> dict:
     """Consumes from the beginning until `want` records; returns {(partition, offset): (key, value)}."""
     conf = {"bootstrap.servers": bootstrap, "group.id": group or f"reader-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False}
+            "auto.offset.reset": "earliest", "enable.auto.commit": False, **(extra or {})}
     c = Consumer(conf)
     try:
         c.subscribe([topic])
@@ -762,3 +762,44 @@ def test_new_learner_catches_up_from_snapshot(make_cluster):
     assert total == 300
     got = consume_all(c.node(learner).bootstrap, topic, 300)
     assert {k: v[1].encode() for k, v in got.items()} == acked
+
+
+def test_consumers_fetch_from_their_rack(make_cluster):
+    """KIP-392: brokers in racks a, a, b. Metadata reports the racks, and a consumer with
+    client.rack=b, bootstrapped through a rack-a broker, is sent to the rack-b broker for
+    partitions led in rack a and still reads every record exactly."""
+    cluster = make_cluster(racks={1: "a", 2: "a", 3: "b"}).start_all()
+    topic = "racked"
+    create_topic(cluster.bootstrap(1), topic, 6)
+    produced = produce_keyed(cluster.bootstrap(2), topic, 600)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap(1)})
+    described = admin.describe_cluster().result(timeout=10)
+    assert {n.id: n.rack for n in described.nodes} == {1: "a", 2: "a", 3: "b"}
+    leaders = cluster.partition_leaders(topic, via=1)
+    in_a = [p for p, leader in leaders.items() if leader in (1, 2)]
+    assert in_a, f"no partition led in rack a: {leaders}"
+    # Raw Fetch v11 with rack_id "b" to broker 1: it names broker 3 as the read replica.
+    for p in in_a:
+        assert raw_fetch_v11_replica(cluster.bootstrap(1), topic, p, "b") == 3
+        assert raw_fetch_v11_replica(cluster.bootstrap(1), topic, p, "") == -1
+    got = consume_all(cluster.bootstrap(1), topic, len(produced),
+                      extra={"client.rack": "b", "fetch.wait.max.ms": 100})
+    assert got == produced, f"rack-b consumer read {len(got)} of {len(produced)} records, or different ones"
+
+
+def raw_fetch_v11_replica(bootstrap: str, topic: str, partition: int, rack: str) -> int:
+    """Fetch v11 from offset 0 naming `rack`; returns the preferred read replica (-1: none)."""
+    body = struct.pack(">iiiibii", -1, 0, 1, 8 << 20, 0, 0, -1) + struct.pack(">i", 1) + kwire.kstring(topic) \
+        + struct.pack(">i", 1) + struct.pack(">iiqqi", partition, -1, 0, -1, 1 << 20) \
+        + struct.pack(">i", 0) + kwire.kstring(rack)
+    r = kwire.Reader(raw_call(bootstrap, kwire.API_FETCH, 11, body, 30.0))
+    r.i32(), r.i16(), r.i32()  # throttle, error, session
+    assert r.i32() == 1 and r.string() == topic and r.i32() == 1
+    assert r.i32() == partition
+    err = r.i16()
+    assert err == 0, f"fetch error {err}"
+    r.i64(), r.i64(), r.i64()  # high watermark, last stable, log start
+    n_aborted = r.i32()
+    for _ in range(max(n_aborted, 0)):
+        r.i64(), r.i64()
+    return r.i32()
