@@ -46,6 +46,9 @@ impl BlockCache {
             // reader re-reading them (or another consumer group) stays local.
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(config.memory_bytes.max(1 << 20))
+            // Few shards: each gets an equal slice of the capacity, and chunks are large
+            // (about a megabyte), so many shards leave some full while others sit empty.
+            .with_shards(2)
             // Plain LRU: foyer's default keeps 90% for entries read twice, which would leave
             // write-through chunks (read once, by tail consumers) only a tenth of memory.
             .with_eviction_config(LruConfig {
@@ -183,5 +186,28 @@ mod tests {
         assert_eq!(first.len(), 400 << 10);
         assert!(first.iter().all(|b| *b == 0));
         cache.close().await;
+    }
+}
+
+#[cfg(test)]
+mod write_through_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_through_chunks_are_served_from_memory() {
+        let cache = BlockCache::in_memory(256 << 20).await;
+        for i in 0..200u64 {
+            cache.insert("o", i, Bytes::from(vec![1u8; 1 << 20]));
+        }
+        let mut misses = 0;
+        for i in 0..200u64 {
+            let r = cache
+                .get_or_load("o", i, async { Err::<Bytes, _>("miss") })
+                .await;
+            if r.is_err() {
+                misses += 1;
+            }
+        }
+        assert_eq!(misses, 0);
     }
 }
