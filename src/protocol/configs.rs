@@ -491,7 +491,7 @@ mod tests {
                 ("max.message.bytes".into(), OP_SET, Some("100".into())),
             ],
         )
-        .unwrap();
+        .expect("valid in this test");
         assert_eq!(changes["cleanup.policy"].as_deref(), Some("delete,compact"));
         assert_eq!(changes["retention.ms"], None);
         assert_eq!(changes["max.message.bytes"].as_deref(), Some("100"));

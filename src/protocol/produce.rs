@@ -257,18 +257,18 @@ mod tests {
     #[test]
     fn log_append_time_sets_the_type_bit_and_max_timestamp_with_a_valid_crc() {
         let raw = make_batch(3, 1_000);
-        let mut batches = batch::validate(&raw).unwrap();
+        let mut batches = batch::validate(&raw).expect("valid batch");
         set_log_append_time(&mut batches, 123_456);
         assert_eq!(batches.max_timestamp, 123_456);
         let stamped = batches.batches[0].clone();
         // Still a valid batch (CRC recomputed), now LogAppendTime.
-        let again = batch::validate(&stamped).unwrap();
+        let again = batch::validate(&stamped).expect("still valid after stamping");
         assert_eq!(again.max_timestamp, 123_456);
         assert_eq!(
             stamped[ATTRIBUTES + 1] & TIMESTAMP_TYPE_BIT,
             TIMESTAMP_TYPE_BIT
         );
-        let timestamps = batch::record_timestamps(&stamped).unwrap();
+        let timestamps = batch::record_timestamps(&stamped).expect("uncompressed");
         assert!(timestamps.iter().all(|(_, ts)| *ts == 123_456));
     }
 }
