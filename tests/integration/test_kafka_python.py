@@ -39,10 +39,8 @@ def test_kafka_python_produce_consume_group(broker):
     admin.create_topics([NewTopic(name=TOPIC, num_partitions=PARTS, replication_factor=1)])
     admin.close()
 
-    # kafka-python 3.x defaults to an idempotent producer, which needs InitProducerId
-    # (not in Strata's API set yet): ask for the plain acks=all producer explicitly.
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5,
-                             enable_idempotence=False)
+    # kafka-python's defaults (3.x: an idempotent producer, through InitProducerId).
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
     futures = [
         (f"k{i % 10}", f"v{i}", producer.send(TOPIC, key=f"k{i % 10}".encode(), value=f"v{i}".encode()))
         for i in range(N)
