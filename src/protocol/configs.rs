@@ -15,6 +15,8 @@ use kafka_protocol::messages::{
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 
+use kafka_protocol::protocol::StrBytes;
+
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::metadata::state::{Command, Response, StateError};
@@ -377,44 +379,72 @@ async fn alter_resource(
     }
 }
 
+/// One resource of an alter request: (resource type, name, [(key, operation, value)]).
+type AlterRequest = (i8, StrBytes, Vec<(String, i8, Option<String>)>);
+/// Its outcome: (resource type, name, error if any).
+type AlterOutcome = (i8, StrBytes, Option<(ResponseError, String)>);
+
+/// Applies each resource's changes in turn; shared by both alter APIs, which differ only
+/// in their message types and in `replace` (whole set vs incremental operations).
+async fn alter_all(
+    broker: &Arc<Broker>,
+    resources: Vec<AlterRequest>,
+    replace: bool,
+    validate_only: bool,
+) -> Vec<AlterOutcome> {
+    let mut outcomes = Vec::with_capacity(resources.len());
+    for (resource_type, name, configs) in resources {
+        let outcome = alter_resource(
+            broker,
+            resource_type,
+            name.as_str(),
+            replace,
+            &configs,
+            validate_only,
+        )
+        .await;
+        outcomes.push((resource_type, name, outcome.err()));
+    }
+    outcomes
+}
+
+fn config_value(value: &Option<StrBytes>) -> Option<String> {
+    value.as_ref().map(|v| v.to_string())
+}
+
 /// AlterConfigs: the given set replaces the topic's configs entirely.
 pub async fn alter(
     broker: &Arc<Broker>,
     req: AlterConfigsRequest,
     _version: i16,
 ) -> AlterConfigsResponse {
-    let mut responses = Vec::with_capacity(req.resources.len());
-    for r in req.resources {
-        let configs: Vec<(String, i8, Option<String>)> = r
-            .configs
-            .iter()
-            .map(|c| {
-                (
-                    c.name.to_string(),
-                    OP_SET,
-                    c.value.as_ref().map(|v| v.to_string()),
-                )
-            })
-            .collect();
-        let outcome = alter_resource(
-            broker,
-            r.resource_type,
-            r.resource_name.as_str(),
-            true,
-            &configs,
-            req.validate_only,
-        )
-        .await;
-        let mut resp = AlterConfigsResourceResponse::default()
-            .with_resource_type(r.resource_type)
-            .with_resource_name(r.resource_name);
-        if let Err((code, message)) = outcome {
-            resp = resp
-                .with_error_code(code.code())
-                .with_error_message(Some(str_bytes(&message)));
-        }
-        responses.push(resp);
-    }
+    let resources = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let configs = r
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), OP_SET, config_value(&c.value)))
+                .collect();
+            (r.resource_type, r.resource_name, configs)
+        })
+        .collect();
+    let responses = alter_all(broker, resources, true, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(resource_type, name, error)| {
+            let resp = AlterConfigsResourceResponse::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(name);
+            match error {
+                Some((code, message)) => resp
+                    .with_error_code(code.code())
+                    .with_error_message(Some(str_bytes(&message))),
+                None => resp,
+            }
+        })
+        .collect();
     AlterConfigsResponse::default().with_responses(responses)
 }
 
@@ -424,38 +454,39 @@ pub async fn incremental_alter(
     req: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
-    let mut responses = Vec::with_capacity(req.resources.len());
-    for r in req.resources {
-        let configs: Vec<(String, i8, Option<String>)> = r
-            .configs
-            .iter()
-            .map(|c| {
-                (
-                    c.name.to_string(),
-                    c.config_operation,
-                    c.value.as_ref().map(|v| v.to_string()),
-                )
-            })
-            .collect();
-        let outcome = alter_resource(
-            broker,
-            r.resource_type,
-            r.resource_name.as_str(),
-            false,
-            &configs,
-            req.validate_only,
-        )
-        .await;
-        let mut resp = IncrementalAlterConfigsResourceResponse::default()
-            .with_resource_type(r.resource_type)
-            .with_resource_name(r.resource_name);
-        if let Err((code, message)) = outcome {
-            resp = resp
-                .with_error_code(code.code())
-                .with_error_message(Some(str_bytes(&message)));
-        }
-        responses.push(resp);
-    }
+    let resources = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let configs = r
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.to_string(),
+                        c.config_operation,
+                        config_value(&c.value),
+                    )
+                })
+                .collect();
+            (r.resource_type, r.resource_name, configs)
+        })
+        .collect();
+    let responses = alter_all(broker, resources, false, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(resource_type, name, error)| {
+            let resp = IncrementalAlterConfigsResourceResponse::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(name);
+            match error {
+                Some((code, message)) => resp
+                    .with_error_code(code.code())
+                    .with_error_message(Some(str_bytes(&message))),
+                None => resp,
+            }
+        })
+        .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 

@@ -19,14 +19,14 @@ before the node has joined the metadata cluster, so a TCP connect proves nothing
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+
+from conftest import _die_with_parent, free_port  # one copy of the process helpers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STRATA_BIN = Path(os.environ.get("STRATA_BIN", REPO_ROOT / "target" / "debug" / "strata"))
@@ -38,19 +38,6 @@ if not STRATA_BIN.is_absolute():
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 READY_LINE = "strata is serving"
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ClusterError(RuntimeError):
