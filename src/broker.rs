@@ -7,6 +7,9 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::background::compaction::{self, CompactionConfig, CompactionCounters, CompactionPolicy};
+use crate::background::stats::Gauges;
+use crate::background::{gc, orphans, stats};
 use crate::config::Config;
 use crate::fetch::FetchReader;
 use crate::group::{GroupConfig, GroupCoordinator};
@@ -16,7 +19,7 @@ use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
 use crate::storage::cache::{CacheConfig, CacheError};
-use crate::storage::{orphans, BlockCache, ObjectStorage, StorageError};
+use crate::storage::{BlockCache, ObjectStorage, StorageError};
 
 /// Why the broker could not start; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -93,19 +96,22 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     pub storage: ObjectStorage,
     pub cache: Arc<BlockCache>,
+    pub gauges: Arc<Gauges>,
 }
 
 /// Background work owned by a running broker.
 pub struct BrokerTasks {
     pub flusher: JoinHandle<()>,
     pub snapshot_shipper: JoinHandle<()>,
-    pub orphan_collector: JoinHandle<()>,
+    pub chores: Vec<JoinHandle<()>>,
 }
 
 impl BrokerTasks {
     pub fn abort(&self) {
         self.snapshot_shipper.abort();
-        self.orphan_collector.abort();
+        for chore in &self.chores {
+            chore.abort();
+        }
     }
 }
 
@@ -198,26 +204,61 @@ impl Broker {
                 max_buffered_bytes: config.buffer_max_bytes,
                 upload_timeout: config.upload_timeout,
                 node_id: config.node_id,
+                max_commit_age: config.orphan_grace / 2,
             },
             storage.clone(),
             metadata.clone(),
             cache.clone(),
         );
+        let gauges = Arc::new(Gauges::default());
         let snapshot_shipper = tokio::spawn(shipping::ship_snapshots(
             metadata.clone(),
             storage.clone(),
             config.store_snapshot_interval,
-        ));
-        let orphan_collector = tokio::spawn(orphans::collect_orphans(
-            metadata.clone(),
-            storage.clone(),
-            config.orphan_grace,
+            gauges.clone(),
         ));
         let fetcher = Arc::new(FetchReader::new(
             metadata.clone(),
             storage.clone(),
             cache.clone(),
         ));
+        let compaction_counters = Arc::new(CompactionCounters::default());
+        let chores = vec![
+            tokio::spawn(orphans::collect_orphans(
+                metadata.clone(),
+                storage.clone(),
+                config.orphan_grace,
+            )),
+            tokio::spawn(compaction::run(
+                metadata.clone(),
+                storage.clone(),
+                fetcher.clone(),
+                CompactionConfig {
+                    policy: CompactionPolicy {
+                        segment_bytes: config.segment_bytes,
+                        age: config.compaction_age,
+                    },
+                    interval: config.compaction_interval,
+                    node_id: config.node_id,
+                    upload_timeout: config.upload_timeout,
+                },
+                compaction_counters.clone(),
+            )),
+            tokio::spawn(gc::run(
+                metadata.clone(),
+                storage.clone(),
+                config.gc_grace,
+                gauges.shipped_clock_ms.clone(),
+                gauges.gc_deleted.clone(),
+            )),
+            tokio::spawn(stats::run(
+                config.data_dir.join("stats.json"),
+                metadata.clone(),
+                storage.clone(),
+                compaction_counters,
+                gauges.clone(),
+            )),
+        ];
         let groups = GroupCoordinator::new(GroupConfig {
             initial_rebalance_delay: config.group_initial_rebalance_delay,
             ..GroupConfig::default()
@@ -234,11 +275,12 @@ impl Broker {
             groups,
             storage,
             cache,
+            gauges,
         });
         let tasks = BrokerTasks {
             flusher,
             snapshot_shipper,
-            orphan_collector,
+            chores,
         };
         Ok((broker, tasks))
     }

@@ -75,4 +75,17 @@ pub struct ServeArgs {
     /// A broker silent this long is marked dead and its partitions move [default: 5000].
     #[arg(long, env = "STRATA_BROKER_LEASE_MS")]
     pub broker_lease_ms: Option<u64>,
+    /// How often each broker looks for compaction work [default: 5000].
+    #[arg(long, env = "STRATA_COMPACTION_INTERVAL_MS")]
+    pub compaction_interval_ms: Option<u64>,
+    /// Tail data older than this is rewritten into per-partition segments, however
+    /// small [default: 60000].
+    #[arg(long, env = "STRATA_COMPACTION_AGE_MS")]
+    pub compaction_age_ms: Option<u64>,
+    /// The size compacted segments grow towards; smaller ones are merged [default: 134217728].
+    #[arg(long, env = "STRATA_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// An object no index entry refers to any more is deleted after this [default: 60000].
+    #[arg(long, env = "STRATA_GC_GRACE_MS")]
+    pub gc_grace_ms: Option<u64>,
 }

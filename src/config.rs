@@ -54,6 +54,10 @@ struct FileConfig {
     controllers: Option<String>,
     rack: Option<String>,
     broker_lease_ms: Option<u64>,
+    compaction_interval_ms: Option<u64>,
+    compaction_age_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    gc_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +93,14 @@ pub struct Config {
     pub controllers: std::collections::BTreeMap<u64, String>,
     pub rack: Option<String>,
     pub broker_lease: Duration,
+    /// How often each broker looks for compaction work.
+    pub compaction_interval: Duration,
+    /// Tail data older than this is compacted into segments however small.
+    pub compaction_age: Duration,
+    /// The size compacted segments grow towards.
+    pub segment_bytes: u64,
+    /// Garbage objects are deleted this long after their last reference went.
+    pub gc_grace: Duration,
 }
 
 impl Config {
@@ -244,6 +256,50 @@ impl Config {
                 hint: "use 500 to 600000 milliseconds",
             });
         }
+        let millis = |key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>, hint| {
+            if range.contains(&value) {
+                Ok(Duration::from_millis(value))
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    hint,
+                })
+            }
+        };
+        let compaction_interval = millis(
+            "compaction_interval_ms",
+            args.compaction_interval_ms
+                .or(file.compaction_interval_ms)
+                .unwrap_or(5000),
+            10..=3_600_000,
+            "use 10 to 3600000 milliseconds",
+        )?;
+        let compaction_age = millis(
+            "compaction_age_ms",
+            args.compaction_age_ms
+                .or(file.compaction_age_ms)
+                .unwrap_or(60_000),
+            0..=86_400_000,
+            "use 0 to 86400000 milliseconds",
+        )?;
+        let gc_grace = millis(
+            "gc_grace_ms",
+            args.gc_grace_ms.or(file.gc_grace_ms).unwrap_or(60_000),
+            0..=86_400_000,
+            "use 0 to 86400000 milliseconds (longer than the slowest fetch)",
+        )?;
+        let segment_bytes = args
+            .segment_bytes
+            .or(file.segment_bytes)
+            .unwrap_or(128 << 20);
+        if !((1 << 10)..=(1 << 32)).contains(&segment_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "segment_bytes",
+                value: segment_bytes.to_string(),
+                hint: "use 1024 to 4294967296 bytes",
+            });
+        }
         let default_disk_cache = if store.starts_with("file:") {
             0
         } else {
@@ -254,6 +310,10 @@ impl Config {
             controllers,
             rack: args.rack.clone().or(file.rack),
             broker_lease: Duration::from_millis(broker_lease_ms),
+            compaction_interval,
+            compaction_age,
+            segment_bytes,
+            gc_grace,
             buffer_max_bytes,
             upload_timeout: Duration::from_millis(
                 file.upload_timeout_ms.unwrap_or(60_000).max(1000),

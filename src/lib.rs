@@ -9,12 +9,16 @@
 //!   commits them through the metadata log.
 //! - [`fetch`]: index look-ups, cached or ranged object reads, offset patching.
 //! - [`storage`]: the object store (local directory, S3, memory), the segment object
-//!   format and the block cache.
-//! - [`metadata`]: the pure state machine ([`metadata::state`]) and its Raft glue.
+//!   formats (flush objects and compacted segments) and the block cache.
+//! - [`metadata`]: the pure state machine ([`metadata::state`], with the object table
+//!   and partitions in their own files) and its Raft glue.
 //! - [`group`]: the consumer group coordinator (classic protocol, in memory).
 //! - [`config`] and [`cli`]: settings from flags, `STRATA_…` variables and TOML.
+//! - [`background`]: compaction of the tail into segments, garbage collection, the
+//!   orphan sweep, the stats file.
 //! - [`broker`]: wires the parts together.
 
+pub mod background;
 pub mod broker;
 pub mod cli;
 pub mod config;

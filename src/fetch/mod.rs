@@ -1,19 +1,26 @@
-//! The fetch path: index look-up in the local metadata replica, chunk from the cache or
-//! a ranged read of the object, and the assigned offsets written into each batch header.
+//! The fetch path: index look-up in the local metadata replica, then the pieces of
+//! objects that hold the offsets (a flush chunk, or a frame of a compacted segment found
+//! through the segment's footer), each from the cache or a ranged read of the object,
+//! with the assigned offsets written into each batch header.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::metadata::state::IndexEntry;
+use crate::metadata::state::{IndexEntry, ObjectKind};
 use crate::metadata::Metadata;
-use crate::produce::batch::{record_timestamps, set_base_offset, stored_batches};
+use crate::produce::batch::{
+    batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,
+};
+use crate::storage::segment::{decode_tail, CompactedFooter, Footer};
 use crate::storage::{BlockCache, ObjectStorage};
 
 /// Index entries looked at per partition per fetch; each is at least one batch.
 const MAX_ENTRIES_PER_READ: usize = 256;
-/// Chunks loaded ahead of a reader that missed the cache.
-const READ_AHEAD_CHUNKS: usize = 4;
+/// Pieces loaded ahead of a reader that missed the cache.
+const READ_AHEAD_PIECES: usize = 4;
+/// The cache key position of a compacted segment's footer (no piece starts there).
+const FOOTER_KEY: u64 = u64::MAX;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FetchError {
@@ -23,6 +30,8 @@ pub enum FetchError {
     OffsetOutOfRange,
     #[error("object store read failed: {0}")]
     Storage(String),
+    #[error("segment object {0} is not valid: {1}")]
+    Corrupt(String, String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -30,6 +39,25 @@ pub struct PartitionData {
     pub records: Bytes,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+}
+
+/// An index entry with what the read needs of its object.
+#[derive(Debug, Clone)]
+pub struct PlannedEntry {
+    pub entry: IndexEntry,
+    pub object: String,
+    pub object_size: u64,
+    pub kind: ObjectKind,
+}
+
+/// A range of an object read and cached whole: a flush chunk or a compacted frame.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub object: String,
+    pub position: u64,
+    pub length: u64,
+    /// The offset of its first batch.
+    pub base_offset: i64,
 }
 
 pub struct FetchReader {
@@ -47,6 +75,42 @@ impl FetchReader {
         }
     }
 
+    /// The entries holding `offset` and after, up to about `max_bytes`, with their
+    /// objects; plus the high watermark and log start.
+    fn plan(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Option<(Vec<PlannedEntry>, i64, i64)> {
+        self.metadata.read(|s| {
+            let p = s.partition(topic, partition)?;
+            // Clone only the entries this read can use: enough bytes to fill max_bytes.
+            let mut budget = 0u64;
+            let entries = p
+                .entries_from(offset, max_entries)
+                .iter()
+                .take_while(|e| {
+                    let take = budget < max_bytes as u64;
+                    budget += e.length;
+                    take
+                })
+                .filter_map(|e| {
+                    let info = s.objects().get(e.object)?;
+                    Some(PlannedEntry {
+                        entry: *e,
+                        object: info.name.clone(),
+                        object_size: info.size,
+                        kind: info.kind,
+                    })
+                })
+                .collect();
+            Some((entries, p.next_offset, p.log_start_offset))
+        })
+    }
+
     /// Record batches from `offset`, up to `max_bytes` (but always the first batch, so a
     /// consumer can't get stuck behind a batch larger than its limit).
     pub async fn read(
@@ -57,43 +121,28 @@ impl FetchReader {
         max_bytes: usize,
     ) -> Result<PartitionData, FetchError> {
         let (entries, high_watermark, log_start_offset) = self
-            .metadata
-            .read(|s| {
-                let p = s.partition(topic, partition)?;
-                // Clone only the entries this read can use: enough bytes to fill max_bytes.
-                let mut budget = 0u64;
-                let entries = p
-                    .entries_from(offset, MAX_ENTRIES_PER_READ)
-                    .iter()
-                    .take_while(|e| {
-                        let take = budget < max_bytes as u64;
-                        budget += e.length;
-                        take
-                    })
-                    .cloned()
-                    .collect::<Vec<_>>();
-                Some((entries, p.next_offset, p.log_start_offset))
-            })
+            .plan(topic, partition, offset, max_bytes, MAX_ENTRIES_PER_READ)
             .ok_or(FetchError::UnknownTopicOrPartition)?;
         if offset < log_start_offset || offset > high_watermark {
             return Err(FetchError::OffsetOutOfRange);
         }
-        let missed = entries
+        let pieces = self.pieces(&entries, offset, max_bytes).await?;
+        let missed = pieces
             .first()
-            .is_some_and(|e| !self.cache.contains(&e.object, e.position));
+            .is_some_and(|p| !self.cache.contains(&p.object, p.position));
         let mut out = BytesMut::new();
         let mut read_up_to = offset;
-        'entries: for entry in &entries {
-            let chunk = self.chunk(entry).await?;
-            let mut next = entry.base_offset;
-            for batch in stored_batches(&chunk) {
+        'pieces: for piece in &pieces {
+            let bytes = self.load(piece).await?;
+            let mut next = piece.base_offset;
+            for batch in stored_batches(&bytes) {
                 let end = next + i64::from(batch.offset_span);
                 if end > offset {
                     if !out.is_empty() && out.len() + batch.len > max_bytes {
-                        break 'entries;
+                        break 'pieces;
                     }
                     let at = out.len();
-                    out.extend_from_slice(&chunk[batch.start..batch.start + batch.len]);
+                    out.extend_from_slice(&bytes[batch.start..batch.start + batch.len]);
                     set_base_offset(&mut out[at..], next);
                     read_up_to = end;
                 }
@@ -113,39 +162,106 @@ impl FetchReader {
         })
     }
 
+    /// The pieces of `entries` from `offset`, about `max_bytes` of them (at least one).
+    async fn pieces(
+        &self,
+        entries: &[PlannedEntry],
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<Piece>, FetchError> {
+        let mut pieces = Vec::new();
+        let mut bytes = 0u64;
+        for planned in entries {
+            if !pieces.is_empty() && bytes >= max_bytes as u64 {
+                break;
+            }
+            match planned.kind {
+                ObjectKind::Flush => {
+                    bytes += planned.entry.length;
+                    pieces.push(Piece {
+                        object: planned.object.clone(),
+                        position: planned.entry.position,
+                        length: planned.entry.length,
+                        base_offset: planned.entry.base_offset,
+                    });
+                }
+                ObjectKind::Segment => {
+                    let footer = self.footer(planned).await?;
+                    for frame in footer.frames_from(offset.max(planned.entry.base_offset)) {
+                        if !pieces.is_empty() && bytes >= max_bytes as u64 {
+                            break;
+                        }
+                        bytes += frame.length;
+                        pieces.push(Piece {
+                            object: planned.object.clone(),
+                            position: frame.position,
+                            length: frame.length,
+                            base_offset: frame.base_offset,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(pieces)
+    }
+
     /// Kafka's ListOffsets by timestamp: the first offset whose record timestamp is at
     /// or after `timestamp`, with that timestamp. Exact for uncompressed batches; for a
-    /// compressed batch it is the batch's first offset.
+    /// compressed batch it is the batch's first offset. Binary searches: the index's
+    /// running maximum, then the segment footer's.
     pub async fn offset_for_timestamp(
         &self,
         topic: &str,
         partition: i32,
         timestamp: i64,
     ) -> Result<Option<(i64, i64)>, FetchError> {
-        let entries = self
+        let planned = self
             .metadata
             .read(|s| {
                 let p = s.partition(topic, partition)?;
-                Some(
-                    p.index
-                        .iter()
-                        .filter(|e| {
-                            e.max_timestamp >= timestamp && e.end_offset() > p.log_start_offset
-                        })
-                        .take(1)
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
+                let Some(e) = p.entry_for_timestamp(timestamp) else {
+                    return Some(None);
+                };
+                let info = s.objects().get(e.object)?;
+                Some(Some(PlannedEntry {
+                    entry: *e,
+                    object: info.name.clone(),
+                    object_size: info.size,
+                    kind: info.kind,
+                }))
             })
             .ok_or(FetchError::UnknownTopicOrPartition)?;
-        let Some(entry) = entries.first() else {
+        let Some(planned) = planned else {
             return Ok(None);
         };
-        let chunk = self.chunk(entry).await?;
-        let mut base = entry.base_offset;
-        for batch in stored_batches(&chunk) {
-            let bytes = &chunk[batch.start..batch.start + batch.len];
-            match record_timestamps(bytes) {
+        let piece = match planned.kind {
+            ObjectKind::Flush => Piece {
+                object: planned.object.clone(),
+                position: planned.entry.position,
+                length: planned.entry.length,
+                base_offset: planned.entry.base_offset,
+            },
+            ObjectKind::Segment => {
+                let footer = self.footer(&planned).await?;
+                let Some(frame) = footer.frame_for_timestamp(timestamp) else {
+                    return Ok(Some((
+                        planned.entry.max_timestamp,
+                        planned.entry.base_offset,
+                    )));
+                };
+                Piece {
+                    object: planned.object.clone(),
+                    position: frame.position,
+                    length: frame.length,
+                    base_offset: frame.base_offset,
+                }
+            }
+        };
+        let bytes = self.load(&piece).await?;
+        let mut base = piece.base_offset;
+        for batch in stored_batches(&bytes) {
+            let batch_bytes = &bytes[batch.start..batch.start + batch.len];
+            match record_timestamps(batch_bytes) {
                 Some(records) => {
                     if let Some((delta, ts)) = records.into_iter().find(|(_, ts)| *ts >= timestamp)
                     {
@@ -153,7 +269,7 @@ impl FetchReader {
                     }
                 }
                 None => {
-                    let max = i64::from_be_bytes(bytes[35..43].try_into().unwrap_or_default());
+                    let max = batch_max_timestamp(batch_bytes);
                     if max >= timestamp {
                         return Ok(Some((max, base)));
                     }
@@ -161,38 +277,70 @@ impl FetchReader {
             }
             base += i64::from(batch.offset_span);
         }
-        // The index said this chunk reaches the timestamp; fall back to its start.
-        Ok(Some((entry.max_timestamp, entry.base_offset)))
+        // The index said this piece reaches the timestamp; fall back to its start.
+        Ok(Some((planned.entry.max_timestamp, piece.base_offset)))
     }
 
-    async fn chunk(&self, entry: &IndexEntry) -> Result<Bytes, FetchError> {
+    /// A compacted segment's footer: its sparse offset and timestamp index, read with
+    /// one ranged GET of the object's tail and kept in the cache.
+    pub async fn footer(&self, planned: &PlannedEntry) -> Result<CompactedFooter, FetchError> {
         let storage = self.storage.clone();
-        let object = entry.object.clone();
-        let range = entry.position..entry.position + entry.length;
+        let object = planned.object.clone();
+        let size = planned.object_size;
+        let tail_start = planned.entry.position + planned.entry.length;
+        let tail = self
+            .cache
+            .get_or_load(&planned.object, FOOTER_KEY, async move {
+                storage.get_range(&object, tail_start..size).await
+            })
+            .await
+            .map_err(FetchError::Storage)?;
+        match decode_tail(size, &tail) {
+            Ok(Footer::Compacted(footer)) => Ok(footer),
+            Ok(Footer::Flush { .. }) => Err(FetchError::Corrupt(
+                planned.object.clone(),
+                "a flush footer where a compacted segment was expected".into(),
+            )),
+            Err(e) => Err(FetchError::Corrupt(planned.object.clone(), e.to_string())),
+        }
+    }
+
+    /// A piece from the cache, or from the store (coalesced with concurrent misses).
+    pub async fn load(&self, piece: &Piece) -> Result<Bytes, FetchError> {
+        let storage = self.storage.clone();
+        let object = piece.object.clone();
+        let range = piece.position..piece.position + piece.length;
         self.cache
-            .get_or_load(&entry.object, entry.position, async move {
+            .get_or_load(&piece.object, piece.position, async move {
                 storage.get_range(&object, range).await
             })
             .await
             .map_err(FetchError::Storage)
     }
 
-    /// Sequential read-ahead for catch-up readers: start loading the chunks that follow
+    /// Sequential read-ahead for catch-up readers: start loading the pieces that follow
     /// what a fetch just read, so the next fetch finds them in the cache.
     fn read_ahead(self: &Arc<Self>, topic: &str, partition: i32, after: i64) {
-        let entries = self.metadata.read(|s| {
-            s.partition(topic, partition)
-                .map(|p| p.entries_from(after, READ_AHEAD_CHUNKS).to_vec())
-                .unwrap_or_default()
-        });
-        for entry in entries {
-            if self.cache.contains(&entry.object, entry.position) {
-                continue;
+        let Some((entries, _, _)) =
+            self.plan(topic, partition, after, usize::MAX, READ_AHEAD_PIECES)
+        else {
+            return;
+        };
+        let reader = self.clone();
+        tokio::spawn(async move {
+            let budget = READ_AHEAD_PIECES * crate::storage::segment::FRAME_BYTES;
+            let Ok(pieces) = reader.pieces(&entries, after, budget).await else {
+                return;
+            };
+            for piece in pieces.into_iter().take(READ_AHEAD_PIECES) {
+                if reader.cache.contains(&piece.object, piece.position) {
+                    continue;
+                }
+                let reader = reader.clone();
+                tokio::spawn(async move {
+                    let _ = reader.load(&piece).await;
+                });
             }
-            let reader = self.clone();
-            tokio::spawn(async move {
-                let _ = reader.chunk(&entry).await;
-            });
-        }
+        });
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod cluster;
 pub mod network;
+pub mod objects;
+pub mod partition;
 pub mod raft;
 pub mod shipping;
 pub mod state;

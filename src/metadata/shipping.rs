@@ -15,9 +15,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::state::{Command, MetadataState, Response};
+use super::state::{Command, MetadataState, Response, SegmentCommit};
 use super::{Metadata, MetadataError};
-use crate::storage::segment::{decode_footer, locate_footer, TRAILER_BYTES};
+use crate::background::stats::Gauges;
+use crate::storage::segment::{decode_footer, locate_footer, Footer, TRAILER_BYTES};
 use crate::storage::{ObjectStorage, StorageError};
 
 pub const SNAPSHOT_PATH: &str = "_strata/metadata/snapshot.json";
@@ -43,42 +44,77 @@ struct ShippedSnapshot {
 }
 
 /// Copies the metadata snapshot to the store every `interval` while it changes.
-pub async fn ship_snapshots(metadata: Arc<Metadata>, storage: ObjectStorage, interval: Duration) {
+pub async fn ship_snapshots(
+    metadata: Arc<Metadata>,
+    storage: ObjectStorage,
+    interval: Duration,
+    gauges: Arc<Gauges>,
+) {
     let mut shipped = 0;
     loop {
         tokio::time::sleep(interval).await;
         // One shipper per cluster: the Raft leader, whose state is the most advanced.
         if !metadata.is_leader() {
+            // A new leader collects garbage only after its own first shipment.
+            gauges
+                .shipped_clock_ms
+                .store(i64::MIN, std::sync::atomic::Ordering::Release);
+            shipped = 0;
             continue;
         }
         match ship_once(&metadata, &storage, shipped).await {
-            Ok(applied) => shipped = applied,
+            Ok(Some(done)) => {
+                shipped = done.applied;
+                gauges
+                    .snapshot_bytes
+                    .store(done.bytes, std::sync::atomic::Ordering::Relaxed);
+                gauges
+                    .shipped_clock_ms
+                    .store(done.clock_ms, std::sync::atomic::Ordering::Release);
+            }
+            Ok(None) => {}
             Err(e) => warn!(error = %e, "shipping the metadata snapshot failed; will retry"),
         }
     }
 }
 
-/// Ships the snapshot if anything was applied since `shipped`; returns the applied index.
+/// What a shipment wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Shipped {
+    /// Raft index of the last command in the snapshot.
+    pub applied: u64,
+    pub bytes: u64,
+    /// The state's clock in the snapshot: garbage recorded before it is garbage there.
+    pub clock_ms: i64,
+}
+
+/// Ships the snapshot if anything was applied since `shipped`.
 pub async fn ship_once(
     metadata: &Metadata,
     storage: &ObjectStorage,
     shipped: u64,
-) -> Result<u64, ShippingError> {
+) -> Result<Option<Shipped>, ShippingError> {
     let applied = *metadata.subscribe().borrow();
     if applied == shipped {
-        return Ok(shipped);
+        return Ok(None);
     }
-    let json = metadata.read(|state| {
-        serde_json::to_vec(&ShippedSnapshot {
+    let (json, clock_ms) = metadata.read(|state| {
+        let json = serde_json::to_vec(&ShippedSnapshot {
             format: 1,
             applied,
             taken_ms: now_ms(),
             state: state.clone(),
-        })
+        });
+        (json, state.clock_ms())
     });
     let json = json.map_err(|e| ShippingError::BadSnapshot(e.to_string()))?;
+    let bytes = json.len() as u64;
     storage.put(SNAPSHOT_PATH, Bytes::from(json)).await?;
-    Ok(applied)
+    Ok(Some(Shipped {
+        applied,
+        bytes,
+        clock_ms,
+    }))
 }
 
 fn now_ms() -> u64 {
@@ -133,11 +169,12 @@ pub async fn recover(
     objects.sort_by(|a, b| a.path.cmp(&b.path));
     for object in objects {
         let newer = object_time_ms(&object.path).is_some_and(|t| t >= since_ms);
-        if !newer || state.object_refs(&object.path) > 0 {
+        if !newer || state.objects().is_known(&object.path) {
             continue;
         }
-        let footer = match read_footer(storage, &object.path, object.size).await {
-            Ok(footer) => footer,
+        let chunks = match read_footer(storage, &object.path, object.size).await {
+            Ok(Footer::Flush { chunks }) => chunks,
+            Ok(Footer::Compacted(_)) => continue,
             Err(e) => {
                 warn!(object = %object.path, error = %e, "skipping unreadable segment object");
                 continue;
@@ -146,7 +183,7 @@ pub async fn recover(
         // Topics created after the snapshot are known only from the objects: bring them
         // back with as many partitions as the objects show (their configs are lost).
         let mut wanted: BTreeMap<&str, i32> = BTreeMap::new();
-        for chunk in &footer.chunks {
+        for chunk in &chunks {
             let needed = wanted.entry(&chunk.topic).or_insert(0);
             *needed = (*needed).max(chunk.partition + 1);
         }
@@ -165,11 +202,17 @@ pub async fn recover(
                 recovered.topics_created += 1;
             }
         }
+        let uploaded_ms = object_time_ms(&object.path).unwrap_or(0) as i64;
         metadata
-            .propose(Command::CommitSegment {
-                object: object.path.clone(),
-                object_size: object.size,
-                entries: footer.chunks,
+            .propose(Command::CommitSegments {
+                segments: vec![SegmentCommit {
+                    object: object.path.clone(),
+                    object_size: object.size,
+                    uploaded_ms,
+                    entries: chunks,
+                }],
+                now_ms: now_ms() as i64,
+                max_age_ms: 0,
             })
             .await?;
         recovered.objects_replayed += 1;

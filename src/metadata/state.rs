@@ -3,13 +3,22 @@
 //! Every broker applies the same committed [`Command`]s in the same order and so reaches
 //! the same [`MetadataState`]. Nothing in here reads a clock, a disk or the network: values
 //! that depend on time (creation times, commit times) are chosen by the proposer and carried
-//! inside the command, so replaying the log reproduces the state exactly.
+//! inside the command, so replaying the log reproduces the state exactly. The state keeps
+//! its own clock, the largest time any command carried, for the times it records itself
+//! (when an object became garbage).
+//!
+//! What it holds grows with partitions and with the bytes kept, not with time: the tail
+//! of each partition's index is compacted into large segments ([`Command::Compact`]), and
+//! objects are named once, in the object table, and by a numeric id everywhere else.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::cluster::{ClusterCommand, ClusterState};
+pub use super::objects::{ObjectId, ObjectInfo, ObjectKind, Objects};
+pub use super::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
 
 /// A change to the metadata, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,16 +34,16 @@ pub enum Command {
     DeleteTopic {
         name: String,
     },
-    /// A segment object is durable in the store; give its chunks offsets.
-    CommitSegment {
-        object: String,
-        object_size: u64,
-        entries: Vec<SegmentEntry>,
-    },
-    /// Several segment objects in one log entry, in upload order: under load the write
-    /// buffer commits whatever finished uploading while the previous commit was in flight.
+    /// Segment objects durable in the store, in upload order; give their chunks offsets.
+    /// Under load the write buffer commits whatever finished uploading while the previous
+    /// commit was in flight in one entry.
     CommitSegments {
         segments: Vec<SegmentCommit>,
+        now_ms: i64,
+        /// An object uploaded longer ago than this is refused (0: no limit, for a
+        /// recovery), so the orphan sweep, which deletes unknown objects older than its
+        /// grace period, can never delete an object whose commit is on its way.
+        max_age_ms: i64,
     },
     CommitOffsets {
         group: String,
@@ -79,6 +88,13 @@ pub enum Command {
     DeleteGroup {
         group: String,
     },
+    /// A compactor rewrote a run of index entries into one segment object: swap it in,
+    /// unless the run changed since the compactor read it.
+    Compact(CompactionSwap),
+    /// Garbage objects the leader deleted from the store: forget them.
+    ForgetObjects {
+        ids: Vec<ObjectId>,
+    },
 }
 
 /// One uploaded segment object and its chunks.
@@ -86,6 +102,8 @@ pub enum Command {
 pub struct SegmentCommit {
     pub object: String,
     pub object_size: u64,
+    /// When the upload started (the time in the object's name).
+    pub uploaded_ms: i64,
     pub entries: Vec<SegmentEntry>,
 }
 
@@ -102,7 +120,6 @@ pub struct SegmentEntry {
     pub max_timestamp: i64,
     /// Set when the chunk is one idempotent producer's request: checked for duplicates
     /// and sequence gaps before it gets offsets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<ProducerBatch>,
 }
 
@@ -122,6 +139,27 @@ pub struct OffsetCommit {
     pub offset: i64,
     pub metadata: Option<String>,
     pub commit_ms: i64,
+}
+
+/// A compactor's proposal: the index entries `inputs` (exactly the run
+/// `base_offset..end_offset` of the partition, as it read them) become one entry
+/// pointing at `object`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionSwap {
+    pub topic: String,
+    /// A topic deleted and re-created under the same name is another topic.
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub base_offset: i64,
+    pub end_offset: i64,
+    /// (object, position) of each replaced entry, in offset order.
+    pub inputs: Vec<(ObjectId, u64)>,
+    pub object: String,
+    pub object_size: u64,
+    /// Where the records lie inside the new object.
+    pub position: u64,
+    pub length: u64,
+    pub now_ms: i64,
 }
 
 /// Why a command (or one entry of it) was refused.
@@ -146,10 +184,14 @@ pub enum StateError {
     UnknownProducerId,
     #[error("segment object already committed")]
     ObjectAlreadyCommitted,
+    #[error("segment object uploaded too long ago to be committed")]
+    ObjectTooOld,
     #[error("offset out of range")]
     OffsetOutOfRange,
     #[error("group id not found")]
     GroupIdNotFound,
+    #[error("the compacted range changed since it was read")]
+    StaleCompaction,
 }
 
 /// The outcome of applying one command.
@@ -159,33 +201,36 @@ pub enum Response {
     #[default]
     Empty,
     Topic(Result<(), StateError>),
-    /// One result per [`SegmentEntry`], in order: the base offset it was given.
-    Segment(Vec<Result<i64, StateError>>),
     /// One result per [`OffsetCommit`], in order.
     Offsets(Vec<Result<(), StateError>>),
     Producer(Result<(i64, i16), StateError>),
-    /// Per object of a [`Command::CommitSegments`], per entry.
+    /// Per object of a [`Command::CommitSegments`], per entry: the base offset it got.
     Segments(Vec<Vec<Result<i64, StateError>>>),
     /// DeleteRecords: the partition's new log start offset.
     LogStart(Result<i64, StateError>),
     /// DeleteGroup.
     Group(Result<(), StateError>),
+    /// Compact: the new object's id.
+    Compacted(Result<ObjectId, StateError>),
 }
 
+/// A consumer group's committed offsets, by topic then partition.
+pub type GroupOffsets = BTreeMap<String, BTreeMap<i32, CommittedOffset>>;
+
+/// Partitions and groups sit behind `Arc`s so that a snapshot clones the state in time
+/// proportional to their number, not to the index entries they hold; a command copies
+/// only the partition or group it changes (`Arc::make_mut`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetadataState {
     topics: BTreeMap<String, Topic>,
-    groups: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>,
-    /// Live references from index entries, per object: an object is garbage once it
-    /// drops to zero (collected by a later issue's background work).
-    object_refs: BTreeMap<String, u32>,
+    groups: BTreeMap<String, Arc<GroupOffsets>>,
+    objects: Objects,
     /// Producer ids handed out so far, and each one's current epoch.
-    #[serde(default)]
     next_producer_id: i64,
-    #[serde(default)]
     producer_epochs: BTreeMap<i64, i16>,
-    #[serde(default)]
     cluster: ClusterState,
+    /// The largest time carried by any command applied so far.
+    clock_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,47 +238,7 @@ pub struct Topic {
     pub id: [u8; 16],
     pub configs: BTreeMap<String, String>,
     pub created_ms: i64,
-    pub partitions: Vec<Partition>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Partition {
-    /// The high watermark: the offset the next committed batch will get.
-    pub next_offset: i64,
-    pub log_start_offset: i64,
-    /// Sorted by `base_offset`, contiguous.
-    pub index: Vec<IndexEntry>,
-    pub size_bytes: u64,
-    /// Idempotent producers writing here: their epoch and last few batches.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub producers: BTreeMap<i64, ProducerState>,
-}
-
-/// How many recent batches per producer are remembered for de-duplication; matches
-/// the most requests a Kafka producer keeps in flight with idempotence on.
-pub const PRODUCER_BATCHES_KEPT: usize = 5;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerState {
-    pub epoch: i16,
-    /// (first sequence, last sequence, base offset), oldest first.
-    pub batches: Vec<(i32, i32, i64)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexEntry {
-    pub base_offset: i64,
-    pub offset_count: u32,
-    pub object: String,
-    pub position: u64,
-    pub length: u64,
-    pub max_timestamp: i64,
-}
-
-impl IndexEntry {
-    pub fn end_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.offset_count)
-    }
+    pub partitions: Vec<Arc<Partition>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +246,21 @@ pub struct CommittedOffset {
     pub offset: i64,
     pub metadata: Option<String>,
     pub commit_ms: i64,
+}
+
+/// Sizes of the state, for the stats file and the soak benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StateStats {
+    pub topics: usize,
+    pub partitions: usize,
+    pub index_entries: usize,
+    pub max_index_entries_per_partition: usize,
+    pub objects: usize,
+    pub flush_objects: usize,
+    pub segment_objects: usize,
+    pub garbage_objects: usize,
+    pub groups: usize,
+    pub producer_ids: usize,
 }
 
 /// Kafka's legal topic names: up to 249 of `[a-zA-Z0-9._-]`, not "." or "..".
@@ -254,8 +274,14 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// Far above any sane topic, low enough that a typo can't allocate gigabytes.
+pub const MAX_PARTITIONS: i32 = 10_000;
+
 impl MetadataState {
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        if let Some(now_ms) = command_time(cmd) {
+            self.clock_ms = self.clock_ms.max(now_ms);
+        }
         match cmd {
             Command::CreateTopic {
                 name,
@@ -265,13 +291,14 @@ impl MetadataState {
                 now_ms,
             } => Response::Topic(self.create_topic(name, *topic_id, *partitions, configs, *now_ms)),
             Command::DeleteTopic { name } => Response::Topic(self.delete_topic(name)),
-            Command::CommitSegment {
-                object, entries, ..
-            } => Response::Segment(self.commit_segment(object, entries)),
-            Command::CommitSegments { segments } => Response::Segments(
+            Command::CommitSegments {
+                segments,
+                now_ms,
+                max_age_ms,
+            } => Response::Segments(
                 segments
                     .iter()
-                    .map(|s| self.commit_segment(&s.object, &s.entries))
+                    .map(|s| self.commit_segment(s, *now_ms, *max_age_ms))
                     .collect(),
             ),
             Command::CommitOffsets { group, offsets } => {
@@ -280,7 +307,9 @@ impl MetadataState {
             // Only an empty state may be replaced: a restore must never roll back a
             // cluster that already has metadata.
             Command::Restore { state } if self.is_empty() => {
+                let clock_ms = self.clock_ms.max(state.clock_ms);
                 *self = (**state).clone();
+                self.clock_ms = clock_ms;
                 Response::Empty
             }
             Command::Restore { .. } => Response::Empty,
@@ -311,6 +340,11 @@ impl MetadataState {
                     .map(|_| ())
                     .ok_or(StateError::GroupIdNotFound),
             ),
+            Command::Compact(swap) => Response::Compacted(self.compact(swap)),
+            Command::ForgetObjects { ids } => {
+                self.objects.forget(ids);
+                Response::Empty
+            }
         }
     }
 
@@ -324,7 +358,7 @@ impl MetadataState {
         if wanted <= current || count > MAX_PARTITIONS {
             return Err(StateError::InvalidPartitions);
         }
-        topic.partitions.resize(wanted, Partition::default());
+        topic.partitions.resize_with(wanted, Arc::default);
         Ok(())
     }
 
@@ -366,15 +400,10 @@ impl MetadataState {
         if target <= p.log_start_offset {
             return Ok(p.log_start_offset);
         }
-        p.log_start_offset = target;
-        // Chunks wholly below the new start are no longer reachable.
-        let dropped = p.index.partition_point(|e| e.end_offset() <= target);
-        let released: Vec<IndexEntry> = p.index.drain(..dropped).collect();
-        for e in &released {
-            p.size_bytes = p.size_bytes.saturating_sub(e.length);
-        }
-        for e in &released {
-            self.release_object(&e.object);
+        let released = p.advance_log_start(target);
+        let now_ms = self.clock_ms;
+        for e in released {
+            self.objects.release(e.object, now_ms);
         }
         Ok(target)
     }
@@ -387,6 +416,7 @@ impl MetadataState {
         let Some(offsets) = self.groups.get_mut(group) else {
             return vec![Err(StateError::GroupIdNotFound); partitions.len()];
         };
+        let offsets = Arc::make_mut(offsets);
         let results = partitions
             .iter()
             .map(|(topic, partition)| {
@@ -426,7 +456,7 @@ impl MetadataState {
             id,
             configs: configs.clone(),
             created_ms: now_ms,
-            partitions: vec![Partition::default(); partitions as usize],
+            partitions: (0..partitions).map(|_| Arc::default()).collect(),
         };
         self.topics.insert(name.to_owned(), topic);
         Ok(())
@@ -437,35 +467,32 @@ impl MetadataState {
             .topics
             .remove(name)
             .ok_or(StateError::UnknownTopicOrPartition)?;
+        let now_ms = self.clock_ms;
         for entry in topic.partitions.iter().flat_map(|p| p.index.iter()) {
-            self.release_object(&entry.object);
+            self.objects.release(entry.object, now_ms);
         }
         for offsets in self.groups.values_mut() {
-            offsets.remove(name);
+            if offsets.contains_key(name) {
+                Arc::make_mut(offsets).remove(name);
+            }
         }
         Ok(())
     }
 
-    fn release_object(&mut self, object: &str) {
-        if let Some(refs) = self.object_refs.get_mut(object) {
-            *refs = refs.saturating_sub(1);
-            if *refs == 0 {
-                self.object_refs.remove(object);
-            }
-        }
-    }
-
     fn commit_segment(
         &mut self,
-        object: &str,
-        entries: &[SegmentEntry],
+        segment: &SegmentCommit,
+        now_ms: i64,
+        max_age_ms: i64,
     ) -> Vec<Result<i64, StateError>> {
+        let object = segment.object.as_str();
         // An object is committed once: a replay (a recovery racing a live cluster, a
         // retried proposal) must not give its records a second set of offsets.
-        if self.object_refs.contains_key(object) {
+        if let Some(id) = self.objects.id_of(object) {
             // A retried proposal (its first answer lost with a failed leader) hears the
             // offsets each entry got the first time, as a retried idempotent batch does.
-            return entries
+            return segment
+                .entries
                 .iter()
                 .map(|entry| {
                     self.partition(&entry.topic, entry.partition)
@@ -473,7 +500,7 @@ impl MetadataState {
                             p.index
                                 .iter()
                                 .rev()
-                                .find(|i| i.object == object && i.position == entry.position)
+                                .find(|i| i.object == id && i.position == entry.position)
                         })
                         .map_or(Err(StateError::ObjectAlreadyCommitted), |i| {
                             Err(StateError::DuplicateSequence(i.base_offset))
@@ -481,33 +508,66 @@ impl MetadataState {
                 })
                 .collect();
         }
-        let mut results = Vec::with_capacity(entries.len());
-        for entry in entries {
+        if max_age_ms > 0 && now_ms.saturating_sub(segment.uploaded_ms) > max_age_ms {
+            return vec![Err(StateError::ObjectTooOld); segment.entries.len()];
+        }
+        let Some(id) = self.objects.add(
+            object,
+            segment.object_size,
+            ObjectKind::Flush,
+            segment.uploaded_ms,
+        ) else {
+            return vec![Err(StateError::ObjectAlreadyCommitted); segment.entries.len()];
+        };
+        let clock_ms = self.clock_ms;
+        let mut results = Vec::with_capacity(segment.entries.len());
+        for entry in &segment.entries {
             let Some(partition) = self.partition_mut(&entry.topic, entry.partition) else {
                 results.push(Err(StateError::UnknownTopicOrPartition));
                 continue;
             };
-            let base_offset = partition.next_offset;
-            if let Some(producer) = &entry.producer {
-                if let Err(e) = partition.check_sequence(producer, base_offset) {
-                    results.push(Err(e));
-                    continue;
-                }
+            let result = partition.append(id, entry, clock_ms);
+            if result.is_ok() {
+                self.objects.acquire(id);
             }
-            partition.next_offset += i64::from(entry.offset_count);
-            partition.size_bytes += entry.length;
-            partition.index.push(IndexEntry {
-                base_offset,
-                offset_count: entry.offset_count,
-                object: object.to_owned(),
-                position: entry.position,
-                length: entry.length,
-                max_timestamp: entry.max_timestamp,
-            });
-            *self.object_refs.entry(object.to_owned()).or_default() += 1;
-            results.push(Ok(base_offset));
+            results.push(result);
         }
+        self.objects.retire_if_unused(id, clock_ms);
         results
+    }
+
+    fn compact(&mut self, swap: &CompactionSwap) -> Result<ObjectId, StateError> {
+        let topic = self
+            .topics
+            .get(&swap.topic)
+            .filter(|t| t.id == swap.topic_id)
+            .ok_or(StateError::StaleCompaction)?;
+        let p = usize::try_from(swap.partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .ok_or(StateError::StaleCompaction)?;
+        let range = p
+            .run_matching(swap.base_offset, swap.end_offset, &swap.inputs)
+            .ok_or(StateError::StaleCompaction)?;
+        let id = self
+            .objects
+            .add(
+                &swap.object,
+                swap.object_size,
+                ObjectKind::Segment,
+                swap.now_ms,
+            )
+            .ok_or(StateError::StaleCompaction)?;
+        self.objects.acquire(id);
+        let Some(p) = self.partition_mut(&swap.topic, swap.partition) else {
+            return Err(StateError::StaleCompaction);
+        };
+        let replaced = p.replace_run(range, id, swap.position, swap.length);
+        let now_ms = self.clock_ms;
+        for e in replaced {
+            self.objects.release(e.object, now_ms);
+        }
+        Ok(id)
     }
 
     fn init_producer(&mut self, current: Option<(i64, i16)>) -> Result<(i64, i16), StateError> {
@@ -528,6 +588,13 @@ impl MetadataState {
         let id = self.next_producer_id;
         self.next_producer_id += 1;
         self.producer_epochs.insert(id, 0);
+        // Every producer start takes an id: remember only the most recent ones, so the
+        // state does not grow with restarts. A forgotten id asking for a new epoch gets
+        // UNKNOWN_PRODUCER_ID and starts over with a fresh id, as after Kafka's
+        // producer.id.expiration.ms.
+        while self.producer_epochs.len() > MAX_PRODUCER_IDS {
+            self.producer_epochs.pop_first();
+        }
         Ok((id, 0))
     }
 
@@ -542,9 +609,8 @@ impl MetadataState {
                 results.push(Err(StateError::UnknownTopicOrPartition));
                 continue;
             }
-            self.groups
-                .entry(group.to_owned())
-                .or_default()
+            let group = self.groups.entry(group.to_owned()).or_default();
+            Arc::make_mut(group)
                 .entry(commit.topic.clone())
                 .or_default()
                 .insert(
@@ -570,12 +636,20 @@ impl MetadataState {
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<&Partition> {
         let index = usize::try_from(partition).ok()?;
-        self.topics.get(topic)?.partitions.get(index)
+        self.topics
+            .get(topic)?
+            .partitions
+            .get(index)
+            .map(Arc::as_ref)
     }
 
     fn partition_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {
         let index = usize::try_from(partition).ok()?;
-        self.topics.get_mut(topic)?.partitions.get_mut(index)
+        self.topics
+            .get_mut(topic)?
+            .partitions
+            .get_mut(index)
+            .map(Arc::make_mut)
     }
 
     pub fn committed_offset(
@@ -588,11 +662,8 @@ impl MetadataState {
     }
 
     /// Every committed offset of a group, by topic then partition.
-    pub fn group_offsets(
-        &self,
-        group: &str,
-    ) -> Option<&BTreeMap<String, BTreeMap<i32, CommittedOffset>>> {
-        self.groups.get(group)
+    pub fn group_offsets(&self, group: &str) -> Option<&GroupOffsets> {
+        self.groups.get(group).map(Arc::as_ref)
     }
 
     pub fn group_ids(&self) -> impl Iterator<Item = &String> {
@@ -603,86 +674,67 @@ impl MetadataState {
         &self.cluster
     }
 
+    pub fn objects(&self) -> &Objects {
+        &self.objects
+    }
+
+    /// The state's clock: the largest time any applied command carried.
+    pub fn clock_ms(&self) -> i64 {
+        self.clock_ms
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.topics.is_empty() && self.groups.is_empty()
+        self.topics.is_empty() && self.groups.is_empty() && self.objects.is_empty()
     }
 
     pub fn object_refs(&self, object: &str) -> u32 {
-        self.object_refs.get(object).copied().unwrap_or(0)
+        self.objects.refs(object)
+    }
+
+    pub fn stats(&self) -> StateStats {
+        let mut stats = StateStats {
+            topics: self.topics.len(),
+            groups: self.groups.len(),
+            producer_ids: self.producer_epochs.len(),
+            garbage_objects: self.objects.garbage_count(),
+            ..StateStats::default()
+        };
+        for p in self.topics.values().flat_map(|t| t.partitions.iter()) {
+            stats.partitions += 1;
+            stats.index_entries += p.index.len();
+            stats.max_index_entries_per_partition =
+                stats.max_index_entries_per_partition.max(p.index.len());
+        }
+        for (_, info) in self.objects.live() {
+            stats.objects += 1;
+            match info.kind {
+                ObjectKind::Flush => stats.flush_objects += 1,
+                ObjectKind::Segment => stats.segment_objects += 1,
+            }
+        }
+        stats
     }
 }
 
-/// Far above any sane topic, low enough that a typo can't allocate gigabytes.
-pub const MAX_PARTITIONS: i32 = 10_000;
+/// Producer ids remembered for epoch bumps; far more producers than any cluster runs at
+/// once, so only ids long gone are forgotten.
+pub const MAX_PRODUCER_IDS: usize = 100_000;
 
-impl Partition {
-    /// Kafka's idempotence rules for a batch about to get `base_offset`; on success the
-    /// batch is remembered for de-duplicating retries.
-    fn check_sequence(
-        &mut self,
-        batch: &ProducerBatch,
-        base_offset: i64,
-    ) -> Result<(), StateError> {
-        let state = self.producers.entry(batch.producer_id).or_default();
-        let fresh = state.batches.is_empty();
-        if !fresh && batch.epoch < state.epoch {
-            return Err(StateError::InvalidProducerEpoch);
+/// The time a command carries, which advances the state's clock.
+fn command_time(cmd: &Command) -> Option<i64> {
+    match cmd {
+        Command::CreateTopic { now_ms, .. } | Command::CommitSegments { now_ms, .. } => {
+            Some(*now_ms)
         }
-        if fresh || batch.epoch > state.epoch {
-            // A new producer (or epoch) starts its sequence at zero.
-            if batch.first_sequence != 0 {
-                if fresh {
-                    self.producers.remove(&batch.producer_id);
-                }
-                return Err(StateError::OutOfOrderSequence);
-            }
-            state.epoch = batch.epoch;
-            state.batches.clear();
-        } else {
-            if let Some(&(_, _, offset)) = state.batches.iter().find(|(first, last, _)| {
-                *first == batch.first_sequence && *last == batch.last_sequence
-            }) {
-                return Err(StateError::DuplicateSequence(offset));
-            }
-            let last = state.batches.last().map_or(-1, |b| b.1);
-            let expected = if last == i32::MAX { 0 } else { last + 1 };
-            if batch.first_sequence != expected {
-                return Err(StateError::OutOfOrderSequence);
-            }
-        }
-        state
-            .batches
-            .push((batch.first_sequence, batch.last_sequence, base_offset));
-        if state.batches.len() > PRODUCER_BATCHES_KEPT {
-            state.batches.remove(0);
-        }
-        Ok(())
-    }
-
-    /// The index entries that hold `offset` and what follows it, up to `max` entries.
-    pub fn entries_from(&self, offset: i64, max: usize) -> &[IndexEntry] {
-        let start = self.index.partition_point(|e| e.end_offset() <= offset);
-        let end = (start + max).min(self.index.len());
-        &self.index[start..end]
-    }
-
-    /// The first offset whose batch holds a timestamp at or after `timestamp`, or None.
-    /// Batch granularity: the answer is the base offset of the first such batch chunk.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> Option<i64> {
-        self.index
-            .iter()
-            .find(|e| e.max_timestamp >= timestamp && e.end_offset() > self.log_start_offset)
-            .map(|e| e.base_offset.max(self.log_start_offset))
-    }
-
-    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
-        self.index
-            .iter()
-            .max_by_key(|e| e.max_timestamp)
-            .map(|e| (e.max_timestamp, e.base_offset))
+        Command::Compact(swap) => Some(swap.now_ms),
+        Command::Cluster(
+            ClusterCommand::Register { now_ms, .. }
+            | ClusterCommand::Heartbeat { now_ms, .. }
+            | ClusterCommand::Expire { now_ms, .. },
+        ) => Some(*now_ms),
+        _ => None,
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,15 +774,24 @@ mod tests {
         }
     }
 
+    fn one_segment(object: String, entries: Vec<SegmentEntry>) -> Command {
+        Command::CommitSegments {
+            segments: vec![SegmentCommit {
+                object,
+                object_size: 1,
+                uploaded_ms: 0,
+                entries,
+            }],
+            now_ms: 0,
+            max_age_ms: 0,
+        }
+    }
+
     fn commit(s: &mut MetadataState, e: SegmentEntry) -> Result<i64, StateError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match s.apply(&Command::CommitSegment {
-            object: format!("o{n}"),
-            object_size: 1,
-            entries: vec![e],
-        }) {
-            Response::Segment(mut r) => r.remove(0),
+        match s.apply(&one_segment(format!("o{n}"), vec![e])) {
+            Response::Segments(mut r) => r.remove(0).remove(0),
             other => panic!("{other:?}"),
         }
     }
@@ -788,47 +849,41 @@ mod tests {
     fn offsets_are_assigned_in_commit_order() {
         let mut s = MetadataState::default();
         assert_eq!(s.apply(&create("t", 2)), Response::Topic(Ok(())));
-        let r = s.apply(&Command::CommitSegment {
-            object: "a".into(),
-            object_size: 300,
-            entries: vec![
+        let r = s.apply(&one_segment(
+            "a".into(),
+            vec![
                 entry("t", 0, 3),
                 entry("t", 1, 5),
                 entry("nope", 0, 1),
                 entry("t", 2, 1),
             ],
-        });
+        ));
         assert_eq!(
             r,
-            Response::Segment(vec![
+            Response::Segments(vec![vec![
                 Ok(0),
                 Ok(0),
                 Err(StateError::UnknownTopicOrPartition),
                 Err(StateError::UnknownTopicOrPartition)
-            ])
+            ]])
         );
-        let r = s.apply(&Command::CommitSegment {
-            object: "b".into(),
-            object_size: 100,
-            entries: vec![entry("t", 0, 2)],
-        });
-        assert_eq!(r, Response::Segment(vec![Ok(3)]));
+        let r = s.apply(&one_segment("b".into(), vec![entry("t", 0, 2)]));
+        assert_eq!(r, Response::Segments(vec![vec![Ok(3)]]));
         let p = s.partition("t", 0).unwrap();
         assert_eq!(p.next_offset, 5);
-        assert_eq!(p.entries_from(4, 10)[0].object, "b");
+        assert_eq!(
+            Some(p.entries_from(4, 10)[0].object),
+            s.objects().id_of("b")
+        );
         assert_eq!(p.entries_from(0, 10).len(), 2);
         assert_eq!(p.entries_from(5, 10).len(), 0);
         assert_eq!(s.object_refs("a"), 2);
         // An object is committed once, however often it is proposed; a retry hears the
         // offsets of the first commit.
-        let r = s.apply(&Command::CommitSegment {
-            object: "b".into(),
-            object_size: 100,
-            entries: vec![entry("t", 0, 2)],
-        });
+        let r = s.apply(&one_segment("b".into(), vec![entry("t", 0, 2)]));
         assert_eq!(
             r,
-            Response::Segment(vec![Err(StateError::DuplicateSequence(3))])
+            Response::Segments(vec![vec![Err(StateError::DuplicateSequence(3))]])
         );
         assert_eq!(s.partition("t", 0).unwrap().next_offset, 5);
         // Several objects in one entry get offsets in order.
@@ -837,14 +892,18 @@ mod tests {
                 SegmentCommit {
                     object: "c".into(),
                     object_size: 1,
+                    uploaded_ms: 0,
                     entries: vec![entry("t", 0, 4)],
                 },
                 SegmentCommit {
                     object: "d".into(),
                     object_size: 1,
+                    uploaded_ms: 0,
                     entries: vec![entry("t", 0, 1), entry("t", 1, 1)],
                 },
             ],
+            now_ms: 0,
+            max_age_ms: 0,
         });
         assert_eq!(r, Response::Segments(vec![vec![Ok(5)], vec![Ok(9), Ok(5)]]));
     }
@@ -875,11 +934,7 @@ mod tests {
     fn delete_topic_drops_index_offsets_and_refs() {
         let mut s = MetadataState::default();
         s.apply(&create("t", 1));
-        s.apply(&Command::CommitSegment {
-            object: "a".into(),
-            object_size: 1,
-            entries: vec![entry("t", 0, 1)],
-        });
+        s.apply(&one_segment("a".into(), vec![entry("t", 0, 1)]));
         s.apply(&Command::CommitOffsets {
             group: "g".into(),
             offsets: vec![OffsetCommit {
@@ -929,11 +984,7 @@ mod tests {
             let mut e = entry("t", 0, 2);
             e.max_timestamp = ts;
             e.position = i as u64;
-            s.apply(&Command::CommitSegment {
-                object: format!("o{i}"),
-                object_size: 1,
-                entries: vec![e],
-            });
+            s.apply(&one_segment(format!("o{i}"), vec![e]));
         }
         let p = s.partition("t", 0).unwrap();
         assert_eq!(p.offset_for_timestamp(0), Some(0));
@@ -1010,11 +1061,7 @@ mod tests {
         for (object, ts) in [("a", 100), ("b", 200), ("c", 300)] {
             let mut e = entry("t", 0, 10);
             e.max_timestamp = ts;
-            s.apply(&Command::CommitSegment {
-                object: object.into(),
-                object_size: 1,
-                entries: vec![e],
-            });
+            s.apply(&one_segment(object.into(), vec![e]));
         }
         let delete = |offset| Command::DeleteRecords {
             topic: "t".into(),
@@ -1106,11 +1153,10 @@ mod tests {
             )
                 .prop_map(|(es, n)| {
                     // A few names, so some commits repeat an object and must be refused.
-                    Command::CommitSegment {
-                        object: format!("obj{n}"),
-                        object_size: 0,
-                        entries: es.into_iter().map(|(t, p, c)| entry(t, p, c)).collect(),
-                    }
+                    one_segment(
+                        format!("obj{n}"),
+                        es.into_iter().map(|(t, p, c)| entry(t, p, c)).collect(),
+                    )
                 }),
             (topic.clone(), 0..6i32).prop_map(|(t, c)| Command::CreatePartitions {
                 name: t.into(),

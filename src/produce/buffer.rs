@@ -49,6 +49,9 @@ pub struct BufferConfig {
     /// How long an upload is retried before its requests are failed.
     pub upload_timeout: Duration,
     pub node_id: u64,
+    /// An upload not committed within this is refused by the state machine (and its
+    /// requests fail): the orphan sweep may take it for garbage after twice as long.
+    pub max_commit_age: Duration,
 }
 
 type Reply = oneshot::Sender<Result<i64, ProduceError>>;
@@ -83,6 +86,7 @@ struct ChunkWaiters {
 struct Uploaded {
     object: String,
     size: u64,
+    uploaded_ms: i64,
     command_entries: Vec<crate::metadata::state::SegmentEntry>,
     chunks: Vec<ChunkWaiters>,
 }
@@ -128,8 +132,9 @@ impl WriteBuffer {
         let capacity_kib = kib(config.max_buffered_bytes).max(1);
         let memory = Arc::new(Semaphore::new(capacity_kib as usize));
         let (commit_tx, commit_rx) = mpsc::channel(config.max_inflight_uploads.max(1));
+        let max_commit_age = config.max_commit_age;
         let flusher = tokio::spawn(flush_loop(config, rx, commit_tx, storage, cache));
-        let committer = tokio::spawn(commit_loop(commit_rx, metadata));
+        let committer = tokio::spawn(commit_loop(commit_rx, metadata, max_commit_age));
         let handle = tokio::spawn(async move {
             let _ = flusher.await;
             let _ = committer.await;
@@ -228,12 +233,14 @@ async fn flush_loop(
             }
         }
         seq += 1;
+        let uploaded_ms = crate::protocol::now_ms();
         let object = object_name(config.node_id, seq);
         let span = tracing::debug_span!("upload", %object, bytes, requests = pending.len());
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let uploading = in_flight.clone();
         let work = upload(
             object,
+            uploaded_ms,
             pending,
             storage.clone(),
             cache.clone(),
@@ -265,40 +272,9 @@ fn object_name(node_id: u64, seq: u64) -> String {
     )
 }
 
-/// Retries an upload with capped exponential backoff and jitter until `timeout`: the
-/// store may be throttling (503 SlowDown), restarting or briefly unreachable.
-async fn put_with_retry(
-    storage: &ObjectStorage,
-    object: &str,
-    data: &bytes::Bytes,
-    timeout: Duration,
-) -> Result<(), crate::storage::StorageError> {
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match storage.put(object, data.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if started.elapsed() + backoff >= timeout => return Err(e),
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "segment upload failed; retrying");
-                tokio::time::sleep(backoff + jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// Up to half of `d`, from the clock's nanoseconds: spreads retries without a RNG.
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    d.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
 async fn upload(
     object: String,
+    uploaded_ms: i64,
     pending: Vec<Pending>,
     storage: ObjectStorage,
     cache: Arc<BlockCache>,
@@ -349,7 +325,7 @@ async fn upload(
     }
     let (data, entries) = builder.finish();
     let size = data.len() as u64;
-    if let Err(e) = put_with_retry(&storage, &object, &data, upload_timeout).await {
+    if let Err(e) = storage.put_with_retry(&object, &data, upload_timeout).await {
         warn!(error = %e, "segment upload failed; failing its requests");
         let err = ProduceError::Storage(e.to_string());
         for waiter in chunks.into_iter().flat_map(|c| c.waiters) {
@@ -370,6 +346,7 @@ async fn upload(
     Some(Uploaded {
         object,
         size,
+        uploaded_ms,
         command_entries: entries,
         chunks,
     })
@@ -378,6 +355,7 @@ async fn upload(
 async fn commit_loop(
     mut rx: mpsc::Receiver<JoinHandle<Option<Uploaded>>>,
     metadata: Arc<Metadata>,
+    max_commit_age: Duration,
 ) {
     // Test-only crash window: die after an upload, before its commit, leaving an orphan.
     let crash_before_commit =
@@ -407,10 +385,16 @@ async fn commit_loop(
             .map(|u| SegmentCommit {
                 object: u.object.clone(),
                 object_size: u.size,
+                uploaded_ms: u.uploaded_ms,
                 entries: std::mem::take(&mut u.command_entries),
             })
             .collect();
-        let results = match metadata.propose(Command::CommitSegments { segments }).await {
+        let commit = Command::CommitSegments {
+            segments,
+            now_ms: crate::protocol::now_ms(),
+            max_age_ms: max_commit_age.as_millis() as i64,
+        };
+        let results = match metadata.propose(commit).await {
             Ok(Response::Segments(results)) => results,
             Ok(other) => {
                 warn!(?other, "unexpected response to CommitSegments");

@@ -126,8 +126,8 @@ async fn read_once(
                             ResponseError::UnknownTopicOrPartition
                         }
                         FetchError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
-                        FetchError::Storage(message) => {
-                            warn!(%message, "fetch read failed");
+                        FetchError::Storage(_) | FetchError::Corrupt(..) => {
+                            warn!(error = %e, "fetch read failed");
                             ResponseError::KafkaStorageError
                         }
                     };

@@ -1,13 +1,18 @@
-//! The segment object: record batches for many partitions in one object.
+//! Segment objects: a flush of the write buffer (chunks of many partitions), or a
+//! compacted segment (one partition's batches, offsets known).
 //!
 //! ```text
 //! "STRATA01"                       8-byte header magic
-//! chunk*                           each chunk: one partition's record batches, as produced
-//! footer                           JSON list of chunks (topic, partition, position, length, offsets)
+//! data                             record batches, as produced
+//! footer                           FOOTER_VERSION, then the postcard-encoded Footer
+//!                                  (format 1, JSON `{"chunks": [..]}`, is still read)
 //! footer_len u32 | crc32c u32 | "STRATAFT"   16-byte trailer
 //! ```
 //! The footer makes an object self-describing, so a bucket can be re-indexed and verified
-//! without the metadata log. Offsets are not stored: they are assigned at commit.
+//! without the metadata log. A flush object's footer lists its chunks (offsets are not
+//! known yet: they are assigned at commit). A compacted segment's footer holds its
+//! offsets and a sparse offset and timestamp index (a frame every [`FRAME_BYTES`]), and
+//! its batch headers carry their assigned offsets.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -17,10 +22,72 @@ use crate::metadata::state::{ProducerBatch, SegmentEntry};
 const HEADER_MAGIC: &[u8; 8] = b"STRATA01";
 const TRAILER_MAGIC: &[u8; 8] = b"STRATAFT";
 const TRAILER_LEN: usize = 16;
+/// The first byte of a binary footer; a JSON footer (format 1) starts with `{`.
+const FOOTER_VERSION: u8 = 2;
+/// The sparse index's step inside a compacted segment, and the unit a fetch reads and
+/// caches: large enough that a catch-up read is a few big GETs, small enough that a
+/// consumer near the end of a segment does not pull the whole of it.
+pub const FRAME_BYTES: usize = 1 << 20;
+/// Where the data of every object starts.
+pub const DATA_START: u64 = HEADER_MAGIC.len() as u64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Footer {
-    pub chunks: Vec<SegmentEntry>,
+pub enum Footer {
+    /// A flush: one chunk per partition (or per idempotent request).
+    Flush { chunks: Vec<SegmentEntry> },
+    /// A compacted segment of one partition.
+    Compacted(CompactedFooter),
+}
+
+/// Format 1 footers: JSON.
+#[derive(Deserialize)]
+struct LegacyFooter {
+    chunks: Vec<SegmentEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactedFooter {
+    pub topic: String,
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub base_offset: i64,
+    pub end_offset: i64,
+    /// The sparse offset and timestamp index, in offset order.
+    pub frames: Vec<Frame>,
+}
+
+/// A run of whole batches inside a compacted segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub base_offset: i64,
+    pub position: u64,
+    pub length: u64,
+    /// The largest timestamp up to the end of this frame (a running maximum).
+    pub max_timestamp: i64,
+}
+
+impl CompactedFooter {
+    /// The frames holding `offset` and after.
+    pub fn frames_from(&self, offset: i64) -> &[Frame] {
+        let next = self.frames.partition_point(|f| f.base_offset <= offset);
+        &self.frames[next.saturating_sub(1)..]
+    }
+
+    /// The first frame holding a timestamp at or after `timestamp`.
+    pub fn frame_for_timestamp(&self, timestamp: i64) -> Option<&Frame> {
+        self.frames
+            .get(self.frames.partition_point(|f| f.max_timestamp < timestamp))
+    }
+
+    /// The offset where `frame` ends.
+    pub fn frame_end(&self, frame: &Frame) -> i64 {
+        let next = self
+            .frames
+            .partition_point(|f| f.base_offset <= frame.base_offset);
+        self.frames
+            .get(next)
+            .map_or(self.end_offset, |f| f.base_offset)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,11 +100,26 @@ pub enum SegmentError {
     BadChecksum,
     #[error("footer is not valid: {0}")]
     BadFooter(String),
+    #[error("footer format {0} is newer than this broker reads")]
+    NewerFooter(u8),
     #[error("chunk {0} lies outside the object")]
     ChunkOutOfBounds(usize),
 }
 
-/// Builds one segment object from chunks appended in order.
+/// Appends the footer and trailer to an object's data.
+fn seal(mut buf: BytesMut, footer: &Footer) -> Bytes {
+    let mut encoded = vec![FOOTER_VERSION];
+    // Plain strings and integers always encode.
+    let body = postcard::to_stdvec(footer).unwrap_or_default();
+    encoded.extend_from_slice(&body);
+    buf.put_slice(&encoded);
+    buf.put_u32(encoded.len() as u32);
+    buf.put_u32(crc32c::crc32c(&encoded));
+    buf.put_slice(TRAILER_MAGIC);
+    buf.freeze()
+}
+
+/// Builds one flush object from chunks appended in order.
 pub struct SegmentBuilder {
     buf: BytesMut,
     chunks: Vec<SegmentEntry>,
@@ -90,17 +172,95 @@ impl SegmentBuilder {
     }
 
     /// The finished object and the entries to commit for it.
-    pub fn finish(mut self) -> (Bytes, Vec<SegmentEntry>) {
-        let footer = Footer {
+    pub fn finish(self) -> (Bytes, Vec<SegmentEntry>) {
+        let footer = Footer::Flush {
             chunks: self.chunks,
         };
-        // Serializing plain strings and integers cannot fail.
-        let json = serde_json::to_vec(&footer).unwrap_or_default();
-        self.buf.put_slice(&json);
-        self.buf.put_u32(json.len() as u32);
-        self.buf.put_u32(crc32c::crc32c(&json));
-        self.buf.put_slice(TRAILER_MAGIC);
-        (self.buf.freeze(), footer.chunks)
+        let object = seal(self.buf, &footer);
+        let Footer::Flush { chunks } = footer else {
+            return (object, Vec::new());
+        };
+        (object, chunks)
+    }
+}
+
+/// Builds a compacted segment from one partition's batches, in offset order.
+pub struct CompactedBuilder {
+    buf: BytesMut,
+    footer: CompactedFooter,
+}
+
+impl CompactedBuilder {
+    pub fn new(
+        topic: &str,
+        topic_id: [u8; 16],
+        partition: i32,
+        base_offset: i64,
+        capacity: usize,
+    ) -> Self {
+        let mut buf = BytesMut::with_capacity(capacity + 4096);
+        buf.put_slice(HEADER_MAGIC);
+        Self {
+            buf,
+            footer: CompactedFooter {
+                topic: topic.to_owned(),
+                topic_id,
+                partition,
+                base_offset,
+                end_offset: base_offset,
+                frames: Vec::new(),
+            },
+        }
+    }
+
+    /// Appends a stored batch holding `span` offsets from `base_offset`, writing that
+    /// offset into its header (outside the CRC).
+    pub fn push_batch(&mut self, batch: &[u8], base_offset: i64, span: u32, max_timestamp: i64) {
+        let position = self.buf.len() as u64;
+        let running_max = self
+            .footer
+            .frames
+            .last()
+            .map_or(max_timestamp, |f| f.max_timestamp.max(max_timestamp));
+        let new_frame = self
+            .footer
+            .frames
+            .last()
+            .is_none_or(|f| f.length >= FRAME_BYTES as u64);
+        if new_frame {
+            self.footer.frames.push(Frame {
+                base_offset,
+                position,
+                length: 0,
+                max_timestamp: running_max,
+            });
+        }
+        self.buf.put_slice(batch);
+        let at = position as usize;
+        crate::produce::batch::set_base_offset(&mut self.buf[at..], base_offset);
+        if let Some(frame) = self.footer.frames.last_mut() {
+            frame.length += batch.len() as u64;
+            frame.max_timestamp = running_max;
+        }
+        self.footer.end_offset = base_offset + i64::from(span);
+    }
+
+    pub fn data_len(&self) -> u64 {
+        self.buf.len() as u64 - DATA_START
+    }
+
+    pub fn end_offset(&self) -> i64 {
+        self.footer.end_offset
+    }
+
+    /// The object, and where its data lies in it (position, length).
+    pub fn finish(self) -> (Bytes, u64, u64) {
+        let length = self.data_len();
+        (
+            seal(self.buf, &Footer::Compacted(self.footer)),
+            DATA_START,
+            length,
+        )
     }
 }
 
@@ -114,8 +274,24 @@ pub fn read_footer(object: &[u8]) -> Result<Footer, SegmentError> {
     }
     let trailer = &object[object.len() - TRAILER_LEN..];
     let location = locate_footer(object.len() as u64, trailer)?;
-    let json = &object[location.start as usize..location.end as usize];
-    decode_footer(json, &location)
+    let bytes = &object[location.start as usize..location.end as usize];
+    decode_footer(bytes, &location)
+}
+
+/// Decodes the footer from the object's last bytes: the footer and the trailer, as read
+/// by one ranged GET from `object_size - tail.len()` to the end.
+pub fn decode_tail(object_size: u64, tail: &[u8]) -> Result<Footer, SegmentError> {
+    if tail.len() < TRAILER_LEN {
+        return Err(SegmentError::TooShort);
+    }
+    let location = locate_footer(object_size, &tail[tail.len() - TRAILER_LEN..])?;
+    let tail_start = object_size - tail.len() as u64;
+    let start = location
+        .start
+        .checked_sub(tail_start)
+        .ok_or(SegmentError::TooShort)? as usize;
+    let end = (location.end - tail_start) as usize;
+    decode_footer(&tail[start..end], &location)
 }
 
 /// Where the footer lies, from the object's size and its last 16 bytes (so a reader
@@ -148,17 +324,41 @@ pub fn locate_footer(object_size: u64, trailer: &[u8]) -> Result<FooterLocation,
     Ok(FooterLocation { start, end, crc })
 }
 
-pub fn decode_footer(json: &[u8], location: &FooterLocation) -> Result<Footer, SegmentError> {
-    if crc32c::crc32c(json) != location.crc {
+pub fn decode_footer(bytes: &[u8], location: &FooterLocation) -> Result<Footer, SegmentError> {
+    if crc32c::crc32c(bytes) != location.crc {
         return Err(SegmentError::BadChecksum);
     }
-    let footer: Footer =
-        serde_json::from_slice(json).map_err(|e| SegmentError::BadFooter(e.to_string()))?;
-    for (i, chunk) in footer.chunks.iter().enumerate() {
-        let end = chunk.position.checked_add(chunk.length);
-        if chunk.position < HEADER_MAGIC.len() as u64 || end.is_none_or(|end| end > location.start)
-        {
+    let footer = match bytes.first() {
+        Some(b'{') => {
+            let legacy: LegacyFooter = serde_json::from_slice(bytes)
+                .map_err(|e| SegmentError::BadFooter(e.to_string()))?;
+            Footer::Flush {
+                chunks: legacy.chunks,
+            }
+        }
+        Some(&FOOTER_VERSION) => {
+            postcard::from_bytes(&bytes[1..]).map_err(|e| SegmentError::BadFooter(e.to_string()))?
+        }
+        Some(&v) => return Err(SegmentError::NewerFooter(v)),
+        None => return Err(SegmentError::BadFooter("empty".into())),
+    };
+    let in_bounds = |i: usize, position: u64, length: u64| {
+        let end = position.checked_add(length);
+        if position < HEADER_MAGIC.len() as u64 || end.is_none_or(|end| end > location.start) {
             return Err(SegmentError::ChunkOutOfBounds(i));
+        }
+        Ok(())
+    };
+    match &footer {
+        Footer::Flush { chunks } => {
+            for (i, chunk) in chunks.iter().enumerate() {
+                in_bounds(i, chunk.position, chunk.length)?;
+            }
+        }
+        Footer::Compacted(c) => {
+            for (i, frame) in c.frames.iter().enumerate() {
+                in_bounds(i, frame.position, frame.length)?;
+            }
         }
     }
     Ok(footer)
@@ -183,7 +383,7 @@ mod tests {
             }
             let (object, entries) = builder.finish();
             let footer = read_footer(&object).unwrap();
-            prop_assert_eq!(&footer.chunks, &entries);
+            prop_assert_eq!(&footer, &Footer::Flush { chunks: entries.clone() });
             for ((_, _, batches, _), entry) in chunks.iter().zip(&entries) {
                 let start = entry.position as usize;
                 let got = &object[start..start + entry.length as usize];

@@ -217,6 +217,29 @@ impl ObjectStorage {
             .collect())
     }
 
+    /// Retries an upload with capped exponential backoff and jitter until `timeout`: the
+    /// store may be throttling (503 SlowDown), restarting or briefly unreachable.
+    pub async fn put_with_retry(
+        &self,
+        path: &str,
+        data: &Bytes,
+        timeout: Duration,
+    ) -> Result<(), StorageError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.put(path, data.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() + backoff >= timeout => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, object = path, retry_in_ms = backoff.as_millis() as u64, "upload failed; retrying");
+                    tokio::time::sleep(backoff + jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), StorageError> {
         self.counters.deletes.fetch_add(1, Ordering::Relaxed);
         match self.inner.delete(&Path::from(path)).await {
@@ -224,6 +247,15 @@ impl ObjectStorage {
             Err(source) => Err(store_error(path, source)),
         }
     }
+}
+
+/// Up to half of `d`, from the clock's nanoseconds: spreads retries without a RNG.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    d.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
 /// S3 settings from the standard `AWS_*` variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,

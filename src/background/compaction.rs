@@ -1,0 +1,354 @@
+//! Object compaction: each broker rewrites the partitions it is preferred for from small
+//! flush chunks (the tail) into per-partition segment objects, and merges small segments
+//! into larger ones, so that a partition's index holds about `bytes kept / segment size`
+//! entries plus a short tail, however many flushes wrote it.
+//!
+//! A job reads a run of index entries, writes their batches (byte for byte, with their
+//! assigned offsets in the headers) into a new object under `compacted/`, uploads it,
+//! and proposes one [`Command::Compact`]. The state machine swaps it in only if the run
+//! is still exactly what was read; otherwise the new object is deleted. A crash at any
+//! step leaves either the old entries (and an orphan the sweep removes) or the new one
+//! (and garbage the collector removes): never a gap, never a duplicate.
+//!
+//! Which runs to compact is decided by [`plan`], a pure function of the state.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::fetch::{FetchReader, Piece, PlannedEntry};
+use crate::metadata::state::{
+    Command, CompactionSwap, IndexEntry, MetadataState, ObjectKind, Response, StateError,
+};
+use crate::metadata::Metadata;
+use crate::produce::batch::{batch_max_timestamp, stored_batches};
+use crate::storage::segment::CompactedBuilder;
+use crate::storage::ObjectStorage;
+
+/// Where compacted segments live; the recovery replay of flush objects never looks here.
+pub const COMPACTED_PREFIX: &str = "compacted";
+/// Segments merged at once: a partition holds at most `FAN_IN - 1` segments per size
+/// tier (tiers are powers of four), and each byte is rewritten once per tier.
+const FAN_IN: usize = 4;
+/// Jobs one broker runs per round; the rest wait for the next round.
+const MAX_JOBS_PER_ROUND: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct CompactionPolicy {
+    /// The size segments grow towards.
+    pub segment_bytes: u64,
+    /// Tail older than this is compacted however small (light partitions).
+    pub age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompactionConfig {
+    pub policy: CompactionPolicy,
+    pub interval: Duration,
+    pub node_id: u64,
+    pub upload_timeout: Duration,
+}
+
+/// What compaction did since start, for the stats file.
+#[derive(Debug, Default)]
+pub struct CompactionCounters {
+    pub jobs: AtomicU64,
+    pub refused: AtomicU64,
+    pub failed: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+/// One run of index entries to rewrite as one segment.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub topic: String,
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub entries: Vec<PlannedEntry>,
+}
+
+impl Job {
+    fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.entry.length).sum()
+    }
+}
+
+/// The size tier of a segment: its size's power of four.
+fn tier(bytes: u64) -> u32 {
+    bytes.max(1).ilog2() / 2
+}
+
+/// The jobs for the partitions `owner` is preferred for, at `now_ms`: at most one per
+/// partition, tail first.
+pub fn plan(state: &MetadataState, owner: u64, now_ms: i64, policy: &CompactionPolicy) -> Vec<Job> {
+    let age_ms = policy.age.as_millis() as i64;
+    let mut jobs = Vec::new();
+    for (name, topic) in state.topics() {
+        for (i, partition) in topic.partitions.iter().enumerate() {
+            if jobs.len() >= MAX_JOBS_PER_ROUND {
+                return jobs;
+            }
+            let index = i as i32;
+            if state.cluster().preferred_broker(name, index) != Some(owner) {
+                continue;
+            }
+            let entries = &partition.index;
+            let Some(run) = tail_run(entries, state, now_ms, age_ms, policy.segment_bytes)
+                .or_else(|| merge_run(entries, state, policy.segment_bytes))
+            else {
+                continue;
+            };
+            let resolved: Option<Vec<PlannedEntry>> = entries[run]
+                .iter()
+                .map(|e| {
+                    let info = state.objects().get(e.object)?;
+                    Some(PlannedEntry {
+                        entry: *e,
+                        object: info.name.clone(),
+                        object_size: info.size,
+                        kind: info.kind,
+                    })
+                })
+                .collect();
+            if let Some(entries) = resolved {
+                jobs.push(Job {
+                    topic: name.clone(),
+                    topic_id: topic.id,
+                    partition: index,
+                    entries,
+                });
+            }
+        }
+    }
+    jobs
+}
+
+fn kind(state: &MetadataState, e: &IndexEntry) -> Option<ObjectKind> {
+    state.objects().get(e.object).map(|info| info.kind)
+}
+
+/// The first run of flush chunks that is full or old enough.
+fn tail_run(
+    entries: &[IndexEntry],
+    state: &MetadataState,
+    now_ms: i64,
+    age_ms: i64,
+    segment_bytes: u64,
+) -> Option<Range<usize>> {
+    let is_flush = |e: &IndexEntry| kind(state, e) == Some(ObjectKind::Flush);
+    let mut start = 0;
+    while start < entries.len() {
+        if !is_flush(&entries[start]) {
+            start += 1;
+            continue;
+        }
+        let mut end = start;
+        let mut bytes = 0;
+        let mut oldest = i64::MAX;
+        while end < entries.len() && is_flush(&entries[end]) && bytes < segment_bytes {
+            bytes += entries[end].length;
+            if let Some(info) = state.objects().get(entries[end].object) {
+                oldest = oldest.min(info.created_ms);
+            }
+            end += 1;
+        }
+        if bytes >= segment_bytes || now_ms.saturating_sub(oldest) >= age_ms {
+            return Some(start..end);
+        }
+        start = end;
+    }
+    None
+}
+
+/// The first `FAN_IN` consecutive segments of one size tier that fit in one segment.
+fn merge_run(
+    entries: &[IndexEntry],
+    state: &MetadataState,
+    segment_bytes: u64,
+) -> Option<Range<usize>> {
+    let start = entries.windows(FAN_IN).position(|run| {
+        let first = tier(run[0].length);
+        run.iter()
+            .all(|e| kind(state, e) == Some(ObjectKind::Segment) && tier(e.length) == first)
+            && run.iter().map(|e| e.length).sum::<u64>() <= segment_bytes
+    })?;
+    Some(start..start + FAN_IN)
+}
+
+/// Runs compaction rounds forever.
+pub async fn run(
+    metadata: Arc<Metadata>,
+    storage: ObjectStorage,
+    fetcher: Arc<FetchReader>,
+    config: CompactionConfig,
+    counters: Arc<CompactionCounters>,
+) {
+    let mut seq = 0u64;
+    loop {
+        tokio::time::sleep(config.interval).await;
+        let now_ms = crate::protocol::now_ms();
+        let jobs = metadata.read(|s| plan(s, config.node_id, now_ms, &config.policy));
+        for job in jobs {
+            seq += 1;
+            let span = tracing::debug_span!("compact", topic = %job.topic, partition = job.partition, inputs = job.entries.len());
+            let result = compact(&metadata, &storage, &fetcher, &config, &counters, job, seq)
+                .instrument(span)
+                .await;
+            if let Err(e) = result {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "compaction job failed; will retry");
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactionError {
+    #[error("reading the input: {0}")]
+    Read(#[from] crate::fetch::FetchError),
+    #[error("input {object} holds {found} offsets where the index says {expected}")]
+    Mismatch {
+        object: String,
+        found: i64,
+        expected: i64,
+    },
+    #[error("uploading the segment: {0}")]
+    Upload(#[from] crate::storage::StorageError),
+    #[error("proposing the swap: {0}")]
+    Propose(#[from] crate::metadata::MetadataError),
+}
+
+fn failpoint(name: &str) -> bool {
+    std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == name)
+}
+
+async fn compact(
+    metadata: &Metadata,
+    storage: &ObjectStorage,
+    fetcher: &FetchReader,
+    config: &CompactionConfig,
+    counters: &CompactionCounters,
+    job: Job,
+    seq: u64,
+) -> Result<(), CompactionError> {
+    let (Some(first), Some(last)) = (job.entries.first(), job.entries.last()) else {
+        return Ok(());
+    };
+    let base_offset = first.entry.base_offset;
+    let end_offset = last.entry.end_offset();
+    let mut builder = CompactedBuilder::new(
+        &job.topic,
+        job.topic_id,
+        job.partition,
+        base_offset,
+        job.bytes() as usize,
+    );
+    for planned in &job.entries {
+        let data = read_entry(storage, fetcher, planned).await?;
+        counters
+            .bytes_read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut next = planned.entry.base_offset;
+        for batch in stored_batches(&data) {
+            let bytes = &data[batch.start..batch.start + batch.len];
+            builder.push_batch(bytes, next, batch.offset_span, batch_max_timestamp(bytes));
+            next += i64::from(batch.offset_span);
+        }
+        if next != planned.entry.end_offset() {
+            return Err(CompactionError::Mismatch {
+                object: planned.object.clone(),
+                found: next - planned.entry.base_offset,
+                expected: i64::from(planned.entry.offset_count),
+            });
+        }
+    }
+    let (object_bytes, position, length) = builder.finish();
+    let object = compacted_name(config.node_id, seq);
+    storage
+        .put_with_retry(&object, &object_bytes, config.upload_timeout)
+        .await?;
+    counters
+        .bytes_written
+        .fetch_add(object_bytes.len() as u64, Ordering::Relaxed);
+    if failpoint("crash-after-compaction-put") {
+        warn!(%object, "failpoint crash-after-compaction-put: aborting");
+        std::process::abort();
+    }
+    let swap = CompactionSwap {
+        topic: job.topic.clone(),
+        topic_id: job.topic_id,
+        partition: job.partition,
+        base_offset,
+        end_offset,
+        inputs: job
+            .entries
+            .iter()
+            .map(|e| (e.entry.object, e.entry.position))
+            .collect(),
+        object: object.clone(),
+        object_size: object_bytes.len() as u64,
+        position,
+        length,
+        now_ms: crate::protocol::now_ms(),
+    };
+    match metadata.propose(Command::Compact(swap)).await? {
+        Response::Compacted(Ok(_)) => {
+            counters.jobs.fetch_add(1, Ordering::Relaxed);
+            debug!(%object, base_offset, end_offset, bytes = object_bytes.len(), "segment swapped in");
+            if failpoint("crash-after-compaction-swap") {
+                warn!(%object, "failpoint crash-after-compaction-swap: aborting");
+                std::process::abort();
+            }
+        }
+        other => {
+            // The run changed under us (new data is fine; a delete, a retention pass or
+            // another compactor is not): the new object is nobody's, drop it now.
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            if !matches!(other, Response::Compacted(Err(StateError::StaleCompaction))) {
+                warn!(?other, "unexpected answer to a compaction swap");
+            }
+            info!(%object, "compaction refused: the input changed; deleting its output");
+            if let Err(e) = storage.delete(&object).await {
+                warn!(%object, error = %e, "could not delete a refused compaction output (the orphan sweep will)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An entry's bytes: a flush chunk through the cache (the uploader wrote it there), a
+/// segment's data with one ranged read.
+async fn read_entry(
+    storage: &ObjectStorage,
+    fetcher: &FetchReader,
+    planned: &PlannedEntry,
+) -> Result<Bytes, CompactionError> {
+    let range = planned.entry.position..planned.entry.position + planned.entry.length;
+    match planned.kind {
+        ObjectKind::Flush => Ok(fetcher
+            .load(&Piece {
+                object: planned.object.clone(),
+                position: range.start,
+                length: planned.entry.length,
+                base_offset: planned.entry.base_offset,
+            })
+            .await?),
+        ObjectKind::Segment => Ok(storage.get_range(&planned.object, range).await?),
+    }
+}
+
+fn compacted_name(node_id: u64, seq: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{COMPACTED_PREFIX}/{:013}-{node_id}-{:09}-{seq}.seg",
+        now.as_millis(),
+        now.subsec_nanos()
+    )
+}

@@ -1,0 +1,80 @@
+//! Garbage collection through the state machine: objects whose last index reference went
+//! (compacted away, deleted topics, records deleted) wait in the state's deletion queue
+//! for a grace period that covers reads in flight, then the Raft leader deletes them from
+//! the store and proposes [`Command::ForgetObjects`]. A crash between the two only
+//! repeats a delete, which is harmless.
+//!
+//! An object is deleted only once the snapshot shipped to the bucket no longer refers to
+//! it, so a cluster rebuilt from the bucket never points at a deleted object.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::metadata::state::Command;
+use crate::metadata::Metadata;
+use crate::storage::ObjectStorage;
+
+/// Objects forgotten per Raft command.
+const FORGET_BATCH: usize = 1000;
+
+/// Runs collection passes forever (on the leader).
+pub async fn run(
+    metadata: Arc<Metadata>,
+    storage: ObjectStorage,
+    grace: Duration,
+    shipped_clock_ms: Arc<AtomicI64>,
+    deleted: Arc<AtomicU64>,
+) {
+    let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    loop {
+        tokio::time::sleep(every).await;
+        if !metadata.is_leader() {
+            continue;
+        }
+        let shipped = shipped_clock_ms.load(Ordering::Acquire);
+        match collect_once(&metadata, &storage, grace, shipped).await {
+            Ok(0) => {}
+            Ok(n) => {
+                deleted.fetch_add(n as u64, Ordering::Relaxed);
+                info!(deleted = n, "garbage objects deleted");
+            }
+            Err(e) => warn!(error = %e, "garbage collection failed; will retry"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
+}
+
+/// One pass: deletes the garbage whose grace is over and which the shipped snapshot
+/// (taken at state clock `shipped_clock_ms`) already counts as garbage.
+pub async fn collect_once(
+    metadata: &Metadata,
+    storage: &ObjectStorage,
+    grace: Duration,
+    shipped_clock_ms: i64,
+) -> Result<usize, GcError> {
+    let now_ms = crate::protocol::now_ms();
+    let due = metadata.read(|s| {
+        s.objects()
+            .garbage_due(now_ms, grace.as_millis() as i64, shipped_clock_ms)
+    });
+    let mut forgotten = 0;
+    for batch in due.chunks(FORGET_BATCH) {
+        for (_, name) in batch {
+            storage.delete(name).await?;
+        }
+        let ids = batch.iter().map(|(id, _)| *id).collect();
+        metadata.propose(Command::ForgetObjects { ids }).await?;
+        forgotten += batch.len();
+    }
+    Ok(forgotten)
+}

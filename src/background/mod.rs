@@ -1,0 +1,7 @@
+//! Background work: compaction of the tail into segments, garbage collection through
+//! the state machine, the orphan sweep, and the stats file.
+
+pub mod compaction;
+pub mod gc;
+pub mod orphans;
+pub mod stats;

@@ -1,0 +1,102 @@
+//! The stats file: `<data-dir>/stats.json`, rewritten atomically every few seconds with
+//! the sizes of the metadata and what the store and the background work did. The soak
+//! benchmark reads it; so can an operator (`cat`), until metrics have an endpoint.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::compaction::CompactionCounters;
+use crate::metadata::state::StateStats;
+use crate::metadata::Metadata;
+use crate::storage::ObjectStorage;
+
+const EVERY: Duration = Duration::from_secs(5);
+/// Encoding the whole state to measure it is not free: do it less often.
+const STATE_BYTES_EVERY: u32 = 6;
+
+/// Shared counters the stats file reports.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Bytes of the last snapshot shipped to the bucket.
+    pub snapshot_bytes: AtomicU64,
+    /// The state's clock in the last shipped snapshot.
+    pub shipped_clock_ms: Arc<AtomicI64>,
+    pub gc_deleted: Arc<AtomicU64>,
+}
+
+#[derive(Serialize)]
+struct Stats<'a> {
+    time_ms: i64,
+    #[serde(flatten)]
+    state: &'a StateStats,
+    state_bytes: u64,
+    snapshot_bytes: u64,
+    store_puts: u64,
+    store_gets: u64,
+    store_deletes: u64,
+    store_lists: u64,
+    compaction_jobs: u64,
+    compaction_refused: u64,
+    compaction_failed: u64,
+    compaction_bytes_read: u64,
+    compaction_bytes_written: u64,
+    gc_deleted: u64,
+}
+
+pub async fn run(
+    path: PathBuf,
+    metadata: Arc<Metadata>,
+    storage: ObjectStorage,
+    compaction: Arc<CompactionCounters>,
+    gauges: Arc<Gauges>,
+) {
+    let mut round = 0u32;
+    let mut state_bytes = 0u64;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let (stats, state) = metadata.read(|s| {
+            let take = round.is_multiple_of(STATE_BYTES_EVERY);
+            (s.stats(), take.then(|| s.clone()))
+        });
+        round = round.wrapping_add(1);
+        if let Some(state) = state {
+            // The clone shares partitions with the live state; encoding happens off the
+            // runtime's threads.
+            let encoded = tokio::task::spawn_blocking(move || {
+                postcard::to_stdvec(&state).map_or(0, |v| v.len() as u64)
+            })
+            .await;
+            state_bytes = encoded.unwrap_or(state_bytes);
+        }
+        let load = Ordering::Relaxed;
+        let counters = storage.counters();
+        let stats = Stats {
+            time_ms: crate::protocol::now_ms(),
+            state: &stats,
+            state_bytes,
+            snapshot_bytes: gauges.snapshot_bytes.load(load),
+            store_puts: counters.puts.load(load),
+            store_gets: counters.gets.load(load),
+            store_deletes: counters.deletes.load(load),
+            store_lists: counters.lists.load(load),
+            compaction_jobs: compaction.jobs.load(load),
+            compaction_refused: compaction.refused.load(load),
+            compaction_failed: compaction.failed.load(load),
+            compaction_bytes_read: compaction.bytes_read.load(load),
+            compaction_bytes_written: compaction.bytes_written.load(load),
+            gc_deleted: gauges.gc_deleted.load(load),
+        };
+        let Ok(json) = serde_json::to_vec_pretty(&stats) else {
+            continue;
+        };
+        let tmp = path.with_extension("json.tmp");
+        let written = tokio::fs::write(&tmp, &json).await;
+        if written.is_ok() {
+            let _ = tokio::fs::rename(&tmp, &path).await;
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! One partition in the metadata state: its offsets, its index of where each offset range
+//! lives, and the idempotent producers writing to it. Pure, like the rest of the state.
+
+use serde::{Deserialize, Serialize};
+
+use super::objects::ObjectId;
+use super::state::{ProducerBatch, SegmentEntry, StateError};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Partition {
+    /// The high watermark: the offset the next committed batch will get.
+    pub next_offset: i64,
+    pub log_start_offset: i64,
+    /// Sorted by `base_offset`, contiguous.
+    pub index: Vec<IndexEntry>,
+    pub size_bytes: u64,
+    /// Idempotent producers writing here: their epoch and last few batches.
+    pub producers: std::collections::BTreeMap<i64, ProducerState>,
+}
+
+/// How many recent batches per producer are remembered for de-duplication; matches
+/// the most requests a Kafka producer keeps in flight with idempotence on.
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// A producer silent this long is forgotten, as with Kafka's default
+/// `producer.id.expiration.ms`; it must start its sequence again.
+pub const PRODUCER_EXPIRY_MS: i64 = 24 * 3600 * 1000;
+
+/// Above this many producers on one partition, idle ones are looked for at each write.
+const PRODUCERS_BEFORE_EXPIRY: usize = 8;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub epoch: i16,
+    /// (first sequence, last sequence, base offset), oldest first.
+    pub batches: Vec<(i32, i32, i64)>,
+    /// The state's clock at this producer's last write.
+    pub last_ms: i64,
+}
+
+/// Where a run of offsets lives: `length` bytes at `position` in an object. The unit is
+/// a flush chunk (the tail) or a whole compacted segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub base_offset: i64,
+    pub offset_count: u32,
+    pub object: ObjectId,
+    pub position: u64,
+    pub length: u64,
+    /// The largest record timestamp up to and including this entry (a running maximum,
+    /// like Kafka's time index), so that a timestamp look-up is a binary search.
+    pub max_timestamp: i64,
+}
+
+impl IndexEntry {
+    pub fn end_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.offset_count)
+    }
+}
+
+impl Partition {
+    /// Gives a chunk its offsets (after the idempotence checks) and indexes it.
+    pub(super) fn append(
+        &mut self,
+        object: ObjectId,
+        entry: &SegmentEntry,
+        now_ms: i64,
+    ) -> Result<i64, StateError> {
+        let base_offset = self.next_offset;
+        if let Some(producer) = &entry.producer {
+            self.check_sequence(producer, base_offset, now_ms)?;
+        }
+        let running_max = self.index.last().map_or(entry.max_timestamp, |e| {
+            e.max_timestamp.max(entry.max_timestamp)
+        });
+        self.next_offset += i64::from(entry.offset_count);
+        self.size_bytes += entry.length;
+        self.index.push(IndexEntry {
+            base_offset,
+            offset_count: entry.offset_count,
+            object,
+            position: entry.position,
+            length: entry.length,
+            max_timestamp: running_max,
+        });
+        Ok(base_offset)
+    }
+
+    /// Moves the log start forward; returns the entries now wholly below it.
+    pub(super) fn advance_log_start(&mut self, target: i64) -> Vec<IndexEntry> {
+        self.log_start_offset = target;
+        let dropped = self.index.partition_point(|e| e.end_offset() <= target);
+        let released: Vec<IndexEntry> = self.index.drain(..dropped).collect();
+        for e in &released {
+            self.size_bytes = self.size_bytes.saturating_sub(e.length);
+        }
+        released
+    }
+
+    /// The index positions of the run `base..end` if it is exactly the entries `inputs`
+    /// (same objects and positions, in order); None if anything changed.
+    pub(super) fn run_matching(
+        &self,
+        base: i64,
+        end: i64,
+        inputs: &[(ObjectId, u64)],
+    ) -> Option<std::ops::Range<usize>> {
+        if inputs.is_empty() || base >= end {
+            return None;
+        }
+        let start = self.index.partition_point(|e| e.base_offset < base);
+        let run = self.index.get(start..start.checked_add(inputs.len())?)?;
+        let same = run.first()?.base_offset == base
+            && run.last()?.end_offset() == end
+            && run
+                .iter()
+                .zip(inputs)
+                .all(|(e, (object, position))| e.object == *object && e.position == *position);
+        same.then_some(start..start + inputs.len())
+    }
+
+    /// Replaces the entries in `range` with one entry; returns the replaced entries.
+    pub(super) fn replace_run(
+        &mut self,
+        range: std::ops::Range<usize>,
+        object: ObjectId,
+        position: u64,
+        length: u64,
+    ) -> Vec<IndexEntry> {
+        let (Some(first), Some(last)) = (
+            self.index.get(range.start).copied(),
+            self.index.get(range.end.saturating_sub(1)).copied(),
+        ) else {
+            return Vec::new();
+        };
+        let merged = IndexEntry {
+            base_offset: first.base_offset,
+            offset_count: u32::try_from(last.end_offset() - first.base_offset).unwrap_or(u32::MAX),
+            object,
+            position,
+            length,
+            // The running maximum at the end of the run is unchanged by the swap.
+            max_timestamp: last.max_timestamp,
+        };
+        let replaced: Vec<IndexEntry> = self.index.splice(range, std::iter::once(merged)).collect();
+        let old_bytes: u64 = replaced.iter().map(|e| e.length).sum();
+        self.size_bytes = self.size_bytes.saturating_sub(old_bytes) + length;
+        replaced
+    }
+
+    /// Kafka's idempotence rules for a batch about to get `base_offset`; on success the
+    /// batch is remembered for de-duplicating retries.
+    fn check_sequence(
+        &mut self,
+        batch: &ProducerBatch,
+        base_offset: i64,
+        now_ms: i64,
+    ) -> Result<(), StateError> {
+        if self.producers.len() > PRODUCERS_BEFORE_EXPIRY {
+            self.producers
+                .retain(|_, p| now_ms.saturating_sub(p.last_ms) <= PRODUCER_EXPIRY_MS);
+        }
+        let state = self.producers.entry(batch.producer_id).or_default();
+        let fresh = state.batches.is_empty();
+        if !fresh && batch.epoch < state.epoch {
+            return Err(StateError::InvalidProducerEpoch);
+        }
+        if fresh || batch.epoch > state.epoch {
+            // A new producer (or epoch) starts its sequence at zero.
+            if batch.first_sequence != 0 {
+                if fresh {
+                    self.producers.remove(&batch.producer_id);
+                }
+                return Err(StateError::OutOfOrderSequence);
+            }
+            state.epoch = batch.epoch;
+            state.batches.clear();
+        } else {
+            if let Some(&(_, _, offset)) = state.batches.iter().find(|(first, last, _)| {
+                *first == batch.first_sequence && *last == batch.last_sequence
+            }) {
+                return Err(StateError::DuplicateSequence(offset));
+            }
+            let last = state.batches.last().map_or(-1, |b| b.1);
+            let expected = if last == i32::MAX { 0 } else { last + 1 };
+            if batch.first_sequence != expected {
+                return Err(StateError::OutOfOrderSequence);
+            }
+        }
+        state.last_ms = state.last_ms.max(now_ms);
+        state
+            .batches
+            .push((batch.first_sequence, batch.last_sequence, base_offset));
+        if state.batches.len() > PRODUCER_BATCHES_KEPT {
+            state.batches.remove(0);
+        }
+        Ok(())
+    }
+
+    /// The index entries that hold `offset` and what follows it, up to `max` entries.
+    pub fn entries_from(&self, offset: i64, max: usize) -> &[IndexEntry] {
+        let start = self.index.partition_point(|e| e.end_offset() <= offset);
+        let end = (start + max).min(self.index.len());
+        &self.index[start..end]
+    }
+
+    /// The first entry (at or after the log start) holding a record timestamp at or
+    /// after `timestamp`: a binary search over the running maximum.
+    pub fn entry_for_timestamp(&self, timestamp: i64) -> Option<&IndexEntry> {
+        let first = self
+            .index
+            .partition_point(|e| e.end_offset() <= self.log_start_offset);
+        let rest = self.index.get(first..)?;
+        rest.get(rest.partition_point(|e| e.max_timestamp < timestamp))
+    }
+
+    /// The first offset whose chunk holds a timestamp at or after `timestamp`, or None.
+    /// Entry granularity: the fetch path refines it inside the entry.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Option<i64> {
+        self.entry_for_timestamp(timestamp)
+            .map(|e| e.base_offset.max(self.log_start_offset))
+    }
+
+    /// The largest timestamp, and the first entry that reaches it.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let max = self.index.last()?.max_timestamp;
+        self.entry_for_timestamp(max)
+            .map(|e| (max, e.base_offset.max(self.log_start_offset)))
+    }
+}
