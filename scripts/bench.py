@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -589,6 +590,354 @@ def run_drain(ctx, bootstrap, starts, ends, nconsumers, args) -> dict:
             "unfinished": sum(r["unfinished"] for r in res), "client_cpu": sum(r["cpu"] for r in res)}
 
 
+# ----------------------------------------------------------------- soak
+# A long run at a fixed, modest rate over many partitions (e.g. 1000 partitions x 1
+# produce request/s each, 1 KiB records) to watch what must not grow without bound:
+# index entries, metadata state and snapshot, broker RSS, objects in the store.
+SOAK_GROWTH_TARGET_PCT = 10.0
+
+
+def read_stats(path: Path, attempts: int = 5) -> dict | None:
+    """The broker's <data-dir>/stats.json (rewritten atomically every 5 s): None when
+    missing; a half-written or unparsable file is retried a few times."""
+    for i in range(attempts):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            text = ""
+        try:
+            d = json.loads(text)
+            if isinstance(d, dict):
+                return d
+        except ValueError:
+            pass
+        time.sleep(0.05 * (i + 1))
+    return None
+
+
+def store_walk(store_dir: Path | None) -> dict | None:
+    """Objects and bytes under segments/ (flush objects), compacted/ (per-partition
+    segments) and in the whole store directory."""
+    if store_dir is None:
+        return None
+    out = {"flush_objects": 0, "flush_bytes": 0, "compacted_objects": 0, "compacted_bytes": 0,
+           "total_objects": 0, "total_bytes": 0}
+    for dirpath, _dirs, files in os.walk(store_dir):
+        rel = Path(dirpath).relative_to(store_dir).parts
+        kind = {"segments": "flush", "compacted": "compacted"}.get(rel[0] if rel else "")
+        for name in files:
+            try:
+                size = os.path.getsize(os.path.join(dirpath, name))
+            except OSError:
+                continue  # deleted while walking (GC)
+            out["total_objects"] += 1
+            out["total_bytes"] += size
+            if kind:
+                out[f"{kind}_objects"] += 1
+                out[f"{kind}_bytes"] += size
+    return out
+
+
+def raft_snapshot_bytes(data_dir: Path) -> int | None:
+    for name in ("snapshot.bin", "snapshot.json"):
+        try:
+            return (data_dir / "raft" / name).stat().st_size
+        except OSError:
+            continue
+    return None
+
+
+def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, start, stop, q) -> None:
+    """Paces one record per partition every 1/rate s over `parts` (one produce call of
+    one record each; linger.ms=0, so each goes out at once), round-robin on a schedule
+    that catches up if it falls behind. counters: [sent, acked, errors, acked_bytes,
+    behind_max]."""
+    from confluent_kafka import Producer
+
+    last_error = [""]
+
+    def on_dr(err, msg):
+        if err is not None:
+            counters[2] += 1
+            last_error[0] = str(err)
+        else:
+            counters[1] += 1
+            counters[3] += len(msg.value())
+
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 0,
+        "compression.type": "none",
+        "message.timeout.ms": 300000,
+        "on_delivery": on_dr,
+    })
+    p.list_topics(topic, timeout=30)
+    vals = _values(record_size)
+    ready.set()
+    start.wait()
+    total_rate = rate * len(parts)
+    n = len(parts)
+    t0 = time.monotonic()
+    sent = 0
+    produce = p.produce
+    while not stop.is_set():
+        now = time.monotonic()
+        due = int((now - t0) * total_rate)
+        if due - sent > counters[4]:
+            counters[4] = due - sent
+        while sent < due:
+            try:
+                produce(topic, vals[sent & 63], partition=parts[sent % n])
+            except BufferError:
+                p.poll(0.01)
+                break
+            sent += 1
+            counters[0] = sent
+        next_due = t0 + (sent + 1) / total_rate
+        p.poll(max(0.0, min(next_due - time.monotonic(), 0.02)))
+    t1 = time.monotonic()
+    left = p.flush(120)
+    q.put({"sent": sent, "secs": t1 - t0, "undelivered": left, "last_error": last_error[0],
+           "cpu": time.process_time()})
+
+
+def _fmt_growth(a, b):
+    if a is None or b is None or not a:
+        return "n/a"
+    return (b - a) / a * 100.0
+
+
+def run_soak(a, ctx) -> int:
+    minutes, nparts, rate = a.soak_minutes, a.soak_partitions, a.soak_rate
+    every = a.soak_report_seconds
+    nprod = max(1, min(a.soak_producers, nparts))
+    disk_bytes = a.disk_bytes if a.disk_bytes is not None else (
+        parse_size("256MiB") if minutes < 10 else parse_size("1GiB"))
+    cargs = {"record_size": a.record_size, "fetch_max_bytes": 52428800, "partition_fetch_bytes": 4 << 20}
+    extra = list(a.broker_arg) + shlex.split(a.broker_args or "")
+
+    if a.dir.exists():
+        shutil.rmtree(a.dir)
+    a.dir.mkdir(parents=True)
+    t_bench = time.monotonic()
+    note(f"strata soak: {minutes:g} min, {nparts} partitions x {rate:g} produce requests/s of one "
+         f"{a.record_size} B record, {nprod} producer processes (idempotent, acks=all, linger.ms=0), "
+         f"report every {every:g} s, broker args {extra or 'none'}, dir={a.dir}")
+    from confluent_kafka import version, libversion
+    fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")
+    machine_info(a.dir)
+    if a.skip_machine:
+        disk_r = float("nan")
+    else:
+        disk_w, disk_r, disk_rc = disk_bandwidth(a.dir, disk_bytes)
+        fig("disk_write_seq", disk_w, "MB/s")
+        fig("disk_read_seq_cold", disk_r, "MB/s")
+        fig("disk_read_seq_cached", disk_rc, "MB/s")
+
+    broker = Broker(a.broker_bin, a.dir, a.store, extra)
+    broker.start()
+    fig("broker_store", broker.store)
+    stats_path = broker.data_dir / "stats.json"
+    problems: list[str] = []
+    samples: list[dict] = []
+    procs = []
+    stop = ctx.Event()
+    try:
+        create_topic(broker.bootstrap, nparts)
+        groups = [list(range(nparts))[i::nprod] for i in range(nprod)]
+        counters = [ctx.Array("q", 5, lock=False) for _ in groups]
+        q = ctx.Queue()
+        start = ctx.Event()
+        readies = []
+        for g, cnt in zip(groups, counters):
+            ready = ctx.Event()
+            readies.append(ready)
+            pr = ctx.Process(daemon=True, target=_soak_producer,
+                             args=(broker.bootstrap, TOPIC, g, rate, a.record_size, cnt, ready, start, stop, q))
+            pr.start()
+            procs.append(pr)
+        for r in readies:
+            if not r.wait(60):
+                raise RuntimeError("a soak producer did not get ready within 60 s")
+        start.set()
+        t0 = time.monotonic()
+        fig("soak_target_rate", rate * nparts, "requests/s")
+
+        def totals():
+            return {k: sum(c[i] for c in counters)
+                    for i, k in enumerate(("sent", "acked", "errors", "acked_bytes"))} | {
+                "behind_max": max(c[4] for c in counters)}
+
+        prev = {"t": t0, "acked": 0, "cbw": 0}  # the broker's counters start at 0 with it
+        deadline = t0 + minutes * 60
+        k = 0
+        while True:
+            k += 1
+            wake = min(t0 + k * every, deadline)
+            while time.monotonic() < wake:
+                time.sleep(min(1.0, max(0.0, wake - time.monotonic())))
+                if broker.proc.poll() is not None:
+                    raise RuntimeError(f"broker exited with {broker.proc.returncode}; see {broker.log_path}")
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"soak producer exited with {dead[0].exitcode}")
+            now = time.monotonic()
+            el = now - t0
+            tot = totals()
+            st = read_stats(stats_path)
+            walk = store_walk(broker.store_dir)
+            s = {"elapsed": el, "minute": el / 60, **tot, "rss_mib": broker.rss_mib(),
+                 "raft_snapshot_bytes": raft_snapshot_bytes(broker.data_dir), "stats": st, "walk": walk}
+            label = f"m{round(el / 60)}" if every % 60 == 0 else f"s{round(el)}"
+            pre = f"soak_{label}"
+            fig(f"{pre}_minute", el / 60, "min")
+            fig(f"{pre}_records_produced", tot["sent"])
+            fig(f"{pre}_records_acked", tot["acked"])
+            fig(f"{pre}_produce_errors", tot["errors"])
+            dt = now - prev["t"]
+            fig(f"{pre}_produce_rate", (tot["acked"] - prev["acked"]) / dt, "requests/s")
+            fig(f"{pre}_produce_rate_per_partition", (tot["acked"] - prev["acked"]) / dt / nparts, "requests/s")
+            fig(f"{pre}_producer_behind_max", tot["behind_max"], "records")
+            if st is not None:
+                parts_n = st.get("partitions") or nparts
+                s["index_entries"] = st.get("index_entries")
+                s["snapshot_bytes"] = st.get("snapshot_bytes")
+                fig(f"{pre}_index_entries", st.get("index_entries", "n/a"))
+                fig(f"{pre}_index_entries_per_partition_max", st.get("max_index_entries_per_partition", "n/a"))
+                if isinstance(st.get("index_entries"), (int, float)):
+                    fig(f"{pre}_index_entries_per_partition_mean", st["index_entries"] / max(parts_n, 1))
+                fig(f"{pre}_state_bytes", st.get("state_bytes", "n/a"), "B")
+                fig(f"{pre}_snapshot_bytes", st.get("snapshot_bytes", "n/a"), "B")
+                fig(f"{pre}_stats_objects", f"{st.get('objects', '?')} ({st.get('flush_objects', '?')} flush, "
+                    f"{st.get('segment_objects', '?')} segment, {st.get('garbage_objects', '?')} garbage)")
+                cbw = st.get("compaction_bytes_written")
+                if isinstance(cbw, (int, float)) and prev["cbw"] is not None:
+                    fig(f"{pre}_compaction_throughput", (cbw - prev["cbw"]) / dt / MB, "MB/s")
+                else:
+                    fig(f"{pre}_compaction_throughput", "n/a" if cbw is None else 0.0, "MB/s")
+                prev["cbw"] = cbw if isinstance(cbw, (int, float)) else None
+                fig(f"{pre}_compaction_jobs", st.get("compaction_jobs", "n/a"))
+                fig(f"{pre}_compaction_bytes_read", st.get("compaction_bytes_read", "n/a"), "B")
+                fig(f"{pre}_compaction_bytes_written", "n/a" if cbw is None else cbw, "B")
+                fig(f"{pre}_gc_deleted", st.get("gc_deleted", "n/a"))
+                gb = tot["acked_bytes"] / GB
+                for key, name in (("store_puts", "puts"), ("store_gets", "gets")):
+                    v = st.get(key)
+                    fig(f"{pre}_store_{name}_per_gb", v / gb if isinstance(v, (int, float)) and gb > 0 else "n/a",
+                        f"{name[:-1].upper()}/GB")
+                fig(f"{pre}_store_requests", f"puts={st.get('store_puts', '?')} gets={st.get('store_gets', '?')} "
+                    f"deletes={st.get('store_deletes', '?')} lists={st.get('store_lists', '?')}")
+            else:
+                fig(f"{pre}_stats", "n/a", f"({stats_path.name} missing: broker without stats)")
+            rsb = s["raft_snapshot_bytes"]
+            fig(f"{pre}_raft_snapshot_file", rsb if rsb is not None else "n/a", "B")
+            fig(f"{pre}_broker_rss", s["rss_mib"], "MiB")
+            if walk is not None:
+                fig(f"{pre}_store_flush_objects", walk["flush_objects"])
+                fig(f"{pre}_store_flush_bytes", walk["flush_bytes"] / MB, "MB")
+                fig(f"{pre}_store_compacted_objects", walk["compacted_objects"])
+                fig(f"{pre}_store_compacted_bytes", walk["compacted_bytes"] / MB, "MB")
+                fig(f"{pre}_store_objects", walk["total_objects"])
+                fig(f"{pre}_store_bytes", walk["total_bytes"] / MB, "MB")
+            samples.append(s)
+            prev.update(t=now, acked=tot["acked"])
+            if now >= deadline - 0.5:
+                break
+
+        stop.set()
+        res = collect(q, procs, len(procs), 180)
+        for pr in procs:
+            pr.join(30)
+        tot = totals()
+        secs = max(r["secs"] for r in res)
+        fig("soak_records_sent", tot["sent"])
+        fig("soak_records_acked", tot["acked"])
+        fig("soak_produce_rate_achieved", tot["acked"] / secs, "requests/s")
+        fig("soak_produce_rate_vs_target", tot["acked"] / secs / (rate * nparts), "ratio")
+        fig("soak_produce_volume", tot["acked_bytes"] / MB, "MB")
+        fig("soak_producer_client_cpu", sum(r["cpu"] for r in res) / secs, "cores")
+        errs = tot["errors"] + sum(r["undelivered"] for r in res)
+        fig("soak_produce_errors", errs)
+        if errs:
+            problems.append(f"soak produce: {errs} errors/undelivered, last: {[r['last_error'] for r in res if r['last_error']]}")
+
+        # ---- growth between minute 10 (or the first sample of a short run) and the last sample
+        base = next((s for s in samples if s["minute"] >= 10 - 1e-6), None)
+        if base is None or base is samples[-1]:
+            base = samples[0]
+            note(f"run shorter than 10 minutes: growth measured from the first sample "
+                 f"(minute {base['minute']:.2f}) instead of minute 10")
+        last = samples[-1]
+        fig("soak_growth_from", base["minute"], "min")
+        fig("soak_growth_to", last["minute"], "min")
+        verdicts = []
+        for name, key in (("index_entries", "index_entries"), ("snapshot_bytes", "snapshot_bytes"),
+                          ("raft_snapshot_file", "raft_snapshot_bytes"), ("broker_rss", "rss_mib")):
+            g = _fmt_growth(base.get(key), last.get(key))
+            fig(f"soak_growth_{name}", g, "%")
+            if name != "raft_snapshot_file" and isinstance(g, float):
+                verdicts.append(g < SOAK_GROWTH_TARGET_PCT)
+        fig("soak_growth_target", f"< {SOAK_GROWTH_TARGET_PCT:g}", "%")
+        fig("soak_growth_within_target", ("yes" if all(verdicts) else "no") if verdicts else "n/a")
+
+        # ---- catch-up read of the whole topic from offset 0: restarted broker (cold
+        # cache), store files evicted from the page cache
+        rc = broker.stop()
+        if rc not in (0, None):
+            problems.append(f"broker exited with {rc} on SIGTERM")
+        broker.start()
+        wm = watermarks(broker.bootstrap, nparts)
+        starts = {p: wm[p][0] for p in wm}
+        ends = {p: wm[p][1] for p in wm}
+        total_log = sum(ends[p] - starts[p] for p in wm)
+        if total_log < tot["acked"]:
+            problems.append(f"the topic holds {total_log} records, {tot['acked']} were acknowledged")
+        if broker.store_dir:
+            drop_tree_cache(broker.store_dir)
+        with Phase(broker) as ph:
+            r = run_drain(ctx, broker.bootstrap, starts, ends, a.consumers, cargs)
+        # timed from each consumer's first batch, as in the benchmark's catch-up phase; a
+        # log small enough to arrive in the first batches (a smoke run) has no such figure
+        cu_mbs = r["bytes"] / r["secs"] / MB if r["bytes"] > 0 else float("nan")
+        fig("soak_catchup_records", r["records"])
+        fig("soak_catchup_volume", r["total_bytes"] / MB, "MB")
+        fig("soak_catchup_first_record", r["first_record_s"] * 1000, "ms")
+        fig("soak_catchup_throughput", cu_mbs, "MB/s")
+        fig("soak_catchup_throughput_incl_first_fetch", r["total_bytes"] / (r["first_record_s"] + r["secs"]) / MB, "MB/s")
+        fig("soak_catchup_vs_disk_read", cu_mbs / disk_r, "ratio")
+        fig("soak_catchup_broker_cpu", ph.cpu / ph.wall, "cores")
+        if r["errors"] or r["unfinished"] or r["records"] < total_log:
+            problems.append(f"soak catch-up: {r['errors']} errors, {r['unfinished']} partitions not finished, "
+                            f"{r['records']} of {total_log} records read")
+    finally:
+        stop.set()
+        for pr in procs:
+            if pr.is_alive():
+                pr.join(5)
+            if pr.is_alive():
+                pr.kill()
+        rc = broker.stop()
+    if rc not in (0, None):
+        problems.append(f"broker exited with {rc} on SIGTERM")
+    full = broker.log_path.read_text(errors="replace")
+    bad = [l for l in full.splitlines() if re.search(r"\b(WARN|ERROR)\b|panicked", l)]
+    fig("broker_log_warn_error_lines", len(bad))
+    for l in bad[:15]:
+        note(f"broker log: {l[:300]}")
+    for p in problems:
+        note(f"PROBLEM: {p}")
+    fig("bench_wall", time.monotonic() - t_bench, "s")
+    if not a.keep:
+        shutil.rmtree(a.dir, ignore_errors=True)
+    else:
+        note(f"kept {a.dir} (broker log: {broker.log_path})")
+    return 1 if problems else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~1 minute run: 256MiB volume, 8 s latency phase, 256MiB disk test")
@@ -611,8 +960,23 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (data, broker log) afterwards")
     ap.add_argument("--broker-bin", type=Path, default=REPO_ROOT / "target" / "release" / "strata")
     ap.add_argument("--broker-arg", action="append", default=[], help="extra arg for `strata serve` (repeatable)")
+    ap.add_argument("--broker-args", default="",
+                    help='extra args for `strata serve` in one string, shell-split; write it with "=": --broker-args="--compaction-age-ms 30000"')
     ap.add_argument("--skip-machine", action="store_true", help="skip the disk/loopback measurements")
+    sk = ap.add_argument_group("soak", "--soak: a long fixed-rate run over many partitions instead of the phases "
+                               "above; prints index/state/snapshot/RSS/store figures every --soak-report-seconds, "
+                               "their growth, and a catch-up read at the end (uses --record-size, --consumers, "
+                               "--disk-bytes, --store, --broker-arg(s))")
+    sk.add_argument("--soak", action="store_true", help="run the soak instead of the benchmark phases")
+    sk.add_argument("--soak-minutes", type=float, default=30.0, help="length of the produce phase [30]")
+    sk.add_argument("--soak-partitions", type=int, default=1000, help="partitions of the soak topic [1000]")
+    sk.add_argument("--soak-rate", type=float, default=1.0,
+                    help="produce requests (one record each) per second per partition [1]")
+    sk.add_argument("--soak-report-seconds", type=float, default=60.0, help="seconds between report blocks [60]")
+    sk.add_argument("--soak-producers", type=int, default=2, help="producer processes, each owning a share of the partitions [2]")
     a = ap.parse_args()
+    if a.soak:
+        return run_soak(a, mp.get_context("spawn"))
 
     volume = a.volume if a.volume is not None else (parse_size("256MiB") if a.quick else parse_size("2GiB"))
     lat_s = a.latency_seconds if a.latency_seconds is not None else (8.0 if a.quick else 20.0)
@@ -647,7 +1011,7 @@ def main() -> int:
         loop = loopback_bandwidth(loop_bytes)
         fig("loopback_tcp", loop, "MB/s")
 
-    broker = Broker(a.broker_bin, a.dir, a.store, a.broker_arg)
+    broker = Broker(a.broker_bin, a.dir, a.store, a.broker_arg + shlex.split(a.broker_args))
     broker.start()
     fig("broker_store", broker.store)
     problems: list[str] = []

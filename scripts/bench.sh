@@ -6,6 +6,10 @@
 #   scripts/bench.sh --quick          # ~1 minute smoke run
 #   scripts/bench.sh                  # default run (2 GiB produce, 20 s latency phase)
 #   scripts/bench.sh --help           # all options (--volume 512MiB, --store URL, ...)
+#   scripts/bench.sh --soak           # 30 min soak: 1000 partitions x 1 produce/s of 1 KiB, a report
+#                                     # block a minute (index entries, state/snapshot bytes, RSS, objects,
+#                                     # compaction MB/s, PUTs/GETs per GB), growth since minute 10, catch-up read
+#   scripts/bench.sh --soak --soak-minutes 2 --soak-partitions 50 --soak-report-seconds 20   # soak smoke run
 #
 # Setup (idempotent): reuses .venv if it has confluent-kafka, else creates it and
 # installs the pin from tests/integration/requirements.txt; builds
