@@ -450,6 +450,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/strata.toml");
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.segment_bytes, 128 << 20);
+        assert_eq!(c.gc_grace, Duration::from_secs(60));
+        assert_eq!(c.compaction_age, Duration::from_secs(60));
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");
