@@ -352,3 +352,134 @@ fn compacted_name(node_id: u64, seq: u64) -> String {
         now.subsec_nanos()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::metadata::cluster::ClusterCommand;
+    use crate::metadata::state::{SegmentCommit, SegmentEntry};
+
+    fn state_with(owner: u64) -> MetadataState {
+        let mut s = MetadataState::default();
+        s.apply(&Command::Cluster(ClusterCommand::Register {
+            id: owner,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            now_ms: 0,
+        }));
+        s.apply(&Command::CreateTopic {
+            name: "t".into(),
+            topic_id: [1; 16],
+            partitions: 2,
+            configs: BTreeMap::new(),
+            now_ms: 0,
+        });
+        s
+    }
+
+    fn flush(s: &mut MetadataState, name: &str, at_ms: i64, length: u64) {
+        let entry = |partition| SegmentEntry {
+            topic: "t".into(),
+            partition,
+            position: 8 + partition as u64 * length,
+            length,
+            offset_count: 3,
+            max_timestamp: at_ms,
+            producer: None,
+        };
+        s.apply(&Command::CommitSegments {
+            segments: vec![SegmentCommit {
+                object: name.into(),
+                object_size: 2 * length + 8,
+                uploaded_ms: at_ms,
+                entries: vec![entry(0), entry(1)],
+            }],
+            now_ms: at_ms,
+            max_age_ms: 0,
+        });
+    }
+
+    fn swap(s: &mut MetadataState, job: &Job, name: &str) {
+        let length = job.entries.iter().map(|e| e.entry.length).sum();
+        let r = s.apply(&Command::Compact(CompactionSwap {
+            topic: job.topic.clone(),
+            topic_id: job.topic_id,
+            partition: job.partition,
+            base_offset: job.entries[0].entry.base_offset,
+            end_offset: job.entries[job.entries.len() - 1].entry.end_offset(),
+            inputs: job
+                .entries
+                .iter()
+                .map(|e| (e.entry.object, e.entry.position))
+                .collect(),
+            object: name.into(),
+            object_size: length + 100,
+            position: 8,
+            length,
+            now_ms: 0,
+        }));
+        assert!(matches!(r, Response::Compacted(Ok(_))), "{r:?}");
+    }
+
+    fn policy(segment_bytes: u64) -> CompactionPolicy {
+        CompactionPolicy {
+            segment_bytes,
+            age: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn the_tail_is_compacted_when_old_or_full_and_only_by_its_owner() {
+        let mut s = state_with(1);
+        flush(&mut s, "segments/a", 0, 100);
+        flush(&mut s, "segments/b", 30_000, 100);
+        // Young and small: nothing to do.
+        assert!(plan(&s, 1, 59_999, &policy(1 << 20)).is_empty());
+        // The oldest chunk is a minute old: the whole run goes, per partition.
+        let jobs = plan(&s, 1, 60_000, &policy(1 << 20));
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].entries.len(), 2);
+        // Another broker is not preferred for these partitions.
+        assert!(plan(&s, 2, 60_000, &policy(1 << 20)).is_empty());
+        // Full before it is old: a run stops at the segment size.
+        let jobs = plan(&s, 1, 0, &policy(100));
+        assert_eq!(jobs[0].entries.len(), 1);
+    }
+
+    #[test]
+    fn small_segments_merge_four_at_a_time_by_size_tier() {
+        let mut s = state_with(1);
+        let p = policy(1 << 20);
+        let mut n = 0;
+        let mut compact_tail = |s: &mut MetadataState| {
+            n += 1;
+            flush(s, &format!("segments/{n}"), n * 100_000, 100);
+            for job in plan(s, 1, n * 100_000 + 60_000, &p) {
+                swap(s, &job, &format!("compacted/{n}-{}", job.partition));
+            }
+        };
+        for _ in 0..3 {
+            compact_tail(&mut s);
+        }
+        assert_eq!(s.partition("t", 0).map(|p| p.index.len()), Some(3));
+        compact_tail(&mut s);
+        // Four segments of one tier: one merge job per partition.
+        let jobs = plan(&s, 1, 0, &p);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].entries.len(), FAN_IN);
+        for job in &jobs {
+            swap(&mut s, job, &format!("compacted/m{}", job.partition));
+        }
+        assert_eq!(s.partition("t", 0).map(|p| p.index.len()), Some(1));
+        assert!(plan(&s, 1, 0, &p).is_empty());
+        // Segments of different tiers are not merged together.
+        for _ in 0..3 {
+            compact_tail(&mut s);
+        }
+        assert_eq!(s.partition("t", 0).map(|p| p.index.len()), Some(4));
+        assert!(plan(&s, 1, 0, &p).is_empty());
+    }
+}

@@ -399,6 +399,69 @@ mod tests {
     }
 
     #[test]
+    fn a_compacted_segment_indexes_frames_by_offset_and_time() {
+        use crate::produce::batch::{stored_batches, tests::make_batch};
+        let batch = make_batch(10, 0);
+        let per_frame = FRAME_BYTES.div_ceil(batch.len()) as i64;
+        let mut builder = CompactedBuilder::new("t", [3; 16], 2, 1000, 1 << 20);
+        let batches = per_frame * 2 + 5;
+        for i in 0..batches {
+            builder.push_batch(
+                &batch,
+                1000 + i * 10,
+                10,
+                if i == per_frame + 1 { 7 } else { 5 },
+            );
+        }
+        let (object, position, length) = builder.finish();
+        assert_eq!(position, DATA_START);
+        let Footer::Compacted(footer) = read_footer(&object).unwrap() else {
+            panic!("not compacted")
+        };
+        assert_eq!(
+            (footer.base_offset, footer.end_offset),
+            (1000, 1000 + batches * 10)
+        );
+        assert_eq!(footer.frames.len(), 3);
+        assert_eq!(footer.frames[1].base_offset, 1000 + per_frame * 10);
+        assert_eq!(footer.frames.iter().map(|f| f.length).sum::<u64>(), length);
+        // Offsets are in the batch headers.
+        let data = &object[position as usize..(position + length) as usize];
+        let first = stored_batches(data)[1];
+        assert_eq!(&data[first.start..first.start + 8], &1010i64.to_be_bytes());
+        // Look-ups: by offset, by time (running maximum), and the tail alone.
+        assert_eq!(
+            footer.frames_from(1000 + per_frame * 10 + 3)[0],
+            footer.frames[1]
+        );
+        assert_eq!(footer.frames_from(999)[0], footer.frames[0]);
+        assert_eq!(footer.frame_for_timestamp(6), Some(&footer.frames[1]));
+        assert_eq!(footer.frame_for_timestamp(8), None);
+        assert_eq!(footer.frame_end(&footer.frames[2]), footer.end_offset);
+        let tail = &object[(position + length) as usize..];
+        assert_eq!(
+            decode_tail(object.len() as u64, tail),
+            Ok(Footer::Compacted(footer))
+        );
+    }
+
+    #[test]
+    fn a_format_1_json_footer_is_still_read() {
+        let mut object = HEADER_MAGIC.to_vec();
+        object.extend_from_slice(b"abc");
+        let json = br#"{"chunks":[{"topic":"t","partition":0,"position":8,"length":3,"offset_count":1,"max_timestamp":5}]}"#;
+        object.extend_from_slice(json);
+        object.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        object.extend_from_slice(&crc32c::crc32c(json).to_be_bytes());
+        object.extend_from_slice(TRAILER_MAGIC);
+        let Footer::Flush { chunks } = read_footer(&object).unwrap() else {
+            panic!("not a flush footer")
+        };
+        assert_eq!(chunks.len(), 1);
+        assert_eq!((chunks[0].position, chunks[0].producer), (8, None));
+    }
+
+    #[test]
     fn a_flipped_footer_byte_is_detected() {
         let mut builder = SegmentBuilder::new();
         builder.add_chunk("t", 0, &[Bytes::from_static(b"abc")], 1, 0, None);
