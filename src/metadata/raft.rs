@@ -1,10 +1,14 @@
 //! openraft (0.9, storage-v2) glue for the metadata log.
 //!
 //! Layout of the Raft directory:
-//! - `raft.log`: append-only records `[u32 len][u32 crc32c][json]`; an optional leading
-//!   `Purged` record remembers how far the log was purged, so purge/truncate stay a single
-//!   atomic rewrite.
-//! - `vote.json`, `committed.json`, `snapshot.json`: replaced atomically (tmp + rename).
+//! - `raft.log`: append-only records `[u32 len][u32 crc32c][payload]`, the payload in the
+//!   metadata codec (`codec.rs`, kind log record); an optional leading `Purged` record
+//!   remembers how far the log was purged, so purge/truncate stay a single atomic rewrite.
+//! - `snapshot.bin` (codec, kind local snapshot; also the bytes InstallSnapshot carries),
+//!   `vote.json`, `committed.json` (tiny, kept readable): replaced atomically (tmp + rename).
+//!
+//! Format 1 kept JSON in `raft.log` and `snapshot.json`; such a directory is refused at
+//! open rather than misread (see [`check_not_legacy`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -24,6 +28,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::codec::{self, CodecError, Kind};
 use super::network::{self, Isolation, RaftReply, RaftRequest, TcpNetwork};
 use super::state::{Command, MetadataState, Response};
 
@@ -45,7 +50,9 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 const LOG_FILE: &str = "raft.log";
 const VOTE_FILE: &str = "vote.json";
 const COMMITTED_FILE: &str = "committed.json";
-const SNAPSHOT_FILE: &str = "snapshot.json";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// Format 1's snapshot; its presence means the directory was written by an older build.
+const LEGACY_SNAPSHOT_FILE: &str = "snapshot.json";
 /// Generous because a restart may have to replay a long log, or wait for a quorum of
 /// voters to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -65,6 +72,12 @@ pub enum RaftGlueError {
     Io { path: PathBuf, source: io::Error },
     #[error("corrupt raft file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "metadata log in {} was written by an older Strata (JSON format); move it aside or \
+         start with --recover-from-store to rebuild it from the bucket",
+        dir.display()
+    )]
+    LegacyFormat { dir: PathBuf },
     #[error("invalid raft config: {0}")]
     Config(String),
     #[error("raft node failed to start: {0}")]
@@ -145,6 +158,7 @@ impl MetadataRaft {
             dir: dir.to_path_buf(),
             source,
         })?;
+        check_not_legacy(dir)?;
         let log_store = LogStore::open(dir)?;
         let (sm, state, applied) = StateMachineStore::open(dir)?;
         let fresh = {
@@ -390,7 +404,7 @@ enum Record {
 }
 
 fn encode_record(rec: &Record, out: &mut Vec<u8>) -> io::Result<()> {
-    let payload = to_json(rec)?;
+    let payload = codec::encode(Kind::LogRecord, rec).map_err(io::Error::other)?;
     let len = u32::try_from(payload.len())
         .map_err(|_| io::Error::other("raft log record larger than 4 GiB"))?;
     out.extend_from_slice(&len.to_le_bytes());
@@ -399,17 +413,66 @@ fn encode_record(rec: &Record, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Decode the record at the start of `buf`; `None` means torn or garbage.
-fn decode_record(buf: &[u8]) -> Option<(Record, usize)> {
-    let header = buf.get(..HEADER_LEN)?;
+/// Decode the record at the start of `buf`; `Ok(None)` means a torn write (short, or a
+/// checksum that does not match). A record whose checksum matches but whose payload does
+/// not decode was written whole by something else (another format, a bug): that is an
+/// error, not a tail to cut, or the log behind it would be silently thrown away.
+fn decode_record(buf: &[u8]) -> Result<Option<(Record, usize)>, CodecError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let payload = buf.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?;
+    let Some(payload) = HEADER_LEN
+        .checked_add(len)
+        .and_then(|end| buf.get(HEADER_LEN..end))
+    else {
+        return Ok(None);
+    };
     if len == 0 || crc32c::crc32c(payload) != crc {
-        return None;
+        return Ok(None);
     }
-    let rec = serde_json::from_slice(payload).ok()?;
-    Some((rec, HEADER_LEN + len))
+    let rec = codec::decode(Kind::LogRecord, payload)?;
+    Ok(Some((rec, HEADER_LEN + len)))
+}
+
+/// Refuses a Raft directory written by format 1 (JSON): its `raft.log` would read as a
+/// torn tail and be truncated to nothing, and its `snapshot.json` would be ignored.
+fn check_not_legacy(dir: &Path) -> Result<(), RaftGlueError> {
+    let legacy = || RaftGlueError::LegacyFormat {
+        dir: dir.to_path_buf(),
+    };
+    if dir.join(LEGACY_SNAPSHOT_FILE).exists() {
+        return Err(legacy());
+    }
+    let log_path = dir.join(LOG_FILE);
+    let mut head = [0u8; HEADER_LEN + 2];
+    let read = match File::open(&log_path) {
+        Ok(mut f) => read_up_to(&mut f, &mut head).map_err(io_err(&log_path))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&log_path)(e)),
+    };
+    // Format 1 records were JSON objects (`{"Entry":…` / `{"Purged":…`); format 2
+    // payloads start with a magic, never with `{"`.
+    if read == head.len() && &head[HEADER_LEN..] == b"{\"" {
+        return Err(legacy());
+    }
+    Ok(())
+}
+
+/// `read_exact` that stops at end of file; returns how much was read.
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 struct LogInner {
@@ -470,7 +533,11 @@ impl LogStore {
         let mut last_purged = None;
         let mut pos = 0;
         while pos < bytes.len() {
-            let Some((rec, used)) = decode_record(&bytes[pos..]) else {
+            let decoded = decode_record(&bytes[pos..]).map_err(|e| RaftGlueError::Corrupt {
+                path: log_path.clone(),
+                reason: format!("record at byte {pos}: {e}"),
+            })?;
+            let Some((rec, used)) = decoded else {
                 break;
             };
             match rec {
@@ -637,10 +704,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 // ---------------------------------------------------------------------------------------------
 // State machine
 
+/// `meta` comes first so that [`read_snapshot_meta`] can stop after it.
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta<NodeId, BasicNode>,
     state: MetadataState,
+}
+
+fn read_snapshot(path: &Path) -> Result<Option<SnapshotFile>, RaftGlueError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    codec::decode(Kind::LocalSnapshot, &bytes)
+        .map(Some)
+        .map_err(|e| RaftGlueError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// The snapshot's meta and its whole encoded bytes, without decoding the state: openraft
+/// asks for the current snapshot to send it to a follower, which only needs the bytes.
+fn read_snapshot_meta(
+    path: &Path,
+) -> io::Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (meta, _) = codec::decode_prefix(Kind::LocalSnapshot, &bytes).map_err(io::Error::other)?;
+    Ok(Some((meta, bytes)))
+}
+
+/// Runs blocking work (encoding, decoding, fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 struct StateMachineStore {
@@ -659,7 +764,7 @@ type SmParts = (
 
 impl StateMachineStore {
     fn open(dir: &Path) -> Result<SmParts, RaftGlueError> {
-        let snap: Option<SnapshotFile> = read_json(&dir.join(SNAPSHOT_FILE))?;
+        let snap = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
         let (meta, state) = snap.map(|s| (s.meta, s.state)).unwrap_or_default();
         let state = Arc::new(RwLock::new(state));
         let (applied_tx, applied_rx) =
@@ -735,13 +840,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let snap: SnapshotFile = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        write_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes)
+        let len = bytes.len();
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let decoded = blocking(move || {
+            let snap: SnapshotFile =
+                codec::decode(Kind::LocalSnapshot, &bytes).map_err(io::Error::other)?;
+            Ok((snap, bytes))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let (snap, bytes) = decoded;
+        blocking(move || write_atomic(&path, &bytes))
+            .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            bytes = bytes.len(),
+            bytes = len,
             "installed a metadata snapshot from the leader"
         );
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = snap.state;
@@ -754,15 +868,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let path = self.dir.join(SNAPSHOT_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
-        };
-        let snap: SnapshotFile =
-            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot {
-            meta: snap.meta,
+        let current = blocking(move || read_snapshot_meta(&path))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(current.map(|(meta, bytes)| Snapshot {
+            meta,
             snapshot: Box::new(Cursor::new(bytes)),
         }))
     }
@@ -790,10 +900,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             state: std::mem::take(&mut self.state),
         };
-        // Must be durable before returning: openraft purges the log up to this point next.
-        let bytes = to_json(&file)
-            .and_then(|b| write_atomic(&self.dir.join(SNAPSHOT_FILE), &b).map(|()| b))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let path = self.dir.join(SNAPSHOT_FILE);
+        // A large state takes a while to encode and write; keep it off the async workers
+        // that serve clients. Must be durable before returning: openraft purges the log up
+        // to this point next.
+        let bytes = blocking(move || {
+            let bytes = codec::encode(Kind::LocalSnapshot, &file).map_err(io::Error::other)?;
+            write_atomic(&path, &bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

@@ -6,6 +6,10 @@
 //! order of their names (which start with the upload time), which is the order their
 //! commits were proposed in, so their records come back at the same offsets unless an
 //! object between them was lost or never committed.
+//!
+//! The snapshot is `_strata/metadata/snapshot.bin`, in the metadata codec (kind shipped
+//! snapshot). Buckets written before it hold `snapshot.json` (format 1), which recovery
+//! still reads when there is no `snapshot.bin`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,12 +19,16 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::codec::{self, CodecError, Kind};
+use super::legacy::{self, LegacyError};
 use super::state::{Command, MetadataState, Response};
 use super::{Metadata, MetadataError};
 use crate::storage::segment::{decode_footer, locate_footer, TRAILER_BYTES};
 use crate::storage::{ObjectStorage, StorageError};
 
-pub const SNAPSHOT_PATH: &str = "_strata/metadata/snapshot.json";
+pub const SNAPSHOT_PATH: &str = "_strata/metadata/snapshot.bin";
+/// Format 1 (JSON), written by builds before the binary codec; read, never written.
+pub const LEGACY_SNAPSHOT_PATH: &str = "_strata/metadata/snapshot.json";
 pub const SEGMENTS_PREFIX: &str = "segments";
 
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +37,17 @@ pub enum ShippingError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Metadata(#[from] MetadataError),
-    #[error("metadata snapshot in the store is not valid: {0}")]
-    BadSnapshot(String),
+    #[error("metadata snapshot {SNAPSHOT_PATH} in the store is not valid: {0}")]
+    BadSnapshot(#[from] CodecError),
+    #[error("metadata snapshot {LEGACY_SNAPSHOT_PATH} in the store is not valid: {0}")]
+    BadLegacySnapshot(#[from] LegacyError),
+    #[error("encoding the metadata snapshot did not finish: {0}")]
+    Encode(#[from] tokio::task::JoinError),
 }
 
+/// The format version is in the codec header, not here.
 #[derive(Serialize, Deserialize)]
 struct ShippedSnapshot {
-    format: u32,
     /// Raft index of the last command applied to `state`.
     applied: u64,
     taken_ms: u64,
@@ -68,16 +80,17 @@ pub async fn ship_once(
     if applied == shipped {
         return Ok(shipped);
     }
-    let json = metadata.read(|state| {
-        serde_json::to_vec(&ShippedSnapshot {
-            format: 1,
-            applied,
-            taken_ms: now_ms(),
-            state: state.clone(),
-        })
-    });
-    let json = json.map_err(|e| ShippingError::BadSnapshot(e.to_string()))?;
-    storage.put(SNAPSHOT_PATH, Bytes::from(json)).await?;
+    // Only the clone happens under the lock (appliers wait on it); encoding a large state
+    // takes long enough that it must not hold up an async worker either.
+    let snapshot = ShippedSnapshot {
+        applied,
+        taken_ms: now_ms(),
+        state: metadata.read(MetadataState::clone),
+    };
+    let bytes =
+        tokio::task::spawn_blocking(move || codec::encode(Kind::ShippedSnapshot, &snapshot))
+            .await??;
+    storage.put(SNAPSHOT_PATH, Bytes::from(bytes)).await?;
     Ok(applied)
 }
 
@@ -110,13 +123,7 @@ pub async fn recover(
     margin: Duration,
 ) -> Result<Recovered, ShippingError> {
     let mut recovered = Recovered::default();
-    let snapshot = match storage.get_opt(SNAPSHOT_PATH).await? {
-        Some(json) => Some(
-            serde_json::from_slice::<ShippedSnapshot>(&json)
-                .map_err(|e| ShippingError::BadSnapshot(e.to_string()))?,
-        ),
-        None => None,
-    };
+    let snapshot = fetch_snapshot(storage).await?;
     let mut state = MetadataState::default();
     let mut since_ms = 0;
     if let Some(snapshot) = snapshot {
@@ -176,6 +183,32 @@ pub async fn recover(
     }
     info!(?recovered, "metadata recovered from the object store");
     Ok(recovered)
+}
+
+/// The shipped snapshot, in the current format or, failing that, format 1.
+async fn fetch_snapshot(storage: &ObjectStorage) -> Result<Option<ShippedSnapshot>, ShippingError> {
+    if let Some(bytes) = storage.get_opt(SNAPSHOT_PATH).await? {
+        let snapshot =
+            tokio::task::spawn_blocking(move || codec::decode(Kind::ShippedSnapshot, &bytes))
+                .await??;
+        return Ok(Some(snapshot));
+    }
+    let Some(json) = storage.get_opt(LEGACY_SNAPSHOT_PATH).await? else {
+        return Ok(None);
+    };
+    let snapshot = tokio::task::spawn_blocking(move || {
+        legacy::parse_v1_snapshot(&json).map(|v1| ShippedSnapshot {
+            applied: v1.applied(),
+            taken_ms: v1.taken_ms(),
+            state: legacy::upgrade_v1(v1.into_state()),
+        })
+    })
+    .await??;
+    info!(
+        path = LEGACY_SNAPSHOT_PATH,
+        "read a format 1 (JSON) metadata snapshot; the next one is shipped as {SNAPSHOT_PATH}"
+    );
+    Ok(Some(snapshot))
 }
 
 async fn read_footer(

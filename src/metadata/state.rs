@@ -102,7 +102,6 @@ pub struct SegmentEntry {
     pub max_timestamp: i64,
     /// Set when the chunk is one idempotent producer's request: checked for duplicates
     /// and sequence gaps before it gets offsets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<ProducerBatch>,
 }
 
@@ -180,11 +179,8 @@ pub struct MetadataState {
     /// drops to zero (collected by a later issue's background work).
     object_refs: BTreeMap<String, u32>,
     /// Producer ids handed out so far, and each one's current epoch.
-    #[serde(default)]
     next_producer_id: i64,
-    #[serde(default)]
     producer_epochs: BTreeMap<i64, i16>,
-    #[serde(default)]
     cluster: ClusterState,
 }
 
@@ -205,7 +201,6 @@ pub struct Partition {
     pub index: Vec<IndexEntry>,
     pub size_bytes: u64,
     /// Idempotent producers writing here: their epoch and last few batches.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub producers: BTreeMap<i64, ProducerState>,
 }
 
