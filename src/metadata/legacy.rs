@@ -369,3 +369,145 @@ fn producer_batches(partition: &V1Partition) -> BTreeMap<i64, ProducerBatch> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by the broker before the codec (see the commit that added it): topic
+    /// `fixture` with 3 partitions, 10 records round-robin, 5 more to partition 0, two from
+    /// an idempotent producer to partition 2, and group `fixture-group` at 7 (p0) and 2 (p1).
+    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/snapshot-v1.json");
+
+    #[test]
+    fn fixture_parses() -> Result<(), LegacyError> {
+        let v1 = parse_v1_snapshot(FIXTURE)?;
+        assert_eq!(v1.format, 1);
+        assert_eq!(v1.applied, 32);
+        let state = v1.state;
+        let topic = &state.topics["fixture"];
+        assert_eq!(topic.partitions.len(), 3);
+        assert_eq!(
+            topic.configs.get("retention.ms").map(String::as_str),
+            Some("86400000")
+        );
+        let next: Vec<i64> = topic.partitions.iter().map(|p| p.next_offset).collect();
+        assert_eq!(next, [9, 3, 5]);
+        assert_eq!(topic.partitions[0].index.len(), 5);
+        assert_eq!(topic.partitions[0].index[4].base_offset, 4);
+        assert_eq!(topic.partitions[0].index[4].offset_count, 5);
+        assert_eq!(topic.partitions[0].size_bytes, 394);
+        let producer = &topic.partitions[2].producers[&0];
+        assert_eq!(producer.batches, [(0, 1, 3)]);
+        let group = &state.groups["fixture-group"]["fixture"];
+        assert_eq!(group[&0].offset, 7);
+        assert_eq!(group[&1].offset, 2);
+        assert_eq!(group[&0].metadata.as_deref(), Some(""));
+        assert!(!group.contains_key(&2));
+        assert_eq!(state.object_refs.len(), 12);
+        assert_eq!(state.next_producer_id, 1);
+        assert_eq!(state.producer_epochs.get(&0), Some(&0));
+        assert_eq!(state.cluster.epoch, 2);
+        assert!(state.cluster.brokers.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn fixture_upgrades_to_the_same_offsets() -> Result<(), LegacyError> {
+        let v1 = parse_v1_snapshot(FIXTURE)?;
+        let expected = &v1.state.topics["fixture"];
+        let expected_id = expected.id;
+        let expected_index: Vec<Vec<(i64, u32, String, u64)>> = expected
+            .partitions
+            .iter()
+            .map(|p| {
+                p.index
+                    .iter()
+                    .map(|e| (e.base_offset, e.offset_count, e.object.clone(), e.position))
+                    .collect()
+            })
+            .collect();
+        let sizes: Vec<u64> = expected.partitions.iter().map(|p| p.size_bytes).collect();
+
+        let state = upgrade_v1(v1.state);
+        let topic = state.topic("fixture").expect("topic upgraded");
+        assert_eq!(topic.id, expected_id);
+        assert_eq!(topic.created_ms, 1795663303317);
+        assert_eq!(
+            topic.configs.get("retention.ms").map(String::as_str),
+            Some("86400000")
+        );
+        for (p, want) in expected_index.iter().enumerate() {
+            let got = &topic.partitions[p];
+            let index: Vec<_> = got
+                .index
+                .iter()
+                .map(|e| (e.base_offset, e.offset_count, e.object.clone(), e.position))
+                .collect();
+            assert_eq!(&index, want, "partition {p}");
+            assert_eq!(got.size_bytes, sizes[p], "partition {p}");
+        }
+        assert_eq!(topic.partitions[0].next_offset, 9);
+        assert_eq!(topic.partitions[2].producers[&0].batches, [(0, 1, 3)]);
+        let committed = |p| state.committed_offset("fixture-group", "fixture", p);
+        assert_eq!(committed(0).map(|c| c.offset), Some(7));
+        assert_eq!(committed(1).map(|c| c.offset), Some(2));
+        assert!(committed(2).is_none());
+        assert_eq!(
+            state.object_refs("segments/1795663306144-1-144651092-12.seg"),
+            1
+        );
+        // Producer id 0 is taken: the next idempotent producer gets 1.
+        let mut state = state;
+        assert_eq!(
+            state.apply(&Command::InitProducer { current: None }),
+            super::super::state::Response::Producer(Ok((1, 0)))
+        );
+        Ok(())
+    }
+
+    /// Objects holding chunks of several partitions must be committed in an order that
+    /// keeps every partition's chunks in index order, whatever their names say.
+    #[test]
+    fn commit_order_follows_every_partition() {
+        let entry = |base_offset, object: &str| V1IndexEntry {
+            base_offset,
+            offset_count: 1,
+            object: object.into(),
+            position: 0,
+            length: 1,
+            max_timestamp: 0,
+        };
+        let partition = |index| V1Partition {
+            next_offset: 2,
+            index,
+            ..V1Partition::default()
+        };
+        // "a" sorts first but must follow "b" in partition 1.
+        let topic = V1Topic {
+            id: [1; 16],
+            configs: BTreeMap::new(),
+            created_ms: 0,
+            partitions: vec![
+                partition(vec![entry(0, "b"), entry(1, "c")]),
+                partition(vec![entry(0, "b"), entry(1, "a")]),
+                partition(vec![entry(0, "a"), entry(1, "c")]),
+            ],
+        };
+        let topics = BTreeMap::from([("t".to_owned(), topic)]);
+        let order: Vec<String> = commit_order(&topics).into_iter().map(|o| o.name).collect();
+        assert_eq!(order, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn other_formats_are_refused() {
+        assert!(matches!(
+            parse_v1_snapshot(br#"{"format":2,"applied":0,"taken_ms":0,"state":{"topics":{},"groups":{},"object_refs":{}}}"#),
+            Err(LegacyError::Format(2))
+        ));
+        assert!(matches!(
+            parse_v1_snapshot(b"STSH\x02\x00"),
+            Err(LegacyError::Json(_))
+        ));
+    }
+}

@@ -704,7 +704,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 // ---------------------------------------------------------------------------------------------
 // State machine
 
-/// `meta` comes first so that [`read_snapshot_meta`] can stop after it.
+/// `meta` comes first so that [`read_current_snapshot`] can stop after it.
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta<NodeId, BasicNode>,
@@ -727,16 +727,17 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotFile>, RaftGlueError> {
 
 /// The snapshot's meta and its whole encoded bytes, without decoding the state: openraft
 /// asks for the current snapshot to send it to a follower, which only needs the bytes.
-fn read_snapshot_meta(
-    path: &Path,
-) -> io::Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>> {
+fn read_current_snapshot(path: &Path) -> io::Result<Option<Snapshot<TypeConfig>>> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let (meta, _) = codec::decode_prefix(Kind::LocalSnapshot, &bytes).map_err(io::Error::other)?;
-    Ok(Some((meta, bytes)))
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(bytes)),
+    }))
 }
 
 /// Runs blocking work (encoding, decoding, fsync) off the async workers.
@@ -868,13 +869,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let path = self.dir.join(SNAPSHOT_FILE);
-        let current = blocking(move || read_snapshot_meta(&path))
+        Ok(blocking(move || read_current_snapshot(&path))
             .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(current.map(|(meta, bytes)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        }))
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?)
     }
 }
 
@@ -1162,6 +1159,295 @@ mod tests {
         assert_eq!(snapshot_of(&r), expected(15));
         r.shutdown().await?;
         Ok(())
+    }
+
+    /// A record as format 1 wrote it: the same framing around a JSON payload.
+    fn json_record(json: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(json).to_le_bytes());
+        out.extend_from_slice(json);
+        out
+    }
+
+    async fn start_error(dir: &Path) -> anyhow::Result<RaftGlueError> {
+        match MetadataRaft::start(1, dir, 10).await {
+            Ok(r) => {
+                r.shutdown().await?;
+                anyhow::bail!("start must fail on a format 1 directory")
+            }
+            Err(e) => Ok(e),
+        }
+    }
+
+    #[tokio::test]
+    async fn old_format_directory_is_refused() -> anyhow::Result<()> {
+        // A JSON log, as format 1 wrote it.
+        let dir = tempfile::tempdir()?;
+        let mut log = json_record(br#"{"Purged":{"leader_id":{"term":1,"node_id":1},"index":4}}"#);
+        log.extend(json_record(br#"{"Entry":{"log_id":{"leader_id":{"term":1,"node_id":1},"index":5},"payload":"Blank"}}"#));
+        fs::write(dir.path().join(LOG_FILE), &log)?;
+        let err = start_error(dir.path()).await?;
+        assert!(matches!(err, RaftGlueError::LegacyFormat { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("older Strata (JSON format)"), "{message}");
+        assert!(message.contains("--recover-from-store"), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        // Nothing was truncated or rewritten.
+        assert_eq!(fs::read(dir.path().join(LOG_FILE))?, log);
+
+        // A JSON snapshot alone is enough to tell.
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join(LEGACY_SNAPSHOT_FILE), b"{}")?;
+        let err = start_error(dir.path()).await?;
+        assert!(matches!(err, RaftGlueError::LegacyFormat { .. }), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn undecodable_whole_record_is_an_error_not_a_torn_tail() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        propose_range(&r, 0..3).await?;
+        r.shutdown().await?;
+        drop(r);
+        let log_path = dir.path().join(LOG_FILE);
+        let mut payload = codec::encode(Kind::LogRecord, &Record::Purged(LogId::default()))?;
+        payload[4..6].copy_from_slice(&9u16.to_le_bytes());
+        let before = fs::read(&log_path)?;
+        let mut log = before.clone();
+        log.extend(json_record(&payload));
+        fs::write(&log_path, &log)?;
+        let err = match MetadataRaft::start(1, dir.path(), 1000).await {
+            Ok(r) => {
+                r.shutdown().await?;
+                anyhow::bail!("start must fail on a record from a newer format")
+            }
+            Err(e) => e,
+        };
+        let message = err.to_string();
+        assert!(message.contains("newer Strata (format 9"), "{message}");
+        assert!(
+            message.contains(&format!("byte {}", before.len())),
+            "{message}"
+        );
+        Ok(())
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(openraft::CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn sample_command() -> Command {
+        Command::CommitSegment {
+            object: "segments/1-1-1-1.seg".into(),
+            object_size: 4096,
+            entries: vec![super::super::state::SegmentEntry {
+                topic: "t".into(),
+                partition: 2,
+                position: 8,
+                length: 100,
+                offset_count: 3,
+                max_timestamp: -1,
+                producer: Some(super::super::state::ProducerBatch {
+                    producer_id: 7,
+                    epoch: 1,
+                    first_sequence: 0,
+                    last_sequence: 2,
+                }),
+            }],
+        }
+    }
+
+    fn sample_entries() -> Vec<Entry<TypeConfig>> {
+        let membership = openraft::Membership::new(
+            vec![[1, 2, 3].into_iter().collect()],
+            BTreeMap::from([
+                (1, BasicNode::new("a:1")),
+                (2, BasicNode::new("b:2")),
+                (3, BasicNode::new("c:3")),
+                (4, BasicNode::new("learner:4")),
+            ]),
+        );
+        vec![
+            Entry {
+                log_id: log_id(2, 10),
+                payload: EntryPayload::Normal(sample_command()),
+            },
+            Entry {
+                log_id: log_id(2, 11),
+                payload: EntryPayload::Membership(membership),
+            },
+            Entry {
+                log_id: log_id(3, 12),
+                payload: EntryPayload::Blank,
+            },
+        ]
+    }
+
+    /// openraft's types have no `PartialEq` for every config; their Debug form shows
+    /// every field.
+    fn same<T: Debug>(a: &T, b: &T) {
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    #[test]
+    fn openraft_types_round_trip_through_the_codec() -> anyhow::Result<()> {
+        for entry in sample_entries() {
+            let mut buf = Vec::new();
+            encode_record(&Record::Entry(entry.clone()), &mut buf)?;
+            match decode_record(&buf)? {
+                Some((Record::Entry(back), used)) => {
+                    assert_eq!(used, buf.len());
+                    same(&back, &entry);
+                }
+                _ => anyhow::bail!("entry did not decode"),
+            }
+        }
+        let vote = Vote::new_committed(4, 2);
+        same(
+            &codec::decode::<Vote<NodeId>>(Kind::RaftRpc, &codec::encode(Kind::RaftRpc, &vote)?)?,
+            &vote,
+        );
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(2, 11)),
+            last_membership: StoredMembership::new(
+                Some(log_id(2, 11)),
+                openraft::Membership::new(
+                    vec![[1].into_iter().collect()],
+                    BTreeMap::from([(1, BasicNode::new("a:1"))]),
+                ),
+            ),
+            snapshot_id: "2-1-11".into(),
+        };
+        let back: SnapshotMeta<NodeId, BasicNode> = codec::decode(
+            Kind::LocalSnapshot,
+            &codec::encode(Kind::LocalSnapshot, &meta)?,
+        )?;
+        same(&back, &meta);
+        Ok(())
+    }
+
+    #[test]
+    fn raft_messages_round_trip_through_the_codec() -> anyhow::Result<()> {
+        use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
+        let requests = [
+            RaftRequest::AppendEntries(AppendEntriesRequest {
+                vote: Vote::new_committed(3, 1),
+                prev_log_id: Some(log_id(2, 9)),
+                entries: sample_entries(),
+                leader_commit: Some(log_id(2, 9)),
+            }),
+            RaftRequest::InstallSnapshot(InstallSnapshotRequest {
+                vote: Vote::new_committed(3, 1),
+                meta: SnapshotMeta::default(),
+                offset: 0,
+                data: vec![0, 1, 2, 255],
+                done: true,
+            }),
+            RaftRequest::Propose(sample_command()),
+            RaftRequest::Join {
+                node_id: 4,
+                addr: "learner:4".into(),
+            },
+        ];
+        for request in &requests {
+            let back: RaftRequest =
+                codec::decode(Kind::RaftRpc, &codec::encode(Kind::RaftRpc, request)?)?;
+            same(&back, request);
+        }
+        let fatal = openraft::error::Fatal::StorageError(
+            StorageIOError::<NodeId>::write_logs(&io::Error::other("disk full")).into(),
+        );
+        let replies = [
+            RaftReply::AppendEntries(Ok(AppendEntriesResponse::Success)),
+            RaftReply::AppendEntries(Err(RaftError::Fatal(fatal))),
+            RaftReply::Propose(Ok((
+                Response::Segment(vec![
+                    Ok(5),
+                    Err(super::super::state::StateError::DuplicateSequence(3)),
+                ]),
+                12,
+            ))),
+            RaftReply::Join(Err("no leader".into())),
+        ];
+        for reply in &replies {
+            let back: RaftReply =
+                codec::decode(Kind::RaftRpc, &codec::encode(Kind::RaftRpc, reply)?)?;
+            same(&back, reply);
+        }
+        Ok(())
+    }
+
+    /// A state exercising every optional part (producers, cluster, group metadata) comes
+    /// back equal from a snapshot file.
+    #[test]
+    fn snapshot_file_round_trips_a_full_state() -> anyhow::Result<()> {
+        let mut state = MetadataState::default();
+        for i in 0..5 {
+            state.apply(&add(i));
+        }
+        state.apply(&Command::CreateTopic {
+            name: "t".into(),
+            topic_id: [3; 16],
+            partitions: 3,
+            configs: BTreeMap::from([("cleanup.policy".into(), "delete".into())]),
+            now_ms: 1,
+        });
+        state.apply(&Command::InitProducer { current: None });
+        state.apply(&sample_command());
+        state.apply(&Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![super::super::state::OffsetCommit {
+                topic: "t".into(),
+                partition: 2,
+                offset: 3,
+                metadata: None,
+                commit_ms: 9,
+            }],
+        });
+        state.apply(&Command::Cluster(
+            super::super::cluster::ClusterCommand::Register {
+                id: 1,
+                host: "h".into(),
+                port: 9092,
+                rack: Some("az1".into()),
+                now_ms: 5,
+            },
+        ));
+        assert!(state
+            .partition("t", 2)
+            .is_some_and(|p| !p.producers.is_empty()));
+        let file = SnapshotFile {
+            meta: SnapshotMeta::default(),
+            state: state.clone(),
+        };
+        let bytes = codec::encode(Kind::LocalSnapshot, &file)?;
+        let back: SnapshotFile = codec::decode(Kind::LocalSnapshot, &bytes)?;
+        assert_eq!(back.state, state);
+        let (meta, _) =
+            codec::decode_prefix::<SnapshotMeta<NodeId, BasicNode>>(Kind::LocalSnapshot, &bytes)?;
+        same(&meta, &file.meta);
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_log_and_frames_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = decode_record(&bytes);
+            let mut framed = Kind::LogRecord.magic().to_vec();
+            framed.extend_from_slice(&codec::FORMAT_VERSION.to_le_bytes());
+            framed.extend_from_slice(&bytes);
+            let _ = codec::decode::<Record>(Kind::LogRecord, &framed);
+            framed[..4].copy_from_slice(&Kind::RaftRpc.magic());
+            let _ = codec::decode::<RaftRequest>(Kind::RaftRpc, &framed);
+            let _ = codec::decode::<RaftReply>(Kind::RaftRpc, &framed);
+            framed[..4].copy_from_slice(&Kind::LocalSnapshot.magic());
+            let _ = codec::decode::<SnapshotFile>(Kind::LocalSnapshot, &framed);
+        }
     }
 
     #[tokio::test]

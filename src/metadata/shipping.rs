@@ -230,3 +230,77 @@ async fn read_footer(
         .map_err(|e| e.to_string())?;
     decode_footer(&json, &location).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::RaftOptions;
+
+    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/snapshot-v1.json");
+
+    #[tokio::test]
+    async fn recovers_from_format_1_then_ships_and_recovers_binary() -> anyhow::Result<()> {
+        let storage = ObjectStorage::open("memory://")?;
+        storage
+            .put(LEGACY_SNAPSHOT_PATH, Bytes::from_static(FIXTURE))
+            .await?;
+        let dir = tempfile::tempdir()?;
+        let old = Metadata::open(&dir.path().join("a"), RaftOptions::single(1, 1000)).await?;
+        let recovered = recover(&old, &storage, Duration::ZERO).await?;
+        assert!(recovered.from_snapshot);
+        let next = |m: &Metadata| {
+            m.read(|s| {
+                (0..3)
+                    .map(|p| s.partition("fixture", p).map(|p| p.next_offset))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(next(&old), [Some(9), Some(3), Some(5)]);
+
+        let applied = ship_once(&old, &storage, 0).await?;
+        assert!(applied > 0);
+        let shipped = storage.get(SNAPSHOT_PATH).await?;
+        assert_eq!(&shipped[..6], b"STSH\x02\x00");
+
+        // The binary snapshot wins over the JSON one still in the bucket.
+        storage
+            .put(LEGACY_SNAPSHOT_PATH, Bytes::from_static(b"not json"))
+            .await?;
+        let new = Metadata::open(&dir.path().join("b"), RaftOptions::single(1, 1000)).await?;
+        recover(&new, &storage, Duration::ZERO).await?;
+        assert_eq!(next(&new), next(&old));
+        assert_eq!(
+            new.read(|s| s
+                .committed_offset("fixture-group", "fixture", 0)
+                .map(|c| c.offset)),
+            Some(7)
+        );
+        let same = old.read(|a| new.read(|b| a == b));
+        assert!(same);
+        old.shutdown().await?;
+        new.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_foreign_snapshot_is_refused_by_name() -> anyhow::Result<()> {
+        let storage = ObjectStorage::open("memory://")?;
+        storage
+            .put(SNAPSHOT_PATH, Bytes::from_static(b"{\"format\":1}"))
+            .await?;
+        let dir = tempfile::tempdir()?;
+        let m = Metadata::open(dir.path(), RaftOptions::single(1, 1000)).await?;
+        let err = recover(&m, &storage, Duration::ZERO)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        m.shutdown().await?;
+        let err = err.unwrap_or_default();
+        assert!(err.contains(SNAPSHOT_PATH), "{err}");
+        assert!(
+            err.contains("not a Strata shipped metadata snapshot"),
+            "{err}"
+        );
+        Ok(())
+    }
+}
