@@ -843,6 +843,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let bytes = snapshot.into_inner();
         let len = bytes.len();
         let path = self.dir.join(SNAPSHOT_FILE);
+        // Decoded before it is written: a snapshot that does not decode must not replace
+        // the good one on disk.
         let decoded = blocking(move || {
             let snap: SnapshotFile =
                 codec::decode(Kind::LocalSnapshot, &bytes).map_err(io::Error::other)?;
