@@ -248,8 +248,7 @@ impl Broker {
                 metadata.clone(),
                 storage.clone(),
                 config.gc_grace,
-                gauges.shipped_clock_ms.clone(),
-                gauges.gc_deleted.clone(),
+                gauges.clone(),
             )),
             tokio::spawn(stats::run(
                 config.data_dir.join("stats.json"),

@@ -7,12 +7,14 @@
 //! An object is deleted only once the snapshot shipped to the bucket no longer refers to
 //! it, so a cluster rebuilt from the bucket never points at a deleted object.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::stats::Gauges;
+use crate::metadata::shipping;
 use crate::metadata::state::Command;
 use crate::metadata::Metadata;
 use crate::storage::ObjectStorage;
@@ -25,20 +27,37 @@ pub async fn run(
     metadata: Arc<Metadata>,
     storage: ObjectStorage,
     grace: Duration,
-    shipped_clock_ms: Arc<AtomicI64>,
-    deleted: Arc<AtomicU64>,
+    gauges: Arc<Gauges>,
 ) {
     let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    let mut last_forced_ship: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(every).await;
         if !metadata.is_leader() {
             continue;
         }
-        let shipped = shipped_clock_ms.load(Ordering::Acquire);
+        // Garbage past its grace that only waits for the bucket's snapshot to catch up:
+        // ship one now (at most once per grace period) rather than wait for the
+        // shipper's next round.
+        let now_ms = crate::protocol::now_ms();
+        let grace_ms = grace.as_millis() as i64;
+        let shipped = gauges.shipped_clock_ms.load(Ordering::Acquire);
+        let waiting = metadata.read(|s| {
+            let due = s.objects().garbage_due(now_ms, grace_ms, i64::MAX).len();
+            due > s.objects().garbage_due(now_ms, grace_ms, shipped).len()
+        });
+        let may_ship = last_forced_ship.is_none_or(|t| t.elapsed() >= grace);
+        if waiting && may_ship {
+            last_forced_ship = Some(tokio::time::Instant::now());
+            if let Err(e) = shipping::ship_and_record(&metadata, &storage, &gauges).await {
+                warn!(error = %e, "shipping the snapshot before collecting garbage failed");
+            }
+        }
+        let shipped = gauges.shipped_clock_ms.load(Ordering::Acquire);
         match collect_once(&metadata, &storage, grace, shipped).await {
             Ok(0) => {}
             Ok(n) => {
-                deleted.fetch_add(n as u64, Ordering::Relaxed);
+                gauges.gc_deleted.fetch_add(n as u64, Ordering::Relaxed);
                 info!(deleted = n, "garbage objects deleted");
             }
             Err(e) => warn!(error = %e, "garbage collection failed; will retry"),

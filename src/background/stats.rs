@@ -24,8 +24,8 @@ pub struct Gauges {
     /// Bytes of the last snapshot shipped to the bucket.
     pub snapshot_bytes: AtomicU64,
     /// The state's clock in the last shipped snapshot.
-    pub shipped_clock_ms: Arc<AtomicI64>,
-    pub gc_deleted: Arc<AtomicU64>,
+    pub shipped_clock_ms: AtomicI64,
+    pub gc_deleted: AtomicU64,
 }
 
 #[derive(Serialize)]

@@ -9,6 +9,8 @@ pub mod partition;
 pub mod raft;
 pub mod shipping;
 pub mod state;
+#[cfg(test)]
+mod swap_tests;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};

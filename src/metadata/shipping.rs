@@ -77,17 +77,33 @@ pub async fn ship_snapshots(
         match ship_once(&metadata, &storage, shipped).await {
             Ok(Some(done)) => {
                 shipped = done.applied;
-                gauges
-                    .snapshot_bytes
-                    .store(done.bytes, std::sync::atomic::Ordering::Relaxed);
-                gauges
-                    .shipped_clock_ms
-                    .store(done.clock_ms, std::sync::atomic::Ordering::Release);
+                record(&gauges, done);
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "shipping the metadata snapshot failed; will retry"),
         }
     }
+}
+
+fn record(gauges: &Gauges, done: Shipped) {
+    use std::sync::atomic::Ordering;
+    gauges.snapshot_bytes.store(done.bytes, Ordering::Relaxed);
+    gauges
+        .shipped_clock_ms
+        .fetch_max(done.clock_ms, Ordering::AcqRel);
+}
+
+/// Ships a snapshot now and records it (for the garbage collector, which deletes only
+/// what the bucket's snapshot no longer names).
+pub async fn ship_and_record(
+    metadata: &Metadata,
+    storage: &ObjectStorage,
+    gauges: &Gauges,
+) -> Result<(), ShippingError> {
+    if let Some(done) = ship_once(metadata, storage, 0).await? {
+        record(gauges, done);
+    }
+    Ok(())
 }
 
 /// What a shipment wrote.

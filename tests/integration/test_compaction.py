@@ -315,9 +315,9 @@ def test_records_identical_across_compaction_and_merging(cbroker, idempotence):
     offsets; the store holds exactly the referenced objects."""
     b = cbroker
     topic, parts, rounds, per_round = "compact-rdk", 40, 3, 6700
-    # Round 1 is written and read with compaction held off (tail age 10 min) ...
-    b.extra_args += ["--compaction-interval-ms", "200", "--compaction-age-ms", "600000", "--gc-grace-ms", "1000",
-                     "--segment-bytes", str(SEGMENT_BYTES)]
+    # Round 1 is written and read with compaction held off (tail age 10 min, and the
+    # default segment size, so no tail is full either) ...
+    b.extra_args += ["--compaction-interval-ms", "200", "--compaction-age-ms", "600000", "--gc-grace-ms", "1000"]
     b.start()
     create_topic(b.bootstrap, topic, parts)
     acked: dict = {}
@@ -339,6 +339,7 @@ def test_records_identical_across_compaction_and_merging(cbroker, idempotence):
     # ... then the broker restarts with a 1 s tail age: compaction starts at once.
     b.stop()
     b.extra_args[b.extra_args.index("--compaction-age-ms") + 1] = "1000"
+    b.extra_args += ["--segment-bytes", str(SEGMENT_BYTES)]
     b.start()
     bg = BackgroundReader(b.bootstrap, topic, parts)
     bg.start()

@@ -1,0 +1,363 @@
+//! Property tests of compaction swaps in the state machine: interleaved with commits,
+//! retried uploads, deletes, re-created topics and DeleteRecords, a swap either replaces
+//! exactly what it read or is refused; offsets never move; the records a read plan finds
+//! at each offset are the same before and after; replay is deterministic; garbage is
+//! exactly the objects nothing refers to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::state::*;
+
+/// What the records of an object range are, as a list of (origin object, origin
+/// position, record number) per offset: the simulated store's bytes.
+type Content = Vec<(String, u64, u32)>;
+
+#[derive(Default)]
+struct Store {
+    /// (object name, position) -> the records it holds there.
+    pieces: BTreeMap<(String, u64), Content>,
+}
+
+impl Store {
+    fn read(
+        &self,
+        state: &MetadataState,
+        topic: &str,
+        partition: i32,
+    ) -> BTreeMap<i64, (String, u64, u32)> {
+        let mut out = BTreeMap::new();
+        let Some(p) = state.partition(topic, partition) else {
+            return out;
+        };
+        for e in &p.index {
+            let info = state
+                .objects()
+                .get(e.object)
+                .expect("indexed object is live");
+            let content = self
+                .pieces
+                .get(&(info.name.clone(), e.position))
+                .expect("indexed piece exists");
+            assert_eq!(content.len() as u32, e.offset_count);
+            for (i, record) in content.iter().enumerate() {
+                out.insert(e.base_offset + i as i64, record.clone());
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Create(u8, i32),
+    Delete(u8),
+    /// (topic, partition, records) chunks in one object; `name` picks from a few names,
+    /// so some are retries.
+    Commit(u8, Vec<(u8, i32, u32)>),
+    DeleteRecords(u8, i32, u8),
+    /// Compact `len` entries from entry `at` of a partition; `stale` tampers with it.
+    Compact(u8, i32, u8, u8, Option<u8>),
+    Forget,
+}
+
+fn topic_name(t: u8) -> String {
+    format!("t{}", t % 3)
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (any::<u8>(), 1..4i32).prop_map(|(t, p)| Step::Create(t, p)),
+        any::<u8>().prop_map(Step::Delete),
+        (
+            any::<u8>(),
+            prop::collection::vec((any::<u8>(), 0..4i32, 1..20u32), 1..5)
+        )
+            .prop_map(|(n, c)| Step::Commit(n, c)),
+        (any::<u8>(), 0..4i32, any::<u8>()).prop_map(|(t, p, o)| Step::DeleteRecords(t, p, o)),
+        (
+            any::<u8>(),
+            0..4i32,
+            any::<u8>(),
+            1..6u8,
+            prop::option::weighted(0.2, 0..3u8)
+        )
+            .prop_map(|(t, p, at, len, stale)| Step::Compact(t, p, at, len, stale)),
+        Just(Step::Forget),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    #[test]
+    fn swaps_keep_offsets_records_and_garbage_exact(steps in prop::collection::vec(arb_step(), 1..80)) {
+        let mut state = MetadataState::default();
+        let mut store = Store::default();
+        let mut applied = Vec::new();
+        let mut responses = Vec::new();
+        let mut names = 0u32;
+        for (clock, step) in steps.into_iter().enumerate() {
+            let now_ms = clock as i64 * 10;
+            let mut honest_swap = None;
+            let cmd = match step {
+                Step::Create(t, p) => Command::CreateTopic {
+                    name: topic_name(t),
+                    topic_id: [t % 3, clock as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    partitions: p,
+                    configs: BTreeMap::new(),
+                    now_ms,
+                },
+                Step::Delete(t) => Command::DeleteTopic { name: topic_name(t) },
+                Step::Commit(n, chunks) => {
+                    // A few names, so some commits repeat an object: a retried upload.
+                    let object = format!("segments/o{}", n % 6);
+                    let mut entries = Vec::new();
+                    for (i, (t, p, count)) in chunks.into_iter().enumerate() {
+                        let position = 8 + i as u64 * 100;
+                        let content: Content = (0..count).map(|r| (object.clone(), position, r)).collect();
+                        store.pieces.entry((object.clone(), position)).or_insert(content);
+                        let count = store.pieces[&(object.clone(), position)].len() as u32;
+                        entries.push(SegmentEntry {
+                            topic: topic_name(t),
+                            partition: p,
+                            position,
+                            length: u64::from(count) * 10,
+                            offset_count: count,
+                            max_timestamp: now_ms,
+                            producer: None,
+                        });
+                    }
+                    Command::CommitSegments {
+                        segments: vec![SegmentCommit { object, object_size: 1000, uploaded_ms: now_ms, entries }],
+                        now_ms,
+                        max_age_ms: 0,
+                    }
+                }
+                Step::DeleteRecords(t, p, o) => {
+                    let topic = topic_name(t);
+                    let hw = state.partition(&topic, p).map_or(0, |p| p.next_offset);
+                    Command::DeleteRecords { topic, partition: p, offset: i64::from(o) % (hw + 1) }
+                }
+                Step::Compact(t, p, at, len, stale) => {
+                    let topic = topic_name(t);
+                    let Some((topic_id, index)) = state.topic(&topic).and_then(|tp| {
+                        Some((tp.id, state.partition(&topic, p)?.index.clone()))
+                    }) else { continue };
+                    if index.is_empty() { continue; }
+                    let at = usize::from(at) % index.len();
+                    let run = &index[at..(at + usize::from(len)).min(index.len())];
+                    names += 1;
+                    let object = format!("compacted/c{names}");
+                    let mut content = Content::new();
+                    for e in run {
+                        let name = &state.objects().get(e.object).expect("live").name;
+                        content.extend(store.pieces[&(name.clone(), e.position)].iter().cloned());
+                    }
+                    store.pieces.insert((object.clone(), 8), content);
+                    let mut swap = CompactionSwap {
+                        topic,
+                        topic_id,
+                        partition: p,
+                        base_offset: run[0].base_offset,
+                        end_offset: run[run.len() - 1].end_offset(),
+                        inputs: run.iter().map(|e| (e.object, e.position)).collect(),
+                        object,
+                        object_size: 1000,
+                        position: 8,
+                        length: run.iter().map(|e| e.length).sum(),
+                        now_ms,
+                    };
+                    honest_swap = Some(stale.is_none());
+                    match stale {
+                        Some(0) => swap.inputs[0].1 += 1,
+                        Some(1) => swap.topic_id[15] ^= 1,
+                        Some(_) => swap.end_offset += 1,
+                        None => {}
+                    }
+                    Command::Compact(swap)
+                }
+                Step::Forget => {
+                    let ids = state.objects().garbage_due(now_ms, 0, i64::MAX).into_iter().map(|(id, _)| id).collect();
+                    Command::ForgetObjects { ids }
+                }
+            };
+            let before: Vec<_> = state.topics().iter().flat_map(|(name, t)| {
+                (0..t.partitions.len() as i32).map(move |p| (name.clone(), p))
+            }).map(|(name, p)| {
+                let records = store.read(&state, &name, p);
+                let hw = state.partition(&name, p).map(|p| (p.next_offset, p.log_start_offset));
+                (name, p, records, hw)
+            }).collect();
+            let response = state.apply(&cmd);
+            if let (Command::Compact(swap), Response::Compacted(result)) = (&cmd, &response) {
+                // A tampered swap is always refused; an honest one always taken.
+                prop_assert_eq!(Some(result.is_ok()), honest_swap, "{:?} -> {:?}", swap, result);
+                for (name, p, records, hw) in &before {
+                    if name == &swap.topic && *p == swap.partition {
+                        // Offsets and the records at each offset are untouched by a swap.
+                        prop_assert_eq!(&store.read(&state, name, *p), records);
+                        prop_assert_eq!(state.partition(name, *p).map(|p| (p.next_offset, p.log_start_offset)), *hw);
+                    }
+                }
+            }
+            applied.push(cmd);
+            responses.push(response);
+            check_invariants(&state)?;
+        }
+        // Replaying the log gives the same state and the same answers.
+        let mut replay = MetadataState::default();
+        for (cmd, response) in applied.iter().zip(&responses) {
+            prop_assert_eq!(&replay.apply(cmd), response);
+        }
+        prop_assert_eq!(&replay, &state);
+        // And survives the binary snapshot encoding unchanged.
+        let bytes = postcard::to_stdvec(&state).expect("encodes");
+        let decoded: MetadataState = postcard::from_bytes(&bytes).expect("decodes");
+        prop_assert_eq!(&decoded, &state);
+    }
+}
+
+/// Every index is contiguous from its log start to its high watermark; every live
+/// object's reference count is the number of entries naming it; garbage has none.
+fn check_invariants(state: &MetadataState) -> Result<(), TestCaseError> {
+    let mut refs: BTreeMap<ObjectId, u32> = BTreeMap::new();
+    for topic in state.topics().values() {
+        for p in &topic.partitions {
+            let mut next = match p.index.first() {
+                Some(first) => {
+                    prop_assert!(first.base_offset <= p.log_start_offset);
+                    prop_assert!(p.log_start_offset < first.end_offset());
+                    first.base_offset
+                }
+                None => p.log_start_offset,
+            };
+            let mut ts = i64::MIN;
+            for e in &p.index {
+                prop_assert_eq!(e.base_offset, next);
+                prop_assert!(e.max_timestamp >= ts, "running max timestamp");
+                ts = e.max_timestamp;
+                next = e.end_offset();
+                *refs.entry(e.object).or_default() += 1;
+            }
+            prop_assert_eq!(next, p.next_offset);
+        }
+    }
+    let live: BTreeMap<ObjectId, u32> = state
+        .objects()
+        .live()
+        .map(|(id, info)| (id, info.refs))
+        .collect();
+    prop_assert_eq!(live, refs);
+    let garbage: BTreeSet<ObjectId> = state.objects().garbage().map(|(id, _)| id).collect();
+    for id in &garbage {
+        prop_assert!(state.objects().get(*id).is_none());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_swap_replaces_a_run_and_queues_its_objects_for_deletion() {
+    let mut s = MetadataState::default();
+    let id = [7; 16];
+    s.apply(&Command::CreateTopic {
+        name: "t".into(),
+        topic_id: id,
+        partitions: 1,
+        configs: BTreeMap::new(),
+        now_ms: 0,
+    });
+    for (i, ts) in [(0, 100), (1, 50), (2, 300)] {
+        s.apply(&Command::CommitSegments {
+            segments: vec![SegmentCommit {
+                object: format!("segments/{i}"),
+                object_size: 100,
+                uploaded_ms: 0,
+                entries: vec![SegmentEntry {
+                    topic: "t".into(),
+                    partition: 0,
+                    position: 8,
+                    length: 10,
+                    offset_count: 5,
+                    max_timestamp: ts,
+                    producer: None,
+                }],
+            }],
+            now_ms: 1,
+            max_age_ms: 0,
+        });
+    }
+    let inputs: Vec<_> = s
+        .partition("t", 0)
+        .expect("p")
+        .index
+        .iter()
+        .take(2)
+        .map(|e| (e.object, e.position))
+        .collect();
+    let swap = CompactionSwap {
+        topic: "t".into(),
+        topic_id: id,
+        partition: 0,
+        base_offset: 0,
+        end_offset: 10,
+        inputs,
+        object: "compacted/a".into(),
+        object_size: 60,
+        position: 8,
+        length: 20,
+        now_ms: 42,
+    };
+    assert!(matches!(
+        s.apply(&Command::Compact(swap.clone())),
+        Response::Compacted(Ok(_))
+    ));
+    let p = s.partition("t", 0).expect("p");
+    assert_eq!(p.index.len(), 2);
+    assert_eq!((p.index[0].base_offset, p.index[0].offset_count), (0, 10));
+    assert_eq!(p.index[0].max_timestamp, 100, "running max kept");
+    assert_eq!(p.offset_for_timestamp(60), Some(0));
+    assert_eq!(p.offset_for_timestamp(200), Some(10));
+    assert_eq!(p.max_timestamp(), Some((300, 10)));
+    assert_eq!(s.stats().garbage_objects, 2);
+    assert_eq!(
+        s.objects()
+            .garbage()
+            .map(|(_, g)| g.since_ms)
+            .collect::<Vec<_>>(),
+        vec![42, 42]
+    );
+    // The same swap again: its input is gone.
+    let again = CompactionSwap {
+        object: "compacted/b".into(),
+        ..swap
+    };
+    assert_eq!(
+        s.apply(&Command::Compact(again)),
+        Response::Compacted(Err(StateError::StaleCompaction))
+    );
+    // A commit of an object the sweep could already have taken for an orphan is refused.
+    let late = Command::CommitSegments {
+        segments: vec![SegmentCommit {
+            object: "segments/late".into(),
+            object_size: 1,
+            uploaded_ms: 0,
+            entries: vec![SegmentEntry {
+                topic: "t".into(),
+                partition: 0,
+                position: 8,
+                length: 10,
+                offset_count: 5,
+                max_timestamp: 0,
+                producer: None,
+            }],
+        }],
+        now_ms: 1_000_000,
+        max_age_ms: 1000,
+    };
+    assert_eq!(
+        s.apply(&late),
+        Response::Segments(vec![vec![Err(StateError::ObjectTooOld)]])
+    );
+    assert!(!s.objects().is_known("segments/late"));
+}
