@@ -1,6 +1,8 @@
 //! Metadata: the pure state machine and the Raft log that orders its commands.
 
 pub mod cluster;
+pub mod codec;
+pub mod legacy;
 pub mod network;
 pub mod objects;
 pub mod partition;

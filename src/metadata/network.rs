@@ -1,5 +1,6 @@
-//! The metadata Raft's network: length-prefixed JSON frames over TCP between brokers'
-//! `--raft-listen` addresses.
+//! The metadata Raft's network: frames over TCP between brokers' `--raft-listen`
+//! addresses, each a big-endian u32 length then the message in the metadata codec
+//! (`codec.rs`, kind raft RPC).
 //!
 //! Besides Raft's own RPCs it carries two broker requests: `Propose` (a broker that is not
 //! the leader forwards its command) and `Join` (a new learner asks to be added).
@@ -27,11 +28,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use super::codec::{self, Kind};
 use super::raft::{NodeId, TypeConfig};
 use super::state::{Command, Response};
 
-/// Raft frames carry whole log batches and snapshot chunks; far below this.
-const MAX_FRAME: usize = 64 << 20;
+/// Raft frames carry whole log batches and snapshot chunks, far below this. Checked
+/// before allocating, so a bad length (or a peer speaking something else) cannot make a
+/// broker reserve gigabytes.
+const MAX_FRAME: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,12 +79,21 @@ impl Isolation {
 
 /// Sends one request and reads its reply on `stream`.
 pub async fn call(stream: &mut TcpStream, request: &RaftRequest) -> io::Result<RaftReply> {
-    let body = serde_json::to_vec(request).map_err(io::Error::other)?;
-    let len = u32::try_from(body.len()).map_err(|_| io::Error::other("raft frame too large"))?;
-    stream.write_u32(len).await?;
-    stream.write_all(&body).await?;
+    write_frame(stream, request).await?;
     let reply = read_frame(stream).await?;
-    serde_json::from_slice(&reply).map_err(io::Error::other)
+    codec::decode(Kind::RaftRpc, &reply).map_err(io::Error::other)
+}
+
+async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> io::Result<()> {
+    let body = codec::encode(Kind::RaftRpc, message).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&len| len as usize <= MAX_FRAME)
+        .ok_or_else(|| {
+            io::Error::other(format!("raft frame of {} bytes is too large", body.len()))
+        })?;
+    stream.write_u32(len).await?;
+    stream.write_all(&body).await
 }
 
 async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
@@ -152,11 +165,10 @@ async fn serve_connection<H: Handler>(
         if isolation.isolated() {
             return Err(io::Error::other("isolated: dropping raft traffic"));
         }
-        let request: RaftRequest = serde_json::from_slice(&frame).map_err(io::Error::other)?;
+        let request: RaftRequest =
+            codec::decode(Kind::RaftRpc, &frame).map_err(io::Error::other)?;
         let reply = handler.handle(request).await;
-        let body = serde_json::to_vec(&reply).map_err(io::Error::other)?;
-        stream.write_u32(body.len() as u32).await?;
-        stream.write_all(&body).await?;
+        write_frame(&mut stream, &reply).await?;
     }
 }
 

@@ -6,6 +6,10 @@
 //! order of their names (which start with the upload time), which is the order their
 //! commits were proposed in, so their records come back at the same offsets unless an
 //! object between them was lost or never committed.
+//!
+//! The snapshot is `_strata/metadata/snapshot.bin`, in the metadata codec (kind shipped
+//! snapshot). Buckets written before it hold `snapshot.json` (format 1), which recovery
+//! still reads when there is no `snapshot.bin`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,13 +19,17 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::codec::{self, CodecError, Kind};
+use super::legacy::{self, LegacyError};
 use super::state::{Command, MetadataState, Response, SegmentCommit};
 use super::{Metadata, MetadataError};
 use crate::background::stats::Gauges;
 use crate::storage::segment::{decode_footer, locate_footer, Footer, TRAILER_BYTES};
 use crate::storage::{ObjectStorage, StorageError};
 
-pub const SNAPSHOT_PATH: &str = "_strata/metadata/snapshot.json";
+pub const SNAPSHOT_PATH: &str = "_strata/metadata/snapshot.bin";
+/// Format 1 (JSON), written by builds before the binary codec; read, never written.
+pub const LEGACY_SNAPSHOT_PATH: &str = "_strata/metadata/snapshot.json";
 pub const SEGMENTS_PREFIX: &str = "segments";
 
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +38,17 @@ pub enum ShippingError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Metadata(#[from] MetadataError),
-    #[error("metadata snapshot in the store is not valid: {0}")]
-    BadSnapshot(String),
+    #[error("metadata snapshot {SNAPSHOT_PATH} in the store is not valid: {0}")]
+    BadSnapshot(#[from] CodecError),
+    #[error("metadata snapshot {LEGACY_SNAPSHOT_PATH} in the store is not valid: {0}")]
+    BadLegacySnapshot(#[from] LegacyError),
+    #[error("encoding the metadata snapshot did not finish: {0}")]
+    Encode(#[from] tokio::task::JoinError),
 }
 
+/// The format version is in the codec header, not here.
 #[derive(Serialize, Deserialize)]
 struct ShippedSnapshot {
-    format: u32,
     /// Raft index of the last command applied to `state`.
     applied: u64,
     taken_ms: u64,
@@ -114,21 +126,22 @@ pub async fn ship_once(
     if applied == shipped {
         return Ok(None);
     }
-    let (json, clock_ms) = metadata.read(|state| {
-        let json = serde_json::to_vec(&ShippedSnapshot {
-            format: 1,
-            applied,
-            taken_ms: now_ms(),
-            state: state.clone(),
-        });
-        (json, state.clock_ms())
-    });
-    let json = json.map_err(|e| ShippingError::BadSnapshot(e.to_string()))?;
-    let bytes = json.len() as u64;
-    storage.put(SNAPSHOT_PATH, Bytes::from(json)).await?;
+    // Only the clone happens under the lock (appliers wait on it); encoding a large state
+    // takes long enough that it must not hold up an async worker either.
+    let (state, clock_ms) = metadata.read(|state| (state.clone(), state.clock_ms()));
+    let snapshot = ShippedSnapshot {
+        applied,
+        taken_ms: now_ms(),
+        state,
+    };
+    let bytes =
+        tokio::task::spawn_blocking(move || codec::encode(Kind::ShippedSnapshot, &snapshot))
+            .await??;
+    let len = bytes.len() as u64;
+    storage.put(SNAPSHOT_PATH, Bytes::from(bytes)).await?;
     Ok(Some(Shipped {
         applied,
-        bytes,
+        bytes: len,
         clock_ms,
     }))
 }
@@ -162,13 +175,7 @@ pub async fn recover(
     margin: Duration,
 ) -> Result<Recovered, ShippingError> {
     let mut recovered = Recovered::default();
-    let snapshot = match storage.get_opt(SNAPSHOT_PATH).await? {
-        Some(json) => Some(
-            serde_json::from_slice::<ShippedSnapshot>(&json)
-                .map_err(|e| ShippingError::BadSnapshot(e.to_string()))?,
-        ),
-        None => None,
-    };
+    let snapshot = fetch_snapshot(storage).await?;
     let mut state = MetadataState::default();
     let mut since_ms = 0;
     if let Some(snapshot) = snapshot {
@@ -237,6 +244,32 @@ pub async fn recover(
     Ok(recovered)
 }
 
+/// The shipped snapshot, in the current format or, failing that, format 1.
+async fn fetch_snapshot(storage: &ObjectStorage) -> Result<Option<ShippedSnapshot>, ShippingError> {
+    if let Some(bytes) = storage.get_opt(SNAPSHOT_PATH).await? {
+        let snapshot =
+            tokio::task::spawn_blocking(move || codec::decode(Kind::ShippedSnapshot, &bytes))
+                .await??;
+        return Ok(Some(snapshot));
+    }
+    let Some(json) = storage.get_opt(LEGACY_SNAPSHOT_PATH).await? else {
+        return Ok(None);
+    };
+    let snapshot = tokio::task::spawn_blocking(move || {
+        legacy::parse_v1_snapshot(&json).map(|v1| ShippedSnapshot {
+            applied: v1.applied(),
+            taken_ms: v1.taken_ms(),
+            state: legacy::upgrade_v1(v1.into_state()),
+        })
+    })
+    .await??;
+    info!(
+        path = LEGACY_SNAPSHOT_PATH,
+        "read a format 1 (JSON) metadata snapshot; the next one is shipped as {SNAPSHOT_PATH}"
+    );
+    Ok(Some(snapshot))
+}
+
 async fn read_footer(
     storage: &ObjectStorage,
     path: &str,
@@ -255,4 +288,78 @@ async fn read_footer(
         .await
         .map_err(|e| e.to_string())?;
     decode_footer(&json, &location).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::RaftOptions;
+
+    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/snapshot-v1.json");
+
+    #[tokio::test]
+    async fn recovers_from_format_1_then_ships_and_recovers_binary() -> anyhow::Result<()> {
+        let storage = ObjectStorage::open("memory://")?;
+        storage
+            .put(LEGACY_SNAPSHOT_PATH, Bytes::from_static(FIXTURE))
+            .await?;
+        let dir = tempfile::tempdir()?;
+        let old = Metadata::open(&dir.path().join("a"), RaftOptions::single(1, 1000)).await?;
+        let recovered = recover(&old, &storage, Duration::ZERO).await?;
+        assert!(recovered.from_snapshot);
+        let next = |m: &Metadata| {
+            m.read(|s| {
+                (0..3)
+                    .map(|p| s.partition("fixture", p).map(|p| p.next_offset))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(next(&old), [Some(9), Some(3), Some(5)]);
+
+        let shipped = ship_once(&old, &storage, 0).await?;
+        assert!(shipped.is_some_and(|s| s.applied > 0));
+        let shipped = storage.get(SNAPSHOT_PATH).await?;
+        assert_eq!(&shipped[..6], b"STSH\x02\x00");
+
+        // The binary snapshot wins over the JSON one still in the bucket.
+        storage
+            .put(LEGACY_SNAPSHOT_PATH, Bytes::from_static(b"not json"))
+            .await?;
+        let new = Metadata::open(&dir.path().join("b"), RaftOptions::single(1, 1000)).await?;
+        recover(&new, &storage, Duration::ZERO).await?;
+        assert_eq!(next(&new), next(&old));
+        assert_eq!(
+            new.read(|s| s
+                .committed_offset("fixture-group", "fixture", 0)
+                .map(|c| c.offset)),
+            Some(7)
+        );
+        let same = old.read(|a| new.read(|b| a == b));
+        assert!(same);
+        old.shutdown().await?;
+        new.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_foreign_snapshot_is_refused_by_name() -> anyhow::Result<()> {
+        let storage = ObjectStorage::open("memory://")?;
+        storage
+            .put(SNAPSHOT_PATH, Bytes::from_static(b"{\"format\":1}"))
+            .await?;
+        let dir = tempfile::tempdir()?;
+        let m = Metadata::open(dir.path(), RaftOptions::single(1, 1000)).await?;
+        let err = recover(&m, &storage, Duration::ZERO)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        m.shutdown().await?;
+        let err = err.unwrap_or_default();
+        assert!(err.contains(SNAPSHOT_PATH), "{err}");
+        assert!(
+            err.contains("not a Strata shipped metadata snapshot"),
+            "{err}"
+        );
+        Ok(())
+    }
 }

@@ -1,0 +1,265 @@
+//! The binary encoding of everything the metadata writes or sends: Raft log records, local
+//! snapshots, the snapshot shipped to the bucket, and Raft RPC frames.
+//!
+//! Every blob is `[4-byte magic][u16 LE format version][postcard payload]`. The magic says
+//! what the blob is, so that a file or frame handed to the wrong reader (or a JSON file of
+//! format 1) is refused with a message naming it instead of being misread; the version
+//! lets a later build change the layout and still tell old from new.
+//!
+//! postcard is not self-describing: fields are written in declaration order with no names
+//! or tags, so `#[serde(default)]`, `skip_serializing_if`, `untagged` and `flatten` must not
+//! be used on any type that goes through here. A change to such a type's fields is a new
+//! format version.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Format 1 was JSON with no header; 2 is this header + postcard.
+pub const FORMAT_VERSION: u16 = 2;
+/// Magic + version.
+pub const HEADER_LEN: usize = 6;
+
+/// What a blob holds; each has its own magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One record of `raft.log`.
+    LogRecord,
+    /// `snapshot.bin` in the Raft directory, also the bytes of an InstallSnapshot.
+    LocalSnapshot,
+    /// The snapshot copied to the object store.
+    ShippedSnapshot,
+    /// A frame on the Raft network.
+    RaftRpc,
+}
+
+impl Kind {
+    pub const fn magic(self) -> [u8; 4] {
+        match self {
+            Kind::LogRecord => *b"STLG",
+            Kind::LocalSnapshot => *b"STSN",
+            Kind::ShippedSnapshot => *b"STSH",
+            Kind::RaftRpc => *b"STRP",
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::LogRecord => "metadata log record",
+            Kind::LocalSnapshot => "metadata snapshot",
+            Kind::ShippedSnapshot => "shipped metadata snapshot",
+            Kind::RaftRpc => "raft message",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("not a Strata {expected} (found {found})")]
+    WrongMagic {
+        expected: &'static str,
+        found: String,
+    },
+    #[error(
+        "{kind} written by a newer Strata (format {version}, this build reads up to {FORMAT_VERSION})"
+    )]
+    Newer { kind: &'static str, version: u16 },
+    #[error("{kind} has unsupported format {version} (this build reads format {FORMAT_VERSION})")]
+    Unsupported { kind: &'static str, version: u16 },
+    #[error("corrupt {kind}: {reason}")]
+    Corrupt { kind: &'static str, reason: String },
+    #[error("cannot encode {kind}: {reason}")]
+    Encode { kind: &'static str, reason: String },
+}
+
+pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&kind.magic());
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    postcard::to_extend(value, out).map_err(|e| CodecError::Encode {
+        kind: kind.name(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a whole blob; trailing bytes are corruption.
+pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, rest) = decode_prefix(kind, bytes)?;
+    if !rest.is_empty() {
+        return Err(CodecError::Corrupt {
+            kind: kind.name(),
+            reason: format!("{} unexpected bytes at the end", rest.len()),
+        });
+    }
+    Ok(value)
+}
+
+/// Decodes a `T` from the start of the payload and returns the bytes after it: reads the
+/// leading fields of a larger struct (a snapshot's meta) without decoding the rest.
+pub fn decode_prefix<T: DeserializeOwned>(
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<(T, &[u8]), CodecError> {
+    let payload = check_header(kind, bytes)?;
+    postcard::take_from_bytes(payload).map_err(|e| CodecError::Corrupt {
+        kind: kind.name(),
+        reason: e.to_string(),
+    })
+}
+
+fn check_header(kind: Kind, bytes: &[u8]) -> Result<&[u8], CodecError> {
+    let magic = kind.magic();
+    if bytes.get(..4) != Some(&magic[..]) {
+        let head = &bytes[..bytes.len().min(4)];
+        let found = if head.is_empty() {
+            "nothing".to_owned()
+        } else {
+            format!("\"{}\"", head.escape_ascii())
+        };
+        return Err(CodecError::WrongMagic {
+            expected: kind.name(),
+            found,
+        });
+    }
+    let Some(&[lo, hi]) = bytes.get(4..HEADER_LEN) else {
+        return Err(CodecError::Corrupt {
+            kind: kind.name(),
+            reason: "truncated header".to_owned(),
+        });
+    };
+    match u16::from_le_bytes([lo, hi]) {
+        FORMAT_VERSION => Ok(&bytes[HEADER_LEN..]),
+        version if version > FORMAT_VERSION => Err(CodecError::Newer {
+            kind: kind.name(),
+            version,
+        }),
+        version => Err(CodecError::Unsupported {
+            kind: kind.name(),
+            version,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        name: String,
+        values: Vec<i64>,
+        map: BTreeMap<i32, Option<String>>,
+        id: [u8; 16],
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            name: "fixture".into(),
+            values: vec![0, -1, i64::MAX],
+            map: BTreeMap::from([(0, None), (7, Some("meta".into()))]),
+            id: [9; 16],
+        }
+    }
+
+    #[test]
+    fn round_trip() -> Result<(), CodecError> {
+        for kind in [
+            Kind::LogRecord,
+            Kind::LocalSnapshot,
+            Kind::ShippedSnapshot,
+            Kind::RaftRpc,
+        ] {
+            let bytes = encode(kind, &sample())?;
+            assert_eq!(&bytes[..4], &kind.magic());
+            assert_eq!(decode::<Sample>(kind, &bytes)?, sample());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_magic_names_both() -> Result<(), CodecError> {
+        let bytes = encode(Kind::LogRecord, &sample())?;
+        let err = decode::<Sample>(Kind::ShippedSnapshot, &bytes)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("not a Strata shipped metadata snapshot (found \"STLG\")")
+        );
+        let json = br#"{"format":1}"#;
+        let err = decode::<Sample>(Kind::ShippedSnapshot, json)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("not a Strata shipped metadata snapshot (found \"{\\\"fo\")")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn newer_version_is_refused() -> Result<(), CodecError> {
+        let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
+        bytes[4..6].copy_from_slice(&3u16.to_le_bytes());
+        match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
+            Err(e @ CodecError::Newer { version: 3, .. }) => assert_eq!(
+                e.to_string(),
+                "metadata snapshot written by a newer Strata (format 3, this build reads up to 2)"
+            ),
+            other => panic!("expected Newer, got {other:?}"),
+        }
+        bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+        assert!(matches!(
+            decode::<Sample>(Kind::LocalSnapshot, &bytes),
+            Err(CodecError::Unsupported { version: 1, .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn trailing_bytes_are_corrupt_but_prefix_reads_them() -> Result<(), CodecError> {
+        let mut bytes = encode(Kind::RaftRpc, &sample())?;
+        bytes.extend_from_slice(b"xyz");
+        assert!(matches!(
+            decode::<Sample>(Kind::RaftRpc, &bytes),
+            Err(CodecError::Corrupt { .. })
+        ));
+        let (value, rest) = decode_prefix::<Sample>(Kind::RaftRpc, &bytes)?;
+        assert_eq!(value, sample());
+        assert_eq!(rest, b"xyz");
+        Ok(())
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() -> Result<(), CodecError> {
+        let bytes = encode(Kind::LogRecord, &sample())?;
+        for len in 0..bytes.len() {
+            assert!(decode::<Sample>(Kind::LogRecord, &bytes[..len]).is_err());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(payload in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut bytes = Kind::LogRecord.magic().to_vec();
+            bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            bytes.extend_from_slice(&payload);
+            let _ = decode::<Sample>(Kind::LogRecord, &bytes);
+            let _ = decode::<Sample>(Kind::LogRecord, &payload);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(pos in 0usize..4096, bit in 0u8..8) {
+            let bytes = encode(Kind::LogRecord, &sample()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut bytes = bytes;
+            let pos = pos % bytes.len();
+            bytes[pos] ^= 1 << bit;
+            let _ = decode::<Sample>(Kind::LogRecord, &bytes);
+        }
+    }
+}
