@@ -11,9 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use super::cluster::ClusterCommand;
+use super::objects::{ObjectKind, Objects};
 use super::state::{
-    Command, MetadataState, OffsetCommit, ProducerBatch, SegmentCommit, SegmentEntry,
+    Command, CommittedOffset, IndexEntry, MetadataState, Partition, ProducerState, Topic,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +65,6 @@ pub struct V1Partition {
     pub(crate) log_start_offset: i64,
     /// Sorted by `base_offset`, contiguous.
     pub(crate) index: Vec<V1IndexEntry>,
-    // Part of the format; the upgrade recomputes it from the commands it replays.
-    #[allow(dead_code)]
     pub(crate) size_bytes: u64,
     #[serde(default)]
     pub(crate) producers: BTreeMap<i64, V1ProducerState>,
@@ -132,113 +133,114 @@ pub fn parse_v1_snapshot(json: &[u8]) -> Result<V1Snapshot, LegacyError> {
     Ok(snapshot)
 }
 
-/// Rebuilds a current state from a format 1 one by applying commands, so that this file
-/// needs only the public command set and not the state's internals.
-///
-/// TODO(state rewrite): this is the best the current `Command` set allows; adapt it to the
-/// new state. What it restores exactly: topics (id, configs, created_ms, partition count),
-/// each partition's index (object, position, length, offset count, max timestamp),
-/// `log_start_offset` (via DeleteRecords), `size_bytes` (follows from the index), group
-/// offsets (metadata and commit time included), producer ids and epochs, the idempotence
-/// window of producers whose remembered batches start at sequence 0, live brokers.
-/// What it does NOT restore:
-/// - offsets of a partition whose index does not start at 0 (records deleted by retention
-///   or DeleteRecords before the snapshot): commits hand out offsets from 0, so they come
-///   back shifted down, and `next_offset` of a partition with an empty index comes back 0;
-/// - idempotence windows that do not start at sequence 0 (a retry of those batches after
-///   the upgrade is refused as out of order instead of de-duplicated);
-/// - the cluster epoch (counted again from the re-registered brokers) and dead brokers.
+/// Rebuilds a current state from a format 1 one, exactly: every partition keeps its
+/// offsets, log start, index, size and idempotence windows; objects get ids in name
+/// (= upload) order; groups and producer ids are copied; live brokers re-register.
+/// Format 1 did not record object sizes (0 here: only compacted segments, which format 1
+/// never had, need theirs) nor the cluster epoch (counted again from the registrations).
 pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
-    let mut state = MetadataState::default();
-    let mut apply = |cmd: Command| {
-        state.apply(&cmd);
-    };
-
-    for (name, topic) in &v1.topics {
-        apply(Command::CreateTopic {
-            name: name.clone(),
-            topic_id: topic.id,
-            partitions: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
-            configs: topic.configs.clone(),
-            now_ms: topic.created_ms,
-        });
-        for (p, partition) in topic.partitions.iter().enumerate() {
-            let starts_at_zero = partition.index.first().is_none_or(|e| e.base_offset == 0)
-                && (!partition.index.is_empty() || partition.next_offset == 0);
-            if !starts_at_zero {
-                tracing::warn!(
-                    topic = %name,
-                    partition = p,
-                    "format 1 upgrade: partition does not start at offset 0; its offsets shift"
-                );
-            }
-        }
+    let mut objects = Objects::default();
+    // Ids in name order, so that the upgrade is deterministic.
+    let names: BTreeSet<&str> = v1
+        .topics
+        .values()
+        .flat_map(|t| t.partitions.iter())
+        .flat_map(|p| p.index.iter())
+        .map(|e| e.object.as_str())
+        .collect();
+    let mut clock_ms = 0;
+    for name in names {
+        let uploaded_ms = upload_time_ms(name);
+        clock_ms = clock_ms.max(uploaded_ms);
+        objects.add(name, 0, ObjectKind::Flush, uploaded_ms);
     }
-
-    for object in commit_order(&v1.topics) {
-        let uploaded_ms = upload_time_ms(&object.name);
-        apply(Command::CommitSegments {
-            segments: vec![SegmentCommit {
-                object: object.name,
-                // Not in format 1. TODO(state rewrite): 0 makes the object look tiny to
-                // anything that weighs objects by size (stats, compaction choices).
-                object_size: 0,
-                uploaded_ms,
-                entries: object.entries,
-            }],
-            // The state's clock then follows the upload times, as it did when the objects
-            // were first committed.
-            now_ms: uploaded_ms,
-            max_age_ms: 0,
-        });
-    }
-
-    for (name, topic) in &v1.topics {
-        for (p, partition) in topic.partitions.iter().enumerate() {
-            if partition.log_start_offset > 0 {
-                apply(Command::DeleteRecords {
-                    topic: name.clone(),
-                    partition: i32::try_from(p).unwrap_or(i32::MAX),
-                    offset: partition.log_start_offset,
-                });
-            }
-        }
-    }
-
-    for (group, topics) in &v1.groups {
-        let offsets = topics
-            .iter()
-            .flat_map(|(topic, partitions)| {
-                partitions.iter().map(|(partition, c)| OffsetCommit {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: c.offset,
-                    metadata: c.metadata.clone(),
-                    commit_ms: c.commit_ms,
+    let mut topics = BTreeMap::new();
+    for (name, topic) in v1.topics {
+        let partitions = topic
+            .partitions
+            .into_iter()
+            .map(|p| {
+                let mut running_max = i64::MIN;
+                let index = p
+                    .index
+                    .iter()
+                    .filter_map(|e| {
+                        let object = objects.id_of(&e.object)?;
+                        objects.acquire(object);
+                        running_max = running_max.max(e.max_timestamp);
+                        Some(IndexEntry {
+                            base_offset: e.base_offset,
+                            offset_count: e.offset_count,
+                            object,
+                            position: e.position,
+                            length: e.length,
+                            max_timestamp: running_max,
+                        })
+                    })
+                    .collect();
+                let producers = p
+                    .producers
+                    .into_iter()
+                    .map(|(id, s)| {
+                        let state = ProducerState {
+                            epoch: s.epoch,
+                            batches: s.batches,
+                            last_ms: clock_ms,
+                        };
+                        (id, state)
+                    })
+                    .collect();
+                Arc::new(Partition {
+                    next_offset: p.next_offset,
+                    log_start_offset: p.log_start_offset,
+                    index,
+                    size_bytes: p.size_bytes,
+                    producers,
                 })
             })
             .collect();
-        apply(Command::CommitOffsets {
-            group: group.clone(),
-            offsets,
-        });
+        let topic = Topic {
+            id: topic.id,
+            configs: topic.configs,
+            created_ms: topic.created_ms,
+            partitions,
+        };
+        topics.insert(name, topic);
     }
-
-    // Ids are handed out in order from 0, each at epoch 0; then every epoch is bumped to
-    // where it was.
-    for _ in 0..v1.next_producer_id.max(0) {
-        apply(Command::InitProducer { current: None });
-    }
-    for (&id, &epoch) in &v1.producer_epochs {
-        for e in 0..epoch.max(0) {
-            apply(Command::InitProducer {
-                current: Some((id, e)),
-            });
-        }
-    }
-
+    let groups = v1
+        .groups
+        .into_iter()
+        .map(|(group, offsets)| {
+            let offsets = offsets
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let partitions = partitions
+                        .into_iter()
+                        .map(|(p, c)| {
+                            let committed = CommittedOffset {
+                                offset: c.offset,
+                                metadata: c.metadata,
+                                commit_ms: c.commit_ms,
+                            };
+                            (p, committed)
+                        })
+                        .collect();
+                    (topic, partitions)
+                })
+                .collect();
+            (group, Arc::new(offsets))
+        })
+        .collect();
+    let mut state = MetadataState::from_parts(
+        topics,
+        groups,
+        objects,
+        v1.next_producer_id,
+        v1.producer_epochs,
+        clock_ms,
+    );
     for (&id, broker) in v1.cluster.brokers.iter().filter(|(_, b)| b.alive) {
-        apply(Command::Cluster(ClusterCommand::Register {
+        state.apply(&Command::Cluster(ClusterCommand::Register {
             id,
             host: broker.host.clone(),
             port: broker.port,
@@ -246,7 +248,6 @@ pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
             now_ms: broker.last_heartbeat_ms,
         }));
     }
-
     state
 }
 
@@ -257,136 +258,6 @@ fn upload_time_ms(path: &str) -> i64 {
         .and_then(|name| name.split('-').next())
         .and_then(|ms| ms.parse().ok())
         .unwrap_or(0)
-}
-
-struct ObjectCommit {
-    name: String,
-    entries: Vec<SegmentEntry>,
-}
-
-/// Orders the objects so that every partition gets its chunks in index order, which is
-/// what gives them their offsets again: an object may be committed once all the chunks
-/// before its own, in every partition it holds, are. Among objects that are ready, name
-/// order (= upload time) decides, so the result is deterministic. The order the objects
-/// were really committed in satisfies this, so on a consistent snapshot the loop never
-/// gets stuck; if it does, the smallest remaining name goes first.
-fn commit_order(topics: &BTreeMap<String, V1Topic>) -> Vec<ObjectCommit> {
-    // Per partition, its objects in index order (consecutive chunks of one object merged).
-    let mut sequences: Vec<Vec<&str>> = Vec::new();
-    let mut entries: BTreeMap<&str, Vec<SegmentEntry>> = BTreeMap::new();
-    for (name, topic) in topics {
-        for (p, partition) in topic.partitions.iter().enumerate() {
-            let p = i32::try_from(p).unwrap_or(i32::MAX);
-            let producers = producer_batches(partition);
-            let mut sequence: Vec<&str> = Vec::new();
-            for e in &partition.index {
-                if sequence.last() != Some(&e.object.as_str()) {
-                    sequence.push(&e.object);
-                }
-                entries.entry(&e.object).or_default().push(SegmentEntry {
-                    topic: name.clone(),
-                    partition: p,
-                    position: e.position,
-                    length: e.length,
-                    offset_count: e.offset_count,
-                    max_timestamp: e.max_timestamp,
-                    producer: producers.get(&e.base_offset).copied(),
-                });
-            }
-            if !sequence.is_empty() {
-                sequences.push(sequence);
-            }
-        }
-    }
-
-    // How many partitions each object still waits in (not yet at the head of).
-    let mut waiting: BTreeMap<&str, usize> = entries.keys().map(|o| (*o, 0)).collect();
-    let mut holders: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (s, sequence) in sequences.iter().enumerate() {
-        for (i, object) in sequence.iter().enumerate() {
-            holders.entry(object).or_default().push(s);
-            if i > 0 {
-                *waiting.entry(object).or_default() += 1;
-            }
-        }
-    }
-    let mut heads = vec![0usize; sequences.len()];
-    let mut ready: BTreeSet<&str> = waiting
-        .iter()
-        .filter(|(_, w)| **w == 0)
-        .map(|(o, _)| *o)
-        .collect();
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    let total = entries.len();
-    let mut order = Vec::with_capacity(total);
-    while done.len() < total {
-        let next = match ready.pop_first() {
-            Some(object) => object,
-            None => {
-                let Some(object) = waiting.keys().find(|o| !done.contains(*o)).copied() else {
-                    break;
-                };
-                tracing::warn!(
-                    %object,
-                    "format 1 upgrade: segment objects out of order; offsets may shift"
-                );
-                object
-            }
-        };
-        if !done.insert(next) {
-            continue;
-        }
-        for &s in holders.get(next).map(Vec::as_slice).unwrap_or_default() {
-            let sequence = &sequences[s];
-            // Skip past `next` (and anything forced out of order before it).
-            while heads[s] < sequence.len() && done.contains(sequence[heads[s]]) {
-                heads[s] += 1;
-                if let Some(&head) = sequence.get(heads[s]) {
-                    if let Some(w) = waiting.get_mut(head) {
-                        *w = w.saturating_sub(1);
-                        if *w == 0 && !done.contains(head) {
-                            ready.insert(head);
-                        }
-                    }
-                }
-            }
-        }
-        order.push(ObjectCommit {
-            name: next.to_owned(),
-            entries: entries.remove(next).unwrap_or_default(),
-        });
-    }
-    order
-}
-
-/// The batches of the partition's idempotence window, by base offset, when the state
-/// machine will accept them on replay: a producer's window must start at sequence 0 and
-/// be gap-free, or the first replayed batch would be refused and its chunk lost.
-fn producer_batches(partition: &V1Partition) -> BTreeMap<i64, ProducerBatch> {
-    let mut out = BTreeMap::new();
-    for (&producer_id, producer) in &partition.producers {
-        let mut expected = 0;
-        let replayable = producer.batches.iter().all(|&(first, last, _)| {
-            let ok = first == expected && last >= first;
-            expected = last.wrapping_add(1);
-            ok
-        });
-        if !replayable {
-            continue;
-        }
-        for &(first_sequence, last_sequence, base_offset) in &producer.batches {
-            out.insert(
-                base_offset,
-                ProducerBatch {
-                    producer_id,
-                    epoch: producer.epoch,
-                    first_sequence,
-                    last_sequence,
-                },
-            );
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -495,37 +366,73 @@ mod tests {
         Ok(())
     }
 
-    /// Objects holding chunks of several partitions must be committed in an order that
-    /// keeps every partition's chunks in index order, whatever their names say.
+    /// A partition whose records were partly deleted keeps its offsets, log start and
+    /// running-maximum timestamps exactly.
     #[test]
-    fn commit_order_follows_every_partition() {
-        let entry = |base_offset, object: &str| V1IndexEntry {
+    fn offsets_after_delete_records_are_kept() {
+        let entry = |base_offset, object: &str, max_timestamp| V1IndexEntry {
             base_offset,
-            offset_count: 1,
+            offset_count: 10,
             object: object.into(),
-            position: 0,
-            length: 1,
-            max_timestamp: 0,
+            position: 8,
+            length: 100,
+            max_timestamp,
         };
-        let partition = |index| V1Partition {
-            next_offset: 2,
-            index,
-            ..V1Partition::default()
+        let partition = V1Partition {
+            next_offset: 120,
+            log_start_offset: 105,
+            index: vec![
+                entry(100, "segments/2-a", 50),
+                entry(110, "segments/1-b", 40),
+            ],
+            size_bytes: 200,
+            producers: BTreeMap::new(),
         };
-        // "a" sorts first but must follow "b" in partition 1.
         let topic = V1Topic {
             id: [1; 16],
             configs: BTreeMap::new(),
             created_ms: 0,
-            partitions: vec![
-                partition(vec![entry(0, "b"), entry(1, "c")]),
-                partition(vec![entry(0, "b"), entry(1, "a")]),
-                partition(vec![entry(0, "a"), entry(1, "c")]),
-            ],
+            partitions: vec![partition, V1Partition::default()],
         };
-        let topics = BTreeMap::from([("t".to_owned(), topic)]);
-        let order: Vec<String> = commit_order(&topics).into_iter().map(|o| o.name).collect();
-        assert_eq!(order, ["b", "a", "c"]);
+        let v1 = V1MetadataState {
+            topics: BTreeMap::from([("t".to_owned(), topic)]),
+            ..V1MetadataState::default()
+        };
+        let mut state = upgrade_v1(v1);
+        let p = state.partition("t", 0).expect("partition");
+        assert_eq!((p.next_offset, p.log_start_offset), (120, 105));
+        assert_eq!(
+            p.index
+                .iter()
+                .map(|e| (e.base_offset, e.max_timestamp))
+                .collect::<Vec<_>>(),
+            [(100, 50), (110, 50)]
+        );
+        assert_eq!(p.offset_for_timestamp(45), Some(105));
+        // The clock follows the newest upload; writes continue at the high watermark.
+        assert_eq!(state.clock_ms(), 2);
+        let r = state.apply(&Command::CommitSegments {
+            segments: vec![super::super::state::SegmentCommit {
+                object: "segments/3-c".into(),
+                object_size: 1,
+                uploaded_ms: 3,
+                entries: vec![super::super::state::SegmentEntry {
+                    topic: "t".into(),
+                    partition: 0,
+                    position: 8,
+                    length: 1,
+                    offset_count: 1,
+                    max_timestamp: 0,
+                    producer: None,
+                }],
+            }],
+            now_ms: 3,
+            max_age_ms: 0,
+        });
+        assert_eq!(
+            r,
+            super::super::state::Response::Segments(vec![vec![Ok(120)]])
+        );
     }
 
     #[test]

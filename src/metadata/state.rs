@@ -626,6 +626,26 @@ impl MetadataState {
         results
     }
 
+    /// A state put together whole, for format upgrades (see `legacy.rs`).
+    pub(super) fn from_parts(
+        topics: BTreeMap<String, Topic>,
+        groups: BTreeMap<String, Arc<GroupOffsets>>,
+        objects: Objects,
+        next_producer_id: i64,
+        producer_epochs: BTreeMap<i64, i16>,
+        clock_ms: i64,
+    ) -> Self {
+        Self {
+            topics,
+            groups,
+            objects,
+            next_producer_id,
+            producer_epochs,
+            cluster: ClusterState::default(),
+            clock_ms,
+        }
+    }
+
     pub fn topics(&self) -> &BTreeMap<String, Topic> {
         &self.topics
     }
