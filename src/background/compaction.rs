@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
@@ -105,15 +106,7 @@ pub fn plan(state: &MetadataState, owner: u64, now_ms: i64, policy: &CompactionP
             };
             let resolved: Option<Vec<PlannedEntry>> = entries[run]
                 .iter()
-                .map(|e| {
-                    let info = state.objects().get(e.object)?;
-                    Some(PlannedEntry {
-                        entry: *e,
-                        object: info.name.clone(),
-                        object_size: info.size,
-                        kind: info.kind,
-                    })
-                })
+                .map(|e| PlannedEntry::resolve(state, e))
                 .collect();
             if let Some(entries) = resolved {
                 jobs.push(Job {
@@ -180,7 +173,12 @@ fn merge_run(
     Some(start..start + FAN_IN)
 }
 
-/// Runs compaction rounds forever.
+/// Jobs in flight at once: enough to hide PUT and commit latency (tens of
+/// milliseconds on S3) for thousands of light partitions.
+const CONCURRENT_JOBS: usize = 4;
+
+/// Runs compaction rounds forever. Jobs run a few at a time, and the bytes they hold in
+/// memory are capped at about one segment.
 pub async fn run(
     metadata: Arc<Metadata>,
     storage: ObjectStorage,
@@ -188,22 +186,40 @@ pub async fn run(
     config: CompactionConfig,
     counters: Arc<CompactionCounters>,
 ) {
+    let memory_kib = u32::try_from(config.policy.segment_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let memory = Arc::new(tokio::sync::Semaphore::new(memory_kib as usize));
     let mut seq = 0u64;
     loop {
         tokio::time::sleep(config.interval).await;
         let now_ms = crate::protocol::now_ms();
         let jobs = metadata.read(|s| plan(s, config.node_id, now_ms, &config.policy));
-        for job in jobs {
+        let jobs = jobs.into_iter().map(|job| {
             seq += 1;
-            let span = tracing::debug_span!("compact", topic = %job.topic, partition = job.partition, inputs = job.entries.len());
-            let result = compact(&metadata, &storage, &fetcher, &config, &counters, job, seq)
-                .instrument(span)
-                .await;
-            if let Err(e) = result {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "compaction job failed; will retry");
-            }
-        }
+            (job, seq)
+        });
+        futures::stream::iter(jobs)
+            .for_each_concurrent(CONCURRENT_JOBS, |(job, seq)| {
+                let (metadata, storage, fetcher, config, counters, memory) = (
+                    &metadata, &storage, &fetcher, &config, &counters, &memory,
+                );
+                async move {
+                    let want = u32::try_from(job.bytes().div_ceil(1024))
+                        .unwrap_or(u32::MAX)
+                        .clamp(1, memory_kib);
+                    let Ok(_permit) = memory.acquire_many(want).await else {
+                        return;
+                    };
+                    let span = tracing::debug_span!("compact", topic = %job.topic, partition = job.partition, inputs = job.entries.len());
+                    let result = compact(metadata, storage, fetcher, config, counters, job, seq)
+                        .instrument(span)
+                        .await;
+                    if let Err(e) = result {
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "compaction job failed; will retry");
+                    }
+                }
+            })
+            .await;
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::metadata::state::{IndexEntry, ObjectKind};
+use crate::metadata::state::{IndexEntry, MetadataState, ObjectKind};
 use crate::metadata::Metadata;
 use crate::produce::batch::{
     batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,
@@ -48,6 +48,20 @@ pub struct PlannedEntry {
     pub object: String,
     pub object_size: u64,
     pub kind: ObjectKind,
+}
+
+impl PlannedEntry {
+    /// The entry with its object's name, size and kind; None if the object is unknown
+    /// (which a consistent state never has).
+    pub fn resolve(state: &MetadataState, entry: &IndexEntry) -> Option<Self> {
+        let info = state.objects().get(entry.object)?;
+        Some(Self {
+            entry: *entry,
+            object: info.name.clone(),
+            object_size: info.size,
+            kind: info.kind,
+        })
+    }
 }
 
 /// A range of an object read and cached whole: a flush chunk or a compacted frame.
@@ -97,15 +111,7 @@ impl FetchReader {
                     budget += e.length;
                     take
                 })
-                .filter_map(|e| {
-                    let info = s.objects().get(e.object)?;
-                    Some(PlannedEntry {
-                        entry: *e,
-                        object: info.name.clone(),
-                        object_size: info.size,
-                        kind: info.kind,
-                    })
-                })
+                .filter_map(|e| PlannedEntry::resolve(s, e))
                 .collect();
             Some((entries, p.next_offset, p.log_start_offset))
         })
@@ -222,13 +228,7 @@ impl FetchReader {
                 let Some(e) = p.entry_for_timestamp(timestamp) else {
                     return Some(None);
                 };
-                let info = s.objects().get(e.object)?;
-                Some(Some(PlannedEntry {
-                    entry: *e,
-                    object: info.name.clone(),
-                    object_size: info.size,
-                    kind: info.kind,
-                }))
+                Some(Some(PlannedEntry::resolve(s, e)?))
             })
             .ok_or(FetchError::UnknownTopicOrPartition)?;
         let Some(planned) = planned else {

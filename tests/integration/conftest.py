@@ -433,12 +433,14 @@ def check_health(b: Broker) -> list[str]:
     return problems
 
 
-@pytest.fixture
-def broker(request, tmp_path):
-    b = Broker(tmp_path / "strata")
+def supervise(request, b: Broker, start: bool = True, report=None):
+    """The body of a broker fixture (`yield from supervise(...)`): yields the broker,
+    then stops it; when the test failed or the broker is unhealthy, prints its log tail
+    (and `report()`, if given); fails the test if the broker is unhealthy."""
     problems = []
     try:
-        b.start()
+        if start:
+            b.start()
         yield b
         problems = check_health(b)
     finally:
@@ -449,8 +451,15 @@ def broker(request, tmp_path):
             if problems or _failed(request):
                 print(f"\n--- strata log tail ({b.log_path}, last exit code {rc}) ---")
                 print(b.log_tail(150))
+                if report is not None:
+                    print(report())
     if problems:
         pytest.fail("; ".join(problems))
+
+
+@pytest.fixture
+def broker(request, tmp_path):
+    yield from supervise(request, Broker(tmp_path / "strata"))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import REPO_ROOT, Broker, check_health
+from conftest import REPO_ROOT, Broker, supervise
 
 # Compaction within seconds: look every 200 ms, tail data older than 1 s is compacted,
 # replaced objects go 1 s after their last reference.
@@ -39,20 +39,7 @@ JS_SCRIPT = REPO_ROOT / "tests" / "js" / "compaction.js"
 def cbroker(request, tmp_path):
     """A broker the test starts itself, after setting extra_args / extra_env."""
     b = Broker(tmp_path / "strata")
-    problems = []
-    try:
-        yield b
-        problems = check_health(b)
-    finally:
-        rc = b.stop()
-        failed = any(getattr(request.node, "rep_" + w, None) is not None and getattr(request.node, "rep_" + w).failed
-                     for w in ("setup", "call"))
-        if problems or failed:
-            print(f"\n--- strata log tail ({b.log_path}, last exit code {rc}) ---")
-            print(b.log_tail(150))
-            print(f"--- last stats: {read_stats(b)}")
-    if problems:
-        pytest.fail("; ".join(problems))
+    yield from supervise(request, b, start=False, report=lambda: f"--- last stats: {read_stats(b)}")
 
 
 # ------------------------------------------------------------------ stats and store

@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import STRATA_BIN, S3_ENV, TEST_STORE, Broker, TcpProxy, check_health, free_port, s3_server
+from conftest import STRATA_BIN, S3_ENV, TEST_STORE, Broker, TcpProxy, check_health, free_port, s3_server, supervise
 
 pytestmark = pytest.mark.skipif(TEST_STORE != "s3", reason="durability tests run in the STRATA_TEST_STORE=s3 pass")
 
@@ -31,20 +31,7 @@ SEGMENTS = "strata/segments/"  # the broker's store URL is s3://BUCKET/strata
 @pytest.fixture
 def s3broker(request, tmp_path):
     """An s3 broker that the test starts itself (after setting extra_args/extra_env)."""
-    b = Broker(tmp_path / "strata", store="s3")
-    problems = []
-    try:
-        yield b
-        problems = check_health(b)
-    finally:
-        rc = b.stop()
-        failed = any(getattr(request.node, "rep_" + w, None) is not None and getattr(request.node, "rep_" + w).failed
-                     for w in ("setup", "call"))
-        if problems or failed:
-            print(f"\n--- strata log tail ({b.log_path}, last exit code {rc}) ---")
-            print(b.log_tail(150))
-    if problems:
-        pytest.fail("; ".join(problems))
+    yield from supervise(request, Broker(tmp_path / "strata", store="s3"), start=False)
 
 
 def create_topics(bootstrap, topics: dict[str, int]):
