@@ -27,6 +27,13 @@ pub enum MetadataError {
     Raft(#[from] RaftGlueError),
 }
 
+/// Where a partition's log starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    pub high_watermark: i64,
+    pub log_start: i64,
+}
+
 /// The broker's view of the metadata: propose through Raft, read the local replica.
 pub struct Metadata {
     raft: MetadataRaft,
@@ -58,6 +65,17 @@ impl Metadata {
     pub fn read<R>(&self, f: impl FnOnce(&MetadataState) -> R) -> R {
         let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
         f(&guard)
+    }
+
+    /// A partition's high watermark and log start offset (typed queries keep request
+    /// handlers out of the state's fields).
+    pub fn offsets(&self, topic: &str, partition: i32) -> Option<Offsets> {
+        self.read(|s| {
+            s.partition(topic, partition).map(|p| Offsets {
+                high_watermark: p.next_offset,
+                log_start: p.log_start_offset,
+            })
+        })
     }
 
     /// Changes whenever committed entries are applied; long-poll fetches wait on it.

@@ -73,10 +73,10 @@ pub fn offset_for_leader_epoch(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let hw = broker.metadata.read(|s| {
-                        s.partition(topic.topic.as_str(), p.partition)
-                            .map(|part| part.next_offset)
-                    });
+                    let hw = broker
+                        .metadata
+                        .offsets(topic.topic.as_str(), p.partition)
+                        .map(|o| o.high_watermark);
                     let out = EpochEndOffset::default().with_partition(p.partition);
                     match hw {
                         None => out

@@ -69,10 +69,8 @@ async fn read_once(
                 ) {
                     let (hw, start) = broker
                         .metadata
-                        .read(|s| {
-                            s.partition(topic.topic.as_str(), p.partition)
-                                .map(|p| (p.next_offset, p.log_start_offset))
-                        })
+                        .offsets(topic.topic.as_str(), p.partition)
+                        .map(|o| (o.high_watermark, o.log_start))
                         .unwrap_or((-1, -1));
                     partitions.push(
                         data.with_high_watermark(hw)
@@ -133,10 +131,8 @@ async fn read_once(
                     };
                     let (hw, start) = broker
                         .metadata
-                        .read(|s| {
-                            s.partition(topic.topic.as_str(), p.partition)
-                                .map(|p| (p.next_offset, p.log_start_offset))
-                        })
+                        .offsets(topic.topic.as_str(), p.partition)
+                        .map(|o| (o.high_watermark, o.log_start))
                         .unwrap_or((-1, -1));
                     data = data
                         .with_error_code(code.code())

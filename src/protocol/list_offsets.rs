@@ -26,13 +26,17 @@ pub async fn handle(
         for p in &topic.partitions {
             let name = topic.name.as_str();
             let found = match p.timestamp {
-                LATEST | EARLIEST | MAX_TIMESTAMP => broker.metadata.read(|s| {
+                LATEST => broker
+                    .metadata
+                    .offsets(name, p.partition_index)
+                    .map(|o| (-1, o.high_watermark)),
+                EARLIEST => broker
+                    .metadata
+                    .offsets(name, p.partition_index)
+                    .map(|o| (-1, o.log_start)),
+                MAX_TIMESTAMP => broker.metadata.read(|s| {
                     let part = s.partition(name, p.partition_index)?;
-                    Some(match p.timestamp {
-                        LATEST => (-1, part.next_offset),
-                        EARLIEST => (-1, part.log_start_offset),
-                        _ => part.max_timestamp().unwrap_or((-1, -1)),
-                    })
+                    Some(part.max_timestamp().unwrap_or((-1, -1)))
                 }),
                 ts => match broker
                     .fetcher

@@ -117,8 +117,8 @@ impl PendingProduce {
                             // Kafka reports the partition's log start offset after the append.
                             let log_start = broker
                                 .metadata
-                                .read(|s| s.partition(topic, index).map(|p| p.log_start_offset))
-                                .unwrap_or(0);
+                                .offsets(topic, index)
+                                .map_or(0, |o| o.log_start);
                             partition_response(index, result, append_time, log_start, version)
                         }))
                         .await;
