@@ -32,8 +32,7 @@ use crate::storage::ObjectStorage;
 
 /// Where compacted segments live; the recovery replay of flush objects never looks here.
 pub const COMPACTED_PREFIX: &str = "compacted";
-/// Segments merged at once: a partition holds at most `FAN_IN - 1` segments per size
-/// tier (tiers are powers of four), and each byte is rewritten once per tier.
+/// Segments merged at once (see `merge_run`).
 const FAN_IN: usize = 4;
 /// Jobs one broker runs per round; the rest wait for the next round.
 const MAX_JOBS_PER_ROUND: usize = 256;
@@ -77,11 +76,6 @@ impl Job {
     fn bytes(&self) -> u64 {
         self.entries.iter().map(|e| e.entry.length).sum()
     }
-}
-
-/// The size tier of a segment: its size's power of four.
-fn tier(bytes: u64) -> u32 {
-    bytes.max(1).ilog2() / 2
 }
 
 /// The jobs for the partitions `owner` is preferred for, at `now_ms`: at most one per
@@ -158,17 +152,23 @@ fn tail_run(
     None
 }
 
-/// The first `FAN_IN` consecutive segments of one size tier that fit in one segment.
+/// The first `FAN_IN` consecutive segments that fit in one segment and of which none
+/// outweighs the others together. Equal segments merge four at a time, so a slow
+/// partition's segments grow by powers of four (each byte is rewritten about once per
+/// power of four up to the segment size), and a large segment is not rewritten for the
+/// sake of a few small ones beside it (which would rewrite it over and over).
 fn merge_run(
     entries: &[IndexEntry],
     state: &MetadataState,
     segment_bytes: u64,
 ) -> Option<Range<usize>> {
     let start = entries.windows(FAN_IN).position(|run| {
-        let first = tier(run[0].length);
+        let total: u64 = run.iter().map(|e| e.length).sum();
+        let largest = run.iter().map(|e| e.length).max().unwrap_or(0);
         run.iter()
-            .all(|e| kind(state, e) == Some(ObjectKind::Segment) && tier(e.length) == first)
-            && run.iter().map(|e| e.length).sum::<u64>() <= segment_bytes
+            .all(|e| kind(state, e) == Some(ObjectKind::Segment))
+            && total <= segment_bytes
+            && largest <= total - largest
     })?;
     Some(start..start + FAN_IN)
 }
@@ -466,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn small_segments_merge_four_at_a_time_by_size_tier() {
+    fn small_segments_merge_four_at_a_time_but_not_into_a_larger_one() {
         let mut s = state_with(1);
         let p = policy(1 << 20);
         let mut n = 0;
@@ -482,7 +482,7 @@ mod tests {
         }
         assert_eq!(s.partition("t", 0).map(|p| p.index.len()), Some(3));
         compact_tail(&mut s);
-        // Four segments of one tier: one merge job per partition.
+        // Four equal segments: one merge job per partition.
         let jobs = plan(&s, 1, 0, &p);
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].entries.len(), FAN_IN);
@@ -491,7 +491,7 @@ mod tests {
         }
         assert_eq!(s.partition("t", 0).map(|p| p.index.len()), Some(1));
         assert!(plan(&s, 1, 0, &p).is_empty());
-        // Segments of different tiers are not merged together.
+        // A large segment is not rewritten for the sake of small ones beside it.
         for _ in 0..3 {
             compact_tail(&mut s);
         }
