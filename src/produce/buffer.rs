@@ -283,6 +283,7 @@ async fn upload(
     // One chunk per partition; an idempotent request gets a chunk of its own, so the
     // state machine can refuse it (a duplicate, a sequence gap) without touching others.
     let mut by_partition: IndexMap<(String, i32, Option<usize>), Vec<Pending>> = IndexMap::new();
+    let data_bytes: usize = pending.iter().map(|p| p.batches.bytes).sum();
     for (i, p) in pending.into_iter().enumerate() {
         let own_chunk = p.batches.producer.map(|_| i);
         by_partition
@@ -290,7 +291,10 @@ async fn upload(
             .or_default()
             .push(p);
     }
-    let mut builder = SegmentBuilder::new();
+    // Sized to fit: the write-through cache keeps slices of this buffer, and so the whole
+    // allocation, alive; slack would be memory the cache does not count.
+    let footer_bytes: usize = by_partition.keys().map(|(t, _, _)| t.len() + 48).sum();
+    let mut builder = SegmentBuilder::with_capacity(data_bytes + footer_bytes + 16);
     let mut chunks = Vec::with_capacity(by_partition.len());
     for ((topic, partition, _), requests) in by_partition {
         let producer = requests.first().and_then(|p| p.batches.producer);

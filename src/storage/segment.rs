@@ -133,7 +133,12 @@ impl Default for SegmentBuilder {
 
 impl SegmentBuilder {
     pub fn new() -> Self {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        Self::with_capacity(64 * 1024)
+    }
+
+    /// A builder whose buffer holds `bytes` (data and footer) without growing.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(bytes + HEADER_MAGIC.len() + TRAILER_LEN);
         buf.put_slice(HEADER_MAGIC);
         Self {
             buf,
