@@ -836,6 +836,10 @@ def run_soak(a, ctx) -> int:
             rsb = s["raft_snapshot_bytes"]
             fig(f"{pre}_raft_snapshot_file", rsb if rsb is not None else "n/a", "B")
             fig(f"{pre}_broker_rss", s["rss_mib"], "MiB")
+            if st is not None and "heap_allocated_bytes" in st:
+                # jemalloc's view: live heap, and what the allocator holds (RSS minus code).
+                fig(f"{pre}_heap_allocated", st["heap_allocated_bytes"] / 2**20, "MiB")
+                fig(f"{pre}_heap_resident", st["heap_resident_bytes"] / 2**20, "MiB")
             if walk is not None:
                 fig(f"{pre}_store_flush_objects", walk["flush_objects"])
                 fig(f"{pre}_store_flush_bytes", walk["flush_bytes"] / MB, "MB")

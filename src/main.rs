@@ -11,6 +11,9 @@ use strata::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

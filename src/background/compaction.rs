@@ -22,6 +22,7 @@ use futures::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
+use crate::metadata::cluster::partition_hash;
 use crate::metadata::state::{
     Command, CompactionSwap, IndexEntry, MetadataState, ObjectKind, Response, StateError,
 };
@@ -93,6 +94,11 @@ pub fn plan(state: &MetadataState, owner: u64, now_ms: i64, policy: &CompactionP
                 continue;
             }
             let entries = &partition.index;
+            // Each partition waits between half and all of the age, by its hash: partitions
+            // created together do not all compact in the same round, so the work, the
+            // index and the deletion queue stay even instead of rising and falling together.
+            let spread = partition_hash(name, index) % (age_ms as u64 / 2).max(1);
+            let age_ms = age_ms - spread as i64;
             let Some(run) = tail_run(entries, state, now_ms, age_ms, policy.segment_bytes)
                 .or_else(|| merge_run(entries, state, policy.segment_bytes))
             else {
@@ -453,8 +459,8 @@ mod tests {
         flush(&mut s, "segments/a", 0, 100);
         flush(&mut s, "segments/b", 30_000, 100);
         // Young and small: nothing to do.
-        assert!(plan(&s, 1, 59_999, &policy(1 << 20)).is_empty());
-        // The oldest chunk is a minute old: the whole run goes, per partition.
+        assert!(plan(&s, 1, 29_999, &policy(1 << 20)).is_empty());
+        // Each partition waits between half and all of the age: at a minute, both went.
         let jobs = plan(&s, 1, 60_000, &policy(1 << 20));
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].entries.len(), 2);

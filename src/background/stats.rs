@@ -45,6 +45,20 @@ struct Stats<'a> {
     compaction_bytes_read: u64,
     compaction_bytes_written: u64,
     gc_deleted: u64,
+    /// Heap in use and memory the allocator holds (jemalloc; 0 without it).
+    heap_allocated_bytes: u64,
+    heap_resident_bytes: u64,
+}
+
+/// jemalloc's view of the heap: (allocated, resident).
+fn heap() -> (u64, u64) {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return (0, 0);
+    }
+    let allocated = stats::allocated::read().unwrap_or(0) as u64;
+    let resident = stats::resident::read().unwrap_or(0) as u64;
+    (allocated, resident)
 }
 
 pub async fn run(
@@ -74,6 +88,7 @@ pub async fn run(
         }
         let load = Ordering::Relaxed;
         let counters = storage.counters();
+        let (heap_allocated_bytes, heap_resident_bytes) = heap();
         let stats = Stats {
             time_ms: crate::protocol::now_ms(),
             state: &stats,
@@ -89,6 +104,8 @@ pub async fn run(
             compaction_bytes_read: compaction.bytes_read.load(load),
             compaction_bytes_written: compaction.bytes_written.load(load),
             gc_deleted: gauges.gc_deleted.load(load),
+            heap_allocated_bytes,
+            heap_resident_bytes,
         };
         let Ok(json) = serde_json::to_vec_pretty(&stats) else {
             continue;

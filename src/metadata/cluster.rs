@@ -173,6 +173,15 @@ impl ClusterState {
     }
 }
 
+/// A partition's stable hash (the same on every broker and build), for spreading
+/// per-partition work in time.
+pub fn partition_hash(topic: &str, partition: i32) -> u64 {
+    let mut h = Fnv::new();
+    h.write(topic.as_bytes());
+    h.write(&partition.to_be_bytes());
+    h.finish()
+}
+
 /// FNV-1a, 64-bit: stable across builds and platforms (std's hasher is not), so every
 /// replica computes the same placement.
 struct Fnv(u64);
