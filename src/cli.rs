@@ -52,6 +52,32 @@ pub struct ServeArgs {
     /// Flush the write buffer once it holds this many bytes [default: 16777216].
     #[arg(long, env = "STRATA_FLUSH_BYTES")]
     pub flush_bytes: Option<usize>,
+    /// Partitions of an auto-created topic, like Kafka's num.partitions [default: 1].
+    #[arg(long, env = "STRATA_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+    /// Largest request frame accepted, like socket.request.max.bytes [default: 104857600].
+    #[arg(long, env = "STRATA_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Memory for recently written and read object chunks [default: 268435456].
+    #[arg(long, env = "STRATA_CACHE_BYTES")]
+    pub cache_bytes: Option<usize>,
+    /// The cache's disk tier in <data-dir>/cache, 0 for none [default: 1073741824 in
+    /// front of S3, 0 in front of a local directory].
+    #[arg(long, env = "STRATA_CACHE_DISK_BYTES")]
+    pub cache_disk_bytes: Option<usize>,
+    /// Take a metadata snapshot after this many Raft log entries [default: 10000].
+    #[arg(long, env = "STRATA_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// How long a new group waits for more members before its first rebalance, like
+    /// group.initial.rebalance.delay.ms [default: 300].
+    #[arg(long, env = "STRATA_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Produce data held while uploads are slow; producers wait beyond it [default: 268435456].
+    #[arg(long, env = "STRATA_BUFFER_MAX_BYTES")]
+    pub buffer_max_bytes: Option<usize>,
+    /// How long one segment upload is retried before its produce requests fail [default: 60000].
+    #[arg(long, env = "STRATA_UPLOAD_TIMEOUT_MS")]
+    pub upload_timeout_ms: Option<u64>,
     /// Copy the metadata snapshot to the object store this often [default: 60000].
     #[arg(long, env = "STRATA_STORE_SNAPSHOT_INTERVAL_MS")]
     pub store_snapshot_interval_ms: Option<u64>,

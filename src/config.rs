@@ -167,7 +167,10 @@ impl Config {
                 hint: "use 1024 to 1073741824 bytes",
             });
         }
-        let default_partitions = file.default_partitions.unwrap_or(1);
+        let default_partitions = args
+            .default_partitions
+            .or(file.default_partitions)
+            .unwrap_or(1);
         if !(1..=crate::metadata::state::MAX_PARTITIONS).contains(&default_partitions) {
             return Err(ConfigError::Invalid {
                 key: "default_partitions",
@@ -175,7 +178,10 @@ impl Config {
                 hint: "use 1 to 10000",
             });
         }
-        let max_request_bytes = file.max_request_bytes.unwrap_or(100 << 20);
+        let max_request_bytes = args
+            .max_request_bytes
+            .or(file.max_request_bytes)
+            .unwrap_or(100 << 20);
         if !(1024..=(1 << 30)).contains(&max_request_bytes) {
             return Err(ConfigError::Invalid {
                 key: "max_request_bytes",
@@ -183,7 +189,10 @@ impl Config {
                 hint: "use 1024 to 1073741824 bytes",
             });
         }
-        let snapshot_every = file.snapshot_every.unwrap_or(10_000);
+        let snapshot_every = args
+            .snapshot_every
+            .or(file.snapshot_every)
+            .unwrap_or(10_000);
         if snapshot_every == 0 {
             return Err(ConfigError::Invalid {
                 key: "snapshot_every",
@@ -191,7 +200,10 @@ impl Config {
                 hint: "use a positive number of log entries",
             });
         }
-        let buffer_max_bytes = file.buffer_max_bytes.unwrap_or(256 << 20);
+        let buffer_max_bytes = args
+            .buffer_max_bytes
+            .or(file.buffer_max_bytes)
+            .unwrap_or(256 << 20);
         if buffer_max_bytes < (1 << 20) {
             return Err(ConfigError::Invalid {
                 key: "buffer_max_bytes",
@@ -289,6 +301,30 @@ impl Config {
             0..=86_400_000,
             "use 0 to 86400000 milliseconds (longer than the slowest fetch)",
         )?;
+        let upload_timeout = millis(
+            "upload_timeout_ms",
+            args.upload_timeout_ms
+                .or(file.upload_timeout_ms)
+                .unwrap_or(60_000),
+            1000..=86_400_000,
+            "use 1000 to 86400000 milliseconds",
+        )?;
+        let store_snapshot_interval = millis(
+            "store_snapshot_interval_ms",
+            args.store_snapshot_interval_ms
+                .or(file.store_snapshot_interval_ms)
+                .unwrap_or(60_000),
+            100..=86_400_000,
+            "use 100 to 86400000 milliseconds",
+        )?;
+        let group_initial_rebalance_delay = millis(
+            "group_initial_rebalance_delay_ms",
+            args.group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .unwrap_or(300),
+            0..=300_000,
+            "use 0 to 300000 milliseconds",
+        )?;
         let segment_bytes = args
             .segment_bytes
             .or(file.segment_bytes)
@@ -315,15 +351,8 @@ impl Config {
             segment_bytes,
             gc_grace,
             buffer_max_bytes,
-            upload_timeout: Duration::from_millis(
-                file.upload_timeout_ms.unwrap_or(60_000).max(1000),
-            ),
-            store_snapshot_interval: Duration::from_millis(
-                args.store_snapshot_interval_ms
-                    .or(file.store_snapshot_interval_ms)
-                    .unwrap_or(60_000)
-                    .max(100),
-            ),
+            upload_timeout,
+            store_snapshot_interval,
             orphan_grace: Duration::from_millis(orphan_grace_ms),
             recover_from_store: args.recover_from_store || file.recover_from_store.unwrap_or(false),
             listen,
@@ -340,14 +369,15 @@ impl Config {
             flush_interval: Duration::from_millis(flush_interval_ms),
             flush_bytes,
             max_request_bytes,
-            cache_bytes: file.cache_bytes.unwrap_or(256 << 20),
+            cache_bytes: args.cache_bytes.or(file.cache_bytes).unwrap_or(256 << 20),
             // A disk tier in front of a store that is itself a local directory would
             // only copy it; it pays off in front of S3.
-            cache_disk_bytes: file.cache_disk_bytes.unwrap_or(default_disk_cache),
+            cache_disk_bytes: args
+                .cache_disk_bytes
+                .or(file.cache_disk_bytes)
+                .unwrap_or(default_disk_cache),
             snapshot_every,
-            group_initial_rebalance_delay: Duration::from_millis(
-                file.group_initial_rebalance_delay_ms.unwrap_or(300),
-            ),
+            group_initial_rebalance_delay,
         })
     }
 }
@@ -460,6 +490,107 @@ mod tests {
         assert_eq!(c.segment_bytes, 128 << 20);
         assert_eq!(c.gc_grace, Duration::from_secs(60));
         assert_eq!(c.compaction_age, Duration::from_secs(60));
+    }
+
+    /// Every key of the file, as serde lists them: `deserialize_struct` is handed the
+    /// struct's field names, and this deserializer returns them as its error.
+    fn file_keys() -> &'static [&'static str] {
+        #[derive(Debug)]
+        struct Keys(&'static [&'static str]);
+        impl std::fmt::Display for Keys {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+        impl std::error::Error for Keys {}
+        impl serde::de::Error for Keys {
+            fn custom<T: std::fmt::Display>(_: T) -> Self {
+                Keys(&[])
+            }
+        }
+        struct Probe;
+        impl<'de> serde::Deserializer<'de> for Probe {
+            type Error = Keys;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Keys> {
+                Err(Keys(&[]))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Keys> {
+                Err(Keys(fields))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+                enum identifier ignored_any
+            }
+        }
+        match FileConfig::deserialize(Probe) {
+            Err(Keys(keys)) => keys,
+            Ok(_) => unreachable!("the probe yields no values"),
+        }
+    }
+
+    /// A key added to the file without its flag and variable fails here.
+    #[test]
+    fn every_file_key_is_a_flag_and_a_variable() {
+        use clap::Args;
+        let keys = file_keys();
+        assert!(keys.len() >= 27 && keys.contains(&"default_partitions"));
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        for key in keys {
+            let flag = key.replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag.as_str()))
+                .unwrap_or_else(|| panic!("config key {key} has no --{flag} flag"));
+            let env = format!("STRATA_{}", key.to_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(env.as_str()),
+                "--{flag} needs variable {env}"
+            );
+        }
+        // And the README's table names every one of them.
+        let readme = include_str!("../README.md");
+        for key in keys {
+            let row = format!("| `--{}", key.replace('_', "-"));
+            assert!(readme.contains(&row), "README.md lacks a row {row}…");
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_not_clamped() {
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
+        let e = refused(ServeArgs {
+            upload_timeout_ms: Some(10),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("upload_timeout_ms = \"10\" is not valid"),
+            "{e}"
+        );
+        let e = refused(ServeArgs {
+            store_snapshot_interval_ms: Some(5),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("store_snapshot_interval_ms = \"5\" is not valid"),
+            "{e}"
+        );
+        let c = Config::load(&ServeArgs {
+            upload_timeout_ms: Some(1000),
+            store_snapshot_interval_ms: Some(100),
+            default_partitions: Some(3),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.upload_timeout, Duration::from_secs(1));
+        assert_eq!(c.store_snapshot_interval, Duration::from_millis(100));
+        assert_eq!(c.default_partitions, 3);
     }
 
     #[test]

@@ -52,17 +52,20 @@ pub(super) fn list(
     states_filter: &[String],
     types_filter: &[String],
     groups_with_offsets: &[String],
+    mine: impl Fn(&str) -> bool,
     version: i16,
 ) -> ListGroupsResponse {
     let mut rows: Vec<(String, String, &'static str)> = groups
         .values()
+        // A group whose coordinator moved away may linger here until it expires.
+        .filter(|g| mine(&g.id))
         .map(|g| {
             let ptype = g.protocol_type.clone().unwrap_or_else(|| "consumer".into());
             (g.id.clone(), ptype, g.state.as_str())
         })
         .collect();
     for id in groups_with_offsets {
-        if !groups.contains_key(id) {
+        if !groups.contains_key(id) && mine(id) {
             rows.push((id.clone(), "consumer".into(), GroupState::Empty.as_str()));
         }
     }

@@ -30,6 +30,7 @@ use tokio::time::{Duration, Instant};
 
 pub use self::state::GroupState;
 use self::state::{Group, JoinParams, Protocol, Waiter};
+use crate::protocol::acl_ops::{self, Resource};
 
 /// How often the background task checks session expiry and join deadlines.
 const TICK: Duration = Duration::from_millis(50);
@@ -289,20 +290,32 @@ impl GroupCoordinator {
         version: i16,
     ) -> DescribeGroupsResponse {
         let groups = self.lock();
+        // v3+ (KIP-430): the caller's operations on each group it may describe.
+        let ops = acl_ops::reported(
+            version >= 3 && req.include_authorized_operations,
+            Resource::Group,
+        );
         let described = req
             .groups
             .iter()
-            .map(|id| describe::describe(groups.get(id.as_str()), id, version))
+            .map(|id| {
+                describe::describe(groups.get(id.as_str()), id, version)
+                    .with_authorized_operations(ops)
+            })
             .collect();
         DescribeGroupsResponse::default().with_groups(described)
     }
 
     /// Groups known only through committed offsets are listed as Empty "consumer" groups.
+    /// Only the groups `mine` accepts (those this broker coordinates) are listed, as Kafka
+    /// lists only its own coordinator's, so a client merging every broker's list sees each
+    /// group once.
     pub fn list_groups(
         &self,
         req: ListGroupsRequest,
         version: i16,
         groups_with_offsets: &[String],
+        mine: impl Fn(&str) -> bool,
     ) -> ListGroupsResponse {
         let states: Vec<String> = if version >= 4 {
             req.states_filter.iter().map(|s| s.to_string()).collect()
@@ -314,7 +327,14 @@ impl GroupCoordinator {
         } else {
             Vec::new()
         };
-        describe::list(&self.lock(), &states, &types, groups_with_offsets, version)
+        describe::list(
+            &self.lock(),
+            &states,
+            &types,
+            groups_with_offsets,
+            mine,
+            version,
+        )
     }
 
     /// Validate an OffsetCommit against group membership, as Kafka does.

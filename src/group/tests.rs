@@ -471,6 +471,15 @@ async fn describe_and_list() {
     assert_eq!(lm.member_assignment, Bytes::from_static(b"al"));
     assert_eq!(lm.client_id.as_str(), "a");
     assert_eq!(d.groups[1].group_state.as_str(), "Dead");
+    assert_eq!(g.authorized_operations, i32::MIN, "only when asked");
+    let asked = c.describe_groups(
+        DescribeGroupsRequest::default()
+            .with_groups(vec![gid(G)])
+            .with_include_authorized_operations(true),
+        5,
+    );
+    // READ, DELETE, DESCRIBE (bits 3, 6, 8).
+    assert_eq!(asked.groups[0].authorized_operations, 0b1_0100_1000);
     for v in 0..=6 {
         let d = c.describe_groups(
             DescribeGroupsRequest::default().with_groups(vec![gid(G)]),
@@ -480,7 +489,7 @@ async fn describe_and_list() {
     }
 
     let offsets = vec!["only-offsets".to_string(), G.to_string()];
-    let all = c.list_groups(ListGroupsRequest::default(), 4, &offsets);
+    let all = c.list_groups(ListGroupsRequest::default(), 4, &offsets, |_| true);
     let rows: Vec<(String, String, String)> = all
         .groups
         .iter()
@@ -503,20 +512,36 @@ async fn describe_and_list() {
         ListGroupsRequest::default().with_states_filter(vec![s("stable")]),
         4,
         &offsets,
+        |_| true,
     );
     assert_eq!(stable_only.groups.len(), 1);
     let consumer_type = c.list_groups(
         ListGroupsRequest::default().with_types_filter(vec![s("consumer")]),
         5,
         &offsets,
+        |_| true,
     );
     assert!(
         consumer_type.groups.is_empty(),
         "type filter is about classic/consumer group types"
     );
     for v in 0..=5 {
-        encodes(&c.list_groups(ListGroupsRequest::default(), v, &offsets), v);
+        encodes(
+            &c.list_groups(ListGroupsRequest::default(), v, &offsets, |_| true),
+            v,
+        );
     }
+    // A broker lists only the groups it coordinates, live or known by offsets alone.
+    let ids = |mine: &dyn Fn(&str) -> bool| -> Vec<String> {
+        c.list_groups(ListGroupsRequest::default(), 4, &offsets, mine)
+            .groups
+            .iter()
+            .map(|g| g.group_id.to_string())
+            .collect()
+    };
+    assert_eq!(ids(&|g| g == G), vec![G.to_string()]);
+    assert_eq!(ids(&|g| g == "only-offsets"), vec!["only-offsets"]);
+    assert!(ids(&|_| false).is_empty());
 }
 
 #[tokio::test]

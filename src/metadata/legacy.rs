@@ -219,6 +219,8 @@ pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
                         .map(|(p, c)| {
                             let committed = CommittedOffset {
                                 offset: c.offset,
+                                // Format 1 did not keep it.
+                                leader_epoch: -1,
                                 metadata: c.metadata,
                                 commit_ms: c.commit_ms,
                             };
@@ -349,6 +351,7 @@ mod tests {
         assert_eq!(topic.partitions[2].producers[&0].batches, [(0, 1, 3)]);
         let committed = |p| state.committed_offset("fixture-group", "fixture", p);
         assert_eq!(committed(0).map(|c| c.offset), Some(7));
+        assert_eq!(committed(0).map(|c| c.leader_epoch), Some(-1));
         assert_eq!(committed(1).map(|c| c.offset), Some(2));
         assert!(committed(2).is_none());
         assert_eq!(

@@ -137,6 +137,8 @@ pub struct OffsetCommit {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The leader epoch the committed offset was read in (KIP-320); -1 for none.
+    pub leader_epoch: i32,
     pub metadata: Option<String>,
     pub commit_ms: i64,
 }
@@ -244,6 +246,8 @@ pub struct Topic {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
     pub offset: i64,
+    /// As committed (KIP-320); -1 for none.
+    pub leader_epoch: i32,
     pub metadata: Option<String>,
     pub commit_ms: i64,
 }
@@ -617,6 +621,7 @@ impl MetadataState {
                     commit.partition,
                     CommittedOffset {
                         offset: commit.offset,
+                        leader_epoch: commit.leader_epoch,
                         metadata: commit.metadata.clone(),
                         commit_ms: commit.commit_ms,
                     },
@@ -961,6 +966,7 @@ mod tests {
                 topic: "t".into(),
                 partition: 0,
                 offset: 1,
+                leader_epoch: -1,
                 metadata: None,
                 commit_ms: 5,
             }],
@@ -982,6 +988,7 @@ mod tests {
             topic: "t".into(),
             partition: p,
             offset: 7,
+            leader_epoch: 4,
             metadata: Some("m".into()),
             commit_ms: 1,
         };
@@ -994,6 +1001,7 @@ mod tests {
             Response::Offsets(vec![Ok(()), Err(StateError::UnknownTopicOrPartition)])
         );
         assert_eq!(s.group_ids().collect::<Vec<_>>(), vec!["g"]);
+        assert_eq!(s.committed_offset("g", "t", 0).unwrap().leader_epoch, 4);
     }
 
     #[test]
@@ -1128,6 +1136,7 @@ mod tests {
             topic: "t".into(),
             partition: p,
             offset: 1,
+            leader_epoch: -1,
             metadata: None,
             commit_ms: 0,
         };
@@ -1207,6 +1216,7 @@ mod tests {
                     topic: t.into(),
                     partition: p,
                     offset: o,
+                    leader_epoch: -1,
                     metadata: None,
                     commit_ms: 0,
                 }],

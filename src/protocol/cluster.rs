@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochResponse,
 };
 
+use super::acl_ops::{self, Resource};
 use super::str_bytes;
 use crate::broker::Broker;
 
@@ -33,7 +34,11 @@ pub fn describe(
         .map_or(broker.node_id(), |id| id as i32);
     let resp = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&broker.cluster_id))
-        .with_controller_id(BrokerId(controller));
+        .with_controller_id(BrokerId(controller))
+        .with_cluster_authorized_operations(acl_ops::reported(
+            req.include_cluster_authorized_operations,
+            Resource::Cluster,
+        ));
     if version >= 1 && req.endpoint_type != ENDPOINT_BROKERS {
         return resp
             .with_error_code(ResponseError::UnsupportedEndpointType.code())

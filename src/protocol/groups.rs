@@ -64,7 +64,11 @@ pub fn list_groups(
     version: i16,
 ) -> ListGroupsResponse {
     let with_offsets: Vec<String> = broker.metadata.read(|s| s.group_ids().cloned().collect());
-    broker.groups.list_groups(req, version, &with_offsets)
+    broker
+        .groups
+        .list_groups(req, version, &with_offsets, |group| {
+            broker.is_coordinator(group)
+        })
 }
 
 /// DeleteGroups: NON_EMPTY_GROUP while members are active; otherwise the group and its

@@ -9,6 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use super::acl_ops::{self, Resource};
 use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
 
@@ -25,10 +26,22 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
             .metadata
             .read(|s| s.topics().keys().cloned().collect()),
     };
+    // v8+ (KIP-430): the caller's operations on each topic, and v8-v10 on the cluster.
+    let topic_ops = acl_ops::reported(
+        version >= 8 && req.include_topic_authorized_operations,
+        Resource::Topic,
+    );
+    let cluster_ops = acl_ops::reported(
+        (8..=10).contains(&version) && req.include_cluster_authorized_operations,
+        Resource::Cluster,
+    );
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
         let lookup = broker.lookup_or_create_topic(&name, allow_create).await;
-        topics.push(topic_metadata(broker, &name, lookup, version));
+        topics.push(
+            topic_metadata(broker, &name, lookup, version)
+                .with_topic_authorized_operations(topic_ops),
+        );
     }
     let brokers = broker
         .live_brokers()
@@ -58,6 +71,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
             BrokerId(-1)
         })
         .with_topics(topics)
+        .with_cluster_authorized_operations(cluster_ops)
 }
 
 fn topic_metadata(

@@ -1,6 +1,7 @@
 //! The Kafka protocol front end: request frames in, response frames out, one handler
 //! file per API family.
 
+pub(crate) mod acl_ops;
 mod api_versions;
 mod cluster;
 mod configs;

@@ -26,7 +26,7 @@ use crate::metadata::state::{Command, OffsetCommit, Response};
 pub async fn commit(
     broker: &Arc<Broker>,
     req: OffsetCommitRequest,
-    _version: i16,
+    version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.as_str().to_owned();
     let refusal = broker.groups.check_offset_commit(
@@ -43,6 +43,12 @@ pub async fn commit(
                 topic: topic.name.as_str().to_owned(),
                 partition: p.partition_index,
                 offset: p.committed_offset,
+                // KIP-320: v6+ carries the epoch the offset was read in.
+                leader_epoch: if version >= 6 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                },
                 metadata: p.committed_metadata.as_ref().map(|m| m.as_str().to_owned()),
                 commit_ms: now,
             });
@@ -124,6 +130,7 @@ pub fn fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, _version: i16) -> Of
                         OffsetFetchResponsePartition::default()
                             .with_partition_index(partition)
                             .with_committed_offset(committed.map_or(-1, |c| c.offset))
+                            .with_committed_leader_epoch(committed.map_or(-1, |c| c.leader_epoch))
                             .with_metadata(Some(str_bytes(
                                 committed.and_then(|c| c.metadata.as_deref()).unwrap_or(""),
                             )))

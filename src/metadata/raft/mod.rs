@@ -861,6 +861,7 @@ mod tests {
                 topic: "t".into(),
                 partition: 2,
                 offset: 3,
+                leader_epoch: -1,
                 metadata: None,
                 commit_ms: 9,
             }],
