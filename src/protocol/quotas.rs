@@ -1,0 +1,7 @@
+//! DescribeClientQuotas: Strata enforces no client quotas yet, so none match.
+
+use kafka_protocol::messages::{DescribeClientQuotasRequest, DescribeClientQuotasResponse};
+
+pub fn describe(_req: DescribeClientQuotasRequest, _version: i16) -> DescribeClientQuotasResponse {
+    DescribeClientQuotasResponse::default().with_entries(Some(Vec::new()))
+}
