@@ -670,7 +670,7 @@ pub async fn alter(
                 Some((code, message)) => resp
                     .with_error_code(code.code())
                     .with_error_message(Some(str_bytes(&message))),
-                None => resp,
+                None => resp.with_error_message(None),
             }
         })
         .collect();
@@ -712,7 +712,7 @@ pub async fn incremental_alter(
                 Some((code, message)) => resp
                     .with_error_code(code.code())
                     .with_error_message(Some(str_bytes(&message))),
-                None => resp,
+                None => resp.with_error_message(None),
             }
         })
         .collect();

@@ -31,7 +31,9 @@ pub fn elect(broker: &Arc<Broker>, req: ElectLeadersRequest, _version: i16) -> E
                 let results = partitions
                     .into_iter()
                     .map(|index| {
-                        let result = PartitionResult::default().with_partition_id(index);
+                        let result = PartitionResult::default()
+                            .with_partition_id(index)
+                            .with_error_message(None);
                         if s.partition(&name, index).is_some() {
                             result
                         } else {

@@ -7,5 +7,7 @@ pub fn list(
     _req: ListPartitionReassignmentsRequest,
     _version: i16,
 ) -> ListPartitionReassignmentsResponse {
-    ListPartitionReassignmentsResponse::default().with_topics(Vec::new())
+    ListPartitionReassignmentsResponse::default()
+        .with_error_message(None)
+        .with_topics(Vec::new())
 }

@@ -24,12 +24,28 @@ pub async fn create(
     for topic in req.topics {
         let name = topic.name.as_str().to_owned();
         let assigned = (!topic.assignments.is_empty()).then(|| {
-            if topic.num_partitions != -1 || topic.replication_factor != -1 {
+            // Kafka wants both -1 with an assignment; a count or factor that agrees with
+            // the assignment is accepted too (kafka-python sends them).
+            let count = topic.assignments.len();
+            if topic.num_partitions != -1 && i64::from(topic.num_partitions) != count as i64 {
                 return Err((
                     ResponseError::InvalidRequest,
-                    "Both numPartitions or replicationFactor and replicasAssignments were set. \
-                     Both cannot be used at the same time."
-                        .to_owned(),
+                    format!(
+                        "numPartitions {} disagrees with the replica assignment of {count} partitions",
+                        topic.num_partitions
+                    ),
+                ));
+            }
+            let factor = i64::from(topic.replication_factor);
+            if factor != -1
+                && topic
+                    .assignments
+                    .iter()
+                    .any(|a| a.broker_ids.len() as i64 != factor)
+            {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    format!("replicationFactor {factor} disagrees with the replica assignment"),
                 ));
             }
             let mut by_index: Vec<_> = topic
