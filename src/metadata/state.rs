@@ -403,7 +403,9 @@ impl MetadataState {
             return Ok(());
         }
         if preferred.len() != partitions
-            || preferred.iter().any(|id| self.cluster.broker(*id).is_none())
+            || preferred
+                .iter()
+                .any(|id| self.cluster.broker(*id).is_none())
         {
             return Err(StateError::InvalidReplicaAssignment);
         }
@@ -1224,7 +1226,10 @@ mod tests {
         assert_eq!(s.preferred_broker("a", 0), Some(1));
         assert_eq!(s.preferred_broker("a", 9), Some(2));
         // A hint to a dead broker falls back to hashing over the live ones.
-        s.apply(&Command::Cluster(ClusterCommand::Heartbeat { id: 1, now_ms: 100 }));
+        s.apply(&Command::Cluster(ClusterCommand::Heartbeat {
+            id: 1,
+            now_ms: 100,
+        }));
         s.apply(&Command::Cluster(ClusterCommand::Expire {
             now_ms: 100,
             lease_ms: 50,
@@ -1233,7 +1238,10 @@ mod tests {
         assert_eq!(s.preferred_broker("b", 0), Some(1));
         assert_eq!(s.partition("b", 0).unwrap().preferred, Some(2));
         // It comes back when the broker does, and survives a snapshot round trip.
-        s.apply(&Command::Cluster(ClusterCommand::Heartbeat { id: 2, now_ms: 200 }));
+        s.apply(&Command::Cluster(ClusterCommand::Heartbeat {
+            id: 2,
+            now_ms: 200,
+        }));
         assert_eq!(s.preferred_broker("b", 0), Some(2));
         let restored: MetadataState =
             serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
@@ -1254,7 +1262,10 @@ mod tests {
         s.apply(&alter(
             None,
             false,
-            &[("num.partitions", Some("3")), ("log.retention.ms", Some("5"))],
+            &[
+                ("num.partitions", Some("3")),
+                ("log.retention.ms", Some("5")),
+            ],
         ));
         s.apply(&alter(Some(2), false, &[("num.partitions", Some("7"))]));
         assert_eq!(s.broker_config(1, "num.partitions"), Some("3"));
@@ -1433,6 +1444,28 @@ mod tests {
                 partitions: vec![(t.into(), p)],
             }),
             Just(Command::DeleteGroup { group: "g".into() }),
+            (topic.clone(), 1..4usize, 1..4u64).prop_map(|(t, n, id)| Command::CreateTopic {
+                name: t.into(),
+                topic_id: [3; 16],
+                partitions: n as i32,
+                configs: BTreeMap::new(),
+                now_ms: 0,
+                preferred: vec![id; n],
+            }),
+            (1..3u64).prop_map(|id| Command::Cluster(ClusterCommand::Register {
+                id,
+                host: "h".into(),
+                port: 1,
+                rack: None,
+                now_ms: 0,
+            })),
+            (any::<bool>(), 0..3u8).prop_map(|(replace, v)| Command::AlterBrokerConfigs {
+                broker: (v == 2).then_some(1),
+                replace,
+                changes: [("num.partitions".to_string(), (v > 0).then(|| v.to_string()))]
+                    .into_iter()
+                    .collect(),
+            }),
             (topic, 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![OffsetCommit {

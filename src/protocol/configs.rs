@@ -118,7 +118,10 @@ impl Scope {
 
     fn default(self, key: &str) -> Option<&'static str> {
         match self {
-            Scope::Topic => TOPIC_DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
+            Scope::Topic => TOPIC_DEFAULTS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v),
             Scope::Broker => DYNAMIC_BROKER_CONFIGS
                 .iter()
                 .find(|(k, ..)| *k == key)
@@ -145,7 +148,10 @@ fn dynamic_broker_value(
     node: u64,
     key: &str,
 ) -> Option<(String, i8)> {
-    if let Some(v) = state.broker_configs(&node.to_string()).and_then(|c| c.get(key)) {
+    if let Some(v) = state
+        .broker_configs(&node.to_string())
+        .and_then(|c| c.get(key))
+    {
         return Some((v.clone(), DYNAMIC_BROKER_CONFIG));
     }
     state
@@ -257,7 +263,6 @@ pub fn describe(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-
 /// A broker's configs: the static ones, then the dynamic ones with their sources.
 fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
     let c = &broker.config;
@@ -275,9 +280,7 @@ fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
     let partitions = broker
         .metadata
         .read(|s| dynamic_broker_value(s, id, "num.partitions"))
-        .unwrap_or_else(|| {
-            (c.default_partitions.to_string(), STATIC_BROKER_CONFIG)
-        });
+        .unwrap_or_else(|| (c.default_partitions.to_string(), STATIC_BROKER_CONFIG));
     let mut entries = vec![
         (
             "auto.create.topics.enable".into(),
@@ -508,7 +511,9 @@ fn config_changes(
         if let Some(v) = &new_value {
             validate(kind, key, v).map_err(invalid)?;
             if key == "num.partitions"
-                && v.trim().parse::<i64>().is_ok_and(|n| n > i64::from(MAX_PARTITIONS))
+                && v.trim()
+                    .parse::<i64>()
+                    .is_ok_and(|n| n > i64::from(MAX_PARTITIONS))
             {
                 return Err(invalid(format!(
                     "Invalid value {v} for configuration {key}: at most {MAX_PARTITIONS}"
@@ -736,6 +741,51 @@ mod tests {
         assert!(validate_topic_config("cleanup.policy", "shred").is_err());
         assert!(validate_topic_config("preallocate", "TRUE").is_ok());
         assert!(validate_topic_config("min.cleanable.dirty.ratio", "x").is_err());
+    }
+
+    #[test]
+    fn broker_configs_are_validated_and_static_ones_refused() {
+        let set = |k: &str, v: &str| vec![(k.to_string(), OP_SET, Some(v.to_string()))];
+        let none = BTreeMap::new();
+        let ok = config_changes(Scope::Broker, &none, &set("num.partitions", "6"))
+            .expect("a dynamic key");
+        assert_eq!(ok["num.partitions"].as_deref(), Some("6"));
+        for (key, value) in [
+            ("num.partitions", "0"),
+            ("num.partitions", "100000"),
+            ("log.retention.ms", "soon"),
+            ("log.cleanup.policy", "shred"),
+            ("broker.id", "2"),
+            ("advertised.listeners", "PLAINTEXT://x:1"),
+            ("no.such.key", "1"),
+            // A topic config is not a broker config.
+            ("retention.ms", "1"),
+        ] {
+            let err = config_changes(Scope::Broker, &none, &set(key, value));
+            assert_eq!(
+                err.unwrap_err().0,
+                ResponseError::InvalidConfig,
+                "{key}={value}"
+            );
+        }
+        // APPEND works from Kafka's default of the broker key.
+        let appended = config_changes(
+            Scope::Broker,
+            &none,
+            &[(
+                "log.cleanup.policy".into(),
+                OP_APPEND,
+                Some("compact".into()),
+            )],
+        )
+        .expect("a list key");
+        assert_eq!(
+            appended["log.cleanup.policy"].as_deref(),
+            Some("delete,compact")
+        );
+        assert_eq!(broker_scope(""), Ok(None));
+        assert_eq!(broker_scope("3"), Ok(Some(3)));
+        assert!(broker_scope("three").is_err());
     }
 
     #[test]

@@ -11,7 +11,11 @@ use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse, TopicN
 use super::str_bytes;
 use crate::broker::Broker;
 
-pub fn elect(broker: &Arc<Broker>, req: ElectLeadersRequest, _version: i16) -> ElectLeadersResponse {
+pub fn elect(
+    broker: &Arc<Broker>,
+    req: ElectLeadersRequest,
+    _version: i16,
+) -> ElectLeadersResponse {
     let results = broker.metadata.read(|s| {
         // None asks for every partition of every topic.
         let wanted: Vec<(String, Vec<i32>)> = match &req.topic_partitions {
@@ -28,24 +32,23 @@ pub fn elect(broker: &Arc<Broker>, req: ElectLeadersRequest, _version: i16) -> E
         wanted
             .into_iter()
             .map(|(name, partitions)| {
-                let results = partitions
-                    .into_iter()
-                    .map(|index| {
-                        let result = PartitionResult::default()
-                            .with_partition_id(index)
-                            .with_error_message(None);
-                        if s.partition(&name, index).is_some() {
-                            result
-                        } else {
-                            let e = ResponseError::UnknownTopicOrPartition;
-                            result
-                                .with_error_code(e.code())
-                                .with_error_message(Some(str_bytes(
-                                    "This server does not host this topic-partition.",
-                                )))
-                        }
-                    })
-                    .collect();
+                let results =
+                    partitions
+                        .into_iter()
+                        .map(|index| {
+                            let result = PartitionResult::default()
+                                .with_partition_id(index)
+                                .with_error_message(None);
+                            if s.partition(&name, index).is_some() {
+                                result
+                            } else {
+                                let e = ResponseError::UnknownTopicOrPartition;
+                                result.with_error_code(e.code()).with_error_message(Some(
+                                    str_bytes("This server does not host this topic-partition."),
+                                ))
+                            }
+                        })
+                        .collect();
                 ReplicaElectionResult::default()
                     .with_topic(TopicName(str_bytes(&name)))
                     .with_partition_result(results)

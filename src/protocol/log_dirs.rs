@@ -43,7 +43,9 @@ pub fn describe(
                         Some(
                             DescribeLogDirsPartition::default()
                                 .with_partition_index(index)
-                                .with_partition_size(i64::try_from(p.size_bytes).unwrap_or(i64::MAX))
+                                .with_partition_size(
+                                    i64::try_from(p.size_bytes).unwrap_or(i64::MAX),
+                                )
                                 .with_offset_lag(0),
                         )
                     })

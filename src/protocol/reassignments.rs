@@ -1,7 +1,9 @@
 //! ListPartitionReassignments: storage is shared and no data ever moves, so no
 //! reassignment is ever in progress.
 
-use kafka_protocol::messages::{ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse};
+use kafka_protocol::messages::{
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+};
 
 pub fn list(
     _req: ListPartitionReassignmentsRequest,

@@ -28,12 +28,18 @@ pub fn describe(
             .metadata
             .read(|s| s.topics().keys().cloned().collect())
     } else {
-        req.topics.iter().map(|t| t.name.as_str().to_owned()).collect()
+        req.topics
+            .iter()
+            .map(|t| t.name.as_str().to_owned())
+            .collect()
     };
     names.sort();
     names.dedup();
     let (cursor_topic, cursor_partition) = match &req.cursor {
-        Some(c) => (Some(c.topic_name.as_str().to_owned()), c.partition_index.max(0)),
+        Some(c) => (
+            Some(c.topic_name.as_str().to_owned()),
+            c.partition_index.max(0),
+        ),
         None => (None, 0),
     };
     if let Some(first) = &cursor_topic {

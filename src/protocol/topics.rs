@@ -7,8 +7,8 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, TopicName,
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    TopicName,
 };
 
 use super::str_bytes;
@@ -96,7 +96,10 @@ pub async fn create(
             Ok(None)
         } else {
             let preferred = preferred.unwrap_or_default();
-            match broker.create_topic(&name, partitions, configs, preferred).await {
+            match broker
+                .create_topic(&name, partitions, configs, preferred)
+                .await
+            {
                 Ok(id) => Ok(Some(id)),
                 Err(e) => Err(create_error(&e)),
             }
