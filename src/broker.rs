@@ -361,11 +361,10 @@ impl Broker {
     /// The broker clients should use for a partition, and the leader epoch to report.
     pub fn preferred_broker(&self, topic: &str, partition: i32) -> (i32, i32) {
         self.metadata.read(|s| {
-            let cluster = s.cluster();
-            let id = cluster
+            let id = s
                 .preferred_broker(topic, partition)
                 .map_or(self.node_id(), |id| id as i32);
-            (id, cluster.epoch())
+            (id, s.cluster().epoch())
         })
     }
 
@@ -377,7 +376,7 @@ impl Broker {
         }
         let replica = self
             .metadata
-            .read(|s| s.cluster().read_replica(topic, partition, rack))?;
+            .read(|s| s.read_replica(topic, partition, rack))?;
         (replica as i32 != self.node_id()).then_some(replica as i32)
     }
 
@@ -413,7 +412,7 @@ impl Broker {
             TopicLookup::Missing if !valid_topic_name(name) => TopicLookup::Invalid,
             TopicLookup::Missing if allow_create && self.config.auto_create_topics => {
                 match self
-                    .create_topic(name, self.config.default_partitions, BTreeMap::new())
+                    .create_topic(name, self.default_partitions(), BTreeMap::new(), Vec::new())
                     .await
                 {
                     Ok(_) | Err(BrokerError::State(StateError::TopicAlreadyExists)) => {
@@ -432,6 +431,7 @@ impl Broker {
         name: &str,
         partitions: i32,
         configs: BTreeMap<String, String>,
+        preferred: Vec<u64>,
     ) -> Result<[u8; 16], BrokerError> {
         let topic_id = *uuid::Uuid::new_v4().as_bytes();
         let cmd = Command::CreateTopic {
@@ -440,6 +440,7 @@ impl Broker {
             partitions,
             configs,
             now_ms: crate::protocol::now_ms(),
+            preferred,
         };
         match self.metadata.propose(cmd).await? {
             Response::Topic(Ok(())) => {
@@ -478,13 +479,30 @@ impl Broker {
     }
 
     /// The topic's `max.message.bytes`, or Kafka's default (1 MiB plus batch overhead).
+    /// The largest record batch a topic accepts: its `max.message.bytes`, else the
+    /// dynamic broker config `message.max.bytes`, else Kafka's default.
     pub fn max_message_bytes(&self, topic: &str) -> usize {
+        let node = self.config.node_id;
         self.metadata
             .read(|s| {
                 s.topic(topic)
                     .and_then(|t| t.configs.get("max.message.bytes"))
-                    .and_then(|v| v.parse().ok())
+                    .map(String::as_str)
+                    .or_else(|| s.broker_config(node, "message.max.bytes"))
+                    .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(1_048_588)
+    }
+
+    /// The partition count of auto-created topics (and CreateTopics without one): the
+    /// dynamic broker config `num.partitions`, else the static `default_partitions`.
+    pub fn default_partitions(&self) -> i32 {
+        let node = self.config.node_id;
+        self.metadata
+            .read(|s| {
+                s.broker_config(node, "num.partitions")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(self.config.default_partitions)
     }
 }

@@ -90,7 +90,7 @@ pub fn plan(state: &MetadataState, owner: u64, now_ms: i64, policy: &CompactionP
                 return jobs;
             }
             let index = i as i32;
-            if state.cluster().preferred_broker(name, index) != Some(owner) {
+            if state.preferred_broker(name, index) != Some(owner) {
                 continue;
             }
             let entries = &partition.index;
@@ -398,6 +398,7 @@ mod tests {
             partitions: 2,
             configs: BTreeMap::new(),
             now_ms: 0,
+            preferred: Vec::new(),
         });
         s
     }

@@ -124,6 +124,20 @@ impl ClusterState {
         })
     }
 
+    /// [`Self::preferred_broker`], unless `hint` (a manual replica assignment's first
+    /// replica) names a live broker: then that one.
+    pub fn preferred_broker_hinted(
+        &self,
+        topic: &str,
+        partition: i32,
+        hint: Option<u64>,
+    ) -> Option<u64> {
+        match hint {
+            Some(id) if self.brokers.get(&id).is_some_and(|b| b.alive) => Some(id),
+            _ => self.preferred_broker(topic, partition),
+        }
+    }
+
     /// The broker coordinating a consumer group.
     pub fn coordinator(&self, group: &str) -> Option<u64> {
         self.pick(|h| {
@@ -136,9 +150,15 @@ impl ClusterState {
     /// broker if it is in that rack, else a live broker of that rack picked the same
     /// way; None when the rack has no live broker. Every broker serves every partition,
     /// so reading in-zone costs nothing but saves cross-zone traffic.
-    pub fn read_replica(&self, topic: &str, partition: i32, rack: &str) -> Option<u64> {
+    pub fn read_replica(
+        &self,
+        topic: &str,
+        partition: i32,
+        rack: &str,
+        hint: Option<u64>,
+    ) -> Option<u64> {
         let in_rack = |b: &BrokerInfo| b.rack.as_deref() == Some(rack);
-        let preferred = self.preferred_broker(topic, partition)?;
+        let preferred = self.preferred_broker_hinted(topic, partition, hint)?;
         if self.brokers.get(&preferred).is_some_and(in_rack) {
             return Some(preferred);
         }
@@ -267,13 +287,13 @@ mod tests {
         for p in 0..50 {
             let leader = c.preferred_broker("t", p).unwrap();
             for rack in ["a", "b"] {
-                let replica = c.read_replica("t", p, rack).unwrap();
+                let replica = c.read_replica("t", p, rack, None).unwrap();
                 assert_eq!(c.broker(replica).unwrap().rack.as_deref(), Some(rack));
                 if c.broker(leader).unwrap().rack.as_deref() == Some(rack) {
                     assert_eq!(replica, leader);
                 }
             }
-            assert_eq!(c.read_replica("t", p, "nowhere"), None);
+            assert_eq!(c.read_replica("t", p, "nowhere", None), None);
         }
     }
 

@@ -196,6 +196,7 @@ pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
                     index,
                     size_bytes: p.size_bytes,
                     producers,
+                    preferred: None,
                 })
             })
             .collect();

@@ -16,6 +16,8 @@ pub struct Partition {
     pub size_bytes: u64,
     /// Idempotent producers writing here: their epoch and last few batches.
     pub producers: std::collections::BTreeMap<i64, ProducerState>,
+    /// A manual replica assignment's first replica: the preferred broker while alive.
+    pub preferred: Option<u64>,
 }
 
 /// How many recent batches per producer are remembered for de-duplication; matches

@@ -220,6 +220,7 @@ pub async fn recover(
                 partitions,
                 configs: BTreeMap::new(),
                 now_ms: now_ms() as i64,
+                preferred: Vec::new(),
             };
             if let Response::Topic(Ok(())) = metadata.propose(cmd).await? {
                 recovered.topics_created += 1;

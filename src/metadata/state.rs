@@ -30,6 +30,9 @@ pub enum Command {
         partitions: i32,
         configs: BTreeMap<String, String>,
         now_ms: i64,
+        /// A manual replica assignment's first replica per partition: the preferred-broker
+        /// hint (empty: none; else one per partition, each a registered broker).
+        preferred: Vec<u64>,
     },
     DeleteTopic {
         name: String,
@@ -65,6 +68,8 @@ pub enum Command {
     CreatePartitions {
         name: String,
         count: i32,
+        /// Preferred-broker hints for the new partitions (empty: none).
+        preferred: Vec<u64>,
     },
     /// AlterConfigs (`replace`: the new set is exactly `changes`) and
     /// IncrementalAlterConfigs (`changes` applied on top: None deletes a key).
@@ -94,6 +99,13 @@ pub enum Command {
     /// Garbage objects the leader deleted from the store: forget them.
     ForgetObjects {
         ids: Vec<ObjectId>,
+    },
+    /// AlterConfigs / IncrementalAlterConfigs on a BROKER resource: dynamic broker
+    /// configs, cluster-wide (`broker` None, resource name "") or for one broker.
+    AlterBrokerConfigs {
+        broker: Option<u64>,
+        replace: bool,
+        changes: BTreeMap<String, Option<String>>,
     },
 }
 
@@ -194,6 +206,8 @@ pub enum StateError {
     GroupIdNotFound,
     #[error("the compacted range changed since it was read")]
     StaleCompaction,
+    #[error("replica assignment names an unknown broker or has the wrong partition count")]
+    InvalidReplicaAssignment,
 }
 
 /// The outcome of applying one command.
@@ -233,6 +247,9 @@ pub struct MetadataState {
     cluster: ClusterState,
     /// The largest time carried by any command applied so far.
     clock_ms: i64,
+    /// Dynamic broker configs: "" holds the cluster-wide defaults, a broker id's
+    /// decimal string that broker's own.
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,7 +310,15 @@ impl MetadataState {
                 partitions,
                 configs,
                 now_ms,
-            } => Response::Topic(self.create_topic(name, *topic_id, *partitions, configs, *now_ms)),
+                preferred,
+            } => Response::Topic(self.create_topic(
+                name,
+                *topic_id,
+                *partitions,
+                configs,
+                *now_ms,
+                preferred,
+            )),
             Command::DeleteTopic { name } => Response::Topic(self.delete_topic(name)),
             Command::CommitSegments {
                 segments,
@@ -322,9 +347,11 @@ impl MetadataState {
                 self.cluster.apply(cmd);
                 Response::Empty
             }
-            Command::CreatePartitions { name, count } => {
-                Response::Topic(self.create_partitions(name, *count))
-            }
+            Command::CreatePartitions {
+                name,
+                count,
+                preferred,
+            } => Response::Topic(self.create_partitions(name, *count, preferred)),
             Command::AlterTopicConfigs {
                 name,
                 replace,
@@ -349,20 +376,74 @@ impl MetadataState {
                 self.objects.forget(ids);
                 Response::Empty
             }
+            Command::AlterBrokerConfigs {
+                broker,
+                replace,
+                changes,
+            } => {
+                let scope = broker.map_or_else(String::new, |id| id.to_string());
+                let configs = self.broker_configs.entry(scope.clone()).or_default();
+                if *replace {
+                    configs.clear();
+                }
+                for (key, value) in changes {
+                    match value {
+                        Some(v) => configs.insert(key.clone(), v.clone()),
+                        None => configs.remove(key),
+                    };
+                }
+                if configs.is_empty() {
+                    self.broker_configs.remove(&scope);
+                }
+                Response::Empty
+            }
         }
     }
 
-    fn create_partitions(&mut self, name: &str, count: i32) -> Result<(), StateError> {
-        let topic = self
+    /// A manual assignment's hints are valid when there is none, or one per partition,
+    /// each naming a registered broker (alive or not).
+    fn check_preferred(&self, preferred: &[u64], partitions: usize) -> Result<(), StateError> {
+        if preferred.is_empty() {
+            return Ok(());
+        }
+        if preferred.len() != partitions
+            || preferred
+                .iter()
+                .any(|id| self.cluster.broker(*id).is_none())
+        {
+            return Err(StateError::InvalidReplicaAssignment);
+        }
+        Ok(())
+    }
+
+    fn create_partitions(
+        &mut self,
+        name: &str,
+        count: i32,
+        preferred: &[u64],
+    ) -> Result<(), StateError> {
+        let current = self
             .topics
-            .get_mut(name)
-            .ok_or(StateError::UnknownTopicOrPartition)?;
-        let current = topic.partitions.len();
+            .get(name)
+            .ok_or(StateError::UnknownTopicOrPartition)?
+            .partitions
+            .len();
         let wanted = usize::try_from(count).map_err(|_| StateError::InvalidPartitions)?;
         if wanted <= current || count > MAX_PARTITIONS {
             return Err(StateError::InvalidPartitions);
         }
-        topic.partitions.resize_with(wanted, Arc::default);
+        self.check_preferred(preferred, wanted - current)?;
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or(StateError::UnknownTopicOrPartition)?;
+        let mut hints = preferred.iter();
+        topic.partitions.resize_with(wanted, || {
+            Arc::new(Partition {
+                preferred: hints.next().copied(),
+                ..Partition::default()
+            })
+        });
         Ok(())
     }
 
@@ -446,6 +527,7 @@ impl MetadataState {
         partitions: i32,
         configs: &BTreeMap<String, String>,
         now_ms: i64,
+        preferred: &[u64],
     ) -> Result<(), StateError> {
         if !valid_topic_name(name) {
             return Err(StateError::InvalidTopic);
@@ -456,11 +538,20 @@ impl MetadataState {
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(StateError::InvalidPartitions);
         }
+        self.check_preferred(preferred, partitions as usize)?;
+        let mut hints = preferred.iter();
         let topic = Topic {
             id,
             configs: configs.clone(),
             created_ms: now_ms,
-            partitions: (0..partitions).map(|_| Arc::default()).collect(),
+            partitions: (0..partitions)
+                .map(|_| {
+                    Arc::new(Partition {
+                        preferred: hints.next().copied(),
+                        ..Partition::default()
+                    })
+                })
+                .collect(),
         };
         self.topics.insert(name.to_owned(), topic);
         Ok(())
@@ -648,7 +739,36 @@ impl MetadataState {
             producer_epochs,
             cluster: ClusterState::default(),
             clock_ms,
+            broker_configs: BTreeMap::new(),
         }
+    }
+
+    /// The broker clients should use for a partition: its manual assignment's hint when
+    /// that broker is alive, else rendezvous hashing over the live brokers.
+    pub fn preferred_broker(&self, topic: &str, partition: i32) -> Option<u64> {
+        let hint = self.partition(topic, partition).and_then(|p| p.preferred);
+        self.cluster.preferred_broker_hinted(topic, partition, hint)
+    }
+
+    /// KIP-392: where a consumer in `rack` should read a partition.
+    pub fn read_replica(&self, topic: &str, partition: i32, rack: &str) -> Option<u64> {
+        let hint = self.partition(topic, partition).and_then(|p| p.preferred);
+        self.cluster.read_replica(topic, partition, rack, hint)
+    }
+
+    /// Dynamic broker configs: cluster-wide defaults ("") or one broker's (its id).
+    pub fn broker_configs(&self, scope: &str) -> Option<&BTreeMap<String, String>> {
+        self.broker_configs.get(scope)
+    }
+
+    /// The dynamic value of a broker config for broker `id`: its own, else the
+    /// cluster-wide default.
+    pub fn broker_config(&self, id: u64, key: &str) -> Option<&str> {
+        self.broker_configs
+            .get(&id.to_string())
+            .and_then(|c| c.get(key))
+            .or_else(|| self.broker_configs.get("").and_then(|c| c.get(key)))
+            .map(String::as_str)
     }
 
     pub fn topics(&self) -> &BTreeMap<String, Topic> {
@@ -772,6 +892,7 @@ mod tests {
             partitions,
             configs: BTreeMap::new(),
             now_ms: 0,
+            preferred: Vec::new(),
         }
     }
 
@@ -1029,6 +1150,7 @@ mod tests {
         let grow = |name: &str, count| Command::CreatePartitions {
             name: name.into(),
             count,
+            preferred: Vec::new(),
         };
         assert_eq!(
             s.apply(&grow("t", 2)),
@@ -1046,6 +1168,126 @@ mod tests {
         );
         // New partitions take writes from offset zero.
         assert_eq!(commit(&mut s, entry("t", 4, 2)), Ok(0));
+    }
+
+    #[test]
+    fn manual_assignments_hint_the_preferred_broker() {
+        let mut s = MetadataState::default();
+        for id in [1, 2] {
+            s.apply(&Command::Cluster(ClusterCommand::Register {
+                id,
+                host: "h".into(),
+                port: 9092,
+                rack: None,
+                now_ms: 0,
+            }));
+        }
+        let create = |name: &str, preferred: Vec<u64>| Command::CreateTopic {
+            name: name.into(),
+            topic_id: [2; 16],
+            partitions: preferred.len().max(1) as i32,
+            configs: BTreeMap::new(),
+            now_ms: 0,
+            preferred,
+        };
+        // Unknown broker ids and a count that disagrees are refused, and nothing is created.
+        assert_eq!(
+            s.apply(&create("bad", vec![1, 9])),
+            Response::Topic(Err(StateError::InvalidReplicaAssignment))
+        );
+        assert!(s.topic("bad").is_none());
+        let mut wrong_count = create("bad", vec![1, 2]);
+        if let Command::CreateTopic { partitions, .. } = &mut wrong_count {
+            *partitions = 3;
+        }
+        assert_eq!(
+            s.apply(&wrong_count),
+            Response::Topic(Err(StateError::InvalidReplicaAssignment))
+        );
+        // Every partition of "a" is pinned to broker 1, of "b" to broker 2.
+        assert_eq!(s.apply(&create("a", vec![1; 8])), Response::Topic(Ok(())));
+        assert_eq!(s.apply(&create("b", vec![2; 8])), Response::Topic(Ok(())));
+        for p in 0..8 {
+            assert_eq!(s.partition("a", p).unwrap().preferred, Some(1));
+            assert_eq!(s.preferred_broker("a", p), Some(1));
+            assert_eq!(s.preferred_broker("b", p), Some(2));
+        }
+        // Hashing alone spreads 8 partitions over both brokers; the hints override it.
+        assert_eq!(s.apply(&create("c", Vec::new())), Response::Topic(Ok(())));
+        assert_eq!(s.partition("c", 0).unwrap().preferred, None);
+        // New partitions take their own hints; the old ones keep theirs.
+        let grow = |count, preferred| Command::CreatePartitions {
+            name: "a".into(),
+            count,
+            preferred,
+        };
+        assert_eq!(
+            s.apply(&grow(10, vec![2])),
+            Response::Topic(Err(StateError::InvalidReplicaAssignment))
+        );
+        assert_eq!(
+            s.apply(&grow(10, vec![2, 7])),
+            Response::Topic(Err(StateError::InvalidReplicaAssignment))
+        );
+        assert_eq!(s.topic("a").unwrap().partitions.len(), 8);
+        assert_eq!(s.apply(&grow(10, vec![2, 2])), Response::Topic(Ok(())));
+        assert_eq!(s.preferred_broker("a", 0), Some(1));
+        assert_eq!(s.preferred_broker("a", 9), Some(2));
+        // A hint to a dead broker falls back to hashing over the live ones.
+        s.apply(&Command::Cluster(ClusterCommand::Heartbeat {
+            id: 1,
+            now_ms: 100,
+        }));
+        s.apply(&Command::Cluster(ClusterCommand::Expire {
+            now_ms: 100,
+            lease_ms: 50,
+        }));
+        assert_eq!(s.preferred_broker("a", 9), Some(1));
+        assert_eq!(s.preferred_broker("b", 0), Some(1));
+        assert_eq!(s.partition("b", 0).unwrap().preferred, Some(2));
+        // It comes back when the broker does, and survives a snapshot round trip.
+        s.apply(&Command::Cluster(ClusterCommand::Heartbeat {
+            id: 2,
+            now_ms: 200,
+        }));
+        assert_eq!(s.preferred_broker("b", 0), Some(2));
+        let restored: MetadataState =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(restored.preferred_broker("b", 3), Some(2));
+    }
+
+    #[test]
+    fn broker_configs_are_set_per_scope_and_fall_back_to_the_default() {
+        let mut s = MetadataState::default();
+        let alter = |broker, replace, kv: &[(&str, Option<&str>)]| Command::AlterBrokerConfigs {
+            broker,
+            replace,
+            changes: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
+        };
+        s.apply(&alter(
+            None,
+            false,
+            &[
+                ("num.partitions", Some("3")),
+                ("log.retention.ms", Some("5")),
+            ],
+        ));
+        s.apply(&alter(Some(2), false, &[("num.partitions", Some("7"))]));
+        assert_eq!(s.broker_config(1, "num.partitions"), Some("3"));
+        assert_eq!(s.broker_config(2, "num.partitions"), Some("7"));
+        assert_eq!(s.broker_config(2, "log.retention.ms"), Some("5"));
+        assert_eq!(s.broker_config(2, "message.max.bytes"), None);
+        s.apply(&alter(None, false, &[("log.retention.ms", None)]));
+        assert_eq!(s.broker_config(1, "log.retention.ms"), None);
+        s.apply(&alter(None, true, &[("message.max.bytes", Some("10"))]));
+        assert_eq!(s.broker_config(1, "num.partitions"), None);
+        assert_eq!(s.broker_config(1, "message.max.bytes"), Some("10"));
+        s.apply(&alter(Some(2), true, &[]));
+        assert!(s.broker_configs("2").is_none());
+        assert_eq!(s.broker_config(2, "num.partitions"), None);
     }
 
     #[test]
@@ -1189,7 +1431,8 @@ mod tests {
                 }),
             (topic.clone(), 0..6i32).prop_map(|(t, c)| Command::CreatePartitions {
                 name: t.into(),
-                count: c
+                count: c,
+                preferred: Vec::new(),
             }),
             (topic.clone(), any::<bool>(), 0..3u8).prop_map(|(t, replace, v)| {
                 Command::AlterTopicConfigs {
@@ -1210,6 +1453,28 @@ mod tests {
                 partitions: vec![(t.into(), p)],
             }),
             Just(Command::DeleteGroup { group: "g".into() }),
+            (topic.clone(), 1..4usize, 1..4u64).prop_map(|(t, n, id)| Command::CreateTopic {
+                name: t.into(),
+                topic_id: [3; 16],
+                partitions: n as i32,
+                configs: BTreeMap::new(),
+                now_ms: 0,
+                preferred: vec![id; n],
+            }),
+            (1..3u64).prop_map(|id| Command::Cluster(ClusterCommand::Register {
+                id,
+                host: "h".into(),
+                port: 1,
+                rack: None,
+                now_ms: 0,
+            })),
+            (any::<bool>(), 0..3u8).prop_map(|(replace, v)| Command::AlterBrokerConfigs {
+                broker: (v == 2).then_some(1),
+                replace,
+                changes: [("num.partitions".to_string(), (v > 0).then(|| v.to_string()))]
+                    .into_iter()
+                    .collect(),
+            }),
             (topic, 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![OffsetCommit {

@@ -107,6 +107,7 @@ proptest! {
                     partitions: p,
                     configs: BTreeMap::new(),
                     now_ms,
+                    preferred: Vec::new(),
                 },
                 Step::Delete(t) => Command::DeleteTopic { name: topic_name(t) },
                 Step::Commit(n, chunks) => {
@@ -266,6 +267,7 @@ fn a_swap_replaces_a_run_and_queues_its_objects_for_deletion() {
         partitions: 1,
         configs: BTreeMap::new(),
         now_ms: 0,
+        preferred: Vec::new(),
     });
     for (i, ts) in [(0, 100), (1, 50), (2, 300)] {
         s.apply(&Command::CommitSegments {

@@ -1,5 +1,6 @@
 //! DescribeConfigs: topic configs (what was set, then broker defaults) and broker configs;
-//! AlterConfigs and IncrementalAlterConfigs for topic configs, validated by type.
+//! AlterConfigs and IncrementalAlterConfigs for topic configs and dynamic broker configs
+//! (cluster-wide defaults or one broker's, kept in the Raft state), validated by type.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,12 +20,14 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::str_bytes;
 use crate::broker::Broker;
-use crate::metadata::state::{Command, Response, StateError};
+use crate::metadata::state::{Command, Response, StateError, MAX_PARTITIONS};
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
 /// Kafka's config sources.
 const TOPIC_CONFIG: i8 = 1;
+const DYNAMIC_BROKER_CONFIG: i8 = 2;
+const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
 const STATIC_BROKER_CONFIG: i8 = 4;
 const DEFAULT_CONFIG: i8 = 5;
 
@@ -40,6 +43,136 @@ pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[
     ("segment.bytes", "1073741824"),
 ];
 
+/// Broker configs that can change at run time (AlterConfigs on a BROKER resource), with
+/// the type of their value, Kafka's default, and the topic config each is the default of.
+/// `num.partitions` sets the partition count of auto-created topics and `message.max.bytes`
+/// the default `max.message.bytes`; the others are stored and described.
+const DYNAMIC_BROKER_CONFIGS: &[(&str, Kind, &str, Option<&str>)] = &[
+    (
+        "log.cleanup.policy",
+        Kind::List(&["compact", "delete"]),
+        "delete",
+        Some("cleanup.policy"),
+    ),
+    (
+        "log.retention.bytes",
+        Kind::Long { min: -1 },
+        "-1",
+        Some("retention.bytes"),
+    ),
+    (
+        "log.retention.ms",
+        Kind::Long { min: -1 },
+        "604800000",
+        Some("retention.ms"),
+    ),
+    (
+        "log.segment.bytes",
+        Kind::Long { min: 14 },
+        "1073741824",
+        Some("segment.bytes"),
+    ),
+    (
+        "message.max.bytes",
+        Kind::Long { min: 0 },
+        "1048588",
+        Some("max.message.bytes"),
+    ),
+    ("num.partitions", Kind::Long { min: 1 }, "1", None),
+];
+
+/// Broker configs described but fixed at start-up (flags, variables, file).
+const STATIC_BROKER_KEYS: &[&str] = &[
+    "auto.create.topics.enable",
+    "socket.request.max.bytes",
+    "advertised.listeners",
+    "broker.id",
+];
+
+/// Which configs a resource has: a topic's, or a broker's dynamic ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Topic,
+    Broker,
+}
+
+impl Scope {
+    fn kind(self, key: &str) -> Result<Kind, String> {
+        match self {
+            Scope::Topic => kind(key).ok_or_else(|| format!("Unknown topic config name: {key}")),
+            Scope::Broker => {
+                if let Some((_, kind, _, _)) =
+                    DYNAMIC_BROKER_CONFIGS.iter().find(|(k, ..)| *k == key)
+                {
+                    Ok(*kind)
+                } else if STATIC_BROKER_KEYS.contains(&key) {
+                    Err(format!(
+                        "Cannot update these configs dynamically: Set({key})"
+                    ))
+                } else {
+                    Err(format!("Unknown or read-only broker config name: {key}"))
+                }
+            }
+        }
+    }
+
+    fn default(self, key: &str) -> Option<&'static str> {
+        match self {
+            Scope::Topic => TOPIC_DEFAULTS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v),
+            Scope::Broker => DYNAMIC_BROKER_CONFIGS
+                .iter()
+                .find(|(k, ..)| *k == key)
+                .map(|(_, _, v, _)| *v),
+        }
+    }
+}
+
+/// The dynamic broker value that stands in for a topic config's default, with its source.
+fn dynamic_topic_default(
+    state: &crate::metadata::state::MetadataState,
+    node: u64,
+    topic_key: &str,
+) -> Option<(String, i8)> {
+    let (broker_key, ..) = DYNAMIC_BROKER_CONFIGS
+        .iter()
+        .find(|(.., topic)| *topic == Some(topic_key))?;
+    dynamic_broker_value(state, node, broker_key)
+}
+
+/// A dynamic broker config's value for broker `node`: its own, else the cluster default.
+fn dynamic_broker_value(
+    state: &crate::metadata::state::MetadataState,
+    node: u64,
+    key: &str,
+) -> Option<(String, i8)> {
+    if let Some(v) = state
+        .broker_configs(&node.to_string())
+        .and_then(|c| c.get(key))
+    {
+        return Some((v.clone(), DYNAMIC_BROKER_CONFIG));
+    }
+    state
+        .broker_configs("")
+        .and_then(|c| c.get(key))
+        .map(|v| (v.clone(), DYNAMIC_DEFAULT_BROKER_CONFIG))
+}
+
+/// A BROKER resource's name: "" for the cluster-wide defaults, else a broker id.
+fn broker_scope(name: &str) -> Result<Option<u64>, (ResponseError, String)> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    name.parse::<u64>().map(Some).map_err(|_| {
+        (
+            ResponseError::InvalidRequest,
+            format!("Invalid broker id in a BROKER resource: {name}"),
+        )
+    })
+}
+
 pub fn describe(
     broker: &Arc<Broker>,
     req: DescribeConfigsRequest,
@@ -54,21 +187,33 @@ pub fn describe(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            let node = broker.config.node_id;
+            let is_broker = resource.resource_type == BROKER;
+            let read_only = |key: &str| is_broker && STATIC_BROKER_KEYS.contains(&key);
             let entries: Vec<(String, String, i8)> = match resource.resource_type {
                 TOPIC => {
-                    let set = broker.metadata.read(|s| {
-                        s.topic(resource.resource_name.as_str())
-                            .map(|t| t.configs.clone())
+                    let found = broker.metadata.read(|s| {
+                        let set = s
+                            .topic(resource.resource_name.as_str())
+                            .map(|t| t.configs.clone())?;
+                        let dynamic: BTreeMap<&str, (String, i8)> = TOPIC_DEFAULTS
+                            .iter()
+                            .filter_map(|(k, _)| Some((*k, dynamic_topic_default(s, node, k)?)))
+                            .collect();
+                        Some((set, dynamic))
                     });
-                    let Some(set) = set else {
+                    let Some((set, dynamic)) = found else {
                         return result
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
                     let mut entries: Vec<_> = TOPIC_DEFAULTS
                         .iter()
-                        .map(|(k, v)| match set.get(*k) {
-                            Some(value) => (k.to_string(), value.clone(), TOPIC_CONFIG),
-                            None => (k.to_string(), v.to_string(), DEFAULT_CONFIG),
+                        .map(|(k, v)| match (set.get(*k), dynamic.get(k)) {
+                            (Some(value), _) => (k.to_string(), value.clone(), TOPIC_CONFIG),
+                            (None, Some((value, source))) => {
+                                (k.to_string(), value.clone(), *source)
+                            }
+                            (None, None) => (k.to_string(), v.to_string(), DEFAULT_CONFIG),
                         })
                         .collect();
                     for (k, v) in &set {
@@ -79,34 +224,25 @@ pub fn describe(
                     entries
                 }
                 BROKER => {
-                    let c = &broker.config;
-                    vec![
-                        (
-                            "auto.create.topics.enable".into(),
-                            c.auto_create_topics.to_string(),
-                            STATIC_BROKER_CONFIG,
-                        ),
-                        (
-                            "num.partitions".into(),
-                            c.default_partitions.to_string(),
-                            STATIC_BROKER_CONFIG,
-                        ),
-                        (
-                            "socket.request.max.bytes".into(),
-                            c.max_request_bytes.to_string(),
-                            STATIC_BROKER_CONFIG,
-                        ),
-                        (
-                            "advertised.listeners".into(),
-                            format!("PLAINTEXT://{}:{}", c.advertise_host, c.advertise_port),
-                            STATIC_BROKER_CONFIG,
-                        ),
-                        (
-                            "broker.id".into(),
-                            c.node_id.to_string(),
-                            STATIC_BROKER_CONFIG,
-                        ),
-                    ]
+                    let scope = match broker_scope(resource.resource_name.as_str()) {
+                        Ok(scope) => scope,
+                        Err((code, message)) => {
+                            return result
+                                .with_error_code(code.code())
+                                .with_error_message(Some(str_bytes(&message)))
+                        }
+                    };
+                    match scope {
+                        // The cluster-wide default resource holds only what was set there.
+                        None => broker
+                            .metadata
+                            .read(|s| s.broker_configs("").cloned())
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v, DYNAMIC_DEFAULT_BROKER_CONFIG))
+                            .collect(),
+                        Some(id) => broker_entries(broker, id),
+                    }
                 }
                 _ => return result.with_error_code(ResponseError::InvalidRequest.code()),
             };
@@ -118,13 +254,58 @@ pub fn describe(
                         .with_name(str_bytes(&name))
                         .with_value(Some(str_bytes(&value)))
                         .with_config_source(source)
-                        .with_read_only(resource.resource_type == BROKER)
+                        .with_read_only(read_only(&name))
                 })
                 .collect();
             result.with_configs(configs)
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// A broker's configs: the static ones, then the dynamic ones with their sources.
+fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
+    let c = &broker.config;
+    let dynamic: Vec<(String, String, i8)> = broker.metadata.read(|s| {
+        DYNAMIC_BROKER_CONFIGS
+            .iter()
+            .filter(|(k, ..)| *k != "num.partitions")
+            .map(|(k, _, default, _)| {
+                let (value, source) = dynamic_broker_value(s, id, k)
+                    .unwrap_or_else(|| (default.to_string(), DEFAULT_CONFIG));
+                (k.to_string(), value, source)
+            })
+            .collect()
+    });
+    let partitions = broker
+        .metadata
+        .read(|s| dynamic_broker_value(s, id, "num.partitions"))
+        .unwrap_or_else(|| (c.default_partitions.to_string(), STATIC_BROKER_CONFIG));
+    let mut entries = vec![
+        (
+            "auto.create.topics.enable".into(),
+            c.auto_create_topics.to_string(),
+            STATIC_BROKER_CONFIG,
+        ),
+        ("num.partitions".into(), partitions.0, partitions.1),
+        (
+            "socket.request.max.bytes".into(),
+            c.max_request_bytes.to_string(),
+            STATIC_BROKER_CONFIG,
+        ),
+        (
+            "advertised.listeners".into(),
+            format!("PLAINTEXT://{}:{}", c.advertise_host, c.advertise_port),
+            STATIC_BROKER_CONFIG,
+        ),
+        (
+            "broker.id".into(),
+            c.node_id.to_string(),
+            STATIC_BROKER_CONFIG,
+        ),
+    ];
+    entries.extend(dynamic);
+    entries
 }
 
 /// How a topic config's value is checked.
@@ -190,7 +371,10 @@ fn kind(key: &str) -> Option<Kind> {
 /// Checks one topic config as Kafka's LogConfig does: the key must be known and the
 /// value must parse as its type. The error text is what the client shows.
 pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
-    let kind = kind(key).ok_or_else(|| format!("Unknown topic config name: {key}"))?;
+    validate(Scope::Topic.kind(key)?, key, value)
+}
+
+fn validate(kind: Kind, key: &str, value: &str) -> Result<(), String> {
     let bad = || format!("Invalid value {value} for configuration {key}");
     match kind {
         Kind::Long { min } => match value.trim().parse::<i64>() {
@@ -241,10 +425,18 @@ fn topic_changes(
     current: &BTreeMap<String, String>,
     configs: &[(String, i8, Option<String>)],
 ) -> Result<ConfigChanges, (ResponseError, String)> {
+    config_changes(Scope::Topic, current, configs)
+}
+
+fn config_changes(
+    scope: Scope,
+    current: &BTreeMap<String, String>,
+    configs: &[(String, i8, Option<String>)],
+) -> Result<ConfigChanges, (ResponseError, String)> {
     let mut changes = ConfigChanges::new();
     for (key, op, value) in configs {
         let invalid = |m: String| (ResponseError::InvalidConfig, m);
-        let kind = kind(key).ok_or_else(|| invalid(format!("Unknown topic config name: {key}")))?;
+        let kind = scope.kind(key).map_err(invalid)?;
         if changes.contains_key(key) {
             return Err((
                 ResponseError::InvalidRequest,
@@ -271,12 +463,10 @@ fn topic_changes(
         };
         // APPEND/SUBTRACT work on what is set, else on Kafka's default.
         let existing = || -> Vec<String> {
-            let value = current.get(key).map(String::as_str).or_else(|| {
-                TOPIC_DEFAULTS
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| *v)
-            });
+            let value = current
+                .get(key)
+                .map(String::as_str)
+                .or_else(|| scope.default(key));
             value
                 .map(|v| {
                     v.split(',')
@@ -319,7 +509,16 @@ fn topic_changes(
             }
         };
         if let Some(v) = &new_value {
-            validate_topic_config(key, v).map_err(invalid)?;
+            validate(kind, key, v).map_err(invalid)?;
+            if key == "num.partitions"
+                && v.trim()
+                    .parse::<i64>()
+                    .is_ok_and(|n| n > i64::from(MAX_PARTITIONS))
+            {
+                return Err(invalid(format!(
+                    "Invalid value {v} for configuration {key}: at most {MAX_PARTITIONS}"
+                )));
+            }
         }
         changes.insert(key.clone(), new_value);
     }
@@ -338,10 +537,7 @@ async fn alter_resource(
     match resource_type {
         TOPIC => {}
         BROKER => {
-            return Err((
-                ResponseError::InvalidRequest,
-                "broker configs are static in Strata (set them by flag, variable or file)".into(),
-            ))
+            return alter_broker(broker, name, replace, configs, validate_only).await;
         }
         other => {
             return Err((
@@ -375,6 +571,44 @@ async fn alter_resource(
             format!("topic {name} does not exist"),
         )),
         Ok(other) => Err((ResponseError::UnknownServerError, format!("{other:?}"))),
+        Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
+    }
+}
+
+/// One BROKER resource: dynamic broker configs, cluster-wide ("") or one broker's.
+async fn alter_broker(
+    broker: &Arc<Broker>,
+    name: &str,
+    replace: bool,
+    configs: &[(String, i8, Option<String>)],
+    validate_only: bool,
+) -> Result<(), (ResponseError, String)> {
+    let scope = broker_scope(name)?;
+    if let Some(id) = scope {
+        let known = id == broker.config.node_id
+            || broker.metadata.read(|s| s.cluster().broker(id).is_some());
+        if !known {
+            return Err((
+                ResponseError::InvalidRequest,
+                format!("Unknown broker id {id}"),
+            ));
+        }
+    }
+    let current = broker
+        .metadata
+        .read(|s| s.broker_configs(name).cloned())
+        .unwrap_or_default();
+    let changes = config_changes(Scope::Broker, &current, configs)?;
+    if validate_only {
+        return Ok(());
+    }
+    let cmd = Command::AlterBrokerConfigs {
+        broker: scope,
+        replace,
+        changes,
+    };
+    match broker.metadata.propose(cmd).await {
+        Ok(_) => Ok(()),
         Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
     }
 }
@@ -441,7 +675,7 @@ pub async fn alter(
                 Some((code, message)) => resp
                     .with_error_code(code.code())
                     .with_error_message(Some(str_bytes(&message))),
-                None => resp,
+                None => resp.with_error_message(None),
             }
         })
         .collect();
@@ -483,7 +717,7 @@ pub async fn incremental_alter(
                 Some((code, message)) => resp
                     .with_error_code(code.code())
                     .with_error_message(Some(str_bytes(&message))),
-                None => resp,
+                None => resp.with_error_message(None),
             }
         })
         .collect();
@@ -507,6 +741,51 @@ mod tests {
         assert!(validate_topic_config("cleanup.policy", "shred").is_err());
         assert!(validate_topic_config("preallocate", "TRUE").is_ok());
         assert!(validate_topic_config("min.cleanable.dirty.ratio", "x").is_err());
+    }
+
+    #[test]
+    fn broker_configs_are_validated_and_static_ones_refused() {
+        let set = |k: &str, v: &str| vec![(k.to_string(), OP_SET, Some(v.to_string()))];
+        let none = BTreeMap::new();
+        let ok = config_changes(Scope::Broker, &none, &set("num.partitions", "6"))
+            .expect("a dynamic key");
+        assert_eq!(ok["num.partitions"].as_deref(), Some("6"));
+        for (key, value) in [
+            ("num.partitions", "0"),
+            ("num.partitions", "100000"),
+            ("log.retention.ms", "soon"),
+            ("log.cleanup.policy", "shred"),
+            ("broker.id", "2"),
+            ("advertised.listeners", "PLAINTEXT://x:1"),
+            ("no.such.key", "1"),
+            // A topic config is not a broker config.
+            ("retention.ms", "1"),
+        ] {
+            let err = config_changes(Scope::Broker, &none, &set(key, value));
+            assert_eq!(
+                err.unwrap_err().0,
+                ResponseError::InvalidConfig,
+                "{key}={value}"
+            );
+        }
+        // APPEND works from Kafka's default of the broker key.
+        let appended = config_changes(
+            Scope::Broker,
+            &none,
+            &[(
+                "log.cleanup.policy".into(),
+                OP_APPEND,
+                Some("compact".into()),
+            )],
+        )
+        .expect("a list key");
+        assert_eq!(
+            appended["log.cleanup.policy"].as_deref(),
+            Some("delete,compact")
+        );
+        assert_eq!(broker_scope(""), Ok(None));
+        assert_eq!(broker_scope("3"), Ok(Some(3)));
+        assert!(broker_scope("three").is_err());
     }
 
     #[test]

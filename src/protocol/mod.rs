@@ -6,16 +6,21 @@ mod api_versions;
 mod cluster;
 mod configs;
 mod coordinator;
+mod elect_leaders;
 mod fetch;
 mod groups;
 mod list_offsets;
+mod log_dirs;
 mod metadata;
 mod offsets;
 mod partitions;
 mod produce;
 mod producer_id;
 mod producers;
+mod quotas;
+mod reassignments;
 mod records;
+mod topic_partitions;
 mod topics;
 pub mod versions;
 
@@ -208,6 +213,21 @@ async fn dispatch(
         }
         RequestKind::DescribeProducers(req) => {
             ResponseKind::DescribeProducers(producers::describe(broker, req, version))
+        }
+        RequestKind::DescribeLogDirs(req) => {
+            ResponseKind::DescribeLogDirs(log_dirs::describe(broker, req, version))
+        }
+        RequestKind::ListPartitionReassignments(req) => {
+            ResponseKind::ListPartitionReassignments(reassignments::list(req, version))
+        }
+        RequestKind::ElectLeaders(req) => {
+            ResponseKind::ElectLeaders(elect_leaders::elect(broker, req, version))
+        }
+        RequestKind::DescribeTopicPartitions(req) => {
+            ResponseKind::DescribeTopicPartitions(topic_partitions::describe(broker, req, version))
+        }
+        RequestKind::DescribeClientQuotas(req) => {
+            ResponseKind::DescribeClientQuotas(quotas::describe(req, version))
         }
         other => {
             debug!(?other, "request for an API missing from the dispatch table");

@@ -1,4 +1,5 @@
-//! CreatePartitions: grow a topic. Storage is shared, so replica assignments are refused.
+//! CreatePartitions: grow a topic. Storage is shared, so a replica assignment only names
+//! each new partition's preferred broker (its first replica).
 
 use std::sync::Arc;
 
@@ -24,13 +25,18 @@ pub async fn create(
                 ResponseError::InvalidRequest,
                 "Duplicate topic in request".to_owned(),
             ))
-        } else if topic.assignments.is_some() {
-            Err((
-                ResponseError::InvalidReplicaAssignment,
-                "manual replica assignment is not supported: storage is shared".to_owned(),
-            ))
         } else {
-            grow(broker, name, topic.count, req.validate_only).await
+            let hints = match &topic.assignments {
+                None => Ok(Vec::new()),
+                Some(a) => super::topics::assignment_hints(
+                    broker,
+                    a.iter().map(|a| a.broker_ids.as_slice()),
+                ),
+            };
+            match hints {
+                Ok(hints) => grow(broker, name, topic.count, hints, req.validate_only).await,
+                Err(e) => Err(e),
+            }
         };
         let mut result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
         if let Err((code, message)) = outcome {
@@ -47,6 +53,7 @@ async fn grow(
     broker: &Arc<Broker>,
     name: &str,
     count: i32,
+    preferred: Vec<u64>,
     validate_only: bool,
 ) -> Result<(), (ResponseError, String)> {
     let current = broker
@@ -71,12 +78,23 @@ async fn grow(
             format!("At most {MAX_PARTITIONS} partitions per topic."),
         ));
     }
+    if !preferred.is_empty() && preferred.len() as i64 != i64::from(count) - i64::from(current) {
+        return Err((
+            ResponseError::InvalidReplicaAssignment,
+            format!(
+                "Increasing the number of partitions by {} but {} assignments provided.",
+                count - current,
+                preferred.len()
+            ),
+        ));
+    }
     if validate_only {
         return Ok(());
     }
     let cmd = Command::CreatePartitions {
         name: name.to_owned(),
         count,
+        preferred,
     };
     match broker.metadata.propose(cmd).await {
         Ok(Response::Topic(Ok(()))) => {
@@ -84,6 +102,10 @@ async fn grow(
             Ok(())
         }
         Ok(Response::Topic(Err(StateError::UnknownTopicOrPartition))) => Err(unknown()),
+        Ok(Response::Topic(Err(StateError::InvalidReplicaAssignment))) => Err((
+            ResponseError::InvalidReplicaAssignment,
+            "the replica assignment names an unknown broker".to_owned(),
+        )),
         Ok(Response::Topic(Err(_))) => Err((
             ResponseError::InvalidPartitions,
             "the partition count changed concurrently".to_owned(),

@@ -7,7 +7,8 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    TopicName,
 };
 
 use super::str_bytes;
@@ -22,9 +23,56 @@ pub async fn create(
     let mut results = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let name = topic.name.as_str().to_owned();
-        let partitions = match topic.num_partitions {
-            -1 => broker.config.default_partitions,
-            n => n,
+        let assigned = (!topic.assignments.is_empty()).then(|| {
+            // Kafka wants both -1 with an assignment; a count or factor that agrees with
+            // the assignment is accepted too (kafka-python sends them).
+            let count = topic.assignments.len();
+            if topic.num_partitions != -1 && i64::from(topic.num_partitions) != count as i64 {
+                return Err((
+                    ResponseError::InvalidRequest,
+                    format!(
+                        "numPartitions {} disagrees with the replica assignment of {count} partitions",
+                        topic.num_partitions
+                    ),
+                ));
+            }
+            let factor = i64::from(topic.replication_factor);
+            if factor != -1
+                && topic
+                    .assignments
+                    .iter()
+                    .any(|a| a.broker_ids.len() as i64 != factor)
+            {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    format!("replicationFactor {factor} disagrees with the replica assignment"),
+                ));
+            }
+            let mut by_index: Vec<_> = topic
+                .assignments
+                .iter()
+                .map(|a| (a.partition_index, a.broker_ids.as_slice()))
+                .collect();
+            by_index.sort_by_key(|(index, _)| *index);
+            if by_index
+                .iter()
+                .enumerate()
+                .any(|(i, (index, _))| i64::from(*index) != i as i64)
+            {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    "Partitions should be a consecutive 0-based integer sequence".to_owned(),
+                ));
+            }
+            assignment_hints(broker, by_index.into_iter().map(|(_, ids)| ids))
+        });
+        let (partitions, preferred) = match assigned {
+            Some(Ok(hints)) => (hints.len() as i32, Ok(hints)),
+            Some(Err(e)) => (0, Err(e)),
+            None => match topic.num_partitions {
+                -1 => (broker.default_partitions(), Ok(Vec::new())),
+                n => (n, Ok(Vec::new())),
+            },
         };
         let configs: BTreeMap<String, String> = topic
             .configs
@@ -42,15 +90,16 @@ pub async fn create(
             .find_map(|(k, v)| super::configs::validate_topic_config(k, v).err());
         let outcome = if let Some(message) = bad_config {
             Err((ResponseError::InvalidConfig, message))
-        } else if !topic.assignments.is_empty() {
-            Err((
-                ResponseError::InvalidReplicaAssignment,
-                "manual replica assignment is not supported: storage is shared".to_owned(),
-            ))
+        } else if let Err(e) = preferred {
+            Err(e)
         } else if req.validate_only {
             Ok(None)
         } else {
-            match broker.create_topic(&name, partitions, configs).await {
+            let preferred = preferred.unwrap_or_default();
+            match broker
+                .create_topic(&name, partitions, configs, preferred)
+                .await
+            {
                 Ok(id) => Ok(Some(id)),
                 Err(e) => Err(create_error(&e)),
             }
@@ -81,6 +130,42 @@ pub async fn create(
     CreateTopicsResponse::default().with_topics(results)
 }
 
+/// A manual replica assignment, one broker list per partition in order, as
+/// preferred-broker hints (each partition's first replica). Storage is shared, so any
+/// registered broker can hold any partition; only unknown ids are refused.
+pub(super) fn assignment_hints<'a>(
+    broker: &Broker,
+    assignments: impl Iterator<Item = &'a [BrokerId]>,
+) -> Result<Vec<u64>, (ResponseError, String)> {
+    let invalid = |m: String| (ResponseError::InvalidReplicaAssignment, m);
+    let mut hints = Vec::new();
+    for (partition, ids) in assignments.enumerate() {
+        let Some(first) = ids.first() else {
+            return Err(invalid(format!(
+                "Replica assignment of partition {partition} is empty"
+            )));
+        };
+        for (i, id) in ids.iter().enumerate() {
+            if ids[..i].contains(id) {
+                return Err(invalid(format!(
+                    "Duplicate brokers not allowed in replica assignment: {ids:?}"
+                )));
+            }
+            let known = u64::try_from(id.0)
+                .ok()
+                .is_some_and(|id| broker.metadata.read(|s| s.cluster().broker(id).is_some()));
+            if !known {
+                return Err(invalid(format!(
+                    "Unknown broker id {} in the replica assignment of partition {partition}",
+                    id.0
+                )));
+            }
+        }
+        hints.push(first.0 as u64);
+    }
+    Ok(hints)
+}
+
 fn create_error(e: &BrokerError) -> (ResponseError, String) {
     let code = match e {
         BrokerError::State(StateError::TopicAlreadyExists) => ResponseError::TopicAlreadyExists,
@@ -88,6 +173,9 @@ fn create_error(e: &BrokerError) -> (ResponseError, String) {
         BrokerError::State(StateError::InvalidTopic) => ResponseError::InvalidTopicException,
         BrokerError::State(StateError::UnknownTopicOrPartition) => {
             ResponseError::UnknownTopicOrPartition
+        }
+        BrokerError::State(StateError::InvalidReplicaAssignment) => {
+            ResponseError::InvalidReplicaAssignment
         }
         BrokerError::State(_) => ResponseError::InvalidRequest,
         BrokerError::Metadata(_) => ResponseError::RequestTimedOut,

@@ -464,6 +464,7 @@ mod tests {
             partitions: 1 + (i % 3) as i32,
             configs: Default::default(),
             now_ms: i as i64,
+            preferred: Vec::new(),
         }
     }
 
@@ -852,6 +853,7 @@ mod tests {
             partitions: 3,
             configs: BTreeMap::from([("cleanup.policy".into(), "delete".into())]),
             now_ms: 1,
+            preferred: Vec::new(),
         });
         state.apply(&Command::InitProducer { current: None });
         state.apply(&sample_command());
