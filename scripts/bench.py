@@ -942,6 +942,76 @@ def run_soak(a, ctx) -> int:
     return 1 if problems else 0
 
 
+def _idle_producer(bootstrap, topic, rate_rps, warmup_s, dur_s, idempotent, record_size) -> dict:
+    """Light load: one record per produce request (linger.ms=0, acks=all) at a fixed rate;
+    returns the delivery latencies of the measured records (ms) and the count sent."""
+    from confluent_kafka import Producer
+
+    lat: list[float] = []
+    errors = [0]
+
+    def on_dr(err, msg, sent_ns, measured):
+        if err is not None:
+            errors[0] += 1
+        elif measured:
+            lat.append((time.monotonic_ns() - sent_ns) / 1e6)
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
+                  "enable.idempotence": idempotent, "compression.type": "none"})
+    p.list_topics(topic, timeout=20)
+    body = os.urandom(record_size)
+    t_start = time.monotonic()
+    sent = 0
+    while True:
+        el = time.monotonic() - t_start
+        if el >= warmup_s + dur_s:
+            break
+        while sent < int(el * rate_rps):
+            ts, measured = time.monotonic_ns(), el >= warmup_s
+            p.produce(topic, body, on_delivery=lambda err, msg, ts=ts, m=measured: on_dr(err, msg, ts, m))
+            sent += 1
+        p.poll(0.0005)
+    p.flush(60)
+    return {"lat": sorted(lat), "errors": errors[0], "sent": sent}
+
+
+def run_idle_latency(a) -> int:
+    """--idle-latency: produce latency at light load, plain then idempotent producer."""
+    if a.dir.exists():
+        shutil.rmtree(a.dir)
+    a.dir.mkdir(parents=True)
+    broker = Broker(a.broker_bin, a.dir, a.store, a.broker_arg + shlex.split(a.broker_args))
+    broker.start()
+    note(f"idle latency: {a.idle_rate:g} records/s of {a.idle_record_size} B for {a.idle_seconds:g} s "
+         f"(+2 s warm-up), linger.ms=0, acks=all, one partition; broker {a.broker_bin} {' '.join(broker.extra)}")
+    problems = []
+    try:
+        create_topic(broker.bootstrap, 1)
+        for name, idem in (("idle_produce_latency", False), ("idle_idempotent_produce_latency", True)):
+            objs0 = broker.segment_objects()
+            t0 = time.monotonic()
+            r = _idle_producer(broker.bootstrap, TOPIC, a.idle_rate, 2.0, a.idle_seconds, idem, a.idle_record_size)
+            wall = time.monotonic() - t0
+            lat = r["lat"]
+            fig(f"{name}_avg", sum(lat) / max(len(lat), 1), "ms")
+            fig(f"{name}_p50", pct(lat, 50), "ms")
+            fig(f"{name}_p99", pct(lat, 99), "ms")
+            fig(f"{name}_max", lat[-1] if lat else float("nan"), "ms")
+            fig(f"{name}_samples", len(lat))
+            objs = broker.segment_objects() - objs0
+            if objs >= 0:
+                fig(f"{name}_puts_per_s", objs / wall, "PUT/s")
+            if r["errors"]:
+                problems.append(f"{name}: {r['errors']} produce errors")
+    finally:
+        broker.stop()
+    for p in problems:
+        note(f"PROBLEM: {p}")
+    if not a.keep:
+        shutil.rmtree(a.dir, ignore_errors=True)
+    return 1 if problems else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~1 minute run: 256MiB volume, 8 s latency phase, 256MiB disk test")
@@ -978,7 +1048,15 @@ def main() -> int:
                     help="produce requests (one record each) per second per partition [1]")
     sk.add_argument("--soak-report-seconds", type=float, default=60.0, help="seconds between report blocks [60]")
     sk.add_argument("--soak-producers", type=int, default=2, help="producer processes, each owning a share of the partitions [2]")
+    il = ap.add_argument_group("idle latency", "--idle-latency: only the produce latency at light load (one record "
+                               "per request, linger.ms=0, acks=all), for a plain then an idempotent producer")
+    il.add_argument("--idle-latency", action="store_true", help="run the idle-latency phase instead of the benchmark")
+    il.add_argument("--idle-rate", type=float, default=300.0, help="records per second [300]")
+    il.add_argument("--idle-seconds", type=float, default=10.0, help="measured seconds per producer [10]")
+    il.add_argument("--idle-record-size", type=int, default=100, help="bytes per record [100]")
     a = ap.parse_args()
+    if a.idle_latency:
+        return run_idle_latency(a)
     if a.soak:
         return run_soak(a, mp.get_context("spawn"))
 

@@ -199,6 +199,7 @@ impl Broker {
         let (buffer, flusher) = WriteBuffer::start(
             BufferConfig {
                 flush_interval: config.flush_interval,
+                flush_idle: config.flush_idle,
                 flush_bytes: config.flush_bytes,
                 max_inflight_uploads: 4,
                 max_buffered_bytes: config.buffer_max_bytes,

@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Flush the write buffer after this many milliseconds [default: 10].
     #[arg(long, env = "STRATA_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
+    /// When nothing is uploading: flush at once (`immediate`) or after the flush interval
+    /// (`interval`: fewer PUTs for a trickle of small requests) [default: immediate].
+    #[arg(long, env = "STRATA_FLUSH_IDLE")]
+    pub flush_idle: Option<String>,
     /// Flush the write buffer once it holds this many bytes [default: 16777216].
     #[arg(long, env = "STRATA_FLUSH_BYTES")]
     pub flush_bytes: Option<usize>,

@@ -39,6 +39,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     flush_interval_ms: Option<u64>,
+    flush_idle: Option<String>,
     flush_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     cache_bytes: Option<usize>,
@@ -71,6 +72,8 @@ pub struct Config {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub flush_interval: Duration,
+    /// When a write buffer with no upload in flight flushes.
+    pub flush_idle: crate::produce::buffer::FlushIdle,
     pub flush_bytes: usize,
     pub max_request_bytes: usize,
     pub cache_bytes: usize,
@@ -157,6 +160,16 @@ impl Config {
                 hint: "use 1 to 10000 milliseconds",
             });
         }
+        let flush_idle_text = args
+            .flush_idle
+            .clone()
+            .or(file.flush_idle)
+            .unwrap_or_else(|| "immediate".into());
+        let flush_idle = flush_idle_text.parse().map_err(|_| ConfigError::Invalid {
+            key: "flush_idle",
+            value: flush_idle_text.clone(),
+            hint: "use immediate or interval",
+        })?;
         // 16 MiB objects keep a fully loaded broker near 60 PUTs per GB; light load
         // flushes on the interval long before this.
         let flush_bytes = args.flush_bytes.or(file.flush_bytes).unwrap_or(16 << 20);
@@ -367,6 +380,7 @@ impl Config {
                 .unwrap_or(true),
             default_partitions,
             flush_interval: Duration::from_millis(flush_interval_ms),
+            flush_idle,
             flush_bytes,
             max_request_bytes,
             cache_bytes: args.cache_bytes.or(file.cache_bytes).unwrap_or(256 << 20),

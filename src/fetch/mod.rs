@@ -117,22 +117,33 @@ impl FetchReader {
         })
     }
 
-    /// Record batches from `offset`, up to `max_bytes` (but always the first batch, so a
-    /// consumer can't get stuck behind a batch larger than its limit).
+    /// Whole record batches from `offset`, at most `max_bytes` of them, except that with
+    /// `min_one` the first batch is returned even when it is larger (KIP-74: so that a
+    /// consumer can't get stuck behind a batch larger than its limit). Without `min_one`,
+    /// a first batch that does not fit means no records.
     pub async fn read(
         self: &Arc<Self>,
         topic: &str,
         partition: i32,
         offset: i64,
         max_bytes: usize,
+        min_one: bool,
     ) -> Result<PartitionData, FetchError> {
+        let plan_bytes = if min_one { max_bytes.max(1) } else { max_bytes };
         let (entries, high_watermark, log_start_offset) = self
-            .plan(topic, partition, offset, max_bytes, MAX_ENTRIES_PER_READ)
+            .plan(topic, partition, offset, plan_bytes, MAX_ENTRIES_PER_READ)
             .ok_or(FetchError::UnknownTopicOrPartition)?;
         if offset < log_start_offset || offset > high_watermark {
             return Err(FetchError::OffsetOutOfRange);
         }
-        let pieces = self.pieces(&entries, offset, max_bytes).await?;
+        if plan_bytes == 0 {
+            return Ok(PartitionData {
+                records: Bytes::new(),
+                high_watermark,
+                log_start_offset,
+            });
+        }
+        let pieces = self.pieces(&entries, offset, plan_bytes).await?;
         let missed = pieces
             .first()
             .is_some_and(|p| !self.cache.contains(&p.object, p.position));
@@ -144,7 +155,7 @@ impl FetchReader {
             for batch in stored_batches(&bytes) {
                 let end = next + i64::from(batch.offset_span);
                 if end > offset {
-                    if !out.is_empty() && out.len() + batch.len > max_bytes {
+                    if (!out.is_empty() || !min_one) && out.len() + batch.len > max_bytes {
                         break 'pieces;
                     }
                     let at = out.len();

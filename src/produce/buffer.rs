@@ -37,9 +37,36 @@ pub enum ProduceError {
     TimedOut,
 }
 
+/// When a write buffer with nothing uploading flushes (`flush_idle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushIdle {
+    /// At once, with whatever requests are already queued: the lowest latency, at the
+    /// price of one PUT per produce request (or per group of concurrent ones) when load
+    /// is a trickle.
+    #[default]
+    Immediate,
+    /// After `flush_interval`, like under load: at most one PUT per interval.
+    Interval,
+}
+
+impl std::str::FromStr for FlushIdle {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "immediate" => Ok(Self::Immediate),
+            "interval" => Ok(Self::Interval),
+            _ => Err(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BufferConfig {
     pub flush_interval: Duration,
+    /// What happens when no upload is in flight; while one is, the buffer always fills
+    /// for at least `flush_interval` (and up to four of them while uploads stay busy).
+    pub flush_idle: FlushIdle,
     pub flush_bytes: usize,
     /// Uploads in flight at once; past this, flushing (and so producers) waits.
     pub max_inflight_uploads: usize,
@@ -210,7 +237,25 @@ async fn flush_loop(
         let mut deadline = started + config.flush_interval;
         let mut bytes = first.batches.bytes;
         let mut pending = vec![first];
-        while bytes < config.flush_bytes {
+        let immediate = config.flush_idle == FlushIdle::Immediate
+            && in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0;
+        if immediate {
+            // Nothing is uploading, so waiting would only add latency: flush at once,
+            // with what the other connections have already queued (let them run once
+            // so that requests arriving together share the object).
+            tokio::task::yield_now().await;
+            while bytes < config.flush_bytes {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.batches.bytes;
+                        pending.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        // Otherwise fill the object for the interval.
+        while !immediate && bytes < config.flush_bytes {
             tokio::select! {
                 next = rx.recv() => match next {
                     Some(p) => {
@@ -222,7 +267,7 @@ async fn flush_loop(
                 _ = tokio::time::sleep_until(deadline) => {
                     // Adaptive size: while earlier uploads are still going (heavy load), a
                     // new object would only queue behind them, so keep filling this one,
-                    // for up to four intervals. Light load flushes on the interval.
+                    // for up to four intervals. Otherwise flush on the interval.
                     let busy = in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0;
                     if busy && deadline < started + config.flush_interval * 4 {
                         deadline += config.flush_interval;
@@ -452,5 +497,91 @@ fn answer_waiters(chunks: Vec<ChunkWaiters>, results: Vec<Result<i64, StateError
             waiter.answer(Ok(next));
             next += i64::from(count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::metadata::RaftOptions;
+    use crate::produce::batch::{tests::make_batch, validate};
+
+    /// A write buffer on a memory store, with a flush interval far longer than any
+    /// wait below, and a one-partition topic `t`.
+    async fn buffer(
+        dir: &std::path::Path,
+        flush_idle: FlushIdle,
+    ) -> anyhow::Result<(WriteBuffer, Arc<Metadata>)> {
+        let metadata = Arc::new(Metadata::open(dir, RaftOptions::single(1, 1000)).await?);
+        metadata
+            .propose(Command::CreateTopic {
+                name: "t".into(),
+                topic_id: [7; 16],
+                partitions: 1,
+                configs: BTreeMap::new(),
+                now_ms: crate::protocol::now_ms(),
+                preferred: Vec::new(),
+            })
+            .await?;
+        let (buffer, _) = WriteBuffer::start(
+            BufferConfig {
+                flush_interval: Duration::from_secs(3),
+                flush_idle,
+                flush_bytes: 1 << 20,
+                max_inflight_uploads: 4,
+                max_buffered_bytes: 64 << 20,
+                upload_timeout: Duration::from_secs(10),
+                node_id: 1,
+                max_commit_age: Duration::from_secs(3600),
+            },
+            ObjectStorage::open("memory://")?,
+            metadata.clone(),
+            Arc::new(BlockCache::in_memory(1 << 20).await),
+        );
+        Ok((buffer, metadata))
+    }
+
+    #[tokio::test]
+    async fn with_nothing_uploading_an_immediate_buffer_flushes_at_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (buffer, metadata) = buffer(dir.path(), FlushIdle::Immediate).await?;
+        for expected in [0, 2, 4] {
+            let batches = validate(&make_batch(2, 1000))?;
+            let base = tokio::time::timeout(Duration::from_secs(2), buffer.append("t", 0, batches))
+                .await
+                .map_err(|_| anyhow::anyhow!("an idle buffer waited for its flush interval"))??;
+            assert_eq!(base, expected);
+        }
+        metadata.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_interval_buffer_waits_out_the_interval() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (buffer, metadata) = buffer(dir.path(), FlushIdle::Interval).await?;
+        let mut committed = buffer
+            .enqueue("t", 0, validate(&make_batch(1, 1000))?)
+            .await?;
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut committed)
+                .await
+                .is_err(),
+            "flushed before its interval"
+        );
+        let base = tokio::time::timeout(Duration::from_secs(10), committed).await??;
+        assert_eq!(base, 0);
+        metadata.shutdown().await?;
+        Ok(())
+    }
+
+    #[test]
+    fn the_setting_parses() {
+        assert_eq!("immediate".parse(), Ok(FlushIdle::Immediate));
+        assert_eq!("interval".parse(), Ok(FlushIdle::Interval));
+        assert_eq!("soon".parse::<FlushIdle>(), Err(()));
+        assert_eq!(FlushIdle::default(), FlushIdle::Immediate);
     }
 }

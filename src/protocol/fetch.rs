@@ -52,6 +52,12 @@ async fn read_once(
     };
     let mut total = 0usize;
     let mut errors = false;
+    // KIP-74: until some partition has returned records, a partition's first batch is
+    // returned even when it is larger than what is left of the limits (so a consumer can
+    // make progress); after that, a partition whose next batch does not fit returns none.
+    // Before v3 there was no response limit and Kafka cut an oversized batch short; whole
+    // batches are all Strata returns, so there the first batch always comes.
+    let mut first_non_empty = true;
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in &req.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
@@ -82,30 +88,23 @@ async fn read_once(
                     continue;
                 }
             }
-            // Once the response is full, remaining partitions answer empty (not an error).
-            let read = if budget == 0 && total > 0 {
-                broker
-                    .fetcher
-                    .read(topic.topic.as_str(), p.partition, p.fetch_offset, 0)
-                    .await
-                    .map(|mut d| {
-                        d.records = bytes::Bytes::new();
-                        d
-                    })
-            } else {
-                broker
-                    .fetcher
-                    .read(
-                        topic.topic.as_str(),
-                        p.partition,
-                        p.fetch_offset,
-                        budget.max(1),
-                    )
-                    .await
-            };
+            let min_one = first_non_empty || version < 3;
+            let read = broker
+                .fetcher
+                .read(
+                    topic.topic.as_str(),
+                    p.partition,
+                    p.fetch_offset,
+                    budget,
+                    min_one,
+                )
+                .await;
             match read {
                 Ok(read) => {
                     total += read.records.len();
+                    if !read.records.is_empty() {
+                        first_non_empty = false;
+                    }
                     data = data
                         .with_high_watermark(read.high_watermark)
                         .with_last_stable_offset(read.high_watermark)

@@ -57,19 +57,26 @@ pub enum ProtocolError {
     },
 }
 
-/// Handles one request frame (without its size prefix). Returns the response frame
-/// (with its size prefix), or None when the request wants no answer (acks=0).
-/// The rest of a request's work, run concurrently with the requests that follow it.
+/// A request's response frame (with its size prefix), or None when the request wants no
+/// answer (acks=0).
 pub type ResponseFuture = BoxFuture<'static, Result<Option<Bytes>, ProtocolError>>;
 
-/// Starts one request frame (without its size prefix). What must happen in request
-/// order (decoding; a produce's entry into the write buffer) is done before this
-/// returns; the returned future yields the response frame (with its size prefix), or
-/// None when the request wants no answer (acks=0).
+/// A request once decoded, as the connection must run it.
+pub enum Started {
+    /// A produce already in the write buffer (which orders its effect): what is left is
+    /// the wait for its commit, which may run concurrently with the requests behind it.
+    Produce(ResponseFuture),
+    /// Any other request: the whole handler, to run to completion before the next
+    /// request of the connection is handled.
+    Other(ResponseFuture),
+}
+
+/// Starts one request frame (without its size prefix): decodes it and, for a produce,
+/// enters its batches into the write buffer, so that this part happens in request order.
 pub async fn start_request(
     broker: Arc<Broker>,
     mut frame: Bytes,
-) -> Result<ResponseFuture, ProtocolError> {
+) -> Result<Started, ProtocolError> {
     if frame.len() < 8 {
         return Err(ProtocolError::Truncated);
     }
@@ -84,7 +91,7 @@ pub async fn start_request(
         if key == ApiKey::ApiVersions {
             // KIP-511: answer in v0 so any client can read which versions we speak.
             let response = api_versions::unsupported_version(correlation_id);
-            return Ok(Box::pin(async move { Ok(Some(response)) }));
+            return Ok(Started::Other(Box::pin(async move { Ok(Some(response)) })));
         }
         return Err(ProtocolError::UnsupportedVersion { key, version });
     }
@@ -110,15 +117,15 @@ pub async fn start_request(
         let pending = produce::enqueue(&broker, req, version)
             .instrument(span.clone())
             .await;
-        return Ok(Box::pin(
+        return Ok(Started::Produce(Box::pin(
             async move { respond(pending.finish().await.map(ResponseKind::Produce)) }
                 .instrument(span),
-        ));
+        )));
     }
-    Ok(Box::pin(
+    Ok(Started::Other(Box::pin(
         async move { respond(dispatch(&broker, request, version, &client_id).await?) }
             .instrument(span),
-    ))
+    )))
 }
 
 async fn dispatch(
