@@ -359,7 +359,7 @@ def test_orphan_objects_are_collected_committed_ones_kept(s3broker):
     now = b.s3.list_keys(b.bucket, SEGMENTS)
     assert not orphans & set(now), f"orphans still there after the grace period: {orphans & set(now)}"
     assert {k: now.get(k) for k in committed_objects} == committed_objects, "a committed object was deleted or changed"
-    assert "orphan segment objects deleted" in b.log_text()
+    assert "orphan objects deleted" in b.log_text()
     # Committed data is still readable from the store after another restart (cold cache).
     b.restart()
     got, _ = read_partitions(b.bootstrap, topic, 2)
