@@ -289,10 +289,11 @@ async fn compact(
             });
         }
     }
+    let frames = builder.frames().to_vec();
     let (object_bytes, position, length) = builder.finish();
     let object = compacted_name(config.node_id, seq);
     storage
-        .put_with_retry(&object, &object_bytes, config.upload_timeout)
+        .put_background(&object, &object_bytes, config.upload_timeout)
         .await?;
     counters
         .bytes_written
@@ -321,6 +322,18 @@ async fn compact(
     match metadata.propose(Command::Compact(swap)).await? {
         Response::Compacted(Ok(_)) => {
             counters.jobs.fetch_add(1, Ordering::Relaxed);
+            // A tail job rewrote what tail readers are reading (it was in the cache):
+            // put the new frames there too, as the flush path does, so that they keep
+            // reading from memory after the swap. Merged old segments stay out.
+            if job.entries.iter().all(|e| e.kind == ObjectKind::Flush) {
+                for frame in &frames {
+                    let start = frame.position as usize;
+                    let end = start + frame.length as usize;
+                    if end <= object_bytes.len() {
+                        fetcher.keep(&object, frame.position, object_bytes.slice(start..end));
+                    }
+                }
+            }
             debug!(%object, base_offset, end_offset, bytes = object_bytes.len(), "segment swapped in");
             if failpoint("crash-after-compaction-swap") {
                 warn!(%object, "failpoint crash-after-compaction-swap: aborting");

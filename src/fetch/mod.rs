@@ -316,6 +316,11 @@ impl FetchReader {
         }
     }
 
+    /// Puts a piece into the cache's memory tier (write-through of data just written).
+    pub fn keep(&self, object: &str, position: u64, data: Bytes) {
+        self.cache.insert(object, position, data);
+    }
+
     /// A piece from the cache, or from the store (coalesced with concurrent misses).
     pub async fn load(&self, piece: &Piece) -> Result<Bytes, FetchError> {
         let storage = self.storage.clone();

@@ -41,14 +41,59 @@ pub struct Garbage {
     pub since_ms: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "ObjectsRepr")]
 pub struct Objects {
     next_id: ObjectId,
     live: BTreeMap<ObjectId, ObjectInfo>,
     garbage: BTreeMap<ObjectId, Garbage>,
     /// Names of live and garbage objects: an object is committed at most once, and a
-    /// name still known here is never mistaken for an orphan.
+    /// name still known here is never mistaken for an orphan. Derived, so not encoded:
+    /// it would hold every name a second time.
     by_name: BTreeMap<String, ObjectId>,
+}
+
+/// What is encoded of [`Objects`] (field order is the format).
+#[derive(Deserialize)]
+struct ObjectsRepr {
+    next_id: ObjectId,
+    live: BTreeMap<ObjectId, ObjectInfo>,
+    garbage: BTreeMap<ObjectId, Garbage>,
+}
+
+#[derive(Serialize)]
+struct ObjectsRef<'a> {
+    next_id: ObjectId,
+    live: &'a BTreeMap<ObjectId, ObjectInfo>,
+    garbage: &'a BTreeMap<ObjectId, Garbage>,
+}
+
+impl Serialize for Objects {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ObjectsRef {
+            next_id: self.next_id,
+            live: &self.live,
+            garbage: &self.garbage,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl From<ObjectsRepr> for Objects {
+    fn from(repr: ObjectsRepr) -> Self {
+        let by_name = repr
+            .live
+            .iter()
+            .map(|(id, info)| (info.name.clone(), *id))
+            .chain(repr.garbage.iter().map(|(id, g)| (g.name.clone(), *id)))
+            .collect();
+        Self {
+            next_id: repr.next_id,
+            live: repr.live,
+            garbage: repr.garbage,
+            by_name,
+        }
+    }
 }
 
 impl Objects {

@@ -230,3 +230,15 @@ impl Partition {
             .map(|e| (max, e.base_offset.max(self.log_start_offset)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory cost of the index: one entry per flush chunk in the tail and per
+    /// compacted segment (the soak's target is at most 100 bytes an entry).
+    #[test]
+    fn an_index_entry_is_small() {
+        assert!(std::mem::size_of::<IndexEntry>() <= 48);
+    }
+}

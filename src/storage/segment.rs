@@ -250,6 +250,11 @@ impl CompactedBuilder {
         self.footer.end_offset = base_offset + i64::from(span);
     }
 
+    /// The frames so far (the pieces a reader will ask for).
+    pub fn frames(&self) -> &[Frame] {
+        &self.footer.frames
+    }
+
     pub fn data_len(&self) -> u64 {
         self.buf.len() as u64 - DATA_START
     }

@@ -42,6 +42,8 @@ pub struct ObjectStorage {
     counters: Arc<RequestCounters>,
     /// Whether large objects use multipart upload (S3; a local directory gains nothing).
     multipart: bool,
+    /// The directory of a `file://` store, for writes that pace their own flushing.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Objects this large are uploaded in parallel parts. Each part (plus the create and
@@ -74,6 +76,7 @@ impl ObjectStorage {
             reason: reason.to_owned(),
         };
         let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let mut local_root = None;
         let inner: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -84,6 +87,7 @@ impl ObjectStorage {
                     source,
                 })?;
                 let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(&e.to_string()))?;
+                local_root = Some(dir.clone());
                 Arc::new(fs)
             }
             "memory" => Arc::new(InMemory::new()),
@@ -112,6 +116,7 @@ impl ObjectStorage {
             description: url.to_owned(),
             counters: Arc::default(),
             multipart: parsed.scheme() == "s3",
+            local_root,
         })
     }
 
@@ -217,6 +222,36 @@ impl ObjectStorage {
             .collect())
     }
 
+    /// A large upload from background work (compaction), written so that it does not
+    /// stall the foreground: on a local directory, in chunks each flushed to disk before
+    /// the next, since a burst of dirty pages makes every fsync behind it (the Raft log's,
+    /// on the produce path) wait for all of it; elsewhere, an ordinary upload with retries.
+    pub async fn put_background(
+        &self,
+        path: &str,
+        data: &Bytes,
+        timeout: Duration,
+    ) -> Result<(), StorageError> {
+        let Some(root) = &self.local_root else {
+            return self.put_with_retry(path, data, timeout).await;
+        };
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let target = root.join(path);
+        let data = data.clone();
+        let written = tokio::task::spawn_blocking(move || write_paced(&target, &data)).await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::LocalDir {
+                dir: root.join(path).display().to_string(),
+                source: e,
+            }),
+            Err(e) => Err(StorageError::LocalDir {
+                dir: root.join(path).display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
     /// Retries an upload with capped exponential backoff and jitter until `timeout`: the
     /// store may be throttling (503 SlowDown), restarting or briefly unreachable.
     pub async fn put_with_retry(
@@ -247,6 +282,27 @@ impl ObjectStorage {
             Err(source) => Err(store_error(path, source)),
         }
     }
+}
+
+/// Writes `data` to a temporary file beside `target` in chunks, flushing each to disk,
+/// then renames it into place (a reader never sees a partial object).
+fn write_paced(target: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    const CHUNK: usize = 4 << 20;
+    let dir = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("object path has no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = target.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
+    for chunk in data.chunks(CHUNK) {
+        file.write_all(chunk)?;
+        file.sync_data()?;
+    }
+    drop(file);
+    std::fs::rename(&tmp, target)
 }
 
 /// Up to half of `d`, from the clock's nanoseconds: spreads retries without a RNG.
