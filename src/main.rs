@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    exit_on_panic();
     let result = match cli.command {
         Command::Serve(args) => Config::load(&args)
             .map_err(anyhow::Error::from)
@@ -63,6 +64,29 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 _ = int.recv() => info!("SIGINT: shutting down"),
             }
         };
+        if std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "panic-in-task") {
+            // Test switch: a background task panics, as a bug would make one.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                panic!("failpoint panic-in-task");
+            });
+        }
+        let metadata = broker.clone();
+        let fatal = async move {
+            let reason = metadata.metadata.fatal().await;
+            tracing::error!(%reason, "the metadata raft stopped");
+            eprintln!(
+                "strata: the metadata raft stopped: {reason}; exiting so that the broker is \
+                 restarted clean (its data directory is intact)"
+            );
+            std::process::exit(EXIT_FATAL);
+        };
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = fatal => {}
+            }
+        };
         strata::server::serve(broker.clone(), listener, shutdown).await;
         // Requests already buffered finish their flush and commit; every acknowledged
         // record is in the store already, so a bounded wait is all a graceful stop needs.
@@ -91,6 +115,33 @@ fn serve(config: Config) -> anyhow::Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// Exit code when the broker stops itself on an internal failure (sysexits' EX_SOFTWARE).
+const EXIT_FATAL: i32 = 70;
+
+/// A panic anywhere ends the process with one clear line and a non-zero code: a broker
+/// with a dead task (the Raft core, a flusher, a coordinator) must not stay up half-working,
+/// serving stale answers; its supervisor restarts it, and its disk and the bucket hold
+/// everything it acknowledged.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        tracing::error!(%message, %location, "internal panic");
+        eprintln!("strata: internal error{location}: {message}; exiting (please report this)");
+        std::process::exit(EXIT_FATAL);
+    }));
 }
 
 /// The error and its causes on one line, skipping causes the message already quotes.

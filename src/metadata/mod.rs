@@ -57,6 +57,11 @@ impl Metadata {
         self.raft.leader()
     }
 
+    /// Resolves only if the Raft core stops by itself; see [`MetadataRaft::fatal`].
+    pub async fn fatal(&self) -> String {
+        self.raft.fatal().await
+    }
+
     pub async fn propose(&self, cmd: Command) -> Result<Response, MetadataError> {
         Ok(self.raft.propose(cmd).await?)
     }

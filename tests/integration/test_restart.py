@@ -2,8 +2,11 @@
 
 import time
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import TEST_STORE
 
 TOPICS = {"durable-a": 1, "durable-b": 4}
 
@@ -85,3 +88,61 @@ def test_acked_records_survive_sigkill(broker):
     broker.start()
     got2, _ = read_all(broker.bootstrap, TOPICS)
     assert got2 == {**acked, **acked2}
+
+
+@pytest.mark.skipif(TEST_STORE != "local", reason="store-independent; runs in the local pass")
+def test_raft_storage_error_exits_nonzero_and_restart_keeps_every_ack(broker):
+    """A metadata log that can no longer be written stops the broker with one clear line
+    and exit code 70, instead of leaving it up serving stale metadata; restarted on a
+    working disk, it has every record it acknowledged."""
+    broker.stop()
+    broker.extra_env["STRATA_FAILPOINT"] = "raft-write-error"
+    broker.start()
+    topics = {"fatal-a": 2}
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in admin.create_topics([NewTopic(t, num_partitions=n, replication_factor=1)
+                                  for t, n in topics.items()]).values():
+        f.result(30)
+    acked = produce(broker.bootstrap, topics, "before")
+
+    (broker.data_dir / "raft" / "FAIL_WRITES").touch()
+    failed = []
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
+                  "message.timeout.ms": 3000})
+    p.produce("fatal-a", b"never-acked", on_delivery=lambda err, _m: failed.append(err))
+    p.poll(0)
+    rc = broker.proc.wait(timeout=30)
+    assert rc == 70, f"exit code {rc}"
+    log = broker.log_text()
+    assert "strata: the metadata raft stopped" in log, broker.log_tail(20)
+    assert "injected write error" in log
+    # Let the producer give the record up, or it would deliver it to the restarted broker.
+    assert p.flush(30) == 0
+    assert len(failed) == 1 and failed[0] is not None, failed
+
+    broker.stop()
+    (broker.data_dir / "raft" / "FAIL_WRITES").unlink()
+    del broker.extra_env["STRATA_FAILPOINT"]
+    broker.start()
+    got, hw = read_all(broker.bootstrap, topics)
+    # Its commit could not reach the log, so the unacknowledged record is not there either.
+    assert got == acked
+
+
+@pytest.mark.skipif(TEST_STORE != "local", reason="store-independent; runs in the local pass")
+def test_panic_in_a_task_exits_nonzero_with_one_line(broker):
+    """A panic in any task (tokio would otherwise swallow it and leave the broker up
+    without that task) ends the process with exit code 70 and a line that says where."""
+    broker.stop()
+    broker.extra_env["STRATA_FAILPOINT"] = "panic-in-task"
+    broker.start()
+    rc = broker.proc.wait(timeout=30)
+    assert rc == 70, f"exit code {rc}"
+    lines = [l for l in broker.log_text().splitlines() if l.startswith("strata: internal error")]
+    assert len(lines) == 1, broker.log_tail(20)
+    assert "src/main.rs" in lines[0] and "failpoint panic-in-task" in lines[0], lines[0]
+    broker.stop()
+    del broker.extra_env["STRATA_FAILPOINT"]
+    # check_health looks for panics in the log: start the next run on a fresh log.
+    broker.log_path.write_text("")
+    broker.start()

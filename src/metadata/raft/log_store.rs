@@ -55,6 +55,37 @@ pub(super) fn decode_record(buf: &[u8]) -> Result<Option<(Record, usize)>, Codec
     Ok(Some((rec, HEADER_LEN + len)))
 }
 
+/// Whether undecodable bytes at the end of the log are what an interrupted append leaves:
+/// a record cut short by the end of the file, a last record whose bytes did not all reach
+/// the disk, or zeros (a file extended but not written). A bad record followed by a good
+/// one is damage in the middle: cutting there would silently drop entries
+/// this node may have acknowledged to the leader.
+pub(super) fn is_torn_tail(rest: &[u8]) -> bool {
+    if rest.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let Some(header) = rest.get(..HEADER_LEN) else {
+        return true;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let end = HEADER_LEN.saturating_add(len);
+    // Torn unless a whole, checksummed record starts right where the bad one ends.
+    !matches!(rest.get(end..).map(decode_record), Some(Ok(Some(_))))
+}
+
+/// Test switch: with `STRATA_FAILPOINT=raft-write-error`, appends fail once the file
+/// `FAIL_WRITES` exists in the Raft directory, as a dying disk would make them.
+fn injected_write_error(dir: &Path) -> io::Result<()> {
+    if std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "raft-write-error")
+        && dir.join("FAIL_WRITES").exists()
+    {
+        return Err(io::Error::other(
+            "injected write error (failpoint raft-write-error)",
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a Raft directory written by format 1 (JSON): its `raft.log` would read as a
 /// torn tail and be truncated to nothing, and its `snapshot.json` would be ignored.
 pub(super) fn check_not_legacy(dir: &Path) -> Result<(), RaftGlueError> {
@@ -176,6 +207,17 @@ impl LogStore {
                 dir: dir.to_path_buf(),
                 source,
             })?;
+        if pos < bytes.len() && !is_torn_tail(&bytes[pos..]) {
+            return Err(RaftGlueError::Corrupt {
+                path: log_path,
+                reason: format!(
+                    "the record at byte {pos} is damaged and {} bytes of records follow it \
+                     (a damaged disk, not an interrupted write); restore the disk, or move the \
+                     raft directory away so that this broker rejoins from its peers",
+                    bytes.len() - pos
+                ),
+            });
+        }
         if pos < bytes.len() {
             // Appends are acknowledged only after fsync, so an undecodable tail is a write the
             // crash interrupted; nobody was told it succeeded.
@@ -284,10 +326,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // The metadata log is small and low-rate, so a synchronous write + fsync here is
         // simpler than a background flusher and keeps append order trivially correct.
-        let res = inner
-            .file
-            .write_all(&buf)
-            .and_then(|()| inner.file.sync_data());
+        let res = injected_write_error(&inner.dir).and_then(|()| {
+            inner
+                .file
+                .write_all(&buf)
+                .and_then(|()| inner.file.sync_data())
+        });
         if let Err(e) = res {
             let msg = e.to_string();
             callback.log_io_completed(Err(e));

@@ -341,6 +341,24 @@ impl MetadataRaft {
         self.inner.applied.clone()
     }
 
+    /// Resolves when the Raft core has stopped on its own (a storage error, a panic in the
+    /// core), with the reason. A broker in that state can serve only stale metadata and
+    /// commit nothing, so the binary exits rather than stay up half-working.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                    return fatal.to_string();
+                }
+            }
+            if metrics.changed().await.is_err() {
+                // The core is gone without a final report: the same as a fatal stop.
+                return "the raft core stopped".to_owned();
+            }
+        }
+    }
+
     pub async fn shutdown(&self) -> Result<(), RaftGlueError> {
         self.inner
             .raft
@@ -353,6 +371,8 @@ impl MetadataRaft {
 mod files;
 mod log_store;
 mod state_machine;
+#[cfg(test)]
+mod suite_tests;
 
 use log_store::*;
 use state_machine::*;
@@ -610,6 +630,48 @@ mod tests {
         let r = MetadataRaft::start(1, dir.path(), 1000).await?;
         assert_eq!(snapshot_of(&r), expected(15));
         r.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn damage_in_the_middle_refuses_to_start_and_zeros_are_a_torn_tail() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        propose_range(&r, 0..12).await?;
+        let before = snapshot_of(&r);
+        r.shutdown().await?;
+        drop(r);
+        let log_path = dir.path().join(LOG_FILE);
+        let clean = fs::read(&log_path)?;
+
+        // A zero-filled tail (the file grew, its data never reached the disk) is cut.
+        let mut zeros = clean.clone();
+        zeros.extend_from_slice(&[0u8; 300]);
+        fs::write(&log_path, &zeros)?;
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        assert_eq!(snapshot_of(&r), before);
+        r.shutdown().await?;
+        drop(r);
+        assert_eq!(fs::read(&log_path)?, clean);
+
+        // One flipped bit in the second record's payload, with good records behind it.
+        let (_, first) = decode_record(&clean)?.ok_or_else(|| anyhow::anyhow!("empty log"))?;
+        let mut damaged = clean.clone();
+        damaged[first + HEADER_LEN + 2] ^= 0x10;
+        fs::write(&log_path, &damaged)?;
+        let err = match MetadataRaft::start(1, dir.path(), 1000).await {
+            Ok(r) => {
+                r.shutdown().await?;
+                anyhow::bail!("start must fail on a log damaged in the middle")
+            }
+            Err(e) => e,
+        };
+        let message = err.to_string();
+        assert!(message.contains(&format!("byte {first}")), "{message}");
+        assert!(message.contains("damaged"), "{message}");
+        // Nothing was cut.
+        assert_eq!(fs::read(&log_path)?, damaged);
         Ok(())
     }
 
