@@ -22,6 +22,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(TempStores)
+fn openraft_storage_suite() -> anyhow::Result<()> {
+    Ok(Suite::test_all(TempStores)?)
 }
