@@ -185,7 +185,10 @@ impl Broker {
         // with an empty log is joining a cluster that already has its metadata.
         let founder = config.controllers.keys().next() == Some(&config.node_id);
         if founder && (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
-            shipping::recover(&metadata, &storage, config.upload_timeout * 2).await?;
+            shipping::recover(&metadata, &storage).await?;
+        }
+        if !config.unsafe_ack_before_shipping {
+            metadata.ack_after_shipping();
         }
         let cache = Arc::new(
             BlockCache::open(CacheConfig {
@@ -212,7 +215,7 @@ impl Broker {
             cache.clone(),
         );
         let gauges = Arc::new(Gauges::default());
-        let snapshot_shipper = tokio::spawn(shipping::ship_snapshots(
+        let snapshot_shipper = tokio::spawn(shipping::ship_metadata(
             metadata.clone(),
             storage.clone(),
             config.store_snapshot_interval,

@@ -88,10 +88,14 @@ pub struct ServeArgs {
     /// Delete uncommitted (orphan) objects once older than this [default: 3600000].
     #[arg(long, env = "STRATA_ORPHAN_GRACE_MS")]
     pub orphan_grace_ms: Option<u64>,
-    /// Rebuild the metadata from the object store (snapshot plus newer segment objects).
+    /// Rebuild the metadata from the object store (its newest snapshot plus the shipped log).
     /// Happens by itself when the data directory has no metadata log.
     #[arg(long, env = "STRATA_RECOVER_FROM_STORE")]
     pub recover_from_store: bool,
+    /// UNSAFE: acknowledge before the metadata entry is shipped to the object store (lower
+    /// latency; losing every broker's disk then loses the last acknowledged commits).
+    #[arg(long, env = "STRATA_UNSAFE_ACK_BEFORE_SHIPPING")]
+    pub unsafe_ack_before_shipping: bool,
     /// Address for the metadata Raft traffic of other brokers (needed in a cluster).
     #[arg(long, env = "STRATA_RAFT_LISTEN")]
     pub raft_listen: Option<String>,

@@ -51,6 +51,7 @@ struct FileConfig {
     store_snapshot_interval_ms: Option<u64>,
     orphan_grace_ms: Option<u64>,
     recover_from_store: Option<bool>,
+    unsafe_ack_before_shipping: Option<bool>,
     raft_listen: Option<String>,
     controllers: Option<String>,
     rack: Option<String>,
@@ -90,6 +91,8 @@ pub struct Config {
     /// Rebuild the metadata from the store's snapshot and objects, even if the data
     /// directory has a metadata log (it is set aside).
     pub recover_from_store: bool,
+    /// Acknowledge without waiting for the metadata to reach the bucket (unsafe).
+    pub unsafe_ack_before_shipping: bool,
     /// Where peers' Raft traffic arrives; None for a lone broker.
     pub raft_listen: Option<String>,
     /// The Raft voters by node id and Raft address.
@@ -368,6 +371,8 @@ impl Config {
             store_snapshot_interval,
             orphan_grace: Duration::from_millis(orphan_grace_ms),
             recover_from_store: args.recover_from_store || file.recover_from_store.unwrap_or(false),
+            unsafe_ack_before_shipping: args.unsafe_ack_before_shipping
+                || file.unsafe_ack_before_shipping.unwrap_or(false),
             listen,
             advertise_host,
             advertise_port,

@@ -97,7 +97,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         broker.deregister().await;
         // The bucket gets the latest metadata, so a replacement broker on a new machine
         // starts from exactly here.
-        if let Err(e) = strata::metadata::shipping::ship_once(&broker.metadata, &broker.storage, 0).await {
+        if let Err(e) = strata::metadata::shipping::ship_snapshot(&broker.metadata, &broker.storage).await {
             tracing::warn!(error = %e, "could not ship the final metadata snapshot");
         }
         let counters = broker.storage.counters();

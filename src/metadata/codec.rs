@@ -30,6 +30,8 @@ pub enum Kind {
     ShippedSnapshot,
     /// A frame on the Raft network.
     RaftRpc,
+    /// Committed Raft entries shipped to the object store after a snapshot.
+    LogChunk,
 }
 
 impl Kind {
@@ -39,6 +41,7 @@ impl Kind {
             Kind::LocalSnapshot => *b"STSN",
             Kind::ShippedSnapshot => *b"STSH",
             Kind::RaftRpc => *b"STRP",
+            Kind::LogChunk => *b"STLC",
         }
     }
 
@@ -48,6 +51,7 @@ impl Kind {
             Kind::LocalSnapshot => "metadata snapshot",
             Kind::ShippedSnapshot => "shipped metadata snapshot",
             Kind::RaftRpc => "raft message",
+            Kind::LogChunk => "shipped metadata log chunk",
         }
     }
 }

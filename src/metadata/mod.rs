@@ -57,6 +57,28 @@ impl Metadata {
         self.raft.leader()
     }
 
+    /// See [`MetadataRaft::ack_after_shipping`].
+    pub fn ack_after_shipping(&self) {
+        self.raft.ack_after_shipping();
+    }
+
+    pub fn mark_shipped(&self, index: u64) {
+        self.raft.mark_shipped(index);
+    }
+
+    pub fn log_entries(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Option<Vec<openraft::Entry<raft::TypeConfig>>> {
+        self.raft.log_entries(from, to)
+    }
+
+    /// The applied state and the index of its last entry, consistent with each other.
+    pub fn state_at_index(&self) -> (MetadataState, u64) {
+        self.raft.state_at_index()
+    }
+
     /// Resolves only if the Raft core stops by itself; see [`MetadataRaft::fatal`].
     pub async fn fatal(&self) -> String {
         self.raft.fatal().await

@@ -236,6 +236,12 @@ pub type GroupOffsets = BTreeMap<String, BTreeMap<i32, CommittedOffset>>;
 /// Partitions and groups sit behind `Arc`s so that a snapshot clones the state in time
 /// proportional to their number, not to the index entries they hold; a command copies
 /// only the partition or group it changes (`Arc::make_mut`).
+/// A `broker_configs` scope for what the cluster records about itself. Client scopes are
+/// "" or a broker id, so no request can name it; keeping such values there leaves the
+/// encoded state's layout (format 2) unchanged.
+const INTERNAL_SCOPE: &str = "#strata";
+const LOG_GENERATION_KEY: &str = "metadata.log.generation";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetadataState {
     topics: BTreeMap<String, Topic>,
@@ -754,6 +760,25 @@ impl MetadataState {
     pub fn read_replica(&self, topic: &str, partition: i32, rack: &str) -> Option<u64> {
         let hint = self.partition(topic, partition).and_then(|p| p.preferred);
         self.cluster.read_replica(topic, partition, rack, hint)
+    }
+
+    /// Which run of Raft log indexes the log shipped to the bucket belongs to. A cluster
+    /// rebuilt from the bucket starts its Raft log again at index 1, so its shipped log
+    /// goes under the next generation and never mixes with the one it was rebuilt from.
+    pub fn log_generation(&self) -> u64 {
+        self.broker_configs
+            .get(INTERNAL_SCOPE)
+            .and_then(|c| c.get(LOG_GENERATION_KEY))
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Set on a state about to be restored into a new cluster (outside `apply`).
+    pub fn set_log_generation(&mut self, generation: u64) {
+        self.broker_configs
+            .entry(INTERNAL_SCOPE.to_owned())
+            .or_default()
+            .insert(LOG_GENERATION_KEY.to_owned(), generation.to_string());
     }
 
     /// Dynamic broker configs: cluster-wide defaults ("") or one broker's (its id).

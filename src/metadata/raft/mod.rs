@@ -134,6 +134,12 @@ struct Inner {
     applied: watch::Receiver<u64>,
     /// The test-only network cut also stops forwarded proposals and joins.
     isolation: Isolation,
+    /// A reader of the log, for shipping committed entries to the bucket.
+    log: LogStore,
+    /// The last index whose entry is in the bucket (a shipped snapshot or log chunk).
+    shipped: watch::Sender<u64>,
+    /// Whether the leader answers a proposal only once its entry is in the bucket.
+    ack_after_shipping: std::sync::atomic::AtomicBool,
 }
 
 impl MetadataRaft {
@@ -180,6 +186,7 @@ impl MetadataRaft {
         let network = TcpNetwork {
             isolation: isolation.clone(),
         };
+        let log_reader = log_store.clone();
         let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| RaftGlueError::Start(e.to_string()))?;
@@ -189,6 +196,9 @@ impl MetadataRaft {
                 state,
                 applied,
                 isolation: isolation.clone(),
+                log: log_reader,
+                shipped: watch::channel(0).0,
+                ack_after_shipping: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         if let Some(listen) = &options.listen {
@@ -290,7 +300,10 @@ impl MetadataRaft {
                 )));
             };
             let last_error = match result {
-                Ok(resp) => return Ok((resp.data, resp.log_id.index)),
+                Ok(resp) => {
+                    self.wait_shipped(resp.log_id.index, deadline).await?;
+                    return Ok((resp.data, resp.log_id.index));
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
                     if self.inner.isolation.isolated() =>
                 {
@@ -318,6 +331,69 @@ impl MetadataRaft {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// On the leader, with shipping required: waits until the entry at `index` is in the
+    /// bucket, so that whatever the proposal acknowledges survives the loss of every disk.
+    async fn wait_shipped(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), RaftGlueError> {
+        use std::sync::atomic::Ordering;
+        if !self.inner.ack_after_shipping.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut shipped = self.inner.shipped.subscribe();
+        let reached = tokio::time::timeout_at(deadline, shipped.wait_for(|s| *s >= index))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            return Ok(());
+        }
+        Err(RaftGlueError::Propose(format!(
+            "committed, but not in the object store within {PROPOSE_TIMEOUT:?} (is the store reachable?)"
+        )))
+    }
+
+    /// From now on the leader acknowledges a proposal only once it is shipped.
+    pub fn ack_after_shipping(&self) {
+        self.inner
+            .ack_after_shipping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records that every entry up to `index` is in the bucket.
+    pub fn mark_shipped(&self, index: u64) {
+        self.inner.shipped.send_if_modified(|s| {
+            let advanced = index > *s;
+            *s = (*s).max(index);
+            advanced
+        });
+    }
+
+    /// Committed entries `from..=to` from the local log, or None if some of them were
+    /// already purged behind a snapshot.
+    pub fn log_entries(&self, from: u64, to: u64) -> Option<Vec<openraft::Entry<TypeConfig>>> {
+        let inner = self.inner.log.lock();
+        let entries: Vec<_> = inner
+            .cache
+            .range(from..=to)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let complete = entries.first().is_some_and(|e| e.log_id.index == from)
+            && entries.len() as u64 == to.saturating_sub(from) + 1;
+        complete.then_some(entries)
+    }
+
+    /// The applied state and the index of the last entry in it, read together.
+    pub fn state_at_index(&self) -> (MetadataState, u64) {
+        let state = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (state.clone(), *self.inner.applied.borrow())
     }
 
     /// This node's id, and the current leader's if one is known.

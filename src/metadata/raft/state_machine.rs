@@ -125,9 +125,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 responses.push(resp);
             }
-        }
-        if let Some(l) = self.last_applied {
-            self.applied_tx.send_replace(l.index);
+            // Under the lock, so that a reader holding it sees the state and its index
+            // together (a shipped snapshot must say exactly which entries it holds).
+            if let Some(l) = self.last_applied {
+                self.applied_tx.send_replace(l.index);
+            }
         }
         Ok(responses)
     }
@@ -176,11 +178,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             bytes = len,
             "installed a metadata snapshot from the leader"
         );
-        *self.state.write().unwrap_or_else(PoisonError::into_inner) = snap.state;
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        *state = snap.state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.applied_tx
             .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        drop(state);
         Ok(())
     }
 
