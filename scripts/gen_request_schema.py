@@ -292,14 +292,18 @@ def parse_module(path: str) -> list[Struct]:
     return order
 
 
+NUMBERS: dict[str, str] = {}  # ApiKey variant -> its number
+
+
 def api_keys(crate: str) -> dict[str, str]:
     """Request struct name -> ApiKey variant."""
     src = open(os.path.join(crate, "src", "messages.rs")).read()
     found = re.findall(r"ApiKey::(\w+) => \{?\s*(\w+Request)::header_version", src)
     enum = re.search(r"pub enum ApiKey \{(.*?)\n\}", src, re.S)
-    variants = re.findall(r"^    (\w+) = \d+,$", enum.group(1), re.M) if enum else []
+    variants = dict(re.findall(r"^    (\w+) = (\d+),$", enum.group(1), re.M)) if enum else {}
     if not variants or sorted(k for k, _ in found) != sorted(variants):
         die("the request struct of some ApiKey variants is not found in messages.rs")
+    NUMBERS.update(variants)
     return {req: key for key, req in found}
 
 
@@ -371,7 +375,7 @@ def emit(structs: list[Struct], keys: dict[str, str]) -> str:
         die(f"API keys without a request struct: {sorted(missing)}")
     out.append(f"pub(super) static REQUESTS: [(m::ApiKey, u16); {len(pairs)}] = [")
     for key, i in pairs:
-        out.append(f"    (m::ApiKey::{key}, {i}),")
+        out.append(f"    (m::ApiKey::{key}, {i}), // {NUMBERS[key]}")
     out.append("];")
     out.append("")
     return "\n".join(out)

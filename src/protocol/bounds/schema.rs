@@ -1815,91 +1815,91 @@ pub(super) static STRUCTS: [StructDef; 200] = [
 
 /// The request struct of each API key, by key.
 pub(super) static REQUESTS: [(m::ApiKey, u16); 87] = [
-    (m::ApiKey::AddOffsetsToTxn, 0),
-    (m::ApiKey::AddPartitionsToTxn, 1),
-    (m::ApiKey::AddRaftVoter, 4),
-    (m::ApiKey::AllocateProducerIds, 6),
-    (m::ApiKey::AlterClientQuotas, 7),
-    (m::ApiKey::AlterConfigs, 11),
-    (m::ApiKey::AlterPartitionReassignments, 14),
-    (m::ApiKey::AlterPartition, 17),
-    (m::ApiKey::AlterReplicaLogDirs, 23),
-    (m::ApiKey::AlterShareGroupOffsets, 24),
-    (m::ApiKey::AlterUserScramCredentials, 27),
-    (m::ApiKey::ApiVersions, 30),
-    (m::ApiKey::AssignReplicasToDirs, 31),
-    (m::ApiKey::BeginQuorumEpoch, 35),
-    (m::ApiKey::BrokerHeartbeat, 39),
-    (m::ApiKey::BrokerRegistration, 40),
-    (m::ApiKey::ConsumerGroupDescribe, 43),
-    (m::ApiKey::ConsumerGroupHeartbeat, 44),
-    (m::ApiKey::ControllerRegistration, 46),
-    (m::ApiKey::CreateAcls, 50),
-    (m::ApiKey::CreateDelegationToken, 52),
-    (m::ApiKey::CreatePartitions, 54),
-    (m::ApiKey::CreateTopics, 59),
-    (m::ApiKey::DeleteAcls, 61),
-    (m::ApiKey::DeleteGroups, 62),
-    (m::ApiKey::DeleteRecords, 64),
-    (m::ApiKey::DeleteShareGroupOffsets, 66),
-    (m::ApiKey::DeleteShareGroupState, 68),
-    (m::ApiKey::DeleteTopics, 72),
-    (m::ApiKey::DescribeAcls, 73),
-    (m::ApiKey::DescribeClientQuotas, 75),
-    (m::ApiKey::DescribeCluster, 76),
-    (m::ApiKey::DescribeConfigs, 77),
-    (m::ApiKey::DescribeDelegationToken, 80),
-    (m::ApiKey::DescribeGroups, 81),
-    (m::ApiKey::DescribeLogDirs, 83),
-    (m::ApiKey::DescribeProducers, 84),
-    (m::ApiKey::DescribeQuorum, 86),
-    (m::ApiKey::DescribeShareGroupOffsets, 89),
-    (m::ApiKey::DescribeTopicPartitions, 93),
-    (m::ApiKey::DescribeTransactions, 95),
-    (m::ApiKey::DescribeUserScramCredentials, 96),
-    (m::ApiKey::ElectLeaders, 98),
-    (m::ApiKey::EndQuorumEpoch, 100),
-    (m::ApiKey::EndTxn, 105),
-    (m::ApiKey::Envelope, 106),
-    (m::ApiKey::ExpireDelegationToken, 107),
-    (m::ApiKey::Fetch, 109),
-    (m::ApiKey::FetchSnapshot, 113),
-    (m::ApiKey::FindCoordinator, 117),
-    (m::ApiKey::GetTelemetrySubscriptions, 118),
-    (m::ApiKey::Heartbeat, 119),
-    (m::ApiKey::IncrementalAlterConfigs, 122),
-    (m::ApiKey::InitProducerId, 123),
-    (m::ApiKey::InitializeShareGroupState, 124),
-    (m::ApiKey::JoinGroup, 127),
-    (m::ApiKey::LeaveGroup, 129),
-    (m::ApiKey::ListConfigResources, 131),
-    (m::ApiKey::ListGroups, 132),
-    (m::ApiKey::ListOffsets, 134),
-    (m::ApiKey::ListPartitionReassignments, 136),
-    (m::ApiKey::ListTransactions, 138),
-    (m::ApiKey::Metadata, 139),
-    (m::ApiKey::OffsetCommit, 141),
-    (m::ApiKey::OffsetDelete, 144),
-    (m::ApiKey::OffsetFetch, 147),
-    (m::ApiKey::OffsetForLeaderEpoch, 151),
-    (m::ApiKey::Produce, 155),
-    (m::ApiKey::PushTelemetry, 157),
-    (m::ApiKey::ReadShareGroupState, 159),
-    (m::ApiKey::ReadShareGroupStateSummary, 162),
-    (m::ApiKey::RemoveRaftVoter, 164),
-    (m::ApiKey::RenewDelegationToken, 165),
-    (m::ApiKey::SaslAuthenticate, 166),
-    (m::ApiKey::SaslHandshake, 167),
-    (m::ApiKey::ShareAcknowledge, 171),
-    (m::ApiKey::ShareFetch, 176),
-    (m::ApiKey::ShareGroupDescribe, 177),
-    (m::ApiKey::ShareGroupHeartbeat, 178),
-    (m::ApiKey::SyncGroup, 179),
-    (m::ApiKey::TxnOffsetCommit, 181),
-    (m::ApiKey::UnregisterBroker, 184),
-    (m::ApiKey::UpdateFeatures, 186),
-    (m::ApiKey::UpdateRaftVoter, 189),
-    (m::ApiKey::Vote, 192),
-    (m::ApiKey::WriteShareGroupState, 195),
-    (m::ApiKey::WriteTxnMarkers, 199),
+    (m::ApiKey::AddOffsetsToTxn, 0), // 25
+    (m::ApiKey::AddPartitionsToTxn, 1), // 24
+    (m::ApiKey::AddRaftVoter, 4), // 80
+    (m::ApiKey::AllocateProducerIds, 6), // 67
+    (m::ApiKey::AlterClientQuotas, 7), // 49
+    (m::ApiKey::AlterConfigs, 11), // 33
+    (m::ApiKey::AlterPartitionReassignments, 14), // 45
+    (m::ApiKey::AlterPartition, 17), // 56
+    (m::ApiKey::AlterReplicaLogDirs, 23), // 34
+    (m::ApiKey::AlterShareGroupOffsets, 24), // 91
+    (m::ApiKey::AlterUserScramCredentials, 27), // 51
+    (m::ApiKey::ApiVersions, 30), // 18
+    (m::ApiKey::AssignReplicasToDirs, 31), // 73
+    (m::ApiKey::BeginQuorumEpoch, 35), // 53
+    (m::ApiKey::BrokerHeartbeat, 39), // 63
+    (m::ApiKey::BrokerRegistration, 40), // 62
+    (m::ApiKey::ConsumerGroupDescribe, 43), // 69
+    (m::ApiKey::ConsumerGroupHeartbeat, 44), // 68
+    (m::ApiKey::ControllerRegistration, 46), // 70
+    (m::ApiKey::CreateAcls, 50), // 30
+    (m::ApiKey::CreateDelegationToken, 52), // 38
+    (m::ApiKey::CreatePartitions, 54), // 37
+    (m::ApiKey::CreateTopics, 59), // 19
+    (m::ApiKey::DeleteAcls, 61), // 31
+    (m::ApiKey::DeleteGroups, 62), // 42
+    (m::ApiKey::DeleteRecords, 64), // 21
+    (m::ApiKey::DeleteShareGroupOffsets, 66), // 92
+    (m::ApiKey::DeleteShareGroupState, 68), // 86
+    (m::ApiKey::DeleteTopics, 72), // 20
+    (m::ApiKey::DescribeAcls, 73), // 29
+    (m::ApiKey::DescribeClientQuotas, 75), // 48
+    (m::ApiKey::DescribeCluster, 76), // 60
+    (m::ApiKey::DescribeConfigs, 77), // 32
+    (m::ApiKey::DescribeDelegationToken, 80), // 41
+    (m::ApiKey::DescribeGroups, 81), // 15
+    (m::ApiKey::DescribeLogDirs, 83), // 35
+    (m::ApiKey::DescribeProducers, 84), // 61
+    (m::ApiKey::DescribeQuorum, 86), // 55
+    (m::ApiKey::DescribeShareGroupOffsets, 89), // 90
+    (m::ApiKey::DescribeTopicPartitions, 93), // 75
+    (m::ApiKey::DescribeTransactions, 95), // 65
+    (m::ApiKey::DescribeUserScramCredentials, 96), // 50
+    (m::ApiKey::ElectLeaders, 98), // 43
+    (m::ApiKey::EndQuorumEpoch, 100), // 54
+    (m::ApiKey::EndTxn, 105), // 26
+    (m::ApiKey::Envelope, 106), // 58
+    (m::ApiKey::ExpireDelegationToken, 107), // 40
+    (m::ApiKey::Fetch, 109), // 1
+    (m::ApiKey::FetchSnapshot, 113), // 59
+    (m::ApiKey::FindCoordinator, 117), // 10
+    (m::ApiKey::GetTelemetrySubscriptions, 118), // 71
+    (m::ApiKey::Heartbeat, 119), // 12
+    (m::ApiKey::IncrementalAlterConfigs, 122), // 44
+    (m::ApiKey::InitProducerId, 123), // 22
+    (m::ApiKey::InitializeShareGroupState, 124), // 83
+    (m::ApiKey::JoinGroup, 127), // 11
+    (m::ApiKey::LeaveGroup, 129), // 13
+    (m::ApiKey::ListConfigResources, 131), // 74
+    (m::ApiKey::ListGroups, 132), // 16
+    (m::ApiKey::ListOffsets, 134), // 2
+    (m::ApiKey::ListPartitionReassignments, 136), // 46
+    (m::ApiKey::ListTransactions, 138), // 66
+    (m::ApiKey::Metadata, 139), // 3
+    (m::ApiKey::OffsetCommit, 141), // 8
+    (m::ApiKey::OffsetDelete, 144), // 47
+    (m::ApiKey::OffsetFetch, 147), // 9
+    (m::ApiKey::OffsetForLeaderEpoch, 151), // 23
+    (m::ApiKey::Produce, 155), // 0
+    (m::ApiKey::PushTelemetry, 157), // 72
+    (m::ApiKey::ReadShareGroupState, 159), // 84
+    (m::ApiKey::ReadShareGroupStateSummary, 162), // 87
+    (m::ApiKey::RemoveRaftVoter, 164), // 81
+    (m::ApiKey::RenewDelegationToken, 165), // 39
+    (m::ApiKey::SaslAuthenticate, 166), // 36
+    (m::ApiKey::SaslHandshake, 167), // 17
+    (m::ApiKey::ShareAcknowledge, 171), // 79
+    (m::ApiKey::ShareFetch, 176), // 78
+    (m::ApiKey::ShareGroupDescribe, 177), // 77
+    (m::ApiKey::ShareGroupHeartbeat, 178), // 76
+    (m::ApiKey::SyncGroup, 179), // 14
+    (m::ApiKey::TxnOffsetCommit, 181), // 28
+    (m::ApiKey::UnregisterBroker, 184), // 64
+    (m::ApiKey::UpdateFeatures, 186), // 57
+    (m::ApiKey::UpdateRaftVoter, 189), // 82
+    (m::ApiKey::Vote, 192), // 52
+    (m::ApiKey::WriteShareGroupState, 195), // 85
+    (m::ApiKey::WriteTxnMarkers, 199), // 27
 ];
