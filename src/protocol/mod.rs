@@ -3,6 +3,7 @@
 
 pub(crate) mod acl_ops;
 mod api_versions;
+pub mod bounds;
 mod cluster;
 mod configs;
 mod coordinator;
@@ -48,6 +49,12 @@ pub enum ProtocolError {
         key: ApiKey,
         version: i16,
         message: String,
+    },
+    #[error("refused {key:?} v{version} before decoding: {source}")]
+    Bounds {
+        key: ApiKey,
+        version: i16,
+        source: bounds::BoundsError,
     },
     #[error("cannot encode response to {key:?} v{version}: {message}")]
     Encode {
@@ -102,6 +109,13 @@ pub async fn start_request(
     };
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(decode_err)?;
+    // The crate sizes arrays from the wire before reading them: walk the body first so
+    // that nothing it decodes can allocate more than the frame justifies.
+    bounds::check(key, version, &frame).map_err(|source| ProtocolError::Bounds {
+        key,
+        version,
+        source,
+    })?;
     let request = RequestKind::decode(key, &mut frame, version).map_err(decode_err)?;
     let client_id = header
         .client_id

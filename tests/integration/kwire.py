@@ -1,13 +1,15 @@
 """Tiny hand-rolled Kafka wire-format helpers for raw-socket tests.
 
 Only non-flexible request versions (request header v1, response header v0):
-ApiVersions v0, Metadata v1, Produce v3, plus a record-batch v2 encoder with a
-pure-Python CRC-32C (Castagnoli).  Also the Java murmur2 used by Kafka's
+ApiVersions v0, Metadata v1, Produce v3, Fetch v4, plus a record-batch v2 encoder with a
+pure-Python CRC-32C (Castagnoli), and well-formed requests of any API and version built
+from the broker's generated schema table (for fuzzing).  Also the Java murmur2 used by Kafka's
 default / legacy partitioners.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
@@ -362,3 +364,159 @@ def kafkajs_legacy_murmur2(data: bytes) -> int:
 
 def kafkajs_legacy_partition(key: bytes, num_partitions: int) -> int:
     return (kafkajs_legacy_murmur2(key) & 0x7FFFFFFF) % num_partitions
+
+
+# ------------------------------------------------------------------ any request, from the schema table
+# src/protocol/bounds/schema.rs (generated from kafka-protocol's decoders) lists the wire
+# layout of every request message; these helpers build a well-formed body of any API and
+# version from it, for fuzzing.
+
+
+def _balanced(text: str, start: int) -> int:
+    """Index just past the parenthesis/bracket group opening at text[start]."""
+    pairs = {"(": ")", "[": "]", "{": "}"}
+    stack = []
+    for i in range(start, len(text)):
+        c = text[i]
+        if c in pairs:
+            stack.append(pairs[c])
+        elif stack and c == stack[-1]:
+            stack.pop()
+            if not stack:
+                return i + 1
+    raise ValueError("unbalanced schema text")
+
+
+def _ops(text: str) -> list[tuple[int, str]]:
+    out, pos = [], 0
+    while (i := text.find("op(", pos)) >= 0:
+        end = _balanced(text, i + 2)
+        mask, kind = text[i + 3:end - 1].split(", ", 1)
+        out.append((int(mask, 16), kind))
+        pos = end
+    return out
+
+
+def load_request_schema(path) -> dict:
+    """{'structs': [...], 'requests': {api_key_number: struct index}} from schema.rs."""
+    text = open(path).read()
+    structs = []
+    for m in re.finditer(r"StructDef \{", text):
+        end = _balanced(text, m.end() - 1)
+        body = text[m.end():end - 1]
+        fields_at = body.index("fields: &[") + len("fields: &")
+        tags_at = body.index("tags: &[") + len("tags: &")
+        tags = []
+        tag_text = body[tags_at:_balanced(body, tags_at)]
+        for t in re.finditer(r"TagDef \{ tag: (\d+), versions: (0x[0-9a-f]+), fields: &", tag_text):
+            ops_end = _balanced(tag_text, t.end())
+            tags.append((int(t.group(1)), int(t.group(2), 16), _ops(tag_text[t.end():ops_end])))
+        structs.append({
+            "name": re.search(r'name: "([^"]+)"', body).group(1),
+            "versions": int(re.search(r"versions: (0x[0-9a-f]+)", body).group(1), 16),
+            "flexible": int(re.search(r"flexible: (0x[0-9a-f]+)", body).group(1), 16),
+            "fields": _ops(body[fields_at:_balanced(body, fields_at)]),
+            "tags": tags,
+        })
+    requests = {int(n): int(i) for i, n in re.findall(r"\(m::ApiKey::\w+, (\d+)\), // (\d+)", text)}
+    return {"structs": structs, "requests": requests}
+
+
+def _synth_kind(schema, kind: str, bit: int, out: bytearray):
+    m = re.fullmatch(r"(Compact)?Array\(Elem::(\w+)\((.*)\)\)", kind)
+    if m:
+        out += uvarint(3) if m.group(1) else struct.pack(">i", 2)
+        elem = f"Struct({m.group(3)})" if m.group(2) == "Struct" else m.group(2)
+        for _ in range(2):
+            _synth_kind(schema, elem, bit, out)
+        return
+    m = re.fullmatch(r"(Option)?Struct\((\d+)\)", kind)
+    if m:
+        if m.group(1):
+            out += b"\x01"
+        _synth_struct(schema, schema["structs"][int(m.group(2))], bit, out)
+        return
+    fixed = {"Bool": b"\x01", "Int8": b"\x01", "Int16": struct.pack(">h", 7), "UInt16": struct.pack(">H", 7),
+             "Int32": struct.pack(">i", 7), "Int64": struct.pack(">q", 7), "Float64": struct.pack(">d", 1.5),
+             "Uuid": b"\x11" * 16, "String": kstring("ab"), "CompactString": uvarint(3) + b"ab",
+             "Bytes": kbytes(b"\x01\x02\x03"), "CompactBytes": uvarint(4) + b"\x01\x02\x03"}
+    out += fixed[kind]
+
+
+def _synth_struct(schema, s: dict, bit: int, out: bytearray):
+    for mask, kind in s["fields"]:
+        if mask & bit:
+            _synth_kind(schema, kind, bit, out)
+    if s["flexible"] & bit:
+        known = [t for t in s["tags"] if t[1] & bit]
+        out += uvarint(len(known))
+        for tag, _, ops in known:
+            value = bytearray()
+            for mask, kind in ops:
+                if mask & bit:
+                    _synth_kind(schema, kind, bit, value)
+            out += uvarint(tag) + uvarint(len(value)) + value
+
+
+def synth_request(schema: dict, api_key: int, version: int, correlation_id: int) -> bytes:
+    """A well-formed request frame (size prefix included): two elements per array, short
+    strings, every known tagged field; header v2 for flexible versions, else v1."""
+    s = schema["structs"][schema["requests"][api_key]]
+    bit = 1 << version
+    body = bytearray()
+    _synth_struct(schema, s, bit, body)
+    header = struct.pack(">hhi", api_key, version, correlation_id) + kstring("strata-fuzz")
+    if s["flexible"] & bit:
+        header += b"\x00"  # no tagged fields in header v2
+    payload = header + bytes(body)
+    return struct.pack(">i", len(payload)) + payload
+
+
+def parse_api_versions_ranges(bootstrap: str) -> dict[int, tuple[int, int]]:
+    body = roundtrip(bootstrap, API_API_VERSIONS, 0, b"")
+    return parse_api_versions_v0(body)["api_keys"]
+
+
+# ------------------------------------------------------------------ raw batches and Fetch v4
+
+
+def encode_raw_batch(records_payload: bytes, count: int, attributes: int, base_timestamp: int) -> bytes:
+    """Record batch v2 around an already-encoded (possibly compressed) records section."""
+    after_crc = (
+        struct.pack(">h", attributes)
+        + struct.pack(">i", count - 1)
+        + struct.pack(">q", base_timestamp) * 2
+        + struct.pack(">q", -1) + struct.pack(">h", -1) + struct.pack(">i", -1)
+        + struct.pack(">i", count)
+        + records_payload
+    )
+    after_len = struct.pack(">i", -1) + struct.pack(">b", 2) + struct.pack(">I", crc32c(after_crc)) + after_crc
+    return struct.pack(">q", 0) + struct.pack(">i", len(after_len)) + after_len
+
+
+def fetch_v4_body(topic: str, partition: int, offset: int, max_bytes: int) -> bytes:
+    return (
+        struct.pack(">iiii", -1, 500, 1, max_bytes)  # replica, max_wait_ms, min_bytes, max_bytes
+        + struct.pack(">b", 0)  # isolation level
+        + struct.pack(">i", 1) + kstring(topic)
+        + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes)
+    )
+
+
+def parse_fetch_v4(body: bytes) -> dict:
+    """{(topic, partition): (error_code, high_watermark, records)} of a Fetch v4 response."""
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {}
+    for _ in range(r.i32()):
+        topic = r.string()
+        for _ in range(r.i32()):
+            part, err, hw = r.i32(), r.i16(), r.i64()
+            r.i64()  # last stable offset
+            for _ in range(max(r.i32(), 0)):  # aborted transactions
+                r.i64(), r.i64()
+            n = r.i32()
+            records = body[r.pos:r.pos + max(n, 0)]
+            r.pos += max(n, 0)
+            out[(topic, part)] = (err, hw, records)
+    return out
