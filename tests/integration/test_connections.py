@@ -79,11 +79,15 @@ def flood(bootstrap: str, connections: int, records_len: int, topic: str = "floo
     the partition's error code, or the exception that client met."""
     chunk = memoryview(bytes(MiB))
     results = [None] * connections
+    # Every size prefix is in before any body streams, so that every connection wants
+    # its frame at once (the heads are small enough for the socket buffers).
+    heads_sent = threading.Barrier(connections, timeout=60)
 
     def client(i):
         try:
             with kwire.connect(bootstrap, timeout=120) as s:
                 s.sendall(produce_frame_head(topic, records_len, 1000 + i))
+                heads_sent.wait()
                 left = records_len
                 while left:
                     n = min(left, len(chunk))
