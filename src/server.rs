@@ -209,10 +209,15 @@ async fn connection(
                     async move { joined(waiting.await) }.boxed()
                 }
                 // Handled to completion before the next request is read. Its own task,
-                // so that it runs alongside the writer (and a panic is only an error).
+                // so that it runs alongside the writer (and a panic is only an error);
+                // the charge goes with it, as the task outlives a closed connection.
                 Ok(Started::Other(handler)) => {
-                    let result = joined(tokio::spawn(handler).await);
-                    drop(charge);
+                    let handler = async move {
+                        let answer = handler.await;
+                        drop(charge);
+                        answer
+                    };
+                    let result = joined(tokio::spawn(handler.in_current_span()).await);
                     let failed = result.is_err();
                     if tx
                         .send(futures::future::ready(result).boxed())
