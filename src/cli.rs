@@ -122,4 +122,24 @@ pub struct ServeArgs {
     /// An object no index entry refers to any more is deleted after this [default: 60000].
     #[arg(long, env = "STRATA_GC_GRACE_MS")]
     pub gc_grace_ms: Option<u64>,
+    /// Bytes of requests being read or handled at once, over all connections; a
+    /// connection waits (stops reading) until its next frame fits [default: 268435456,
+    /// or max-request-bytes if larger].
+    #[arg(long, env = "STRATA_MAX_INFLIGHT_REQUEST_BYTES")]
+    pub max_inflight_request_bytes: Option<usize>,
+    /// Client connections open at once; more are accepted and closed at once [default: 10000].
+    #[arg(long, env = "STRATA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one IP address, like max.connections.per.ip
+    /// [default: 1000].
+    #[arg(long, env = "STRATA_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Once a frame's size is read and it fits the request budget, the rest must arrive
+    /// within this, else the connection is closed [default: 30000].
+    #[arg(long, env = "STRATA_FRAME_READ_TIMEOUT_MS")]
+    pub frame_read_timeout_ms: Option<u64>,
+    /// A connection with nothing in flight and nothing arriving for this long is closed,
+    /// like connections.max.idle.ms [default: 600000].
+    #[arg(long, env = "STRATA_CONNECTIONS_MAX_IDLE_MS")]
+    pub connections_max_idle_ms: Option<u64>,
 }

@@ -60,6 +60,11 @@ struct FileConfig {
     compaction_age_ms: Option<u64>,
     segment_bytes: Option<u64>,
     gc_grace_ms: Option<u64>,
+    max_inflight_request_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    frame_read_timeout_ms: Option<u64>,
+    connections_max_idle_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +112,15 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Garbage objects are deleted this long after their last reference went.
     pub gc_grace: Duration,
+    /// Request bytes being read or handled at once over all connections (at least
+    /// `max_request_bytes`, so that any single frame is admitted eventually).
+    pub max_inflight_request_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// How long a frame may take to arrive once its size prefix is read.
+    pub frame_read_timeout: Duration,
+    /// A connection with nothing in flight and nothing arriving this long is closed.
+    pub connections_max_idle: Duration,
 }
 
 impl Config {
@@ -352,6 +366,58 @@ impl Config {
                 hint: "use 1024 to 4294967296 bytes",
             });
         }
+        // The default follows a larger max_request_bytes; a value set below it is refused:
+        // a frame larger than the whole budget could never be read.
+        let max_inflight_request_bytes = args
+            .max_inflight_request_bytes
+            .or(file.max_inflight_request_bytes)
+            .unwrap_or(max_request_bytes.max(256 << 20));
+        if !(max_request_bytes..=(1 << 40)).contains(&max_inflight_request_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "max_inflight_request_bytes",
+                value: max_inflight_request_bytes.to_string(),
+                hint: "use at least max_request_bytes (the largest frame must fit) and at most 1099511627776 bytes",
+            });
+        }
+        let count = |key: &'static str, value: usize| {
+            if (1..=1_000_000).contains(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    hint: "use 1 to 1000000 connections",
+                })
+            }
+        };
+        let max_connections = count(
+            "max_connections",
+            args.max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
+        )?;
+        let max_connections_per_ip = count(
+            "max_connections_per_ip",
+            args.max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(1000),
+        )?;
+        let frame_read_timeout = millis(
+            "frame_read_timeout_ms",
+            args.frame_read_timeout_ms
+                .or(file.frame_read_timeout_ms)
+                .unwrap_or(30_000),
+            100..=3_600_000,
+            "use 100 to 3600000 milliseconds",
+        )?;
+        let connections_max_idle = millis(
+            "connections_max_idle_ms",
+            args.connections_max_idle_ms
+                .or(file.connections_max_idle_ms)
+                .unwrap_or(600_000),
+            100..=86_400_000,
+            "use 100 to 86400000 milliseconds",
+        )?;
         let default_disk_cache = if store.starts_with("file:") {
             0
         } else {
@@ -366,6 +432,11 @@ impl Config {
             compaction_age,
             segment_bytes,
             gc_grace,
+            max_inflight_request_bytes,
+            max_connections,
+            max_connections_per_ip,
+            frame_read_timeout,
+            connections_max_idle,
             buffer_max_bytes,
             upload_timeout,
             store_snapshot_interval,
@@ -610,6 +681,67 @@ mod tests {
         assert_eq!(c.upload_timeout, Duration::from_secs(1));
         assert_eq!(c.store_snapshot_interval, Duration::from_millis(100));
         assert_eq!(c.default_partitions, 3);
+    }
+
+    #[test]
+    fn connection_bounds_are_checked() {
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.max_inflight_request_bytes, 256 << 20);
+        assert_eq!(
+            (c.max_connections, c.max_connections_per_ip),
+            (10_000, 1000)
+        );
+        assert_eq!(c.frame_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.connections_max_idle, Duration::from_secs(600));
+        // The default budget grows with a larger frame limit; a set one below it is refused.
+        let c = Config::load(&ServeArgs {
+            max_request_bytes: Some(512 << 20),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_inflight_request_bytes, 512 << 20);
+        let e = refused(ServeArgs {
+            max_request_bytes: Some(200 << 20),
+            max_inflight_request_bytes: Some(100 << 20),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("max_inflight_request_bytes = \"104857600\" is not valid: use at least max_request_bytes"),
+            "{e}"
+        );
+        let e = refused(ServeArgs {
+            max_connections_per_ip: Some(0),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("max_connections_per_ip = \"0\" is not valid"),
+            "{e}"
+        );
+        let e = refused(ServeArgs {
+            max_connections: Some(2_000_000),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("max_connections = \"2000000\" is not valid"),
+            "{e}"
+        );
+        let e = refused(ServeArgs {
+            frame_read_timeout_ms: Some(10),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("frame_read_timeout_ms = \"10\" is not valid"),
+            "{e}"
+        );
+        let e = refused(ServeArgs {
+            connections_max_idle_ms: Some(0),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("connections_max_idle_ms = \"0\" is not valid"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,38 +8,85 @@
 //! with the requests behind it. Responses are written in request order. Each connection
 //! is its own task, so a slow request (a long-poll fetch, a join waiting for a rebalance)
 //! holds up only the requests behind it on its own connection.
+//!
+//! What bounds it (`limits.rs`): connections over `max_connections` in all or
+//! `max_connections_per_ip` from one address are accepted and closed at once. Every frame
+//! is charged, from its size prefix on, to one budget over all connections
+//! (`max_inflight_request_bytes`) until its handler is done with it; a connection whose
+//! next frame does not fit waits, without reading its socket, so memory for requests
+//! stays bounded however many clients send large frames. A frame must arrive whole
+//! within `frame_read_timeout_ms` of its size, and a connection with nothing in flight
+//! and nothing arriving for `connections_max_idle_ms` is closed.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::Broker;
 use crate::protocol::{start_request, ProtocolError, Started};
+
+mod limits;
+
+use limits::{ConnectionLimits, RequestBudget, Throttle};
 
 /// Responses a connection may owe (produces waiting for their commit, answers not yet
 /// written); past this, reading pauses (backpressure).
 const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 
+/// Refused connections are logged at most this often (a flood must not flood the log).
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let config = &broker.config;
+    let limits = ConnectionLimits::new(
+        config.max_connections,
+        config.max_connections_per_ip,
+        broker.gauges.clone(),
+    );
+    let budget = Arc::new(RequestBudget::new(
+        config.max_inflight_request_bytes,
+        broker.gauges.clone(),
+    ));
+    let mut refusals = Throttle::new(REFUSAL_WARNING_EVERY);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let broker = broker.clone();
-                    tokio::spawn(async move {
-                        debug!(%peer, "connection opened");
-                        if let Err(e) = connection(broker, stream).await {
-                            debug!(%peer, error = %e, "connection closed");
+                    let slot = match limits.try_open(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refused) => {
+                            // Accepted, then closed at once, as Kafka does.
+                            drop(stream);
+                            let now = std::time::Instant::now();
+                            if let Some(refused_since_last) = refusals.note(now) {
+                                let open = limits.open();
+                                warn!(%peer, reason = %refused, refused_since_last, open, "connection refused");
+                            }
+                            continue;
                         }
-                    });
+                    };
+                    let broker = broker.clone();
+                    let budget = budget.clone();
+                    let span = tracing::debug_span!("connection", %peer);
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        debug!("connection opened");
+                        if let Err(e) = connection(broker, budget, stream).await {
+                            debug!(error = %e, "connection closed");
+                        }
+                    }.instrument(span));
                 }
                 Err(e) => warn!(error = %e, "accept failed"),
             },
@@ -61,40 +108,116 @@ enum ConnectionError {
     Protocol(#[from] ProtocolError),
     #[error("request handler failed")]
     Handler,
+    #[error("frame of {size} bytes did not arrive within {timeout:?} ({received} received)")]
+    FrameTimeout {
+        size: usize,
+        received: usize,
+        timeout: Duration,
+    },
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    #[error("request budget closed")]
+    Budget,
 }
 
 /// A response the writer waits for, in request order.
 type Answer = BoxFuture<'static, Result<Option<Bytes>, ConnectionError>>;
 
-async fn connection(broker: Arc<Broker>, stream: TcpStream) -> Result<(), ConnectionError> {
+/// What the idle check needs from both halves of a connection.
+struct Activity {
+    opened: Instant,
+    /// Answers handed to the writer and not yet written (or found empty).
+    owed: AtomicUsize,
+    /// When the writer last finished an answer, in ms since `opened`.
+    last_write_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            owed: AtomicUsize::new(0),
+            last_write_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn wrote(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_write_ms.store(ms, Ordering::Relaxed);
+        self.owed.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn last_write(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_write_ms.load(Ordering::Relaxed))
+    }
+}
+
+async fn connection(
+    broker: Arc<Broker>,
+    budget: Arc<RequestBudget>,
+    stream: TcpStream,
+) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Answer>(MAX_INFLIGHT_PER_CONNECTION);
     let max_frame = broker.config.max_request_bytes;
+    let frame_timeout = broker.config.frame_read_timeout;
+    let idle = broker.config.connections_max_idle;
+    let activity = Arc::new(Activity::new());
+    let written = activity.clone();
 
     let read_loop = async move {
         loop {
-            let size = match reader.read_i32().await {
-                Ok(size) => size,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(ConnectionError::Io(e)),
+            let Some(size) = read_size(&mut reader, idle, &activity).await? else {
+                return Ok::<(), ConnectionError>(());
             };
             let size = usize::try_from(size)
                 .ok()
                 .filter(|s| *s <= max_frame)
                 .ok_or(ConnectionError::FrameSize(i64::from(size)))?;
-            let mut frame = BytesMut::zeroed(size);
-            reader.read_exact(&mut frame).await?;
-            let answer: Answer = match start_request(broker.clone(), frame.freeze()).await {
-                // Already in the write buffer: only the wait for its commit runs on.
+            // Charged before a byte of the body is read or allocated; waiting here
+            // leaves the body in the socket, so the client is held back by TCP.
+            let charge = match budget.try_charge(size) {
+                Some(charge) => charge,
+                None => {
+                    debug!(
+                        size,
+                        available_kib = budget.available_kib(),
+                        "waiting for request budget"
+                    );
+                    budget
+                        .charge(size)
+                        .await
+                        .map_err(|_| ConnectionError::Budget)?
+                }
+            };
+            let frame = read_frame(&mut reader, size, frame_timeout).await?;
+            activity.owed.fetch_add(1, Ordering::Relaxed);
+            let answer: Answer = match start_request(broker.clone(), frame).await {
+                // Already in the write buffer: only the wait for its commit runs on. Its
+                // batches are slices of the frame, which lives until the buffer is done
+                // with them, so the frame stays charged until the answer.
                 Ok(Started::Produce(waiting)) => {
-                    let waiting = tokio::spawn(waiting);
+                    let waiting = tokio::spawn(
+                        async move {
+                            let answer = waiting.await;
+                            drop(charge);
+                            answer
+                        }
+                        .in_current_span(),
+                    );
                     async move { joined(waiting.await) }.boxed()
                 }
                 // Handled to completion before the next request is read. Its own task,
-                // so that it runs alongside the writer (and a panic is only an error).
+                // so that it runs alongside the writer (and a panic is only an error);
+                // the charge goes with it, as the task outlives a closed connection.
                 Ok(Started::Other(handler)) => {
-                    let result = joined(tokio::spawn(handler).await);
+                    let handler = async move {
+                        let answer = handler.await;
+                        drop(charge);
+                        answer
+                    };
+                    let result = joined(tokio::spawn(handler.in_current_span()).await);
                     let failed = result.is_err();
                     if tx
                         .send(futures::future::ready(result).boxed())
@@ -123,6 +246,7 @@ async fn connection(broker: Arc<Broker>, stream: TcpStream) -> Result<(), Connec
             if let Some(response) = answer.await? {
                 writer.write_all(&response).await?;
             }
+            written.wrote();
         }
         Ok(())
     };
@@ -137,6 +261,75 @@ async fn connection(broker: Arc<Broker>, stream: TcpStream) -> Result<(), Connec
         }
         w = &mut write_loop => w,
     }
+}
+
+/// The next frame's size prefix; None at a clean end of input (also one inside the
+/// prefix, as before). Closes an idle connection: nothing owed to the client, and
+/// neither a byte received nor an answer written for `idle`.
+async fn read_size(
+    reader: &mut OwnedReadHalf,
+    idle: Duration,
+    activity: &Activity,
+) -> Result<Option<i32>, ConnectionError> {
+    let mut prefix = [0u8; 4];
+    let mut filled = 0;
+    let mut deadline = Instant::now() + idle;
+    while filled < prefix.len() {
+        tokio::select! {
+            // `read` is cancel-safe: a byte is either in `prefix` or still in the socket.
+            n = reader.read(&mut prefix[filled..]) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                filled += n;
+                deadline = Instant::now() + idle;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if activity.owed.load(Ordering::Relaxed) > 0 {
+                    // A produce waiting for its commit, or an answer being written.
+                    deadline = now + idle;
+                } else if activity.last_write() + idle > now {
+                    deadline = activity.last_write() + idle;
+                } else {
+                    return Err(ConnectionError::Idle(idle));
+                }
+            }
+        }
+    }
+    Ok(Some(i32::from_be_bytes(prefix)))
+}
+
+/// Reads a frame body of `size` (already charged to the budget, so allocating it whole
+/// is bounded over all connections; the pages fill as bytes arrive). It must arrive
+/// within `timeout`.
+async fn read_frame(
+    reader: &mut OwnedReadHalf,
+    size: usize,
+    timeout: Duration,
+) -> Result<Bytes, ConnectionError> {
+    let mut frame = BytesMut::with_capacity(size);
+    let reading = async {
+        while frame.len() < size {
+            let rest = (size - frame.len()) as u64;
+            if (&mut *reader).take(rest).read_buf(&mut frame).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, reading).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(ConnectionError::FrameTimeout {
+                size,
+                received: frame.len(),
+                timeout,
+            })
+        }
+    }
+    Ok(frame.freeze())
 }
 
 /// A handler task's outcome as the writer sees it.

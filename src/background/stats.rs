@@ -26,6 +26,10 @@ pub struct Gauges {
     /// The state's clock in the last shipped snapshot.
     pub shipped_clock_ms: AtomicI64,
     pub gc_deleted: AtomicU64,
+    /// Client connections open now.
+    pub open_connections: AtomicU64,
+    /// Request bytes being read or handled now (charged to `max_inflight_request_bytes`).
+    pub inflight_request_bytes: AtomicU64,
 }
 
 #[derive(Serialize)]
@@ -45,6 +49,8 @@ struct Stats<'a> {
     compaction_bytes_read: u64,
     compaction_bytes_written: u64,
     gc_deleted: u64,
+    open_connections: u64,
+    inflight_request_bytes: u64,
     /// Heap in use and memory the allocator holds (jemalloc; 0 without it).
     heap_allocated_bytes: u64,
     heap_resident_bytes: u64,
@@ -104,6 +110,8 @@ pub async fn run(
             compaction_bytes_read: compaction.bytes_read.load(load),
             compaction_bytes_written: compaction.bytes_written.load(load),
             gc_deleted: gauges.gc_deleted.load(load),
+            open_connections: gauges.open_connections.load(load),
+            inflight_request_bytes: gauges.inflight_request_bytes.load(load),
             heap_allocated_bytes,
             heap_resident_bytes,
         };

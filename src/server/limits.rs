@@ -1,0 +1,331 @@
+//! What bounds the front end: connections open (in all and per client IP address, as
+//! Kafka's `max.connections` and `max.connections.per.ip`) and the bytes of requests
+//! being read or handled over all connections (`max_inflight_request_bytes`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+
+use crate::background::stats::Gauges;
+
+/// Why a new connection is closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("max_connections ({0}) reached")]
+    Total(usize),
+    #[error("max_connections_per_ip ({0}) reached for this address")]
+    PerIp(usize),
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    /// Only addresses with a connection open: the map cannot grow past the total.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Connections open, in all and per IP address.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    counts: Mutex<Counts>,
+    gauges: Arc<Gauges>,
+}
+
+/// One open connection's place in the counts, given back when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_ip: usize, gauges: Arc<Gauges>) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            counts: Mutex::new(Counts::default()),
+            gauges,
+        })
+    }
+
+    /// Counts a new connection from `ip`, unless that would pass a limit.
+    pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
+        // The counts stay consistent whatever panicked while holding the lock: every
+        // change under it is a single step.
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.total >= self.max_total {
+            return Err(Refused::Total(self.max_total));
+        }
+        let from_ip = counts.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.max_per_ip {
+            return Err(Refused::PerIp(self.max_per_ip));
+        }
+        *from_ip += 1;
+        counts.total += 1;
+        self.gauges
+            .open_connections
+            .store(counts.total as u64, Ordering::Relaxed);
+        Ok(ConnectionSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let limits = &self.limits;
+        let mut counts = limits.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+        limits
+            .gauges
+            .open_connections
+            .store(counts.total as u64, Ordering::Relaxed);
+    }
+}
+
+/// The budget of request bytes being read or handled, over all connections, counted in
+/// KiB so that a large budget fits a semaphore's u32 permit count. The semaphore is
+/// fair (first come, first served), so a large frame is not starved by small ones.
+#[derive(Debug)]
+pub struct RequestBudget {
+    permits: Arc<Semaphore>,
+    capacity_kib: u32,
+    gauges: Arc<Gauges>,
+}
+
+/// Bytes of one request charged to the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+    gauges: Arc<Gauges>,
+}
+
+impl RequestBudget {
+    pub fn new(bytes: usize, gauges: Arc<Gauges>) -> Self {
+        let capacity_kib = kib(bytes).max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(capacity_kib as usize)),
+            capacity_kib,
+            gauges,
+        }
+    }
+
+    /// The KiB a frame of `bytes` holds. Never more than the whole budget, so that any
+    /// frame is admitted once everything else is given back (config already keeps
+    /// frames within it).
+    fn cost(&self, bytes: usize) -> u32 {
+        kib(bytes).clamp(1, self.capacity_kib)
+    }
+
+    /// Charges `bytes` if the budget has room now and nobody is waiting before us.
+    pub fn try_charge(&self, bytes: usize) -> Option<Charge> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(self.cost(bytes))
+            .ok()?;
+        Some(self.charged(permit, bytes))
+    }
+
+    /// Waits until `bytes` fit. Fails only if the semaphore was closed, which never
+    /// happens while the budget exists.
+    pub async fn charge(&self, bytes: usize) -> Result<Charge, AcquireError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_many_owned(self.cost(bytes))
+            .await?;
+        Ok(self.charged(permit, bytes))
+    }
+
+    fn charged(&self, permit: OwnedSemaphorePermit, bytes: usize) -> Charge {
+        let bytes = bytes as u64;
+        self.gauges
+            .inflight_request_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        Charge {
+            _permit: permit,
+            bytes,
+            gauges: self.gauges.clone(),
+        }
+    }
+
+    /// KiB not charged now.
+    pub fn available_kib(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.gauges
+            .inflight_request_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+/// At most one warning per period; says how many events it stands for.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    unreported: u64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            unreported: 0,
+        }
+    }
+
+    /// Records one event; Some(events since the last warning, this one included) when a
+    /// warning is due.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.unreported += 1;
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.every);
+        if !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl ConnectionLimits {
+        fn open_from(&self, ip: IpAddr) -> usize {
+            let counts = self.counts.lock().unwrap();
+            counts.per_ip.get(&ip).copied().unwrap_or(0)
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_ip_limit_counts_each_address_alone() {
+        let limits = ConnectionLimits::new(10, 2, Arc::default());
+        let a1 = limits.try_open(ip("10.0.0.1")).unwrap();
+        let a2 = limits.try_open(ip("10.0.0.1")).unwrap();
+        assert_eq!(
+            limits.try_open(ip("10.0.0.1")).unwrap_err(),
+            Refused::PerIp(2)
+        );
+        // Another address is not held back by the first one's connections.
+        let b1 = limits.try_open(ip("::1")).unwrap();
+        assert_eq!((limits.open(), limits.open_from(ip("10.0.0.1"))), (3, 2));
+        drop(a1);
+        let a3 = limits.try_open(ip("10.0.0.1")).unwrap();
+        drop((a2, a3, b1));
+        assert_eq!(limits.open(), 0);
+        // Addresses with nothing open are forgotten.
+        assert!(limits.counts.lock().unwrap().per_ip.is_empty());
+    }
+
+    #[test]
+    fn total_limit_applies_over_all_addresses() {
+        let gauges = Arc::new(Gauges::default());
+        let limits = ConnectionLimits::new(3, 2, gauges.clone());
+        let held: Vec<_> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+            .iter()
+            .map(|a| limits.try_open(ip(a)).unwrap())
+            .collect();
+        assert_eq!(gauges.open_connections.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            limits.try_open(ip("10.0.0.4")).unwrap_err(),
+            Refused::Total(3)
+        );
+        // A refusal leaves no trace in the counts.
+        assert_eq!(limits.open_from(ip("10.0.0.4")), 0);
+        drop(held);
+        assert_eq!(gauges.open_connections.load(Ordering::Relaxed), 0);
+        assert!(limits.try_open(ip("10.0.0.4")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn budget_waits_then_admits_in_order() {
+        let gauges = Arc::new(Gauges::default());
+        let budget = Arc::new(RequestBudget::new(10 * 1024, gauges.clone()));
+        let big = budget.try_charge(8 * 1024).unwrap();
+        assert_eq!(
+            gauges.inflight_request_bytes.load(Ordering::Relaxed),
+            8 * 1024
+        );
+        // 3 KiB do not fit beside 8; a 1-byte frame still costs a whole KiB.
+        assert!(budget.try_charge(3 * 1024).is_none());
+        let small = budget.try_charge(1).unwrap();
+        assert_eq!(budget.available_kib(), 1);
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.charge(3 * 1024).await.map(|c| c.bytes) }
+        });
+        tokio::task::yield_now().await;
+        // First come, first served: a later small request queues behind the waiter.
+        assert!(budget.try_charge(1).is_none());
+        drop(big);
+        assert_eq!(waiting.await.unwrap().unwrap(), 3 * 1024);
+        drop(small);
+        assert_eq!(budget.available_kib(), 10);
+        assert_eq!(gauges.inflight_request_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn budget_admits_a_frame_larger_than_itself_alone() {
+        let budget = RequestBudget::new(4096, Arc::default());
+        let whole = budget.try_charge(1 << 20).unwrap();
+        assert!(budget.try_charge(1).is_none());
+        drop(whole);
+        assert!(budget.try_charge(1).is_some());
+    }
+
+    #[test]
+    fn budget_beyond_u32_kib_is_capped_not_wrapped() {
+        assert_eq!(kib(usize::MAX), u32::MAX);
+        assert_eq!(kib(1025), 2);
+    }
+
+    #[test]
+    fn throttle_reports_once_per_period_with_a_count() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.note(t0), Some(1));
+        assert_eq!(t.note(t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.note(t0 + Duration::from_secs(9)), None);
+        assert_eq!(t.note(t0 + Duration::from_secs(10)), Some(3));
+        assert_eq!(t.note(t0 + Duration::from_secs(11)), None);
+    }
+}
