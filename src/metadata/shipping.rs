@@ -320,7 +320,7 @@ mod tests {
         let shipped = ship_once(&old, &storage, 0).await?;
         assert!(shipped.is_some_and(|s| s.applied > 0));
         let shipped = storage.get(SNAPSHOT_PATH).await?;
-        assert_eq!(&shipped[..6], b"STSH\x02\x00");
+        assert_eq!(&shipped[..6], b"STSH\x03\x00");
 
         // The binary snapshot wins over the JSON one still in the bucket.
         storage
