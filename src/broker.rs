@@ -359,14 +359,17 @@ impl Broker {
             let Some(broker) = broker.upgrade() else {
                 return;
             };
-            let is_leader = broker.metadata.is_leader();
+            if !broker.metadata.is_leader() {
+                tracker.observe(Instant::now(), lease, false, []);
+                continue;
+            }
             let brokers: Vec<(u64, i64, bool)> = broker.metadata.read(|s| {
                 s.cluster()
                     .brokers()
                     .map(|(id, b)| (id, b.last_heartbeat_ms, b.alive))
                     .collect()
             });
-            let silent = tracker.observe(Instant::now(), lease, is_leader, brokers);
+            let silent = tracker.observe(Instant::now(), lease, true, brokers);
             if silent.is_empty() {
                 continue;
             }

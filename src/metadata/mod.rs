@@ -41,14 +41,23 @@ pub struct Metadata {
     raft: MetadataRaft,
     state: Arc<RwLock<MetadataState>>,
     lease: fence::Lease,
+    /// A lone voter without a Raft network is the whole cluster: nobody can take over
+    /// from it, so it never fences itself.
+    alone: bool,
 }
 
 impl Metadata {
     pub async fn open(dir: &Path, options: RaftOptions) -> Result<Self, MetadataError> {
         let lease = fence::Lease::new(options.lease);
+        let alone = options.listen.is_none() && options.voters.len() <= 1;
         let raft = MetadataRaft::start_with(dir, options).await?;
         let state = raft.state();
-        Ok(Self { raft, state, lease })
+        Ok(Self {
+            raft,
+            state,
+            lease,
+            alone,
+        })
     }
 
     /// Proposes a lease renewal (a heartbeat) started at `started`; once committed and
@@ -66,13 +75,14 @@ impl Metadata {
     /// broker's state may be stale and the others may already have taken its partitions
     /// and groups, so it leads and coordinates nothing (see `fence.rs`).
     pub fn fenced(&self) -> bool {
-        fence::is_fenced(
-            Instant::now(),
-            self.lease.duration(),
-            self.lease.renewed(),
-            self.raft.last_leader_contact(),
-            self.raft.is_leader(),
-        )
+        !self.alone
+            && fence::is_fenced(
+                Instant::now(),
+                self.lease.duration(),
+                self.lease.renewed(),
+                self.raft.last_leader_contact(),
+                self.raft.is_leader(),
+            )
     }
 
     /// Whether this broker is the metadata Raft leader: it runs the cluster-wide chores

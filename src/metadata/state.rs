@@ -1576,7 +1576,7 @@ mod tests {
                     .into_iter()
                     .collect(),
             }),
-            (topic, 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
+            (topic.clone(), 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![OffsetCommit {
                     topic: t.into(),
@@ -1587,6 +1587,29 @@ mod tests {
                     commit_ms: 0,
                 }],
             }),
+            (topic, 0..1000i64, 1..3u64, 0..4i32).prop_map(|(t, o, coordinator, epoch)| {
+                Command::CommitGroupOffsets {
+                    group: "g".into(),
+                    offsets: vec![OffsetCommit {
+                        topic: t.into(),
+                        partition: 0,
+                        offset: o,
+                        leader_epoch: -1,
+                        metadata: None,
+                        commit_ms: 0,
+                    }],
+                    coordinator,
+                    epoch,
+                }
+            }),
+            (1..3u64, 0..2i64).prop_map(|(id, seen)| Command::Cluster(
+                ClusterCommand::ExpireSilent {
+                    brokers: vec![(id, seen)]
+                }
+            )),
+            (1..3u64, 0..2i64).prop_map(|(id, now_ms)| Command::Cluster(
+                ClusterCommand::Heartbeat { id, now_ms }
+            )),
         ]
     }
 
