@@ -28,17 +28,21 @@ pytestmark = pytest.mark.skipif(TEST_STORE != "local", reason="cluster tests use
 LEASE_MS = 3000
 CONFIG = f"broker_lease_ms = {LEASE_MS}\n"
 NOT_COORDINATOR = 16
+NOT_LEADER_OR_FOLLOWER = 6
+COORDINATOR_NOT_AVAILABLE = 15
+LEADER_NOT_AVAILABLE = 5
 OFFSET_OUT_OF_RANGE = 1
+API_INIT_PRODUCER_ID = 22
 API_OFFSET_FETCH = 9
 API_FIND_COORDINATOR = 10
 
 
 # ------------------------------------------------------------------ helpers
-def _fnv_group(group: str, broker: int) -> int:
-    """The broker's rendezvous score for a group: cluster.rs `coordinator` (FNV-1a + mix)."""
+def _fnv(key: bytes, broker: int) -> int:
+    """The broker's rendezvous score for a key: cluster.rs `pick_among` (FNV-1a + mix)."""
     mask = (1 << 64) - 1
     h = 0xCBF29CE484222325
-    for b in b"group:" + group.encode() + broker.to_bytes(8, "big"):
+    for b in key + broker.to_bytes(8, "big"):
         h ^= b
         h = (h * 0x100000001B3) & mask
     h ^= h >> 33
@@ -50,9 +54,20 @@ def _fnv_group(group: str, broker: int) -> int:
 def group_coordinated_by(node: int, live: list[int], prefix: str) -> str:
     for i in range(10_000):
         group = f"{prefix}-{i}"
-        if max(live, key=lambda b: (_fnv_group(group, b), b)) == node:
+        if max(live, key=lambda b: (_fnv(b"group:" + group.encode(), b), b)) == node:
             return group
     raise AssertionError("no group found")
+
+
+def topic_led_by(node: int, live: list[int], partitions: int, prefix: str) -> str:
+    """A topic name whose partitions the placement gives `node` at least two of."""
+    for i in range(10_000):
+        topic = f"{prefix}-{i}"
+        leaders = [max(live, key=lambda b: (_fnv(topic.encode() + struct.pack(">i", p), b), b))
+                   for p in range(partitions)]
+        if leaders.count(node) >= 2:
+            return topic
+    raise AssertionError("no topic found")
 
 
 def raw_offset_fetch(bootstrap: str, group: str, topic: str, partition: int) -> tuple[int, int]:
@@ -70,6 +85,39 @@ def raw_find_coordinator(bootstrap: str, group: str) -> tuple[int, int]:
     """FindCoordinator v0 to this broker only: (error code, node id)."""
     r = kwire.Reader(raw_call(bootstrap, API_FIND_COORDINATOR, 0, kwire.kstring(group), 20.0))
     return r.i16(), r.i32()
+
+
+def raw_partition_leaders(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
+    """Metadata v1 from this broker only: {partition: (error code, leader)}."""
+    r = kwire.Reader(raw_call(bootstrap, kwire.API_METADATA, 1, kwire.metadata_v1_body([topic]), 20.0))
+    for _ in range(r.i32()):
+        r.i32(), r.string(), r.i32(), r.string()  # node id, host, port, rack
+    r.i32()  # controller
+    out = {}
+    for _ in range(r.i32()):
+        r.i16(), r.string(), r.i8()  # error, name, internal
+        for _ in range(r.i32()):
+            err, index, leader = r.i16(), r.i32(), r.i32()
+            for _ in range(2):  # replicas, isr
+                for _ in range(r.i32()):
+                    r.i32()
+            out[index] = (err, leader)
+    return out
+
+
+def raw_init_producer_id(bootstrap: str) -> int:
+    """InitProducerId v0 (idempotent, no transactional id) to this broker only: error code."""
+    body = struct.pack(">hi", -1, 60_000)
+    r = kwire.Reader(raw_call(bootstrap, API_INIT_PRODUCER_ID, 0, body, 20.0))
+    r.i32()  # throttle
+    return r.i16()
+
+
+def raw_produce_code(bootstrap: str, topic: str, partition: int, value: bytes) -> int:
+    batch = kwire.encode_batch([(b"k", value)])
+    body = kwire.produce_v3_body(topic, partition, batch, acks=-1, timeout_ms=20_000)
+    (resp,) = kwire.parse_produce_v3(raw_call(bootstrap, kwire.API_PRODUCE, 3, body, 30.0))
+    return resp["error_code"]
 
 
 def fetch_at(bootstrap: str, topic: str, partition: int, offset: int, max_wait_ms: int) -> tuple[int, int, list]:
@@ -200,6 +248,16 @@ def test_cut_off_coordinator_does_not_serve_stale_offsets(make_cluster):
         assert err == NOT_COORDINATOR, (err, offset)
         err, node = raw_find_coordinator(c.node(x).bootstrap, group)
         assert err != 0 or node != x, "the cut-off learner still names itself coordinator"
+    # Nor does it lead partitions, take produces, hand out producer ids, or answer a
+    # fetch at its (stale) end: all retriable errors that send clients elsewhere.
+    (err, leader), = raw_partition_leaders(c.node(x).bootstrap, topic).values()
+    assert leader != x and (err, leader) in ((0, raw_partition_leaders(c.node(1).bootstrap, topic)[0][1]),
+                                             (LEADER_NOT_AVAILABLE, -1))
+    t0 = time.monotonic()
+    assert raw_produce_code(c.node(x).bootstrap, topic, 0, b"to-the-fenced") == NOT_LEADER_OR_FOLLOWER
+    assert raw_init_producer_id(c.node(x).bootstrap) == COORDINATOR_NOT_AVAILABLE
+    assert fetch_at(c.node(x).bootstrap, topic, 0, 600, max_wait_ms=2000)[0] == NOT_LEADER_OR_FOLLOWER
+    assert time.monotonic() - t0 < 2, "a fenced broker answers at once"
     # A client that knows only the learner is sent to the group's new coordinator.
     for _ in range(3):
         assert committed(c.node(x).bootstrap, group, topic, timeout=20) == 500
@@ -223,8 +281,8 @@ def test_producers_keep_going_with_a_broker_cut_off(make_cluster):
     c.start_all()
     x = c.add_learner()
     c.wait_live({1, 2, 3, x})
-    topic = "fenced-produce"
     partitions = 8
+    topic = topic_led_by(x, [1, 2, 3, x], partitions, "fenced-produce")
     create_topic(c.bootstrap(), topic, partitions)
     leaders = c.partition_leaders(topic)
     assert x in leaders.values(), f"the learner leads no partition: {leaders}"
