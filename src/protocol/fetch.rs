@@ -109,35 +109,28 @@ async fn read_once(
                     min_one,
                 )
                 .await;
-            let hw_now = || {
-                broker
-                    .metadata
-                    .offsets(topic.topic.as_str(), p.partition)
-                    .map(|o| o.high_watermark)
-            };
             let read = match read {
-                Ok(read) if fenced && read.records.is_empty() => {
+                // At its (possibly stale) end, a fenced broker sends the consumer away.
+                Ok(read) if fenced && p.fetch_offset >= read.high_watermark => {
                     Err(FetchError::NotLeaderOrFollower)
                 }
-                Err(FetchError::OffsetOutOfRange)
-                    if hw_now().is_some_and(|hw| p.fetch_offset > hw) =>
-                {
-                    if fenced {
-                        Err(FetchError::NotLeaderOrFollower)
-                    } else if !last {
-                        // Not applied here yet, perhaps: wait for it.
-                        let (hw, start) = broker
-                            .metadata
-                            .offsets(topic.topic.as_str(), p.partition)
-                            .map(|o| (o.high_watermark, o.log_start))
-                            .unwrap_or((-1, -1));
-                        Ok(crate::fetch::PartitionData {
-                            records: bytes::Bytes::new(),
-                            high_watermark: hw,
-                            log_start_offset: start,
-                        })
-                    } else {
-                        Err(FetchError::OffsetOutOfRange)
+                Err(FetchError::OffsetOutOfRange) => {
+                    match broker.metadata.offsets(topic.topic.as_str(), p.partition) {
+                        Some(o) if p.fetch_offset > o.high_watermark => {
+                            if fenced {
+                                Err(FetchError::NotLeaderOrFollower)
+                            } else if last {
+                                Err(FetchError::OffsetOutOfRange)
+                            } else {
+                                // Perhaps not applied here yet: wait for it.
+                                Ok(crate::fetch::PartitionData {
+                                    records: bytes::Bytes::new(),
+                                    high_watermark: o.high_watermark,
+                                    log_start_offset: o.log_start,
+                                })
+                            }
+                        }
+                        _ => Err(FetchError::OffsetOutOfRange),
                     }
                 }
                 other => other,

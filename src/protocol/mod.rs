@@ -55,6 +55,11 @@ pub enum ProtocolError {
         version: i16,
         message: String,
     },
+    /// InitProducerId on a fenced broker: the connection is closed unanswered. librdkafka
+    /// sends its retries to the broker it used last, so an error answer would bring it
+    /// straight back; a closed connection makes it pick another broker.
+    #[error("fenced: closing the connection instead of answering {0:?}")]
+    Fenced(ApiKey),
 }
 
 /// A request's response frame (with its size prefix), or None when the request wants no
@@ -134,6 +139,9 @@ async fn dispatch(
     version: i16,
     client_id: &str,
 ) -> Result<Option<ResponseKind>, ProtocolError> {
+    if matches!(request, RequestKind::InitProducerId(_)) && broker.fenced() {
+        return Err(ProtocolError::Fenced(ApiKey::InitProducerId));
+    }
     if let Some(redirect) = coordinator::redirect(broker, &request, version) {
         return Ok(Some(redirect));
     }
