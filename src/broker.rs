@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -14,12 +15,18 @@ use crate::config::Config;
 use crate::fetch::FetchReader;
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::metadata::cluster::ClusterCommand;
+use crate::metadata::fence::{ExpiryTracker, WarnLimiter};
 use crate::metadata::state::{valid_topic_name, Command, Response, StateError};
 use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
 use crate::storage::cache::{CacheConfig, CacheError};
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
+
+/// A repeated warning (a heartbeat that keeps failing) is logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How often the Raft leader looks for heartbeats: expiry comes at most this late.
+const EXPIRY_POLL: Duration = Duration::from_millis(100);
 
 /// Why the broker could not start; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,7 @@ fn raft_options(config: &Config) -> RaftOptions {
         addr,
         listen: config.raft_listen.clone(),
         voters: config.controllers.clone(),
+        lease: config.broker_lease,
     }
 }
 
@@ -288,8 +296,7 @@ impl Broker {
         Ok((broker, tasks))
     }
 
-    /// Announces this broker to the cluster and keeps its lease; the Raft leader also
-    /// expires the leases of brokers that went silent.
+    /// Announces this broker to the cluster and takes its lease.
     pub async fn register(self: &Arc<Self>) -> Result<(), BrokerError> {
         let register = ClusterCommand::Register {
             id: self.config.node_id,
@@ -298,38 +305,85 @@ impl Broker {
             rack: self.config.rack.clone(),
             now_ms: crate::protocol::now_ms(),
         };
-        self.metadata.propose(Command::Cluster(register)).await?;
+        let started = Instant::now();
+        self.metadata
+            .renew_lease(Command::Cluster(register), started)
+            .await?;
         Ok(())
     }
 
+    /// Keeps this broker's lease (a heartbeat every quarter lease) and, while this broker
+    /// is the Raft leader, expires the brokers whose heartbeats stopped.
     pub fn spawn_liveness(self: &Arc<Self>) -> JoinHandle<()> {
-        let broker = Arc::downgrade(self);
         let lease = self.config.broker_lease;
+        let heartbeats = Self::heartbeats(Arc::downgrade(self), lease);
+        let expiry = Self::expire_silent(Arc::downgrade(self), lease);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(lease / 4);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(broker) = broker.upgrade() else {
-                    return;
-                };
-                let now_ms = crate::protocol::now_ms();
-                let id = broker.config.node_id;
-                let heartbeat = Command::Cluster(ClusterCommand::Heartbeat { id, now_ms });
-                if let Err(e) = broker.metadata.propose(heartbeat).await {
-                    tracing::warn!(error = %e, "broker heartbeat failed");
-                }
-                if broker.metadata.is_leader() {
-                    let expire = Command::Cluster(ClusterCommand::Expire {
-                        now_ms,
-                        lease_ms: lease.as_millis() as i64,
-                    });
-                    if let Err(e) = broker.metadata.propose(expire).await {
-                        tracing::warn!(error = %e, "expiring broker leases failed");
+            tokio::join!(heartbeats, expiry);
+        })
+    }
+
+    async fn heartbeats(broker: std::sync::Weak<Self>, lease: Duration) {
+        let mut tick = tokio::time::interval(lease / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warn = WarnLimiter::new(WARN_EVERY);
+        // The heartbeat value only has to change at every heartbeat (the leader compares
+        // it for change, never with its own clock); strictly increasing even if the wall
+        // clock steps back.
+        let mut last_value = i64::MIN;
+        loop {
+            tick.tick().await;
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            let now_ms = crate::protocol::now_ms().max(last_value.saturating_add(1));
+            last_value = now_ms;
+            let id = broker.config.node_id;
+            let heartbeat = Command::Cluster(ClusterCommand::Heartbeat { id, now_ms });
+            let started = Instant::now();
+            match broker.metadata.renew_lease(heartbeat, started).await {
+                Ok(()) => warn.reset(),
+                Err(e) => {
+                    if let Some(held_back) = warn.hit(Instant::now()) {
+                        tracing::warn!(error = %e, held_back, "broker heartbeat failed");
                     }
                 }
             }
-        })
+        }
+    }
+
+    async fn expire_silent(broker: std::sync::Weak<Self>, lease: Duration) {
+        let mut tick = tokio::time::interval(EXPIRY_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tracker = ExpiryTracker::default();
+        let mut warn = WarnLimiter::new(WARN_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            if !broker.metadata.is_leader() {
+                tracker.observe(Instant::now(), lease, false, []);
+                continue;
+            }
+            let brokers: Vec<(u64, i64, bool)> = broker.metadata.read(|s| {
+                s.cluster()
+                    .brokers()
+                    .map(|(id, b)| (id, b.last_heartbeat_ms, b.alive))
+                    .collect()
+            });
+            let silent = tracker.observe(Instant::now(), lease, true, brokers);
+            if silent.is_empty() {
+                continue;
+            }
+            tracing::info!(brokers = ?silent, "expiring brokers silent for a lease");
+            let expire = Command::Cluster(ClusterCommand::ExpireSilent { brokers: silent });
+            if let Err(e) = broker.metadata.propose(expire).await {
+                if let Some(held_back) = warn.hit(Instant::now()) {
+                    tracing::warn!(error = %e, held_back, "expiring broker leases failed");
+                }
+            }
+        }
     }
 
     /// Leaves the cluster gracefully: its partitions and groups move at once.
@@ -362,13 +416,28 @@ impl Broker {
         brokers
     }
 
-    /// The broker clients should use for a partition, and the leader epoch to report.
-    pub fn preferred_broker(&self, topic: &str, partition: i32) -> (i32, i32) {
+    /// Whether this broker has fenced itself (see `metadata/fence.rs`): it names other
+    /// brokers as leaders and coordinators and refuses produce, group and producer-id
+    /// requests with retriable errors, so clients go where the cluster is.
+    pub fn fenced(&self) -> bool {
+        self.metadata.fenced()
+    }
+
+    /// The broker clients should use for a partition (None: no live broker but a fenced
+    /// self), and the leader epoch to report.
+    pub fn preferred_broker(&self, topic: &str, partition: i32) -> (Option<i32>, i32) {
+        let fenced = self.fenced();
         self.metadata.read(|s| {
+            let epoch = s.cluster().epoch();
+            if fenced {
+                let own = Some(self.config.node_id);
+                let id = s.preferred_broker_excluding(topic, partition, own);
+                return (id.map(|id| id as i32), epoch);
+            }
             let id = s
                 .preferred_broker(topic, partition)
                 .map_or(self.node_id(), |id| id as i32);
-            (id, s.cluster().epoch())
+            (Some(id), epoch)
         })
     }
 
@@ -384,15 +453,42 @@ impl Broker {
         (replica as i32 != self.node_id()).then_some(replica as i32)
     }
 
-    /// The broker coordinating `group`.
-    pub fn coordinator(&self, group: &str) -> i32 {
-        self.metadata
-            .read(|s| s.cluster().coordinator(group))
-            .map_or(self.node_id(), |id| id as i32)
+    /// The broker coordinating `group`; a fenced broker names another live one (None:
+    /// it knows of none).
+    pub fn coordinator(&self, group: &str) -> Option<i32> {
+        let fenced = self.fenced();
+        self.metadata.read(|s| {
+            if fenced {
+                let own = Some(self.config.node_id);
+                return s
+                    .cluster()
+                    .coordinator_excluding(group, own)
+                    .map(|id| id as i32);
+            }
+            Some(
+                s.cluster()
+                    .coordinator(group)
+                    .map_or(self.node_id(), |id| id as i32),
+            )
+        })
     }
 
     pub fn is_coordinator(&self, group: &str) -> bool {
-        self.coordinator(group) == self.node_id()
+        self.coordinator(group) == Some(self.node_id())
+    }
+
+    /// The cluster epoch at which this broker coordinates `group`, read together with
+    /// the placement; None when it does not (or is fenced). OffsetCommit proposals carry
+    /// it, so the state machine refuses them if the group moved meanwhile.
+    pub fn coordinator_epoch(&self, group: &str) -> Option<i32> {
+        if self.fenced() {
+            return None;
+        }
+        let id = self.config.node_id;
+        self.metadata.read(|s| {
+            let cluster = s.cluster();
+            (cluster.coordinator(group).is_none_or(|c| c == id)).then(|| cluster.epoch())
+        })
     }
 
     pub fn node_id(&self) -> i32 {

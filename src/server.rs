@@ -209,8 +209,8 @@ async fn connection(
                     async move { joined(waiting.await) }.boxed()
                 }
                 // Handled to completion before the next request is read. Its own task,
-                // so that it runs alongside the writer (and a panic is only an error);
-                // the charge goes with it, as the task outlives a closed connection.
+                // so that it runs alongside the writer (the binary's panic hook ends
+                // the process on a panic, so none goes unnoticed); the charge goes with it, as the task outlives a closed connection.
                 Ok(Started::Other(handler)) => {
                     let handler = async move {
                         let answer = handler.await;

@@ -28,6 +28,9 @@ pub enum FetchError {
     UnknownTopicOrPartition,
     #[error("offset out of range")]
     OffsetOutOfRange,
+    /// This broker fenced itself: its view may be stale; read elsewhere.
+    #[error("not the leader: this broker is fenced")]
+    NotLeaderOrFollower,
     #[error("object store read failed: {0}")]
     Storage(String),
     #[error("segment object {0} is not valid: {1}")]

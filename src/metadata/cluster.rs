@@ -23,6 +23,11 @@ pub enum ClusterCommand {
     Expire { now_ms: i64, lease_ms: i64 },
     /// A broker leaves gracefully.
     Deregister { id: u64 },
+    /// Proposed by the Raft leader (format 3), replacing `Expire`: these brokers, whose
+    /// heartbeat value the leader saw unchanged for a lease by its own monotonic clock,
+    /// are dead, unless a heartbeat came in since (the value differs). No wall clock is
+    /// compared across brokers, so clock skew cannot make a broker flap.
+    ExpireSilent { brokers: Vec<(u64, i64)> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +96,20 @@ impl ClusterState {
                     self.epoch += 1;
                 }
             }
+            ClusterCommand::ExpireSilent { brokers } => {
+                let mut changed = false;
+                for (id, seen) in brokers {
+                    if let Some(broker) = self.brokers.get_mut(id) {
+                        if broker.alive && broker.last_heartbeat_ms == *seen {
+                            broker.alive = false;
+                            changed = true;
+                        }
+                    }
+                }
+                if changed {
+                    self.epoch += 1;
+                }
+            }
             ClusterCommand::Deregister { id } => {
                 if self.brokers.remove(id).is_some_and(|b| b.alive) {
                     self.epoch += 1;
@@ -107,6 +126,11 @@ impl ClusterState {
         self.brokers.get(&id)
     }
 
+    /// Every registered broker, live or not, by id.
+    pub fn brokers(&self) -> impl Iterator<Item = (u64, &BrokerInfo)> {
+        self.brokers.iter().map(|(id, b)| (*id, b))
+    }
+
     /// Live brokers, by id.
     pub fn live(&self) -> impl Iterator<Item = (u64, &BrokerInfo)> {
         self.brokers
@@ -118,10 +142,7 @@ impl ClusterState {
     /// The broker a partition's producers and consumers should meet on: rendezvous
     /// hashing over live brokers, so a broker joining or leaving moves only its share.
     pub fn preferred_broker(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.pick(|h| {
-            h.write(topic.as_bytes());
-            h.write(&partition.to_be_bytes());
-        })
+        self.preferred_broker_excluding(topic, partition, None, None)
     }
 
     /// [`Self::preferred_broker`], unless `hint` (a manual replica assignment's first
@@ -132,18 +153,46 @@ impl ClusterState {
         partition: i32,
         hint: Option<u64>,
     ) -> Option<u64> {
+        self.preferred_broker_excluding(topic, partition, hint, None)
+    }
+
+    /// [`Self::preferred_broker_hinted`] as if `excluded` were dead: what a fenced broker
+    /// tells clients, which is what the others decide once its lease expires.
+    pub fn preferred_broker_excluding(
+        &self,
+        topic: &str,
+        partition: i32,
+        hint: Option<u64>,
+        excluded: Option<u64>,
+    ) -> Option<u64> {
         match hint {
-            Some(id) if self.brokers.get(&id).is_some_and(|b| b.alive) => Some(id),
-            _ => self.preferred_broker(topic, partition),
+            Some(id) if Some(id) != excluded && self.brokers.get(&id).is_some_and(|b| b.alive) => {
+                Some(id)
+            }
+            _ => self.pick_among(
+                |id, _| Some(id) != excluded,
+                |h| {
+                    h.write(topic.as_bytes());
+                    h.write(&partition.to_be_bytes());
+                },
+            ),
         }
     }
 
     /// The broker coordinating a consumer group.
     pub fn coordinator(&self, group: &str) -> Option<u64> {
-        self.pick(|h| {
-            h.write(b"group:");
-            h.write(group.as_bytes());
-        })
+        self.coordinator_excluding(group, None)
+    }
+
+    /// [`Self::coordinator`] as if `excluded` were dead.
+    pub fn coordinator_excluding(&self, group: &str, excluded: Option<u64>) -> Option<u64> {
+        self.pick_among(
+            |id, _| Some(id) != excluded,
+            |h| {
+                h.write(b"group:");
+                h.write(group.as_bytes());
+            },
+        )
     }
 
     /// Where a consumer in `rack` should read a partition (KIP-392): the preferred
@@ -163,7 +212,7 @@ impl ClusterState {
             return Some(preferred);
         }
         self.pick_among(
-            |b| in_rack(b),
+            |_, b| in_rack(b),
             |h| {
                 h.write(topic.as_bytes());
                 h.write(&partition.to_be_bytes());
@@ -171,17 +220,13 @@ impl ClusterState {
         )
     }
 
-    fn pick(&self, key: impl Fn(&mut Fnv)) -> Option<u64> {
-        self.pick_among(|_| true, key)
-    }
-
     fn pick_among(
         &self,
-        eligible: impl Fn(&BrokerInfo) -> bool,
+        eligible: impl Fn(u64, &BrokerInfo) -> bool,
         key: impl Fn(&mut Fnv),
     ) -> Option<u64> {
         self.live()
-            .filter(|(_, b)| eligible(b))
+            .filter(|(id, b)| eligible(*id, b))
             .map(|(id, _)| {
                 let mut h = Fnv::new();
                 key(&mut h);
@@ -270,6 +315,52 @@ mod tests {
             now_ms: 8000,
         });
         assert_eq!(c.epoch(), epoch + 2);
+    }
+
+    #[test]
+    fn expire_silent_spares_brokers_that_heartbeat_since() {
+        let mut c = ClusterState::default();
+        c.apply(&register(1, 100));
+        c.apply(&register(2, 100));
+        let epoch = c.epoch();
+        // Broker 2 heartbeats after the leader decided; only broker 1 expires.
+        c.apply(&ClusterCommand::Heartbeat { id: 2, now_ms: 90 });
+        c.apply(&ClusterCommand::Heartbeat { id: 2, now_ms: 200 });
+        c.apply(&ClusterCommand::ExpireSilent {
+            brokers: vec![(1, 100), (2, 100), (9, 0)],
+        });
+        assert_eq!(c.live().map(|(id, _)| id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(c.epoch(), epoch + 1);
+        // Nothing changes: no epoch bump.
+        c.apply(&ClusterCommand::ExpireSilent {
+            brokers: vec![(1, 100)],
+        });
+        assert_eq!(c.epoch(), epoch + 1);
+    }
+
+    #[test]
+    fn placement_excluding_a_broker_is_placement_without_it() {
+        let mut c = ClusterState::default();
+        for id in 1..=3 {
+            c.apply(&register(id, 0));
+        }
+        let mut without = c.clone();
+        without.apply(&ClusterCommand::Deregister { id: 2 });
+        for p in 0..100 {
+            assert_eq!(
+                c.preferred_broker_excluding("t", p, None, Some(2)),
+                without.preferred_broker("t", p)
+            );
+            assert_eq!(
+                c.preferred_broker_excluding("t", p, Some(2), Some(2)),
+                without.preferred_broker("t", p)
+            );
+            let g = format!("g{p}");
+            assert_eq!(
+                c.coordinator_excluding(&g, Some(2)),
+                without.coordinator(&g)
+            );
+        }
     }
 
     #[test]

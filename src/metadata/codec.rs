@@ -14,8 +14,17 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Format 1 was JSON with no header; 2 is this header + postcard.
-pub const FORMAT_VERSION: u16 = 2;
+/// Format 1 was JSON with no header; 2 is this header + postcard; 3 adds enum variants
+/// at the end (`Command::CommitGroupOffsets`, `ClusterCommand::ExpireSilent`,
+/// `StateError::NotCoordinator`) and changes nothing else.
+pub const FORMAT_VERSION: u16 = 3;
+/// The oldest format this build decodes as the current one. postcard writes an enum
+/// variant as its index, so a format 2 blob, which cannot hold the variants format 3
+/// appended, decodes unchanged with format 3's types: old logs, snapshots and frames
+/// are read as they are (and rewritten as format 3 when next written). A format 2 build
+/// refuses format 3 blobs as newer, so the brokers of one cluster must all run format 3
+/// before any of them writes a new variant.
+pub const OLDEST_READABLE: u16 = 2;
 /// Magic + version.
 pub const HEADER_LEN: usize = 6;
 
@@ -67,7 +76,9 @@ pub enum CodecError {
         "{kind} written by a newer Strata (format {version}, this build reads up to {FORMAT_VERSION})"
     )]
     Newer { kind: &'static str, version: u16 },
-    #[error("{kind} has unsupported format {version} (this build reads format {FORMAT_VERSION})")]
+    #[error(
+        "{kind} has unsupported format {version} (this build reads formats {OLDEST_READABLE} to {FORMAT_VERSION})"
+    )]
     Unsupported { kind: &'static str, version: u16 },
     #[error("corrupt {kind}: {reason}")]
     Corrupt { kind: &'static str, reason: String },
@@ -131,7 +142,7 @@ fn check_header(kind: Kind, bytes: &[u8]) -> Result<&[u8], CodecError> {
         });
     };
     match u16::from_le_bytes([lo, hi]) {
-        FORMAT_VERSION => Ok(&bytes[HEADER_LEN..]),
+        OLDEST_READABLE..=FORMAT_VERSION => Ok(&bytes[HEADER_LEN..]),
         version if version > FORMAT_VERSION => Err(CodecError::Newer {
             kind: kind.name(),
             version,
@@ -208,11 +219,11 @@ mod tests {
     #[test]
     fn newer_version_is_refused() -> Result<(), CodecError> {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
-        bytes[4..6].copy_from_slice(&3u16.to_le_bytes());
+        bytes[4..6].copy_from_slice(&4u16.to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 3, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 4, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 3, this build reads up to 2)"
+                "metadata snapshot written by a newer Strata (format 4, this build reads up to 3)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }
@@ -221,6 +232,15 @@ mod tests {
             decode::<Sample>(Kind::LocalSnapshot, &bytes),
             Err(CodecError::Unsupported { version: 1, .. })
         ));
+        Ok(())
+    }
+
+    /// Format 3 only appended enum variants: a format 2 blob decodes with today's types.
+    #[test]
+    fn format_2_blobs_are_read() -> Result<(), CodecError> {
+        let mut bytes = encode(Kind::RaftRpc, &sample())?;
+        bytes[4..6].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(decode::<Sample>(Kind::RaftRpc, &bytes)?, sample());
         Ok(())
     }
 

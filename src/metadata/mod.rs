@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod fence;
 pub mod legacy;
 pub mod network;
 pub mod objects;
@@ -14,6 +15,7 @@ mod swap_tests;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -38,13 +40,49 @@ pub struct Offsets {
 pub struct Metadata {
     raft: MetadataRaft,
     state: Arc<RwLock<MetadataState>>,
+    lease: fence::Lease,
+    /// A lone voter without a Raft network is the whole cluster: nobody can take over
+    /// from it, so it never fences itself.
+    alone: bool,
 }
 
 impl Metadata {
     pub async fn open(dir: &Path, options: RaftOptions) -> Result<Self, MetadataError> {
+        let lease = fence::Lease::new(options.lease);
+        let alone = options.listen.is_none() && options.voters.len() <= 1;
         let raft = MetadataRaft::start_with(dir, options).await?;
         let state = raft.state();
-        Ok(Self { raft, state })
+        Ok(Self {
+            raft,
+            state,
+            lease,
+            alone,
+        })
+    }
+
+    /// Proposes a lease renewal (a heartbeat) started at `started`; once committed and
+    /// applied here, the lease counts from `started`.
+    pub async fn renew_lease(&self, cmd: Command, started: Instant) -> Result<(), MetadataError> {
+        let (_, applied) = self.raft.propose_applied(cmd).await?;
+        if applied {
+            self.lease.renew(started);
+        }
+        Ok(())
+    }
+
+    /// Whether this broker has fenced itself: it could not renew its lease, or (not
+    /// being the Raft leader) heard from no leader, for longer than the lease. A fenced
+    /// broker's state may be stale and the others may already have taken its partitions
+    /// and groups, so it leads and coordinates nothing (see `fence.rs`).
+    pub fn fenced(&self) -> bool {
+        !self.alone
+            && fence::is_fenced(
+                Instant::now(),
+                self.lease.duration(),
+                self.lease.renewed(),
+                self.raft.last_leader_contact(),
+                self.raft.is_leader(),
+            )
     }
 
     /// Whether this broker is the metadata Raft leader: it runs the cluster-wide chores

@@ -107,6 +107,16 @@ pub enum Command {
         replace: bool,
         changes: BTreeMap<String, Option<String>>,
     },
+    /// OffsetCommit from a group's coordinator (format 3): refused with NotCoordinator
+    /// unless `coordinator` still coordinates the group at cluster epoch `epoch`, the
+    /// one it decided with. A broker cut off from Raft while coordinating cannot have a
+    /// late commit land over one made through the group's next coordinator.
+    CommitGroupOffsets {
+        group: String,
+        offsets: Vec<OffsetCommit>,
+        coordinator: u64,
+        epoch: i32,
+    },
 }
 
 /// One uploaded segment object and its chunks.
@@ -208,6 +218,9 @@ pub enum StateError {
     StaleCompaction,
     #[error("replica assignment names an unknown broker or has the wrong partition count")]
     InvalidReplicaAssignment,
+    /// The proposer no longer coordinates the group (or the cluster epoch moved on).
+    #[error("not the group's coordinator at the current cluster epoch")]
+    NotCoordinator,
 }
 
 /// The outcome of applying one command.
@@ -338,6 +351,25 @@ impl MetadataState {
             ),
             Command::CommitOffsets { group, offsets } => {
                 Response::Offsets(self.commit_offsets(group, offsets))
+            }
+            Command::CommitGroupOffsets {
+                group,
+                offsets,
+                coordinator,
+                epoch,
+            } => {
+                // No live broker at all (every lease lapsed): any broker may coordinate,
+                // as every broker then answers for itself.
+                let current = *epoch == self.cluster.epoch()
+                    && self
+                        .cluster
+                        .coordinator(group)
+                        .is_none_or(|c| c == *coordinator);
+                Response::Offsets(if current {
+                    self.commit_offsets(group, offsets)
+                } else {
+                    vec![Err(StateError::NotCoordinator); offsets.len()]
+                })
             }
             // Only an empty state may be replaced: a restore must never roll back a
             // cluster that already has metadata.
@@ -756,6 +788,18 @@ impl MetadataState {
         self.cluster.preferred_broker_hinted(topic, partition, hint)
     }
 
+    /// [`Self::preferred_broker`] as if `excluded` were dead (a fenced broker's answer).
+    pub fn preferred_broker_excluding(
+        &self,
+        topic: &str,
+        partition: i32,
+        excluded: Option<u64>,
+    ) -> Option<u64> {
+        let hint = self.partition(topic, partition).and_then(|p| p.preferred);
+        self.cluster
+            .preferred_broker_excluding(topic, partition, hint, excluded)
+    }
+
     /// KIP-392: where a consumer in `rack` should read a partition.
     pub fn read_replica(&self, topic: &str, partition: i32, rack: &str) -> Option<u64> {
         let hint = self.partition(topic, partition).and_then(|p| p.preferred);
@@ -1099,6 +1143,63 @@ mod tests {
             s.apply(&Command::DeleteTopic { name: "x".into() }),
             Response::Topic(Err(StateError::UnknownTopicOrPartition))
         );
+    }
+
+    #[test]
+    fn offset_commits_need_the_current_coordinator_and_epoch() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        for id in 1..=3 {
+            s.apply(&Command::Cluster(ClusterCommand::Register {
+                id,
+                host: "h".into(),
+                port: 1,
+                rack: None,
+                now_ms: 0,
+            }));
+        }
+        let epoch = s.cluster().epoch();
+        let coordinator = s.cluster().coordinator("g").unwrap();
+        let other = (1..=3).find(|id| *id != coordinator).unwrap();
+        let commit = |offset, coordinator, epoch| Command::CommitGroupOffsets {
+            group: "g".into(),
+            offsets: vec![OffsetCommit {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: 5,
+            }],
+            coordinator,
+            epoch,
+        };
+        assert_eq!(
+            s.apply(&commit(10, coordinator, epoch)),
+            Response::Offsets(vec![Ok(())])
+        );
+        let refused = Response::Offsets(vec![Err(StateError::NotCoordinator)]);
+        assert_eq!(s.apply(&commit(11, other, epoch)), refused);
+        // The coordinator is cut off and expires; its next coordinator commits 500.
+        s.apply(&Command::Cluster(ClusterCommand::ExpireSilent {
+            brokers: vec![(coordinator, 0)],
+        }));
+        let next = s.cluster().coordinator("g").unwrap();
+        let new_epoch = s.cluster().epoch();
+        assert_eq!(
+            s.apply(&commit(500, next, new_epoch)),
+            Response::Offsets(vec![Ok(())])
+        );
+        // A late commit from the old coordinator, decided at the old epoch, is refused,
+        // even once it is back and coordinates again.
+        assert_eq!(s.apply(&commit(10, coordinator, epoch)), refused);
+        s.apply(&Command::Cluster(ClusterCommand::Heartbeat {
+            id: coordinator,
+            now_ms: 1,
+        }));
+        assert_eq!(s.cluster().coordinator("g"), Some(coordinator));
+        assert_eq!(s.apply(&commit(10, coordinator, epoch)), refused);
+        assert_eq!(s.committed_offset("g", "t", 0).map(|c| c.offset), Some(500));
     }
 
     #[test]
@@ -1500,7 +1601,7 @@ mod tests {
                     .into_iter()
                     .collect(),
             }),
-            (topic, 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
+            (topic.clone(), 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![OffsetCommit {
                     topic: t.into(),
@@ -1511,6 +1612,29 @@ mod tests {
                     commit_ms: 0,
                 }],
             }),
+            (topic, 0..1000i64, 1..3u64, 0..4i32).prop_map(|(t, o, coordinator, epoch)| {
+                Command::CommitGroupOffsets {
+                    group: "g".into(),
+                    offsets: vec![OffsetCommit {
+                        topic: t.into(),
+                        partition: 0,
+                        offset: o,
+                        leader_epoch: -1,
+                        metadata: None,
+                        commit_ms: 0,
+                    }],
+                    coordinator,
+                    epoch,
+                }
+            }),
+            (1..3u64, 0..2i64).prop_map(|(id, seen)| Command::Cluster(
+                ClusterCommand::ExpireSilent {
+                    brokers: vec![(id, seen)]
+                }
+            )),
+            (1..3u64, 0..2i64).prop_map(|(id, now_ms)| Command::Cluster(
+                ClusterCommand::Heartbeat { id, now_ms }
+            )),
         ]
     }
 

@@ -23,8 +23,9 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
     let mut applied = broker.metadata.subscribe();
     loop {
         applied.borrow_and_update();
-        let (responses, bytes, errors) = read_once(broker, &req, version).await;
-        if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline {
+        let last = Instant::now() >= deadline;
+        let (responses, bytes, errors) = read_once(broker, &req, version, last).await;
+        if bytes >= min_bytes.max(1) || errors || last {
             return FetchResponse::default().with_responses(responses);
         }
         tokio::select! {
@@ -32,7 +33,7 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
                 return FetchResponse::default().with_responses(responses);
             },
             _ = tokio::time::sleep_until(deadline) => {
-                let (responses, _, _) = read_once(broker, &req, version).await;
+                let (responses, _, _) = read_once(broker, &req, version, true).await;
                 return FetchResponse::default().with_responses(responses);
             }
         }
@@ -40,11 +41,20 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
 }
 
 /// One pass over every requested partition: (responses, record bytes, any error).
+///
+/// An offset above this broker's high watermark may exist already: another broker
+/// acknowledged it and this one has not applied it yet. Until `last` (the wait is over)
+/// such a partition answers nothing, and the fetch waits for applies like a long poll;
+/// only then is it OFFSET_OUT_OF_RANGE. A fenced broker, whose state may be stale and
+/// stay so, answers NOT_LEADER_OR_FOLLOWER instead of out of range or of an empty
+/// read, so the consumer refreshes its metadata and reads where the cluster is.
 async fn read_once(
     broker: &Broker,
     req: &FetchRequest,
     version: i16,
+    last: bool,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let fenced = broker.fenced();
     let max_total = if version >= 3 {
         usize::try_from(req.max_bytes).unwrap_or(0)
     } else {
@@ -99,6 +109,32 @@ async fn read_once(
                     min_one,
                 )
                 .await;
+            let read = match read {
+                // At its (possibly stale) end, a fenced broker sends the consumer away.
+                Ok(read) if fenced && p.fetch_offset >= read.high_watermark => {
+                    Err(FetchError::NotLeaderOrFollower)
+                }
+                Err(FetchError::OffsetOutOfRange) => {
+                    match broker.metadata.offsets(topic.topic.as_str(), p.partition) {
+                        Some(o) if p.fetch_offset > o.high_watermark => {
+                            if fenced {
+                                Err(FetchError::NotLeaderOrFollower)
+                            } else if last {
+                                Err(FetchError::OffsetOutOfRange)
+                            } else {
+                                // Perhaps not applied here yet: wait for it.
+                                Ok(crate::fetch::PartitionData {
+                                    records: bytes::Bytes::new(),
+                                    high_watermark: o.high_watermark,
+                                    log_start_offset: o.log_start,
+                                })
+                            }
+                        }
+                        _ => Err(FetchError::OffsetOutOfRange),
+                    }
+                }
+                other => other,
+            };
             match read {
                 Ok(read) => {
                     total += read.records.len();
@@ -123,6 +159,7 @@ async fn read_once(
                             ResponseError::UnknownTopicOrPartition
                         }
                         FetchError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+                        FetchError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
                         FetchError::Storage(_) | FetchError::Corrupt(..) => {
                             warn!(error = %e, "fetch read failed");
                             ResponseError::KafkaStorageError

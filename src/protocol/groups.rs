@@ -22,8 +22,10 @@ pub fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let brokers = broker.live_brokers();
+    // A fenced broker names another live one; knowing none, it answers
+    // COORDINATOR_NOT_AVAILABLE and the client asks again (elsewhere).
     let locate = |key: &str| {
-        let id = broker.coordinator(key);
+        let id = broker.coordinator(key)?;
         let (host, port) = brokers
             .iter()
             .find(|b| b.0 == id)
@@ -34,28 +36,38 @@ pub fn find_coordinator(
                     broker.config.advertise_port,
                 )
             });
-        (BrokerId(id), str_bytes(&host), port)
+        Some((BrokerId(id), str_bytes(&host), port))
     };
+    let unavailable = ResponseError::CoordinatorNotAvailable.code();
     if version >= 4 {
         let coordinators = req
             .coordinator_keys
             .into_iter()
-            .map(|key| {
-                let (node, host, port) = locate(key.as_str());
-                Coordinator::default()
+            .map(|key| match locate(key.as_str()) {
+                Some((node, host, port)) => Coordinator::default()
                     .with_key(key)
                     .with_node_id(node)
                     .with_host(host)
-                    .with_port(port)
+                    .with_port(port),
+                None => Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1)
+                    .with_error_code(unavailable),
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let (node, host, port) = locate(req.key.as_str());
-    FindCoordinatorResponse::default()
-        .with_node_id(node)
-        .with_host(host)
-        .with_port(port)
+    match locate(req.key.as_str()) {
+        Some((node, host, port)) => FindCoordinatorResponse::default()
+            .with_node_id(node)
+            .with_host(host)
+            .with_port(port),
+        None => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(-1))
+            .with_port(-1)
+            .with_error_code(unavailable),
+    }
 }
 
 pub fn list_groups(

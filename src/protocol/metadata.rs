@@ -88,10 +88,16 @@ fn topic_metadata(
             // producers and tail consumers meet where the cache is warm.
             let partitions = (0..partitions)
                 .map(|index| {
+                    // A fenced broker names another (or none: LEADER_NOT_AVAILABLE).
                     let (leader, epoch) = broker.preferred_broker(name, index);
-                    let node = BrokerId(leader);
+                    let node = BrokerId(leader.unwrap_or(-1));
+                    let error = match leader {
+                        Some(_) => 0,
+                        None => ResponseError::LeaderNotAvailable.code(),
+                    };
                     MetadataResponsePartition::default()
                         .with_partition_index(index)
+                        .with_error_code(error)
                         .with_leader_id(node)
                         .with_leader_epoch(if version >= 7 { epoch } else { -1 })
                         .with_replica_nodes(vec![node])

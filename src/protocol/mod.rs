@@ -62,6 +62,11 @@ pub enum ProtocolError {
         version: i16,
         message: String,
     },
+    /// InitProducerId on a fenced broker: the connection is closed unanswered. librdkafka
+    /// sends its retries to the broker it used last, so an error answer would bring it
+    /// straight back; a closed connection makes it pick another broker.
+    #[error("fenced: closing the connection instead of answering {0:?}")]
+    Fenced(ApiKey),
 }
 
 /// A request's response frame (with its size prefix), or None when the request wants no
@@ -148,6 +153,9 @@ async fn dispatch(
     version: i16,
     client_id: &str,
 ) -> Result<Option<ResponseKind>, ProtocolError> {
+    if matches!(request, RequestKind::InitProducerId(_)) && broker.fenced() {
+        return Err(ProtocolError::Fenced(ApiKey::InitProducerId));
+    }
     if let Some(redirect) = coordinator::redirect(broker, &request, version) {
         return Ok(Some(redirect));
     }
@@ -295,8 +303,22 @@ pub(crate) fn str_bytes(s: &str) -> StrBytes {
 
 /// Milliseconds since the Unix epoch, for values that Kafka reports in wall-clock time.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
+    let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    wall.saturating_add(test_clock_offset_ms())
+}
+
+/// TEST ONLY: `STRATA_TEST_CLOCK_OFFSET_MS` (signed milliseconds) shifts this broker's
+/// wall clock, so tests can show that clock skew between brokers does not disturb
+/// liveness (which compares no wall clocks across brokers). Never set it in production.
+fn test_clock_offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("STRATA_TEST_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }

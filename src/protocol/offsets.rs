@@ -21,7 +21,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{now_ms, str_bytes};
 use crate::broker::Broker;
-use crate::metadata::state::{Command, OffsetCommit, Response};
+use crate::metadata::state::{Command, OffsetCommit, Response, StateError};
 
 pub async fn commit(
     broker: &Arc<Broker>,
@@ -54,13 +54,20 @@ pub async fn commit(
             });
         }
     }
-    let codes: Vec<i16> = match refusal {
-        Some(error) => vec![error.code(); commits.len()],
-        None => match broker
+    // The epoch this broker coordinates the group at: the state machine refuses the
+    // commit if the group moved since (a broker cut off from Raft cannot overwrite what
+    // the group's next coordinator committed).
+    let epoch = broker.coordinator_epoch(&group);
+    let codes: Vec<i16> = match (refusal, epoch) {
+        (Some(error), _) => vec![error.code(); commits.len()],
+        (None, None) => vec![ResponseError::NotCoordinator.code(); commits.len()],
+        (None, Some(epoch)) => match broker
             .metadata
-            .propose(Command::CommitOffsets {
+            .propose(Command::CommitGroupOffsets {
                 group,
                 offsets: commits.clone(),
+                coordinator: broker.config.node_id,
+                epoch,
             })
             .await
         {
@@ -68,6 +75,7 @@ pub async fn commit(
                 .iter()
                 .map(|r| match r {
                     Ok(()) => 0,
+                    Err(StateError::NotCoordinator) => ResponseError::NotCoordinator.code(),
                     Err(_) => ResponseError::UnknownTopicOrPartition.code(),
                 })
                 .collect(),

@@ -46,10 +46,13 @@ pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) ->
     );
     let deadline = Instant::now() + timeout;
     let transactional = req.transactional_id.is_some();
+    // A fenced broker cannot commit, and the others may already lead its partitions:
+    // NOT_LEADER_OR_FOLLOWER makes clients refresh metadata and go there.
+    let fenced = broker.fenced();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = topic.name.as_str().to_owned();
-        let lookup = if transactional {
+        let lookup = if transactional || fenced {
             TopicLookup::Missing
         } else {
             broker
@@ -63,6 +66,8 @@ pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) ->
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported".to_owned(),
                 ))
+            } else if fenced {
+                Err(not_leader())
             } else {
                 tokio::time::timeout_at(
                     deadline,
@@ -81,6 +86,23 @@ pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) ->
         version,
         deadline,
         topics,
+    }
+}
+
+fn not_leader() -> PartitionError {
+    (
+        ResponseError::NotLeaderOrFollower,
+        "this broker is fenced (cut off from the metadata cluster)".into(),
+    )
+}
+
+/// Resolves once the broker has fenced itself (checked every 250 ms).
+async fn until_fenced(broker: &Broker) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if broker.fenced() {
+            return;
+        }
     }
 }
 
@@ -105,11 +127,16 @@ impl PendingProduce {
                     let partitions =
                         join_all(partitions.into_iter().map(|(index, queued)| async move {
                             let (result, append_time) = match queued {
+                                // Fenced while waiting: the commit may never come; the
+                                // client retries where the cluster is (an idempotent
+                                // producer's retry is deduplicated if it did land).
                                 Ok((committed, append_time)) => (
-                                    tokio::time::timeout_at(deadline, committed)
-                                        .await
-                                        .unwrap_or(Err(ProduceError::TimedOut))
-                                        .map_err(produce_error),
+                                    tokio::select! {
+                                        r = tokio::time::timeout_at(deadline, committed) => r
+                                            .unwrap_or(Err(ProduceError::TimedOut))
+                                            .map_err(produce_error),
+                                        () = until_fenced(broker) => Err(not_leader()),
+                                    },
                                     append_time,
                                 ),
                                 Err(e) => (Err(e), None),

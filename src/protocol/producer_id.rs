@@ -18,6 +18,11 @@ pub async fn init(
     if req.transactional_id.is_some() {
         return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
+    // A fenced broker cannot commit an allocation; the client retries elsewhere at once
+    // instead of waiting out a proposal that cannot succeed.
+    if broker.fenced() {
+        return response.with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    }
     let current = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
     match broker
         .metadata

@@ -79,9 +79,14 @@ pub fn describe(
         let partitions: Vec<_> = (start..end)
             .map(|index| {
                 let (leader, epoch) = broker.preferred_broker(&name, index);
-                let node = BrokerId(leader);
+                let node = BrokerId(leader.unwrap_or(-1));
+                let error = match leader {
+                    Some(_) => 0,
+                    None => kafka_protocol::error::ResponseError::LeaderNotAvailable.code(),
+                };
                 DescribeTopicPartitionsResponsePartition::default()
                     .with_partition_index(index)
+                    .with_error_code(error)
                     .with_leader_id(node)
                     .with_leader_epoch(epoch)
                     .with_replica_nodes(vec![node])

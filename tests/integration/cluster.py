@@ -58,6 +58,7 @@ class Node:
         self._log_file = None
         self._log_start = 0  # log size when the current process started
         self.starts = 0
+        self.env: dict[str, str] = {}  # extra environment (e.g. STRATA_TEST_CLOCK_OFFSET_MS)
 
     @property
     def bootstrap(self) -> str:
@@ -98,6 +99,7 @@ class Node:
         env.setdefault("RUST_LOG", "info,openraft=warn")
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")
+        env.update(self.env)
         self.starts += 1
         self._log_file = open(self.log_path, "ab", buffering=0)
         self._log_file.write(f"\n===== strata start #{self.starts}: {' '.join(self.command())}\n".encode())

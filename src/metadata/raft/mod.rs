@@ -19,8 +19,9 @@ use std::fmt::Debug;
 use std::fs;
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy, StorageError};
@@ -107,6 +108,9 @@ pub struct RaftOptions {
     pub listen: Option<String>,
     /// The voters (controllers) by id and Raft address. A node not among them is a learner.
     pub voters: BTreeMap<NodeId, String>,
+    /// The broker lease: membership expiry, and how long this node may go without
+    /// renewing it before it fences itself (`fence.rs`).
+    pub lease: Duration,
 }
 
 impl RaftOptions {
@@ -118,6 +122,7 @@ impl RaftOptions {
             addr: String::new(),
             listen: None,
             voters: BTreeMap::from([(node_id, String::new())]),
+            lease: Duration::from_secs(5),
         }
     }
 }
@@ -140,6 +145,10 @@ struct Inner {
     shipped: watch::Sender<u64>,
     /// Whether the leader answers a proposal only once its entry is in the bucket.
     ack_after_shipping: std::sync::atomic::AtomicBool,
+    /// When this node last accepted replication from a leader, as milliseconds after
+    /// `started` plus one (0: never).
+    leader_contact: AtomicU64,
+    started: Instant,
 }
 
 impl MetadataRaft {
@@ -199,6 +208,8 @@ impl MetadataRaft {
                 log: log_reader,
                 shipped: watch::channel(0).0,
                 ack_after_shipping: std::sync::atomic::AtomicBool::new(false),
+                leader_contact: AtomicU64::new(0),
+                started: Instant::now(),
             }),
         };
         if let Some(listen) = &options.listen {
@@ -275,6 +286,12 @@ impl MetadataRaft {
     /// (a topic it created is in its Metadata, a record it took is below its high
     /// watermark).
     pub async fn propose(&self, cmd: Command) -> Result<Response, RaftGlueError> {
+        Ok(self.propose_applied(cmd).await?.0)
+    }
+
+    /// `propose`, also saying whether this node applied the entry in time (a lease is
+    /// renewed only by a heartbeat this node has applied: then its state is as recent).
+    pub async fn propose_applied(&self, cmd: Command) -> Result<(Response, bool), RaftGlueError> {
         let (response, index) = self.propose_indexed(cmd).await?;
         let mut applied = self.inner.applied.clone();
         if tokio::time::timeout(PROPOSE_TIMEOUT, applied.wait_for(|i| *i >= index))
@@ -282,8 +299,23 @@ impl MetadataRaft {
             .is_err()
         {
             tracing::warn!(index, "committed entry not applied locally in time");
+            return Ok((response, false));
         }
-        Ok(response)
+        Ok((response, true))
+    }
+
+    /// When this node (a follower or learner) last accepted an AppendEntries or
+    /// InstallSnapshot from a leader; None if never.
+    pub fn last_leader_contact(&self) -> Option<Instant> {
+        match self.inner.leader_contact.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.inner.started + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    fn record_leader_contact(&self) {
+        let ms = self.inner.started.elapsed().as_millis() as u64 + 1;
+        self.inner.leader_contact.fetch_max(ms, Ordering::Relaxed);
     }
 
     /// `propose`, also returning the entry's log index.
@@ -461,11 +493,22 @@ impl network::Handler for MetadataRaft {
         let raft = &self.inner.raft;
         match request {
             RaftRequest::AppendEntries(rpc) => {
-                RaftReply::AppendEntries(raft.append_entries(rpc).await)
+                let reply = raft.append_entries(rpc).await;
+                // Anything but a refusal of the sender's term means a current leader
+                // reached this node.
+                if matches!(&reply, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.record_leader_contact();
+                }
+                RaftReply::AppendEntries(reply)
             }
             RaftRequest::Vote(rpc) => RaftReply::Vote(raft.vote(rpc).await),
             RaftRequest::InstallSnapshot(rpc) => {
-                RaftReply::InstallSnapshot(raft.install_snapshot(rpc).await)
+                let reply = raft.install_snapshot(rpc).await;
+                if reply.is_ok() {
+                    self.record_leader_contact();
+                }
+                RaftReply::InstallSnapshot(reply)
             }
             RaftRequest::Propose(cmd) => {
                 RaftReply::Propose(self.propose_indexed(cmd).await.map_err(|e| e.to_string()))
