@@ -51,8 +51,10 @@ def read_partitions(bootstrap, topic, partitions, timeout=120, start=0):
         for p in range(partitions):
             lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
             hw[p] = hi
-        c.assign([TopicPartition(topic, p, start) for p, hi in hw.items() if hi > start])
-        want = sum(max(0, hi - start) for hi in hw.values())
+        # `start`: one offset for every partition, or {partition: offset}.
+        starts = start if isinstance(start, dict) else {p: start for p in hw}
+        c.assign([TopicPartition(topic, p, starts[p]) for p, hi in hw.items() if hi > starts[p]])
+        want = sum(max(0, hi - starts[p]) for p, hi in hw.items())
         deadline = time.monotonic() + timeout
         while len(out) < want:
             assert time.monotonic() < deadline, f"read {len(out)}/{want} of {topic}"
@@ -307,6 +309,99 @@ def test_wiped_data_dir_recovers_from_bucket(s3broker):
     finally:
         c.close()
     assert "recover" in b.log_text().lower()
+
+
+def test_recovery_is_exact_deleted_stays_deleted_unacked_never_appears(s3broker):
+    """Issue 10: after SIGKILL and a wiped data directory, the bucket alone rebuilds
+    exactly what was acknowledged. A deleted topic stays deleted, records below a
+    DeleteRecords start stay deleted, an upload whose commit never happened does not
+    appear, every acknowledged record is at its offset, group offsets are the last
+    committed. The snapshot interval is left at its default (60 s), so everything after
+    the first snapshot comes back from the shipped log."""
+    b = s3broker
+    b.start()
+    create_topics(b.bootstrap, {"exact-kept": 2, "exact-gone": 1})
+    acked = {}
+
+    def cb(err, msg):
+        assert err is None, err
+        acked[(msg.topic(), msg.partition(), msg.offset())] = (msg.key(), msg.value())
+
+    def produce(n, tag):
+        p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 5})
+        for i in range(n):
+            for t in ("exact-kept", "exact-gone"):
+                p.produce(t, key=f"k{i % 7}".encode(), value=f"{tag}-{t}-{i}".encode(),
+                          partition=i % (2 if t == "exact-kept" else 1), on_delivery=cb)
+            p.poll(0)
+        assert p.flush(60) == 0
+
+    produce(500, "first")
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    tp0 = TopicPartition("exact-kept", 0, 100)
+    assert admin.delete_records([tp0])[tp0].result(30).low_watermark == 100
+    admin.delete_topics(["exact-gone"])["exact-gone"].result(30)
+    committed = {0: 200, 1: 150}
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "exact-group",
+                  "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition("exact-kept", p_, o) for p_, o in committed.items()],
+             asynchronous=False)
+    c.close()
+    acked = {k: v for k, v in acked.items() if k[0] == "exact-kept"}
+    before = len(acked)
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 5})
+    for i in range(300):
+        p.produce("exact-kept", value=f"second-{i}".encode(), partition=i % 2, on_delivery=cb)
+        p.poll(0)
+    assert p.flush(60) == 0
+    assert len(acked) == before + 300
+    b.kill()
+
+    # An upload that reaches the bucket but whose commit never happens.
+    b.extra_env["STRATA_FAILPOINT"] = "crash-before-commit"
+    b.start()
+    failed = []
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "message.timeout.ms": 3000})
+    for i in range(50):
+        p.produce("exact-kept", value=f"never-acked-{i}".encode(), partition=i % 2,
+                  on_delivery=lambda err, _m: failed.append(err))
+    p.poll(0)
+    assert b.proc.wait(timeout=30) != 0
+    assert "failpoint crash-before-commit" in b.log_text()
+    assert p.flush(30) == 0 and len(failed) == 50 and all(e is not None for e in failed)
+    b.stop()
+    del b.extra_env["STRATA_FAILPOINT"]
+
+    shutil.rmtree(b.data_dir)
+    b.data_dir.mkdir()
+    b.start()
+    md = AdminClient({"bootstrap.servers": b.bootstrap}).list_topics(timeout=30)
+    assert "exact-gone" not in md.topics, "a deleted topic came back"
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "exact-check"})
+    try:
+        lo, _ = c.get_watermark_offsets(TopicPartition("exact-kept", 0), timeout=30)
+        assert lo == 100, f"log start {lo} after recovery"
+    finally:
+        c.close()
+    got, hw = read_partitions(b.bootstrap, "exact-kept", 2, start={0: 100, 1: 0})
+    want = {(p_, o): kv for (_, p_, o), kv in acked.items() if not (p_ == 0 and o < 100)}
+    assert got == want, (f"{len(set(want) - set(got))} acknowledged missing, "
+                         f"{len(set(got) - set(want))} unexpected, e.g. {sorted(set(got) - set(want))[:3]}")
+    assert hw == {p_: 1 + max(o for (pp, o) in want if pp == p_) for p_ in (0, 1)}
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "exact-group", "enable.auto.commit": False})
+    try:
+        back = c.committed([TopicPartition("exact-kept", p_) for p_ in committed], timeout=30)
+        assert {tp.partition: tp.offset for tp in back} == committed
+    finally:
+        c.close()
+    # New records continue right after the recovered ones.
+    new = []
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all"})
+    p.produce("exact-kept", value=b"after", partition=1,
+              on_delivery=lambda err, m: new.append((err, m.offset())))
+    assert p.flush(30) == 0
+    assert new == [(None, hw[1])]
+    assert "entries_replayed" in b.log_text()
 
 
 def test_orphan_objects_are_collected_committed_ones_kept(s3broker):
