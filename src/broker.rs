@@ -79,6 +79,7 @@ fn raft_options(config: &Config) -> RaftOptions {
         listen: config.raft_listen.clone(),
         voters: config.controllers.clone(),
         lease: config.broker_lease,
+        vote_floor: 0,
     }
 }
 
@@ -115,11 +116,18 @@ pub struct BrokerTasks {
 }
 
 impl BrokerTasks {
-    pub fn abort(&self) {
-        self.snapshot_shipper.abort();
+    /// Stops the background chores; the metadata shipper keeps running, since the
+    /// leader acknowledges a proposal (a graceful stop's deregistration too) only once
+    /// it is shipped.
+    pub fn abort_chores(&self) {
         for chore in &self.chores {
             chore.abort();
         }
+    }
+
+    pub fn abort(&self) {
+        self.abort_chores();
+        self.snapshot_shipper.abort();
     }
 }
 
@@ -186,7 +194,19 @@ impl Broker {
             })?;
             info!(aside = %aside.display(), "old metadata log set aside for recovery");
         }
-        let metadata = Arc::new(Metadata::open(&raft_dir, raft_options(&config)).await?);
+        let mut options = raft_options(&config);
+        if !has_log
+            && config.controllers.len() > 1
+            && config.controllers.contains_key(&config.node_id)
+        {
+            // A voter on a new (or wiped) disk: it must not help elect a leader that lacks
+            // what was acknowledged, which the bucket holds.
+            options.vote_floor = shipping::last_shipped_index(&storage).await?;
+            if options.vote_floor > 0 {
+                info!(floor = options.vote_floor, "new metadata disk on a voter: voting only for candidates with the bucket's entries until caught up");
+            }
+        }
+        let metadata = Arc::new(Metadata::open(&raft_dir, options).await?);
         // A broker with no metadata log of its own (a new machine, a wiped disk) rebuilds
         // it from the bucket: the store is the only durable copy.
         // Only the broker that founds the metadata cluster may rebuild it: anyone else

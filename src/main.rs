@@ -91,10 +91,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Requests already buffered finish their flush and commit; every acknowledged
         // record is in the store already, so a bounded wait is all a graceful stop needs.
         tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;
-        tasks.abort();
+        tasks.abort_chores();
         liveness.abort();
         // Hand partitions and groups to the others now rather than after the lease.
         broker.deregister().await;
+        tasks.abort();
         // The bucket gets the latest metadata, so a replacement broker on a new machine
         // starts from exactly here.
         if let Err(e) = strata::metadata::shipping::ship_snapshot(&broker.metadata, &broker.storage).await {

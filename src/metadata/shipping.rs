@@ -297,6 +297,25 @@ pub fn object_time_ms(path: &str) -> Option<u64> {
     name.split('-').next()?.parse().ok()
 }
 
+/// The last Raft index the bucket holds for the newest generation (snapshot or log
+/// chunk); 0 when it holds none.
+pub async fn last_shipped_index(storage: &ObjectStorage) -> Result<u64, ShippingError> {
+    let listed = storage.list(METADATA_PREFIX).await?;
+    let Some((generation, applied)) = listed
+        .iter()
+        .filter_map(|o| parse_snapshot_path(&o.path))
+        .max()
+    else {
+        return Ok(0);
+    };
+    let chunks = listed
+        .iter()
+        .filter_map(|o| parse_chunk_path(&o.path))
+        .filter(|(g, _, _)| *g == generation)
+        .map(|(_, _, last)| last);
+    Ok(chunks.fold(applied, u64::max))
+}
+
 /// What a recovery brought back.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovered {

@@ -111,6 +111,11 @@ pub struct RaftOptions {
     /// The broker lease: membership expiry, and how long this node may go without
     /// renewing it before it fences itself (`fence.rs`).
     pub lease: Duration,
+    /// The last index the bucket holds, for a voter whose Raft directory is new (0:
+    /// none). Until its own log reaches it, the voter grants its vote only to a candidate
+    /// whose log does too, or to one with an empty log, which rebuilds from the bucket:
+    /// a wiped disk forgot what it promised, and the bucket remembers it.
+    pub vote_floor: u64,
 }
 
 impl RaftOptions {
@@ -123,6 +128,7 @@ impl RaftOptions {
             listen: None,
             voters: BTreeMap::from([(node_id, String::new())]),
             lease: Duration::from_secs(5),
+            vote_floor: 0,
         }
     }
 }
@@ -141,6 +147,8 @@ struct Inner {
     isolation: Isolation,
     /// A reader of the log, for shipping committed entries to the bucket.
     log: LogStore,
+    /// See [`RaftOptions::vote_floor`]; 0 once this node's log has reached it.
+    vote_floor: AtomicU64,
     /// The last index whose entry is in the bucket (a shipped snapshot or log chunk).
     shipped: watch::Sender<u64>,
     /// Whether the leader answers a proposal only once its entry is in the bucket.
@@ -206,6 +214,7 @@ impl MetadataRaft {
                 applied,
                 isolation: isolation.clone(),
                 log: log_reader,
+                vote_floor: AtomicU64::new(options.vote_floor),
                 shipped: watch::channel(0).0,
                 ack_after_shipping: std::sync::atomic::AtomicBool::new(false),
                 leader_contact: AtomicU64::new(0),
@@ -388,6 +397,40 @@ impl MetadataRaft {
         )))
     }
 
+    /// A voter on a new disk refuses a candidate that lacks what the bucket holds (see
+    /// [`RaftOptions::vote_floor`]); None lets Raft decide as usual.
+    fn refuse_vote(
+        &self,
+        rpc: &openraft::raft::VoteRequest<NodeId>,
+    ) -> Option<openraft::raft::VoteResponse<NodeId>> {
+        use std::sync::atomic::Ordering;
+        let floor = self.inner.vote_floor.load(Ordering::Acquire);
+        if floor == 0 {
+            return None;
+        }
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.last_log_index.unwrap_or(0) >= floor {
+            self.inner.vote_floor.store(0, Ordering::Release);
+            tracing::info!(floor, "caught up with the bucket: voting again");
+            return None;
+        }
+        let candidate = rpc.last_log_id.map_or(0, |l| l.index);
+        if candidate == 0 || candidate >= floor {
+            return None;
+        }
+        tracing::warn!(
+            candidate = rpc.vote.leader_id().voted_for(),
+            candidate_last_index = candidate,
+            floor,
+            "refusing my vote: the candidate's log lacks entries the bucket holds (this voter's disk is new)"
+        );
+        Some(openraft::raft::VoteResponse::new(
+            metrics.vote,
+            metrics.last_applied,
+            false,
+        ))
+    }
+
     /// From now on the leader acknowledges a proposal only once it is shipped.
     pub fn ack_after_shipping(&self) {
         self.inner
@@ -502,7 +545,10 @@ impl network::Handler for MetadataRaft {
                 }
                 RaftReply::AppendEntries(reply)
             }
-            RaftRequest::Vote(rpc) => RaftReply::Vote(raft.vote(rpc).await),
+            RaftRequest::Vote(rpc) => match self.refuse_vote(&rpc) {
+                Some(refusal) => RaftReply::Vote(Ok(refusal)),
+                None => RaftReply::Vote(raft.vote(rpc).await),
+            },
             RaftRequest::InstallSnapshot(rpc) => {
                 let reply = raft.install_snapshot(rpc).await;
                 if reply.is_ok() {
@@ -779,13 +825,7 @@ mod tests {
         let mut damaged = clean.clone();
         damaged[first + HEADER_LEN + 2] ^= 0x10;
         fs::write(&log_path, &damaged)?;
-        let err = match MetadataRaft::start(1, dir.path(), 1000).await {
-            Ok(r) => {
-                r.shutdown().await?;
-                anyhow::bail!("start must fail on a log damaged in the middle")
-            }
-            Err(e) => e,
-        };
+        let err = start_error(dir.path(), "a log damaged in the middle").await?;
         let message = err.to_string();
         assert!(message.contains(&format!("byte {first}")), "{message}");
         assert!(message.contains("damaged"), "{message}");
@@ -803,11 +843,12 @@ mod tests {
         out
     }
 
-    async fn start_error(dir: &Path) -> anyhow::Result<RaftGlueError> {
-        match MetadataRaft::start(1, dir, 10).await {
+    /// The error a start on `dir` must fail with (`why` names what should stop it).
+    async fn start_error(dir: &Path, why: &str) -> anyhow::Result<RaftGlueError> {
+        match MetadataRaft::start(1, dir, 1000).await {
             Ok(r) => {
                 r.shutdown().await?;
-                anyhow::bail!("start must fail on a format 1 directory")
+                anyhow::bail!("start must fail on {why}")
             }
             Err(e) => Ok(e),
         }
@@ -820,7 +861,7 @@ mod tests {
         let mut log = json_record(br#"{"Purged":{"leader_id":{"term":1,"node_id":1},"index":4}}"#);
         log.extend(json_record(br#"{"Entry":{"log_id":{"leader_id":{"term":1,"node_id":1},"index":5},"payload":"Blank"}}"#));
         fs::write(dir.path().join(LOG_FILE), &log)?;
-        let err = start_error(dir.path()).await?;
+        let err = start_error(dir.path(), "a format 1 directory").await?;
         assert!(matches!(err, RaftGlueError::LegacyFormat { .. }), "{err}");
         let message = err.to_string();
         assert!(message.contains("older Strata (JSON format)"), "{message}");
@@ -835,7 +876,7 @@ mod tests {
         // A JSON snapshot alone is enough to tell.
         let dir = tempfile::tempdir()?;
         fs::write(dir.path().join(LEGACY_SNAPSHOT_FILE), b"{}")?;
-        let err = start_error(dir.path()).await?;
+        let err = start_error(dir.path(), "a format 1 directory").await?;
         assert!(matches!(err, RaftGlueError::LegacyFormat { .. }), "{err}");
         Ok(())
     }
@@ -854,13 +895,7 @@ mod tests {
         let mut log = before.clone();
         log.extend(json_record(&payload));
         fs::write(&log_path, &log)?;
-        let err = match MetadataRaft::start(1, dir.path(), 1000).await {
-            Ok(r) => {
-                r.shutdown().await?;
-                anyhow::bail!("start must fail on a record from a newer format")
-            }
-            Err(e) => e,
-        };
+        let err = start_error(dir.path(), "a record from a newer format").await?;
         let message = err.to_string();
         assert!(message.contains("newer Strata (format 9"), "{message}");
         assert!(
