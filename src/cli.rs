@@ -21,6 +21,22 @@ pub struct Cli {
 pub enum Command {
     /// Run a broker.
     Serve(ServeArgs),
+    /// List, add or remove metadata voters of a running cluster. A broker to add must
+    /// have joined (as a learner) and caught up; a removed voter stays a learner.
+    Voters(VotersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VotersArgs {
+    /// The Raft address (`--raft-listen`) of any broker of the cluster.
+    #[arg(long)]
+    pub raft: String,
+    /// Promote this broker (node id) to voter; repeatable.
+    #[arg(long)]
+    pub add: Vec<u64>,
+    /// Demote this voter (node id) to learner; repeatable.
+    #[arg(long)]
+    pub remove: Vec<u64>,
 }
 
 #[derive(Debug, Default, Args)]

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => Config::load(&args)
             .map_err(anyhow::Error::from)
             .and_then(serve),
+        Command::Voters(args) => voters(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +117,33 @@ fn serve(config: Config) -> anyhow::Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// `strata voters`: one membership request to a broker's Raft port, the voters printed.
+fn voters(args: strata::cli::VotersArgs) -> anyhow::Result<()> {
+    use strata::metadata::network::{call_once, RaftReply, RaftRequest};
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let request = RaftRequest::ChangeVoters {
+        add: args.add,
+        remove: args.remove,
+    };
+    let reply = runtime
+        .block_on(call_once(&args.raft, &request, Duration::from_secs(30)))
+        .with_context(|| {
+            format!(
+                "cannot reach the Raft port {} (pass a broker's --raft-listen address)",
+                args.raft
+            )
+        })?;
+    match reply {
+        RaftReply::ChangeVoters(Ok(voters)) => {
+            let list: Vec<String> = voters.iter().map(u64::to_string).collect();
+            println!("voters: {}", list.join(","));
+            Ok(())
+        }
+        RaftReply::ChangeVoters(Err(e)) => Err(anyhow::anyhow!("membership change refused: {e}")),
+        _ => Err(anyhow::anyhow!("unexpected reply from {}", args.raft)),
+    }
 }
 
 /// Exit code when the broker stops itself on an internal failure (sysexits' EX_SOFTWARE).

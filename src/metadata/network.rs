@@ -55,7 +55,16 @@ pub enum RaftRequest {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     Propose(Command),
-    Join { node_id: NodeId, addr: String },
+    Join {
+        node_id: NodeId,
+        addr: String,
+    },
+    /// An operator's membership change (`strata voters`): promote learners, demote
+    /// voters to learners; both empty only asks for the current voters.
+    ChangeVoters {
+        add: Vec<NodeId>,
+        remove: Vec<NodeId>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,6 +77,8 @@ pub enum RaftReply {
     /// The state machine's answer and the entry's log index.
     Propose(Result<(Response, u64), String>),
     Join(Result<(), String>),
+    /// The voters after the change.
+    ChangeVoters(Result<Vec<NodeId>, String>),
 }
 
 /// Whether this node is (test-only) cut off from Raft traffic.

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kwire
-from cluster import Background, Cluster, REPO_ROOT
+from cluster import STRATA_BIN, Background, Cluster, REPO_ROOT
 
 TUTORIAL = REPO_ROOT / "tests" / "js" / "tutorial.js"
 RECOVERY_LIMIT = 15.0  # seconds, from the issue
@@ -856,3 +856,122 @@ def test_wiped_voter_does_not_elect_a_lagging_voter(make_cluster):
     # New records go after them.
     more = produce_keyed(c.bootstrap(1, 2, 3), "wiped-voter", 10, prefix="after-")
     assert all(o >= 1 + max(oo for (q, oo) in acked if q == p) for (p, o) in more)
+
+
+@pytest.mark.timeout(400)
+def test_repeated_wipes_of_one_voter(make_cluster):
+    """Issue 10: wiping the same voter's disk again and again (with frequent snapshots,
+    so that it catches up by InstallSnapshot) never makes it unstartable, and the
+    cluster loses nothing."""
+    c = make_cluster(3, config="snapshot_every = 50\n")
+    c.start_all()
+    create_topic(c.bootstrap(), "rewiped", 2)
+    acked = {}
+    for round_ in range(3):
+        # Many small commits, so that the log is purged behind snapshots between wipes.
+        p = Producer({"bootstrap.servers": c.bootstrap(2, 3), "acks": "all", "linger.ms": 0})
+        errors = []
+
+        def cb(err, msg):
+            if err:
+                errors.append(err)
+            else:
+                acked[(msg.partition(), msg.offset())] = msg.value().decode()
+
+        for i in range(120):
+            p.produce("rewiped", value=f"r{round_}-{i}", on_delivery=cb)
+            if i % 2 == 0:
+                p.flush(30)
+        assert p.flush(60) == 0 and not errors
+        c.kill(1)
+        shutil.rmtree(c.node(1).data_dir)
+        c.node(1).data_dir.mkdir()
+        c.start(1, timeout=60)
+        c.wait_live({1, 2, 3}, timeout=30)
+    assert len(acked) == 360
+    for node in (1, 2, 3):
+        for part in range(2):
+            want = sorted((o, v) for (q, o), v in acked.items() if q == part)
+            deadline = time.monotonic() + 30
+            while True:
+                _hw, recs = raw_read_partition(c.node(node).bootstrap, "rewiped", part)
+                got = [(o, v.decode()) for o, _k, v in recs]
+                if got == want or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert got == want, f"node {node} partition {part}: {len(got)} records, want {len(want)}"
+    assert c.node(1).log_text().count("strata is serving") == 4
+
+
+def strata_voters(raft_addr: str, *args: str) -> tuple[int, str, str]:
+    """Runs `strata voters --raft ADDR ARGS…`; returns (exit code, stdout, stderr)."""
+    out = subprocess.run([str(STRATA_BIN), "voters", "--raft", raft_addr, *args],
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout.strip(), out.stderr.strip()
+
+
+@pytest.mark.timeout(400)
+def test_voters_added_and_removed_under_load(make_cluster):
+    """Issue 10: an operator promotes a learner and demotes a voter while producers run
+    (`strata voters`); then the demoted broker and one more old voter die, and the new
+    majority (one old voter and the promoted learner) carries on. Every acknowledged
+    record is read back at its offset, once."""
+    c = make_cluster(3)
+    c.start_all()
+    learner = c.add_learner()
+    c.wait_live({1, 2, 3, learner}, timeout=30)
+    create_topic(c.bootstrap(), "reconfig", 4)
+    assert strata_voters(c.node(2).raft_addr) == (0, "voters: 1,2,3", "")
+    rc, _out, err = strata_voters(c.node(2).raft_addr, "--add", "99")
+    assert rc != 0 and "not a learner" in err, err
+
+    acked, sent, errors = {}, set(), []
+    stop = threading.Event()
+
+    def load():
+        p = Producer({"bootstrap.servers": c.bootstrap(1, 2, learner), "acks": "all",
+                      "linger.ms": 5, "enable.idempotence": True})
+
+        def cb(err, msg):
+            if err is not None:
+                errors.append(err)
+            else:
+                acked[(msg.partition(), msg.offset())] = msg.value().decode()
+
+        i = 0
+        while not stop.is_set():
+            value = f"reconfig-{i}"
+            sent.add(value)
+            p.produce("reconfig", value=value, on_delivery=cb)
+            p.poll(0)
+            i += 1
+            time.sleep(0.003)
+        p.flush(60)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    time.sleep(3)
+    deadline = time.monotonic() + 30
+    while (r := strata_voters(c.node(2).raft_addr, "--add", str(learner)))[0] != 0:
+        assert "caught up" in r[2] and time.monotonic() < deadline, r
+        time.sleep(0.5)
+    assert r[1] == f"voters: 1,2,3,{learner}", r
+    assert strata_voters(c.node(1).raft_addr, "--remove", "3")[1] == f"voters: 1,2,{learner}"
+    time.sleep(2)
+    c.kill(3)
+    c.kill(1)
+    t_kill = time.monotonic()
+    c.wait_leader(among=[2, learner], timeout=30)
+    before = len(acked)
+    while len(acked) < before + 200:
+        assert time.monotonic() - t_kill < 60, f"no progress after the kills: {len(acked) - before}"
+        time.sleep(0.2)
+    stop.set()
+    t.join(90)
+    assert not errors, errors[:5]
+    for part in range(4):
+        _hw, recs = raw_read_partition(c.node(learner).bootstrap, "reconfig", part)
+        got = {o: v.decode() for o, _k, v in recs}
+        want = {o: v for (q, o), v in acked.items() if q == part}
+        assert all(got.get(o) == v for o, v in want.items()), f"partition {part}: acknowledged records missing"
+        assert set(got.values()) <= sent and len(set(got.values())) == len(got), f"partition {part}: strays or duplicates"

@@ -59,6 +59,8 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries kept behind a snapshot so a briefly lagging follower (later) can catch up from the
 /// log instead of a full snapshot transfer.
 const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 8;
+/// How far behind the leader's log a learner may be and still be promoted to voter.
+const CAUGHT_UP_SLACK: u64 = 16;
 /// Record header: u32 payload length + u32 crc32c of the payload.
 const HEADER_LEN: usize = 8;
 
@@ -559,6 +561,9 @@ impl network::Handler for MetadataRaft {
             RaftRequest::Propose(cmd) => {
                 RaftReply::Propose(self.propose_indexed(cmd).await.map_err(|e| e.to_string()))
             }
+            RaftRequest::ChangeVoters { add, remove } => {
+                RaftReply::ChangeVoters(self.change_voters(add, remove).await)
+            }
             RaftRequest::Join { node_id, addr } => {
                 RaftReply::Join(self.add_learner(node_id, addr).await)
             }
@@ -568,6 +573,93 @@ impl network::Handler for MetadataRaft {
 
 impl MetadataRaft {
     /// Adds a learner (on the leader; a follower forwards to it).
+    /// Promotes learners to voters and demotes voters to learners, on the leader (a
+    /// follower forwards). A learner is promoted only once it has caught up, so that it
+    /// counts toward a quorum only when it holds what the quorum acknowledged.
+    async fn change_voters(
+        &self,
+        add: Vec<NodeId>,
+        remove: Vec<NodeId>,
+    ) -> Result<Vec<NodeId>, String> {
+        use openraft::ChangeMembers;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            if self.inner.isolation.isolated() {
+                return Err("isolated: not forwarding the membership change".into());
+            }
+            let leader = metrics
+                .current_leader
+                .and_then(|id| {
+                    metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .cloned()
+                })
+                .filter(|n| !n.addr.is_empty())
+                .ok_or("no metadata leader elected yet")?;
+            let request = RaftRequest::ChangeVoters { add, remove };
+            return match network::call_once(&leader.addr, &request, PROPOSE_TIMEOUT).await {
+                Ok(RaftReply::ChangeVoters(result)) => result,
+                Ok(_) => Err("unexpected reply to a forwarded membership change".into()),
+                Err(e) => Err(format!("forwarding to the leader: {e}")),
+            };
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        for id in &add {
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map_or(0, |l| l.index);
+            if !metrics
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|l| l == *id)
+            {
+                return Err(format!(
+                    "node {id} is not a learner of this cluster (start it first: it joins as a learner)"
+                ));
+            }
+            if matched + CAUGHT_UP_SLACK < last {
+                return Err(format!(
+                    "node {id} has not caught up yet (it holds up to index {matched} of {last}); retry shortly"
+                ));
+            }
+        }
+        if !add.is_empty() {
+            let ids = add.iter().copied().collect();
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if !remove.is_empty() {
+            let ids = remove.iter().copied().collect();
+            // Kept as learners: a demoted broker still serves clients from its replica.
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(ids), true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let voters: Vec<NodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !add.is_empty() || !remove.is_empty() {
+            tracing::info!(?add, ?remove, ?voters, "metadata voters changed");
+        }
+        Ok(voters)
+    }
+
     async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), String> {
         match self
             .inner
@@ -1025,6 +1117,10 @@ mod tests {
             RaftRequest::Join {
                 node_id: 4,
                 addr: "learner:4".into(),
+            },
+            RaftRequest::ChangeVoters {
+                add: vec![4],
+                remove: vec![3],
             },
         ];
         for request in &requests {
