@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List, add or remove metadata voters of a running cluster. A broker to add must
     /// have joined (as a learner) and caught up; a removed voter stays a learner.
     Voters(VotersArgs),
