@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::background::compaction::{self, CompactionConfig, CompactionCounters, CompactionPolicy};
 use crate::background::stats::Gauges;
-use crate::background::{gc, orphans, stats};
+use crate::background::{gc, orphans, retention, stats};
 use crate::config::Config;
 use crate::fetch::FetchReader;
 use crate::group::{GroupConfig, GroupCoordinator};
@@ -275,6 +275,11 @@ impl Broker {
                     upload_timeout: config.upload_timeout,
                 },
                 compaction_counters.clone(),
+            )),
+            tokio::spawn(retention::run(
+                metadata.clone(),
+                config.retention_check_interval,
+                config.node_id,
             )),
             tokio::spawn(gc::run(
                 metadata.clone(),

@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// How often each broker looks for compaction work [default: 5000].
     #[arg(long, env = "STRATA_COMPACTION_INTERVAL_MS")]
     pub compaction_interval_ms: Option<u64>,
+    /// How often retention.ms and retention.bytes are applied [default: 30000].
+    #[arg(long, env = "STRATA_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
     /// Tail data older than this is rewritten into per-partition segments, however
     /// small [default: 60000].
     #[arg(long, env = "STRATA_COMPACTION_AGE_MS")]

@@ -57,6 +57,7 @@ struct FileConfig {
     rack: Option<String>,
     broker_lease_ms: Option<u64>,
     compaction_interval_ms: Option<u64>,
+    retention_check_interval_ms: Option<u64>,
     compaction_age_ms: Option<u64>,
     segment_bytes: Option<u64>,
     gc_grace_ms: Option<u64>,
@@ -106,6 +107,8 @@ pub struct Config {
     pub broker_lease: Duration,
     /// How often each broker looks for compaction work.
     pub compaction_interval: Duration,
+    /// How often the Raft leader applies `retention.ms` and `retention.bytes`.
+    pub retention_check_interval: Duration,
     /// Tail data older than this is compacted into segments however small.
     pub compaction_age: Duration,
     /// The size compacted segments grow towards.
@@ -317,6 +320,14 @@ impl Config {
             10..=3_600_000,
             "use 10 to 3600000 milliseconds",
         )?;
+        let retention_check_interval = millis(
+            "retention_check_interval_ms",
+            args.retention_check_interval_ms
+                .or(file.retention_check_interval_ms)
+                .unwrap_or(30_000),
+            10..=86_400_000,
+            "use 10 to 86400000 milliseconds",
+        )?;
         let compaction_age = millis(
             "compaction_age_ms",
             args.compaction_age_ms
@@ -429,6 +440,7 @@ impl Config {
             rack: args.rack.clone().or(file.rack),
             broker_lease: Duration::from_millis(broker_lease_ms),
             compaction_interval,
+            retention_check_interval,
             compaction_age,
             segment_bytes,
             gc_grace,

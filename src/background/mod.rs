@@ -1,7 +1,8 @@
-//! Background work: compaction of the tail into segments, garbage collection through
-//! the state machine, the orphan sweep, and the stats file.
+//! Background work: compaction of the tail into segments, time and size retention,
+//! garbage collection through the state machine, the orphan sweep, and the stats file.
 
 pub mod compaction;
 pub mod gc;
 pub mod orphans;
+pub mod retention;
 pub mod stats;

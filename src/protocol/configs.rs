@@ -130,6 +130,22 @@ impl Scope {
     }
 }
 
+/// A topic config's effective value as broker `node` sees it: the topic's own, else the
+/// dynamic broker default, else Kafka's default (what DescribeConfigs reports).
+pub fn effective_topic_config(
+    state: &crate::metadata::state::MetadataState,
+    node: u64,
+    topic: &crate::metadata::state::Topic,
+    key: &str,
+) -> Option<String> {
+    topic
+        .configs
+        .get(key)
+        .cloned()
+        .or_else(|| dynamic_topic_default(state, node, key).map(|(v, _)| v))
+        .or_else(|| Scope::Topic.default(key).map(str::to_owned))
+}
+
 /// The dynamic broker value that stands in for a topic config's default, with its source.
 fn dynamic_topic_default(
     state: &crate::metadata::state::MetadataState,

@@ -5,7 +5,7 @@ pub(crate) mod acl_ops;
 mod api_versions;
 pub mod bounds;
 mod cluster;
-mod configs;
+pub(crate) mod configs;
 mod coordinator;
 mod elect_leaders;
 mod fetch;
