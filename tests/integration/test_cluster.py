@@ -810,6 +810,19 @@ def raw_fetch_v11_replica(bootstrap: str, topic: str, partition: int, rack: str)
     return r.i32()
 
 
+def assert_serves(c: Cluster, node: int, topic: str, part: int, want: list, timeout: float = 30.0):
+    """Broker `node` alone serves exactly `want` ([(offset, value)]) for the partition,
+    within `timeout` (it may still be catching up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _hw, recs = raw_read_partition(c.node(node).bootstrap, topic, part)
+        got = [(o, v.decode()) for o, _k, v in recs]
+        if got == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got == want, f"node {node} {topic}/{part}: {len(got)} records, want {len(want)}"
+
+
 def test_wiped_voter_does_not_elect_a_lagging_voter(make_cluster):
     """Issue 10: voter 3 is cut off while 1 and 2 acknowledge records; 1 and 2 die, 1's
     disk is wiped, 3 is healed. Voter 1 comes back with an empty log: it must not vote for
@@ -843,16 +856,9 @@ def test_wiped_voter_does_not_elect_a_lagging_voter(make_cluster):
     c.node(1).wait_ready(60)
     assert c.wait_leader(timeout=30) in (1, 2)
     for node in (1, 2, 3):
-        deadline = time.monotonic() + 30
         for p in range(2):
             want = sorted((o, v) for (q, o), (_k, v) in acked.items() if q == p)
-            while True:
-                hw, recs = raw_read_partition(c.node(node).bootstrap, "wiped-voter", p)
-                got = [(o, v.decode()) for o, _k, v in recs]
-                if got == want or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert got == want, f"node {node} partition {p}: {len(got)} records, want {len(want)}"
+            assert_serves(c, node, "wiped-voter", p, want)
     # New records go after them.
     more = produce_keyed(c.bootstrap(1, 2, 3), "wiped-voter", 10, prefix="after-")
     assert all(o >= 1 + max(oo for (q, oo) in acked if q == p) for (p, o) in more)
@@ -892,14 +898,7 @@ def test_repeated_wipes_of_one_voter(make_cluster):
     for node in (1, 2, 3):
         for part in range(2):
             want = sorted((o, v) for (q, o), v in acked.items() if q == part)
-            deadline = time.monotonic() + 30
-            while True:
-                _hw, recs = raw_read_partition(c.node(node).bootstrap, "rewiped", part)
-                got = [(o, v.decode()) for o, _k, v in recs]
-                if got == want or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert got == want, f"node {node} partition {part}: {len(got)} records, want {len(want)}"
+            assert_serves(c, node, "rewiped", part, want)
     assert c.node(1).log_text().count("strata is serving") == 4
 
 

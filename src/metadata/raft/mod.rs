@@ -628,20 +628,16 @@ impl MetadataRaft {
                 ));
             }
         }
-        if !add.is_empty() {
-            let ids = add.iter().copied().collect();
+        let changes = [
+            (!add.is_empty()).then(|| ChangeMembers::AddVoterIds(add.iter().copied().collect())),
+            (!remove.is_empty())
+                .then(|| ChangeMembers::RemoveVoters(remove.iter().copied().collect())),
+        ];
+        for change in changes.into_iter().flatten() {
+            // `retain`: a demoted voter stays a learner and still serves clients.
             self.inner
                 .raft
-                .change_membership(ChangeMembers::AddVoterIds(ids), true)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if !remove.is_empty() {
-            let ids = remove.iter().copied().collect();
-            // Kept as learners: a demoted broker still serves clients from its replica.
-            self.inner
-                .raft
-                .change_membership(ChangeMembers::RemoveVoters(ids), true)
+                .change_membership(change, true)
                 .await
                 .map_err(|e| e.to_string())?;
         }
