@@ -216,17 +216,24 @@ def test_half_sent_frame_is_closed_and_its_budget_released(timeout_broker):
     stalled = kwire.connect(b.bootstrap)
     started = time.monotonic()
     stalled.sendall(struct.pack(">i", 10 * MiB) + bytes(1024))
-    time.sleep(0.2)
-    # Behind it, a small request waits for the budget the stalled frame holds...
-    waiting = kwire.connect(b.bootstrap, timeout=10)
-    waiting.sendall(kwire.request(kwire.API_API_VERSIONS, 0, 55, b""))
-    waiting.settimeout(1.0)
-    with pytest.raises(socket.timeout):
-        waiting.recv(1)
+    # Behind it, a small request waits for the budget the stalled frame holds (on a busy
+    # machine the broker may take a moment to read the stalled prefix: until then a
+    # request is answered, so try again)...
+    while True:
+        waiting = kwire.connect(b.bootstrap, timeout=10)
+        waiting.sendall(kwire.request(kwire.API_API_VERSIONS, 0, 55, b""))
+        waiting.settimeout(1.0)
+        try:
+            waiting.recv(1)
+        except socket.timeout:
+            break
+        waiting.close()
+        assert time.monotonic() - started < 1.5, "the stalled frame never held the budget"
+        time.sleep(0.05)
     # ...until the frame timeout closes the stalled connection.
-    assert is_closed_soon(stalled, timeout=5), "stalled frame still open 5 s later"
+    assert is_closed_soon(stalled, timeout=8), "stalled frame still open 8 s later"
     closed_after = time.monotonic() - started
-    assert 1.5 < closed_after < 4.0, closed_after
+    assert 1.5 < closed_after < 6.0, closed_after
     waiting.settimeout(5)
     cid, body = kwire.read_response(waiting)
     assert cid == 55 and kwire.parse_api_versions_v0(body)["error_code"] == 0
