@@ -127,7 +127,10 @@ def wait_store_matches_stats(b: Broker, timeout: float = 60.0) -> tuple[dict, di
 # ------------------------------------------------------------------ clients
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    # The records carry 2023 timestamps: kept forever, or the 7-day default retention
+    # would (rightly) drop them in the middle of a test.
+    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                                       config={"retention.ms": "-1"})])
     fs[topic].result(timeout=60)
     md = admin.list_topics(topic, timeout=30)
     assert len(md.topics[topic].partitions) == partitions

@@ -20,7 +20,11 @@ function valueOf (i) {
 async function produce () {
   const admin = kafka.admin()
   await admin.connect()
-  await admin.createTopics({ topics: [{ topic, numPartitions: partitions }], waitForLeaders: true })
+  // The records carry 2023 timestamps: keep them (the default retention is 7 days).
+  await admin.createTopics({
+    topics: [{ topic, numPartitions: partitions, configEntries: [{ name: 'retention.ms', value: '-1' }] }],
+    waitForLeaders: true
+  })
   await admin.disconnect()
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 })
   await producer.connect()
