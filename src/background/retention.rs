@@ -11,12 +11,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tracing::{info, warn};
 
 use crate::metadata::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, Response};
 use crate::metadata::Metadata;
 use crate::protocol::configs::effective_topic_config;
+
+/// Retention proposals in flight at once.
+const PROPOSALS_IN_FLIGHT: usize = 32;
 
 /// A partition's limits; `None` keeps everything on that count (`-1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,22 +110,32 @@ pub async fn run(metadata: Arc<Metadata>, interval: Duration, node: u64) {
         if moves.is_empty() {
             continue;
         }
+        // Several in flight, so that they share Raft rounds and shipped chunks.
+        let results: Vec<_> = futures::stream::iter(moves)
+            .map(|(topic, partition, offset, dropped)| {
+                let metadata = &metadata;
+                async move {
+                    let cmd = Command::DeleteRecords {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                    };
+                    (topic, partition, dropped, metadata.propose(cmd).await)
+                }
+            })
+            .buffer_unordered(PROPOSALS_IN_FLIGHT)
+            .collect()
+            .await;
         let (mut partitions, mut bytes) = (0usize, 0u64);
-        for (topic, partition, offset, dropped) in moves {
-            let cmd = Command::DeleteRecords {
-                topic: topic.clone(),
-                partition,
-                offset,
-            };
-            match metadata.propose(cmd).await {
+        for (topic, partition, dropped, result) in results {
+            match result {
                 Ok(Response::LogStart(Ok(_))) => {
                     partitions += 1;
                     bytes += dropped;
                 }
                 Ok(other) => warn!(%topic, partition, ?other, "retention: log start not moved"),
                 Err(e) => {
-                    warn!(error = %e, "retention pass interrupted; will retry");
-                    break;
+                    warn!(%topic, partition, error = %e, "retention: proposal failed; next pass retries")
                 }
             }
         }

@@ -112,6 +112,9 @@ pub async fn ship_metadata(
     let mut last_snapshot = tokio::time::Instant::now();
     let mut failures = 0u32;
     let mut applied_rx = metadata.subscribe();
+    // Clean-up runs beside the shipping (one at a time): a minute of chunks can be
+    // thousands of DELETEs, and acknowledgements wait on this loop.
+    let mut cleanup: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if !metadata.is_leader() {
             if shipped.take().is_some() {
@@ -148,8 +151,15 @@ pub async fn ship_metadata(
                     shipped = Some(shipped.unwrap_or(0).max(done.applied));
                     metadata.mark_shipped(done.applied);
                     record(&gauges, done);
-                    if let Err(e) = delete_covered(&storage, done.generation, done.applied).await {
-                        warn!(error = %e, "deleting shipped metadata covered by the new snapshot failed");
+                    if cleanup.as_ref().is_none_or(|c| c.is_finished()) {
+                        let storage = storage.clone();
+                        cleanup = Some(tokio::spawn(async move {
+                            if let Err(e) =
+                                delete_covered(&storage, done.generation, done.applied).await
+                            {
+                                warn!(error = %e, "deleting shipped metadata covered by the new snapshot failed");
+                            }
+                        }));
                     }
                 }
                 Err(e) => {

@@ -227,7 +227,7 @@ mod tests {
 
     impl ConnectionLimits {
         fn open_from(&self, ip: IpAddr) -> usize {
-            let counts = self.counts.lock().unwrap();
+            let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
             counts.per_ip.get(&ip).copied().unwrap_or(0)
         }
     }

@@ -851,16 +851,19 @@ mod tests {
         })
     }
 
+    /// A node in `dir` that applied 12 entries and stopped: its state and its log file.
+    async fn stopped_after_12(dir: &Path) -> anyhow::Result<(serde_json::Value, PathBuf)> {
+        let r = MetadataRaft::start(1, dir, 1000).await?;
+        propose_range(&r, 0..12).await?;
+        let state = snapshot_of(&r);
+        r.shutdown().await?;
+        Ok((state, dir.join(LOG_FILE)))
+    }
+
     #[tokio::test]
     async fn torn_tail_is_discarded() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
-        propose_range(&r, 0..12).await?;
-        let before = snapshot_of(&r);
-        r.shutdown().await?;
-        drop(r);
-
-        let log_path = dir.path().join(LOG_FILE);
+        let (before, log_path) = stopped_after_12(dir.path()).await?;
         let clean_len = fs::metadata(&log_path)?.len();
         // A half-written record: plausible header, truncated payload.
         let mut torn = Vec::new();
@@ -890,12 +893,7 @@ mod tests {
     async fn damage_in_the_middle_refuses_to_start_and_zeros_are_a_torn_tail() -> anyhow::Result<()>
     {
         let dir = tempfile::tempdir()?;
-        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
-        propose_range(&r, 0..12).await?;
-        let before = snapshot_of(&r);
-        r.shutdown().await?;
-        drop(r);
-        let log_path = dir.path().join(LOG_FILE);
+        let (before, log_path) = stopped_after_12(dir.path()).await?;
         let clean = fs::read(&log_path)?;
 
         // A zero-filled tail (the file grew, its data never reached the disk) is cut.
