@@ -35,12 +35,17 @@ const DEFAULT_CONFIG: i8 = 5;
 pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[
     ("cleanup.policy", "delete"),
     ("compression.type", "producer"),
+    ("delete.retention.ms", "86400000"),
+    ("max.compaction.lag.ms", "9223372036854775807"),
     ("max.message.bytes", "1048588"),
     ("message.timestamp.type", "CreateTime"),
+    ("min.cleanable.dirty.ratio", "0.5"),
+    ("min.compaction.lag.ms", "0"),
     ("min.insync.replicas", "1"),
     ("retention.bytes", "-1"),
     ("retention.ms", "604800000"),
     ("segment.bytes", "1073741824"),
+    ("segment.ms", "604800000"),
 ];
 
 /// Broker configs that can change at run time (AlterConfigs on a BROKER resource), with
@@ -48,6 +53,30 @@ pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[
 /// `num.partitions` sets the partition count of auto-created topics and `message.max.bytes`
 /// the default `max.message.bytes`; the others are stored and described.
 const DYNAMIC_BROKER_CONFIGS: &[(&str, Kind, &str, Option<&str>)] = &[
+    (
+        "log.cleaner.delete.retention.ms",
+        Kind::Long { min: 0 },
+        "86400000",
+        Some("delete.retention.ms"),
+    ),
+    (
+        "log.cleaner.max.compaction.lag.ms",
+        Kind::Long { min: 1 },
+        "9223372036854775807",
+        Some("max.compaction.lag.ms"),
+    ),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        Kind::Double,
+        "0.5",
+        Some("min.cleanable.dirty.ratio"),
+    ),
+    (
+        "log.cleaner.min.compaction.lag.ms",
+        Kind::Long { min: 0 },
+        "0",
+        Some("min.compaction.lag.ms"),
+    ),
     (
         "log.cleanup.policy",
         Kind::List(&["compact", "delete"]),
@@ -65,6 +94,12 @@ const DYNAMIC_BROKER_CONFIGS: &[(&str, Kind, &str, Option<&str>)] = &[
         Kind::Long { min: -1 },
         "604800000",
         Some("retention.ms"),
+    ),
+    (
+        "log.roll.ms",
+        Kind::Long { min: 1 },
+        "604800000",
+        Some("segment.ms"),
     ),
     (
         "log.segment.bytes",
