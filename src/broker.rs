@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::background::cleaner::{self, CleanerConfig, CleanerCounters};
 use crate::background::compaction::{self, CompactionConfig, CompactionCounters, CompactionPolicy};
 use crate::background::stats::Gauges;
 use crate::background::{gc, orphans, retention, stats};
@@ -255,6 +256,7 @@ impl Broker {
             cache.clone(),
         ));
         let compaction_counters = Arc::new(CompactionCounters::default());
+        let cleaner_counters = Arc::new(CleanerCounters::default());
         let chores = vec![
             tokio::spawn(orphans::collect_orphans(
                 metadata.clone(),
@@ -276,6 +278,18 @@ impl Broker {
                 },
                 compaction_counters.clone(),
             )),
+            tokio::spawn(cleaner::run(
+                metadata.clone(),
+                storage.clone(),
+                fetcher.clone(),
+                CleanerConfig {
+                    interval: config.compaction_interval,
+                    node_id: config.node_id,
+                    output_bytes: config.segment_bytes,
+                    upload_timeout: config.upload_timeout,
+                },
+                cleaner_counters.clone(),
+            )),
             tokio::spawn(retention::run(
                 metadata.clone(),
                 config.retention_check_interval,
@@ -292,6 +306,7 @@ impl Broker {
                 metadata.clone(),
                 storage.clone(),
                 compaction_counters,
+                cleaner_counters,
                 gauges.clone(),
             )),
         ];
@@ -603,7 +618,17 @@ impl Broker {
         })
     }
 
-    /// The topic's `max.message.bytes`, or Kafka's default (1 MiB plus batch overhead).
+    /// Whether the topic's effective `cleanup.policy` includes `compact`.
+    pub fn is_compacted(&self, topic: &str) -> bool {
+        let node = self.config.node_id;
+        self.metadata.read(|s| {
+            s.topic(topic).is_some_and(|t| {
+                crate::protocol::configs::effective_topic_config(s, node, t, "cleanup.policy")
+                    .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"))
+            })
+        })
+    }
+
     /// The largest record batch a topic accepts: its `max.message.bytes`, else the
     /// dynamic broker config `message.max.bytes`, else Kafka's default.
     pub fn max_message_bytes(&self, topic: &str) -> usize {

@@ -27,7 +27,7 @@ use crate::metadata::state::{
     Command, CompactionSwap, IndexEntry, MetadataState, ObjectKind, Response, StateError,
 };
 use crate::metadata::Metadata;
-use crate::produce::batch::{batch_max_timestamp, stored_batches};
+use crate::produce::batch::batch_max_timestamp;
 use crate::storage::segment::CompactedBuilder;
 use crate::storage::ObjectStorage;
 
@@ -243,6 +243,8 @@ pub enum CompactionError {
     Upload(#[from] crate::storage::StorageError),
     #[error("proposing the swap: {0}")]
     Propose(#[from] crate::metadata::MetadataError),
+    #[error("the input changed meanwhile")]
+    Refused,
 }
 
 fn failpoint(name: &str) -> bool {
@@ -275,13 +277,28 @@ async fn compact(
         counters
             .bytes_read
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let piece = Piece {
+            offsets_in_headers: planned.kind != ObjectKind::Flush,
+            ..Piece::chunk(planned)
+        };
         let mut next = planned.entry.base_offset;
-        for batch in stored_batches(&data) {
+        for (batch, base) in piece.batches(&data) {
+            if base < next {
+                return Err(CompactionError::Mismatch {
+                    object: planned.object.clone(),
+                    found: base - planned.entry.base_offset,
+                    expected: next - planned.entry.base_offset,
+                });
+            }
             let bytes = &data[batch.start..batch.start + batch.len];
-            builder.push_batch(bytes, next, batch.offset_span, batch_max_timestamp(bytes));
-            next += i64::from(batch.offset_span);
+            builder.push_batch(bytes, base, batch.offset_span, batch_max_timestamp(bytes));
+            next = base + i64::from(batch.offset_span);
         }
-        if next != planned.entry.end_offset() {
+        // A flush chunk spans its entry exactly; a segment's batches end at or before the
+        // entry's end (the log cleaner may have emptied its last offsets).
+        let exact = planned.kind == ObjectKind::Flush;
+        let end = planned.entry.end_offset();
+        if (exact && next != end) || next > end {
             return Err(CompactionError::Mismatch {
                 object: planned.object.clone(),
                 found: next - planned.entry.base_offset,
@@ -358,22 +375,17 @@ async fn compact(
 
 /// An entry's bytes: a flush chunk through the cache (the uploader wrote it there), a
 /// segment's data with one ranged read.
-async fn read_entry(
+pub(crate) async fn read_entry(
     storage: &ObjectStorage,
     fetcher: &FetchReader,
     planned: &PlannedEntry,
 ) -> Result<Bytes, CompactionError> {
     let range = planned.entry.position..planned.entry.position + planned.entry.length;
     match planned.kind {
-        ObjectKind::Flush => Ok(fetcher
-            .load(&Piece {
-                object: planned.object.clone(),
-                position: range.start,
-                length: planned.entry.length,
-                base_offset: planned.entry.base_offset,
-            })
-            .await?),
-        ObjectKind::Segment => Ok(storage.get_range(&planned.object, range).await?),
+        ObjectKind::Flush => Ok(fetcher.load(&Piece::chunk(planned)).await?),
+        ObjectKind::Segment | ObjectKind::Cleaned => {
+            Ok(storage.get_range(&planned.object, range).await?)
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cleaner::CleanerCounters;
 use super::compaction::CompactionCounters;
 use crate::metadata::state::StateStats;
 use crate::metadata::Metadata;
@@ -48,6 +49,12 @@ struct Stats<'a> {
     compaction_failed: u64,
     compaction_bytes_read: u64,
     compaction_bytes_written: u64,
+    cleaner_passes: u64,
+    cleaner_refused: u64,
+    cleaner_failed: u64,
+    cleaner_bytes_read: u64,
+    cleaner_bytes_written: u64,
+    cleaner_batches_rewritten: u64,
     gc_deleted: u64,
     open_connections: u64,
     inflight_request_bytes: u64,
@@ -72,6 +79,7 @@ pub async fn run(
     metadata: Arc<Metadata>,
     storage: ObjectStorage,
     compaction: Arc<CompactionCounters>,
+    cleaner: Arc<CleanerCounters>,
     gauges: Arc<Gauges>,
 ) {
     let mut round = 0u32;
@@ -109,6 +117,12 @@ pub async fn run(
             compaction_failed: compaction.failed.load(load),
             compaction_bytes_read: compaction.bytes_read.load(load),
             compaction_bytes_written: compaction.bytes_written.load(load),
+            cleaner_passes: cleaner.passes.load(load),
+            cleaner_refused: cleaner.refused.load(load),
+            cleaner_failed: cleaner.failed.load(load),
+            cleaner_bytes_read: cleaner.bytes_read.load(load),
+            cleaner_bytes_written: cleaner.bytes_written.load(load),
+            cleaner_batches_rewritten: cleaner.batches_rewritten.load(load),
             gc_deleted: gauges.gc_deleted.load(load),
             open_connections: gauges.open_connections.load(load),
             inflight_request_bytes: gauges.inflight_request_bytes.load(load),

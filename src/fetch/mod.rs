@@ -10,9 +10,10 @@ use bytes::{Bytes, BytesMut};
 use crate::metadata::state::{IndexEntry, MetadataState, ObjectKind};
 use crate::metadata::Metadata;
 use crate::produce::batch::{
-    batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,
+    batch_base_offset, batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,
+    StoredBatch,
 };
-use crate::storage::segment::{decode_tail, CompactedFooter, Footer};
+use crate::storage::segment::{decode_tail, CompactedFooter, Footer, Frame};
 use crate::storage::{BlockCache, ObjectStorage};
 
 /// Index entries looked at per partition per fetch; each is at least one batch.
@@ -75,7 +76,63 @@ pub struct Piece {
     pub length: u64,
     /// The offset of its first batch.
     pub base_offset: i64,
+    /// The offset after the last one it covers (its batches may end before: gaps).
+    pub end_offset: i64,
+    /// Whether its batch headers carry their offsets (a segment's do: they were written
+    /// at compaction, and the log cleaner leaves gaps between them); a flush chunk's
+    /// batches are numbered densely from `base_offset`.
+    pub offsets_in_headers: bool,
 }
+
+impl Piece {
+    /// A flush chunk as one piece.
+    pub fn chunk(planned: &PlannedEntry) -> Self {
+        Self {
+            object: planned.object.clone(),
+            position: planned.entry.position,
+            length: planned.entry.length,
+            base_offset: planned.entry.base_offset,
+            end_offset: planned.entry.end_offset(),
+            offsets_in_headers: false,
+        }
+    }
+
+    /// One frame of a segment entry.
+    fn frame(planned: &PlannedEntry, footer: &CompactedFooter, frame: &Frame) -> Self {
+        Self {
+            object: planned.object.clone(),
+            position: frame.position,
+            length: frame.length,
+            base_offset: frame.base_offset,
+            end_offset: footer
+                .frame_end(frame)
+                .min(planned.entry.end_offset())
+                .max(frame.base_offset),
+            offsets_in_headers: true,
+        }
+    }
+
+    /// The batches of this piece's bytes, each with its first offset.
+    pub fn batches(&self, bytes: &[u8]) -> Vec<(StoredBatch, i64)> {
+        let mut next = self.base_offset;
+        stored_batches(bytes)
+            .into_iter()
+            .map(|batch| {
+                let base = if self.offsets_in_headers {
+                    batch_base_offset(&bytes[batch.start..])
+                } else {
+                    next
+                };
+                next = base + i64::from(batch.offset_span);
+                (batch, base)
+            })
+            .collect()
+    }
+}
+
+/// Fetch rounds a read may take past pieces that hold nothing at or after its offset (a
+/// stretch the log cleaner emptied), before answering with no records.
+const EMPTY_ROUNDS: usize = 8;
 
 pub struct FetchReader {
     metadata: Arc<Metadata>,
@@ -146,29 +203,46 @@ impl FetchReader {
                 log_start_offset,
             });
         }
-        let pieces = self.pieces(&entries, offset, plan_bytes).await?;
+        let mut pieces = self.pieces(&entries, offset, plan_bytes).await?;
         let missed = pieces
             .first()
             .is_some_and(|p| !self.cache.contains(&p.object, p.position));
         let mut out = BytesMut::new();
         let mut read_up_to = offset;
-        'pieces: for piece in &pieces {
-            let bytes = self.load(piece).await?;
-            let mut next = piece.base_offset;
-            for batch in stored_batches(&bytes) {
-                let end = next + i64::from(batch.offset_span);
-                if end > offset {
-                    if (!out.is_empty() || !min_one) && out.len() + batch.len > max_bytes {
-                        break 'pieces;
+        let mut full = false;
+        for round in 0.. {
+            'pieces: for piece in &pieces {
+                let bytes = self.load(piece).await?;
+                for (batch, base) in piece.batches(&bytes) {
+                    let end = base + i64::from(batch.offset_span);
+                    if end > offset {
+                        if (!out.is_empty() || !min_one) && out.len() + batch.len > max_bytes {
+                            full = true;
+                            break 'pieces;
+                        }
+                        let at = out.len();
+                        out.extend_from_slice(&bytes[batch.start..batch.start + batch.len]);
+                        set_base_offset(&mut out[at..], base);
+                        read_up_to = end;
                     }
-                    let at = out.len();
-                    out.extend_from_slice(&bytes[batch.start..batch.start + batch.len]);
-                    set_base_offset(&mut out[at..], next);
-                    read_up_to = end;
                 }
-                next = end;
+                if out.len() >= max_bytes {
+                    break;
+                }
             }
-            if out.len() >= max_bytes {
+            // Cleaned segments have gaps: a read that found nothing yet goes on past the
+            // pieces it was planned with, or a consumer at a gap would wait forever.
+            let covered = pieces.last().map_or(offset, |p| p.end_offset);
+            if full || !out.is_empty() || covered >= high_watermark || round >= EMPTY_ROUNDS {
+                break;
+            }
+            let Some((entries, _, _)) =
+                self.plan(topic, partition, covered, plan_bytes, MAX_ENTRIES_PER_READ)
+            else {
+                break;
+            };
+            pieces = self.pieces(&entries, covered, plan_bytes).await?;
+            if pieces.is_empty() {
                 break;
             }
         }
@@ -198,26 +272,16 @@ impl FetchReader {
             match planned.kind {
                 ObjectKind::Flush => {
                     bytes += planned.entry.length;
-                    pieces.push(Piece {
-                        object: planned.object.clone(),
-                        position: planned.entry.position,
-                        length: planned.entry.length,
-                        base_offset: planned.entry.base_offset,
-                    });
+                    pieces.push(Piece::chunk(planned));
                 }
-                ObjectKind::Segment => {
+                ObjectKind::Segment | ObjectKind::Cleaned => {
                     let footer = self.footer(planned).await?;
                     for frame in footer.frames_from(offset.max(planned.entry.base_offset)) {
                         if !pieces.is_empty() && bytes >= max_bytes as u64 {
                             break;
                         }
                         bytes += frame.length;
-                        pieces.push(Piece {
-                            object: planned.object.clone(),
-                            position: frame.position,
-                            length: frame.length,
-                            base_offset: frame.base_offset,
-                        });
+                        pieces.push(Piece::frame(planned, &footer, frame));
                     }
                 }
             }
@@ -249,13 +313,8 @@ impl FetchReader {
             return Ok(None);
         };
         let piece = match planned.kind {
-            ObjectKind::Flush => Piece {
-                object: planned.object.clone(),
-                position: planned.entry.position,
-                length: planned.entry.length,
-                base_offset: planned.entry.base_offset,
-            },
-            ObjectKind::Segment => {
+            ObjectKind::Flush => Piece::chunk(&planned),
+            ObjectKind::Segment | ObjectKind::Cleaned => {
                 let footer = self.footer(&planned).await?;
                 let Some(frame) = footer.frame_for_timestamp(timestamp) else {
                     return Ok(Some((
@@ -263,17 +322,11 @@ impl FetchReader {
                         planned.entry.base_offset,
                     )));
                 };
-                Piece {
-                    object: planned.object.clone(),
-                    position: frame.position,
-                    length: frame.length,
-                    base_offset: frame.base_offset,
-                }
+                Piece::frame(&planned, &footer, frame)
             }
         };
         let bytes = self.load(&piece).await?;
-        let mut base = piece.base_offset;
-        for batch in stored_batches(&bytes) {
+        for (batch, base) in piece.batches(&bytes) {
             let batch_bytes = &bytes[batch.start..batch.start + batch.len];
             match record_timestamps(batch_bytes) {
                 Some(records) => {
@@ -289,7 +342,6 @@ impl FetchReader {
                     }
                 }
             }
-            base += i64::from(batch.offset_span);
         }
         // The index said this piece reaches the timestamp; fall back to its start.
         Ok(Some((planned.entry.max_timestamp, piece.base_offset)))

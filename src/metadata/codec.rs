@@ -16,13 +16,14 @@ use serde::Serialize;
 
 /// Format 1 was JSON with no header; 2 is this header + postcard; 3 adds enum variants
 /// at the end (`Command::CommitGroupOffsets`, `ClusterCommand::ExpireSilent`,
-/// `StateError::NotCoordinator`) and changes nothing else.
-pub const FORMAT_VERSION: u16 = 3;
+/// `StateError::NotCoordinator`) and changes nothing else; 4 appends `Command::Clean` and
+/// `ObjectKind::Cleaned` (the log cleaner) in the same way.
+pub const FORMAT_VERSION: u16 = 4;
 /// The oldest format this build decodes as the current one. postcard writes an enum
-/// variant as its index, so a format 2 blob, which cannot hold the variants format 3
-/// appended, decodes unchanged with format 3's types: old logs, snapshots and frames
-/// are read as they are (and rewritten as format 3 when next written). A format 2 build
-/// refuses format 3 blobs as newer, so the brokers of one cluster must all run format 3
+/// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
+/// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
+/// are read as they are (and rewritten in the current format when next written). An older
+/// build refuses newer blobs, so the brokers of one cluster must all run the new format
 /// before any of them writes a new variant.
 pub const OLDEST_READABLE: u16 = 2;
 /// Magic + version.
@@ -219,11 +220,11 @@ mod tests {
     #[test]
     fn newer_version_is_refused() -> Result<(), CodecError> {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
-        bytes[4..6].copy_from_slice(&4u16.to_le_bytes());
+        bytes[4..6].copy_from_slice(&5u16.to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 4, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 5, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 4, this build reads up to 3)"
+                "metadata snapshot written by a newer Strata (format 5, this build reads up to 4)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

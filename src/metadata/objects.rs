@@ -21,6 +21,9 @@ pub enum ObjectKind {
     /// A compacted, single-partition segment with a sparse offset and timestamp index
     /// in its footer.
     Segment,
+    /// A segment written by the log cleaner (format 4): like `Segment`, but it holds only
+    /// the latest record of each key, so its offsets have gaps.
+    Cleaned,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

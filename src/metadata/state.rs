@@ -117,6 +117,10 @@ pub enum Command {
         coordinator: u64,
         epoch: i32,
     },
+    /// The log cleaner rewrote a run of a compacted topic's index entries, keeping the
+    /// latest record of each key (format 4): swapped in as [`Command::Compact`] is, but
+    /// the new object is a [`ObjectKind::Cleaned`] segment.
+    Clean(CompactionSwap),
 }
 
 /// One uploaded segment object and its chunks.
@@ -409,7 +413,8 @@ impl MetadataState {
                     .map(|_| ())
                     .ok_or(StateError::GroupIdNotFound),
             ),
-            Command::Compact(swap) => Response::Compacted(self.compact(swap)),
+            Command::Compact(swap) => Response::Compacted(self.compact(swap, ObjectKind::Segment)),
+            Command::Clean(swap) => Response::Compacted(self.compact(swap, ObjectKind::Cleaned)),
             Command::ForgetObjects { ids } => {
                 self.objects.forget(ids);
                 Response::Empty
@@ -669,7 +674,7 @@ impl MetadataState {
         results
     }
 
-    fn compact(&mut self, swap: &CompactionSwap) -> Result<ObjectId, StateError> {
+    fn compact(&mut self, swap: &CompactionSwap, kind: ObjectKind) -> Result<ObjectId, StateError> {
         let topic = self
             .topics
             .get(&swap.topic)
@@ -684,12 +689,7 @@ impl MetadataState {
             .ok_or(StateError::StaleCompaction)?;
         let id = self
             .objects
-            .add(
-                &swap.object,
-                swap.object_size,
-                ObjectKind::Segment,
-                swap.now_ms,
-            )
+            .add(&swap.object, swap.object_size, kind, swap.now_ms)
             .ok_or(StateError::StaleCompaction)?;
         self.objects.acquire(id);
         let Some(p) = self.partition_mut(&swap.topic, swap.partition) else {
@@ -923,7 +923,7 @@ impl MetadataState {
             stats.objects += 1;
             match info.kind {
                 ObjectKind::Flush => stats.flush_objects += 1,
-                ObjectKind::Segment => stats.segment_objects += 1,
+                ObjectKind::Segment | ObjectKind::Cleaned => stats.segment_objects += 1,
             }
         }
         stats
@@ -940,7 +940,7 @@ fn command_time(cmd: &Command) -> Option<i64> {
         Command::CreateTopic { now_ms, .. } | Command::CommitSegments { now_ms, .. } => {
             Some(*now_ms)
         }
-        Command::Compact(swap) => Some(swap.now_ms),
+        Command::Compact(swap) | Command::Clean(swap) => Some(swap.now_ms),
         Command::Cluster(
             ClusterCommand::Register { now_ms, .. }
             | ClusterCommand::Heartbeat { now_ms, .. }

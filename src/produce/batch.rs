@@ -242,6 +242,14 @@ pub fn batch_max_timestamp(batch: &[u8]) -> i64 {
     be_i64(batch, MAX_TIMESTAMP)
 }
 
+/// The base offset in a batch header (a stored segment's batches carry their own).
+pub fn batch_base_offset(batch: &[u8]) -> i64 {
+    if batch.len() < HEADER_LEN {
+        return -1;
+    }
+    be_i64(batch, BASE_OFFSET)
+}
+
 /// Writes the assigned base offset into a batch header; the field lies outside the CRC.
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());

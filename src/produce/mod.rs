@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod buffer;
+pub mod records;
 
 pub use batch::{BatchError, ValidatedBatches};
 pub use buffer::{ProduceError, WriteBuffer};

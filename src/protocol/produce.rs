@@ -21,6 +21,7 @@ use crate::broker::{Broker, TopicLookup};
 use crate::metadata::state::StateError;
 use crate::produce::batch::{self, BatchError};
 use crate::produce::buffer::Committed;
+use crate::produce::records;
 use crate::produce::ProduceError;
 
 type PartitionError = (ResponseError, String);
@@ -198,6 +199,9 @@ async fn enqueue_partition(
             "batch exceeds max.message.bytes".into(),
         ));
     }
+    if broker.is_compacted(topic) {
+        check_keys(&batches, topic, partition)?;
+    }
     // The broker's clock (this proposer's), never the state machine's.
     let append_time = broker.log_append_time(topic).then(super::now_ms);
     if let Some(now) = append_time {
@@ -209,6 +213,31 @@ async fn enqueue_partition(
         .await
         .map(|committed| (committed, append_time))
         .map_err(produce_error)
+}
+
+/// Kafka's rule for compacted topics: every record has a key (the batches are opened for
+/// this, within `records::MAX_INFLATED_BYTES`).
+fn check_keys(
+    batches: &batch::ValidatedBatches,
+    topic: &str,
+    partition: i32,
+) -> Result<(), PartitionError> {
+    for b in &batches.batches {
+        let mut keyless = false;
+        records::for_each_record(b, |r| keyless |= r.key.is_none()).map_err(|e| {
+            debug!(topic, partition, error = %e, "rejected produce to a compacted topic");
+            (ResponseError::CorruptMessage, e.to_string())
+        })?;
+        if keyless {
+            return Err((
+                ResponseError::InvalidRecord,
+                format!(
+                    "Compacted topic cannot accept message without key in topic partition {topic}-{partition}."
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Record batch header positions used to stamp LogAppendTime.

@@ -263,6 +263,12 @@ impl CompactedBuilder {
         self.footer.end_offset
     }
 
+    /// Makes the segment cover offsets up to `end` even where its last batches end
+    /// before (the log cleaner emptied them): the footer then agrees with the index.
+    pub fn extend_to(&mut self, end: i64) {
+        self.footer.end_offset = self.footer.end_offset.max(end);
+    }
+
     /// The object, and where its data lies in it (position, length).
     pub fn finish(self) -> (Bytes, u64, u64) {
         let length = self.data_len();

@@ -1,0 +1,703 @@
+//! Log compaction (`cleanup.policy=compact`): each broker cleans the compacted partitions
+//! it is preferred for, keeping the latest record of every key, as Kafka's log cleaner
+//! does.
+//!
+//! A partition's index is `[clean][dirty][active]`: cleaned segments (written by an
+//! earlier pass), then everything written since, then the newest data, which is not
+//! cleanable yet. The active part follows Kafka's segment roll: the index is cut into
+//! segments of at most `segment.bytes` and `segment.ms`, and the last of them is active,
+//! as is data younger than `min.compaction.lag.ms` and the unsegmented tail (flush chunks
+//! that object compaction has not rewritten yet). A pass runs when the dirty part is at
+//! least `min.cleanable.dirty.ratio` of the cleanable bytes, when its oldest data passed
+//! `max.compaction.lag.ms`, or when kept tombstones reached their delete horizon.
+//!
+//! A pass maps every key of the dirty part to its latest offset (capped in memory; a
+//! larger dirty part is cleaned in several passes), then rewrites the clean and mapped
+//! dirty entries into new segments of about the object compaction's size, leaving out
+//! each record whose key has a later record, keyless records, and tombstones whose batch's
+//! delete horizon (KIP-534, stamped on the first pass that kept them) has passed. Offsets
+//! never change. Each output replaces exactly the entries it was made from with one
+//! [`Command::Clean`], which the state machine refuses if they changed meanwhile (a
+//! retention pass, a DeleteRecords, a topic deleted); the output is then deleted.
+//!
+//! Which partitions to clean, and what, is decided by [`plan`], a pure function of the
+//! state, the topics' settings and a time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn, Instrument};
+
+use crate::fetch::{FetchReader, Piece, PlannedEntry};
+use crate::metadata::partition::Partition;
+use crate::metadata::state::{
+    Command, CompactionSwap, MetadataState, ObjectKind, Response, StateError,
+};
+use crate::metadata::Metadata;
+use crate::produce::batch::batch_max_timestamp;
+use crate::produce::records::{batch_info, for_each_record, rewrite, RecordView, Rewritten};
+use crate::protocol::configs::effective_topic_config;
+use crate::storage::segment::CompactedBuilder;
+use crate::storage::ObjectStorage;
+
+use super::compaction::{read_entry, CompactionError, COMPACTED_PREFIX};
+
+/// The memory one pass's key map may take (key bytes plus a per-key overhead), as Kafka's
+/// `log.cleaner.dedupe.buffer.size`: a dirty part with more keys is cleaned over passes.
+const MAP_BYTES: usize = 64 << 20;
+/// What one key costs in the map besides its bytes.
+const MAP_ENTRY_OVERHEAD: usize = 64;
+
+/// A compacted topic's settings, as effective for one broker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub segment_ms: i64,
+    pub segment_bytes: u64,
+    pub min_lag_ms: i64,
+    pub max_lag_ms: i64,
+    pub min_dirty_ratio: f64,
+    pub delete_retention_ms: i64,
+}
+
+impl Settings {
+    /// The settings of a topic whose `cleanup.policy` includes `compact`; None otherwise.
+    pub fn from_lookup(value: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let policy = value("cleanup.policy").unwrap_or_default();
+        if !policy.split(',').any(|p| p.trim() == "compact") {
+            return None;
+        }
+        let long = |key: &str, default: i64| {
+            value(key)
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(default)
+        };
+        Some(Self {
+            segment_ms: long("segment.ms", 604_800_000).max(1),
+            segment_bytes: long("segment.bytes", 1 << 30).max(1) as u64,
+            min_lag_ms: long("min.compaction.lag.ms", 0).max(0),
+            max_lag_ms: long("max.compaction.lag.ms", i64::MAX).max(1),
+            min_dirty_ratio: value("min.cleanable.dirty.ratio")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|r| r.is_finite())
+                .unwrap_or(0.5),
+            delete_retention_ms: long("delete.retention.ms", 86_400_000).max(0),
+        })
+    }
+}
+
+/// One partition's pass: the entries to rewrite (from the log start to the end of the
+/// cleanable part), of which those from `first_dirty` on are mapped.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub topic: String,
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub log_start: i64,
+    pub entries: Vec<PlannedEntry>,
+    pub first_dirty: usize,
+    pub settings: Settings,
+}
+
+/// Why a partition is cleaned now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    DirtyRatio,
+    MaxLag,
+    DeleteHorizon,
+}
+
+/// The cleanable run of `p`: `(start, first dirty, end)` as index positions, or None.
+/// `horizon_due` says kept tombstones may be removable now (a pass with nothing dirty).
+pub fn cleanable(
+    p: &Partition,
+    kind: impl Fn(usize) -> Option<ObjectKind>,
+    settings: &Settings,
+    now_ms: i64,
+    horizon_due: bool,
+) -> Option<(usize, usize, usize, Reason)> {
+    let index = &p.index;
+    let start = index.partition_point(|e| e.end_offset() <= p.log_start_offset);
+    // Kafka's segment roll, replayed over the index: the last segment is the active one.
+    // `max.compaction.lag.ms` rolls too, so that old data does not wait for segment.ms.
+    let roll_ms = settings.segment_ms.min(settings.max_lag_ms);
+    let mut active = start;
+    let mut bytes = 0u64;
+    for i in start..index.len() {
+        let e = &index[i];
+        let too_big = bytes > 0 && bytes + e.length > settings.segment_bytes;
+        let too_old = e.max_timestamp.saturating_sub(index[active].max_timestamp) >= roll_ms;
+        if i > active && (too_big || too_old) {
+            active = i;
+            bytes = 0;
+        }
+        bytes += e.length;
+    }
+    let mut end = active;
+    // Not rewritten into a segment yet: object compaction's, not ours.
+    if let Some(flush) = (start..end).find(|&i| kind(i) == Some(ObjectKind::Flush)) {
+        end = flush;
+    }
+    // Records younger than the minimum lag stay as written.
+    let young =
+        index.partition_point(|e| e.max_timestamp <= now_ms.saturating_sub(settings.min_lag_ms));
+    end = end.min(young.max(start));
+    if end <= start {
+        return None;
+    }
+    let first_dirty = (start..end)
+        .find(|&i| kind(i) != Some(ObjectKind::Cleaned))
+        .unwrap_or(end);
+    let clean: u64 = index[start..first_dirty].iter().map(|e| e.length).sum();
+    let dirty: u64 = index[first_dirty..end].iter().map(|e| e.length).sum();
+    let reason = if first_dirty < end {
+        let ratio = dirty as f64 / (clean + dirty).max(1) as f64;
+        let oldest = index[first_dirty].max_timestamp;
+        if ratio >= settings.min_dirty_ratio {
+            Some(Reason::DirtyRatio)
+        } else if now_ms.saturating_sub(oldest) >= settings.max_lag_ms {
+            Some(Reason::MaxLag)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let reason = reason.or(horizon_due.then_some(Reason::DeleteHorizon))?;
+    Some((start, first_dirty, end, reason))
+}
+
+/// The passes broker `owner` runs at `now_ms`, for the compacted partitions it is
+/// preferred for. `horizon_due` says, for a partition, whether tombstones it kept may
+/// have reached their delete horizon.
+pub fn plan(
+    state: &MetadataState,
+    owner: u64,
+    now_ms: i64,
+    mut horizon_due: impl FnMut(&str, i32, &Settings) -> bool,
+) -> Vec<(Job, Reason)> {
+    let mut jobs = Vec::new();
+    for (name, topic) in state.topics() {
+        let Some(settings) =
+            Settings::from_lookup(|key| effective_topic_config(state, owner, topic, key))
+        else {
+            continue;
+        };
+        for (i, p) in topic.partitions.iter().enumerate() {
+            let index = i as i32;
+            if state.preferred_broker(name, index) != Some(owner) {
+                continue;
+            }
+            let kind = |at: usize| {
+                let e = p.index.get(at)?;
+                state.objects().get(e.object).map(|info| info.kind)
+            };
+            let due = horizon_due(name, index, &settings);
+            let Some((start, first_dirty, end, reason)) =
+                cleanable(p, kind, &settings, now_ms, due)
+            else {
+                continue;
+            };
+            let entries: Option<Vec<PlannedEntry>> = p.index[start..end]
+                .iter()
+                .map(|e| PlannedEntry::resolve(state, e))
+                .collect();
+            if let Some(entries) = entries {
+                jobs.push((
+                    Job {
+                        topic: name.clone(),
+                        topic_id: topic.id,
+                        partition: index,
+                        log_start: p.log_start_offset,
+                        entries,
+                        first_dirty: first_dirty - start,
+                        settings,
+                    },
+                    reason,
+                ));
+            }
+        }
+    }
+    jobs
+}
+
+/// What cleaning did since start, for the stats file.
+#[derive(Debug, Default)]
+pub struct CleanerCounters {
+    pub passes: AtomicU64,
+    pub refused: AtomicU64,
+    pub failed: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub batches_rewritten: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CleanerConfig {
+    pub interval: Duration,
+    pub node_id: u64,
+    /// The size output segments grow to (the object compaction's).
+    pub output_bytes: u64,
+    pub upload_timeout: Duration,
+}
+
+/// Runs cleaning rounds forever, one partition at a time (a pass holds its key map and
+/// one output segment in memory).
+pub async fn run(
+    metadata: Arc<Metadata>,
+    storage: ObjectStorage,
+    fetcher: Arc<FetchReader>,
+    config: CleanerConfig,
+    counters: Arc<CleanerCounters>,
+) {
+    // When each partition's kept tombstones may go; a partition not seen yet (after a
+    // start, or a new owner) is given one delete retention from now, the latest any
+    // tombstone cleaned before could be due.
+    let mut horizons: HashMap<(String, i32), i64> = HashMap::new();
+    let mut seq = 0u64;
+    loop {
+        tokio::time::sleep(config.interval).await;
+        let now_ms = crate::protocol::now_ms();
+        let mut seen = Vec::new();
+        let jobs = metadata.read(|s| {
+            plan(s, config.node_id, now_ms, |topic, partition, settings| {
+                let key = (topic.to_owned(), partition);
+                let due = *horizons
+                    .entry(key.clone())
+                    .or_insert(now_ms.saturating_add(settings.delete_retention_ms));
+                seen.push(key);
+                due <= now_ms
+            })
+        });
+        // Forget partitions this broker no longer cleans, so the map stays bounded.
+        let seen: std::collections::HashSet<_> = seen.into_iter().collect();
+        horizons.retain(|k, _| seen.contains(k));
+        for (job, reason) in jobs {
+            seq += 1;
+            let key = (job.topic.clone(), job.partition);
+            let span = tracing::info_span!("clean", topic = %job.topic, partition = job.partition);
+            match clean(
+                &metadata, &storage, &fetcher, &config, &counters, job, reason, seq,
+            )
+            .instrument(span)
+            .await
+            {
+                Ok(next) => {
+                    horizons.insert(key, next.unwrap_or(i64::MAX));
+                }
+                Err(e) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(topic = %key.0, partition = key.1, error = %e, "log cleaning failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+/// The key map of a pass: each key's latest offset in the mapped part.
+struct KeyMap {
+    latest: HashMap<Box<[u8]>, i64>,
+    bytes: usize,
+}
+
+impl KeyMap {
+    fn supersedes(&self, record: &RecordView<'_>, offset: i64) -> bool {
+        record
+            .key
+            .and_then(|k| self.latest.get(k))
+            .is_some_and(|latest| *latest > offset)
+    }
+}
+
+/// Adds one entry's keys to the map, unless that would pass the memory cap (and the map
+/// already holds something): then false, and the map is unchanged.
+fn map_entry(map: &mut KeyMap, piece: &Piece, data: &[u8], log_start: i64) -> bool {
+    let mut found: Vec<(Box<[u8]>, i64)> = Vec::new();
+    for (batch, base) in piece.batches(data) {
+        let bytes = &data[batch.start..batch.start + batch.len];
+        if batch_info(bytes).is_ok_and(|info| info.control) {
+            continue;
+        }
+        // A batch that cannot be read maps nothing: its records are kept as they are.
+        let _ = for_each_record(bytes, |r| {
+            let offset = base + i64::from(r.offset_delta);
+            if let (Some(key), true) = (r.key, offset >= log_start) {
+                found.push((key.into(), offset));
+            }
+        });
+    }
+    let added: usize = found
+        .iter()
+        .map(|(k, _)| k.len() + MAP_ENTRY_OVERHEAD)
+        .sum();
+    if !map.latest.is_empty() && map.bytes + added > MAP_BYTES {
+        return false;
+    }
+    map.bytes += added;
+    map.latest.extend(found);
+    true
+}
+
+/// One output segment being written: the entries it replaces and its builder.
+struct Output {
+    builder: CompactedBuilder,
+    inputs: Vec<PlannedEntry>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn clean(
+    metadata: &Metadata,
+    storage: &ObjectStorage,
+    fetcher: &FetchReader,
+    config: &CleanerConfig,
+    counters: &CleanerCounters,
+    job: Job,
+    reason: Reason,
+    seq: u64,
+) -> Result<Option<i64>, CompactionError> {
+    let now_ms = crate::protocol::now_ms();
+    let piece_of = |planned: &PlannedEntry| Piece {
+        offsets_in_headers: planned.kind != ObjectKind::Flush,
+        ..Piece::chunk(planned)
+    };
+    // Map the dirty part, entry by entry, as far as the memory cap allows.
+    let mut map = KeyMap {
+        latest: HashMap::new(),
+        bytes: 0,
+    };
+    let mut mapped_end = job.first_dirty;
+    for planned in &job.entries[job.first_dirty..] {
+        let data = read_entry(storage, fetcher, planned).await?;
+        counters
+            .bytes_read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if !map_entry(&mut map, &piece_of(planned), &data, job.log_start) {
+            break;
+        }
+        mapped_end += 1;
+    }
+    let horizon = now_ms.saturating_add(job.settings.delete_retention_ms);
+    let mut tombstones_until: Option<i64> = None;
+    let (mut bytes_before, mut bytes_after, mut removed, mut outputs) = (0u64, 0u64, 0u64, 0u64);
+    let mut output: Option<Output> = None;
+    for planned in &job.entries[..mapped_end] {
+        let data = read_entry(storage, fetcher, planned).await?;
+        counters
+            .bytes_read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        bytes_before += planned.entry.length;
+        let out = output.get_or_insert_with(|| Output {
+            builder: CompactedBuilder::new(
+                &job.topic,
+                job.topic_id,
+                job.partition,
+                planned.entry.base_offset,
+                config.output_bytes as usize,
+            ),
+            inputs: Vec::new(),
+        });
+        for (batch, base) in piece_of(planned).batches(&data) {
+            let bytes = &data[batch.start..batch.start + batch.len];
+            let span = batch.offset_span;
+            if base + i64::from(span) <= job.log_start {
+                continue;
+            }
+            let info = batch_info(bytes).ok();
+            let horizon_passed = info
+                .and_then(|i| i.delete_horizon)
+                .is_some_and(|h| h <= now_ms);
+            let keep = |r: &RecordView<'_>| {
+                let offset = base + i64::from(r.offset_delta);
+                r.key.is_some()
+                    && offset >= job.log_start
+                    && !map.supersedes(r, offset)
+                    && !(r.tombstone && horizon_passed)
+            };
+            let result = if info.is_some_and(|i| i.control) {
+                Err(None)
+            } else {
+                rewrite(bytes, keep, horizon).map_err(Some)
+            };
+            let kept: Option<Vec<u8>> = match result {
+                Ok(r) => {
+                    if let Some(t) = r.tombstones_until {
+                        tombstones_until = Some(tombstones_until.map_or(t, |u| u.min(t)));
+                    }
+                    match r.batch {
+                        Rewritten::Unchanged => Some(bytes.to_vec()),
+                        Rewritten::New(b) => {
+                            removed += 1;
+                            Some(b)
+                        }
+                        Rewritten::Empty => {
+                            removed += 1;
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(e) = e {
+                        warn!(object = %planned.object, base, error = %e, "a batch the cleaner cannot read is kept as it is");
+                    }
+                    Some(bytes.to_vec())
+                }
+            };
+            if let Some(b) = kept {
+                out.builder
+                    .push_batch(&b, base, span, batch_max_timestamp(&b));
+            }
+        }
+        out.inputs.push(planned.clone());
+        if out.builder.data_len() >= config.output_bytes {
+            if let Some(out) = output.take() {
+                bytes_after +=
+                    swap_in(metadata, storage, config, counters, &job, out, seq, outputs).await?;
+                outputs += 1;
+            }
+        }
+    }
+    if let Some(out) = output.take() {
+        bytes_after +=
+            swap_in(metadata, storage, config, counters, &job, out, seq, outputs).await?;
+        outputs += 1;
+    }
+    counters.passes.fetch_add(1, Ordering::Relaxed);
+    counters
+        .batches_rewritten
+        .fetch_add(removed, Ordering::Relaxed);
+    info!(
+        ?reason,
+        entries = mapped_end,
+        keys = map.latest.len(),
+        bytes_before,
+        bytes_after,
+        batches_changed = removed,
+        objects_written = outputs,
+        "log cleaning pass"
+    );
+    Ok(tombstones_until)
+}
+
+/// Uploads one output and swaps it in for its inputs; its size. A refused swap (the input
+/// changed) deletes the output and ends the pass.
+#[allow(clippy::too_many_arguments)]
+async fn swap_in(
+    metadata: &Metadata,
+    storage: &ObjectStorage,
+    config: &CleanerConfig,
+    counters: &CleanerCounters,
+    job: &Job,
+    mut out: Output,
+    seq: u64,
+    part: u64,
+) -> Result<u64, CompactionError> {
+    let (Some(first), Some(last)) = (out.inputs.first(), out.inputs.last()) else {
+        return Ok(0);
+    };
+    let (base_offset, end_offset) = (first.entry.base_offset, last.entry.end_offset());
+    out.builder.extend_to(end_offset);
+    let (object_bytes, position, length) = out.builder.finish();
+    let object = cleaned_name(config.node_id, seq, part);
+    storage
+        .put_background(&object, &object_bytes, config.upload_timeout)
+        .await?;
+    counters
+        .bytes_written
+        .fetch_add(object_bytes.len() as u64, Ordering::Relaxed);
+    if std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "crash-after-clean-put") {
+        warn!(%object, "failpoint crash-after-clean-put: aborting");
+        std::process::abort();
+    }
+    let swap = CompactionSwap {
+        topic: job.topic.clone(),
+        topic_id: job.topic_id,
+        partition: job.partition,
+        base_offset,
+        end_offset,
+        inputs: out
+            .inputs
+            .iter()
+            .map(|e| (e.entry.object, e.entry.position))
+            .collect(),
+        object: object.clone(),
+        object_size: object_bytes.len() as u64,
+        position,
+        length,
+        now_ms: crate::protocol::now_ms(),
+    };
+    match metadata.propose(Command::Clean(swap)).await? {
+        Response::Compacted(Ok(_)) => Ok(object_bytes.len() as u64),
+        other => {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            if !matches!(other, Response::Compacted(Err(StateError::StaleCompaction))) {
+                warn!(?other, "unexpected answer to a cleaning swap");
+            }
+            info!(%object, "log cleaning refused: the input changed; deleting its output");
+            if let Err(e) = storage.delete(&object).await {
+                warn!(%object, error = %e, "could not delete a refused cleaning output (the orphan sweep will)");
+            }
+            Err(CompactionError::Refused)
+        }
+    }
+}
+
+fn cleaned_name(node_id: u64, seq: u64, part: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{COMPACTED_PREFIX}/{:013}-{node_id}-{:09}-c{seq}-{part}.seg",
+        now.as_millis(),
+        now.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::partition::IndexEntry;
+
+    /// A partition of `(kind, bytes, max timestamp)` entries of 10 offsets each; the
+    /// object id is the entry's position.
+    fn partition(entries: &[(ObjectKind, u64, i64)]) -> (Partition, Vec<ObjectKind>) {
+        let mut p = Partition::default();
+        let mut running = i64::MIN;
+        for (i, (_, length, ts)) in entries.iter().enumerate() {
+            running = running.max(*ts);
+            p.index.push(IndexEntry {
+                base_offset: i as i64 * 10,
+                offset_count: 10,
+                object: i as u64,
+                position: 8,
+                length: *length,
+                max_timestamp: running,
+            });
+        }
+        p.next_offset = entries.len() as i64 * 10;
+        (p, entries.iter().map(|e| e.0).collect())
+    }
+
+    fn settings() -> Settings {
+        Settings::from_lookup(|key| match key {
+            "cleanup.policy" => Some("compact".into()),
+            "segment.bytes" => Some("100".into()),
+            _ => None,
+        })
+        .expect("compacted")
+    }
+
+    fn run(
+        entries: &[(ObjectKind, u64, i64)],
+        s: &Settings,
+        now: i64,
+        due: bool,
+    ) -> Option<(usize, usize, usize, Reason)> {
+        let (p, kinds) = partition(entries);
+        cleanable(&p, |i| kinds.get(i).copied(), s, now, due)
+    }
+
+    use ObjectKind::{Cleaned as C, Flush as F, Segment as S};
+
+    #[test]
+    fn only_compacted_topics_have_settings() {
+        assert!(Settings::from_lookup(|_| None).is_none());
+        let both =
+            Settings::from_lookup(|k| (k == "cleanup.policy").then(|| "compact,delete".into()));
+        assert_eq!(both.map(|s| s.min_dirty_ratio), Some(0.5));
+    }
+
+    #[test]
+    fn the_active_segment_and_the_unsegmented_tail_are_never_cleaned() {
+        let s = settings();
+        // One segment's worth: all active.
+        assert_eq!(run(&[(S, 50, 1), (S, 40, 2)], &s, 10, false), None);
+        // The third entry rolls a new segment; the first two are cleanable.
+        assert_eq!(
+            run(&[(S, 50, 1), (S, 40, 2), (S, 50, 3)], &s, 10, false),
+            Some((0, 0, 2, Reason::DirtyRatio))
+        );
+        // A flush chunk stops the cleanable part.
+        assert_eq!(
+            run(&[(S, 50, 1), (F, 60, 2), (S, 50, 3)], &s, 10, false),
+            Some((0, 0, 1, Reason::DirtyRatio))
+        );
+        // segment.ms rolls by time.
+        let timed = Settings {
+            segment_ms: 5,
+            segment_bytes: u64::MAX,
+            ..s
+        };
+        assert_eq!(
+            run(
+                &[(S, 10, 1), (S, 10, 3), (S, 10, 6), (S, 10, 7)],
+                &timed,
+                100,
+                false
+            ),
+            Some((0, 0, 2, Reason::DirtyRatio))
+        );
+    }
+
+    #[test]
+    fn the_dirty_ratio_max_lag_and_delete_horizon_trigger_a_pass() {
+        let s = settings();
+        // 300 clean bytes, 100 dirty: a ratio of 0.25 waits.
+        let log = [
+            (C, 100, 1),
+            (C, 100, 2),
+            (C, 100, 3),
+            (S, 100, 4),
+            (S, 100, 5),
+        ];
+        assert_eq!(run(&log, &s, 10, false), None);
+        let eager = Settings {
+            min_dirty_ratio: 0.2,
+            ..s
+        };
+        assert_eq!(
+            run(&log, &eager, 10, false),
+            Some((0, 3, 4, Reason::DirtyRatio))
+        );
+        let lagging = Settings { max_lag_ms: 5, ..s };
+        assert_eq!(
+            run(&log, &lagging, 10, false).map(|r| r.3),
+            Some(Reason::MaxLag)
+        );
+        // Nothing dirty, but tombstones are due.
+        let clean = [(C, 100, 1), (C, 100, 2), (S, 100, 3)];
+        assert_eq!(run(&clean, &s, 10, false), None);
+        assert_eq!(
+            run(&clean, &s, 10, true),
+            Some((0, 2, 2, Reason::DeleteHorizon))
+        );
+    }
+
+    #[test]
+    fn records_younger_than_the_minimum_lag_wait() {
+        let s = Settings {
+            min_lag_ms: 100,
+            ..settings()
+        };
+        let log = [(S, 100, 1000), (S, 100, 1050), (S, 100, 1100)];
+        assert_eq!(run(&log, &s, 1090, false), None);
+        assert_eq!(
+            run(&log, &s, 1120, false),
+            Some((0, 0, 1, Reason::DirtyRatio))
+        );
+        assert_eq!(
+            run(&log, &s, 9999, false),
+            Some((0, 0, 2, Reason::DirtyRatio))
+        );
+    }
+
+    #[test]
+    fn entries_below_the_log_start_are_not_counted() {
+        let (mut p, kinds) = partition(&[(S, 100, 1), (S, 100, 2), (S, 100, 3)]);
+        p.log_start_offset = 10;
+        assert_eq!(
+            cleanable(&p, |i| kinds.get(i).copied(), &settings(), 10, false),
+            Some((1, 1, 2, Reason::DirtyRatio))
+        );
+    }
+}
