@@ -412,8 +412,9 @@ enum Kind {
     Text,
 }
 
-/// Every topic config Kafka knows, with the type of its value. Strata stores them all;
-/// the ones it honours are `max.message.bytes` and `message.timestamp.type`.
+/// Every topic config Kafka knows, with the type of its value. Strata stores and
+/// describes them all; which ones it enforces, and why the others do not apply to it, is
+/// in the table of `docs/compatibility.md` (keep the two in step).
 const TOPIC_CONFIGS: &[(&str, Kind)] = &[
     ("cleanup.policy", Kind::List(&["compact", "delete"])),
     (
@@ -989,6 +990,20 @@ mod tests {
         assert_eq!(get("log.retention.bytes"), Some(("-1", DEFAULT_CONFIG)));
         assert_eq!(get("message.max.bytes"), Some(("1048588", DEFAULT_CONFIG)));
         assert_eq!(get("num.partitions"), None);
+    }
+
+    /// docs/compatibility.md has a row for every topic config, with Kafka's default
+    /// where this module knows it.
+    #[test]
+    fn compatibility_doc_lists_every_topic_config() {
+        let doc = include_str!("../../docs/compatibility.md");
+        for (key, _) in TOPIC_CONFIGS {
+            let row = match Scope::Topic.default(key) {
+                Some(default) => format!("| `{key}` | `{default}` |"),
+                None => format!("| `{key}` |"),
+            };
+            assert!(doc.contains(&row), "docs/compatibility.md lacks {row}");
+        }
     }
 
     #[test]
