@@ -294,6 +294,7 @@ impl Broker {
                 metadata.clone(),
                 config.retention_check_interval,
                 config.node_id,
+                config.topic_defaults.clone(),
             )),
             tokio::spawn(gc::run(
                 metadata.clone(),

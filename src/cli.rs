@@ -161,4 +161,38 @@ pub struct ServeArgs {
     /// like connections.max.idle.ms [default: 600000].
     #[arg(long, env = "STRATA_CONNECTIONS_MAX_IDLE_MS")]
     pub connections_max_idle_ms: Option<u64>,
+    // Broker-wide defaults of topic configs (Kafka's static `log.*` broker configs): a
+    // topic without its own value, and with no dynamic broker config set, uses these.
+    /// Default retention.ms, like log.retention.ms; -1 keeps forever [default: 604800000].
+    #[arg(long, env = "STRATA_RETENTION_MS", allow_negative_numbers = true)]
+    pub retention_ms: Option<i64>,
+    /// Default retention.bytes per partition, like log.retention.bytes; -1 for no limit
+    /// [default: -1].
+    #[arg(long, env = "STRATA_RETENTION_BYTES", allow_negative_numbers = true)]
+    pub retention_bytes: Option<i64>,
+    /// Default segment.ms, like log.roll.ms [default: 604800000].
+    #[arg(long, env = "STRATA_SEGMENT_MS")]
+    pub segment_ms: Option<i64>,
+    /// Default segment.bytes, like log.segment.bytes (not --segment-bytes, the size of
+    /// Strata's compacted objects) [default: 1073741824].
+    #[arg(long, env = "STRATA_LOG_SEGMENT_BYTES")]
+    pub log_segment_bytes: Option<i64>,
+    /// Default delete.retention.ms (how long tombstones stay), like
+    /// log.cleaner.delete.retention.ms [default: 86400000].
+    #[arg(long, env = "STRATA_DELETE_RETENTION_MS")]
+    pub delete_retention_ms: Option<i64>,
+    /// Default min.compaction.lag.ms, like log.cleaner.min.compaction.lag.ms [default: 0].
+    #[arg(long, env = "STRATA_MIN_COMPACTION_LAG_MS")]
+    pub min_compaction_lag_ms: Option<i64>,
+    /// Default max.compaction.lag.ms, like log.cleaner.max.compaction.lag.ms
+    /// [default: 9223372036854775807].
+    #[arg(long, env = "STRATA_MAX_COMPACTION_LAG_MS")]
+    pub max_compaction_lag_ms: Option<i64>,
+    /// Default min.cleanable.dirty.ratio, like log.cleaner.min.cleanable.ratio [default: 0.5].
+    #[arg(long, env = "STRATA_MIN_CLEANABLE_DIRTY_RATIO")]
+    pub min_cleanable_dirty_ratio: Option<f64>,
+    /// Default cleanup.policy, like log.cleanup.policy: delete, compact or compact,delete
+    /// [default: delete].
+    #[arg(long, env = "STRATA_CLEANUP_POLICY")]
+    pub cleanup_policy: Option<String>,
 }

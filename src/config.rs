@@ -66,6 +66,15 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     frame_read_timeout_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
+    retention_ms: Option<i64>,
+    retention_bytes: Option<i64>,
+    segment_ms: Option<i64>,
+    log_segment_bytes: Option<i64>,
+    delete_retention_ms: Option<i64>,
+    min_compaction_lag_ms: Option<i64>,
+    max_compaction_lag_ms: Option<i64>,
+    min_cleanable_dirty_ratio: Option<f64>,
+    cleanup_policy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +133,152 @@ pub struct Config {
     pub frame_read_timeout: Duration,
     /// A connection with nothing in flight and nothing arriving this long is closed.
     pub connections_max_idle: Duration,
+    /// Broker-wide defaults of topic configs set here (Kafka's static `log.*` configs).
+    pub topic_defaults: TopicDefaults,
+}
+
+/// The topic configs that have a broker-wide default set by flag, variable or file, by
+/// topic config name (`retention.ms`), as text like a topic's own configs. In a topic's
+/// effective value they rank below its own value and the dynamic broker configs, above
+/// Kafka's defaults; one not set here is not in the map, so DescribeConfigs can tell a
+/// static default (STATIC_BROKER_CONFIG) from Kafka's (DEFAULT_CONFIG).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopicDefaults(std::collections::BTreeMap<&'static str, String>);
+
+impl TopicDefaults {
+    /// The static default of topic config `topic_key`, if one is set.
+    pub fn get(&self, topic_key: &str) -> Option<&str> {
+        self.0.get(topic_key).map(String::as_str)
+    }
+
+    /// Sets the default of topic config `topic_key` (already validated).
+    pub fn with(mut self, topic_key: &'static str, value: impl Into<String>) -> Self {
+        self.0.insert(topic_key, value.into());
+        self
+    }
+}
+
+/// An integer topic default: (file key, topic config, value, allowed range, hint).
+type LongDefault = (
+    &'static str,
+    &'static str,
+    Option<i64>,
+    std::ops::RangeInclusive<i64>,
+    &'static str,
+);
+
+/// Reads and checks the broker-wide topic defaults: flags and variables over the file.
+/// Ranges are Kafka's for the `log.*` broker configs.
+fn topic_defaults(args: &ServeArgs, file: &FileConfig) -> Result<TopicDefaults, ConfigError> {
+    let mut defaults = TopicDefaults::default();
+    let longs: [LongDefault; 7] = [
+        (
+            "retention_ms",
+            "retention.ms",
+            args.retention_ms.or(file.retention_ms),
+            -1..=i64::MAX,
+            "use -1 (keep forever) or a number of milliseconds",
+        ),
+        (
+            "retention_bytes",
+            "retention.bytes",
+            args.retention_bytes.or(file.retention_bytes),
+            -1..=i64::MAX,
+            "use -1 (no limit) or a number of bytes per partition",
+        ),
+        (
+            "segment_ms",
+            "segment.ms",
+            args.segment_ms.or(file.segment_ms),
+            1..=i64::MAX,
+            "use at least 1 millisecond",
+        ),
+        (
+            "log_segment_bytes",
+            "segment.bytes",
+            args.log_segment_bytes.or(file.log_segment_bytes),
+            14..=i64::from(i32::MAX),
+            "use 14 to 2147483647 bytes",
+        ),
+        (
+            "delete_retention_ms",
+            "delete.retention.ms",
+            args.delete_retention_ms.or(file.delete_retention_ms),
+            0..=i64::MAX,
+            "use 0 or more milliseconds",
+        ),
+        (
+            "min_compaction_lag_ms",
+            "min.compaction.lag.ms",
+            args.min_compaction_lag_ms.or(file.min_compaction_lag_ms),
+            0..=i64::MAX,
+            "use 0 or more milliseconds",
+        ),
+        (
+            "max_compaction_lag_ms",
+            "max.compaction.lag.ms",
+            args.max_compaction_lag_ms.or(file.max_compaction_lag_ms),
+            1..=i64::MAX,
+            "use at least 1 millisecond",
+        ),
+    ];
+    for (key, topic_key, value, range, hint) in longs {
+        let Some(value) = value else { continue };
+        if !range.contains(&value) {
+            return Err(ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                hint,
+            });
+        }
+        defaults = defaults.with(topic_key, value.to_string());
+    }
+    // Kafka refuses a minimum lag above the maximum; compare the effective pair.
+    let lag = |key| defaults.get(key).and_then(|v| v.parse::<i64>().ok());
+    let min_lag = lag("min.compaction.lag.ms").unwrap_or(0);
+    let max_lag = lag("max.compaction.lag.ms").unwrap_or(i64::MAX);
+    if min_lag > max_lag {
+        return Err(ConfigError::Invalid {
+            key: "min_compaction_lag_ms",
+            value: min_lag.to_string(),
+            hint: "use at most max_compaction_lag_ms",
+        });
+    }
+    if let Some(ratio) = args
+        .min_cleanable_dirty_ratio
+        .or(file.min_cleanable_dirty_ratio)
+    {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(ConfigError::Invalid {
+                key: "min_cleanable_dirty_ratio",
+                value: ratio.to_string(),
+                hint: "use a number from 0 to 1, e.g. 0.5",
+            });
+        }
+        // Debug keeps the decimal point (1 shows as "1.0", as Kafka's double does).
+        defaults = defaults.with("min.cleanable.dirty.ratio", format!("{ratio:?}"));
+    }
+    if let Some(policy) = args
+        .cleanup_policy
+        .as_ref()
+        .or(file.cleanup_policy.as_ref())
+    {
+        let mut items: Vec<&str> = Vec::new();
+        for item in policy.split(',').map(str::trim) {
+            if !matches!(item, "delete" | "compact") {
+                return Err(ConfigError::Invalid {
+                    key: "cleanup_policy",
+                    value: policy.clone(),
+                    hint: "use delete, compact or compact,delete",
+                });
+            }
+            if !items.contains(&item) {
+                items.push(item);
+            }
+        }
+        defaults = defaults.with("cleanup.policy", items.join(","));
+    }
+    Ok(defaults)
 }
 
 impl Config {
@@ -132,6 +287,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let topic_defaults = topic_defaults(args, &file)?;
         let listen_text = args
             .listen
             .clone()
@@ -480,6 +636,7 @@ impl Config {
                 .unwrap_or(default_disk_cache),
             snapshot_every,
             group_initial_rebalance_delay,
+            topic_defaults,
         })
     }
 }
@@ -592,6 +749,8 @@ mod tests {
         assert_eq!(c.segment_bytes, 128 << 20);
         assert_eq!(c.gc_grace, Duration::from_secs(60));
         assert_eq!(c.compaction_age, Duration::from_secs(60));
+        // Its topic defaults are commented out: topics describe Kafka's, as DEFAULT_CONFIG.
+        assert_eq!(c.topic_defaults, TopicDefaults::default());
     }
 
     /// Every key of the file, as serde lists them: `deserialize_struct` is handed the
@@ -753,6 +912,116 @@ mod tests {
         assert!(
             e.starts_with("connections_max_idle_ms = \"0\" is not valid"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn topic_defaults_are_read_checked_and_only_set_ones_kept() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.topic_defaults, TopicDefaults::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "retention_ms = 1000\nlog_segment_bytes = 1048576\nmin_cleanable_dirty_ratio = 1\n\
+             cleanup_policy = \"compact, delete\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(path),
+            retention_ms: Some(-1),
+            retention_bytes: Some(5000),
+            max_compaction_lag_ms: Some(10),
+            ..Default::default()
+        })
+        .unwrap();
+        let d = &c.topic_defaults;
+        assert_eq!(d.get("retention.ms"), Some("-1")); // the flag wins
+        assert_eq!(d.get("retention.bytes"), Some("5000"));
+        assert_eq!(d.get("segment.bytes"), Some("1048576"));
+        assert_eq!(d.get("min.cleanable.dirty.ratio"), Some("1.0"));
+        assert_eq!(d.get("cleanup.policy"), Some("compact,delete"));
+        assert_eq!(d.get("max.compaction.lag.ms"), Some("10"));
+        assert_eq!(d.get("segment.ms"), None);
+        // Strata's own segment_bytes (compacted objects) is not the topic default.
+        assert_eq!(c.segment_bytes, 128 << 20);
+
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
+        for (args, start) in [
+            (
+                ServeArgs {
+                    retention_ms: Some(-2),
+                    ..Default::default()
+                },
+                "retention_ms = \"-2\" is not valid",
+            ),
+            (
+                ServeArgs {
+                    segment_ms: Some(0),
+                    ..Default::default()
+                },
+                "segment_ms = \"0\" is not valid",
+            ),
+            (
+                ServeArgs {
+                    log_segment_bytes: Some(1 << 31),
+                    ..Default::default()
+                },
+                "log_segment_bytes = \"2147483648\" is not valid",
+            ),
+            (
+                ServeArgs {
+                    min_cleanable_dirty_ratio: Some(1.5),
+                    ..Default::default()
+                },
+                "min_cleanable_dirty_ratio = \"1.5\" is not valid",
+            ),
+            (
+                ServeArgs {
+                    cleanup_policy: Some("shred".into()),
+                    ..Default::default()
+                },
+                "cleanup_policy = \"shred\" is not valid",
+            ),
+            (
+                ServeArgs {
+                    cleanup_policy: Some(String::new()),
+                    ..Default::default()
+                },
+                "cleanup_policy = \"\" is not valid",
+            ),
+            (
+                ServeArgs {
+                    min_compaction_lag_ms: Some(100),
+                    max_compaction_lag_ms: Some(10),
+                    ..Default::default()
+                },
+                "min_compaction_lag_ms = \"100\" is not valid: use at most max_compaction_lag_ms",
+            ),
+        ] {
+            let e = refused(args);
+            assert!(e.starts_with(start), "{e}");
+        }
+    }
+
+    #[test]
+    fn negative_topic_defaults_parse_as_flags() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "strata",
+            "serve",
+            "--retention-ms",
+            "-1",
+            "--retention-bytes",
+            "-1",
+        ])
+        .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("serve");
+        };
+        assert_eq!(
+            (args.retention_ms, args.retention_bytes),
+            (Some(-1), Some(-1))
         );
     }
 

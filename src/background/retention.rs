@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::{info, warn};
 
+use crate::config::TopicDefaults;
 use crate::metadata::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, Response};
 use crate::metadata::Metadata;
@@ -55,10 +56,16 @@ pub fn new_log_start(p: &Partition, limits: Limits, now_ms: i64) -> Option<i64> 
     (start > p.log_start_offset).then_some(start)
 }
 
-/// The retention limits of topic `name` as broker `node` sees them.
-fn limits(state: &MetadataState, node: u64, name: &str) -> Option<Limits> {
+/// The retention limits of topic `name` as broker `node`, with its static `defaults`,
+/// sees them.
+fn limits(
+    state: &MetadataState,
+    node: u64,
+    defaults: &TopicDefaults,
+    name: &str,
+) -> Option<Limits> {
     let topic = state.topic(name)?;
-    let value = |key| effective_topic_config(state, node, topic, key);
+    let value = |key| effective_topic_config(state, node, defaults, topic, key);
     let policy = value("cleanup.policy").unwrap_or_default();
     if !policy.split(',').any(|p| p.trim() == "delete") {
         return None;
@@ -77,10 +84,15 @@ fn limits(state: &MetadataState, node: u64, name: &str) -> Option<Limits> {
 
 /// One pass: `(topic, partition, new log start, bytes dropped)` for every partition whose
 /// log start moves.
-pub fn plan(state: &MetadataState, node: u64, now_ms: i64) -> Vec<(String, i32, i64, u64)> {
+pub fn plan(
+    state: &MetadataState,
+    node: u64,
+    defaults: &TopicDefaults,
+    now_ms: i64,
+) -> Vec<(String, i32, i64, u64)> {
     let mut moves = Vec::new();
     for (name, topic) in state.topics() {
-        let Some(limits) = limits(state, node, name) else {
+        let Some(limits) = limits(state, node, defaults, name) else {
             continue;
         };
         for (i, p) in topic.partitions.iter().enumerate() {
@@ -98,15 +110,16 @@ pub fn plan(state: &MetadataState, node: u64, now_ms: i64) -> Vec<(String, i32, 
     moves
 }
 
-/// Runs the retention passes on whichever broker is the Raft leader.
-pub async fn run(metadata: Arc<Metadata>, interval: Duration, node: u64) {
+/// Runs the retention passes on whichever broker is the Raft leader, with that broker's
+/// static topic defaults (so brokers should share them, as Kafka's should).
+pub async fn run(metadata: Arc<Metadata>, interval: Duration, node: u64, defaults: TopicDefaults) {
     loop {
         tokio::time::sleep(interval).await;
         if !metadata.is_leader() {
             continue;
         }
         let now_ms = crate::protocol::now_ms();
-        let moves = metadata.read(|s| plan(s, node, now_ms));
+        let moves = metadata.read(|s| plan(s, node, &defaults, now_ms));
         if moves.is_empty() {
             continue;
         }

@@ -1,6 +1,8 @@
-//! DescribeConfigs: topic configs (what was set, then broker defaults) and broker configs;
-//! AlterConfigs and IncrementalAlterConfigs for topic configs and dynamic broker configs
-//! (cluster-wide defaults or one broker's, kept in the Raft state), validated by type.
+//! DescribeConfigs: topic configs (what was set, then the dynamic broker configs, then
+//! the static broker defaults, then Kafka's defaults, each with its source) and broker
+//! configs; AlterConfigs and IncrementalAlterConfigs for topic configs and dynamic broker
+//! configs (cluster-wide defaults or one broker's, kept in the Raft state), validated by
+//! type.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::str_bytes;
 use crate::broker::Broker;
+use crate::config::TopicDefaults;
 use crate::metadata::state::{Command, Response, StateError, MAX_PARTITIONS};
 
 const TOPIC: i8 = 2;
@@ -165,20 +168,65 @@ impl Scope {
     }
 }
 
-/// A topic config's effective value as broker `node` sees it: the topic's own, else the
-/// dynamic broker default, else Kafka's default (what DescribeConfigs reports).
+/// A topic config's effective value as broker `node` sees it (what DescribeConfigs
+/// reports): the topic's own, else the dynamic broker config (this broker's, else the
+/// cluster-wide one), else this broker's static default, else Kafka's default.
 pub fn effective_topic_config(
     state: &crate::metadata::state::MetadataState,
     node: u64,
+    defaults: &TopicDefaults,
     topic: &crate::metadata::state::Topic,
     key: &str,
 ) -> Option<String> {
-    topic
-        .configs
-        .get(key)
-        .cloned()
-        .or_else(|| dynamic_topic_default(state, node, key).map(|(v, _)| v))
-        .or_else(|| Scope::Topic.default(key).map(str::to_owned))
+    topic_value(state, node, defaults, &topic.configs, key).map(|(v, _)| v)
+}
+
+/// A topic config's effective value and its source, from the topic's own `configs`.
+fn topic_value(
+    state: &crate::metadata::state::MetadataState,
+    node: u64,
+    defaults: &TopicDefaults,
+    configs: &BTreeMap<String, String>,
+    key: &str,
+) -> Option<(String, i8)> {
+    if let Some(value) = configs.get(key) {
+        return Some((value.clone(), TOPIC_CONFIG));
+    }
+    dynamic_topic_default(state, node, key)
+        .or_else(|| {
+            defaults
+                .get(key)
+                .map(|v| (v.to_owned(), STATIC_BROKER_CONFIG))
+        })
+        .or_else(|| {
+            Scope::Topic
+                .default(key)
+                .map(|v| (v.to_owned(), DEFAULT_CONFIG))
+        })
+}
+
+/// A topic's DescribeConfigs entries: every config with a default, as it takes effect,
+/// then any other config set on the topic. None if there is no such topic.
+fn topic_entries(
+    state: &crate::metadata::state::MetadataState,
+    node: u64,
+    defaults: &TopicDefaults,
+    name: &str,
+) -> Option<Vec<(String, String, i8)>> {
+    let set = &state.topic(name)?.configs;
+    let mut entries: Vec<_> = TOPIC_DEFAULTS
+        .iter()
+        .filter_map(|(k, _)| {
+            let (value, source) = topic_value(state, node, defaults, set, k)?;
+            Some((k.to_string(), value, source))
+        })
+        .collect();
+    for (k, v) in set {
+        if !TOPIC_DEFAULTS.iter().any(|(d, _)| d == k) {
+            entries.push((k.clone(), v.clone(), TOPIC_CONFIG));
+        }
+    }
+    Some(entries)
 }
 
 /// The dynamic broker value that stands in for a topic config's default, with its source.
@@ -243,35 +291,15 @@ pub fn describe(
             let read_only = |key: &str| is_broker && STATIC_BROKER_KEYS.contains(&key);
             let entries: Vec<(String, String, i8)> = match resource.resource_type {
                 TOPIC => {
-                    let found = broker.metadata.read(|s| {
-                        let set = s
-                            .topic(resource.resource_name.as_str())
-                            .map(|t| t.configs.clone())?;
-                        let dynamic: BTreeMap<&str, (String, i8)> = TOPIC_DEFAULTS
-                            .iter()
-                            .filter_map(|(k, _)| Some((*k, dynamic_topic_default(s, node, k)?)))
-                            .collect();
-                        Some((set, dynamic))
-                    });
-                    let Some((set, dynamic)) = found else {
+                    let defaults = &broker.config.topic_defaults;
+                    let name = resource.resource_name.as_str();
+                    let found = broker
+                        .metadata
+                        .read(|s| topic_entries(s, node, defaults, name));
+                    let Some(entries) = found else {
                         return result
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
-                    let mut entries: Vec<_> = TOPIC_DEFAULTS
-                        .iter()
-                        .map(|(k, v)| match (set.get(*k), dynamic.get(k)) {
-                            (Some(value), _) => (k.to_string(), value.clone(), TOPIC_CONFIG),
-                            (None, Some((value, source))) => {
-                                (k.to_string(), value.clone(), *source)
-                            }
-                            (None, None) => (k.to_string(), v.to_string(), DEFAULT_CONFIG),
-                        })
-                        .collect();
-                    for (k, v) in &set {
-                        if !TOPIC_DEFAULTS.iter().any(|(d, _)| d == k) {
-                            entries.push((k.clone(), v.clone(), TOPIC_CONFIG));
-                        }
-                    }
                     entries
                 }
                 BROKER => {
@@ -314,20 +342,34 @@ pub fn describe(
     DescribeConfigsResponse::default().with_results(results)
 }
 
+/// Broker `id`'s dynamic configs (except `num.partitions`) as they take effect: set
+/// dynamically, else the static default of the topic config each stands for, else Kafka's.
+fn dynamic_broker_entries(
+    state: &crate::metadata::state::MetadataState,
+    id: u64,
+    defaults: &TopicDefaults,
+) -> Vec<(String, String, i8)> {
+    DYNAMIC_BROKER_CONFIGS
+        .iter()
+        .filter(|(k, ..)| *k != "num.partitions")
+        .map(|(k, _, default, topic_key)| {
+            let (value, source) = dynamic_broker_value(state, id, k)
+                .or_else(|| {
+                    let value = defaults.get((*topic_key)?)?;
+                    Some((value.to_owned(), STATIC_BROKER_CONFIG))
+                })
+                .unwrap_or_else(|| (default.to_string(), DEFAULT_CONFIG));
+            (k.to_string(), value, source)
+        })
+        .collect()
+}
+
 /// A broker's configs: the static ones, then the dynamic ones with their sources.
 fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
     let c = &broker.config;
-    let dynamic: Vec<(String, String, i8)> = broker.metadata.read(|s| {
-        DYNAMIC_BROKER_CONFIGS
-            .iter()
-            .filter(|(k, ..)| *k != "num.partitions")
-            .map(|(k, _, default, _)| {
-                let (value, source) = dynamic_broker_value(s, id, k)
-                    .unwrap_or_else(|| (default.to_string(), DEFAULT_CONFIG));
-                (k.to_string(), value, source)
-            })
-            .collect()
-    });
+    let dynamic = broker
+        .metadata
+        .read(|s| dynamic_broker_entries(s, id, &c.topic_defaults));
     let partitions = broker
         .metadata
         .read(|s| dynamic_broker_value(s, id, "num.partitions"))
@@ -370,8 +412,9 @@ enum Kind {
     Text,
 }
 
-/// Every topic config Kafka knows, with the type of its value. Strata stores them all;
-/// the ones it honours are `max.message.bytes` and `message.timestamp.type`.
+/// Every topic config Kafka knows, with the type of its value. Strata stores and
+/// describes them all; which ones it enforces, and why the others do not apply to it, is
+/// in the table of `docs/compatibility.md` (keep the two in step).
 const TOPIC_CONFIGS: &[(&str, Kind)] = &[
     ("cleanup.policy", Kind::List(&["compact", "delete"])),
     (
@@ -778,6 +821,190 @@ pub async fn incremental_alter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::state::MetadataState;
+
+    /// A state with topic `t` (its own `configs`) and the given dynamic broker configs:
+    /// (broker id or None for the cluster-wide default, key, value).
+    fn state_with(
+        configs: &[(&str, &str)],
+        dynamic: &[(Option<u64>, &str, &str)],
+    ) -> MetadataState {
+        let mut s = MetadataState::default();
+        s.apply(&Command::CreateTopic {
+            name: "t".into(),
+            topic_id: [1; 16],
+            partitions: 1,
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            now_ms: 0,
+            preferred: Vec::new(),
+        });
+        for (broker, k, v) in dynamic {
+            s.apply(&Command::AlterBrokerConfigs {
+                broker: *broker,
+                replace: false,
+                changes: BTreeMap::from([(k.to_string(), Some(v.to_string()))]),
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn topic_config_precedence_is_topic_dynamic_broker_cluster_static_kafka() {
+        let defaults = TopicDefaults::default().with("retention.ms", "5000");
+        let effective = |s: &MetadataState, node| {
+            let topic = s.topic("t").expect("created");
+            effective_topic_config(s, node, &defaults, topic, "retention.ms")
+        };
+        let value = |s: &MetadataState, node| {
+            topic_value(
+                s,
+                node,
+                &defaults,
+                &s.topic("t").expect("created").configs,
+                "retention.ms",
+            )
+        };
+        // Kafka's default only without a static one.
+        let s = state_with(&[], &[]);
+        assert_eq!(
+            effective_topic_config(
+                &s,
+                1,
+                &TopicDefaults::default(),
+                s.topic("t").expect("created"),
+                "retention.ms"
+            )
+            .as_deref(),
+            Some("604800000")
+        );
+        assert_eq!(value(&s, 1), Some(("5000".into(), STATIC_BROKER_CONFIG)));
+        assert_eq!(effective(&s, 1).as_deref(), Some("5000"));
+        // The cluster-wide dynamic default beats the static one.
+        let s = state_with(&[], &[(None, "log.retention.ms", "7000")]);
+        assert_eq!(
+            value(&s, 1),
+            Some(("7000".into(), DYNAMIC_DEFAULT_BROKER_CONFIG))
+        );
+        // A broker's own dynamic value beats the cluster-wide one, for that broker only.
+        let s = state_with(
+            &[],
+            &[
+                (None, "log.retention.ms", "7000"),
+                (Some(1), "log.retention.ms", "8000"),
+            ],
+        );
+        assert_eq!(value(&s, 1), Some(("8000".into(), DYNAMIC_BROKER_CONFIG)));
+        assert_eq!(
+            value(&s, 2),
+            Some(("7000".into(), DYNAMIC_DEFAULT_BROKER_CONFIG))
+        );
+        // The topic's own value beats everything.
+        let s = state_with(
+            &[("retention.ms", "-1")],
+            &[
+                (None, "log.retention.ms", "7000"),
+                (Some(1), "log.retention.ms", "8000"),
+            ],
+        );
+        assert_eq!(value(&s, 1), Some(("-1".into(), TOPIC_CONFIG)));
+        assert_eq!(effective(&s, 1).as_deref(), Some("-1"));
+        // A config with neither a default nor a value has none.
+        let s = state_with(&[], &[]);
+        let topic = s.topic("t").expect("created");
+        assert_eq!(
+            effective_topic_config(&s, 1, &defaults, topic, "flush.ms"),
+            None
+        );
+    }
+
+    #[test]
+    fn describe_reports_each_topic_config_with_its_source() {
+        let defaults = TopicDefaults::default()
+            .with("retention.ms", "5000")
+            .with("cleanup.policy", "compact")
+            .with("segment.bytes", "1048576");
+        let s = state_with(
+            &[("retention.bytes", "100"), ("preallocate", "true")],
+            &[
+                (None, "log.cleanup.policy", "compact,delete"),
+                (Some(1), "log.segment.bytes", "2097152"),
+            ],
+        );
+        let entries = topic_entries(&s, 1, &defaults, "t").expect("the topic exists");
+        let get = |key: &str| {
+            entries
+                .iter()
+                .find(|(k, ..)| k == key)
+                .map(|(_, v, source)| (v.as_str(), *source))
+        };
+        assert_eq!(get("retention.bytes"), Some(("100", TOPIC_CONFIG)));
+        assert_eq!(get("preallocate"), Some(("true", TOPIC_CONFIG)));
+        assert_eq!(
+            get("segment.bytes"),
+            Some(("2097152", DYNAMIC_BROKER_CONFIG))
+        );
+        assert_eq!(
+            get("cleanup.policy"),
+            Some(("compact,delete", DYNAMIC_DEFAULT_BROKER_CONFIG))
+        );
+        assert_eq!(get("retention.ms"), Some(("5000", STATIC_BROKER_CONFIG)));
+        assert_eq!(
+            get("delete.retention.ms"),
+            Some(("86400000", DEFAULT_CONFIG))
+        );
+        assert_eq!(entries.len(), TOPIC_DEFAULTS.len() + 1);
+        // Another broker without its own value sees the static default.
+        let entries = topic_entries(&s, 2, &defaults, "t").expect("the topic exists");
+        assert!(entries.contains(&(
+            "segment.bytes".into(),
+            "1048576".into(),
+            STATIC_BROKER_CONFIG
+        )));
+        assert!(topic_entries(&s, 1, &defaults, "missing").is_none());
+    }
+
+    #[test]
+    fn describe_reports_the_broker_log_configs_with_their_source() {
+        let defaults = TopicDefaults::default()
+            .with("retention.ms", "5000")
+            .with("delete.retention.ms", "1000");
+        let s = state_with(&[], &[(Some(1), "log.cleaner.delete.retention.ms", "2000")]);
+        let entries = dynamic_broker_entries(&s, 1, &defaults);
+        let get = |key: &str| {
+            entries
+                .iter()
+                .find(|(k, ..)| k == key)
+                .map(|(_, v, source)| (v.as_str(), *source))
+        };
+        assert_eq!(
+            get("log.retention.ms"),
+            Some(("5000", STATIC_BROKER_CONFIG))
+        );
+        assert_eq!(
+            get("log.cleaner.delete.retention.ms"),
+            Some(("2000", DYNAMIC_BROKER_CONFIG))
+        );
+        assert_eq!(get("log.retention.bytes"), Some(("-1", DEFAULT_CONFIG)));
+        assert_eq!(get("message.max.bytes"), Some(("1048588", DEFAULT_CONFIG)));
+        assert_eq!(get("num.partitions"), None);
+    }
+
+    /// docs/compatibility.md has a row for every topic config, with Kafka's default
+    /// where this module knows it.
+    #[test]
+    fn compatibility_doc_lists_every_topic_config() {
+        let doc = include_str!("../../docs/compatibility.md");
+        for (key, _) in TOPIC_CONFIGS {
+            let row = match Scope::Topic.default(key) {
+                Some(default) => format!("| `{key}` | `{default}` |"),
+                None => format!("| `{key}` |"),
+            };
+            assert!(doc.contains(&row), "docs/compatibility.md lacks {row}");
+        }
+    }
 
     #[test]
     fn topic_configs_are_validated_by_type() {

@@ -8,7 +8,8 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                   ConfigSource, NewTopic)
 
 from conftest import Broker, supervise
 from test_compaction import store_objects
@@ -130,3 +131,56 @@ def test_time_and_size_retention(rbroker):
     assert back == forever
     assert sized and old
     assert "retention pass: log start moved" in b.log_text()
+
+
+
+@pytest.fixture
+def sbroker(request, tmp_path):
+    """A broker whose broker-wide retention.ms (3 s) comes from its environment."""
+    b = Broker(tmp_path / "strata", extra_args=[
+        "--retention-check-interval-ms", "200", "--compaction-age-ms", "600000"],
+        extra_env={"STRATA_RETENTION_MS": "3000"})
+    yield from supervise(request, b)
+
+
+def test_static_broker_default_retention(sbroker):
+    """The broker-wide retention.ms applies to a topic that sets none and shows in
+    DescribeConfigs as STATIC_BROKER_CONFIG (on the topic, and as the broker's
+    log.retention.ms); a topic's own value and a dynamic broker config win over it."""
+    b = sbroker
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    topics = [NewTopic("static-ret", 1, 1),
+              NewTopic("static-own", 1, 1, config={"retention.ms": "-1"})]
+    for f in admin.create_topics(topics).values():
+        f.result(30)
+
+    def describe(rtype, name) -> dict:
+        res = ConfigResource(rtype, name)
+        entries = admin.describe_configs([res])[res].result(30)
+        return {k: (e.value, e.source) for k, e in entries.items()}
+
+    topic = describe(ConfigResource.Type.TOPIC, "static-ret")
+    assert topic["retention.ms"] == ("3000", ConfigSource.STATIC_BROKER_CONFIG.value)
+    assert topic["retention.bytes"] == ("-1", ConfigSource.DEFAULT_CONFIG.value)
+    own = describe(ConfigResource.Type.TOPIC, "static-own")
+    assert own["retention.ms"] == ("-1", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    broker = describe(ConfigResource.Type.BROKER, "1")
+    assert broker["log.retention.ms"] == ("3000", ConfigSource.STATIC_BROKER_CONFIG.value)
+    assert broker["log.retention.bytes"] == ("-1", ConfigSource.DEFAULT_CONFIG.value)
+
+    produce(b, "static-ret", 20, "old")
+    produce(b, "static-own", 20, "own")
+    # After 3 s every record of static-ret is past the limit: the log start moves to the
+    # end. static-own keeps everything.
+    lo, hi = wait_for("static-ret's log start to move",
+                      lambda: (w := watermarks(b, "static-ret"))[0] > 0 and w)
+    assert (lo, hi) == (20, 20), (lo, hi)
+    assert watermarks(b, "static-own") == (0, 20)
+
+    # A dynamic broker config wins over the static one (librdkafka refuses the
+    # cluster-wide "" resource; test_admin_wire.py covers that one on the wire).
+    res = ConfigResource(ConfigResource.Type.BROKER, "1", incremental_configs=[
+        ConfigEntry("log.retention.ms", "-1", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([res])[res].result(30)
+    topic = describe(ConfigResource.Type.TOPIC, "static-ret")
+    assert topic["retention.ms"] == ("-1", ConfigSource.DYNAMIC_BROKER_CONFIG.value)
