@@ -287,6 +287,7 @@ impl Broker {
                     node_id: config.node_id,
                     output_bytes: config.segment_bytes,
                     upload_timeout: config.upload_timeout,
+                    topic_defaults: config.topic_defaults.clone(),
                 },
                 cleaner_counters.clone(),
             )),
@@ -624,8 +625,14 @@ impl Broker {
         let node = self.config.node_id;
         self.metadata.read(|s| {
             s.topic(topic).is_some_and(|t| {
-                crate::protocol::configs::effective_topic_config(s, node, t, "cleanup.policy")
-                    .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"))
+                crate::protocol::configs::effective_topic_config(
+                    s,
+                    node,
+                    &self.config.topic_defaults,
+                    t,
+                    "cleanup.policy",
+                )
+                .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"))
             })
         })
     }

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tracing::{info, warn, Instrument};
 
+use crate::config::TopicDefaults;
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
 use crate::metadata::partition::Partition;
 use crate::metadata::state::{
@@ -174,13 +175,14 @@ pub fn cleanable(
 pub fn plan(
     state: &MetadataState,
     owner: u64,
+    defaults: &TopicDefaults,
     now_ms: i64,
     mut horizon_due: impl FnMut(&str, i32, &Settings) -> bool,
 ) -> Vec<(Job, Reason)> {
     let mut jobs = Vec::new();
     for (name, topic) in state.topics() {
         let Some(settings) =
-            Settings::from_lookup(|key| effective_topic_config(state, owner, topic, key))
+            Settings::from_lookup(|key| effective_topic_config(state, owner, defaults, topic, key))
         else {
             continue;
         };
@@ -240,6 +242,8 @@ pub struct CleanerConfig {
     /// The size output segments grow to (the object compaction's).
     pub output_bytes: u64,
     pub upload_timeout: Duration,
+    /// The static broker defaults of topic configs.
+    pub topic_defaults: TopicDefaults,
 }
 
 /// Runs cleaning rounds forever, one partition at a time (a pass holds its key map and
@@ -261,14 +265,20 @@ pub async fn run(
         let now_ms = crate::protocol::now_ms();
         let mut seen = Vec::new();
         let jobs = metadata.read(|s| {
-            plan(s, config.node_id, now_ms, |topic, partition, settings| {
-                let key = (topic.to_owned(), partition);
-                let due = *horizons
-                    .entry(key.clone())
-                    .or_insert(now_ms.saturating_add(settings.delete_retention_ms));
-                seen.push(key);
-                due <= now_ms
-            })
+            plan(
+                s,
+                config.node_id,
+                &config.topic_defaults,
+                now_ms,
+                |topic, partition, settings| {
+                    let key = (topic.to_owned(), partition);
+                    let due = *horizons
+                        .entry(key.clone())
+                        .or_insert(now_ms.saturating_add(settings.delete_retention_ms));
+                    seen.push(key);
+                    due <= now_ms
+                },
+            )
         });
         // Forget partitions this broker no longer cleans, so the map stays bounded.
         let seen: std::collections::HashSet<_> = seen.into_iter().collect();
