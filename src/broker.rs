@@ -222,6 +222,7 @@ impl Broker {
         let cache = Arc::new(
             BlockCache::open(CacheConfig {
                 memory_bytes: config.cache_bytes,
+                replay_memory_bytes: config.replay_cache_bytes,
                 disk_dir: Some(config.data_dir.join("cache")),
                 disk_bytes: config.cache_disk_bytes,
                 max_chunk_bytes: config.flush_bytes,

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// Memory for recently written and read object chunks [default: 268435456].
     #[arg(long, env = "STRATA_CACHE_BYTES")]
     pub cache_bytes: Option<usize>,
+    /// Memory for reads the tail cache misses (replays, catch-up reads), a separate budget
+    /// so that they never evict the tail [default: 67108864].
+    #[arg(long, env = "STRATA_REPLAY_CACHE_BYTES")]
+    pub replay_cache_bytes: Option<usize>,
     /// The cache's disk tier in <data-dir>/cache, 0 for none [default: 1073741824 in
     /// front of S3, 0 in front of a local directory].
     #[arg(long, env = "STRATA_CACHE_DISK_BYTES")]

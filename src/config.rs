@@ -43,6 +43,7 @@ struct FileConfig {
     flush_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     cache_bytes: Option<usize>,
+    replay_cache_bytes: Option<usize>,
     cache_disk_bytes: Option<usize>,
     snapshot_every: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
@@ -93,6 +94,8 @@ pub struct Config {
     pub flush_bytes: usize,
     pub max_request_bytes: usize,
     pub cache_bytes: usize,
+    /// Memory for reads the tail cache misses (replays and catch-up reads).
+    pub replay_cache_bytes: usize,
     /// The cache's disk tier under `<data_dir>/cache` (0: memory only).
     pub cache_disk_bytes: usize,
     pub snapshot_every: u64,
@@ -628,6 +631,10 @@ impl Config {
             flush_bytes,
             max_request_bytes,
             cache_bytes: args.cache_bytes.or(file.cache_bytes).unwrap_or(256 << 20),
+            replay_cache_bytes: args
+                .replay_cache_bytes
+                .or(file.replay_cache_bytes)
+                .unwrap_or(64 << 20),
             // A disk tier in front of a store that is itself a local directory would
             // only copy it; it pays off in front of S3.
             cache_disk_bytes: args

@@ -38,7 +38,9 @@ use crate::metadata::state::{
 };
 use crate::metadata::Metadata;
 use crate::produce::batch::batch_max_timestamp;
-use crate::produce::records::{batch_info, for_each_record, rewrite, RecordView, Rewritten};
+use crate::produce::records::{
+    batch_info, for_each_record, rewrite, RecordView, RecordsError, Rewritten,
+};
 use crate::protocol::configs::effective_topic_config;
 use crate::storage::segment::CompactedBuilder;
 use crate::storage::ObjectStorage;
@@ -349,6 +351,81 @@ fn map_entry(map: &mut KeyMap, piece: &Piece, data: &[u8], log_start: i64) -> bo
     true
 }
 
+/// One entry's batches after cleaning.
+#[derive(Debug, Default)]
+struct CleanedEntry {
+    /// (batch, base offset, offsets spanned), in offset order.
+    batches: Vec<(Vec<u8>, i64, u32)>,
+    /// Batches rewritten or dropped.
+    changed: u64,
+    /// The earliest delete horizon of the tombstones kept.
+    tombstones_until: Option<i64>,
+    /// Batches kept as they were because they could not be read.
+    unreadable: Vec<(i64, RecordsError)>,
+}
+
+/// Cleans one entry's batches (pure): leaves out records below the log start, keyless
+/// records, records `map` has a later offset for, and tombstones whose batch's delete
+/// horizon is before `now_ms`; a batch keeping a tombstone gets `horizon` if it has none.
+fn clean_entry(
+    piece: &Piece,
+    data: &[u8],
+    map: &KeyMap,
+    log_start: i64,
+    now_ms: i64,
+    horizon: i64,
+) -> CleanedEntry {
+    let mut out = CleanedEntry::default();
+    for (batch, base) in piece.batches(data) {
+        let bytes = &data[batch.start..batch.start + batch.len];
+        let span = batch.offset_span;
+        if base + i64::from(span) <= log_start {
+            out.changed += 1;
+            continue;
+        }
+        let info = match batch_info(bytes) {
+            Ok(info) if info.control => {
+                out.batches.push((bytes.to_vec(), base, span));
+                continue;
+            }
+            Ok(info) => info,
+            Err(e) => {
+                out.unreadable.push((base, e));
+                out.batches.push((bytes.to_vec(), base, span));
+                continue;
+            }
+        };
+        let horizon_passed = info.delete_horizon.is_some_and(|h| h <= now_ms);
+        let keep = |r: &RecordView<'_>| {
+            let offset = base + i64::from(r.offset_delta);
+            r.key.is_some()
+                && offset >= log_start
+                && !map.supersedes(r, offset)
+                && !(r.tombstone && horizon_passed)
+        };
+        match rewrite(bytes, keep, horizon) {
+            Ok(r) => {
+                if let Some(t) = r.tombstones_until {
+                    out.tombstones_until = Some(out.tombstones_until.map_or(t, |u| u.min(t)));
+                }
+                match r.batch {
+                    Rewritten::Unchanged => out.batches.push((bytes.to_vec(), base, span)),
+                    Rewritten::New(b) => {
+                        out.changed += 1;
+                        out.batches.push((b, base, span));
+                    }
+                    Rewritten::Empty => out.changed += 1,
+                }
+            }
+            Err(e) => {
+                out.unreadable.push((base, e));
+                out.batches.push((bytes.to_vec(), base, span));
+            }
+        }
+    }
+    out
+}
+
 /// One output segment being written: the entries it replaces and its builder.
 struct Output {
     builder: CompactedBuilder,
@@ -407,56 +484,24 @@ async fn clean(
             ),
             inputs: Vec::new(),
         });
-        for (batch, base) in piece_of(planned).batches(&data) {
-            let bytes = &data[batch.start..batch.start + batch.len];
-            let span = batch.offset_span;
-            if base + i64::from(span) <= job.log_start {
-                continue;
-            }
-            let info = batch_info(bytes).ok();
-            let horizon_passed = info
-                .and_then(|i| i.delete_horizon)
-                .is_some_and(|h| h <= now_ms);
-            let keep = |r: &RecordView<'_>| {
-                let offset = base + i64::from(r.offset_delta);
-                r.key.is_some()
-                    && offset >= job.log_start
-                    && !map.supersedes(r, offset)
-                    && !(r.tombstone && horizon_passed)
-            };
-            let result = if info.is_some_and(|i| i.control) {
-                Err(None)
-            } else {
-                rewrite(bytes, keep, horizon).map_err(Some)
-            };
-            let kept: Option<Vec<u8>> = match result {
-                Ok(r) => {
-                    if let Some(t) = r.tombstones_until {
-                        tombstones_until = Some(tombstones_until.map_or(t, |u| u.min(t)));
-                    }
-                    match r.batch {
-                        Rewritten::Unchanged => Some(bytes.to_vec()),
-                        Rewritten::New(b) => {
-                            removed += 1;
-                            Some(b)
-                        }
-                        Rewritten::Empty => {
-                            removed += 1;
-                            None
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let Some(e) = e {
-                        warn!(object = %planned.object, base, error = %e, "a batch the cleaner cannot read is kept as it is");
-                    }
-                    Some(bytes.to_vec())
-                }
-            };
-            if let Some(b) = kept {
-                out.builder
-                    .push_batch(&b, base, span, batch_max_timestamp(&b));
-            }
+        let cleaned = clean_entry(
+            &piece_of(planned),
+            &data,
+            &map,
+            job.log_start,
+            now_ms,
+            horizon,
+        );
+        for (base, e) in &cleaned.unreadable {
+            warn!(object = %planned.object, base, error = %e, "a batch the cleaner cannot read is kept as it is");
+        }
+        removed += cleaned.changed;
+        if let Some(t) = cleaned.tombstones_until {
+            tombstones_until = Some(tombstones_until.map_or(t, |u| u.min(t)));
+        }
+        for (b, base, span) in &cleaned.batches {
+            out.builder
+                .push_batch(b, *base, *span, batch_max_timestamp(b));
         }
         out.inputs.push(planned.clone());
         if out.builder.data_len() >= config.output_bytes {
@@ -567,6 +612,154 @@ fn cleaned_name(node_id: u64, seq: u64, part: u64) -> String {
 mod tests {
     use super::*;
     use crate::metadata::partition::IndexEntry;
+    use crate::produce::records::tests::keyed_batch;
+    use crate::storage::compression::Codec;
+    use proptest::prelude::*;
+
+    /// A record of the model: its key (None: keyless) and whether it is a tombstone.
+    type Model = (Option<u8>, bool);
+
+    /// Entries of batches of records, numbered from offset 0; each record's value names
+    /// its offset.
+    fn build(entries: &[Vec<(Vec<Model>, u8)>]) -> Vec<(Piece, Vec<u8>)> {
+        let mut offset = 0i64;
+        let mut out = Vec::new();
+        for (n, batches) in entries.iter().enumerate() {
+            let base_offset = offset;
+            let mut data = Vec::new();
+            for (records, codec) in batches {
+                let keys: Vec<(Option<String>, Option<String>)> = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, tomb))| {
+                        let value = (!tomb).then(|| format!("v{}", offset + i as i64));
+                        (k.map(|k| format!("k{k}")), value)
+                    })
+                    .collect();
+                let refs: Vec<_> = keys
+                    .iter()
+                    .map(|(k, v)| (k.as_deref(), v.as_deref(), 1_000))
+                    .collect();
+                let codec =
+                    [Codec::None, Codec::Gzip, Codec::Lz4, Codec::Zstd][*codec as usize % 4];
+                data.extend(keyed_batch(offset, &refs, codec));
+                offset += records.len() as i64;
+            }
+            let piece = Piece {
+                object: format!("o{n}"),
+                position: 0,
+                length: data.len() as u64,
+                base_offset,
+                end_offset: offset,
+                offsets_in_headers: true,
+            };
+            out.push((piece, data));
+        }
+        out
+    }
+
+    /// (offset, key, tombstone) of every record in cleaned batches.
+    fn records_of(batches: &[(Vec<u8>, i64, u32)]) -> Vec<(i64, Option<Vec<u8>>, bool)> {
+        let mut out = Vec::new();
+        let mut last_end = i64::MIN;
+        for (b, base, span) in batches {
+            assert!(*base >= last_end, "batches overlap or go back");
+            last_end = base + i64::from(*span);
+            for_each_record(b, |r| {
+                out.push((
+                    base + i64::from(r.offset_delta),
+                    r.key.map(<[u8]>::to_vec),
+                    r.tombstone,
+                ))
+            })
+            .expect("a cleaned batch reads back");
+        }
+        out
+    }
+
+    fn entries() -> impl Strategy<Value = Vec<Vec<(Vec<Model>, u8)>>> {
+        let record = (
+            proptest::option::weighted(0.95, 0u8..6),
+            proptest::bool::weighted(0.15),
+        );
+        let batch = (proptest::collection::vec(record, 1..6), 0u8..4);
+        proptest::collection::vec(proptest::collection::vec(batch, 1..4), 1..6)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the log, a pass keeps the latest record of every key at its offset,
+        /// removes every record a mapped later record supersedes, never invents or moves
+        /// a record, and a later pass past the delete horizon removes the tombstones.
+        #[test]
+        fn a_pass_keeps_exactly_the_latest_record_of_each_key(
+            log in entries(),
+            dirty_from in 0usize..6,
+            log_start_pick in 0u32..100,
+        ) {
+            let pieces = build(&log);
+            let total = pieces.last().map_or(0, |(p, _)| p.end_offset);
+            let log_start = i64::from(log_start_pick) % (total + 1);
+            let first_dirty = dirty_from.min(pieces.len());
+            let mut map = KeyMap { latest: HashMap::new(), bytes: 0 };
+            for (piece, data) in &pieces[first_dirty..] {
+                prop_assert!(map_entry(&mut map, piece, data, log_start));
+            }
+            let input: Vec<_> = pieces.iter().flat_map(|(piece, data)| {
+                records_of(&piece.batches(data).into_iter().map(|(b, base)| {
+                    (data[b.start..b.start + b.len].to_vec(), base, b.offset_span)
+                }).collect::<Vec<_>>())
+            }).collect();
+            let mapped_from = pieces.get(first_dirty).map_or(total, |(p, _)| p.base_offset);
+
+            let (now, horizon) = (1_000, 5_000);
+            let cleaned: Vec<_> = pieces.iter().map(|(piece, data)| clean_entry(piece, data, &map, log_start, now, horizon)).collect();
+            let output: Vec<_> = cleaned.iter().flat_map(|c| records_of(&c.batches)).collect();
+            for c in &cleaned {
+                prop_assert!(c.unreadable.is_empty());
+            }
+            // Nothing invented or moved.
+            for r in &output {
+                prop_assert!(input.contains(r), "{:?} was not in the input", r);
+            }
+            for (offset, key, tombstone) in &input {
+                let kept = output.iter().any(|r| r.0 == *offset);
+                let Some(key) = key else {
+                    prop_assert!(!kept, "keyless record {} kept", offset);
+                    continue;
+                };
+                let later_mapped = input.iter().any(|(o, k, _)| {
+                    *o > *offset && *o >= mapped_from && k.as_ref() == Some(key)
+                });
+                let want = *offset >= log_start && !later_mapped;
+                prop_assert_eq!(kept, want, "offset {} key {:?} tombstone {}", offset, key, tombstone);
+            }
+            // The latest record of each key (from the log start) is always there.
+            let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+            for (o, k, _) in &input {
+                if let (Some(k), true) = (k, *o >= log_start) {
+                    latest.insert(k.clone(), *o);
+                }
+            }
+            for (k, o) in &latest {
+                prop_assert!(output.iter().any(|r| r.0 == *o && r.1.as_ref() == Some(k)));
+            }
+
+            // Passes over the output: before the horizon tombstones stay, after it they go.
+            let again = |now_ms: i64| -> Vec<_> {
+                let empty = KeyMap { latest: HashMap::new(), bytes: 0 };
+                cleaned.iter().flat_map(|c| {
+                    let data: Vec<u8> = c.batches.iter().flat_map(|(b, _, _)| b.clone()).collect();
+                    let piece = Piece { object: "x".into(), position: 0, length: data.len() as u64, base_offset: 0, end_offset: total, offsets_in_headers: true };
+                    records_of(&clean_entry(&piece, &data, &empty, log_start, now_ms, now_ms + 4_000).batches)
+                }).collect()
+            };
+            prop_assert_eq!(&again(horizon - 1), &output);
+            let after: Vec<_> = output.iter().filter(|r| !r.2).cloned().collect();
+            prop_assert_eq!(again(horizon), after);
+        }
+    }
 
     /// A partition of `(kind, bytes, max timestamp)` entries of 10 offsets each; the
     /// object id is the entry's position.

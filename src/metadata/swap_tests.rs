@@ -176,7 +176,8 @@ proptest! {
                         Some(_) => swap.end_offset += 1,
                         None => {}
                     }
-                    Command::Compact(swap)
+                    // The log cleaner's swap is taken or refused by the same rule.
+                    if names % 2 == 0 { Command::Compact(swap) } else { Command::Clean(swap) }
                 }
                 Step::Forget => {
                     let ids = state.objects().garbage_due(now_ms, 0, i64::MAX).into_iter().map(|(id, _)| id).collect();
@@ -191,7 +192,7 @@ proptest! {
                 (name, p, records, hw)
             }).collect();
             let response = state.apply(&cmd);
-            if let (Command::Compact(swap), Response::Compacted(result)) = (&cmd, &response) {
+            if let (Command::Compact(swap) | Command::Clean(swap), Response::Compacted(result)) = (&cmd, &response) {
                 // A tampered swap is always refused; an honest one always taken.
                 prop_assert_eq!(Some(result.is_ok()), honest_swap, "{:?} -> {:?}", swap, result);
                 for (name, p, records, hw) in &before {

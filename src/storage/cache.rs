@@ -1,21 +1,30 @@
-//! The fetch path's cache: a foyer hybrid cache (memory, then a local disk directory) of
-//! object chunks, keyed by (object, position), the unit the index points at.
+//! The fetch path's cache of object chunks, keyed by (object, position), the unit the
+//! index points at. Two budgets, so that a replay never evicts the tail:
 //!
-//! The flush path writes every uploaded chunk through it, so tail reads never touch the
-//! store; concurrent misses for one chunk are coalesced into a single ranged GET.
+//! - the **tail** tier (memory): the flush path writes every uploaded chunk through it, so
+//!   tail reads never touch the store;
+//! - the **replay** tier (a foyer hybrid cache: its own memory, then a local disk
+//!   directory): everything read that was not in the tail tier, i.e. catch-up reads,
+//!   replays of an archive from the start or a timestamp, footers. However much of the
+//!   log a replay reads, it churns only this tier's memory.
+//!
+//! Concurrent misses for one chunk are coalesced into a single ranged GET.
 
 use std::future::Future;
 use std::path::PathBuf;
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, HybridCacheProperties, Location, LruConfig,
+    BlockEngineConfig, Cache, CacheBuilder, DeviceBuilder, FsDeviceBuilder, HybridCache,
+    HybridCacheBuilder, HybridCachePolicy, LruConfig,
 };
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
+    /// The tail tier.
     pub memory_bytes: usize,
+    /// The replay tier's memory.
+    pub replay_memory_bytes: usize,
     /// Where the disk tier lives, and its size; None or 0 bytes: memory only.
     pub disk_dir: Option<PathBuf>,
     pub disk_bytes: usize,
@@ -31,7 +40,8 @@ pub struct CacheError {
 }
 
 pub struct BlockCache {
-    inner: HybridCache<String, Bytes>,
+    tail: Cache<String, Bytes>,
+    replay: HybridCache<String, Bytes>,
 }
 
 fn key(object: &str, position: u64) -> String {
@@ -40,17 +50,24 @@ fn key(object: &str, position: u64) -> String {
 
 impl BlockCache {
     pub async fn open(config: CacheConfig) -> Result<Self, CacheError> {
-        let builder = HybridCacheBuilder::new()
-            .with_name("strata-chunks")
-            // Chunks loaded from the store go to disk as they arrive, so a catch-up
-            // reader re-reading them (or another consumer group) stays local.
-            .with_policy(HybridCachePolicy::WriteOnInsertion)
-            .memory(config.memory_bytes.max(1 << 20))
+        let tail = CacheBuilder::new(config.memory_bytes.max(1 << 20))
             // Few shards: each gets an equal slice of the capacity, and chunks are large
             // (about a megabyte), so many shards leave some full while others sit empty.
             .with_shards(2)
             // Plain LRU: foyer's default keeps 90% for entries read twice, which would leave
             // write-through chunks (read once, by tail consumers) only a tenth of memory.
+            .with_eviction_config(LruConfig {
+                high_priority_pool_ratio: 0.0,
+            })
+            .with_weighter(|k: &String, v: &Bytes| k.len() + v.len())
+            .build();
+        let builder = HybridCacheBuilder::new()
+            .with_name("strata-replay")
+            // Chunks loaded from the store go to disk as they arrive, so a catch-up
+            // reader re-reading them (or another consumer group) stays local.
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
+            .memory(config.replay_memory_bytes.max(1 << 20))
+            .with_shards(2)
             .with_eviction_config(LruConfig {
                 high_priority_pool_ratio: 0.0,
             })
@@ -73,14 +90,15 @@ impl BlockCache {
             }
             _ => builder,
         };
-        let inner = builder.build().await.map_err(|e| error(e.to_string()))?;
-        Ok(Self { inner })
+        let replay = builder.build().await.map_err(|e| error(e.to_string()))?;
+        Ok(Self { tail, replay })
     }
 
     /// A cache for tests: memory only.
     pub async fn in_memory(bytes: usize) -> Self {
         let config = CacheConfig {
             memory_bytes: bytes,
+            replay_memory_bytes: bytes,
             disk_dir: None,
             disk_bytes: 0,
             max_chunk_bytes: 1 << 20,
@@ -91,21 +109,21 @@ impl BlockCache {
         }
     }
 
-    /// Write-through from the flush path: memory only. Tail readers read it while it is
-    /// hot; writing every produced byte to the disk tier too would double the broker's
-    /// disk writes for data that is in the store already.
+    /// Write-through from the flush path: the tail tier, memory only. Tail readers read it
+    /// while it is hot; writing every produced byte to the disk tier too would double the
+    /// broker's disk writes for data that is in the store already.
     pub fn insert(&self, object: &str, position: u64, data: Bytes) {
-        let properties = HybridCacheProperties::default().with_location(Location::InMem);
-        self.inner
-            .insert_with_properties(key(object, position), data, properties);
+        self.tail.insert(key(object, position), data);
     }
 
     pub fn contains(&self, object: &str, position: u64) -> bool {
-        self.inner.contains(&key(object, position))
+        let key = key(object, position);
+        self.tail.contains(&key) || self.replay.contains(&key)
     }
 
-    /// The chunk from memory, disk, or `load` (called once however many readers miss
-    /// at the same time).
+    /// The chunk from the tail tier, else from the replay tier's memory or disk, else
+    /// from `load` (called once however many readers miss at the same time) into the
+    /// replay tier.
     pub async fn get_or_load<F, E>(
         &self,
         object: &str,
@@ -116,9 +134,13 @@ impl BlockCache {
         F: Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display,
     {
+        let key = key(object, position);
+        if let Some(hit) = self.tail.get(&key) {
+            return Ok(hit.value().clone());
+        }
         let entry = self
-            .inner
-            .get_or_fetch(&key(object, position), || async move {
+            .replay
+            .get_or_fetch(&key, || async move {
                 load.await.map_err(|e| anyhow::anyhow!("{e}"))
             })
             .await
@@ -127,7 +149,7 @@ impl BlockCache {
     }
 
     pub async fn close(&self) {
-        let _ = self.inner.close().await;
+        let _ = self.replay.close().await;
     }
 }
 
@@ -163,6 +185,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = BlockCache::open(CacheConfig {
             memory_bytes: 1 << 20,
+            replay_memory_bytes: 1 << 20,
             disk_dir: Some(dir.path().to_path_buf()),
             disk_bytes: 64 << 20,
             max_chunk_bytes: 1 << 20,
@@ -209,5 +232,36 @@ mod write_through_tests {
             }
         }
         assert_eq!(misses, 0);
+    }
+
+    #[tokio::test]
+    async fn a_replay_never_evicts_the_tail() {
+        let cache = BlockCache::open(CacheConfig {
+            memory_bytes: 16 << 20,
+            replay_memory_bytes: 4 << 20,
+            disk_dir: None,
+            disk_bytes: 0,
+            max_chunk_bytes: 1 << 20,
+        })
+        .await
+        .unwrap();
+        for i in 0..8u64 {
+            cache.insert("tail", i, Bytes::from(vec![1u8; 1 << 20]));
+        }
+        // A replay reads 64 MiB, four times the whole memory budget, from the store.
+        for i in 0..64u64 {
+            cache
+                .get_or_load("archive", i, async {
+                    Ok::<_, String>(Bytes::from(vec![2u8; 1 << 20]))
+                })
+                .await
+                .unwrap();
+        }
+        for i in 0..8u64 {
+            let hit = cache
+                .get_or_load("tail", i, async { Err::<Bytes, _>("the tail was evicted") })
+                .await;
+            assert!(hit.is_ok(), "tail chunk {i}: {hit:?}");
+        }
     }
 }
