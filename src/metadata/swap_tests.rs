@@ -177,7 +177,7 @@ proptest! {
                         None => {}
                     }
                     // The log cleaner's swap is taken or refused by the same rule.
-                    if names % 2 == 0 { Command::Compact(swap) } else { Command::Clean(swap) }
+                    if names.is_multiple_of(2) { Command::Compact(swap) } else { Command::Clean(swap) }
                 }
                 Step::Forget => {
                     let ids = state.objects().garbage_due(now_ms, 0, i64::MAX).into_iter().map(|(id, _)| id).collect();
