@@ -6,6 +6,7 @@ middle of cleaning or retention loses nothing it should keep and leaves no garba
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -216,7 +217,8 @@ def test_connect_style_config_topic_stays_small_and_always_readable(lbroker):
     checks = 0
     start = time.monotonic()
     try:
-        while time.monotonic() - start < 24:
+        # STRATA_CONNECT_LOOP_S runs it longer (the closing note's measurement).
+        while time.monotonic() - start < float(os.environ.get("STRATA_CONNECT_LOOP_S", "24")):
             with lock:
                 before = dict(acked_seq)
             seen = read_to_end(b, topic)
@@ -233,8 +235,9 @@ def test_connect_style_config_topic_stays_small_and_always_readable(lbroker):
     assert checks >= 5 and produced["n"] > 500, (checks, produced)
     # The store holds the live keys, the active segment and garbage in its grace period,
     # not what was written: it does not grow with the writes.
-    early = [s for at, s, _ in sizes if at <= 12]
-    late = [s for at, s, _ in sizes if at > 12]
+    half = sizes[-1][0] / 2
+    early = [s for at, s, _ in sizes if at <= half]
+    late = [s for at, s, _ in sizes if at > half]
     written = produced["bytes"]
     print(f"\nconnect-style topic: {produced['n']} updates, {written} bytes written; store bytes over time: "
           f"{[(round(at), s) for at, s, _ in sizes]}")
