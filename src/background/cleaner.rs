@@ -33,9 +33,7 @@ use tracing::{info, warn, Instrument};
 use crate::config::TopicDefaults;
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
 use crate::metadata::partition::Partition;
-use crate::metadata::state::{
-    Command, CompactionSwap, MetadataState, ObjectKind, Response, StateError,
-};
+use crate::metadata::state::{Command, MetadataState, ObjectKind, Response};
 use crate::metadata::Metadata;
 use crate::produce::batch::batch_max_timestamp;
 use crate::produce::records::{
@@ -45,7 +43,7 @@ use crate::protocol::configs::effective_topic_config;
 use crate::storage::segment::CompactedBuilder;
 use crate::storage::ObjectStorage;
 
-use super::compaction::{read_entry, CompactionError, COMPACTED_PREFIX};
+use super::compaction::{compacted_name, discard_refused, read_entry, CompactionError, Swap};
 
 /// The memory one pass's key map may take (key bytes plus a per-key overhead), as Kafka's
 /// `log.cleaner.dedupe.buffer.size`: a dirty part with more keys is cleaned over passes.
@@ -547,65 +545,34 @@ async fn swap_in(
     seq: u64,
     part: u64,
 ) -> Result<u64, CompactionError> {
-    let (Some(first), Some(last)) = (out.inputs.first(), out.inputs.last()) else {
+    let Some(last) = out.inputs.last() else {
         return Ok(0);
     };
-    let (base_offset, end_offset) = (first.entry.base_offset, last.entry.end_offset());
-    out.builder.extend_to(end_offset);
+    out.builder.extend_to(last.entry.end_offset());
     let (object_bytes, position, length) = out.builder.finish();
-    let object = cleaned_name(config.node_id, seq, part);
-    storage
-        .put_background(&object, &object_bytes, config.upload_timeout)
-        .await?;
-    counters
-        .bytes_written
-        .fetch_add(object_bytes.len() as u64, Ordering::Relaxed);
-    if std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "crash-after-clean-put") {
-        warn!(%object, "failpoint crash-after-clean-put: aborting");
-        std::process::abort();
-    }
-    let swap = CompactionSwap {
-        topic: job.topic.clone(),
-        topic_id: job.topic_id,
-        partition: job.partition,
-        base_offset,
-        end_offset,
-        inputs: out
-            .inputs
-            .iter()
-            .map(|e| (e.entry.object, e.entry.position))
-            .collect(),
-        object: object.clone(),
-        object_size: object_bytes.len() as u64,
-        position,
-        length,
-        now_ms: crate::protocol::now_ms(),
+    let object = compacted_name(config.node_id, &format!("c{seq}-{part}"));
+    let swap = Swap {
+        topic: (&job.topic, job.topic_id, job.partition),
+        inputs: &out.inputs,
+        object: &object,
+        bytes: &object_bytes,
+        data: (position, length),
     };
-    match metadata.propose(Command::Clean(swap)).await? {
+    let response = swap
+        .upload_and_propose(
+            (metadata, storage, config.upload_timeout),
+            &counters.bytes_written,
+            "crash-after-clean-put",
+            Command::Clean,
+        )
+        .await?;
+    match response {
         Response::Compacted(Ok(_)) => Ok(object_bytes.len() as u64),
         other => {
-            counters.refused.fetch_add(1, Ordering::Relaxed);
-            if !matches!(other, Response::Compacted(Err(StateError::StaleCompaction))) {
-                warn!(?other, "unexpected answer to a cleaning swap");
-            }
-            info!(%object, "log cleaning refused: the input changed; deleting its output");
-            if let Err(e) = storage.delete(&object).await {
-                warn!(%object, error = %e, "could not delete a refused cleaning output (the orphan sweep will)");
-            }
+            discard_refused(storage, &object, &other, &counters.refused).await;
             Err(CompactionError::Refused)
         }
     }
-}
-
-fn cleaned_name(node_id: u64, seq: u64, part: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!(
-        "{COMPACTED_PREFIX}/{:013}-{node_id}-{:09}-c{seq}-{part}.seg",
-        now.as_millis(),
-        now.subsec_nanos()
-    )
 }
 
 #[cfg(test)]

@@ -308,35 +308,23 @@ async fn compact(
     }
     let frames = builder.frames().to_vec();
     let (object_bytes, position, length) = builder.finish();
-    let object = compacted_name(config.node_id, seq);
-    storage
-        .put_background(&object, &object_bytes, config.upload_timeout)
-        .await?;
-    counters
-        .bytes_written
-        .fetch_add(object_bytes.len() as u64, Ordering::Relaxed);
-    if failpoint("crash-after-compaction-put") {
-        warn!(%object, "failpoint crash-after-compaction-put: aborting");
-        std::process::abort();
-    }
-    let swap = CompactionSwap {
-        topic: job.topic.clone(),
-        topic_id: job.topic_id,
-        partition: job.partition,
-        base_offset,
-        end_offset,
-        inputs: job
-            .entries
-            .iter()
-            .map(|e| (e.entry.object, e.entry.position))
-            .collect(),
-        object: object.clone(),
-        object_size: object_bytes.len() as u64,
-        position,
-        length,
-        now_ms: crate::protocol::now_ms(),
+    let object = compacted_name(config.node_id, &seq.to_string());
+    let swap = Swap {
+        topic: (&job.topic, job.topic_id, job.partition),
+        inputs: &job.entries,
+        object: &object,
+        bytes: &object_bytes,
+        data: (position, length),
     };
-    match metadata.propose(Command::Compact(swap)).await? {
+    let response = swap
+        .upload_and_propose(
+            (metadata, storage, config.upload_timeout),
+            &counters.bytes_written,
+            "crash-after-compaction-put",
+            Command::Compact,
+        )
+        .await?;
+    match response {
         Response::Compacted(Ok(_)) => {
             counters.jobs.fetch_add(1, Ordering::Relaxed);
             // A tail job rewrote what tail readers are reading (it was in the cache):
@@ -357,18 +345,7 @@ async fn compact(
                 std::process::abort();
             }
         }
-        other => {
-            // The run changed under us (new data is fine; a delete, a retention pass or
-            // another compactor is not): the new object is nobody's, drop it now.
-            counters.refused.fetch_add(1, Ordering::Relaxed);
-            if !matches!(other, Response::Compacted(Err(StateError::StaleCompaction))) {
-                warn!(?other, "unexpected answer to a compaction swap");
-            }
-            info!(%object, "compaction refused: the input changed; deleting its output");
-            if let Err(e) = storage.delete(&object).await {
-                warn!(%object, error = %e, "could not delete a refused compaction output (the orphan sweep will)");
-            }
-        }
+        other => discard_refused(storage, &object, &other, &counters.refused).await,
     }
     Ok(())
 }
@@ -389,12 +366,86 @@ pub(crate) async fn read_entry(
     }
 }
 
-fn compacted_name(node_id: u64, seq: u64) -> String {
+/// A rewritten run of one partition's entries, ready to upload and swap in.
+pub(crate) struct Swap<'a> {
+    pub topic: (&'a str, [u8; 16], i32),
+    /// The entries replaced, in order.
+    pub inputs: &'a [PlannedEntry],
+    pub object: &'a str,
+    pub bytes: &'a Bytes,
+    /// Where the data lies in the object: (position, length).
+    pub data: (u64, u64),
+}
+
+impl Swap<'_> {
+    /// Uploads the object, then proposes `command` (a compaction's or the cleaner's swap);
+    /// the state's answer. `failpoint` aborts the process between the two.
+    pub async fn upload_and_propose(
+        &self,
+        (metadata, storage, timeout): (&Metadata, &ObjectStorage, Duration),
+        bytes_written: &AtomicU64,
+        failpoint_name: &str,
+        command: fn(CompactionSwap) -> Command,
+    ) -> Result<Response, CompactionError> {
+        storage
+            .put_background(self.object, self.bytes, timeout)
+            .await?;
+        bytes_written.fetch_add(self.bytes.len() as u64, Ordering::Relaxed);
+        if failpoint(failpoint_name) {
+            warn!(object = self.object, "failpoint {failpoint_name}: aborting");
+            std::process::abort();
+        }
+        let (topic, topic_id, partition) = self.topic;
+        let swap = CompactionSwap {
+            topic: topic.to_owned(),
+            topic_id,
+            partition,
+            base_offset: self.inputs.first().map_or(0, |e| e.entry.base_offset),
+            end_offset: self.inputs.last().map_or(0, |e| e.entry.end_offset()),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|e| (e.entry.object, e.entry.position))
+                .collect(),
+            object: self.object.to_owned(),
+            object_size: self.bytes.len() as u64,
+            position: self.data.0,
+            length: self.data.1,
+            now_ms: crate::protocol::now_ms(),
+        };
+        Ok(metadata.propose(command(swap)).await?)
+    }
+}
+
+/// A refused swap: the run changed under the rewrite (new data is fine; a delete, a
+/// retention pass or another rewrite is not), so the new object is nobody's: drop it now.
+pub(crate) async fn discard_refused(
+    storage: &ObjectStorage,
+    object: &str,
+    answer: &Response,
+    refused: &AtomicU64,
+) {
+    refused.fetch_add(1, Ordering::Relaxed);
+    if !matches!(
+        answer,
+        Response::Compacted(Err(StateError::StaleCompaction))
+    ) {
+        warn!(?answer, "unexpected answer to a swap");
+    }
+    info!(%object, "swap refused: the input changed; deleting the new object");
+    if let Err(e) = storage.delete(object).await {
+        warn!(%object, error = %e, "could not delete a refused swap's object (the orphan sweep will)");
+    }
+}
+
+/// A new object's name under `compacted/`: time, node, nanoseconds and `tag` keep
+/// names unique across brokers and restarts.
+pub(crate) fn compacted_name(node_id: u64, tag: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     format!(
-        "{COMPACTED_PREFIX}/{:013}-{node_id}-{:09}-{seq}.seg",
+        "{COMPACTED_PREFIX}/{:013}-{node_id}-{:09}-{tag}.seg",
         now.as_millis(),
         now.subsec_nanos()
     )

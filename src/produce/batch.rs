@@ -8,22 +8,23 @@ use bytes::Bytes;
 use crate::metadata::state::ProducerBatch;
 
 /// Offsets of header fields inside a record batch.
-const BASE_OFFSET: usize = 0;
-const BATCH_LENGTH: usize = 8;
-const MAGIC: usize = 16;
-const CRC: usize = 17;
-const ATTRIBUTES: usize = 21;
-const LAST_OFFSET_DELTA: usize = 23;
-const MAX_TIMESTAMP: usize = 35;
-const PRODUCER_ID: usize = 43;
-const PRODUCER_EPOCH: usize = 51;
-const BASE_SEQUENCE: usize = 53;
+pub(crate) const BASE_OFFSET: usize = 0;
+pub(crate) const BATCH_LENGTH: usize = 8;
+pub(crate) const MAGIC: usize = 16;
+pub(crate) const CRC: usize = 17;
+pub(crate) const ATTRIBUTES: usize = 21;
+pub(crate) const LAST_OFFSET_DELTA: usize = 23;
+pub(crate) const BASE_TIMESTAMP: usize = 27;
+pub(crate) const MAX_TIMESTAMP: usize = 35;
+pub(crate) const PRODUCER_ID: usize = 43;
+pub(crate) const PRODUCER_EPOCH: usize = 51;
+pub(crate) const BASE_SEQUENCE: usize = 53;
 /// Attribute bits Strata refuses: transactional batches and control records.
 const TRANSACTIONAL_OR_CONTROL: i16 = 0x30;
-const RECORDS_COUNT: usize = 57;
+pub(crate) const RECORDS_COUNT: usize = 57;
 pub const HEADER_LEN: usize = 61;
 /// baseOffset and batchLength are not counted by batchLength itself.
-const LOG_OVERHEAD: usize = 12;
+pub(crate) const LOG_OVERHEAD: usize = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
@@ -53,15 +54,15 @@ pub struct ValidatedBatches {
     pub producer: Option<ProducerBatch>,
 }
 
-fn be_i32(b: &[u8], at: usize) -> i32 {
+pub(crate) fn be_i32(b: &[u8], at: usize) -> i32 {
     i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be_i16(b: &[u8], at: usize) -> i16 {
+pub(crate) fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be_i64(b: &[u8], at: usize) -> i64 {
+pub(crate) fn be_i64(b: &[u8], at: usize) -> i64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     i64::from_be_bytes(a)
@@ -196,7 +197,7 @@ pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {
     let max_timestamp = be_i64(batch, MAX_TIMESTAMP);
     // LogAppendTime: every record carries the batch's max timestamp.
     let log_append_time = attributes & 0x08 != 0;
-    let base_timestamp = be_i64(batch, 27);
+    let base_timestamp = be_i64(batch, BASE_TIMESTAMP);
     let count = usize::try_from(be_i32(batch, RECORDS_COUNT)).ok()?;
     let mut out = Vec::with_capacity(count.min(4096));
     let mut at = HEADER_LEN;
@@ -221,7 +222,7 @@ pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {
 }
 
 /// A zigzag varint (Kafka's varint and varlong), advancing `at`.
-fn varint(buf: &[u8], at: &mut usize) -> Option<i64> {
+pub(crate) fn varint(buf: &[u8], at: &mut usize) -> Option<i64> {
     let mut value: u64 = 0;
     for shift in (0..64).step_by(7) {
         let byte = *buf.get(*at)?;

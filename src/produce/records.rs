@@ -10,15 +10,11 @@
 
 use crate::storage::compression::{Codec, CodecError};
 
-use super::batch::HEADER_LEN;
+use super::batch::{
+    be_i16, be_i32, be_i64, ATTRIBUTES, BASE_TIMESTAMP, BATCH_LENGTH, CRC, HEADER_LEN,
+    LAST_OFFSET_DELTA, LOG_OVERHEAD, RECORDS_COUNT,
+};
 
-const BATCH_LENGTH: usize = 8;
-const CRC: usize = 17;
-const ATTRIBUTES: usize = 21;
-const LAST_OFFSET_DELTA: usize = 23;
-const BASE_TIMESTAMP: usize = 27;
-const RECORDS_COUNT: usize = 57;
-const LOG_OVERHEAD: usize = 12;
 const CONTROL: i16 = 0x20;
 /// KIP-534: the base timestamp is the time after which this batch's tombstones go.
 pub const DELETE_HORIZON: i16 = 0x40;
@@ -52,20 +48,6 @@ pub struct BatchInfo {
     pub control: bool,
     /// KIP-534's delete horizon, if this batch was cleaned with tombstones before.
     pub delete_horizon: Option<i64>,
-}
-
-fn be_i16(b: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    i64::from_be_bytes(x)
 }
 
 /// The header of a whole batch (as `stored_batches` or `validate` delimit it).
@@ -149,16 +131,7 @@ fn bytes_field<'a>(buf: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, Re
 }
 
 fn varint(buf: &[u8], at: &mut usize) -> Result<i64, RecordsError> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*at).ok_or(RecordsError::BadRecord)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
-        }
-    }
-    Err(RecordsError::BadRecord)
+    super::batch::varint(buf, at).ok_or(RecordsError::BadRecord)
 }
 
 fn put_varint(out: &mut Vec<u8>, value: i64) {
