@@ -237,6 +237,11 @@ variable "broker_min_size" {
   description = "Smallest number of autoscaled brokers (Raft learners) besides the controllers. At least 1, so that the scaling metric always has a value."
   type        = number
   default     = 1
+
+  validation {
+    condition     = var.broker_min_size >= 1
+    error_message = "Keep at least one autoscaled broker: target tracking needs a metric from the group."
+  }
 }
 
 variable "broker_max_size" {
