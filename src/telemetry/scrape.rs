@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::broker::Broker;
+use crate::metadata::state::MetadataState;
 
 /// Above this many (group, partition) pairs with a committed offset, per-partition lag
 /// series are not exported (only their count and each group's total): Prometheus keeps
@@ -90,41 +91,7 @@ fn read_state(broker: &Broker) -> StateView {
                 (name.clone(), t.partitions.len(), bytes)
             })
             .collect();
-        let lag_pairs: usize = s
-            .group_ids()
-            .filter_map(|g| s.group_offsets(g))
-            .map(|o| o.values().map(|p| p.len()).sum::<usize>())
-            .sum();
-        let per_partition = lag_pairs <= MAX_LAG_SERIES;
-        let mut lags = Vec::new();
-        let mut group_lag = Vec::new();
-        for group in s.group_ids() {
-            let Some(offsets) = s.group_offsets(group) else {
-                continue;
-            };
-            let mut total = 0i64;
-            for (topic, partitions) in offsets {
-                for (&partition, committed) in partitions {
-                    // Offsets of a deleted topic or partition have no lag to report.
-                    let Some(p) = s.partition(topic, partition) else {
-                        continue;
-                    };
-                    let lag = (p.next_offset - committed.offset).max(0);
-                    total = total.saturating_add(lag);
-                    if per_partition {
-                        lags.push(Lag {
-                            group: group.clone(),
-                            topic: topic.clone(),
-                            partition,
-                            lag,
-                        });
-                    }
-                }
-            }
-            if per_partition {
-                group_lag.push((group.clone(), total));
-            }
-        }
+        let (lags, group_lag, lag_pairs) = consumer_lag(s, MAX_LAG_SERIES);
         StateView {
             live_brokers: s.cluster().live().count(),
             registered_brokers: s.cluster().brokers().count(),
@@ -135,6 +102,45 @@ fn read_state(broker: &Broker) -> StateView {
             stats: s.stats(),
         }
     })
+}
+
+/// Per-partition lag, each group's total and the number of committed (group, partition)
+/// offsets; the first two are left empty above `cap` offsets.
+fn consumer_lag(s: &MetadataState, cap: usize) -> (Vec<Lag>, Vec<(String, i64)>, usize) {
+    let lag_pairs: usize = s
+        .group_ids()
+        .filter_map(|g| s.group_offsets(g))
+        .map(|o| o.values().map(|p| p.len()).sum::<usize>())
+        .sum();
+    let mut lags = Vec::new();
+    let mut group_lag = Vec::new();
+    if lag_pairs > cap {
+        return (lags, group_lag, lag_pairs);
+    }
+    for group in s.group_ids() {
+        let Some(offsets) = s.group_offsets(group) else {
+            continue;
+        };
+        let mut total = 0i64;
+        for (topic, partitions) in offsets {
+            for (&partition, committed) in partitions {
+                // Offsets of a deleted topic or partition have no lag to report.
+                let Some(p) = s.partition(topic, partition) else {
+                    continue;
+                };
+                let lag = (p.next_offset - committed.offset).max(0);
+                total = total.saturating_add(lag);
+                lags.push(Lag {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition,
+                    lag,
+                });
+            }
+        }
+        group_lag.push((group.clone(), total));
+    }
+    (lags, group_lag, lag_pairs)
 }
 
 /// Renders the state-derived families.
@@ -441,6 +447,41 @@ pub fn render_state(broker: &Broker) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::state::{Command, OffsetCommit};
+
+    #[test]
+    fn lag_series_stop_at_the_cap() {
+        let mut s = MetadataState::default();
+        s.apply(&Command::CreateTopic {
+            name: "t".into(),
+            topic_id: [1; 16],
+            partitions: 2,
+            configs: Default::default(),
+            now_ms: 1,
+            preferred: Vec::new(),
+        });
+        for group in ["a", "b"] {
+            let offsets = (0..2)
+                .map(|partition| OffsetCommit {
+                    topic: "t".into(),
+                    partition,
+                    offset: 0,
+                    leader_epoch: -1,
+                    metadata: None,
+                    commit_ms: 1,
+                })
+                .collect();
+            s.apply(&Command::CommitOffsets {
+                group: group.into(),
+                offsets,
+            });
+        }
+        let (lags, groups, pairs) = consumer_lag(&s, 4);
+        assert_eq!((lags.len(), groups.len(), pairs), (4, 2, 4));
+        assert!(lags.iter().all(|l| l.lag == 0 && l.topic == "t"));
+        let (lags, groups, pairs) = consumer_lag(&s, 3);
+        assert_eq!((lags.len(), groups.len(), pairs), (0, 0, 4));
+    }
 
     #[test]
     fn label_values_are_escaped() {
