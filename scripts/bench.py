@@ -229,6 +229,7 @@ class Broker:
                "--data-dir", str(self.data_dir), "--store", self.store, *self.extra]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info,openraft=warn")
+        env.setdefault("STRATA_METRICS_LISTEN", "none")  # several brokers may share the machine
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         logf = open(self.log_path, "ab", buffering=0)
         logf.write(f"\n===== bench: {' '.join(cmd)}\n".encode())

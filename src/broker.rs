@@ -107,6 +107,9 @@ pub struct Broker {
     pub storage: ObjectStorage,
     pub cache: Arc<BlockCache>,
     pub gauges: Arc<Gauges>,
+    /// What compaction and the cleaner did, for the stats file and the metrics.
+    pub compaction: Arc<CompactionCounters>,
+    pub cleaner: Arc<CleanerCounters>,
 }
 
 /// Background work owned by a running broker.
@@ -308,8 +311,8 @@ impl Broker {
                 config.data_dir.join("stats.json"),
                 metadata.clone(),
                 storage.clone(),
-                compaction_counters,
-                cleaner_counters,
+                compaction_counters.clone(),
+                cleaner_counters.clone(),
                 gauges.clone(),
             )),
         ];
@@ -330,6 +333,8 @@ impl Broker {
             storage,
             cache,
             gauges,
+            compaction: compaction_counters,
+            cleaner: cleaner_counters,
         });
         let tasks = BrokerTasks {
             flusher,

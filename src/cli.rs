@@ -116,6 +116,14 @@ pub struct ServeArgs {
     /// latency; losing every broker's disk then loses the last acknowledged commits).
     #[arg(long, env = "STRATA_UNSAFE_ACK_BEFORE_SHIPPING")]
     pub unsafe_ack_before_shipping: bool,
+    /// Address serving Prometheus `/metrics`, `/health` and `/ready` over HTTP, or `none`
+    /// [default: 127.0.0.1:9644].
+    #[arg(long, env = "STRATA_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Log output: `text`, or `json` (one object per line); `RUST_LOG` filters either
+    /// [default: text].
+    #[arg(long, env = "STRATA_LOG_FORMAT")]
+    pub log_format: Option<String>,
     /// Address for the metadata Raft traffic of other brokers (needed in a cluster).
     #[arg(long, env = "STRATA_RAFT_LISTEN")]
     pub raft_listen: Option<String>,

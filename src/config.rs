@@ -56,6 +56,8 @@ struct FileConfig {
     raft_listen: Option<String>,
     controllers: Option<String>,
     rack: Option<String>,
+    metrics_listen: Option<String>,
+    log_format: Option<String>,
     broker_lease_ms: Option<u64>,
     compaction_interval_ms: Option<u64>,
     retention_check_interval_ms: Option<u64>,
@@ -138,6 +140,9 @@ pub struct Config {
     pub connections_max_idle: Duration,
     /// Broker-wide defaults of topic configs set here (Kafka's static `log.*` configs).
     pub topic_defaults: TopicDefaults,
+    /// Where `/metrics`, `/health` and `/ready` are served; None: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: crate::telemetry::logs::LogFormat,
 }
 
 /// The topic configs that have a broker-wide default set by flag, variable or file, by
@@ -588,12 +593,45 @@ impl Config {
             100..=86_400_000,
             "use 100 to 86400000 milliseconds",
         )?;
+        // Fixed default and name: deployment files (compose, terraform) rely on them.
+        let metrics_text = args
+            .metrics_listen
+            .clone()
+            .or(file.metrics_listen)
+            .unwrap_or_else(|| "127.0.0.1:9644".into());
+        let metrics_listen = match metrics_text.trim() {
+            "none" => None,
+            text => Some(text.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics_listen",
+                value: metrics_text.clone(),
+                hint: "use HOST:PORT with a numeric IP, e.g. 0.0.0.0:9644, or none to turn metrics off",
+            })?),
+        };
+        if metrics_listen == Some(listen) {
+            return Err(ConfigError::Invalid {
+                key: "metrics_listen",
+                value: metrics_text,
+                hint: "use a port other than the Kafka listener's",
+            });
+        }
+        let log_format_text = args
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
+        let log_format = log_format_text.parse().map_err(|()| ConfigError::Invalid {
+            key: "log_format",
+            value: log_format_text.clone(),
+            hint: "use text or json",
+        })?;
         let default_disk_cache = if store.starts_with("file:") {
             0
         } else {
             1 << 30
         };
         Ok(Self {
+            metrics_listen,
+            log_format,
             raft_listen,
             controllers,
             rack: args.rack.clone().or(file.rack),
@@ -720,6 +758,43 @@ mod tests {
             ("127.0.0.1", 9092)
         );
         assert!(c.store.starts_with("file:///") && c.store.ends_with("/data/objects/"));
+    }
+
+    #[test]
+    fn metrics_and_log_settings() {
+        use crate::telemetry::logs::LogFormat;
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9644".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Text);
+        let c = Config::load(&ServeArgs {
+            metrics_listen: Some("none".into()),
+            log_format: Some("json".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((c.metrics_listen, c.log_format), (None, LogFormat::Json));
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
+        let e = refused(ServeArgs {
+            metrics_listen: Some("localhost".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("metrics_listen = \"localhost\" is not valid"),
+            "{e}"
+        );
+        let e = refused(ServeArgs {
+            metrics_listen: Some("127.0.0.1:9092".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("other than the Kafka listener's"), "{e}");
+        let e = refused(ServeArgs {
+            log_format: Some("xml".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("log_format = \"xml\" is not valid: use text or json"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`config`] and [`cli`]: settings from flags, `STRATA_…` variables and TOML.
 //! - [`background`]: compaction of the tail into segments, garbage collection, the
 //!   orphan sweep, the stats file.
+//! - [`telemetry`]: the Prometheus `/metrics`, `/health` and `/ready` listener, and log
+//!   output (text or JSON).
 //! - [`broker`]: wires the parts together.
 
 pub mod background;
@@ -29,3 +31,4 @@ pub mod produce;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+pub mod telemetry;

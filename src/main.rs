@@ -8,6 +8,7 @@ use clap::Parser;
 use strata::broker::Broker;
 use strata::cli::{Cli, Command};
 use strata::config::Config;
+use strata::telemetry::logs::{self, LogFormat};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
@@ -16,20 +17,22 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    exit_on_panic();
+    // The config says how to log, so it is read first; its errors go to stderr as one
+    // line whatever the format.
     let result = match cli.command {
-        Command::Serve(args) => Config::load(&args)
-            .map_err(anyhow::Error::from)
-            .and_then(serve),
-        Command::Voters(args) => voters(args),
+        Command::Serve(args) => match Config::load(&args) {
+            Ok(config) => {
+                logs::init(config.log_format);
+                exit_on_panic();
+                serve(config)
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Voters(args) => {
+            logs::init(LogFormat::Text);
+            exit_on_panic();
+            voters(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,8 +56,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
             };
             anyhow::anyhow!("cannot listen on {listen}: {e} ({hint})")
         })?;
+        // Bound before the broker starts, so that `/ready` says "starting" (503) until
+        // it has caught up and registered.
+        let started = strata::telemetry::http::Started::default();
+        if let Some(addr) = config.metrics_listen {
+            let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    "another process is using it; stop it or pass --metrics-listen HOST:PORT (or none)"
+                } else {
+                    "pass --metrics-listen with an address of this machine, or none"
+                };
+                anyhow::anyhow!("cannot listen for metrics on {addr}: {e} ({hint})")
+            })?;
+            strata::telemetry::install()?;
+            tokio::spawn(strata::telemetry::http::serve(metrics, started.clone()));
+            tokio::spawn(strata::telemetry::upkeep());
+            info!(%addr, "serving /metrics, /health and /ready");
+        }
         let (broker, tasks) = Broker::start(config).await?;
         broker.register().await?;
+        let _ = started.set(broker.clone());
         let liveness = broker.spawn_liveness();
         info!(%listen, advertise = %format!("{}:{}", broker.config.advertise_host, broker.config.advertise_port), "strata is serving");
         let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;

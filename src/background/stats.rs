@@ -64,7 +64,7 @@ struct Stats<'a> {
 }
 
 /// jemalloc's view of the heap: (allocated, resident).
-fn heap() -> (u64, u64) {
+pub(crate) fn heap() -> (u64, u64) {
     use tikv_jemalloc_ctl::{epoch, stats};
     if epoch::advance().is_err() {
         return (0, 0);

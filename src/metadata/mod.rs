@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-pub use self::raft::RaftOptions;
 use self::raft::{MetadataRaft, RaftGlueError};
+pub use self::raft::{RaftOptions, RaftStatus};
 use self::state::{Command, MetadataState, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,11 @@ impl Metadata {
     /// (liveness expiry, snapshot shipping, orphan collection).
     pub fn is_leader(&self) -> bool {
         self.raft.is_leader()
+    }
+
+    /// Role, term and log positions of this node's Raft.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.raft.status()
     }
 
     pub fn leader(&self) -> Option<u64> {

@@ -187,6 +187,15 @@ pub fn stored_batches(chunk: &[u8]) -> Vec<StoredBatch> {
     out
 }
 
+/// The records the batches of a stored chunk hold, from their headers (compaction can
+/// leave fewer records than a batch's offset span).
+pub fn record_count(chunk: &[u8]) -> u64 {
+    stored_batches(chunk)
+        .iter()
+        .map(|b| u64::try_from(be_i32(&chunk[b.start..], RECORDS_COUNT)).unwrap_or(0))
+        .sum()
+}
+
 /// Each record's (offset delta, timestamp) in an uncompressed batch; None when the batch
 /// is compressed (records unreadable without inflating) or malformed.
 pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {

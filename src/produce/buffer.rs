@@ -374,7 +374,9 @@ async fn upload(
     }
     let (data, entries) = builder.finish();
     let size = data.len() as u64;
+    let started = Instant::now();
     if let Err(e) = storage.put_with_retry(&object, &data, upload_timeout).await {
+        metrics::counter!(crate::telemetry::FLUSH_FAILURES).increment(1);
         warn!(error = %e, "segment upload failed; failing its requests");
         let err = ProduceError::Storage(e.to_string());
         for waiter in chunks.into_iter().flat_map(|c| c.waiters) {
@@ -382,6 +384,9 @@ async fn upload(
         }
         return None;
     }
+    metrics::counter!(crate::telemetry::FLUSHES).increment(1);
+    metrics::histogram!(crate::telemetry::FLUSH_BYTES).record(size as f64);
+    metrics::histogram!(crate::telemetry::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
     // Write-through: the uploader's own cache serves tail reads of what it just wrote.
     for entry in &entries {
         let start = entry.position as usize;

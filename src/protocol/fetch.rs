@@ -26,18 +26,39 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
         let last = Instant::now() >= deadline;
         let (responses, bytes, errors) = read_once(broker, &req, version, last).await;
         if bytes >= min_bytes.max(1) || errors || last {
-            return FetchResponse::default().with_responses(responses);
+            return answer(responses);
         }
         tokio::select! {
             changed = applied.changed() => if changed.is_err() {
-                return FetchResponse::default().with_responses(responses);
+                return answer(responses);
             },
             _ = tokio::time::sleep_until(deadline) => {
                 let (responses, _, _) = read_once(broker, &req, version, true).await;
-                return FetchResponse::default().with_responses(responses);
+                return answer(responses);
             }
         }
     }
+}
+
+/// The response, counted per topic: the bytes sent and the records their batch
+/// headers hold.
+fn answer(responses: Vec<FetchableTopicResponse>) -> FetchResponse {
+    for topic in &responses {
+        let (mut bytes, mut records) = (0u64, 0u64);
+        for p in &topic.partitions {
+            if let Some(data) = &p.records {
+                bytes += data.len() as u64;
+                records += crate::produce::batch::record_count(data);
+            }
+        }
+        if bytes > 0 {
+            let name = topic.topic.as_str().to_owned();
+            metrics::counter!(crate::telemetry::FETCH_BYTES, "topic" => name.clone())
+                .increment(bytes);
+            metrics::counter!(crate::telemetry::FETCH_RECORDS, "topic" => name).increment(records);
+        }
+    }
+    FetchResponse::default().with_responses(responses)
 }
 
 /// One pass over every requested partition: (responses, record bytes, any error).

@@ -34,6 +34,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tracing::{debug, Instrument};
 
 use crate::broker::Broker;
+use crate::telemetry;
 
 /// Errors after which the connection is closed, as Kafka does for requests it can't parse.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +86,69 @@ pub enum Started {
 
 /// Starts one request frame (without its size prefix): decodes it and, for a produce,
 /// enters its batches into the write buffer, so that this part happens in request order.
-pub async fn start_request(
+pub async fn start_request(broker: Arc<Broker>, frame: Bytes) -> Result<Started, ProtocolError> {
+    let started = std::time::Instant::now();
+    let result = decode_and_start(broker, frame, started).await;
+    if let Err(e) = &result {
+        if let Some(key) = e.api_key() {
+            telemetry::record_refused(telemetry::api_name(key));
+        }
+    }
+    result
+}
+
+impl ProtocolError {
+    /// The API of the request that failed, when it got that far.
+    fn api_key(&self) -> Option<ApiKey> {
+        match self {
+            Self::Truncated | Self::UnknownApiKey(_) => None,
+            Self::UnsupportedVersion { key, .. }
+            | Self::Decode { key, .. }
+            | Self::Bounds { key, .. }
+            | Self::Encode { key, .. }
+            | Self::Fenced(key) => Some(*key),
+        }
+    }
+}
+
+/// The one topic (and partition) a produce or fetch is about, for its span; None when
+/// it names several.
+fn single_target(request: &RequestKind) -> (Option<String>, Option<i32>) {
+    let one = |topics: Vec<(&str, Vec<i32>)>| match topics.as_slice() {
+        [(topic, partitions)] => (
+            Some((*topic).to_owned()),
+            match partitions.as_slice() {
+                [p] => Some(*p),
+                _ => None,
+            },
+        ),
+        _ => (None, None),
+    };
+    match request {
+        RequestKind::Produce(r) => one(r
+            .topic_data
+            .iter()
+            .map(|t| {
+                let partitions = t.partition_data.iter().map(|p| p.index).collect();
+                (t.name.as_str(), partitions)
+            })
+            .collect()),
+        RequestKind::Fetch(r) => one(r
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t.partitions.iter().map(|p| p.partition).collect();
+                (t.topic.as_str(), partitions)
+            })
+            .collect()),
+        _ => (None, None),
+    }
+}
+
+async fn decode_and_start(
     broker: Arc<Broker>,
     mut frame: Bytes,
+    started: std::time::Instant,
 ) -> Result<Started, ProtocolError> {
     if frame.len() < 8 {
         return Err(ProtocolError::Truncated);
@@ -127,10 +188,33 @@ pub async fn start_request(
         .as_ref()
         .map(|s| s.as_str().to_owned())
         .unwrap_or_default();
-    let span = tracing::debug_span!("request", api = ?key, version, correlation_id, %client_id);
-    let respond = move |response: Option<ResponseKind>| match response {
-        Some(response) => encode_response(key, version, correlation_id, &response).map(Some),
-        None => Ok(None),
+    let span = tracing::debug_span!(
+        "request",
+        api = ?key,
+        version,
+        correlation_id,
+        %client_id,
+        topic = tracing::field::Empty,
+        partition = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let (topic, partition) = single_target(&request);
+        if let Some(topic) = topic {
+            span.record("topic", topic.as_str());
+        }
+        if let Some(partition) = partition {
+            span.record("partition", partition);
+        }
+    }
+    let api = telemetry::api_name(key);
+    let respond = move |response: Option<ResponseKind>| {
+        telemetry::record_request(api, started.elapsed(), response.as_ref());
+        match response {
+            Some(response) => encode_response(key, version, correlation_id, &response)
+                .inspect_err(|_| telemetry::record_protocol_error(api))
+                .map(Some),
+            None => Ok(None),
+        }
     };
     if let RequestKind::Produce(req) = request {
         let pending = produce::enqueue(&broker, req, version)
@@ -142,8 +226,13 @@ pub async fn start_request(
         )));
     }
     Ok(Started::Other(Box::pin(
-        async move { respond(dispatch(&broker, request, version, &client_id).await?) }
-            .instrument(span),
+        async move {
+            let response = dispatch(&broker, request, version, &client_id)
+                .await
+                .inspect_err(|_| telemetry::record_refused(api))?;
+            respond(response)
+        }
+        .instrument(span),
     )))
 }
 

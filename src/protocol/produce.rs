@@ -23,11 +23,20 @@ use crate::produce::batch::{self, BatchError};
 use crate::produce::buffer::Committed;
 use crate::produce::records;
 use crate::produce::ProduceError;
+use crate::telemetry;
 
 type PartitionError = (ResponseError, String);
 /// Each partition of a topic: enqueued (waiting for its commit) or already refused.
-/// A queued partition carries its LogAppendTime, when the topic uses it.
-type QueuedPartitions = Vec<(i32, Result<(Committed, Option<i64>), PartitionError>)>;
+/// A queued partition carries its LogAppendTime, when the topic uses it, and its size.
+type QueuedPartitions = Vec<(i32, Result<Queued, PartitionError>)>;
+
+/// A partition's batches in the write buffer.
+struct Queued {
+    committed: Committed,
+    append_time: Option<i64>,
+    bytes: usize,
+    records: u32,
+}
 
 /// A produce request whose batches are in the write buffer (or were refused).
 pub struct PendingProduce {
@@ -131,15 +140,22 @@ impl PendingProduce {
                                 // Fenced while waiting: the commit may never come; the
                                 // client retries where the cluster is (an idempotent
                                 // producer's retry is deduplicated if it did land).
-                                Ok((committed, append_time)) => (
-                                    tokio::select! {
-                                        r = tokio::time::timeout_at(deadline, committed) => r
+                                Ok(queued) => {
+                                    let result = tokio::select! {
+                                        r = tokio::time::timeout_at(deadline, queued.committed) => r
                                             .unwrap_or(Err(ProduceError::TimedOut))
                                             .map_err(produce_error),
                                         () = until_fenced(broker) => Err(not_leader()),
-                                    },
-                                    append_time,
-                                ),
+                                    };
+                                    if result.is_ok() {
+                                        let topic = topic.clone();
+                                        metrics::counter!(telemetry::PRODUCE_BYTES, "topic" => topic.clone())
+                                            .increment(queued.bytes as u64);
+                                        metrics::counter!(telemetry::PRODUCE_RECORDS, "topic" => topic)
+                                            .increment(u64::from(queued.records));
+                                    }
+                                    (result, queued.append_time)
+                                }
                                 Err(e) => (Err(e), None),
                             };
                             // Kafka reports the partition's log start offset after the append.
@@ -166,7 +182,7 @@ async fn enqueue_partition(
     lookup: &TopicLookup,
     partition: i32,
     records: Option<bytes::Bytes>,
-) -> Result<(Committed, Option<i64>), PartitionError> {
+) -> Result<Queued, PartitionError> {
     match lookup {
         TopicLookup::Found { partitions, .. } if (0..*partitions).contains(&partition) => {}
         TopicLookup::Invalid => {
@@ -203,6 +219,8 @@ async fn enqueue_partition(
         check_keys(&batches, topic, partition)?;
     }
     // The broker's clock (this proposer's), never the state machine's.
+    // Batches record counts are checked against their offset spans in `validate`.
+    let (bytes, records) = (batches.bytes, batches.offset_count);
     let append_time = broker.log_append_time(topic).then(super::now_ms);
     if let Some(now) = append_time {
         set_log_append_time(&mut batches, now);
@@ -211,7 +229,12 @@ async fn enqueue_partition(
         .buffer
         .enqueue(topic, partition, batches)
         .await
-        .map(|committed| (committed, append_time))
+        .map(|committed| Queued {
+            committed,
+            append_time,
+            bytes,
+            records,
+        })
         .map_err(produce_error)
 }
 

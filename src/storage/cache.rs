@@ -134,18 +134,45 @@ impl BlockCache {
         F: Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display,
     {
+        use crate::telemetry::{CACHE_HITS, CACHE_HIT_BYTES, CACHE_MISSES};
         let key = key(object, position);
         if let Some(hit) = self.tail.get(&key) {
+            metrics::counter!(CACHE_HITS, "tier" => "tail").increment(1);
+            metrics::counter!(CACHE_HIT_BYTES, "tier" => "tail")
+                .increment(hit.value().len() as u64);
             return Ok(hit.value().clone());
         }
+        metrics::counter!(CACHE_MISSES, "tier" => "tail").increment(1);
+        // Whether this reader's own load ran: a reader coalesced onto another's load
+        // counts as a hit, as it sent no request of its own.
+        let loaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loading = loaded.clone();
         let entry = self
             .replay
             .get_or_fetch(&key, || async move {
+                loading.store(true, std::sync::atomic::Ordering::Relaxed);
                 load.await.map_err(|e| anyhow::anyhow!("{e}"))
             })
             .await
             .map_err(|e| e.to_string())?;
+        if loaded.load(std::sync::atomic::Ordering::Relaxed) {
+            metrics::counter!(CACHE_MISSES, "tier" => "replay").increment(1);
+        } else {
+            metrics::counter!(CACHE_HITS, "tier" => "replay").increment(1);
+            metrics::counter!(CACHE_HIT_BYTES, "tier" => "replay")
+                .increment(entry.value().len() as u64);
+        }
         Ok(entry.value().clone())
+    }
+
+    /// Bytes held by each tier's memory now: (tail, replay).
+    pub fn usage(&self) -> (usize, usize) {
+        (self.tail.usage(), self.replay.memory().usage())
+    }
+
+    /// Each tier's memory budget: (tail, replay).
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.tail.capacity(), self.replay.memory().capacity())
     }
 
     pub async fn close(&self) {

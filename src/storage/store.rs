@@ -59,6 +59,35 @@ pub struct RequestCounters {
     pub gets: AtomicU64,
     pub lists: AtomicU64,
     pub deletes: AtomicU64,
+    /// Whether the last request that completed failed (not-found is an answer, not a
+    /// failure): readiness reports a store this broker cannot reach.
+    pub last_failed: std::sync::atomic::AtomicBool,
+}
+
+/// Times a store request and counts it by kind (`get`, `put`, `delete`, `list`).
+async fn observed<T>(
+    counters: &RequestCounters,
+    kind: &'static str,
+    request: impl std::future::Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    let started = std::time::Instant::now();
+    let result = request.await;
+    // Not-found is an answer from a reachable store, not a failure.
+    let failed = result
+        .as_ref()
+        .is_err_and(|e| !matches!(e, object_store::Error::NotFound { .. }));
+    note(counters, kind, started, failed);
+    result
+}
+
+fn note(counters: &RequestCounters, kind: &'static str, started: std::time::Instant, failed: bool) {
+    use crate::telemetry::{STORE_ERRORS, STORE_REQUESTS, STORE_SECONDS};
+    metrics::counter!(STORE_REQUESTS, "kind" => kind).increment(1);
+    metrics::histogram!(STORE_SECONDS, "kind" => kind).record(started.elapsed().as_secs_f64());
+    if failed {
+        metrics::counter!(STORE_ERRORS, "kind" => kind).increment(1);
+    }
+    counters.last_failed.store(failed, Ordering::Relaxed);
 }
 
 /// An object found by listing.
@@ -133,8 +162,9 @@ impl ObjectStorage {
             return self.put_multipart(path, data).await;
         }
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .put(&Path::from(path), PutPayload::from(data))
+        let location = Path::from(path);
+        let put = self.inner.put(&location, PutPayload::from(data));
+        observed(&self.counters, "put", put)
             .await
             .map(|_| ())
             .map_err(|source| store_error(path, source))
@@ -153,9 +183,13 @@ impl ObjectStorage {
             .step_by(MULTIPART_PART)
             .map(|start| {
                 self.counters.puts.fetch_add(1, Ordering::Relaxed);
-                upload.put_part(PutPayload::from(
-                    data.slice(start..(start + MULTIPART_PART).min(data.len())),
-                ))
+                observed(
+                    &self.counters,
+                    "put",
+                    upload.put_part(PutPayload::from(
+                        data.slice(start..(start + MULTIPART_PART).min(data.len())),
+                    )),
+                )
             })
             .collect();
         if let Err(source) = futures::future::try_join_all(parts).await {
@@ -171,21 +205,20 @@ impl ObjectStorage {
 
     pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .get_range(&Path::from(path), range)
+        let location = Path::from(path);
+        let get = self.inner.get_range(&location, range);
+        observed(&self.counters, "get", get)
             .await
             .map_err(|source| store_error(path, source))
     }
 
     pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        let result = self
-            .inner
-            .get(&Path::from(path))
-            .await
-            .map_err(|source| store_error(path, source))?;
-        result
-            .bytes()
+        let get = async {
+            let result = self.inner.get(&Path::from(path)).await?;
+            result.bytes().await
+        };
+        observed(&self.counters, "get", get)
             .await
             .map_err(|source| store_error(path, source))
     }
@@ -206,10 +239,8 @@ impl ObjectStorage {
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, StorageError> {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
-        let objects: Vec<_> = self
-            .inner
-            .list(Some(&Path::from(prefix)))
-            .try_collect()
+        let list = self.inner.list(Some(&Path::from(prefix))).try_collect();
+        let objects: Vec<_> = observed(&self.counters, "list", list)
             .await
             .map_err(|source| store_error(prefix, source))?;
         Ok(objects
@@ -238,7 +269,14 @@ impl ObjectStorage {
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         let target = root.join(path);
         let data = data.clone();
+        let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || write_paced(&target, &data)).await;
+        note(
+            &self.counters,
+            "put",
+            started,
+            !matches!(written, Ok(Ok(()))),
+        );
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StorageError::LocalDir {
@@ -277,7 +315,9 @@ impl ObjectStorage {
 
     pub async fn delete(&self, path: &str) -> Result<(), StorageError> {
         self.counters.deletes.fetch_add(1, Ordering::Relaxed);
-        match self.inner.delete(&Path::from(path)).await {
+        let location = Path::from(path);
+        let delete = self.inner.delete(&location);
+        match observed(&self.counters, "delete", delete).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(store_error(path, source)),
         }

@@ -97,6 +97,9 @@ class Node:
             raise ClusterError(f"broker binary not found: {STRATA_BIN} (cargo build or set STRATA_BIN)")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info,openraft=warn")
+        # Many brokers share this machine: no metrics listener unless a test asks for one
+        # (a --metrics-listen flag wins over the variable).
+        env.setdefault("STRATA_METRICS_LISTEN", "none")
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")
         env.update(self.env)

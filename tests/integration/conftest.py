@@ -299,6 +299,9 @@ class Broker:
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")  # plain broker logs (tracing-subscriber honours NO_COLOR)
+        # Many brokers share this machine: no metrics listener unless a test asks for one
+        # (a --metrics-listen flag wins over the variable).
+        env.setdefault("STRATA_METRICS_LISTEN", "none")
         if self.store == "s3":
             for k in list(env):
                 if k.startswith("AWS_"):

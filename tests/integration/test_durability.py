@@ -469,6 +469,7 @@ def test_missing_bucket_fails_startup_in_one_line(tmp_path):
     env.update(S3_ENV)
     env["AWS_ENDPOINT_URL"] = srv.endpoint
     env["NO_COLOR"] = "1"
+    env["STRATA_METRICS_LISTEN"] = "none"
     port = free_port()
     r = subprocess.run(
         [str(STRATA_BIN), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"),

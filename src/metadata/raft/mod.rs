@@ -135,6 +135,19 @@ impl RaftOptions {
     }
 }
 
+/// A snapshot of this node's Raft progress (see [`MetadataRaft::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: u64,
+    /// The highest index this node knows to be committed.
+    pub committed: u64,
+    /// The highest index applied to this node's state.
+    pub applied: u64,
+}
+
 /// Handle to the running metadata Raft node; cheap to clone.
 #[derive(Clone)]
 pub struct MetadataRaft {
@@ -332,6 +345,7 @@ impl MetadataRaft {
     /// `propose`, also returning the entry's log index.
     async fn propose_indexed(&self, cmd: Command) -> Result<(Response, u64), RaftGlueError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let started = Instant::now();
         loop {
             // A leader cut off from its followers never learns it was deposed: bound the
             // wait so that the caller gets an error instead of hanging.
@@ -345,6 +359,8 @@ impl MetadataRaft {
             let last_error = match result {
                 Ok(resp) => {
                     self.wait_shipped(resp.log_id.index, deadline).await?;
+                    metrics::histogram!(crate::telemetry::RAFT_COMMIT_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
                     return Ok((resp.data, resp.log_id.index));
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
@@ -476,6 +492,31 @@ impl MetadataRaft {
     /// This node's id, and the current leader's if one is known.
     pub fn leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Role, term and log positions, for metrics and readiness.
+    pub fn status(&self) -> RaftStatus {
+        let (role, term, leader, last_log_index) = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            let role = match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Shutdown => "shutdown",
+            };
+            (role, m.current_term, m.current_leader, m.last_log_index)
+        };
+        let committed = self.inner.log.lock().committed.map_or(0, |c| c.index);
+        RaftStatus {
+            role,
+            term,
+            leader,
+            last_log_index: last_log_index.unwrap_or(0),
+            committed,
+            applied: *self.inner.applied.borrow(),
+        }
     }
 
     pub fn is_leader(&self) -> bool {
