@@ -220,6 +220,9 @@ def test_grafana_dashboard():
     bases = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
     for metric in ("strata_requests_total", "strata_request_duration_seconds", "strata_store_requests_total",
                    "strata_topic_bytes", "strata_consumer_lag", "strata_raft_commit_index",
-                   "strata_live_brokers", "strata_produce_bytes_total", "strata_fetch_bytes_total",
+                   "strata_brokers_live", "strata_produce_bytes_total", "strata_fetch_bytes_total",
                    "strata_cache_hits_total"):
         assert metric in bases, metric
+    # Every metric it reads is one the broker exports (the table in docs/architecture.md).
+    documented = set(re.findall(r"`(strata_[a-z0-9_]+)`", (REPO_ROOT / "docs" / "architecture.md").read_text()))
+    assert bases <= documented, f"not exported: {sorted(bases - documented)}"
