@@ -87,7 +87,7 @@ for store in ${STRATA_TEST_STORES:-local s3}; do
     log "integration tests (pytest), STRATA_TEST_STORE=$store"
     t0=$SECONDS
     # shellcheck disable=SC2086
-    STRATA_TEST_STORE="$store" .venv/bin/python -m pytest tests/integration -v --timeout=300 ${PYTEST_ARGS:-} || status=$?
+    STRATA_TEST_STORE="$store" .venv/bin/python -m pytest tests/integration -v --timeout=300 --durations=15 ${PYTEST_ARGS:-} || status=$?
     log "integration tests against $store took $((SECONDS - t0))s (exit $status)"
     # pytest exit 5 = nothing collected (e.g. a -k that matches only the other pass)
     [ "$status" -eq 5 ] && status=0

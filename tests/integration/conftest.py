@@ -407,6 +407,24 @@ def _stop_s3_server():
         _S3_SERVER = None
 
 
+# Modules that test the wire protocol, the front end, metrics or deployment files: what
+# they check does not depend on the object store, so they run in the local pass only
+# (the S3 pass keeps to what exercises the store), which keeps CI within its time.
+STORE_INDEPENDENT = {
+    "test_wire_fields", "test_wire_order", "test_admin_wire", "test_admin_apis", "test_semantics",
+    "test_kafkajs_semantics", "test_compose", "test_terraform", "test_metrics",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_STORE == "local":
+        return
+    skip = pytest.mark.skip(reason="store-independent: runs in the local pass only")
+    for item in items:
+        if item.module.__name__ in STORE_INDEPENDENT:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config):
     return f"strata object store for this run: STRATA_TEST_STORE={TEST_STORE}"
 
