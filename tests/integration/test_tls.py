@@ -12,7 +12,8 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from conftest import STRATA_BIN, Broker, supervise
 
@@ -118,6 +119,12 @@ def test_clients_over_tls_and_plaintext_refused(tls_broker, pki, unique_topic):
                        text=True, capture_output=True, timeout=30)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["a", "b", "c"]
+
+    # DescribeConfigs names the listener's security protocol.
+    admin = AdminClient(ssl_conf(b, pki))
+    resource = ConfigResource(ConfigResource.Type.BROKER, "1")
+    configs = admin.describe_configs([resource])[resource].result(timeout=10)
+    assert configs["advertised.listeners"].value == f"SSL://{b.bootstrap}"
 
     # A plaintext Kafka request gets no Kafka answer: the broker wants a TLS handshake.
     with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
