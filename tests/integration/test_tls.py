@@ -101,7 +101,8 @@ def produce_consume(b, pki, topic, n=20, **extra):
 
 @pytest.fixture
 def tls_broker(request, tmp_path, pki):
-    yield from supervise(request, Broker(tmp_path / "strata", extra_args=tls_args(pki)))
+    args = tls_args(pki, "--frame-read-timeout-ms", "1000")
+    yield from supervise(request, Broker(tmp_path / "strata", extra_args=args))
 
 
 def test_clients_over_tls_and_plaintext_refused(tls_broker, pki, unique_topic):
@@ -125,6 +126,12 @@ def test_clients_over_tls_and_plaintext_refused(tls_broker, pki, unique_topic):
     resource = ConfigResource(ConfigResource.Type.BROKER, "1")
     configs = admin.describe_configs([resource])[resource].result(timeout=10)
     assert configs["advertised.listeners"].value == f"SSL://{b.bootstrap}"
+
+    # A client that never starts its handshake is closed after frame_read_timeout_ms.
+    with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
+        started = time.monotonic()
+        assert s.recv(1) == b""
+        assert 0.8 < time.monotonic() - started < 4
 
     # A plaintext Kafka request gets no Kafka answer: the broker wants a TLS handshake.
     with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
