@@ -173,6 +173,20 @@ pub struct ServeArgs {
     /// like connections.max.idle.ms [default: 600000].
     #[arg(long, env = "STRATA_CONNECTIONS_MAX_IDLE_MS")]
     pub connections_max_idle_ms: Option<u64>,
+    /// PEM certificate chain of the Kafka listener; with --ssl-key-file it speaks TLS
+    /// (security protocol SSL). Reloaded when the file changes.
+    #[arg(long, env = "STRATA_SSL_CERT_FILE")]
+    pub ssl_cert_file: Option<PathBuf>,
+    /// PEM private key of --ssl-cert-file (unencrypted PKCS#8, RSA or EC).
+    #[arg(long, env = "STRATA_SSL_KEY_FILE")]
+    pub ssl_key_file: Option<PathBuf>,
+    /// Client certificates, like ssl.client.auth: none, requested or required (checked
+    /// against --ssl-ca-file) [default: none].
+    #[arg(long, env = "STRATA_SSL_CLIENT_AUTH")]
+    pub ssl_client_auth: Option<String>,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    #[arg(long, env = "STRATA_SSL_CA_FILE")]
+    pub ssl_ca_file: Option<PathBuf>,
     // Broker-wide defaults of topic configs (Kafka's static `log.*` broker configs): a
     // topic without its own value, and with no dynamic broker config set, uses these.
     /// Default retention.ms, like log.retention.ms; -1 keeps forever [default: 604800000].

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::ServeArgs;
+use crate::server::tls::{ClientAuth, TlsSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +70,10 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     frame_read_timeout_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
+    ssl_cert_file: Option<PathBuf>,
+    ssl_key_file: Option<PathBuf>,
+    ssl_client_auth: Option<String>,
+    ssl_ca_file: Option<PathBuf>,
     retention_ms: Option<i64>,
     retention_bytes: Option<i64>,
     segment_ms: Option<i64>,
@@ -138,6 +143,8 @@ pub struct Config {
     pub frame_read_timeout: Duration,
     /// A connection with nothing in flight and nothing arriving this long is closed.
     pub connections_max_idle: Duration,
+    /// TLS on the Kafka listener; None: plaintext.
+    pub tls: Option<TlsSettings>,
     /// Broker-wide defaults of topic configs set here (Kafka's static `log.*` configs).
     pub topic_defaults: TopicDefaults,
     /// Where `/metrics`, `/health` and `/ready` are served; None: nowhere.
@@ -296,6 +303,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let topic_defaults = topic_defaults(args, &file)?;
+        let tls = tls_settings(args, &file)?;
         let listen_text = args
             .listen
             .clone()
@@ -646,6 +654,7 @@ impl Config {
             max_connections_per_ip,
             frame_read_timeout,
             connections_max_idle,
+            tls,
             buffer_max_bytes,
             upload_timeout,
             store_snapshot_interval,
@@ -684,6 +693,71 @@ impl Config {
             topic_defaults,
         })
     }
+}
+
+/// The listener's TLS settings, checked for consistency (the files are read at start-up,
+/// by `server::tls`).
+fn tls_settings(args: &ServeArgs, file: &FileConfig) -> Result<Option<TlsSettings>, ConfigError> {
+    let path = |arg: &Option<PathBuf>, file: &Option<PathBuf>| {
+        arg.clone()
+            .or(file.clone())
+            .filter(|p| !p.as_os_str().is_empty())
+    };
+    let cert_file = path(&args.ssl_cert_file, &file.ssl_cert_file);
+    let key_file = path(&args.ssl_key_file, &file.ssl_key_file);
+    let ca_file = path(&args.ssl_ca_file, &file.ssl_ca_file);
+    let client_auth_text = args
+        .ssl_client_auth
+        .clone()
+        .or(file.ssl_client_auth.clone())
+        .unwrap_or_else(|| "none".into());
+    let client_auth: ClientAuth = client_auth_text
+        .parse()
+        .map_err(|()| ConfigError::Invalid {
+            key: "ssl_client_auth",
+            value: client_auth_text.clone(),
+            hint: "use none, requested or required",
+        })?;
+    let (cert_file, key_file) = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            if client_auth != ClientAuth::None || ca_file.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "ssl_client_auth",
+                    value: client_auth_text,
+                    hint: "client certificates need TLS: set ssl_cert_file and ssl_key_file too",
+                });
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                key: "ssl_key_file",
+                value: String::new(),
+                hint: "ssl_cert_file is set: set ssl_key_file to its PEM private key too",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Invalid {
+                key: "ssl_cert_file",
+                value: String::new(),
+                hint: "ssl_key_file is set: set ssl_cert_file to its PEM certificate too",
+            })
+        }
+    };
+    if client_auth != ClientAuth::None && ca_file.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "ssl_ca_file",
+            value: String::new(),
+            hint: "ssl_client_auth requested or required checks client certificates against it: set it to a PEM CA bundle",
+        });
+    }
+    Ok(Some(TlsSettings {
+        cert_file,
+        key_file,
+        client_auth,
+        ca_file,
+    }))
 }
 
 /// `1@host:port,2@host:port`: the Raft voters.
@@ -1104,6 +1178,67 @@ mod tests {
         assert_eq!(
             (args.retention_ms, args.retention_bytes),
             (Some(-1), Some(-1))
+        );
+    }
+
+    #[test]
+    fn tls_settings_are_checked_for_consistency() {
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
+        assert!(Config::load(&ServeArgs::default()).unwrap().tls.is_none());
+        let e = refused(ServeArgs {
+            ssl_cert_file: Some("c.pem".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("ssl_key_file = \"\" is not valid: ssl_cert_file is set"),
+            "{e}"
+        );
+        let e = refused(ServeArgs {
+            ssl_key_file: Some("k.pem".into()),
+            ..Default::default()
+        });
+        assert!(e.starts_with("ssl_cert_file = \"\" is not valid"), "{e}");
+        let e = refused(ServeArgs {
+            ssl_cert_file: Some("c.pem".into()),
+            ssl_key_file: Some("k.pem".into()),
+            ssl_client_auth: Some("always".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("use none, requested or required"), "{e}");
+        let e = refused(ServeArgs {
+            ssl_cert_file: Some("c.pem".into()),
+            ssl_key_file: Some("k.pem".into()),
+            ssl_client_auth: Some("required".into()),
+            ..Default::default()
+        });
+        assert!(e.starts_with("ssl_ca_file = \"\" is not valid"), "{e}");
+        let e = refused(ServeArgs {
+            ssl_client_auth: Some("requested".into()),
+            ssl_ca_file: Some("ca.pem".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("set ssl_cert_file and ssl_key_file"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "ssl_cert_file = \"c.pem\"\nssl_key_file = \"k.pem\"\nssl_client_auth = \"requested\"\nssl_ca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsSettings {
+                cert_file: "c.pem".into(),
+                key_file: "k.pem".into(),
+                client_auth: ClientAuth::Requested,
+                ca_file: Some("ca.pem".into()),
+            })
         );
     }
 

@@ -47,6 +47,13 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Certificates are read before anything starts: a bad file stops start-up.
+        let tls = match &config.tls {
+            Some(settings) => Some(std::sync::Arc::new(
+                strata::server::tls::TlsAcceptor::load(settings.clone())?,
+            )),
+            None => None,
+        };
         let listen = config.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -77,7 +84,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         broker.register().await?;
         let _ = started.set(broker.clone());
         let liveness = broker.spawn_liveness();
-        info!(%listen, advertise = %format!("{}:{}", broker.config.advertise_host, broker.config.advertise_port), "strata is serving");
+        let protocol = if tls.is_some() { "SSL" } else { "PLAINTEXT" };
+        info!(%listen, protocol, advertise = %format!("{}:{}", broker.config.advertise_host, broker.config.advertise_port), "strata is serving");
         let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
         let shutdown = async move {
@@ -109,7 +117,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 () = fatal => {}
             }
         };
-        strata::server::serve(broker.clone(), listener, shutdown).await;
+        strata::server::serve(broker.clone(), listener, tls, shutdown).await;
         // Requests already buffered finish their flush and commit; every acknowledged
         // record is in the store already, so a bounded wait is all a graceful stop needs.
         tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;

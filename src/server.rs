@@ -17,6 +17,10 @@
 //! stays bounded however many clients send large frames. A frame must arrive whole
 //! within `frame_read_timeout_ms` of its size, and a connection with nothing in flight
 //! and nothing arriving for `connections_max_idle_ms` is closed.
+//!
+//! With `ssl_cert_file` and `ssl_key_file` the listener speaks TLS (`tls.rs`): the
+//! handshake must finish within `frame_read_timeout_ms`, then the connection runs the
+//! same loop as a plaintext one, over the decrypted stream.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,8 +30,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -37,8 +40,10 @@ use crate::broker::Broker;
 use crate::protocol::{start_request, ProtocolError, Started};
 
 mod limits;
+pub mod tls;
 
 use limits::{ConnectionLimits, RequestBudget, Throttle};
+use tls::{Principal, TlsAcceptor};
 
 /// Responses a connection may owe (produces waiting for their commit, answers not yet
 /// written); past this, reading pauses (backpressure).
@@ -47,7 +52,13 @@ const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Refused connections are logged at most this often (a flood must not flood the log).
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Serves Kafka clients on `listener`, over TLS when `tls` is given.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let config = &broker.config;
     let limits = ConnectionLimits::new(
         config.max_connections,
@@ -79,11 +90,12 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
                     };
                     let broker = broker.clone();
                     let budget = budget.clone();
+                    let tls = tls.clone();
                     let span = tracing::debug_span!("connection", %peer);
                     tokio::spawn(async move {
                         let _slot = slot;
                         debug!("connection opened");
-                        if let Err(e) = connection(broker, budget, stream).await {
+                        if let Err(e) = open(broker, budget, tls, stream).await {
                             debug!(error = %e, "connection closed");
                         }
                     }.instrument(span));
@@ -118,6 +130,45 @@ enum ConnectionError {
     Idle(Duration),
     #[error("request budget closed")]
     Budget,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("TLS handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+/// What a connection knows about its client, for authorization.
+#[derive(Debug)]
+struct Session {
+    principal: Principal,
+}
+
+/// Runs a new connection: the TLS handshake first if the listener has TLS.
+async fn open(
+    broker: Arc<Broker>,
+    budget: Arc<RequestBudget>,
+    tls: Option<Arc<TlsAcceptor>>,
+    stream: TcpStream,
+) -> Result<(), ConnectionError> {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        let session = Session {
+            principal: Principal::anonymous(),
+        };
+        return connection(broker, budget, session, stream).await;
+    };
+    // Bounded like a frame: a client that connects and never finishes the handshake
+    // must not hold a connection slot.
+    let timeout = broker.config.frame_read_timeout;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(ConnectionError::Handshake(e)),
+        Err(_) => return Err(ConnectionError::HandshakeTimeout(timeout)),
+    };
+    let session = Session {
+        principal: Principal::from_peer(stream.get_ref().1.peer_certificates()),
+    };
+    connection(broker, budget, session, stream).await
 }
 
 /// A response the writer waits for, in request order.
@@ -152,13 +203,18 @@ impl Activity {
     }
 }
 
-async fn connection(
+/// The request loop, the same over a plaintext or a TLS stream.
+async fn connection<S>(
     broker: Arc<Broker>,
     budget: Arc<RequestBudget>,
-    stream: TcpStream,
-) -> Result<(), ConnectionError> {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    session: Session,
+    stream: S,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    debug!(principal = %session.principal, "session");
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Answer>(MAX_INFLIGHT_PER_CONNECTION);
     let max_frame = broker.config.max_request_bytes;
     let frame_timeout = broker.config.frame_read_timeout;
@@ -245,6 +301,8 @@ async fn connection(
         while let Some(answer) = rx.recv().await {
             if let Some(response) = answer.await? {
                 writer.write_all(&response).await?;
+                // TLS may hold the last record back until flushed (no-op for TCP).
+                writer.flush().await?;
             }
             written.wrote();
         }
@@ -267,7 +325,7 @@ async fn connection(
 /// prefix, as before). Closes an idle connection: nothing owed to the client, and
 /// neither a byte received nor an answer written for `idle`.
 async fn read_size(
-    reader: &mut OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     idle: Duration,
     activity: &Activity,
 ) -> Result<Option<i32>, ConnectionError> {
@@ -305,7 +363,7 @@ async fn read_size(
 /// is bounded over all connections; the pages fill as bytes arrive). It must arrive
 /// within `timeout`.
 async fn read_frame(
-    reader: &mut OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     size: usize,
     timeout: Duration,
 ) -> Result<Bytes, ConnectionError> {

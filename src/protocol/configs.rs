@@ -388,7 +388,12 @@ fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
         ),
         (
             "advertised.listeners".into(),
-            format!("PLAINTEXT://{}:{}", c.advertise_host, c.advertise_port),
+            format!(
+                "{}://{}:{}",
+                if c.tls.is_some() { "SSL" } else { "PLAINTEXT" },
+                c.advertise_host,
+                c.advertise_port
+            ),
             STATIC_BROKER_CONFIG,
         ),
         (
