@@ -617,44 +617,39 @@ impl Broker {
         }
     }
 
+    /// A topic config's effective value as this broker sees it (topic, dynamic broker,
+    /// static default, Kafka's default), or None for an unknown topic.
+    fn topic_config(&self, topic: &str, key: &str) -> Option<String> {
+        let node = self.config.node_id;
+        self.metadata.read(|s| {
+            let t = s.topic(topic)?;
+            crate::protocol::configs::effective_topic_config(
+                s,
+                node,
+                &self.config.topic_defaults,
+                t,
+                key,
+            )
+        })
+    }
+
     /// Whether the topic stamps batches with the broker's time (`message.timestamp.type`).
     pub fn log_append_time(&self, topic: &str) -> bool {
-        self.metadata.read(|s| {
-            s.topic(topic)
-                .and_then(|t| t.configs.get("message.timestamp.type"))
-                .is_some_and(|v| v == "LogAppendTime")
-        })
+        self.topic_config(topic, "message.timestamp.type")
+            .is_some_and(|v| v == "LogAppendTime")
     }
 
     /// Whether the topic's effective `cleanup.policy` includes `compact`.
     pub fn is_compacted(&self, topic: &str) -> bool {
-        let node = self.config.node_id;
-        self.metadata.read(|s| {
-            s.topic(topic).is_some_and(|t| {
-                crate::protocol::configs::effective_topic_config(
-                    s,
-                    node,
-                    &self.config.topic_defaults,
-                    t,
-                    "cleanup.policy",
-                )
-                .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"))
-            })
-        })
+        self.topic_config(topic, "cleanup.policy")
+            .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"))
     }
 
-    /// The largest record batch a topic accepts: its `max.message.bytes`, else the
-    /// dynamic broker config `message.max.bytes`, else Kafka's default.
+    /// The largest record batch a topic accepts: its effective `max.message.bytes`
+    /// (the dynamic broker config `message.max.bytes` stands in for the default).
     pub fn max_message_bytes(&self, topic: &str) -> usize {
-        let node = self.config.node_id;
-        self.metadata
-            .read(|s| {
-                s.topic(topic)
-                    .and_then(|t| t.configs.get("max.message.bytes"))
-                    .map(String::as_str)
-                    .or_else(|| s.broker_config(node, "message.max.bytes"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
+        self.topic_config(topic, "max.message.bytes")
+            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(1_048_588)
     }
 
