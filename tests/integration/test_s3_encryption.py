@@ -1,7 +1,7 @@
 """S3 server-side encryption (`--s3-sse`): every object the broker writes carries the
 encryption S3 is asked for.  The S3 tests run only in the STRATA_TEST_STORE=s3 pass
 (against moto's server, which records the SSE headers of each PUT and answers them in
-HeadObject); the start-up refusal needs no store and runs in both passes."""
+HeadObject); the start-up refusal needs no store and runs in the local pass."""
 
 from __future__ import annotations
 
@@ -92,6 +92,9 @@ def test_sse_s3_aes256_on_every_object(s3broker):
     print(f"\n{len(heads)} objects, all AES256")
 
 
+# Store-independent (refused before the store is opened): the local pass only, like the
+# modules in conftest.STORE_INDEPENDENT.
+@pytest.mark.skipif(TEST_STORE != "local", reason="store-independent: runs in the local pass only")
 @pytest.mark.parametrize("args, setting", [
     (["--s3-sse", "kms"], "s3_sse_kms_key_id"),
     (["--s3-sse", "s3", "--s3-sse-kms-key-id", "k-1"], "s3_sse_kms_key_id"),
