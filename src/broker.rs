@@ -179,7 +179,7 @@ impl Broker {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
-        let storage = ObjectStorage::open(&config.store)?;
+        let storage = ObjectStorage::open_with_encryption(&config.store, &config.s3_sse)?;
         // Fail at start-up, in one line, rather than on the first produce.
         storage
             .put("_strata/probe", Bytes::from_static(b"ok"))

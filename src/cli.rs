@@ -56,6 +56,19 @@ pub struct ServeArgs {
     /// Object store URL: file:///dir, s3://bucket/prefix or memory:// [default: file://<data-dir>/objects].
     #[arg(long, env = "STRATA_STORE")]
     pub store: Option<String>,
+    /// S3 server-side encryption of every object written: `none` (the bucket's default
+    /// encryption applies), `s3` (SSE-S3, AES256), `kms` (SSE-KMS) or `dsse-kms`
+    /// (dual-layer SSE-KMS) [default: none].
+    #[arg(long, env = "STRATA_S3_SSE")]
+    pub s3_sse: Option<String>,
+    /// The KMS key id, alias (`alias/NAME`) or ARN for `--s3-sse kms` or `dsse-kms`
+    /// (required with them, refused otherwise).
+    #[arg(long, env = "STRATA_S3_SSE_KMS_KEY_ID")]
+    pub s3_sse_kms_key_id: Option<String>,
+    /// With `--s3-sse kms`: use an S3 Bucket Key (`true`, fewer KMS calls) or not
+    /// (`false`) [default: the bucket's setting].
+    #[arg(long, env = "STRATA_S3_BUCKET_KEY")]
+    pub s3_bucket_key: Option<bool>,
     /// This broker's id [default: 1].
     #[arg(long, env = "STRATA_NODE_ID")]
     pub node_id: Option<u64>,

@@ -6,4 +6,4 @@ pub mod segment;
 pub mod store;
 
 pub use cache::BlockCache;
-pub use store::{ObjectStorage, StorageError};
+pub use store::{ObjectStorage, ServerSideEncryption, StorageError};

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use futures::TryStreamExt;
 
 use bytes::Bytes;
-use object_store::aws::{AmazonS3Builder, AwsCredential};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -32,6 +32,60 @@ pub enum StorageError {
     },
     #[error("object {path} is not a valid segment: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("S3 server-side encryption cannot be used with store {url:?}: {reason}")]
+    Encryption { url: String, reason: String },
+}
+
+/// Server-side encryption S3 applies to every object Strata writes (PUTs and multipart
+/// uploads alike). Built from the checked `s3_sse*` settings, so a KMS mode always has
+/// its key and a bucket key only goes with SSE-KMS (DSSE-KMS has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    /// No encryption headers: the bucket's default encryption applies.
+    #[default]
+    None,
+    /// SSE-S3 (`AES256`), keys managed by S3.
+    S3,
+    /// SSE-KMS (`aws:kms`) with this key id, alias or ARN; `bucket_key` overrides the
+    /// bucket's S3 Bucket Key setting when given.
+    Kms {
+        key_id: String,
+        bucket_key: Option<bool>,
+    },
+    /// Dual-layer DSSE-KMS (`aws:kms:dsse`) with this key id, alias or ARN.
+    DsseKms { key_id: String },
+}
+
+impl ServerSideEncryption {
+    /// The `x-amz-server-side-encryption` value S3 reports back, for logs.
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Self::None => "bucket default",
+            Self::S3 => "AES256",
+            Self::Kms { .. } => "aws:kms",
+            Self::DsseKms { .. } => "aws:kms:dsse",
+        }
+    }
+
+    /// Sets the builder so that every write request carries the encryption headers.
+    fn apply(&self, builder: AmazonS3Builder) -> object_store::Result<AmazonS3Builder> {
+        Ok(match self {
+            Self::None => builder,
+            // object_store has no method for SSE-S3 and does not export the key enum.
+            Self::S3 => builder.with_config(
+                "aws_server_side_encryption".parse::<AmazonS3ConfigKey>()?,
+                "AES256",
+            ),
+            Self::Kms { key_id, bucket_key } => {
+                let builder = builder.with_sse_kms_encryption(key_id);
+                match bucket_key {
+                    Some(enabled) => builder.with_bucket_key(*enabled),
+                    None => builder,
+                }
+            }
+            Self::DsseKms { key_id } => builder.with_dsse_kms_encryption(key_id),
+        })
+    }
 }
 
 /// A handle on the bucket (or directory) that holds every segment object.
@@ -100,11 +154,25 @@ pub struct ListedObject {
 
 impl ObjectStorage {
     pub fn open(url: &str) -> Result<Self, StorageError> {
+        Self::open_with_encryption(url, &ServerSideEncryption::None)
+    }
+
+    /// Opens the store; `sse` is applied to every write and needs an `s3://` store.
+    pub fn open_with_encryption(
+        url: &str,
+        sse: &ServerSideEncryption,
+    ) -> Result<Self, StorageError> {
         let bad = |reason: &str| StorageError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
         let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if *sse != ServerSideEncryption::None && parsed.scheme() != "s3" {
+            return Err(StorageError::Encryption {
+                url: url.to_owned(),
+                reason: "it applies only to an s3:// store".into(),
+            });
+        }
         let mut local_root = None;
         let inner: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
@@ -124,9 +192,19 @@ impl ObjectStorage {
                 let bucket = parsed
                     .host_str()
                     .ok_or_else(|| bad("use s3://bucket/prefix"))?;
-                let s3 = s3_builder(bucket)
+                let encryption = |e: object_store::Error| StorageError::Encryption {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                };
+                let s3 = sse
+                    .apply(s3_builder(bucket))
+                    .map_err(encryption)?
                     .build()
                     .map_err(|e| bad(&e.to_string()))?;
+                tracing::info!(
+                    sse = sse.algorithm(),
+                    "S3 server-side encryption for written objects"
+                );
                 let prefix = parsed.path().trim_matches('/');
                 if prefix.is_empty() {
                     Arc::new(s3)
@@ -484,5 +562,68 @@ fn store_error(path: &str, source: object_store::Error) -> StorageError {
     StorageError::Store {
         path: path.to_owned(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(builder: &AmazonS3Builder, key: &str) -> Option<String> {
+        builder.get_config_value(&key.parse().unwrap())
+    }
+
+    #[test]
+    fn encryption_reaches_the_builder() {
+        let none = ServerSideEncryption::None
+            .apply(AmazonS3Builder::new())
+            .unwrap();
+        assert_eq!(setting(&none, "aws_server_side_encryption"), None);
+        let s3 = ServerSideEncryption::S3
+            .apply(AmazonS3Builder::new())
+            .unwrap();
+        assert_eq!(
+            setting(&s3, "aws_server_side_encryption").as_deref(),
+            Some("AES256")
+        );
+        let kms = ServerSideEncryption::Kms {
+            key_id: "alias/strata".into(),
+            bucket_key: Some(true),
+        }
+        .apply(AmazonS3Builder::new())
+        .unwrap();
+        assert_eq!(
+            setting(&kms, "aws_server_side_encryption").as_deref(),
+            Some("aws:kms")
+        );
+        assert_eq!(
+            setting(&kms, "aws_sse_kms_key_id").as_deref(),
+            Some("alias/strata")
+        );
+        assert_eq!(
+            setting(&kms, "aws_sse_bucket_key_enabled").as_deref(),
+            Some("true")
+        );
+        let dsse = ServerSideEncryption::DsseKms {
+            key_id: "k-1".into(),
+        }
+        .apply(AmazonS3Builder::new())
+        .unwrap();
+        assert_eq!(
+            setting(&dsse, "aws_server_side_encryption").as_deref(),
+            Some("aws:kms:dsse")
+        );
+        assert_eq!(setting(&dsse, "aws_sse_bucket_key_enabled"), None);
+    }
+
+    #[test]
+    fn encryption_needs_an_s3_store() {
+        let e = ObjectStorage::open_with_encryption("memory://", &ServerSideEncryption::S3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("applies only to an s3:// store"), "{e}");
+        assert!(
+            ObjectStorage::open_with_encryption("memory://", &ServerSideEncryption::None).is_ok()
+        );
     }
 }
