@@ -44,6 +44,7 @@ locals {
     kafka_port     = var.kafka_port
     raft_port      = var.raft_port
     metrics_port   = var.metrics_port
+    kms_key_arn    = coalesce(var.kms_key_arn, "")
     region         = data.aws_region.current.name
     rust_log       = var.rust_log
     extra_args     = var.extra_args
