@@ -19,6 +19,11 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: String, message: String },
+    #[error("cluster_secret_file {path}: {source}")]
+    Secret {
+        path: String,
+        source: crate::metadata::auth::SecretError,
+    },
     #[error("{key} = {value:?} is not valid: {hint}")]
     Invalid {
         key: &'static str,
@@ -55,6 +60,7 @@ struct FileConfig {
     unsafe_ack_before_shipping: Option<bool>,
     raft_listen: Option<String>,
     controllers: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
     rack: Option<String>,
     metrics_listen: Option<String>,
     log_format: Option<String>,
@@ -117,6 +123,8 @@ pub struct Config {
     pub raft_listen: Option<String>,
     /// The Raft voters by node id and Raft address.
     pub controllers: std::collections::BTreeMap<u64, String>,
+    /// The secret that authenticates the Raft port (read from `cluster_secret_file`).
+    pub cluster_secret: Option<crate::metadata::auth::ClusterSecret>,
     pub rack: Option<String>,
     pub broker_lease: Duration,
     /// How often each broker looks for compaction work.
@@ -454,6 +462,12 @@ impl Config {
                 });
             }
         }
+        let cluster_secret = args
+            .cluster_secret_file
+            .clone()
+            .or(file.cluster_secret_file)
+            .map(|path| load_secret(&path))
+            .transpose()?;
         let broker_lease_ms = args
             .broker_lease_ms
             .or(file.broker_lease_ms)
@@ -634,6 +648,7 @@ impl Config {
             log_format,
             raft_listen,
             controllers,
+            cluster_secret,
             rack: args.rack.clone().or(file.rack),
             broker_lease: Duration::from_millis(broker_lease_ms),
             compaction_interval,
@@ -708,6 +723,14 @@ fn parse_controllers(list: &str) -> Result<std::collections::BTreeMap<u64, Strin
         return Err(invalid());
     }
     Ok(voters)
+}
+
+/// Reads the cluster secret (also for `strata voters`).
+pub fn load_secret(path: &Path) -> Result<crate::metadata::auth::ClusterSecret, ConfigError> {
+    crate::metadata::auth::ClusterSecret::load(path).map_err(|source| ConfigError::Secret {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

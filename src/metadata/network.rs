@@ -5,6 +5,10 @@
 //! Besides Raft's own RPCs it carries two broker requests: `Propose` (a broker that is not
 //! the leader forwards its command) and `Join` (a new learner asks to be added).
 //!
+//! With a cluster secret (`--cluster-secret-file`), every connection first passes the
+//! mutual handshake of `auth.rs`, and requests are checked against who sent them (see
+//! `Handler`). Without one, the port is open to anyone who reaches it, as before.
+//!
 //! A test-only switch isolates a node: while the file `ISOLATE` exists in its Raft
 //! directory, it refuses incoming Raft traffic and sends none, as if its Raft port were
 //! cut off from the network.
@@ -28,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use super::auth::{self, ClusterSecret, HandshakeError, Identity, LogLimiter};
 use super::codec::{self, Kind};
 use super::raft::{NodeId, TypeConfig};
 use super::state::{Command, Response};
@@ -81,6 +86,52 @@ pub enum RaftReply {
     ChangeVoters(Result<Vec<NodeId>, String>),
 }
 
+/// Refusals on the Raft port, logged at most this often (with a count of the rest).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+static REFUSED_PEERS: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+static REFUSED_BY_PEERS: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+
+/// How this end identifies itself on the Raft port, and the secret it proves, if any.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub secret: Option<ClusterSecret>,
+    pub me: Identity,
+}
+
+impl Auth {
+    /// No secret: connections are not authenticated.
+    pub fn open(me: Identity) -> Self {
+        Self { secret: None, me }
+    }
+}
+
+/// Connects to a peer's Raft port and, with a secret, authenticates both ends.
+pub async fn connect(addr: &str, auth: &Auth) -> io::Result<TcpStream> {
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    if let Some(secret) = &auth.secret {
+        if let Err(e) = auth::client(&mut stream, secret, auth.me).await {
+            if let Some(held_back) = REFUSED_BY_PEERS.allow() {
+                warn!(peer = %addr, error = %e, held_back, "raft peer failed the cluster-secret handshake");
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("raft peer {addr}: {e}"),
+            ));
+        }
+    }
+    Ok(stream)
+}
+
+/// Logs a refused peer, rate-limited.
+fn log_refusal(peer: &std::net::SocketAddr, reason: &dyn std::fmt::Display) {
+    if let Some(held_back) = REFUSED_PEERS.allow() {
+        warn!(%peer, %reason, held_back, "raft connection refused");
+    }
+}
+
 /// Whether this node is (test-only) cut off from Raft traffic.
 #[derive(Debug, Clone)]
 pub struct Isolation {
@@ -106,6 +157,30 @@ pub async fn call(stream: &mut TcpStream, request: &RaftRequest) -> io::Result<R
     codec::decode(Kind::RaftRpc, &reply).map_err(io::Error::other)
 }
 
+/// `call` on a new connection: a peer that hangs up without answering most likely
+/// demands a handshake this end did not make.
+async fn first_call(
+    stream: &mut TcpStream,
+    addr: &str,
+    request: &RaftRequest,
+    auth: &Auth,
+) -> io::Result<RaftReply> {
+    match call(stream, request).await {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && auth.secret.is_none() => {
+            let e = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection without answering (does it require a cluster \
+                 secret? then set --cluster-secret-file here too)",
+            );
+            if let Some(held_back) = REFUSED_BY_PEERS.allow() {
+                warn!(peer = %addr, error = %e, held_back, "raft peer hung up");
+            }
+            Err(e)
+        }
+        other => other,
+    }
+}
+
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> io::Result<()> {
     let body = codec::encode(Kind::RaftRpc, message).map_err(io::Error::other)?;
     let len = u32::try_from(body.len())
@@ -119,7 +194,12 @@ async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> io::R
 }
 
 async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let len = stream.read_u32().await? as usize;
+    let len = stream.read_u32().await?;
+    read_frame_body(stream, len).await
+}
+
+async fn read_frame_body(stream: &mut TcpStream, len: u32) -> io::Result<Vec<u8>> {
+    let len = len as usize;
     if len > MAX_FRAME {
         return Err(io::Error::other(format!(
             "raft frame of {len} bytes is too large"
@@ -133,14 +213,13 @@ async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
 /// Connects to `addr` and makes one call.
 pub async fn call_once(
     addr: &str,
+    auth: &Auth,
     request: &RaftRequest,
     timeout: Duration,
 ) -> io::Result<RaftReply> {
     tokio::time::timeout(timeout, async {
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        call(&mut stream, request).await
+        let mut stream = connect(addr, auth).await?;
+        first_call(&mut stream, addr, request, auth).await
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "raft call timed out"))?
@@ -148,11 +227,23 @@ pub async fn call_once(
 
 /// What serves the requests a connection receives.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: RaftRequest) -> impl std::future::Future<Output = RaftReply> + Send;
+    /// `peer` is who the handshake proved sent it (None without a cluster secret). An
+    /// Err refuses the request by closing the connection, for a sender that has no
+    /// business sending it; the reason is logged.
+    fn handle(
+        &self,
+        peer: Option<Identity>,
+        request: RaftRequest,
+    ) -> impl std::future::Future<Output = Result<RaftReply, String>> + Send;
 }
 
 /// Accepts Raft connections until the listener fails.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, isolation: Isolation) {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    isolation: Isolation,
+    auth: Auth,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -164,8 +255,9 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, isolation
         };
         let handler = handler.clone();
         let isolation = isolation.clone();
+        let auth = auth.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, handler, isolation).await {
+            if let Err(e) = serve_connection(stream, peer, handler, isolation, auth).await {
                 debug!(%peer, error = %e, "raft connection closed");
             }
         });
@@ -174,23 +266,61 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, isolation
 
 async fn serve_connection<H: Handler>(
     mut stream: TcpStream,
+    addr: std::net::SocketAddr,
     handler: Arc<H>,
     isolation: Isolation,
+    auth: Auth,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let mut peer = None;
+    let mut first = true;
     loop {
-        let frame = match read_frame(&mut stream).await {
-            Ok(frame) => frame,
+        let head = match stream.read_u32().await {
+            Ok(head) => head,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
         if isolation.isolated() {
             return Err(io::Error::other("isolated: dropping raft traffic"));
         }
+        if first {
+            first = false;
+            if let Some(secret) = &auth.secret {
+                // Nothing but the handshake is read until it has passed.
+                match auth::server(&mut stream, head.to_be_bytes(), secret, auth.me).await {
+                    Ok(who) => {
+                        debug!(%addr, %who, "raft peer authenticated");
+                        peer = Some(who);
+                        continue;
+                    }
+                    Err(e) => {
+                        log_refusal(&addr, &e);
+                        return Err(io::Error::new(io::ErrorKind::PermissionDenied, e));
+                    }
+                }
+            }
+            if head.to_be_bytes() == auth::MAGIC {
+                log_refusal(
+                    &addr,
+                    &"the peer starts a cluster-secret handshake, but this broker has no \
+                      --cluster-secret-file",
+                );
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    HandshakeError::NotAHandshake,
+                ));
+            }
+        }
+        let frame = read_frame_body(&mut stream, head).await?;
         let request: RaftRequest =
             codec::decode(Kind::RaftRpc, &frame).map_err(io::Error::other)?;
-        let reply = handler.handle(request).await;
-        write_frame(&mut stream, &reply).await?;
+        match handler.handle(peer, request).await {
+            Ok(reply) => write_frame(&mut stream, &reply).await?,
+            Err(reason) => {
+                log_refusal(&addr, &reason);
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
+            }
+        }
     }
 }
 
@@ -198,6 +328,7 @@ async fn serve_connection<H: Handler>(
 #[derive(Clone)]
 pub struct TcpNetwork {
     pub isolation: Isolation,
+    pub auth: Auth,
 }
 
 pub struct TcpConnection {
@@ -205,6 +336,7 @@ pub struct TcpConnection {
     addr: String,
     stream: Option<TcpStream>,
     isolation: Isolation,
+    auth: Auth,
 }
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
@@ -216,6 +348,7 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
             addr: node.addr.clone(),
             stream: None,
             isolation: self.isolation.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -233,21 +366,18 @@ impl TcpConnection {
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
         let attempt = async {
+            let reply;
             let stream = match self.stream.take() {
-                Some(stream) => stream,
+                Some(mut stream) => {
+                    reply = call(&mut stream, &request).await?;
+                    stream
+                }
                 None => {
-                    let stream =
-                        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                            .await
-                            .map_err(|_| {
-                                io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
-                            })??;
-                    let _ = stream.set_nodelay(true);
+                    let mut stream = connect(&self.addr, &self.auth).await?;
+                    reply = first_call(&mut stream, &self.addr, &request, &self.auth).await?;
                     stream
                 }
             };
-            let mut stream = stream;
-            let reply = call(&mut stream, &request).await?;
             Ok::<_, io::Error>((stream, reply))
         };
         match tokio::time::timeout(option.hard_ttl(), attempt).await {
