@@ -821,6 +821,46 @@ mod tests {
     }
 
     #[test]
+    fn cluster_secret_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let toml = dir.path().join("strata.toml");
+        std::fs::write(
+            &toml,
+            format!("cluster_secret_file = {:?}\n", path.display().to_string()),
+        )
+        .unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(toml),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.cluster_secret.is_some());
+        assert!(Config::load(&ServeArgs::default())
+            .unwrap()
+            .cluster_secret
+            .is_none());
+        let refused = |file: &Path| {
+            Config::load(&ServeArgs {
+                cluster_secret_file: Some(file.to_path_buf()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        std::fs::write(&path, "tooshort\n").unwrap();
+        let e = refused(&path);
+        assert!(
+            e.starts_with("cluster_secret_file ") && e.contains("8 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let e = refused(&dir.path().join("missing"));
+        assert!(e.contains("cannot read it"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let args = ServeArgs {
             listen: Some("nonsense".into()),

@@ -166,7 +166,16 @@ async fn first_call(
     auth: &Auth,
 ) -> io::Result<RaftReply> {
     match call(stream, request).await {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && auth.secret.is_none() => {
+        // A peer that closes with our request unread resets the connection instead.
+        Err(e)
+            if auth.secret.is_none()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                ) =>
+        {
             let e = io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the peer closed the connection without answering (does it require a cluster \
@@ -275,7 +284,20 @@ async fn serve_connection<H: Handler>(
     let mut peer = None;
     let mut first = true;
     loop {
-        let head = match stream.read_u32().await {
+        let read = stream.read_u32();
+        // Before the handshake, a silent peer holds its task only briefly.
+        let head = if first && auth.secret.is_some() {
+            match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, read).await {
+                Ok(head) => head,
+                Err(_) => {
+                    log_refusal(&addr, &HandshakeError::TimedOut);
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no handshake"));
+                }
+            }
+        } else {
+            read.await
+        };
+        let head = match head {
             Ok(head) => head,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),

@@ -922,6 +922,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_members_propose_and_only_nodes_join() -> anyhow::Result<()> {
+        use crate::metadata::cluster::ClusterCommand;
+        use network::Handler;
+        let dir = tempfile::tempdir()?;
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        let propose = || RaftRequest::Propose(add(1));
+        let join = |node_id| RaftRequest::Join {
+            node_id,
+            addr: "127.0.0.1:1".into(),
+        };
+        let change = || RaftRequest::ChangeVoters {
+            add: vec![],
+            remove: vec![],
+        };
+        let stranger = Some(Identity::Node(9));
+        // Without a secret nobody is authenticated: as before, nothing is refused here.
+        assert_eq!(r.refuse_sender(None, &propose()), None);
+        // A voter may propose; a node that is not a member may not, and is told why.
+        assert_eq!(r.refuse_sender(Some(Identity::Node(1)), &propose()), None);
+        let refusal = r.refuse_sender(stranger, &propose());
+        assert!(
+            refusal
+                .as_deref()
+                .is_some_and(|e| e.contains("node 9 is not a registered member")),
+            "{refusal:?}"
+        );
+        assert!(r.refuse_sender(stranger, &change()).is_some());
+        // The handler answers a refused proposal with an error, not by applying it.
+        match r.handle(stranger, propose()).await {
+            Ok(RaftReply::Propose(Err(e))) => assert!(e.contains("not a registered member")),
+            other => panic!("{other:?}"),
+        }
+        // A new node may ask to join for itself only; a member may forward a join.
+        assert_eq!(r.refuse_sender(stranger, &join(9)), None);
+        assert!(r.refuse_sender(stranger, &join(10)).is_some());
+        assert_eq!(r.refuse_sender(Some(Identity::Node(1)), &join(10)), None);
+        // The operator (`strata voters`) changes voters and nothing else.
+        assert_eq!(r.refuse_sender(Some(Identity::Operator), &change()), None);
+        assert!(r
+            .refuse_sender(Some(Identity::Operator), &propose())
+            .is_some());
+        assert!(r
+            .handle(
+                Some(Identity::Operator),
+                RaftRequest::Vote(openraft::raft::VoteRequest::new(Vote::new(1, 1), None),)
+            )
+            .await
+            .is_err());
+        // A broker the metadata knows is a member even outside the Raft membership.
+        r.propose(Command::Cluster(ClusterCommand::Register {
+            id: 9,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            now_ms: 0,
+        }))
+        .await?;
+        assert_eq!(r.refuse_sender(stranger, &propose()), None);
+        r.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn restart_restores_state() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let r = MetadataRaft::start(1, dir.path(), 1000).await?;
