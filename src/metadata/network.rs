@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::auth::{self, ClusterSecret, HandshakeError, Identity, LogLimiter};
+use super::auth::{self, ClusterSecret, FrameMac, HandshakeError, Identity, LogLimiter};
 use super::codec::{self, Kind};
 use super::raft::{NodeId, TypeConfig};
 use super::state::{Command, Response};
@@ -105,24 +105,34 @@ impl Auth {
     }
 }
 
+/// A Raft connection: the stream, and with a secret, its frames' MACs.
+pub struct Link {
+    stream: TcpStream,
+    mac: Option<FrameMac>,
+}
+
 /// Connects to a peer's Raft port and, with a secret, authenticates both ends.
-pub async fn connect(addr: &str, auth: &Auth) -> io::Result<TcpStream> {
+pub async fn connect(addr: &str, auth: &Auth) -> io::Result<Link> {
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
+    let mut mac = None;
     if let Some(secret) = &auth.secret {
-        if let Err(e) = auth::client(&mut stream, secret, auth.me).await {
-            if let Some(held_back) = REFUSED_BY_PEERS.allow() {
-                warn!(peer = %addr, error = %e, held_back, "raft peer failed the cluster-secret handshake");
+        match auth::client(&mut stream, secret, auth.me).await {
+            Ok((_, frames)) => mac = Some(frames),
+            Err(e) => {
+                if let Some(held_back) = REFUSED_BY_PEERS.allow() {
+                    warn!(peer = %addr, error = %e, held_back, "raft peer failed the cluster-secret handshake");
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("raft peer {addr}: {e}"),
+                ));
             }
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("raft peer {addr}: {e}"),
-            ));
         }
     }
-    Ok(stream)
+    Ok(Link { stream, mac })
 }
 
 /// Logs a refused peer, rate-limited.
@@ -151,21 +161,21 @@ impl Isolation {
 }
 
 /// Sends one request and reads its reply on `stream`.
-pub async fn call(stream: &mut TcpStream, request: &RaftRequest) -> io::Result<RaftReply> {
-    write_frame(stream, request).await?;
-    let reply = read_frame(stream).await?;
+pub async fn call(link: &mut Link, request: &RaftRequest) -> io::Result<RaftReply> {
+    write_frame(link, request).await?;
+    let reply = read_frame(link).await?;
     codec::decode(Kind::RaftRpc, &reply).map_err(io::Error::other)
 }
 
 /// `call` on a new connection: a peer that hangs up without answering most likely
 /// demands a handshake this end did not make.
 async fn first_call(
-    stream: &mut TcpStream,
+    link: &mut Link,
     addr: &str,
     request: &RaftRequest,
     auth: &Auth,
 ) -> io::Result<RaftReply> {
-    match call(stream, request).await {
+    match call(link, request).await {
         // A peer that closes with our request unread resets the connection instead.
         Err(e)
             if auth.secret.is_none()
@@ -190,7 +200,9 @@ async fn first_call(
     }
 }
 
-async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> io::Result<()> {
+/// A frame is `[u32 length][body]`, followed on an authenticated connection by the MAC
+/// of both.
+async fn write_frame<T: Serialize>(link: &mut Link, message: &T) -> io::Result<()> {
     let body = codec::encode(Kind::RaftRpc, message).map_err(io::Error::other)?;
     let len = u32::try_from(body.len())
         .ok()
@@ -198,25 +210,43 @@ async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> io::R
         .ok_or_else(|| {
             io::Error::other(format!("raft frame of {} bytes is too large", body.len()))
         })?;
-    stream.write_u32(len).await?;
-    stream.write_all(&body).await
+    let mut frame = Vec::with_capacity(4 + body.len() + auth::FRAME_MAC_LEN);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    if let Some(mac) = &mut link.mac {
+        let tag = mac.seal(&frame);
+        frame.extend_from_slice(&tag);
+    }
+    link.stream.write_all(&frame).await
 }
 
-async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let len = stream.read_u32().await?;
-    read_frame_body(stream, len).await
+async fn read_frame(link: &mut Link) -> io::Result<Vec<u8>> {
+    let len = link.stream.read_u32().await?;
+    read_frame_body(link, len).await
 }
 
-async fn read_frame_body(stream: &mut TcpStream, len: u32) -> io::Result<Vec<u8>> {
-    let len = len as usize;
-    if len > MAX_FRAME {
+async fn read_frame_body(link: &mut Link, len: u32) -> io::Result<Vec<u8>> {
+    let body_len = len as usize;
+    if body_len > MAX_FRAME {
         return Err(io::Error::other(format!(
-            "raft frame of {len} bytes is too large"
+            "raft frame of {body_len} bytes is too large"
         )));
     }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf)
+    let mac_len = if link.mac.is_some() {
+        auth::FRAME_MAC_LEN
+    } else {
+        0
+    };
+    let mut frame = vec![0u8; 4 + body_len + mac_len];
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    link.stream.read_exact(&mut frame[4..]).await?;
+    let tag = frame.split_off(4 + body_len);
+    if let Some(mac) = &mut link.mac {
+        mac.open(&frame, &tag)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+    }
+    frame.drain(..4);
+    Ok(frame)
 }
 
 /// Connects to `addr` and makes one call.
@@ -227,8 +257,8 @@ pub async fn call_once(
     timeout: Duration,
 ) -> io::Result<RaftReply> {
     tokio::time::timeout(timeout, async {
-        let mut stream = connect(addr, auth).await?;
-        first_call(&mut stream, addr, request, auth).await
+        let mut link = connect(addr, auth).await?;
+        first_call(&mut link, addr, request, auth).await
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "raft call timed out"))?
@@ -274,17 +304,18 @@ pub async fn serve<H: Handler>(
 }
 
 async fn serve_connection<H: Handler>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: std::net::SocketAddr,
     handler: Arc<H>,
     isolation: Isolation,
     auth: Auth,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let mut link = Link { stream, mac: None };
     let mut peer = None;
     let mut first = true;
     loop {
-        let read = stream.read_u32();
+        let read = link.stream.read_u32();
         // Before the handshake, a silent peer holds its task only briefly.
         let head = if first && auth.secret.is_some() {
             match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, read).await {
@@ -309,10 +340,11 @@ async fn serve_connection<H: Handler>(
             first = false;
             if let Some(secret) = &auth.secret {
                 // Nothing but the handshake is read until it has passed.
-                match auth::server(&mut stream, head.to_be_bytes(), secret, auth.me).await {
-                    Ok(who) => {
+                match auth::server(&mut link.stream, head.to_be_bytes(), secret, auth.me).await {
+                    Ok((who, frames)) => {
                         debug!(%addr, %who, "raft peer authenticated");
                         peer = Some(who);
+                        link.mac = Some(frames);
                         continue;
                     }
                     Err(e) => {
@@ -333,11 +365,18 @@ async fn serve_connection<H: Handler>(
                 ));
             }
         }
-        let frame = read_frame_body(&mut stream, head).await?;
+        let frame = match read_frame_body(&mut link, head).await {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                log_refusal(&addr, &e);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let request: RaftRequest =
             codec::decode(Kind::RaftRpc, &frame).map_err(io::Error::other)?;
         match handler.handle(peer, request).await {
-            Ok(reply) => write_frame(&mut stream, &reply).await?,
+            Ok(reply) => write_frame(&mut link, &reply).await?,
             Err(reason) => {
                 log_refusal(&addr, &reason);
                 return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
@@ -356,7 +395,7 @@ pub struct TcpNetwork {
 pub struct TcpConnection {
     target: NodeId,
     addr: String,
-    stream: Option<TcpStream>,
+    stream: Option<Link>,
     isolation: Isolation,
     auth: Auth,
 }

@@ -977,9 +977,11 @@ def test_voters_added_and_removed_under_load(make_cluster):
 
 
 # ------------------------------------------------------------------ the Raft port's secret
-def _raft_handshake(addr: str, secret: bytes, node_id: int = 9) -> tuple[int | None, bytes]:
-    """A cluster-secret handshake (src/metadata/auth.rs) as a client; returns the server's
-    verdict byte (None if it hung up first) and what it sent after."""
+def _raft_handshake(addr: str, secret: bytes, node_id: int = 9, then: bytes = b"",
+                    good_mac: bool = True) -> tuple[int | None, bytes]:
+    """A cluster-secret handshake (src/metadata/auth.rs) as a client, then the Raft frame
+    body `then` sent with its MAC (or a wrong one); returns the server's verdict byte
+    (None if it hung up first) and what it sent after."""
     import hashlib
     import hmac
     import os
@@ -1000,6 +1002,16 @@ def _raft_handshake(addr: str, secret: bytes, node_id: int = 9) -> tuple[int | N
                          hashlib.sha256).digest()
         s.sendall(proof)
         verdict = s.recv(1)
+        if verdict == b"\x01" and then:
+            key = hmac.new(secret, b"strata raft frames v1 client to server" + mine + theirs,
+                           hashlib.sha256).digest()
+            frame = struct.pack(">I", len(then)) + then
+            tag = hmac.new(key, struct.pack(">Q", 0) + frame, hashlib.sha256).digest()
+            s.sendall(frame + (tag if good_mac else bytes(32)))
+            try:
+                return 1, s.recv(4096)
+            except ConnectionResetError:
+                return 1, b""
         if verdict != b"\x00":
             return (verdict[0] if verdict else None), b""
         return 0, s.recv(100)  # refused: then closed
@@ -1037,6 +1049,15 @@ def test_cluster_secret_guards_the_raft_port(make_cluster, tmp_path):
     # The right one (the test plays node 9, not a member: it may connect, not propose).
     verdict, _ = _raft_handshake(c.node(2).raft_addr, b"3f6c1e0a9b2d4c7e8f1a2b3c4d5e6f70")
     assert verdict == 1
+    # Authenticated as node 9, which is not a member: its request (ChangeVoters, asking
+    # only for the voters: variant 5, two empty lists) is refused with a clear error; the
+    # same frame with a wrong MAC is not answered at all.
+    change_voters = b"STRP\x04\x00" + bytes([5, 0, 0])
+    verdict, reply = _raft_handshake(c.node(2).raft_addr, b"3f6c1e0a9b2d4c7e8f1a2b3c4d5e6f70",
+                                     then=change_voters)
+    assert verdict == 1 and b"node 9 is not a registered member" in reply, reply
+    assert _raft_handshake(c.node(2).raft_addr, b"3f6c1e0a9b2d4c7e8f1a2b3c4d5e6f70",
+                           then=change_voters, good_mac=False) == (1, b"")
 
     # `strata voters` proves the secret too; without it, it fails clearly.
     rc, out, err = strata_voters(c.node(3).raft_addr, "--cluster-secret-file", str(secret))
