@@ -98,13 +98,6 @@ pub struct Auth {
     pub me: Identity,
 }
 
-impl Auth {
-    /// No secret: connections are not authenticated.
-    pub fn open(me: Identity) -> Self {
-        Self { secret: None, me }
-    }
-}
-
 /// A Raft connection: the stream, and with a secret, its frames' MACs.
 pub struct Link {
     stream: TcpStream,
@@ -210,14 +203,14 @@ async fn write_frame<T: Serialize>(link: &mut Link, message: &T) -> io::Result<(
         .ok_or_else(|| {
             io::Error::other(format!("raft frame of {} bytes is too large", body.len()))
         })?;
-    let mut frame = Vec::with_capacity(4 + body.len() + auth::FRAME_MAC_LEN);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
+    let head = len.to_be_bytes();
+    link.stream.write_all(&head).await?;
+    link.stream.write_all(&body).await?;
     if let Some(mac) = &mut link.mac {
-        let tag = mac.seal(&frame);
-        frame.extend_from_slice(&tag);
+        let tag = mac.seal(&[&head, &body]);
+        link.stream.write_all(&tag).await?;
     }
-    link.stream.write_all(&frame).await
+    Ok(())
 }
 
 async fn read_frame(link: &mut Link) -> io::Result<Vec<u8>> {
@@ -232,21 +225,15 @@ async fn read_frame_body(link: &mut Link, len: u32) -> io::Result<Vec<u8>> {
             "raft frame of {body_len} bytes is too large"
         )));
     }
-    let mac_len = if link.mac.is_some() {
-        auth::FRAME_MAC_LEN
-    } else {
-        0
-    };
-    let mut frame = vec![0u8; 4 + body_len + mac_len];
-    frame[..4].copy_from_slice(&len.to_be_bytes());
-    link.stream.read_exact(&mut frame[4..]).await?;
-    let tag = frame.split_off(4 + body_len);
+    let mut body = vec![0u8; body_len];
+    link.stream.read_exact(&mut body).await?;
     if let Some(mac) = &mut link.mac {
-        mac.open(&frame, &tag)
+        let mut tag = [0u8; auth::FRAME_MAC_LEN];
+        link.stream.read_exact(&mut tag).await?;
+        mac.open(&[&len.to_be_bytes(), &body], &tag)
             .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
     }
-    frame.drain(..4);
-    Ok(frame)
+    Ok(body)
 }
 
 /// Connects to `addr` and makes one call.

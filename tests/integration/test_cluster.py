@@ -1008,10 +1008,16 @@ def _raft_handshake(addr: str, secret: bytes, node_id: int = 9, then: bytes = b"
             frame = struct.pack(">I", len(then)) + then
             tag = hmac.new(key, struct.pack(">Q", 0) + frame, hashlib.sha256).digest()
             s.sendall(frame + (tag if good_mac else bytes(32)))
+            reply = b""
             try:
-                return 1, s.recv(4096)
+                while len(reply) < 4 or len(reply) < 4 + struct.unpack(">I", reply[:4])[0] + 32:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    reply += chunk
             except ConnectionResetError:
-                return 1, b""
+                pass
+            return 1, reply
         if verdict != b"\x00":
             return (verdict[0] if verdict else None), b""
         return 0, s.recv(100)  # refused: then closed
