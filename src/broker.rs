@@ -81,6 +81,7 @@ fn raft_options(config: &Config) -> RaftOptions {
         voters: config.controllers.clone(),
         lease: config.broker_lease,
         vote_floor: 0,
+        secret: config.cluster_secret.clone(),
     }
 }
 

@@ -37,6 +37,9 @@ pub struct VotersArgs {
     /// Demote this voter (node id) to learner; repeatable.
     #[arg(long)]
     pub remove: Vec<u64>,
+    /// The cluster's shared secret, if the brokers have one (as `strata serve`).
+    #[arg(long, env = "STRATA_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -144,6 +147,11 @@ pub struct ServeArgs {
     /// is a learner and joins through them [default: this broker alone].
     #[arg(long, env = "STRATA_CONTROLLERS")]
     pub controllers: Option<String>,
+    /// File holding the cluster's shared secret (at least 16 bytes; trailing whitespace
+    /// ignored), the same on every broker: Raft connections must prove it before any
+    /// traffic [default: none, the Raft port is unauthenticated].
+    #[arg(long, env = "STRATA_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Rack (availability zone) of this broker, shown to clients.
     #[arg(long, env = "STRATA_RACK")]
     pub rack: Option<String>,

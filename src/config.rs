@@ -20,6 +20,11 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: String, message: String },
+    #[error("cluster_secret_file {path}: {source}")]
+    Secret {
+        path: String,
+        source: crate::metadata::auth::SecretError,
+    },
     #[error("{key} = {value:?} is not valid: {hint}")]
     Invalid {
         key: &'static str,
@@ -59,6 +64,7 @@ struct FileConfig {
     unsafe_ack_before_shipping: Option<bool>,
     raft_listen: Option<String>,
     controllers: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
     rack: Option<String>,
     metrics_listen: Option<String>,
     log_format: Option<String>,
@@ -127,6 +133,8 @@ pub struct Config {
     pub raft_listen: Option<String>,
     /// The Raft voters by node id and Raft address.
     pub controllers: std::collections::BTreeMap<u64, String>,
+    /// The secret that authenticates the Raft port (read from `cluster_secret_file`).
+    pub cluster_secret: Option<crate::metadata::auth::ClusterSecret>,
     pub rack: Option<String>,
     pub broker_lease: Duration,
     /// How often each broker looks for compaction work.
@@ -540,6 +548,12 @@ impl Config {
                 });
             }
         }
+        let cluster_secret = args
+            .cluster_secret_file
+            .clone()
+            .or(file.cluster_secret_file)
+            .map(|path| load_secret(&path))
+            .transpose()?;
         let broker_lease_ms = args
             .broker_lease_ms
             .or(file.broker_lease_ms)
@@ -720,6 +734,7 @@ impl Config {
             log_format,
             raft_listen,
             controllers,
+            cluster_secret,
             rack: args.rack.clone().or(file.rack),
             broker_lease: Duration::from_millis(broker_lease_ms),
             compaction_interval,
@@ -863,6 +878,14 @@ fn parse_controllers(list: &str) -> Result<std::collections::BTreeMap<u64, Strin
     Ok(voters)
 }
 
+/// Reads the cluster secret (also for `strata voters`).
+pub fn load_secret(path: &Path) -> Result<crate::metadata::auth::ClusterSecret, ConfigError> {
+    crate::metadata::auth::ClusterSecret::load(path).map_err(|source| ConfigError::Secret {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
@@ -948,6 +971,46 @@ mod tests {
             e.starts_with("log_format = \"xml\" is not valid: use text or json"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cluster_secret_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let toml = dir.path().join("strata.toml");
+        std::fs::write(
+            &toml,
+            format!("cluster_secret_file = {:?}\n", path.display().to_string()),
+        )
+        .unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(toml),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.cluster_secret.is_some());
+        assert!(Config::load(&ServeArgs::default())
+            .unwrap()
+            .cluster_secret
+            .is_none());
+        let refused = |file: &Path| {
+            Config::load(&ServeArgs {
+                cluster_secret_file: Some(file.to_path_buf()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        std::fs::write(&path, "tooshort\n").unwrap();
+        let e = refused(&path);
+        assert!(
+            e.starts_with("cluster_secret_file ") && e.contains("8 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let e = refused(&dir.path().join("missing"));
+        assert!(e.contains("cannot read it"), "{e}");
     }
 
     #[test]

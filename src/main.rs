@@ -150,14 +150,28 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 /// `strata voters`: one membership request to a broker's Raft port, the voters printed.
 fn voters(args: strata::cli::VotersArgs) -> anyhow::Result<()> {
-    use strata::metadata::network::{call_once, RaftReply, RaftRequest};
+    use strata::metadata::auth::Identity;
+    use strata::metadata::network::{call_once, Auth, RaftReply, RaftRequest};
+    let auth = Auth {
+        secret: args
+            .cluster_secret_file
+            .as_deref()
+            .map(strata::config::load_secret)
+            .transpose()?,
+        me: Identity::Operator,
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let request = RaftRequest::ChangeVoters {
         add: args.add,
         remove: args.remove,
     };
     let reply = runtime
-        .block_on(call_once(&args.raft, &request, Duration::from_secs(30)))
+        .block_on(call_once(
+            &args.raft,
+            &auth,
+            &request,
+            Duration::from_secs(30),
+        ))
         .with_context(|| {
             format!(
                 "cannot reach the Raft port {} (pass a broker's --raft-listen address)",

@@ -5,6 +5,10 @@
 //! Besides Raft's own RPCs it carries two broker requests: `Propose` (a broker that is not
 //! the leader forwards its command) and `Join` (a new learner asks to be added).
 //!
+//! With a cluster secret (`--cluster-secret-file`), every connection first passes the
+//! mutual handshake of `auth.rs`, and requests are checked against who sent them (see
+//! `Handler`). Without one, the port is open to anyone who reaches it, as before.
+//!
 //! A test-only switch isolates a node: while the file `ISOLATE` exists in its Raft
 //! directory, it refuses incoming Raft traffic and sends none, as if its Raft port were
 //! cut off from the network.
@@ -28,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use super::auth::{self, ClusterSecret, FrameMac, HandshakeError, Identity, LogLimiter};
 use super::codec::{self, Kind};
 use super::raft::{NodeId, TypeConfig};
 use super::state::{Command, Response};
@@ -81,6 +86,55 @@ pub enum RaftReply {
     ChangeVoters(Result<Vec<NodeId>, String>),
 }
 
+/// Refusals on the Raft port, logged at most this often (with a count of the rest).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+static REFUSED_PEERS: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+static REFUSED_BY_PEERS: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+
+/// How this end identifies itself on the Raft port, and the secret it proves, if any.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub secret: Option<ClusterSecret>,
+    pub me: Identity,
+}
+
+/// A Raft connection: the stream, and with a secret, its frames' MACs.
+pub struct Link {
+    stream: TcpStream,
+    mac: Option<FrameMac>,
+}
+
+/// Connects to a peer's Raft port and, with a secret, authenticates both ends.
+pub async fn connect(addr: &str, auth: &Auth) -> io::Result<Link> {
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    let mut mac = None;
+    if let Some(secret) = &auth.secret {
+        match auth::client(&mut stream, secret, auth.me).await {
+            Ok((_, frames)) => mac = Some(frames),
+            Err(e) => {
+                if let Some(held_back) = REFUSED_BY_PEERS.allow() {
+                    warn!(peer = %addr, error = %e, held_back, "raft peer failed the cluster-secret handshake");
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("raft peer {addr}: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(Link { stream, mac })
+}
+
+/// Logs a refused peer, rate-limited.
+fn log_refusal(peer: &std::net::SocketAddr, reason: &dyn std::fmt::Display) {
+    if let Some(held_back) = REFUSED_PEERS.allow() {
+        warn!(%peer, %reason, held_back, "raft connection refused");
+    }
+}
+
 /// Whether this node is (test-only) cut off from Raft traffic.
 #[derive(Debug, Clone)]
 pub struct Isolation {
@@ -100,13 +154,48 @@ impl Isolation {
 }
 
 /// Sends one request and reads its reply on `stream`.
-pub async fn call(stream: &mut TcpStream, request: &RaftRequest) -> io::Result<RaftReply> {
-    write_frame(stream, request).await?;
-    let reply = read_frame(stream).await?;
+pub async fn call(link: &mut Link, request: &RaftRequest) -> io::Result<RaftReply> {
+    write_frame(link, request).await?;
+    let reply = read_frame(link).await?;
     codec::decode(Kind::RaftRpc, &reply).map_err(io::Error::other)
 }
 
-async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> io::Result<()> {
+/// `call` on a new connection: a peer that hangs up without answering most likely
+/// demands a handshake this end did not make.
+async fn first_call(
+    link: &mut Link,
+    addr: &str,
+    request: &RaftRequest,
+    auth: &Auth,
+) -> io::Result<RaftReply> {
+    match call(link, request).await {
+        // A peer that closes with our request unread resets the connection instead.
+        Err(e)
+            if auth.secret.is_none()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                ) =>
+        {
+            let e = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection without answering (does it require a cluster \
+                 secret? then set --cluster-secret-file here too)",
+            );
+            if let Some(held_back) = REFUSED_BY_PEERS.allow() {
+                warn!(peer = %addr, error = %e, held_back, "raft peer hung up");
+            }
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+/// A frame is `[u32 length][body]`, followed on an authenticated connection by the MAC
+/// of both.
+async fn write_frame<T: Serialize>(link: &mut Link, message: &T) -> io::Result<()> {
     let body = codec::encode(Kind::RaftRpc, message).map_err(io::Error::other)?;
     let len = u32::try_from(body.len())
         .ok()
@@ -114,33 +203,49 @@ async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> io::R
         .ok_or_else(|| {
             io::Error::other(format!("raft frame of {} bytes is too large", body.len()))
         })?;
-    stream.write_u32(len).await?;
-    stream.write_all(&body).await
+    let head = len.to_be_bytes();
+    link.stream.write_all(&head).await?;
+    link.stream.write_all(&body).await?;
+    if let Some(mac) = &mut link.mac {
+        let tag = mac.seal(&[&head, &body]);
+        link.stream.write_all(&tag).await?;
+    }
+    Ok(())
 }
 
-async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let len = stream.read_u32().await? as usize;
-    if len > MAX_FRAME {
+async fn read_frame(link: &mut Link) -> io::Result<Vec<u8>> {
+    let len = link.stream.read_u32().await?;
+    read_frame_body(link, len).await
+}
+
+async fn read_frame_body(link: &mut Link, len: u32) -> io::Result<Vec<u8>> {
+    let body_len = len as usize;
+    if body_len > MAX_FRAME {
         return Err(io::Error::other(format!(
-            "raft frame of {len} bytes is too large"
+            "raft frame of {body_len} bytes is too large"
         )));
     }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf)
+    let mut body = vec![0u8; body_len];
+    link.stream.read_exact(&mut body).await?;
+    if let Some(mac) = &mut link.mac {
+        let mut tag = [0u8; auth::FRAME_MAC_LEN];
+        link.stream.read_exact(&mut tag).await?;
+        mac.open(&[&len.to_be_bytes(), &body], &tag)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+    }
+    Ok(body)
 }
 
 /// Connects to `addr` and makes one call.
 pub async fn call_once(
     addr: &str,
+    auth: &Auth,
     request: &RaftRequest,
     timeout: Duration,
 ) -> io::Result<RaftReply> {
     tokio::time::timeout(timeout, async {
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        call(&mut stream, request).await
+        let mut link = connect(addr, auth).await?;
+        first_call(&mut link, addr, request, auth).await
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "raft call timed out"))?
@@ -148,11 +253,23 @@ pub async fn call_once(
 
 /// What serves the requests a connection receives.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: RaftRequest) -> impl std::future::Future<Output = RaftReply> + Send;
+    /// `peer` is who the handshake proved sent it (None without a cluster secret). An
+    /// Err refuses the request by closing the connection, for a sender that has no
+    /// business sending it; the reason is logged.
+    fn handle(
+        &self,
+        peer: Option<Identity>,
+        request: RaftRequest,
+    ) -> impl std::future::Future<Output = Result<RaftReply, String>> + Send;
 }
 
 /// Accepts Raft connections until the listener fails.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, isolation: Isolation) {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    isolation: Isolation,
+    auth: Auth,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -164,8 +281,9 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, isolation
         };
         let handler = handler.clone();
         let isolation = isolation.clone();
+        let auth = auth.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, handler, isolation).await {
+            if let Err(e) = serve_connection(stream, peer, handler, isolation, auth).await {
                 debug!(%peer, error = %e, "raft connection closed");
             }
         });
@@ -173,24 +291,84 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, isolation
 }
 
 async fn serve_connection<H: Handler>(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
     handler: Arc<H>,
     isolation: Isolation,
+    auth: Auth,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let mut link = Link { stream, mac: None };
+    let mut peer = None;
+    let mut first = true;
     loop {
-        let frame = match read_frame(&mut stream).await {
-            Ok(frame) => frame,
+        let read = link.stream.read_u32();
+        // Before the handshake, a silent peer holds its task only briefly.
+        let head = if first && auth.secret.is_some() {
+            match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, read).await {
+                Ok(head) => head,
+                Err(_) => {
+                    log_refusal(&addr, &HandshakeError::TimedOut);
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no handshake"));
+                }
+            }
+        } else {
+            read.await
+        };
+        let head = match head {
+            Ok(head) => head,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
         if isolation.isolated() {
             return Err(io::Error::other("isolated: dropping raft traffic"));
         }
+        if first {
+            first = false;
+            if let Some(secret) = &auth.secret {
+                // Nothing but the handshake is read until it has passed.
+                match auth::server(&mut link.stream, head.to_be_bytes(), secret, auth.me).await {
+                    Ok((who, frames)) => {
+                        debug!(%addr, %who, "raft peer authenticated");
+                        peer = Some(who);
+                        link.mac = Some(frames);
+                        continue;
+                    }
+                    Err(e) => {
+                        log_refusal(&addr, &e);
+                        return Err(io::Error::new(io::ErrorKind::PermissionDenied, e));
+                    }
+                }
+            }
+            if head.to_be_bytes() == auth::MAGIC {
+                log_refusal(
+                    &addr,
+                    &"the peer starts a cluster-secret handshake, but this broker has no \
+                      --cluster-secret-file",
+                );
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    HandshakeError::NotAHandshake,
+                ));
+            }
+        }
+        let frame = match read_frame_body(&mut link, head).await {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                log_refusal(&addr, &e);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let request: RaftRequest =
             codec::decode(Kind::RaftRpc, &frame).map_err(io::Error::other)?;
-        let reply = handler.handle(request).await;
-        write_frame(&mut stream, &reply).await?;
+        match handler.handle(peer, request).await {
+            Ok(reply) => write_frame(&mut link, &reply).await?,
+            Err(reason) => {
+                log_refusal(&addr, &reason);
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
+            }
+        }
     }
 }
 
@@ -198,13 +376,15 @@ async fn serve_connection<H: Handler>(
 #[derive(Clone)]
 pub struct TcpNetwork {
     pub isolation: Isolation,
+    pub auth: Auth,
 }
 
 pub struct TcpConnection {
     target: NodeId,
     addr: String,
-    stream: Option<TcpStream>,
+    stream: Option<Link>,
     isolation: Isolation,
+    auth: Auth,
 }
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
@@ -216,6 +396,7 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
             addr: node.addr.clone(),
             stream: None,
             isolation: self.isolation.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -233,21 +414,18 @@ impl TcpConnection {
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
         let attempt = async {
+            let reply;
             let stream = match self.stream.take() {
-                Some(stream) => stream,
+                Some(mut stream) => {
+                    reply = call(&mut stream, &request).await?;
+                    stream
+                }
                 None => {
-                    let stream =
-                        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                            .await
-                            .map_err(|_| {
-                                io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
-                            })??;
-                    let _ = stream.set_nodelay(true);
+                    let mut stream = connect(&self.addr, &self.auth).await?;
+                    reply = first_call(&mut stream, &self.addr, &request, &self.auth).await?;
                     stream
                 }
             };
-            let mut stream = stream;
-            let reply = call(&mut stream, &request).await?;
             Ok::<_, io::Error>((stream, reply))
         };
         match tokio::time::timeout(option.hard_ttl(), attempt).await {

@@ -27,7 +27,8 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy, StorageError};
 use tokio::sync::watch;
 
-use super::network::{self, Isolation, RaftReply, RaftRequest, TcpNetwork};
+use super::auth::{ClusterSecret, Identity};
+use super::network::{self, Auth, Isolation, RaftReply, RaftRequest, TcpNetwork};
 use super::state::{Command, MetadataState, Response};
 
 openraft::declare_raft_types!(
@@ -118,6 +119,8 @@ pub struct RaftOptions {
     /// whose log does too, or to one with an empty log, which rebuilds from the bucket:
     /// a wiped disk forgot what it promised, and the bucket remembers it.
     pub vote_floor: u64,
+    /// The shared secret that authenticates the Raft port (`auth.rs`); None: open.
+    pub secret: Option<ClusterSecret>,
 }
 
 impl RaftOptions {
@@ -131,6 +134,7 @@ impl RaftOptions {
             voters: BTreeMap::from([(node_id, String::new())]),
             lease: Duration::from_secs(5),
             vote_floor: 0,
+            secret: None,
         }
     }
 }
@@ -160,6 +164,8 @@ struct Inner {
     applied: watch::Receiver<u64>,
     /// The test-only network cut also stops forwarded proposals and joins.
     isolation: Isolation,
+    /// How this node authenticates its own calls to peers.
+    auth: Auth,
     /// A reader of the log, for shipping committed entries to the bucket.
     log: LogStore,
     /// See [`RaftOptions::vote_floor`]; 0 once this node's log has reached it.
@@ -215,8 +221,13 @@ impl MetadataRaft {
         .map_err(|e| RaftGlueError::Config(e.to_string()))?;
 
         let isolation = Isolation::new(dir);
+        let auth = Auth {
+            secret: options.secret.clone(),
+            me: Identity::Node(node_id),
+        };
         let network = TcpNetwork {
             isolation: isolation.clone(),
+            auth: auth.clone(),
         };
         let log_reader = log_store.clone();
         let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
@@ -228,6 +239,7 @@ impl MetadataRaft {
                 state,
                 applied,
                 isolation: isolation.clone(),
+                auth: auth.clone(),
                 log: log_reader,
                 vote_floor: AtomicU64::new(options.vote_floor),
                 shipped: watch::channel(0).0,
@@ -242,7 +254,19 @@ impl MetadataRaft {
                     "cannot listen for raft on {listen}: {e} (pass --raft-listen with a free HOST:PORT)"
                 ))
             })?;
-            tokio::spawn(network::serve(listener, Arc::new(this.clone()), isolation));
+            if auth.secret.is_none() {
+                tracing::warn!(
+                    %listen,
+                    "the Raft port is unauthenticated: anyone who reaches it can rewrite the \
+                     metadata; set --cluster-secret-file on every broker"
+                );
+            }
+            tokio::spawn(network::serve(
+                listener,
+                Arc::new(this.clone()),
+                isolation,
+                auth,
+            ));
         }
 
         if let Err(e) = Self::wait_ready(&raft, &options, fresh).await {
@@ -275,7 +299,11 @@ impl MetadataRaft {
             }
         }
         if fresh && !is_voter {
-            tokio::spawn(join_as_learner(raft.clone(), options.clone()));
+            let auth = Auth {
+                secret: options.secret.clone(),
+                me: Identity::Node(node_id),
+            };
+            tokio::spawn(join_as_learner(raft.clone(), options.clone(), auth));
         }
         if options.voters.len() > 1 || !is_voter {
             tracing::info!(node_id, voter = is_voter, "waiting for the metadata leader");
@@ -372,7 +400,13 @@ impl MetadataRaft {
                     match f.leader_node.filter(|n| !n.addr.is_empty()) {
                         Some(leader) => {
                             let request = RaftRequest::Propose(cmd.clone());
-                            match network::call_once(&leader.addr, &request, PROPOSE_TIMEOUT).await
+                            match network::call_once(
+                                &leader.addr,
+                                &self.inner.auth,
+                                &request,
+                                PROPOSE_TIMEOUT,
+                            )
+                            .await
                             {
                                 Ok(RaftReply::Propose(Ok(answer))) => return Ok(answer),
                                 Ok(RaftReply::Propose(Err(e))) => e,
@@ -575,9 +609,21 @@ use state_machine::*;
 // Serving peers' requests
 
 impl network::Handler for MetadataRaft {
-    async fn handle(&self, request: RaftRequest) -> RaftReply {
+    async fn handle(
+        &self,
+        peer: Option<Identity>,
+        request: RaftRequest,
+    ) -> Result<RaftReply, String> {
+        if let Some(refusal) = self.refuse_sender(peer, &request) {
+            return match request {
+                RaftRequest::Propose(_) => Ok(RaftReply::Propose(Err(refusal))),
+                RaftRequest::Join { .. } => Ok(RaftReply::Join(Err(refusal))),
+                RaftRequest::ChangeVoters { .. } => Ok(RaftReply::ChangeVoters(Err(refusal))),
+                _ => Err(refusal),
+            };
+        }
         let raft = &self.inner.raft;
-        match request {
+        Ok(match request {
             RaftRequest::AppendEntries(rpc) => {
                 let reply = raft.append_entries(rpc).await;
                 // Anything but a refusal of the sender's term means a current leader
@@ -607,6 +653,68 @@ impl network::Handler for MetadataRaft {
             }
             RaftRequest::Join { node_id, addr } => {
                 RaftReply::Join(self.add_learner(node_id, addr).await)
+            }
+        })
+    }
+}
+
+impl MetadataRaft {
+    /// Whether `id` is a registered member: a voter or learner of the Raft membership,
+    /// or a broker the metadata knows.
+    fn is_member(&self, id: NodeId) -> bool {
+        let in_raft = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        in_raft
+            || self
+                .inner
+                .state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .cluster()
+                .broker(id)
+                .is_some()
+    }
+
+    /// Why an authenticated sender may not send `request`, if it may not. Without a
+    /// cluster secret nobody is authenticated and everything is accepted, as before.
+    fn refuse_sender(&self, peer: Option<Identity>, request: &RaftRequest) -> Option<String> {
+        let peer = peer?;
+        let member = |id| self.is_member(id);
+        match (peer, request) {
+            // A joining node asks for itself; a member may forward another's join.
+            (Identity::Node(id), RaftRequest::Join { node_id, .. })
+                if id == *node_id || member(id) =>
+            {
+                None
+            }
+            (Identity::Node(id), RaftRequest::Join { node_id, .. }) => Some(format!(
+                "node {id} may not ask for node {node_id} to join (it is not a member)"
+            )),
+            (Identity::Operator, RaftRequest::ChangeVoters { .. }) => None,
+            (Identity::Operator, _) => {
+                Some("an operator may only change voters, not take part in Raft".into())
+            }
+            // Raft's own RPCs: openraft judges them by term and membership.
+            (
+                Identity::Node(_),
+                RaftRequest::AppendEntries(_)
+                | RaftRequest::Vote(_)
+                | RaftRequest::InstallSnapshot(_),
+            ) => None,
+            (Identity::Node(id), RaftRequest::Propose(_) | RaftRequest::ChangeVoters { .. }) => {
+                (!member(id)).then(|| {
+                    format!(
+                        "refused: node {id} is not a registered member of this cluster (start it \
+                         so that it joins first)"
+                    )
+                })
             }
         }
     }
@@ -640,7 +748,14 @@ impl MetadataRaft {
                 .filter(|n| !n.addr.is_empty())
                 .ok_or("no metadata leader elected yet")?;
             let request = RaftRequest::ChangeVoters { add, remove };
-            return match network::call_once(&leader.addr, &request, PROPOSE_TIMEOUT).await {
+            return match network::call_once(
+                &leader.addr,
+                &self.inner.auth,
+                &request,
+                PROPOSE_TIMEOUT,
+            )
+            .await
+            {
                 Ok(RaftReply::ChangeVoters(result)) => result,
                 Ok(_) => Err("unexpected reply to a forwarded membership change".into()),
                 Err(e) => Err(format!("forwarding to the leader: {e}")),
@@ -717,6 +832,7 @@ impl MetadataRaft {
                 let leader = f.leader_node.ok_or("no metadata leader elected yet")?;
                 match network::call_once(
                     &leader.addr,
+                    &self.inner.auth,
                     &RaftRequest::Join { node_id, addr },
                     PROPOSE_TIMEOUT,
                 )
@@ -733,17 +849,18 @@ impl MetadataRaft {
 }
 
 /// A new learner asks the voters, in turn, to add it until one (or its leader) does.
-async fn join_as_learner(raft: Raft, options: RaftOptions) {
+async fn join_as_learner(raft: Raft, options: RaftOptions, auth: Auth) {
     let request = RaftRequest::Join {
         node_id: options.node_id,
         addr: options.addr.clone(),
     };
     loop {
         for addr in options.voters.values() {
-            match network::call_once(addr, &request, PROPOSE_TIMEOUT).await {
+            match network::call_once(addr, &auth, &request, PROPOSE_TIMEOUT).await {
                 Ok(RaftReply::Join(Ok(()))) => return,
                 Ok(RaftReply::Join(Err(e))) => tracing::debug!(%addr, error = %e, "join refused"),
                 Ok(_) => {}
+                // A wrong secret is logged (rate-limited) where the handshake failed.
                 Err(e) => tracing::debug!(%addr, error = %e, "voter unreachable"),
             }
         }
@@ -801,6 +918,69 @@ mod tests {
         for i in range {
             r.propose(add(i)).await?;
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn only_members_propose_and_only_nodes_join() -> anyhow::Result<()> {
+        use crate::metadata::cluster::ClusterCommand;
+        use network::Handler;
+        let dir = tempfile::tempdir()?;
+        let r = MetadataRaft::start(1, dir.path(), 1000).await?;
+        let propose = || RaftRequest::Propose(add(1));
+        let join = |node_id| RaftRequest::Join {
+            node_id,
+            addr: "127.0.0.1:1".into(),
+        };
+        let change = || RaftRequest::ChangeVoters {
+            add: vec![],
+            remove: vec![],
+        };
+        let stranger = Some(Identity::Node(9));
+        // Without a secret nobody is authenticated: as before, nothing is refused here.
+        assert_eq!(r.refuse_sender(None, &propose()), None);
+        // A voter may propose; a node that is not a member may not, and is told why.
+        assert_eq!(r.refuse_sender(Some(Identity::Node(1)), &propose()), None);
+        let refusal = r.refuse_sender(stranger, &propose());
+        assert!(
+            refusal
+                .as_deref()
+                .is_some_and(|e| e.contains("node 9 is not a registered member")),
+            "{refusal:?}"
+        );
+        assert!(r.refuse_sender(stranger, &change()).is_some());
+        // The handler answers a refused proposal with an error, not by applying it.
+        match r.handle(stranger, propose()).await {
+            Ok(RaftReply::Propose(Err(e))) => assert!(e.contains("not a registered member")),
+            other => panic!("{other:?}"),
+        }
+        // A new node may ask to join for itself only; a member may forward a join.
+        assert_eq!(r.refuse_sender(stranger, &join(9)), None);
+        assert!(r.refuse_sender(stranger, &join(10)).is_some());
+        assert_eq!(r.refuse_sender(Some(Identity::Node(1)), &join(10)), None);
+        // The operator (`strata voters`) changes voters and nothing else.
+        assert_eq!(r.refuse_sender(Some(Identity::Operator), &change()), None);
+        assert!(r
+            .refuse_sender(Some(Identity::Operator), &propose())
+            .is_some());
+        assert!(r
+            .handle(
+                Some(Identity::Operator),
+                RaftRequest::Vote(openraft::raft::VoteRequest::new(Vote::new(1, 1), None),)
+            )
+            .await
+            .is_err());
+        // A broker the metadata knows is a member even outside the Raft membership.
+        r.propose(Command::Cluster(ClusterCommand::Register {
+            id: 9,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            now_ms: 0,
+        }))
+        .await?;
+        assert_eq!(r.refuse_sender(stranger, &propose()), None);
+        r.shutdown().await?;
         Ok(())
     }
 
