@@ -1384,7 +1384,6 @@ mod tests {
         );
     }
 
-
     #[test]
     fn s3_server_side_encryption_settings() {
         use crate::storage::ServerSideEncryption as Sse;

@@ -402,11 +402,13 @@ impl LogLimiter {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
     use tokio::io::duplex;
 
     fn secret(s: &str) -> ClusterSecret {
-        ClusterSecret::from_bytes(s.as_bytes()).unwrap()
+        ClusterSecret::from_bytes(s.as_bytes()).expect("test setup")
     }
 
     async fn server_side<S: AsyncRead + AsyncWrite + Unpin>(
@@ -426,7 +428,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn right_secret_authenticates_both_sides() {
+    async fn right_secret_authenticates_both_sides() -> TestResult {
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, secret("0123456789abcdef-cluster")));
         let (peer, _) = client(
@@ -434,22 +436,20 @@ mod tests {
             &secret("0123456789abcdef-cluster"),
             Identity::Node(7),
         )
-        .await
-        .unwrap();
+        .await?;
         assert_eq!(peer, Identity::Node(1));
-        assert_eq!(srv.await.unwrap().unwrap(), Identity::Node(7));
+        assert_eq!(srv.await??, Identity::Node(7));
+        Ok(())
     }
 
     /// Frames after the handshake: each direction's MACs check on the other side, in
     /// order; an altered, reordered, replayed or reflected frame fails.
     #[tokio::test]
-    async fn frame_macs_catch_tampering() {
+    async fn frame_macs_catch_tampering() -> TestResult {
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_session(b, secret("0123456789abcdef")));
-        let (_, mut c) = client(&mut a, &secret("0123456789abcdef"), Identity::Node(2))
-            .await
-            .unwrap();
-        let (_, mut s) = srv.await.unwrap().unwrap();
+        let (_, mut c) = client(&mut a, &secret("0123456789abcdef"), Identity::Node(2)).await?;
+        let (_, mut s) = srv.await??;
         let one = c.seal(&[b"frame one".as_slice()]);
         let two = c.seal(&[b"frame two".as_slice()]);
         assert!(matches!(
@@ -457,36 +457,34 @@ mod tests {
             Err(HandshakeError::BadFrameMac)
         ));
         assert!(s.open(&[b"frame two".as_slice()], &two).is_err());
-        s.open(&[b"frame one".as_slice()], &one).unwrap();
+        s.open(&[b"frame one".as_slice()], &one)?;
         assert!(s.open(&[b"frame one".as_slice()], &one).is_err());
-        s.open(&[b"frame two".as_slice()], &two).unwrap();
+        s.open(&[b"frame two".as_slice()], &two)?;
         let reply = s.seal(&[b"reply".as_slice()]);
-        c.open(&[b"reply".as_slice()], &reply).unwrap();
+        c.open(&[b"reply".as_slice()], &reply)?;
         // A client's frame reflected back to it: the directions' keys differ.
         let mine = c.seal(&[b"frame three".as_slice()]);
         assert!(c.open(&[b"frame three".as_slice()], &mine).is_err());
         // Another connection's keys differ (its nonces do).
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_session(b, secret("0123456789abcdef")));
-        let _ = client(&mut a, &secret("0123456789abcdef"), Identity::Node(2))
-            .await
-            .unwrap();
-        let (_, mut other) = srv.await.unwrap().unwrap();
+        let _ = client(&mut a, &secret("0123456789abcdef"), Identity::Node(2)).await?;
+        let (_, mut other) = srv.await??;
         assert!(other.open(&[b"frame one".as_slice()], &one).is_err());
+        Ok(())
     }
 
     #[tokio::test]
-    async fn operator_identity_round_trips() {
+    async fn operator_identity_round_trips() -> TestResult {
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, secret("0123456789abcdef")));
-        let _ = client(&mut a, &secret("0123456789abcdef"), Identity::Operator)
-            .await
-            .unwrap();
-        assert_eq!(srv.await.unwrap().unwrap(), Identity::Operator);
+        let _ = client(&mut a, &secret("0123456789abcdef"), Identity::Operator).await?;
+        assert_eq!(srv.await??, Identity::Operator);
+        Ok(())
     }
 
     #[tokio::test]
-    async fn wrong_secret_fails_on_both_sides() {
+    async fn wrong_secret_fails_on_both_sides() -> TestResult {
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, secret("the-real-cluster-secret")));
         let err = client(&mut a, &secret("a-guessed-wrong-secret"), Identity::Node(7))
@@ -495,59 +493,54 @@ mod tests {
         // The client sees first that the server does not know its secret.
         assert!(matches!(err, HandshakeError::BadProof), "{err}");
         drop(a);
-        let err = srv.await.unwrap().unwrap_err();
+        let err = srv.await?.unwrap_err();
         assert!(matches!(err, HandshakeError::Closed), "{err}");
+        Ok(())
     }
 
     /// A client that skips checking the server's proof still cannot get in.
     #[tokio::test]
-    async fn wrong_client_proof_is_refused() {
+    async fn wrong_client_proof_is_refused() -> TestResult {
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, secret("the-real-cluster-secret")));
         a.write_all(&hello(Identity::Node(9), &[7u8; NONCE_LEN]))
-            .await
-            .unwrap();
+            .await?;
         let mut answer = [0u8; HELLO_LEN + MAC_LEN];
-        a.read_exact(&mut answer).await.unwrap();
-        a.write_all(&[0u8; MAC_LEN]).await.unwrap();
+        a.read_exact(&mut answer).await?;
+        a.write_all(&[0u8; MAC_LEN]).await?;
         let mut verdict = [9u8; 1];
-        a.read_exact(&mut verdict).await.unwrap();
+        a.read_exact(&mut verdict).await?;
         assert_eq!(verdict[0], REFUSED);
-        assert!(matches!(
-            srv.await.unwrap().unwrap_err(),
-            HandshakeError::BadProof
-        ));
+        assert!(matches!(srv.await?.unwrap_err(), HandshakeError::BadProof));
+        Ok(())
     }
 
     #[tokio::test]
-    async fn garbage_and_truncated_handshakes_are_refused() {
+    async fn garbage_and_truncated_handshakes_are_refused() -> TestResult {
         let s = secret("0123456789abcdef");
         // A plain Raft frame (a broker without the secret) or any other protocol.
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, s.clone()));
-        a.write_all(b"\x00\x00\x00\x10STRP garbage").await.unwrap();
+        a.write_all(b"\x00\x00\x00\x10STRP garbage").await?;
         assert!(matches!(
-            srv.await.unwrap().unwrap_err(),
+            srv.await?.unwrap_err(),
             HandshakeError::NotAHandshake
         ));
         // The right magic, then a hang-up halfway through the hello.
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, s.clone()));
-        a.write_all(b"STAH\x01\x00\x00").await.unwrap();
+        a.write_all(b"STAH\x01\x00\x00").await?;
         drop(a);
-        assert!(matches!(
-            srv.await.unwrap().unwrap_err(),
-            HandshakeError::Closed
-        ));
+        assert!(matches!(srv.await?.unwrap_err(), HandshakeError::Closed));
         // An unknown version or role.
         for bad in [&b"STAH\x09"[..], &b"STAH\x01\x05"[..]] {
             let (mut a, b) = duplex(1024);
             let srv = tokio::spawn(server_side(b, s.clone()));
             let mut msg = bad.to_vec();
             msg.resize(HELLO_LEN, 0);
-            a.write_all(&msg).await.unwrap();
+            a.write_all(&msg).await?;
             assert!(matches!(
-                srv.await.unwrap().unwrap_err(),
+                srv.await?.unwrap_err(),
                 HandshakeError::Malformed(_)
             ));
         }
@@ -560,63 +553,62 @@ mod tests {
         });
         let err = client(&mut a, &s, Identity::Node(2)).await.unwrap_err();
         assert!(matches!(err, HandshakeError::NotAHandshake), "{err}");
+        Ok(())
     }
 
     /// Replaying a recorded client's messages to a new connection fails: the server's
     /// nonce is new, so the recorded proof no longer matches.
     #[tokio::test]
-    async fn replayed_handshake_is_refused() {
+    async fn replayed_handshake_is_refused() -> TestResult {
         let s = secret("0123456789abcdef");
         // Record a good handshake's client side.
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, s.clone()));
         let mine = [42u8; NONCE_LEN];
         let recorded_hello = hello(Identity::Node(3), &mine);
-        a.write_all(&recorded_hello).await.unwrap();
+        a.write_all(&recorded_hello).await?;
         let mut answer = [0u8; HELLO_LEN + MAC_LEN];
-        a.read_exact(&mut answer).await.unwrap();
+        a.read_exact(&mut answer).await?;
         let theirs = &answer[14..HELLO_LEN];
         let recorded_proof = s
             .mac(CLIENT_CONTEXT, &mine, theirs, Identity::Node(3))
             .finalize()
             .into_bytes();
-        a.write_all(&recorded_proof).await.unwrap();
+        a.write_all(&recorded_proof).await?;
         let mut verdict = [0u8; 1];
-        a.read_exact(&mut verdict).await.unwrap();
+        a.read_exact(&mut verdict).await?;
         assert_eq!(verdict[0], ACCEPTED);
-        assert_eq!(srv.await.unwrap().unwrap(), Identity::Node(3));
+        assert_eq!(srv.await??, Identity::Node(3));
         // Replay it.
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, s.clone()));
-        a.write_all(&recorded_hello).await.unwrap();
-        a.read_exact(&mut answer).await.unwrap();
-        a.write_all(&recorded_proof).await.unwrap();
-        a.read_exact(&mut verdict).await.unwrap();
+        a.write_all(&recorded_hello).await?;
+        a.read_exact(&mut answer).await?;
+        a.write_all(&recorded_proof).await?;
+        a.read_exact(&mut verdict).await?;
         assert_eq!(verdict[0], REFUSED);
-        assert!(matches!(
-            srv.await.unwrap().unwrap_err(),
-            HandshakeError::BadProof
-        ));
+        assert!(matches!(srv.await?.unwrap_err(), HandshakeError::BadProof));
         // Reflecting the server's own proof back as the client's fails too.
         let (mut a, b) = duplex(1024);
         let srv = tokio::spawn(server_side(b, s.clone()));
-        a.write_all(&hello(Identity::Node(1), &mine)).await.unwrap();
-        a.read_exact(&mut answer).await.unwrap();
-        a.write_all(&answer[HELLO_LEN..]).await.unwrap();
-        a.read_exact(&mut verdict).await.unwrap();
+        a.write_all(&hello(Identity::Node(1), &mine)).await?;
+        a.read_exact(&mut answer).await?;
+        a.write_all(&answer[HELLO_LEN..]).await?;
+        a.read_exact(&mut verdict).await?;
         assert_eq!(verdict[0], REFUSED);
-        assert!(srv.await.unwrap().is_err());
+        assert!(srv.await?.is_err());
+        Ok(())
     }
 
     #[test]
-    fn secret_file_is_trimmed_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
+    fn secret_file_is_trimmed_and_checked() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("secret");
-        std::fs::write(&path, "0123456789abcdef\n").unwrap();
-        let s = ClusterSecret::load(&path).unwrap();
+        std::fs::write(&path, "0123456789abcdef\n")?;
+        let s = ClusterSecret::load(&path)?;
         assert_eq!(&*s.0, b"0123456789abcdef");
         assert_eq!(format!("{s:?}"), "ClusterSecret(..)");
-        std::fs::write(&path, "short\n").unwrap();
+        std::fs::write(&path, "short\n")?;
         assert!(matches!(
             ClusterSecret::load(&path),
             Err(SecretError::TooShort(5))
@@ -625,15 +617,17 @@ mod tests {
             ClusterSecret::load(&dir.path().join("missing")),
             Err(SecretError::Read(_))
         ));
+        Ok(())
     }
 
     #[test]
-    fn limiter_holds_back_and_counts() {
+    fn limiter_holds_back_and_counts() -> TestResult {
         let l = LogLimiter::new(Duration::from_secs(60));
         assert_eq!(l.allow(), Some(0));
         assert_eq!(l.allow(), None);
         assert_eq!(l.allow(), None);
-        *l.last.lock().unwrap() = Some(Instant::now() - Duration::from_secs(61));
+        *l.last.lock().map_err(|_| "poisoned")? = Some(Instant::now() - Duration::from_secs(61));
         assert_eq!(l.allow(), Some(2));
+        Ok(())
     }
 }

@@ -223,6 +223,8 @@ impl Throttle {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
 
     impl ConnectionLimits {
@@ -233,37 +235,43 @@ mod tests {
     }
 
     fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+        s.parse().expect("test setup")
     }
 
     #[test]
-    fn per_ip_limit_counts_each_address_alone() {
+    fn per_ip_limit_counts_each_address_alone() -> TestResult {
         let limits = ConnectionLimits::new(10, 2, Arc::default());
-        let a1 = limits.try_open(ip("10.0.0.1")).unwrap();
-        let a2 = limits.try_open(ip("10.0.0.1")).unwrap();
+        let a1 = limits.try_open(ip("10.0.0.1"))?;
+        let a2 = limits.try_open(ip("10.0.0.1"))?;
         assert_eq!(
             limits.try_open(ip("10.0.0.1")).unwrap_err(),
             Refused::PerIp(2)
         );
         // Another address is not held back by the first one's connections.
-        let b1 = limits.try_open(ip("::1")).unwrap();
+        let b1 = limits.try_open(ip("::1"))?;
         assert_eq!((limits.open(), limits.open_from(ip("10.0.0.1"))), (3, 2));
         drop(a1);
-        let a3 = limits.try_open(ip("10.0.0.1")).unwrap();
+        let a3 = limits.try_open(ip("10.0.0.1"))?;
         drop((a2, a3, b1));
         assert_eq!(limits.open(), 0);
         // Addresses with nothing open are forgotten.
-        assert!(limits.counts.lock().unwrap().per_ip.is_empty());
+        assert!(limits
+            .counts
+            .lock()
+            .map_err(|_| "poisoned")?
+            .per_ip
+            .is_empty());
+        Ok(())
     }
 
     #[test]
-    fn total_limit_applies_over_all_addresses() {
+    fn total_limit_applies_over_all_addresses() -> TestResult {
         let gauges = Arc::new(Gauges::default());
         let limits = ConnectionLimits::new(3, 2, gauges.clone());
         let held: Vec<_> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
             .iter()
-            .map(|a| limits.try_open(ip(a)).unwrap())
-            .collect();
+            .map(|a| limits.try_open(ip(a)))
+            .collect::<Result<_, _>>()?;
         assert_eq!(gauges.open_connections.load(Ordering::Relaxed), 3);
         assert_eq!(
             limits.try_open(ip("10.0.0.4")).unwrap_err(),
@@ -274,20 +282,21 @@ mod tests {
         drop(held);
         assert_eq!(gauges.open_connections.load(Ordering::Relaxed), 0);
         assert!(limits.try_open(ip("10.0.0.4")).is_ok());
+        Ok(())
     }
 
     #[tokio::test]
-    async fn budget_waits_then_admits_in_order() {
+    async fn budget_waits_then_admits_in_order() -> TestResult {
         let gauges = Arc::new(Gauges::default());
         let budget = Arc::new(RequestBudget::new(10 * 1024, gauges.clone()));
-        let big = budget.try_charge(8 * 1024).unwrap();
+        let big = budget.try_charge(8 * 1024).ok_or("no budget")?;
         assert_eq!(
             gauges.inflight_request_bytes.load(Ordering::Relaxed),
             8 * 1024
         );
         // 3 KiB do not fit beside 8; a 1-byte frame still costs a whole KiB.
         assert!(budget.try_charge(3 * 1024).is_none());
-        let small = budget.try_charge(1).unwrap();
+        let small = budget.try_charge(1).ok_or("no budget")?;
         assert_eq!(budget.available_kib(), 1);
         let waiting = tokio::spawn({
             let budget = budget.clone();
@@ -297,29 +306,32 @@ mod tests {
         // First come, first served: a later small request queues behind the waiter.
         assert!(budget.try_charge(1).is_none());
         drop(big);
-        assert_eq!(waiting.await.unwrap().unwrap(), 3 * 1024);
+        assert_eq!(waiting.await??, 3 * 1024);
         drop(small);
         assert_eq!(budget.available_kib(), 10);
         assert_eq!(gauges.inflight_request_bytes.load(Ordering::Relaxed), 0);
+        Ok(())
     }
 
     #[test]
-    fn budget_admits_a_frame_larger_than_itself_alone() {
+    fn budget_admits_a_frame_larger_than_itself_alone() -> TestResult {
         let budget = RequestBudget::new(4096, Arc::default());
-        let whole = budget.try_charge(1 << 20).unwrap();
+        let whole = budget.try_charge(1 << 20).ok_or("no budget")?;
         assert!(budget.try_charge(1).is_none());
         drop(whole);
         assert!(budget.try_charge(1).is_some());
+        Ok(())
     }
 
     #[test]
-    fn budget_beyond_u32_kib_is_capped_not_wrapped() {
+    fn budget_beyond_u32_kib_is_capped_not_wrapped() -> TestResult {
         assert_eq!(kib(usize::MAX), u32::MAX);
         assert_eq!(kib(1025), 2);
+        Ok(())
     }
 
     #[test]
-    fn throttle_reports_once_per_period_with_a_count() {
+    fn throttle_reports_once_per_period_with_a_count() -> TestResult {
         let mut t = Throttle::new(Duration::from_secs(10));
         let t0 = Instant::now();
         assert_eq!(t.note(t0), Some(1));
@@ -327,5 +339,6 @@ mod tests {
         assert_eq!(t.note(t0 + Duration::from_secs(9)), None);
         assert_eq!(t.note(t0 + Duration::from_secs(10)), Some(3));
         assert_eq!(t.note(t0 + Duration::from_secs(11)), None);
+        Ok(())
     }
 }

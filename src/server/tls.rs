@@ -404,6 +404,8 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
 
     fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -438,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn subject_is_rfc2253_last_rdn_first() {
+    fn subject_is_rfc2253_last_rdn_first() -> TestResult {
         let cert = cert_with_subject(&[
             attr(&[0x55, 0x04, 0x06], 0x13, "US"),
             attr(&[0x55, 0x04, 0x0a], 0x0c, "Acme, Inc"),
@@ -454,10 +456,11 @@ mod tests {
             principal.to_string(),
             "User:CN=alice,OU=x,O=Acme\\, Inc,C=US"
         );
+        Ok(())
     }
 
     #[test]
-    fn unknown_attributes_are_an_oid_and_hex_as_java_prints_them() {
+    fn unknown_attributes_are_an_oid_and_hex_as_java_prints_them() -> TestResult {
         // emailAddress 1.2.840.113549.1.9.1
         let email = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01];
         let cert = cert_with_subject(&[
@@ -468,24 +471,27 @@ mod tests {
             subject_dn(&cert).as_deref(),
             Some("1.2.840.113549.1.9.1=#1603614062,CN=bob")
         );
+        Ok(())
     }
 
     #[test]
-    fn no_or_garbled_certificate_is_anonymous() {
+    fn no_or_garbled_certificate_is_anonymous() -> TestResult {
         assert_eq!(Principal::from_peer(None), Principal::anonymous());
         let garbled = CertificateDer::from(vec![0x30, 0x05, 0x01]);
         assert_eq!(
             Principal::from_peer(Some(&[garbled])).to_string(),
             "User:ANONYMOUS"
         );
+        Ok(())
     }
 
     #[test]
-    fn client_auth_values() {
+    fn client_auth_values() -> TestResult {
         assert_eq!("none".parse(), Ok(ClientAuth::None));
         assert_eq!("requested".parse(), Ok(ClientAuth::Requested));
         assert_eq!("required".parse(), Ok(ClientAuth::Required));
         assert_eq!("yes".parse::<ClientAuth>(), Err(()));
+        Ok(())
     }
 
     fn settings(dir: &Path) -> TlsSettings {
@@ -498,13 +504,13 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_and_invalid_files_name_the_setting() {
-        let dir = tempfile::tempdir().unwrap();
+    fn unreadable_and_invalid_files_name_the_setting() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let s = settings(dir.path());
         let e = server_config(&s).unwrap_err().to_string();
         assert!(e.starts_with("cannot read ssl_cert_file "), "{e}");
 
-        std::fs::write(&s.cert_file, "not a certificate").unwrap();
+        std::fs::write(&s.cert_file, "not a certificate")?;
         let e = server_config(&s).unwrap_err().to_string();
         assert!(
             e.contains("ssl_cert_file") && e.contains("no CERTIFICATE block"),
@@ -515,11 +521,10 @@ mod tests {
         std::fs::write(
             &s.cert_file,
             "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
+        )?;
         let e = server_config(&s).unwrap_err().to_string();
         assert!(e.starts_with("cannot read ssl_key_file "), "{e}");
-        std::fs::write(&s.key_file, "garbage").unwrap();
+        std::fs::write(&s.key_file, "garbage")?;
         let e = server_config(&s).unwrap_err().to_string();
         assert!(
             e.contains("ssl_key_file") && e.contains("PEM private key"),
@@ -534,9 +539,9 @@ mod tests {
         std::fs::write(
             &ca.key_file,
             "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
-        )
-        .unwrap();
+        )?;
         let e = server_config(&ca).unwrap_err().to_string();
         assert!(e.starts_with("cannot read ssl_ca_file "), "{e}");
+        Ok(())
     }
 }

@@ -183,10 +183,12 @@ pub async fn readiness(broker: &Broker) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
 
     #[test]
-    fn request_lines_are_parsed_strictly() {
+    fn request_lines_are_parsed_strictly() -> TestResult {
         assert_eq!(
             parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
             Some(("GET", "/metrics"))
@@ -197,32 +199,33 @@ mod tests {
         );
         assert_eq!(parse_request_line(b"\x16\x03\x01 tls hello"), None);
         assert_eq!(parse_request_line(b"GET /\r\n\r\n"), None);
+        Ok(())
     }
 
     #[tokio::test]
-    async fn health_is_up_and_ready_waits_for_start() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    async fn health_is_up_and_ready_waits_for_start() -> TestResult {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         tokio::spawn(serve(listener, Started::default()));
         let get = |path: &'static str| async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut s = TcpStream::connect(addr).await?;
             s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+                .await?;
             let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
+            s.read_to_string(&mut out).await?;
+            Ok::<_, std::io::Error>(out)
         };
-        assert!(get("/health").await.starts_with("HTTP/1.1 200 OK\r\n"));
-        let ready = get("/ready").await;
+        assert!(get("/health").await?.starts_with("HTTP/1.1 200 OK\r\n"));
+        let ready = get("/ready").await?;
         assert!(ready.starts_with("HTTP/1.1 503 "), "{ready}");
         assert!(ready.ends_with("not ready: starting\n"), "{ready}");
-        assert!(get("/nope").await.starts_with("HTTP/1.1 404 "));
+        assert!(get("/nope").await?.starts_with("HTTP/1.1 404 "));
         // A head that never ends is cut off at the size bound.
-        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut s = TcpStream::connect(addr).await?;
         let _ = s.write_all(&vec![b'a'; MAX_HEAD * 2]).await;
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out).await;
         assert!(out.is_empty());
+        Ok(())
     }
 }
