@@ -98,6 +98,17 @@ pub enum TopicLookup {
     Unavailable,
 }
 
+/// A topic's configs as the produce path applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceSettings {
+    /// The largest record batch accepted (`max.message.bytes`).
+    pub max_message_bytes: usize,
+    /// Batches are stamped with the broker's time (`message.timestamp.type`).
+    pub log_append_time: bool,
+    /// `cleanup.policy` includes `compact`: every record needs a key.
+    pub compacted: bool,
+}
+
 pub struct Broker {
     pub config: Config,
     pub cluster_id: String,
@@ -618,40 +629,32 @@ impl Broker {
         }
     }
 
-    /// A topic config's effective value as this broker sees it (topic, dynamic broker,
-    /// static default, Kafka's default), or None for an unknown topic.
-    fn topic_config(&self, topic: &str, key: &str) -> Option<String> {
+    /// What the produce path needs of a topic's configs, read in one look-up with the
+    /// effective precedence (topic, dynamic broker, static default, Kafka's default);
+    /// None for an unknown topic.
+    pub fn produce_settings(&self, topic: &str) -> Option<ProduceSettings> {
         let node = self.config.node_id;
         self.metadata.read(|s| {
             let t = s.topic(topic)?;
-            crate::protocol::configs::effective_topic_config(
-                s,
-                node,
-                &self.config.topic_defaults,
-                t,
-                key,
-            )
+            let value = |key| {
+                crate::protocol::configs::effective_topic_config(
+                    s,
+                    node,
+                    &self.config.topic_defaults,
+                    t,
+                    key,
+                )
+            };
+            Some(ProduceSettings {
+                max_message_bytes: value("max.message.bytes")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(1_048_588),
+                log_append_time: value("message.timestamp.type")
+                    .is_some_and(|v| v == "LogAppendTime"),
+                compacted: value("cleanup.policy")
+                    .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
+            })
         })
-    }
-
-    /// Whether the topic stamps batches with the broker's time (`message.timestamp.type`).
-    pub fn log_append_time(&self, topic: &str) -> bool {
-        self.topic_config(topic, "message.timestamp.type")
-            .is_some_and(|v| v == "LogAppendTime")
-    }
-
-    /// Whether the topic's effective `cleanup.policy` includes `compact`.
-    pub fn is_compacted(&self, topic: &str) -> bool {
-        self.topic_config(topic, "cleanup.policy")
-            .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"))
-    }
-
-    /// The largest record batch a topic accepts: its effective `max.message.bytes`
-    /// (the dynamic broker config `message.max.bytes` stands in for the default).
-    pub fn max_message_bytes(&self, topic: &str) -> usize {
-        self.topic_config(topic, "max.message.bytes")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1_048_588)
     }
 
     /// The partition count of auto-created topics (and CreateTopics without one): the

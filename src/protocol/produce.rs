@@ -209,19 +209,25 @@ async fn enqueue_partition(
         };
         (code, e.to_string())
     })?;
-    if batches.bytes > broker.max_message_bytes(topic) {
+    let settings = broker.produce_settings(topic).ok_or_else(|| {
+        (
+            ResponseError::UnknownTopicOrPartition,
+            format!("{topic}-{partition} does not exist"),
+        )
+    })?;
+    if batches.bytes > settings.max_message_bytes {
         return Err((
             ResponseError::MessageTooLarge,
             "batch exceeds max.message.bytes".into(),
         ));
     }
-    if broker.is_compacted(topic) {
+    if settings.compacted {
         check_keys(&batches, topic, partition)?;
     }
     // The broker's clock (this proposer's), never the state machine's.
     // Batches record counts are checked against their offset spans in `validate`.
     let (bytes, records) = (batches.bytes, batches.offset_count);
-    let append_time = broker.log_append_time(topic).then(super::now_ms);
+    let append_time = settings.log_append_time.then(super::now_ms);
     if let Some(now) = append_time {
         set_log_append_time(&mut batches, now);
     }
