@@ -29,6 +29,7 @@ pub mod group;
 pub mod metadata;
 pub mod produce;
 pub mod protocol;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
