@@ -17,14 +17,19 @@ use crate::fetch::FetchReader;
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::metadata::cluster::ClusterCommand;
 use crate::metadata::fence::{ExpiryTracker, WarnLimiter};
-use crate::metadata::state::{valid_topic_name, Command, Response, StateError};
+use crate::metadata::state::{valid_topic_name, Command, Response, ScramChange, StateError};
 use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
+use crate::security::scram::{Mechanism, ScramCredential};
 use crate::storage::cache::{CacheConfig, CacheError};
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
 
 /// A repeated warning (a heartbeat that keeps failing) is logged at most this often.
+/// PBKDF2 iterations of the bootstrap admin's credentials (Kafka's minimum and the
+/// default of its tools).
+const ADMIN_ITERATIONS: u32 = 4096;
+
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often the Raft leader looks for heartbeats: expiry comes at most this late.
 const EXPIRY_POLL: Duration = Duration::from_millis(100);
@@ -356,7 +361,8 @@ impl Broker {
         Ok((broker, tasks))
     }
 
-    /// Announces this broker to the cluster and takes its lease.
+    /// Announces this broker to the cluster and takes its lease, then its listeners and
+    /// the bootstrap admin's credentials.
     pub async fn register(self: &Arc<Self>) -> Result<(), BrokerError> {
         let register = ClusterCommand::Register {
             id: self.config.node_id,
@@ -369,6 +375,38 @@ impl Broker {
         self.metadata
             .renew_lease(Command::Cluster(register), started)
             .await?;
+        let listeners = self
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.advertise_host.clone(), l.advertise_port))
+            .collect();
+        self.metadata
+            .propose(Command::RegisterListeners {
+                id: self.config.node_id,
+                listeners,
+            })
+            .await?;
+        if let Some(admin) = &self.config.security.admin {
+            // Every broker proposes it at start; the first credential of each mechanism
+            // stays (a password changed later through the admin APIs is kept).
+            let changes = [Mechanism::Sha256, Mechanism::Sha512]
+                .into_iter()
+                .map(|mechanism| ScramChange::Upsert {
+                    user: admin.user.clone(),
+                    mechanism,
+                    credential: ScramCredential::from_password(
+                        mechanism,
+                        &admin.password,
+                        ADMIN_ITERATIONS,
+                    ),
+                    only_if_missing: true,
+                })
+                .collect();
+            self.metadata
+                .propose(Command::AlterScram { changes })
+                .await?;
+        }
         Ok(())
     }
 
@@ -456,23 +494,39 @@ impl Broker {
         }
     }
 
-    /// The live brokers clients may use: (id, host, port, rack); this broker at least.
-    pub fn live_brokers(&self) -> Vec<(i32, String, i32, Option<String>)> {
+    /// The live brokers clients of `listener` may use: (id, host, port, rack); this
+    /// broker at least. A broker is named by its address on that listener; one that
+    /// registered listeners without it is left out (as Kafka does), one that registered
+    /// none (an older build) by its one address.
+    pub fn live_brokers(&self, listener: &str) -> Vec<(i32, String, i32, Option<String>)> {
+        let me = self.node_id();
         let mut brokers: Vec<_> = self.metadata.read(|s| {
             s.cluster()
                 .live()
-                .map(|(id, b)| (id as i32, b.host.clone(), b.port, b.rack.clone()))
+                .filter(|(id, _)| *id as i32 != me)
+                .filter_map(|(id, b)| {
+                    let (host, port) = match s.access().listener(id, listener) {
+                        Some((host, port)) => (host.to_owned(), port),
+                        None if s.access().has_listeners(id) => return None,
+                        None => (b.host.clone(), b.port),
+                    };
+                    Some((id as i32, host, port, b.rack.clone()))
+                })
                 .collect()
         });
-        if !brokers.iter().any(|b| b.0 == self.node_id()) {
-            brokers.push((
-                self.node_id(),
-                self.config.advertise_host.clone(),
-                self.config.advertise_port,
-                self.config.rack.clone(),
-            ));
-            brokers.sort();
-        }
+        let own = self
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .unwrap_or(&self.config.listeners[0]);
+        brokers.push((
+            me,
+            own.advertise_host.clone(),
+            own.advertise_port,
+            self.config.rack.clone(),
+        ));
+        brokers.sort();
         brokers
     }
 

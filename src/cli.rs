@@ -194,20 +194,54 @@ pub struct ServeArgs {
     /// like connections.max.idle.ms [default: 600000].
     #[arg(long, env = "STRATA_CONNECTIONS_MAX_IDLE_MS")]
     pub connections_max_idle_ms: Option<u64>,
-    /// PEM certificate chain of the Kafka listener; with --ssl-key-file it speaks TLS
-    /// (security protocol SSL). Reloaded when the file changes.
-    #[arg(long, env = "STRATA_SSL_CERT_FILE")]
-    pub ssl_cert_file: Option<PathBuf>,
-    /// PEM private key of --ssl-cert-file (unencrypted PKCS#8, RSA or EC).
-    #[arg(long, env = "STRATA_SSL_KEY_FILE")]
-    pub ssl_key_file: Option<PathBuf>,
+    /// PEM certificate chain of the SSL and SASL_SSL listeners (with only --listen, it
+    /// makes that listener SSL). Reloaded when the file changes.
+    #[arg(long, env = "STRATA_TLS_CERT_FILE", alias = "ssl-cert-file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file (unencrypted PKCS#8, RSA or EC).
+    #[arg(long, env = "STRATA_TLS_KEY_FILE", alias = "ssl-key-file")]
+    pub tls_key_file: Option<PathBuf>,
     /// Client certificates, like ssl.client.auth: none, requested or required (checked
-    /// against --ssl-ca-file) [default: none].
-    #[arg(long, env = "STRATA_SSL_CLIENT_AUTH")]
-    pub ssl_client_auth: Option<String>,
+    /// against --tls-ca-file); the principal is the certificate's subject [default: none].
+    #[arg(long, env = "STRATA_TLS_CLIENT_AUTH", alias = "ssl-client-auth")]
+    pub tls_client_auth: Option<String>,
     /// PEM bundle of the CAs that client certificates must chain to.
-    #[arg(long, env = "STRATA_SSL_CA_FILE")]
-    pub ssl_ca_file: Option<PathBuf>,
+    #[arg(long, env = "STRATA_TLS_CA_FILE", alias = "ssl-ca-file")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Listeners, like Kafka's listeners: NAME://HOST:PORT,... where the names
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT and SASL_SSL are those protocols and others are
+    /// mapped by --listener-security-protocol-map (replaces --listen).
+    #[arg(long, env = "STRATA_LISTENERS")]
+    pub listeners: Option<String>,
+    /// What clients of each listener are told to connect to: NAME://HOST:PORT,...
+    /// [default: each listener's own address].
+    #[arg(long, env = "STRATA_ADVERTISED_LISTENERS")]
+    pub advertised_listeners: Option<String>,
+    /// NAME:PROTOCOL,... for listener names that are not a protocol's name.
+    #[arg(long, env = "STRATA_LISTENER_SECURITY_PROTOCOL_MAP")]
+    pub listener_security_protocol_map: Option<String>,
+    /// SASL mechanisms the SASL listeners offer: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    /// [default: SCRAM-SHA-256,SCRAM-SHA-512].
+    #[arg(long, env = "STRATA_SASL_ENABLED_MECHANISMS")]
+    pub sasl_enabled_mechanisms: Option<String>,
+    /// Principals allowed everything, separated by semicolons: 'User:admin;User:ops'.
+    #[arg(long, env = "STRATA_SUPER_USERS")]
+    pub super_users: Option<String>,
+    /// Allow an operation on a resource that has no ACL at all [default: false once a
+    /// SASL listener or client certificates are configured, else true].
+    #[arg(long, env = "STRATA_ALLOW_EVERYONE_IF_NO_ACL_FOUND")]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// A bootstrap admin: SCRAM credentials for it are created at first start, and it is a
+    /// super user. Set its password with STRATA_ADMIN_PASSWORD.
+    #[arg(long, env = "STRATA_ADMIN_USER")]
+    pub admin_user: Option<String>,
+    /// The bootstrap admin's password (prefer the variable to the flag: flags show in `ps`).
+    #[arg(long, env = "STRATA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// KIP-368: SASL clients must re-authenticate within this many ms, like
+    /// connections.max.reauth.ms (0: never) [default: 0].
+    #[arg(long, env = "STRATA_CONNECTIONS_MAX_REAUTH_MS")]
+    pub connections_max_reauth_ms: Option<u64>,
     // Broker-wide defaults of topic configs (Kafka's static `log.*` broker configs): a
     // topic without its own value, and with no dynamic broker config set, uses these.
     /// Default retention.ms, like log.retention.ms; -1 keeps forever [default: 604800000].

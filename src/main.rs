@@ -54,15 +54,22 @@ fn serve(config: Config) -> anyhow::Result<()> {
             )),
             None => None,
         };
-        let listen = config.listen;
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "another process is using it; stop it or pass --listen HOST:PORT"
-            } else {
-                "pass --listen with an address of this machine"
-            };
-            anyhow::anyhow!("cannot listen on {listen}: {e} ({hint})")
-        })?;
+        let mut endpoints = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let bind = listener.bind;
+            let socket = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    "another process is using it; stop it or change --listen / --listeners"
+                } else {
+                    "use an address of this machine in --listen / --listeners"
+                };
+                anyhow::anyhow!("cannot listen on {bind} ({} listener {}): {e} ({hint})", listener.protocol, listener.name)
+            })?;
+            endpoints.push(strata::server::Endpoint {
+                socket,
+                listener: std::sync::Arc::new(listener.clone()),
+            });
+        }
         // Bound before the broker starts, so that `/ready` says "starting" (503) until
         // it has caught up and registered.
         let started = strata::telemetry::http::Started::default();
@@ -84,8 +91,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         broker.register().await?;
         let _ = started.set(broker.clone());
         let liveness = broker.spawn_liveness();
-        let protocol = if tls.is_some() { "SSL" } else { "PLAINTEXT" };
-        info!(%listen, protocol, advertise = %format!("{}:{}", broker.config.advertise_host, broker.config.advertise_port), "strata is serving");
+        for l in &broker.config.listeners {
+            info!(listener = %l.name, protocol = %l.protocol, listen = %l.bind, advertise = %format!("{}:{}", l.advertise_host, l.advertise_port), "strata is serving");
+        }
         let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
         let shutdown = async move {
@@ -117,7 +125,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 () = fatal => {}
             }
         };
-        strata::server::serve(broker.clone(), listener, tls, shutdown).await;
+        strata::server::serve(broker.clone(), endpoints, tls, shutdown).await;
         // Requests already buffered finish their flush and commit; every acknowledged
         // record is in the store already, so a bounded wait is all a graceful stop needs.
         tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;

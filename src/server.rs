@@ -18,9 +18,12 @@
 //! within `frame_read_timeout_ms` of its size, and a connection with nothing in flight
 //! and nothing arriving for `connections_max_idle_ms` is closed.
 //!
-//! With `ssl_cert_file` and `ssl_key_file` the listener speaks TLS (`tls.rs`): the
-//! handshake must finish within `frame_read_timeout_ms`, then the connection runs the
-//! same loop as a plaintext one, over the decrypted stream.
+//! Each listener (`listeners`) has its own accept loop; the limits and the request budget
+//! are shared. SSL and SASL_SSL listeners speak TLS (`tls.rs`): the handshake must finish
+//! within `frame_read_timeout_ms`, then the connection runs the same loop as a plaintext
+//! one, over the decrypted stream. On SASL listeners the client authenticates first
+//! (`sasl.rs`); the principal (SASL user, client certificate subject or ANONYMOUS) and
+//! the listener go with every request, for ACLs and for the addresses Metadata returns.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,12 +40,15 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::Broker;
-use crate::protocol::{start_request, ProtocolError, Started};
+use crate::config::Listener;
+use crate::protocol::{start_request, ProtocolError, RequestContext, Started};
 
 mod limits;
+mod sasl;
 pub mod tls;
 
 use limits::{ConnectionLimits, RequestBudget, Throttle};
+use sasl::{Intercept, SaslSession};
 use tls::{Principal, TlsAcceptor};
 
 /// Responses a connection may owe (produces waiting for their commit, answers not yet
@@ -52,10 +58,17 @@ const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Refused connections are logged at most this often (a flood must not flood the log).
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// Serves Kafka clients on `listener`, over TLS when `tls` is given.
+/// A bound listener socket and what it serves.
+pub struct Endpoint {
+    pub socket: TcpListener,
+    pub listener: Arc<Listener>,
+}
+
+/// Serves Kafka clients on every endpoint until `shutdown`; the SSL and SASL_SSL ones
+/// over TLS, with `tls` (which the configuration guarantees exists for them).
 pub async fn serve(
     broker: Arc<Broker>,
-    listener: TcpListener,
+    endpoints: Vec<Endpoint>,
     tls: Option<Arc<TlsAcceptor>>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -69,43 +82,64 @@ pub async fn serve(
         config.max_inflight_request_bytes,
         broker.gauges.clone(),
     ));
+    let loops = endpoints.into_iter().map(|endpoint| {
+        let tls = tls.clone().filter(|_| endpoint.listener.protocol.tls());
+        accept_loop(
+            broker.clone(),
+            endpoint,
+            tls,
+            limits.clone(),
+            budget.clone(),
+        )
+    });
+    tokio::select! {
+        _ = futures::future::join_all(loops) => {}
+        _ = shutdown => info!("no longer accepting connections"),
+    }
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    endpoint: Endpoint,
+    tls: Option<Arc<TlsAcceptor>>,
+    limits: Arc<ConnectionLimits>,
+    budget: Arc<RequestBudget>,
+) {
     let mut refusals = Throttle::new(REFUSAL_WARNING_EVERY);
-    tokio::pin!(shutdown);
+    let listener = endpoint.listener;
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let slot = match limits.try_open(peer.ip()) {
-                        Ok(slot) => slot,
-                        Err(refused) => {
-                            // Accepted, then closed at once, as Kafka does.
-                            drop(stream);
-                            let now = std::time::Instant::now();
-                            if let Some(refused_since_last) = refusals.note(now) {
-                                let open = limits.open();
-                                warn!(%peer, reason = %refused, refused_since_last, open, "connection refused");
-                            }
-                            continue;
+        match endpoint.socket.accept().await {
+            Ok((stream, peer)) => {
+                let slot = match limits.try_open(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        // Accepted, then closed at once, as Kafka does.
+                        drop(stream);
+                        let now = std::time::Instant::now();
+                        if let Some(refused_since_last) = refusals.note(now) {
+                            let open = limits.open();
+                            warn!(%peer, reason = %refused, refused_since_last, open, "connection refused");
                         }
-                    };
-                    let broker = broker.clone();
-                    let budget = budget.clone();
-                    let tls = tls.clone();
-                    let span = tracing::debug_span!("connection", %peer);
-                    tokio::spawn(async move {
+                        continue;
+                    }
+                };
+                let broker = broker.clone();
+                let budget = budget.clone();
+                let tls = tls.clone();
+                let listener = listener.clone();
+                let span = tracing::debug_span!("connection", %peer, listener = %listener.name);
+                tokio::spawn(
+                    async move {
                         let _slot = slot;
                         debug!("connection opened");
-                        if let Err(e) = open(broker, budget, tls, stream).await {
+                        if let Err(e) = open(broker, budget, tls, listener, stream, peer).await {
                             debug!(error = %e, "connection closed");
                         }
-                    }.instrument(span));
-                }
-                Err(e) => warn!(error = %e, "accept failed"),
-            },
-            _ = &mut shutdown => {
-                info!("no longer accepting connections");
-                return;
+                    }
+                    .instrument(span),
+                );
             }
+            Err(e) => warn!(error = %e, "accept failed"),
         }
     }
 }
@@ -134,12 +168,33 @@ enum ConnectionError {
     Handshake(std::io::Error),
     #[error("TLS handshake did not finish within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("closed: {0}")]
+    Sasl(&'static str),
 }
 
 /// What a connection knows about its client, for authorization.
-#[derive(Debug)]
 struct Session {
+    /// The principal before SASL (a client certificate's subject, or ANONYMOUS).
     principal: Principal,
+    listener: Arc<Listener>,
+    peer: std::net::SocketAddr,
+    /// On SASL listeners: the authentication, which names the principal instead.
+    sasl: Option<SaslSession>,
+}
+
+impl Session {
+    fn context(&self) -> Arc<RequestContext> {
+        let principal = self
+            .sasl
+            .as_ref()
+            .and_then(SaslSession::principal)
+            .unwrap_or_else(|| self.principal.to_string());
+        Arc::new(RequestContext {
+            principal,
+            host: self.peer.ip().to_string(),
+            listener: self.listener.clone(),
+        })
+    }
 }
 
 /// Runs a new connection: the TLS handshake first if the listener has TLS.
@@ -147,12 +202,21 @@ async fn open(
     broker: Arc<Broker>,
     budget: Arc<RequestBudget>,
     tls: Option<Arc<TlsAcceptor>>,
+    listener: Arc<Listener>,
     stream: TcpStream,
+    peer: std::net::SocketAddr,
 ) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
+    let sasl = listener
+        .protocol
+        .sasl()
+        .then(|| SaslSession::new(broker.clone()));
     let Some(tls) = tls else {
         let session = Session {
             principal: Principal::anonymous(),
+            listener,
+            peer,
+            sasl,
         };
         return connection(broker, budget, session, stream).await;
     };
@@ -167,6 +231,9 @@ async fn open(
     };
     let session = Session {
         principal: Principal::from_peer(stream.get_ref().1.peer_certificates()),
+        listener,
+        peer,
+        sasl,
     };
     connection(broker, budget, session, stream).await
 }
@@ -207,13 +274,14 @@ impl Activity {
 async fn connection<S>(
     broker: Arc<Broker>,
     budget: Arc<RequestBudget>,
-    session: Session,
+    mut session: Session,
     stream: S,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     debug!(principal = %session.principal, "session");
+    let mut ctx = session.context();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Answer>(MAX_INFLIGHT_PER_CONNECTION);
     let max_frame = broker.config.max_request_bytes;
@@ -248,8 +316,51 @@ where
                 }
             };
             let frame = read_frame(&mut reader, size, frame_timeout).await?;
+            if let Some(sasl) = session.sasl.as_mut() {
+                let intercepted = match sasl.intercept(&frame) {
+                    Ok(intercepted) => intercepted,
+                    Err(e) => {
+                        let _ = tx.send(futures::future::ready(Err(e.into())).boxed()).await;
+                        return Ok(());
+                    }
+                };
+                match intercepted {
+                    Intercept::Pass => {}
+                    Intercept::Close(reason) => {
+                        let _ = tx
+                            .send(futures::future::ready(Err(ConnectionError::Sasl(reason))).boxed())
+                            .await;
+                        return Ok(());
+                    }
+                    Intercept::Answer { response, close } => {
+                        drop(charge);
+                        activity.owed.fetch_add(1, Ordering::Relaxed);
+                        ctx = session.context();
+                        let answered = tx
+                            .send(futures::future::ready(Ok(Some(response))).boxed())
+                            .await;
+                        if close {
+                            // Kafka closes after a failed authentication: the answer
+                            // goes out first, then the writer stops at this error.
+                            let _ = tx
+                                .send(
+                                    futures::future::ready(Err(ConnectionError::Sasl(
+                                        "SASL authentication failed",
+                                    )))
+                                    .boxed(),
+                                )
+                                .await;
+                            return Ok(());
+                        }
+                        if answered.is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            }
             activity.owed.fetch_add(1, Ordering::Relaxed);
-            let answer: Answer = match start_request(broker.clone(), frame).await {
+            let answer: Answer = match start_request(broker.clone(), ctx.clone(), frame).await {
                 // Already in the write buffer: only the wait for its commit runs on. Its
                 // batches are slices of the frame, which lives until the buffer is done
                 // with them, so the frame stays charged until the answer.

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{
     DescribeGroupsRequest, DescribeGroupsResponse, HeartbeatRequest, HeartbeatResponse,
@@ -30,7 +31,6 @@ use tokio::time::{Duration, Instant};
 
 pub use self::state::GroupState;
 use self::state::{Group, JoinParams, Protocol, Waiter};
-use crate::protocol::acl_ops::{self, Resource};
 
 /// How often the background task checks session expiry and join deadlines.
 const TICK: Duration = Duration::from_millis(50);
@@ -284,23 +284,25 @@ impl GroupCoordinator {
         }
     }
 
+    /// `access(group)`: None when the principal may not describe it
+    /// (GROUP_AUTHORIZATION_FAILED), else its KIP-430 operations field.
     pub fn describe_groups(
         &self,
         req: DescribeGroupsRequest,
         version: i16,
+        access: impl Fn(&str) -> Option<i32>,
     ) -> DescribeGroupsResponse {
         let groups = self.lock();
-        // v3+ (KIP-430): the caller's operations on each group it may describe.
-        let ops = acl_ops::reported(
-            version >= 3 && req.include_authorized_operations,
-            Resource::Group,
-        );
         let described = req
             .groups
             .iter()
-            .map(|id| {
-                describe::describe(groups.get(id.as_str()), id, version)
-                    .with_authorized_operations(ops)
+            .map(|id| match access(id.as_str()) {
+                Some(ops) => describe::describe(groups.get(id.as_str()), id, version)
+                    .with_authorized_operations(ops),
+                None => DescribedGroup::default()
+                    .with_group_id(id.clone())
+                    .with_error_code(ResponseError::GroupAuthorizationFailed.code())
+                    .with_authorized_operations(crate::protocol::authz::NOT_REQUESTED),
             })
             .collect();
         DescribeGroupsResponse::default().with_groups(described)

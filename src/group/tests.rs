@@ -158,6 +158,7 @@ fn state(c: &GroupCoordinator) -> String {
     let d = c.describe_groups(
         DescribeGroupsRequest::default().with_groups(vec![gid(G)]),
         5,
+        |_| Some(i32::MIN),
     );
     d.groups[0].group_state.to_string()
 }
@@ -457,6 +458,7 @@ async fn describe_and_list() {
     let d = c.describe_groups(
         DescribeGroupsRequest::default().with_groups(vec![gid(G), gid("nope")]),
         5,
+        |_| Some(i32::MIN),
     );
     let g = &d.groups[0];
     assert_eq!(g.group_state.as_str(), "Stable");
@@ -477,13 +479,22 @@ async fn describe_and_list() {
             .with_groups(vec![gid(G)])
             .with_include_authorized_operations(true),
         5,
+        |_| Some(0b1_0100_1000),
     );
-    // READ, DELETE, DESCRIBE (bits 3, 6, 8).
+    // READ, DELETE, DESCRIBE (bits 3, 6, 8), as the authorizer reported them.
     assert_eq!(asked.groups[0].authorized_operations, 0b1_0100_1000);
+    let refused = c.describe_groups(
+        DescribeGroupsRequest::default().with_groups(vec![gid(G)]),
+        5,
+        |_| None,
+    );
+    assert_eq!(refused.groups[0].error_code, 30, "GROUP_AUTHORIZATION_FAILED");
+    assert!(refused.groups[0].members.is_empty());
     for v in 0..=6 {
         let d = c.describe_groups(
             DescribeGroupsRequest::default().with_groups(vec![gid(G)]),
             v,
+            |_| Some(i32::MIN),
         );
         encodes(&d, v);
     }

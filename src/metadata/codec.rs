@@ -17,8 +17,10 @@ use serde::Serialize;
 /// Format 1 was JSON with no header; 2 is this header + postcard; 3 adds enum variants
 /// at the end (`Command::CommitGroupOffsets`, `ClusterCommand::ExpireSilent`,
 /// `StateError::NotCoordinator`) and changes nothing else; 4 appends `Command::Clean` and
-/// `ObjectKind::Cleaned` (the log cleaner) in the same way.
-pub const FORMAT_VERSION: u16 = 4;
+/// `ObjectKind::Cleaned` (the log cleaner) in the same way; 5 appends the security and
+/// listener commands and one trailing field to the state (`MetadataState::access`), which
+/// a format 2–4 blob does not hold: [`decoding_format`] tells that field's decoder.
+pub const FORMAT_VERSION: u16 = 5;
 /// The oldest format this build decodes as the current one. postcard writes an enum
 /// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
 /// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
@@ -115,14 +117,56 @@ pub fn decode_prefix<T: DeserializeOwned>(
     kind: Kind,
     bytes: &[u8],
 ) -> Result<(T, &[u8]), CodecError> {
-    let payload = check_header(kind, bytes)?;
+    let (version, payload) = check_header(kind, bytes)?;
+    let _format = DecodingFormat::set(version);
     postcard::take_from_bytes(payload).map_err(|e| CodecError::Corrupt {
         kind: kind.name(),
         reason: e.to_string(),
     })
 }
 
-fn check_header(kind: Kind, bytes: &[u8]) -> Result<&[u8], CodecError> {
+thread_local! {
+    static DECODING: std::cell::Cell<u16> = const { std::cell::Cell::new(FORMAT_VERSION) };
+}
+
+/// The format of the blob being decoded on this thread (the current format outside a
+/// [`decode`]): lets a field added by a later format read as its default from an older
+/// blob, which postcard, with no field names or lengths, cannot tell by itself.
+pub fn decoding_format() -> u16 {
+    DECODING.with(|d| d.get())
+}
+
+/// Sets [`decoding_format`] for one decode; restores the previous value when dropped (a
+/// decode may nest: a Raft frame carrying a snapshot's bytes).
+struct DecodingFormat(u16);
+
+impl DecodingFormat {
+    fn set(version: u16) -> Self {
+        Self(DECODING.with(|d| d.replace(version)))
+    }
+}
+
+impl Drop for DecodingFormat {
+    fn drop(&mut self) {
+        DECODING.with(|d| d.set(self.0));
+    }
+}
+
+/// For a field appended in format 5: decoded only from a blob of format 5 or later,
+/// else its default, without reading a byte.
+pub fn since_format_5<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    if decoding_format() < 5 {
+        Ok(T::default())
+    } else {
+        T::deserialize(deserializer)
+    }
+}
+
+fn check_header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
     let magic = kind.magic();
     if bytes.get(..4) != Some(&magic[..]) {
         let head = &bytes[..bytes.len().min(4)];
@@ -143,7 +187,7 @@ fn check_header(kind: Kind, bytes: &[u8]) -> Result<&[u8], CodecError> {
         });
     };
     match u16::from_le_bytes([lo, hi]) {
-        OLDEST_READABLE..=FORMAT_VERSION => Ok(&bytes[HEADER_LEN..]),
+        version @ OLDEST_READABLE..=FORMAT_VERSION => Ok((version, &bytes[HEADER_LEN..])),
         version if version > FORMAT_VERSION => Err(CodecError::Newer {
             kind: kind.name(),
             version,
@@ -220,11 +264,11 @@ mod tests {
     #[test]
     fn newer_version_is_refused() -> Result<(), CodecError> {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
-        bytes[4..6].copy_from_slice(&5u16.to_le_bytes());
+        bytes[4..6].copy_from_slice(&6u16.to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 5, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 6, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 5, this build reads up to 4)"
+                "metadata snapshot written by a newer Strata (format 6, this build reads up to 5)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

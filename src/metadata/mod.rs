@@ -1,5 +1,6 @@
 //! Metadata: the pure state machine and the Raft log that orders its commands.
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod codec;

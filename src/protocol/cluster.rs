@@ -15,7 +15,8 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochResponse,
 };
 
-use super::acl_ops::{self, Resource};
+use super::authz::{Authz, CLUSTER_NAME};
+use crate::security::acl::{Operation, ResourceType};
 use super::str_bytes;
 use crate::broker::Broker;
 
@@ -24,9 +25,15 @@ const ENDPOINT_BROKERS: i8 = 1;
 
 pub fn describe(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
+    if !authz.cluster(Operation::Describe) {
+        return DescribeClusterResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_endpoint_type(req.endpoint_type);
+    }
     // As in Metadata: the live brokers, and the metadata Raft leader as controller.
     let controller = broker
         .metadata
@@ -35,9 +42,10 @@ pub fn describe(
     let resp = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&broker.cluster_id))
         .with_controller_id(BrokerId(controller))
-        .with_cluster_authorized_operations(acl_ops::reported(
+        .with_cluster_authorized_operations(authz.reported(
             req.include_cluster_authorized_operations,
-            Resource::Cluster,
+            ResourceType::Cluster,
+            CLUSTER_NAME,
         ));
     if version >= 1 && req.endpoint_type != ENDPOINT_BROKERS {
         return resp
@@ -46,7 +54,7 @@ pub fn describe(
             .with_endpoint_type(req.endpoint_type);
     }
     let brokers = broker
-        .live_brokers()
+        .live_brokers(authz.listener())
         .into_iter()
         .map(|(id, host, port, rack)| {
             DescribeClusterBroker::default()
@@ -61,6 +69,7 @@ pub fn describe(
 
 pub fn offset_for_leader_epoch(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: OffsetForLeaderEpochRequest,
     _version: i16,
 ) -> OffsetForLeaderEpochResponse {
@@ -74,10 +83,18 @@ pub fn offset_for_leader_epoch(
         .topics
         .into_iter()
         .map(|topic| {
+            let describable = authz.topic(Operation::Describe, topic.topic.as_str());
             let partitions = topic
                 .partitions
                 .iter()
                 .map(|p| {
+                    if !describable {
+                        return EpochEndOffset::default()
+                            .with_partition(p.partition)
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1);
+                    }
                     let hw = broker
                         .metadata
                         .offsets(topic.topic.as_str(), p.partition)

@@ -20,13 +20,16 @@ use kafka_protocol::messages::{
 
 use kafka_protocol::protocol::StrBytes;
 
+use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::config::TopicDefaults;
+use crate::security::acl::Operation;
 use crate::metadata::state::{Command, Response, StateError, MAX_PARTITIONS};
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
+const BROKER_LOGGER: i8 = 8;
 /// Kafka's config sources.
 const TOPIC_CONFIG: i8 = 1;
 const DYNAMIC_BROKER_CONFIG: i8 = 2;
@@ -272,8 +275,30 @@ fn broker_scope(name: &str) -> Result<Option<u64>, (ResponseError, String)> {
     })
 }
 
+/// DESCRIBE_CONFIGS on the topic or the cluster, else TOPIC_AUTHORIZATION_FAILED or
+/// CLUSTER_AUTHORIZATION_FAILED for that resource (Kafka's rule).
+fn config_access(
+    authz: &Authz<'_>,
+    op: Operation,
+    resource_type: i8,
+    name: &str,
+) -> Result<(), (ResponseError, String)> {
+    match resource_type {
+        TOPIC if !authz.topic(op, name) => Err((
+            ResponseError::TopicAuthorizationFailed,
+            format!("Authorization failed: {op:?} on topic {name}"),
+        )),
+        BROKER | BROKER_LOGGER if !authz.cluster(op) => Err((
+            ResponseError::ClusterAuthorizationFailed,
+            format!("Authorization failed: {op:?} on the cluster"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn describe(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: DescribeConfigsRequest,
     _version: i16,
 ) -> DescribeConfigsResponse {
@@ -286,6 +311,16 @@ pub fn describe(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            if let Err((code, message)) = config_access(
+                authz,
+                Operation::DescribeConfigs,
+                resource.resource_type,
+                resource.resource_name.as_str(),
+            ) {
+                return result
+                    .with_error_code(code.code())
+                    .with_error_message(Some(str_bytes(&message)));
+            }
             let node = broker.config.node_id;
             let is_broker = resource.resource_type == BROKER;
             let read_only = |key: &str| is_broker && STATIC_BROKER_KEYS.contains(&key);
@@ -721,12 +756,19 @@ type AlterOutcome = (i8, StrBytes, Option<(ResponseError, String)>);
 /// in their message types and in `replace` (whole set vs incremental operations).
 async fn alter_all(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     resources: Vec<AlterRequest>,
     replace: bool,
     validate_only: bool,
 ) -> Vec<AlterOutcome> {
     let mut outcomes = Vec::with_capacity(resources.len());
     for (resource_type, name, configs) in resources {
+        if let Err(refused) =
+            config_access(authz, Operation::AlterConfigs, resource_type, name.as_str())
+        {
+            outcomes.push((resource_type, name, Some(refused)));
+            continue;
+        }
         let outcome = alter_resource(
             broker,
             resource_type,
@@ -748,6 +790,7 @@ fn config_value(value: &Option<StrBytes>) -> Option<String> {
 /// AlterConfigs: the given set replaces the topic's configs entirely.
 pub async fn alter(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: AlterConfigsRequest,
     _version: i16,
 ) -> AlterConfigsResponse {
@@ -763,7 +806,7 @@ pub async fn alter(
             (r.resource_type, r.resource_name, configs)
         })
         .collect();
-    let responses = alter_all(broker, resources, true, req.validate_only)
+    let responses = alter_all(broker, authz, resources, true, req.validate_only)
         .await
         .into_iter()
         .map(|(resource_type, name, error)| {
@@ -784,6 +827,7 @@ pub async fn alter(
 /// IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT on top of what is set.
 pub async fn incremental_alter(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
@@ -805,7 +849,7 @@ pub async fn incremental_alter(
             (r.resource_type, r.resource_name, configs)
         })
         .collect();
-    let responses = alter_all(broker, resources, false, req.validate_only)
+    let responses = alter_all(broker, authz, resources, false, req.validate_only)
         .await
         .into_iter()
         .map(|(resource_type, name, error)| {

@@ -10,13 +10,26 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::authz::Authz;
 use crate::broker::Broker;
 use crate::fetch::FetchError;
+use crate::security::acl::Operation;
 
 /// Clients ask for up to this long; more would only tie up the connection.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
-pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    authz: &Authz<'_>,
+    req: FetchRequest,
+    version: i16,
+) -> FetchResponse {
+    // READ on each topic, checked once for the whole long poll.
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| authz.topic(Operation::Read, t.topic.as_str()))
+        .collect();
     let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
@@ -24,7 +37,7 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
     loop {
         applied.borrow_and_update();
         let last = Instant::now() >= deadline;
-        let (responses, bytes, errors) = read_once(broker, &req, version, last).await;
+        let (responses, bytes, errors) = read_once(broker, &req, &readable, version, last).await;
         if bytes >= min_bytes.max(1) || errors || last {
             return answer(responses);
         }
@@ -33,7 +46,7 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
                 return answer(responses);
             },
             _ = tokio::time::sleep_until(deadline) => {
-                let (responses, _, _) = read_once(broker, &req, version, true).await;
+                let (responses, _, _) = read_once(broker, &req, &readable, version, true).await;
                 return answer(responses);
             }
         }
@@ -72,6 +85,7 @@ fn answer(responses: Vec<FetchableTopicResponse>) -> FetchResponse {
 async fn read_once(
     broker: &Broker,
     req: &FetchRequest,
+    readable: &[bool],
     version: i16,
     last: bool,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
@@ -90,8 +104,28 @@ async fn read_once(
     // batches are all Strata returns, so there the first batch always comes.
     let mut first_non_empty = true;
     let mut topics = Vec::with_capacity(req.topics.len());
-    for topic in &req.topics {
+    for (topic, readable) in req.topics.iter().zip(readable) {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        if !readable {
+            errors = true;
+            for p in &topic.partitions {
+                partitions.push(
+                    PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_records(Some(bytes::Bytes::new())),
+                );
+            }
+            topics.push(
+                FetchableTopicResponse::default()
+                    .with_topic(topic.topic.clone())
+                    .with_partitions(partitions),
+            );
+            continue;
+        }
         for p in &topic.partitions {
             let budget = usize::try_from(p.partition_max_bytes)
                 .unwrap_or(0)

@@ -10,22 +10,41 @@ use kafka_protocol::messages::{
     FindCoordinatorResponse, ListGroupsRequest, ListGroupsResponse,
 };
 
+use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::metadata::state::{Command, Response};
+use crate::security::acl::{Operation, ResourceType};
+
+/// FindCoordinator's key types.
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// Each group's coordinator is picked among the live brokers by hashing its id, so
 /// every broker gives the same answer and a dead broker's groups move by themselves.
+const UNAVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
+
 pub fn find_coordinator(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let brokers = broker.live_brokers();
+    let brokers = broker.live_brokers(authz.listener());
+    let (resource_type, refused) = if req.key_type == KEY_TYPE_TRANSACTION {
+        (
+            ResourceType::TransactionalId,
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+        )
+    } else {
+        (ResourceType::Group, ResponseError::GroupAuthorizationFailed.code())
+    };
     // A fenced broker names another live one; knowing none, it answers
     // COORDINATOR_NOT_AVAILABLE and the client asks again (elsewhere).
     let locate = |key: &str| {
-        let id = broker.coordinator(key)?;
+        if !authz.allowed(Operation::Describe, resource_type, key) {
+            return Err(refused);
+        }
+        let id = broker.coordinator(key).ok_or(UNAVAILABLE)?;
         let (host, port) = brokers
             .iter()
             .find(|b| b.0 == id)
@@ -36,50 +55,53 @@ pub fn find_coordinator(
                     broker.config.advertise_port,
                 )
             });
-        Some((BrokerId(id), str_bytes(&host), port))
+        Ok((BrokerId(id), str_bytes(&host), port))
     };
-    let unavailable = ResponseError::CoordinatorNotAvailable.code();
     if version >= 4 {
         let coordinators = req
             .coordinator_keys
             .into_iter()
             .map(|key| match locate(key.as_str()) {
-                Some((node, host, port)) => Coordinator::default()
+                Ok((node, host, port)) => Coordinator::default()
                     .with_key(key)
                     .with_node_id(node)
                     .with_host(host)
                     .with_port(port),
-                None => Coordinator::default()
+                Err(code) => Coordinator::default()
                     .with_key(key)
                     .with_node_id(BrokerId(-1))
                     .with_port(-1)
-                    .with_error_code(unavailable),
+                    .with_error_code(code),
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     match locate(req.key.as_str()) {
-        Some((node, host, port)) => FindCoordinatorResponse::default()
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
             .with_node_id(node)
             .with_host(host)
             .with_port(port),
-        None => FindCoordinatorResponse::default()
+        Err(code) => FindCoordinatorResponse::default()
             .with_node_id(BrokerId(-1))
             .with_port(-1)
-            .with_error_code(unavailable),
+            .with_error_code(code),
     }
 }
 
+/// The groups this broker coordinates; without DESCRIBE on the cluster, only those the
+/// principal may describe (Kafka's rule).
 pub fn list_groups(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: ListGroupsRequest,
     version: i16,
 ) -> ListGroupsResponse {
     let with_offsets: Vec<String> = broker.metadata.read(|s| s.group_ids().cloned().collect());
+    let all = authz.cluster(Operation::Describe);
     broker
         .groups
         .list_groups(req, version, &with_offsets, |group| {
-            broker.is_coordinator(group)
+            broker.is_coordinator(group) && (all || authz.group(Operation::Describe, group))
         })
 }
 
@@ -87,6 +109,7 @@ pub fn list_groups(
 /// committed offsets go, and GROUP_ID_NOT_FOUND when neither existed.
 pub async fn delete_groups(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: DeleteGroupsRequest,
     _version: i16,
 ) -> DeleteGroupsResponse {
@@ -95,6 +118,8 @@ pub async fn delete_groups(
         let id = group.as_str().to_owned();
         let error = if id.is_empty() {
             Some(ResponseError::InvalidGroupId)
+        } else if !authz.group(Operation::Delete, &id) {
+            Some(ResponseError::GroupAuthorizationFailed)
         } else {
             match broker.groups.delete_group(&id) {
                 Err(e) => Some(e),

@@ -8,8 +8,10 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use super::authz::Authz;
 use crate::broker::Broker;
 use crate::fetch::FetchError;
+use crate::security::acl::Operation;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -17,14 +19,24 @@ const MAX_TIMESTAMP: i64 = -3;
 
 pub async fn handle(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let describable = authz.topic(Operation::Describe, topic.name.as_str());
         for p in &topic.partitions {
             let name = topic.name.as_str();
+            if !describable {
+                partitions.push(
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code()),
+                );
+                continue;
+            }
             let found = match p.timestamp {
                 LATEST => broker
                     .metadata

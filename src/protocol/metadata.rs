@@ -9,42 +9,66 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::acl_ops::{self, Resource};
+use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
+use crate::security::acl::{Operation, ResourceType};
 
-pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    authz: &Authz<'_>,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     // Before v4 there is no flag and Kafka always auto-created.
     let allow_create = version < 4 || req.allow_auto_topic_creation;
-    let names: Vec<String> = match &req.topics {
+    let (names, all): (Vec<String>, bool) = match &req.topics {
         // v0 used an empty list to mean "all topics".
-        Some(topics) if !(version == 0 && topics.is_empty()) => topics
-            .iter()
-            .filter_map(|t| t.name.as_ref().map(|n| n.as_str().to_owned()))
-            .collect(),
-        _ => broker
-            .metadata
-            .read(|s| s.topics().keys().cloned().collect()),
+        Some(topics) if !(version == 0 && topics.is_empty()) => (
+            topics
+                .iter()
+                .filter_map(|t| t.name.as_ref().map(|n| n.as_str().to_owned()))
+                .collect(),
+            false,
+        ),
+        _ => (
+            broker
+                .metadata
+                .read(|s| s.topics().keys().cloned().collect()),
+            true,
+        ),
     };
+    // As Kafka: topics the principal may not describe are left out of "all topics" and
+    // answered TOPIC_AUTHORIZATION_FAILED when named.
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let describable = authz.allowed_each(Operation::Describe, ResourceType::Topic, &refs);
+    let may_create_any = authz.cluster(Operation::Create);
     // v8+ (KIP-430): the caller's operations on each topic, and v8-v10 on the cluster.
-    let topic_ops = acl_ops::reported(
-        version >= 8 && req.include_topic_authorized_operations,
-        Resource::Topic,
-    );
-    let cluster_ops = acl_ops::reported(
+    let topic_ops_requested = version >= 8 && req.include_topic_authorized_operations;
+    let cluster_ops = authz.reported(
         (8..=10).contains(&version) && req.include_cluster_authorized_operations,
-        Resource::Cluster,
+        ResourceType::Cluster,
+        super::authz::CLUSTER_NAME,
     );
     let mut topics = Vec::with_capacity(names.len());
-    for name in names {
-        let lookup = broker.lookup_or_create_topic(&name, allow_create).await;
-        topics.push(
-            topic_metadata(broker, &name, lookup, version)
-                .with_topic_authorized_operations(topic_ops),
-        );
+    for (name, describable) in names.iter().zip(describable) {
+        if !describable {
+            if !all {
+                topics.push(refused(name));
+            }
+            continue;
+        }
+        let create = allow_create && (may_create_any || authz.topic(Operation::Create, name));
+        let lookup = broker.lookup_or_create_topic(name, create).await;
+        if allow_create && !create && matches!(lookup, TopicLookup::Missing) {
+            topics.push(refused(name));
+            continue;
+        }
+        let ops = authz.reported(topic_ops_requested, ResourceType::Topic, name);
+        topics.push(topic_metadata(broker, name, lookup, version).with_topic_authorized_operations(ops));
     }
     let brokers = broker
-        .live_brokers()
+        .live_brokers(authz.listener())
         .into_iter()
         .map(|(id, host, port, rack)| {
             MetadataResponseBroker::default()
@@ -72,6 +96,12 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         })
         .with_topics(topics)
         .with_cluster_authorized_operations(cluster_ops)
+}
+
+fn refused(name: &str) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))
+        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
 }
 
 fn topic_metadata(

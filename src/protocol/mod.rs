@@ -1,8 +1,9 @@
 //! The Kafka protocol front end: request frames in, response frames out, one handler
 //! file per API family.
 
-pub(crate) mod acl_ops;
+mod acls;
 mod api_versions;
+pub mod authz;
 pub mod bounds;
 mod cluster;
 pub(crate) mod configs;
@@ -21,6 +22,7 @@ mod producers;
 mod quotas;
 mod reassignments;
 mod records;
+mod scram;
 mod topic_partitions;
 mod topics;
 pub mod versions;
@@ -29,10 +31,18 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, DescribeClientQuotasResponse, DescribeLogDirsResponse, ElectLeadersResponse,
+    ListPartitionReassignmentsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    SaslAuthenticateResponse, SaslHandshakeResponse,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tracing::{debug, Instrument};
 
+use self::authz::Authz;
+pub use self::authz::RequestContext;
+use crate::security::acl::{Operation, ResourceType};
 use crate::broker::Broker;
 use crate::telemetry;
 
@@ -86,9 +96,13 @@ pub enum Started {
 
 /// Starts one request frame (without its size prefix): decodes it and, for a produce,
 /// enters its batches into the write buffer, so that this part happens in request order.
-pub async fn start_request(broker: Arc<Broker>, frame: Bytes) -> Result<Started, ProtocolError> {
+pub async fn start_request(
+    broker: Arc<Broker>,
+    ctx: Arc<RequestContext>,
+    frame: Bytes,
+) -> Result<Started, ProtocolError> {
     let started = std::time::Instant::now();
-    let result = decode_and_start(broker, frame, started).await;
+    let result = decode_and_start(broker, ctx, frame, started).await;
     if let Err(e) = &result {
         if let Some(key) = e.api_key() {
             telemetry::record_refused(telemetry::api_name(key));
@@ -145,27 +159,33 @@ fn single_target(request: &RequestKind) -> (Option<String>, Option<i32>) {
     }
 }
 
-async fn decode_and_start(
-    broker: Arc<Broker>,
-    mut frame: Bytes,
-    started: std::time::Instant,
-) -> Result<Started, ProtocolError> {
-    if frame.len() < 8 {
+/// The API key, version and correlation id at the start of a frame.
+pub(crate) fn peek(frame: &[u8]) -> Result<(ApiKey, i16, i32), ProtocolError> {
+    let Some(head) = frame.get(..8) else {
         return Err(ProtocolError::Truncated);
-    }
-    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    };
+    let raw_key = i16::from_be_bytes([head[0], head[1]]);
+    let version = i16::from_be_bytes([head[2], head[3]]);
+    let correlation_id = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     let key = ApiKey::try_from(raw_key).map_err(|_| ProtocolError::UnknownApiKey(raw_key))?;
+    Ok((key, version, correlation_id))
+}
+
+/// A request frame, decoded.
+pub(crate) struct Decoded {
+    pub key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub request: RequestKind,
+}
+
+/// Decodes a whole request frame of a served API and version, bounded (`bounds.rs`).
+pub(crate) fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
+    let (key, version, _) = peek(&frame)?;
     let Some((min, max)) = versions::range(key) else {
-        return Err(ProtocolError::UnknownApiKey(raw_key));
+        return Err(ProtocolError::UnknownApiKey(key as i16));
     };
     if version < min || version > max {
-        if key == ApiKey::ApiVersions {
-            // KIP-511: answer in v0 so any client can read which versions we speak.
-            let response = api_versions::unsupported_version(correlation_id);
-            return Ok(Started::Other(Box::pin(async move { Ok(Some(response)) })));
-        }
         return Err(ProtocolError::UnsupportedVersion { key, version });
     }
     let decode_err = |e: anyhow::Error| ProtocolError::Decode {
@@ -183,6 +203,27 @@ async fn decode_and_start(
         source,
     })?;
     let request = RequestKind::decode(key, &mut frame, version).map_err(decode_err)?;
+    Ok(Decoded {
+        key,
+        version,
+        header,
+        request,
+    })
+}
+
+async fn decode_and_start(
+    broker: Arc<Broker>,
+    ctx: Arc<RequestContext>,
+    frame: Bytes,
+    started: std::time::Instant,
+) -> Result<Started, ProtocolError> {
+    let (key, version, correlation_id) = peek(&frame)?;
+    if key == ApiKey::ApiVersions && versions::range(key).is_some_and(|(min, max)| version < min || version > max) {
+        // KIP-511: answer in v0 so any client can read which versions we speak.
+        let response = api_versions::unsupported_version(correlation_id);
+        return Ok(Started::Other(Box::pin(async move { Ok(Some(response)) })));
+    }
+    let Decoded { header, request, .. } = decode(frame)?;
     let client_id = header
         .client_id
         .as_ref()
@@ -217,7 +258,7 @@ async fn decode_and_start(
         }
     };
     if let RequestKind::Produce(req) = request {
-        let pending = produce::enqueue(&broker, req, version)
+        let pending = produce::enqueue(&broker, &ctx, req, version)
             .instrument(span.clone())
             .await;
         return Ok(Started::Produce(Box::pin(
@@ -227,7 +268,7 @@ async fn decode_and_start(
     }
     Ok(Started::Other(Box::pin(
         async move {
-            let response = dispatch(&broker, request, version, &client_id)
+            let response = dispatch(&broker, &ctx, request, version, &client_id)
                 .await
                 .inspect_err(|_| telemetry::record_refused(api))?;
             respond(response)
@@ -238,6 +279,7 @@ async fn decode_and_start(
 
 async fn dispatch(
     broker: &Arc<Broker>,
+    ctx: &RequestContext,
     request: RequestKind,
     version: i16,
     client_id: &str,
@@ -245,35 +287,42 @@ async fn dispatch(
     if matches!(request, RequestKind::InitProducerId(_)) && broker.fenced() {
         return Err(ProtocolError::Fenced(ApiKey::InitProducerId));
     }
+    let authz = Authz::new(broker, ctx);
+    if let Some(refused) = coordinator::refuse_unauthorized(&authz, &request, version) {
+        return Ok(Some(refused));
+    }
     if let Some(redirect) = coordinator::redirect(broker, &request, version) {
         return Ok(Some(redirect));
     }
+    let cluster_refused = ResponseError::ClusterAuthorizationFailed.code();
     let response = match request {
         RequestKind::ApiVersions(req) => {
             ResponseKind::ApiVersions(api_versions::handle(req, version))
         }
         RequestKind::Metadata(req) => {
-            ResponseKind::Metadata(metadata::handle(broker, req, version).await)
+            ResponseKind::Metadata(metadata::handle(broker, &authz, req, version).await)
         }
         RequestKind::CreateTopics(req) => {
-            ResponseKind::CreateTopics(topics::create(broker, req, version).await)
+            ResponseKind::CreateTopics(topics::create(broker, &authz, req, version).await)
         }
         RequestKind::DeleteTopics(req) => {
-            ResponseKind::DeleteTopics(topics::delete(broker, req, version).await)
+            ResponseKind::DeleteTopics(topics::delete(broker, &authz, req, version).await)
         }
         RequestKind::Produce(req) => {
-            let pending = produce::enqueue(broker, req, version).await;
+            let pending = produce::enqueue(broker, ctx, req, version).await;
             match pending.finish().await {
                 Some(resp) => ResponseKind::Produce(resp),
                 None => return Ok(None),
             }
         }
-        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(broker, req, version).await),
+        RequestKind::Fetch(req) => {
+            ResponseKind::Fetch(fetch::handle(broker, &authz, req, version).await)
+        }
         RequestKind::ListOffsets(req) => {
-            ResponseKind::ListOffsets(list_offsets::handle(broker, req, version).await)
+            ResponseKind::ListOffsets(list_offsets::handle(broker, &authz, req, version).await)
         }
         RequestKind::FindCoordinator(req) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(broker, req, version))
+            ResponseKind::FindCoordinator(groups::find_coordinator(broker, &authz, req, version))
         }
         RequestKind::JoinGroup(req) => {
             ResponseKind::JoinGroup(broker.groups.join_group(req, version, client_id, "").await)
@@ -288,65 +337,113 @@ async fn dispatch(
             ResponseKind::LeaveGroup(broker.groups.leave_group(req, version).await)
         }
         RequestKind::DescribeGroups(req) => {
-            ResponseKind::DescribeGroups(broker.groups.describe_groups(req, version))
+            // v3+ (KIP-430): the caller's operations on each group it may describe.
+            let ops = version >= 3 && req.include_authorized_operations;
+            ResponseKind::DescribeGroups(broker.groups.describe_groups(req, version, |group| {
+                authz
+                    .group(Operation::Describe, group)
+                    .then(|| authz.reported(ops, ResourceType::Group, group))
+            }))
         }
         RequestKind::ListGroups(req) => {
-            ResponseKind::ListGroups(groups::list_groups(broker, req, version))
+            ResponseKind::ListGroups(groups::list_groups(broker, &authz, req, version))
         }
         RequestKind::OffsetCommit(req) => {
-            ResponseKind::OffsetCommit(offsets::commit(broker, req, version).await)
+            ResponseKind::OffsetCommit(offsets::commit(broker, &authz, req, version).await)
         }
         RequestKind::OffsetFetch(req) => {
-            ResponseKind::OffsetFetch(offsets::fetch(broker, req, version))
+            ResponseKind::OffsetFetch(offsets::fetch(broker, &authz, req, version))
         }
         RequestKind::InitProducerId(req) => {
-            ResponseKind::InitProducerId(producer_id::init(broker, req, version).await)
+            ResponseKind::InitProducerId(producer_id::init(broker, &authz, req, version).await)
         }
         RequestKind::DescribeConfigs(req) => {
-            ResponseKind::DescribeConfigs(configs::describe(broker, req, version))
+            ResponseKind::DescribeConfigs(configs::describe(broker, &authz, req, version))
         }
         RequestKind::AlterConfigs(req) => {
-            ResponseKind::AlterConfigs(configs::alter(broker, req, version).await)
+            ResponseKind::AlterConfigs(configs::alter(broker, &authz, req, version).await)
         }
         RequestKind::IncrementalAlterConfigs(req) => ResponseKind::IncrementalAlterConfigs(
-            configs::incremental_alter(broker, req, version).await,
+            configs::incremental_alter(broker, &authz, req, version).await,
         ),
         RequestKind::CreatePartitions(req) => {
-            ResponseKind::CreatePartitions(partitions::create(broker, req, version).await)
+            ResponseKind::CreatePartitions(partitions::create(broker, &authz, req, version).await)
         }
         RequestKind::DeleteRecords(req) => {
-            ResponseKind::DeleteRecords(records::delete(broker, req, version).await)
+            ResponseKind::DeleteRecords(records::delete(broker, &authz, req, version).await)
         }
         RequestKind::DescribeCluster(req) => {
-            ResponseKind::DescribeCluster(cluster::describe(broker, req, version))
+            ResponseKind::DescribeCluster(cluster::describe(broker, &authz, req, version))
         }
         RequestKind::OffsetForLeaderEpoch(req) => ResponseKind::OffsetForLeaderEpoch(
-            cluster::offset_for_leader_epoch(broker, req, version),
+            cluster::offset_for_leader_epoch(broker, &authz, req, version),
         ),
         RequestKind::OffsetDelete(req) => {
-            ResponseKind::OffsetDelete(offsets::delete(broker, req, version).await)
+            ResponseKind::OffsetDelete(offsets::delete(broker, &authz, req, version).await)
         }
         RequestKind::DeleteGroups(req) => {
-            ResponseKind::DeleteGroups(groups::delete_groups(broker, req, version).await)
+            ResponseKind::DeleteGroups(groups::delete_groups(broker, &authz, req, version).await)
         }
         RequestKind::DescribeProducers(req) => {
-            ResponseKind::DescribeProducers(producers::describe(broker, req, version))
+            ResponseKind::DescribeProducers(producers::describe(broker, &authz, req, version))
         }
         RequestKind::DescribeLogDirs(req) => {
-            ResponseKind::DescribeLogDirs(log_dirs::describe(broker, req, version))
+            ResponseKind::DescribeLogDirs(if authz.cluster(Operation::Describe) {
+                log_dirs::describe(broker, req, version)
+            } else {
+                DescribeLogDirsResponse::default().with_error_code(cluster_refused)
+            })
         }
         RequestKind::ListPartitionReassignments(req) => {
-            ResponseKind::ListPartitionReassignments(reassignments::list(req, version))
+            ResponseKind::ListPartitionReassignments(if authz.cluster(Operation::Describe) {
+                reassignments::list(req, version)
+            } else {
+                ListPartitionReassignmentsResponse::default().with_error_code(cluster_refused)
+            })
         }
         RequestKind::ElectLeaders(req) => {
-            ResponseKind::ElectLeaders(elect_leaders::elect(broker, req, version))
+            ResponseKind::ElectLeaders(if authz.cluster(Operation::Alter) {
+                elect_leaders::elect(broker, req, version)
+            } else {
+                ElectLeadersResponse::default().with_error_code(cluster_refused)
+            })
         }
-        RequestKind::DescribeTopicPartitions(req) => {
-            ResponseKind::DescribeTopicPartitions(topic_partitions::describe(broker, req, version))
-        }
+        RequestKind::DescribeTopicPartitions(req) => ResponseKind::DescribeTopicPartitions(
+            topic_partitions::describe(broker, &authz, req, version),
+        ),
         RequestKind::DescribeClientQuotas(req) => {
-            ResponseKind::DescribeClientQuotas(quotas::describe(req, version))
+            ResponseKind::DescribeClientQuotas(if authz.cluster(Operation::DescribeConfigs) {
+                quotas::describe(req, version)
+            } else {
+                DescribeClientQuotasResponse::default().with_error_code(cluster_refused)
+            })
         }
+        RequestKind::CreateAcls(req) => {
+            ResponseKind::CreateAcls(acls::create(broker, &authz, req, version).await)
+        }
+        RequestKind::DescribeAcls(req) => {
+            ResponseKind::DescribeAcls(acls::describe(broker, &authz, req, version))
+        }
+        RequestKind::DeleteAcls(req) => {
+            ResponseKind::DeleteAcls(acls::delete(broker, &authz, req, version).await)
+        }
+        RequestKind::DescribeUserScramCredentials(req) => {
+            ResponseKind::DescribeUserScramCredentials(scram::describe(broker, &authz, req, version))
+        }
+        RequestKind::AlterUserScramCredentials(req) => ResponseKind::AlterUserScramCredentials(
+            scram::alter(broker, &authz, req, version).await,
+        ),
+        // The connection answers these itself (`server::sasl`); here only when they come
+        // on a listener without SASL.
+        RequestKind::SaslHandshake(_) => ResponseKind::SaslHandshake(
+            SaslHandshakeResponse::default()
+                .with_error_code(ResponseError::IllegalSaslState.code()),
+        ),
+        RequestKind::SaslAuthenticate(_) => ResponseKind::SaslAuthenticate(
+            SaslAuthenticateResponse::default()
+                .with_error_code(ResponseError::IllegalSaslState.code())
+                .with_error_message(Some(str_bytes("this listener does not use SASL"))),
+        ),
         other => {
             debug!(?other, "request for an API missing from the dispatch table");
             return Err(ProtocolError::UnsupportedVersion {
@@ -358,7 +455,7 @@ async fn dispatch(
     Ok(Some(response))
 }
 
-fn encode_response(
+pub(crate) fn encode_response(
     key: ApiKey,
     version: i16,
     correlation_id: i32,

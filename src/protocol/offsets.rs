@@ -19,12 +19,20 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::authz::Authz;
 use super::{now_ms, str_bytes};
 use crate::broker::Broker;
 use crate::metadata::state::{Command, OffsetCommit, Response, StateError};
+use crate::security::acl::Operation;
 
+const TOPIC_AUTHORIZATION_FAILED: i16 = ResponseError::TopicAuthorizationFailed.code();
+
+/// The group's READ was checked before (`coordinator::refuse_unauthorized`); each topic
+/// needs READ too, else its partitions get TOPIC_AUTHORIZATION_FAILED and are not
+/// committed.
 pub async fn commit(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
@@ -36,8 +44,13 @@ pub async fn commit(
         req.group_instance_id.as_ref().map(|s| s.as_str()),
     );
     let now = now_ms();
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| authz.topic(Operation::Read, t.name.as_str()))
+        .collect();
     let mut commits = Vec::new();
-    for topic in &req.topics {
+    for (topic, _) in req.topics.iter().zip(&readable).filter(|(_, r)| **r) {
         for p in &topic.partitions {
             commits.push(OffsetCommit {
                 topic: topic.name.as_str().to_owned(),
@@ -86,14 +99,20 @@ pub async fn commit(
     let topics = req
         .topics
         .into_iter()
-        .map(|topic| {
+        .zip(readable)
+        .map(|(topic, readable)| {
             let partitions = topic
                 .partitions
                 .iter()
                 .map(|p| {
+                    let code = if readable {
+                        codes.next().unwrap_or(0)
+                    } else {
+                        TOPIC_AUTHORIZATION_FAILED
+                    };
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(codes.next().unwrap_or(0))
+                        .with_error_code(code)
                 })
                 .collect();
             OffsetCommitResponseTopic::default()
@@ -104,9 +123,17 @@ pub async fn commit(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-pub fn fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, _version: i16) -> OffsetFetchResponse {
+/// The group's DESCRIBE was checked before; topics the principal may not describe are
+/// left out of "every partition" and answered TOPIC_AUTHORIZATION_FAILED when named.
+pub fn fetch(
+    broker: &Arc<Broker>,
+    authz: &Authz<'_>,
+    req: OffsetFetchRequest,
+    _version: i16,
+) -> OffsetFetchResponse {
     let group = req.group_id.as_str();
-    let topics = broker.metadata.read(|s| {
+    let all = req.topics.is_none();
+    let topics: Vec<OffsetFetchResponseTopic> = broker.metadata.read(|s| {
         // A null topic list (v2+) asks for every partition the group has committed.
         let wanted: Vec<(TopicName, Vec<i32>)> = match &req.topics {
             Some(topics) => topics
@@ -150,6 +177,24 @@ pub fn fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, _version: i16) -> Of
             })
             .collect()
     });
+    // Checked after the read: the authorizer reads the state itself.
+    let topics = topics
+        .into_iter()
+        .filter_map(|mut topic| {
+            if authz.topic(Operation::Describe, topic.name.as_str()) {
+                return Some(topic);
+            }
+            if all {
+                return None;
+            }
+            for p in &mut topic.partitions {
+                p.committed_offset = -1;
+                p.committed_leader_epoch = -1;
+                p.error_code = TOPIC_AUTHORIZATION_FAILED;
+            }
+            Some(topic)
+        })
+        .collect();
     OffsetFetchResponse::default().with_topics(topics)
 }
 
@@ -157,11 +202,20 @@ pub fn fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, _version: i16) -> Of
 /// Partitions of topics an active member subscribes to answer GROUP_SUBSCRIBED_TO_TOPIC.
 pub async fn delete(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: OffsetDeleteRequest,
     _version: i16,
 ) -> OffsetDeleteResponse {
     let group = req.group_id.as_str().to_owned();
     let top_error = |e: ResponseError| OffsetDeleteResponse::default().with_error_code(e.code());
+    if !authz.group(Operation::Delete, &group) {
+        return top_error(ResponseError::GroupAuthorizationFailed);
+    }
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| authz.topic(Operation::Read, t.name.as_str()))
+        .collect();
     let active = broker.groups.active_subscriptions(&group);
     let has_offsets = broker.metadata.read(|s| s.group_offsets(&group).is_some());
     let subscribed = match active {
@@ -179,7 +233,9 @@ pub async fn delete(
         for (t, topic) in req.topics.iter().enumerate() {
             for p in &topic.partitions {
                 let name = topic.name.as_str();
-                let error = if s.partition(name, p.partition_index).is_none() {
+                let error = if !readable[t] {
+                    Some(ResponseError::TopicAuthorizationFailed)
+                } else if s.partition(name, p.partition_index).is_none() {
                     Some(ResponseError::UnknownTopicOrPartition)
                 } else if subscribed.contains(name) {
                     Some(ResponseError::GroupSubscribedToTopic)

@@ -13,6 +13,7 @@ use crate::metadata::state::{Command, Response, StateError, MAX_PARTITIONS};
 
 pub async fn create(
     broker: &Arc<Broker>,
+    authz: &super::authz::Authz<'_>,
     req: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
@@ -24,6 +25,11 @@ pub async fn create(
             Err((
                 ResponseError::InvalidRequest,
                 "Duplicate topic in request".to_owned(),
+            ))
+        } else if !authz.topic(crate::security::acl::Operation::Alter, name) {
+            Err((
+                ResponseError::TopicAuthorizationFailed,
+                format!("Authorization failed: may not alter topic {name}"),
             ))
         } else {
             let hints = match &topic.assignments {

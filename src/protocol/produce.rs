@@ -16,8 +16,10 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::authz::{Authz, RequestContext};
 use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
+use crate::security::acl::Operation;
 use crate::metadata::state::StateError;
 use crate::produce::batch::{self, BatchError};
 use crate::produce::buffer::Committed;
@@ -47,7 +49,13 @@ pub struct PendingProduce {
     topics: Vec<(TopicName, QueuedPartitions)>,
 }
 
-pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> PendingProduce {
+pub async fn enqueue(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    req: ProduceRequest,
+    version: i16,
+) -> PendingProduce {
+    let authz = Authz::new(broker, ctx);
     // Kafka's request timeout: past it the client hears REQUEST_TIMED_OUT (retriable).
     let timeout = Duration::from_millis(
         u64::try_from(req.timeout_ms)
@@ -62,16 +70,22 @@ pub async fn enqueue(broker: &Arc<Broker>, req: ProduceRequest, version: i16) ->
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = topic.name.as_str().to_owned();
-        let lookup = if transactional || fenced {
+        let writable = authz.topic(Operation::Write, &name);
+        let lookup = if transactional || fenced || !writable {
             TopicLookup::Missing
         } else {
-            broker
-                .lookup_or_create_topic(&name, broker.config.auto_create_topics)
-                .await
+            let create = broker.config.auto_create_topics
+                && (authz.cluster(Operation::Create) || authz.topic(Operation::Create, &name));
+            broker.lookup_or_create_topic(&name, create).await
         };
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
-            let result = if transactional {
+            let result = if !writable {
+                Err((
+                    ResponseError::TopicAuthorizationFailed,
+                    format!("{} may not write to topic {name}", ctx.principal),
+                ))
+            } else if transactional {
                 Err((
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported".to_owned(),

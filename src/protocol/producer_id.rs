@@ -11,12 +11,18 @@ use crate::metadata::state::{Command, Response, StateError};
 
 pub async fn init(
     broker: &Arc<Broker>,
+    authz: &super::authz::Authz<'_>,
     req: InitProducerIdRequest,
     _version: i16,
 ) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default();
     if req.transactional_id.is_some() {
         return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    // KIP-679: IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
+    if !authz.cluster(crate::security::acl::Operation::IdempotentWrite) && !authz.may_write_some_topic()
+    {
+        return response.with_error_code(ResponseError::ClusterAuthorizationFailed.code());
     }
     // A fenced broker cannot commit an allocation; the client retries elsewhere at once
     // instead of waiting out a proposal that cannot succeed.

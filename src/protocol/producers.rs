@@ -13,18 +13,30 @@ use crate::broker::Broker;
 
 pub fn describe(
     broker: &Arc<Broker>,
+    authz: &super::authz::Authz<'_>,
     req: DescribeProducersRequest,
     _version: i16,
 ) -> DescribeProducersResponse {
+    // READ on each topic (Kafka's rule), checked outside the state read below.
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| authz.topic(crate::security::acl::Operation::Read, t.name.as_str()))
+        .collect();
     let topics = broker.metadata.read(|s| {
         req.topics
             .iter()
-            .map(|topic| {
+            .zip(readable)
+            .map(|(topic, readable)| {
                 let partitions = topic
                     .partition_indexes
                     .iter()
                     .map(|&index| {
                         let out = PartitionResponse::default().with_partition_index(index);
+                        if !readable {
+                            return out
+                                .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                        }
                         let Some(p) = s.partition(topic.name.as_str(), index) else {
                             return out
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code())

@@ -14,13 +14,24 @@ use crate::metadata::state::{Command, Response, StateError};
 
 pub async fn delete(
     broker: &Arc<Broker>,
+    authz: &super::authz::Authz<'_>,
     req: DeleteRecordsRequest,
     _version: i16,
 ) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let deletable = authz.topic(crate::security::acl::Operation::Delete, topic.name.as_str());
         for p in &topic.partitions {
+            if !deletable {
+                partitions.push(
+                    DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_low_watermark(-1)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code()),
+                );
+                continue;
+            }
             let cmd = Command::DeleteRecords {
                 topic: topic.name.as_str().to_owned(),
                 partition: p.partition_index,

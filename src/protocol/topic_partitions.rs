@@ -20,10 +20,12 @@ pub const MAX_PARTITIONS_PER_RESPONSE: i32 = 2000;
 
 pub fn describe(
     broker: &Arc<Broker>,
+    authz: &super::authz::Authz<'_>,
     req: DescribeTopicPartitionsRequest,
     _version: i16,
 ) -> DescribeTopicPartitionsResponse {
-    let mut names: Vec<String> = if req.topics.is_empty() {
+    let all = req.topics.is_empty();
+    let mut names: Vec<String> = if all {
         broker
             .metadata
             .read(|s| s.topics().keys().cloned().collect())
@@ -53,6 +55,17 @@ pub fn describe(
     let mut topics = Vec::new();
     let mut next_cursor = None;
     for name in names {
+        // As Metadata: left out of "every topic", refused when named.
+        if !authz.topic(crate::security::acl::Operation::Describe, &name) {
+            if !all {
+                topics.push(
+                    DescribeTopicPartitionsResponseTopic::default()
+                        .with_name(Some(TopicName(str_bytes(&name))))
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code()),
+                );
+            }
+            continue;
+        }
         let start = if cursor_topic.as_deref() == Some(name.as_str()) {
             cursor_partition
         } else {

@@ -11,18 +11,35 @@ use kafka_protocol::messages::{
     TopicName,
 };
 
+use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::{Broker, BrokerError};
 use crate::metadata::state::StateError;
+use crate::security::acl::Operation;
 
+/// CREATE on the cluster, or else on each topic (Kafka's rule).
 pub async fn create(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
+    let may_create_any = authz.cluster(Operation::Create);
     let mut results = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let name = topic.name.as_str().to_owned();
+        if !may_create_any && !authz.topic(Operation::Create, &name) {
+            let mut result = CreatableTopicResult::default()
+                .with_name(topic.name.clone())
+                .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            if version >= 1 {
+                result = result.with_error_message(Some(str_bytes(&format!(
+                    "Authorization failed: may not create topic {name}"
+                ))));
+            }
+            results.push(result);
+            continue;
+        }
         let assigned = (!topic.assignments.is_empty()).then(|| {
             // Kafka wants both -1 with an assignment; a count or factor that agrees with
             // the assignment is accepted too (kafka-python sends them).
@@ -185,6 +202,7 @@ fn create_error(e: &BrokerError) -> (ResponseError, String) {
 
 pub async fn delete(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
     req: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -199,6 +217,9 @@ pub async fn delete(
         let mut result = DeletableTopicResult::default().with_name(name.clone());
         let error = match name {
             None => Some(ResponseError::UnknownTopicId),
+            Some(name) if !authz.topic(Operation::Delete, name.as_str()) => {
+                Some(ResponseError::TopicAuthorizationFailed)
+            }
             Some(name) => broker
                 .delete_topic(name.as_str())
                 .await

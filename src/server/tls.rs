@@ -67,7 +67,7 @@ pub enum TlsError {
         path: String,
         reason: String,
     },
-    #[error("ssl_cert_file and ssl_key_file cannot be used together: {0} (check that the key belongs to the certificate)")]
+    #[error("tls_cert_file and tls_key_file cannot be used together: {0} (check that the key belongs to the certificate)")]
     Mismatch(rustls::Error),
 }
 
@@ -194,11 +194,11 @@ fn certificates(
 
 /// Builds the rustls config from the files as they are now.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = certificates("ssl_cert_file", &settings.cert_file)?;
-    let key_pem = read("ssl_key_file", &settings.key_file)?;
+    let certs = certificates("tls_cert_file", &settings.cert_file)?;
+    let key_pem = read("tls_key_file", &settings.key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         invalid(
-            "ssl_key_file",
+            "tls_key_file",
             &settings.key_file,
             format!("{e} (use an unencrypted PEM private key: PKCS#8, RSA or EC)"),
         )
@@ -211,10 +211,10 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
         (auth, Some(ca_file)) => {
             let mut roots = RootCertStore::empty();
-            for ca in certificates("ssl_ca_file", ca_file)? {
+            for ca in certificates("tls_ca_file", ca_file)? {
                 roots
                     .add(ca)
-                    .map_err(|e| invalid("ssl_ca_file", ca_file, e))?;
+                    .map_err(|e| invalid("tls_ca_file", ca_file, e))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if auth == ClientAuth::Requested {
@@ -224,7 +224,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
             };
             let verifier = verifier
                 .build()
-                .map_err(|e| invalid("ssl_ca_file", ca_file, e))?;
+                .map_err(|e| invalid("tls_ca_file", ca_file, e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -508,12 +508,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let s = settings(dir.path());
         let e = server_config(&s).unwrap_err().to_string();
-        assert!(e.starts_with("cannot read ssl_cert_file "), "{e}");
+        assert!(e.starts_with("cannot read tls_cert_file "), "{e}");
 
         std::fs::write(&s.cert_file, "not a certificate")?;
         let e = server_config(&s).unwrap_err().to_string();
         assert!(
-            e.contains("ssl_cert_file") && e.contains("no CERTIFICATE block"),
+            e.contains("tls_cert_file") && e.contains("no CERTIFICATE block"),
             "{e}"
         );
 
@@ -523,11 +523,11 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
         )?;
         let e = server_config(&s).unwrap_err().to_string();
-        assert!(e.starts_with("cannot read ssl_key_file "), "{e}");
+        assert!(e.starts_with("cannot read tls_key_file "), "{e}");
         std::fs::write(&s.key_file, "garbage")?;
         let e = server_config(&s).unwrap_err().to_string();
         assert!(
-            e.contains("ssl_key_file") && e.contains("PEM private key"),
+            e.contains("tls_key_file") && e.contains("PEM private key"),
             "{e}"
         );
 
@@ -541,7 +541,7 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
         )?;
         let e = server_config(&ca).unwrap_err().to_string();
-        assert!(e.starts_with("cannot read ssl_ca_file "), "{e}");
+        assert!(e.starts_with("cannot read tls_ca_file "), "{e}");
         Ok(())
     }
 }

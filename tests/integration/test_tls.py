@@ -1,5 +1,5 @@
 """TLS on the Kafka listener (security protocol SSL): confluent-kafka and kcat over TLS,
-plaintext refused, client certificates (ssl_client_auth=required) and their principal,
+plaintext refused, client certificates (tls_client_auth=required) and their principal,
 a certificate renewed on disk served without a restart, and bad files at start-up.
 
 A throwaway CA and certificates are made with the openssl command-line tool."""
@@ -52,7 +52,7 @@ def pki(tmp_path_factory):
 
 
 def tls_args(pki, *extra):
-    return ["--ssl-cert-file", str(pki / "server.pem"), "--ssl-key-file", str(pki / "server.key"), *extra]
+    return ["--tls-cert-file", str(pki / "server.pem"), "--tls-key-file", str(pki / "server.key"), *extra]
 
 
 def api_versions_frame():
@@ -164,7 +164,7 @@ def test_certificate_renewed_on_disk_is_served_without_restart(tls_broker, pki):
 
 def test_client_certificate_required(request, tmp_path, pki, unique_topic):
     b = Broker(tmp_path / "strata",
-               extra_args=tls_args(pki, "--ssl-client-auth", "required", "--ssl-ca-file", str(pki / "ca.pem")),
+               extra_args=tls_args(pki, "--tls-client-auth", "required", "--tls-ca-file", str(pki / "ca.pem")),
                extra_env={"RUST_LOG": "info,strata::server=debug"})
     for b in supervise(request, b):
         # Without a certificate: refused (in TLS 1.3 the alert comes after the handshake).
@@ -193,12 +193,12 @@ def test_bad_certificate_files_stop_start_up(tmp_path, pki):
                                "--metrics-listen", "none", *args],
                               capture_output=True, text=True, timeout=20)
 
-    p = serve("--ssl-cert-file", str(tmp_path / "missing.pem"), "--ssl-key-file", str(pki / "server.key"))
+    p = serve("--tls-cert-file", str(tmp_path / "missing.pem"), "--tls-key-file", str(pki / "server.key"))
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("strata: cannot read ssl_cert_file"), p.stderr
+    assert len(lines) == 1 and lines[0].startswith("strata: cannot read tls_cert_file"), p.stderr
     # The client's key does not belong to the server's certificate.
-    p = serve("--ssl-cert-file", str(pki / "server.pem"), "--ssl-key-file", str(pki / "client.key"))
-    assert p.returncode == 2 and "ssl_key_file" in p.stderr, p.stderr
-    p = serve("--ssl-cert-file", str(pki / "server.pem"))
-    assert p.returncode == 2 and "ssl_key_file" in p.stderr, p.stderr
+    p = serve("--tls-cert-file", str(pki / "server.pem"), "--tls-key-file", str(pki / "client.key"))
+    assert p.returncode == 2 and "tls_key_file" in p.stderr, p.stderr
+    p = serve("--tls-cert-file", str(pki / "server.pem"))
+    assert p.returncode == 2 and "tls_key_file" in p.stderr, p.stderr

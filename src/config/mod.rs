@@ -9,6 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::ServeArgs;
+
+mod security;
+
+pub use security::{AdminUser, Listener, SecurityConfig};
 use crate::server::tls::{ClientAuth, TlsSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +83,23 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     frame_read_timeout_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
-    ssl_cert_file: Option<PathBuf>,
-    ssl_key_file: Option<PathBuf>,
-    ssl_client_auth: Option<String>,
-    ssl_ca_file: Option<PathBuf>,
+    #[serde(alias = "ssl_cert_file")]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(alias = "ssl_key_file")]
+    tls_key_file: Option<PathBuf>,
+    #[serde(alias = "ssl_client_auth")]
+    tls_client_auth: Option<String>,
+    #[serde(alias = "ssl_ca_file")]
+    tls_ca_file: Option<PathBuf>,
+    listeners: Option<String>,
+    advertised_listeners: Option<String>,
+    listener_security_protocol_map: Option<String>,
+    sasl_enabled_mechanisms: Option<String>,
+    super_users: Option<String>,
+    allow_everyone_if_no_acl_found: Option<bool>,
+    admin_user: Option<String>,
+    admin_password: Option<String>,
+    connections_max_reauth_ms: Option<u64>,
     retention_ms: Option<i64>,
     retention_bytes: Option<i64>,
     segment_ms: Option<i64>,
@@ -96,9 +113,15 @@ struct FileConfig {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The first listener's address and advertised address (what `Register` carries
+    /// for clients of a build that knows no listener names).
     pub listen: SocketAddr,
     pub advertise_host: String,
     pub advertise_port: i32,
+    /// Every listener, the first being the one above.
+    pub listeners: Vec<Listener>,
+    /// SASL mechanisms, the authorizer's settings and the bootstrap admin.
+    pub security: SecurityConfig,
     pub data_dir: PathBuf,
     pub store: String,
     /// Server-side encryption S3 applies to the objects written (s3:// stores only).
@@ -156,7 +179,7 @@ pub struct Config {
     pub frame_read_timeout: Duration,
     /// A connection with nothing in flight and nothing arriving this long is closed.
     pub connections_max_idle: Duration,
-    /// TLS on the Kafka listener; None: plaintext.
+    /// TLS for the SSL and SASL_SSL listeners; None: none configured.
     pub tls: Option<TlsSettings>,
     /// Broker-wide defaults of topic configs set here (Kafka's static `log.*` configs).
     pub topic_defaults: TopicDefaults,
@@ -384,34 +407,44 @@ impl Config {
         };
         let topic_defaults = topic_defaults(args, &file)?;
         let tls = tls_settings(args, &file)?;
-        let listen_text = args
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:9092".into());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| ConfigError::Invalid {
-            key: "listen",
-            value: listen_text.clone(),
-            hint: "use HOST:PORT with a numeric IP, e.g. 127.0.0.1:9092 or 0.0.0.0:9092",
-        })?;
-        let advertise = args
-            .advertise
-            .clone()
-            .or(file.advertise)
-            .unwrap_or(listen_text);
-        let (advertise_host, advertise_port) =
-            split_host_port(&advertise).ok_or(ConfigError::Invalid {
-                key: "advertise",
-                value: advertise.clone(),
-                hint: "use HOST:PORT that clients can reach, e.g. broker1.example.com:9092",
-            })?;
-        if advertise_host == "0.0.0.0" || advertise_host == "::" {
-            return Err(ConfigError::Invalid {
-                key: "advertise",
-                value: advertise,
-                hint: "clients cannot connect to a wildcard address; set --advertise to a reachable HOST:PORT",
-            });
-        }
+        let security_input = security::SecurityInput {
+            listen: args.listen.clone().or(file.listen.clone()),
+            advertise: args.advertise.clone().or(file.advertise.clone()),
+            listeners: args.listeners.clone().or(file.listeners.clone()),
+            advertised_listeners: args
+                .advertised_listeners
+                .clone()
+                .or(file.advertised_listeners.clone()),
+            protocol_map: args
+                .listener_security_protocol_map
+                .clone()
+                .or(file.listener_security_protocol_map.clone()),
+            sasl_enabled_mechanisms: args
+                .sasl_enabled_mechanisms
+                .clone()
+                .or(file.sasl_enabled_mechanisms.clone()),
+            super_users: args.super_users.clone().or(file.super_users.clone()),
+            allow_everyone_if_no_acl_found: args
+                .allow_everyone_if_no_acl_found
+                .or(file.allow_everyone_if_no_acl_found),
+            admin_user: args.admin_user.clone().or(file.admin_user.clone()),
+            admin_password: args.admin_password.clone().or(file.admin_password.clone()),
+            connections_max_reauth_ms: args
+                .connections_max_reauth_ms
+                .or(file.connections_max_reauth_ms),
+            tls: tls.is_some(),
+            client_auth: tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth != ClientAuth::None),
+        };
+        let listeners = security::listeners(&security_input)?;
+        let security = security::security(&security_input, &listeners)?;
+        let first = &listeners[0];
+        let (listen, advertise_host, advertise_port) = (
+            first.bind,
+            first.advertise_host.clone(),
+            first.advertise_port,
+        );
         let data_dir = args
             .data_dir
             .clone()
@@ -758,6 +791,8 @@ impl Config {
             listen,
             advertise_host,
             advertise_port,
+            listeners,
+            security,
             data_dir,
             store,
             s3_sse,
@@ -797,18 +832,18 @@ fn tls_settings(args: &ServeArgs, file: &FileConfig) -> Result<Option<TlsSetting
             .or(file.clone())
             .filter(|p| !p.as_os_str().is_empty())
     };
-    let cert_file = path(&args.ssl_cert_file, &file.ssl_cert_file);
-    let key_file = path(&args.ssl_key_file, &file.ssl_key_file);
-    let ca_file = path(&args.ssl_ca_file, &file.ssl_ca_file);
+    let cert_file = path(&args.tls_cert_file, &file.tls_cert_file);
+    let key_file = path(&args.tls_key_file, &file.tls_key_file);
+    let ca_file = path(&args.tls_ca_file, &file.tls_ca_file);
     let client_auth_text = args
-        .ssl_client_auth
+        .tls_client_auth
         .clone()
-        .or(file.ssl_client_auth.clone())
+        .or(file.tls_client_auth.clone())
         .unwrap_or_else(|| "none".into());
     let client_auth: ClientAuth = client_auth_text
         .parse()
         .map_err(|()| ConfigError::Invalid {
-            key: "ssl_client_auth",
+            key: "tls_client_auth",
             value: client_auth_text.clone(),
             hint: "use none, requested or required",
         })?;
@@ -817,33 +852,33 @@ fn tls_settings(args: &ServeArgs, file: &FileConfig) -> Result<Option<TlsSetting
         (None, None) => {
             if client_auth != ClientAuth::None || ca_file.is_some() {
                 return Err(ConfigError::Invalid {
-                    key: "ssl_client_auth",
+                    key: "tls_client_auth",
                     value: client_auth_text,
-                    hint: "client certificates need TLS: set ssl_cert_file and ssl_key_file too",
+                    hint: "client certificates need TLS: set tls_cert_file and tls_key_file too",
                 });
             }
             return Ok(None);
         }
         (Some(_), None) => {
             return Err(ConfigError::Invalid {
-                key: "ssl_key_file",
+                key: "tls_key_file",
                 value: String::new(),
-                hint: "ssl_cert_file is set: set ssl_key_file to its PEM private key too",
+                hint: "tls_cert_file is set: set tls_key_file to its PEM private key too",
             })
         }
         (None, Some(_)) => {
             return Err(ConfigError::Invalid {
-                key: "ssl_cert_file",
+                key: "tls_cert_file",
                 value: String::new(),
-                hint: "ssl_key_file is set: set ssl_cert_file to its PEM certificate too",
+                hint: "tls_key_file is set: set tls_cert_file to its PEM certificate too",
             })
         }
     };
     if client_auth != ClientAuth::None && ca_file.is_none() {
         return Err(ConfigError::Invalid {
-            key: "ssl_ca_file",
+            key: "tls_ca_file",
             value: String::new(),
-            hint: "ssl_client_auth requested or required checks client certificates against it: set it to a PEM CA bundle",
+            hint: "tls_client_auth requested or required checks client certificates against it: set it to a PEM CA bundle",
         });
     }
     Ok(Some(TlsSettings {
@@ -1114,7 +1149,7 @@ mod tests {
             );
         }
         // And the README's table names every one of them.
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         for key in keys {
             let row = format!("| `--{}", key.replace('_', "-"));
             assert!(readme.contains(&row), "README.md lacks a row {row}…");
@@ -1328,38 +1363,38 @@ mod tests {
         let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
         assert!(Config::load(&ServeArgs::default()).unwrap().tls.is_none());
         let e = refused(ServeArgs {
-            ssl_cert_file: Some("c.pem".into()),
+            tls_cert_file: Some("c.pem".into()),
             ..Default::default()
         });
         assert!(
-            e.starts_with("ssl_key_file = \"\" is not valid: ssl_cert_file is set"),
+            e.starts_with("tls_key_file = \"\" is not valid: tls_cert_file is set"),
             "{e}"
         );
         let e = refused(ServeArgs {
-            ssl_key_file: Some("k.pem".into()),
+            tls_key_file: Some("k.pem".into()),
             ..Default::default()
         });
-        assert!(e.starts_with("ssl_cert_file = \"\" is not valid"), "{e}");
+        assert!(e.starts_with("tls_cert_file = \"\" is not valid"), "{e}");
         let e = refused(ServeArgs {
-            ssl_cert_file: Some("c.pem".into()),
-            ssl_key_file: Some("k.pem".into()),
-            ssl_client_auth: Some("always".into()),
+            tls_cert_file: Some("c.pem".into()),
+            tls_key_file: Some("k.pem".into()),
+            tls_client_auth: Some("always".into()),
             ..Default::default()
         });
         assert!(e.contains("use none, requested or required"), "{e}");
         let e = refused(ServeArgs {
-            ssl_cert_file: Some("c.pem".into()),
-            ssl_key_file: Some("k.pem".into()),
-            ssl_client_auth: Some("required".into()),
+            tls_cert_file: Some("c.pem".into()),
+            tls_key_file: Some("k.pem".into()),
+            tls_client_auth: Some("required".into()),
             ..Default::default()
         });
-        assert!(e.starts_with("ssl_ca_file = \"\" is not valid"), "{e}");
+        assert!(e.starts_with("tls_ca_file = \"\" is not valid"), "{e}");
         let e = refused(ServeArgs {
-            ssl_client_auth: Some("requested".into()),
-            ssl_ca_file: Some("ca.pem".into()),
+            tls_client_auth: Some("requested".into()),
+            tls_ca_file: Some("ca.pem".into()),
             ..Default::default()
         });
-        assert!(e.contains("set ssl_cert_file and ssl_key_file"), "{e}");
+        assert!(e.contains("set tls_cert_file and tls_key_file"), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");
