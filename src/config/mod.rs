@@ -83,13 +83,9 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     frame_read_timeout_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
-    #[serde(alias = "ssl_cert_file")]
     tls_cert_file: Option<PathBuf>,
-    #[serde(alias = "ssl_key_file")]
     tls_key_file: Option<PathBuf>,
-    #[serde(alias = "ssl_client_auth")]
     tls_client_auth: Option<String>,
-    #[serde(alias = "ssl_ca_file")]
     tls_ca_file: Option<PathBuf>,
     listeners: Option<String>,
     advertised_listeners: Option<String>,
@@ -1400,7 +1396,7 @@ mod tests {
         let path = dir.path().join("s.toml");
         std::fs::write(
             &path,
-            "ssl_cert_file = \"c.pem\"\nssl_key_file = \"k.pem\"\nssl_client_auth = \"requested\"\nssl_ca_file = \"ca.pem\"\n",
+            "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\ntls_client_auth = \"requested\"\ntls_ca_file = \"ca.pem\"\n",
         )
         .unwrap();
         let c = Config::load(&ServeArgs {

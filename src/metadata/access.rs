@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::security::acl::{AclBinding, AclFilter, Acls, PatternFilter};
+use crate::security::acl::{AclBinding, AclFilter, Acls};
 use crate::security::scram::{Mechanism, ScramCredential};
 
 /// Caps, so that no client can grow the state without bound through these APIs.
@@ -126,7 +126,7 @@ impl AccessState {
     pub fn delete_acls(&mut self, bindings: &[AclBinding]) -> Vec<AclBinding> {
         bindings
             .iter()
-            .flat_map(|b| self.acls.delete(&exact(b)))
+            .flat_map(|b| self.acls.delete(&AclFilter::exact(b)))
             .collect()
     }
 
@@ -149,19 +149,6 @@ impl AccessState {
     /// A broker that left the cluster for good.
     pub fn forget_broker(&mut self, broker: u64) {
         self.listeners.remove(&broker);
-    }
-}
-
-/// The filter that matches exactly one binding.
-fn exact(b: &AclBinding) -> AclFilter {
-    AclFilter {
-        resource_type: Some(b.resource_type),
-        resource_name: Some(b.resource_name.clone()),
-        pattern: PatternFilter::Exactly(b.pattern_type),
-        principal: Some(b.principal.clone()),
-        host: Some(b.host.clone()),
-        operation: Some(b.operation),
-        permission: Some(b.permission),
     }
 }
 

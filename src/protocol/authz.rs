@@ -58,7 +58,7 @@ impl<'a> Authz<'a> {
             principal: &self.ctx.principal,
             host: &self.ctx.host,
         };
-        if settings.super_users.iter().any(|s| s == who.principal) {
+        if settings.is_super_user(who.principal) {
             return true;
         }
         self.broker.metadata.read(|s| {
@@ -78,7 +78,7 @@ impl<'a> Authz<'a> {
             principal: &self.ctx.principal,
             host: &self.ctx.host,
         };
-        if settings.super_users.iter().any(|s| s == who.principal) {
+        if settings.is_super_user(who.principal) {
             return vec![true; names.len()];
         }
         self.broker.metadata.read(|s| {
@@ -96,7 +96,7 @@ impl<'a> Authz<'a> {
     /// host, or the authorizer allows resources without ACLs.
     pub fn may_write_some_topic(&self) -> bool {
         let settings = &self.broker.config.security.authorizer;
-        if settings.allow_if_no_acl || settings.super_users.iter().any(|s| *s == self.ctx.principal)
+        if settings.allow_if_no_acl || settings.is_super_user(&self.ctx.principal)
         {
             return true;
         }
