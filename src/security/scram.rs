@@ -169,7 +169,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 /// Strict standard base64 with padding: `None` for anything else, including non-zero
 /// trailing bits, so each value has exactly one accepted encoding.
 pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| B64.iter().position(|&x| x == c).map(|p| p as u32);
