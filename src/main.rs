@@ -91,6 +91,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         broker.register().await?;
         let _ = started.set(broker.clone());
         let liveness = broker.spawn_liveness();
+        let authorizer = &broker.config.security.authorizer;
+        info!(super_users = ?authorizer.super_users, allow_everyone_if_no_acl_found = authorizer.allow_if_no_acl, "authorization");
         for l in &broker.config.listeners {
             info!(listener = %l.name, protocol = %l.protocol, listen = %l.bind, advertise = %format!("{}:{}", l.advertise_host, l.advertise_port), "strata is serving");
         }

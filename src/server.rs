@@ -328,7 +328,9 @@ where
                     Intercept::Pass => {}
                     Intercept::Close(reason) => {
                         let _ = tx
-                            .send(futures::future::ready(Err(ConnectionError::Sasl(reason))).boxed())
+                            .send(
+                                futures::future::ready(Err(ConnectionError::Sasl(reason))).boxed(),
+                            )
                             .await;
                         return Ok(());
                     }

@@ -12,8 +12,8 @@ use crate::cli::ServeArgs;
 
 mod security;
 
-pub use security::{AdminUser, Listener, SecurityConfig};
 use crate::server::tls::{ClientAuth, TlsSettings};
+pub use security::{AdminUser, Listener, SecurityConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -82,7 +82,12 @@ fn protocol_map(text: Option<&str>) -> Result<Vec<(String, SecurityProtocol)>, C
         .map(|p| (p.name().to_owned(), p))
         .collect();
     let hint = "use NAME:PROTOCOL entries separated by commas, PROTOCOL one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, e.g. INTERNAL:SASL_PLAINTEXT,EXTERNAL:SASL_SSL";
-    for entry in text.unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    for entry in text
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
         let (name, protocol) = entry
             .split_once(':')
             .ok_or_else(|| invalid("listener_security_protocol_map", entry, hint))?;
@@ -110,7 +115,12 @@ fn endpoints(key: &'static str, text: &str) -> Result<Vec<(String, String, i32)>
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        let (host, port) = split_host_port(&format!("{}{address}", if address.starts_with(':') { "0.0.0.0" } else { "" }))
+        let address = if address.starts_with(':') {
+            format!("0.0.0.0{address}")
+        } else {
+            address.to_owned()
+        };
+        let (host, port) = split_bind(&address)
             .filter(|_| valid_name)
             .ok_or_else(|| invalid(key, entry, hint))?;
         if out.iter().any(|(n, _, _)| *n == name) {
@@ -122,6 +132,14 @@ fn endpoints(key: &'static str, text: &str) -> Result<Vec<(String, String, i32)>
         return Err(invalid(key, text, hint));
     }
     Ok(out)
+}
+
+/// HOST:PORT where port 0 (any free port, for tests) is allowed.
+fn split_bind(s: &str) -> Option<(String, i32)> {
+    match s.rsplit_once(':') {
+        Some((host, "0")) => split_host_port(&format!("{host}:1")).map(|(h, _)| (h, 0)),
+        _ => split_host_port(s),
+    }
 }
 
 fn wildcard(host: &str) -> bool {
@@ -145,7 +163,7 @@ pub fn listeners(input: &SecurityInput) -> Result<Vec<Listener>, ConfigError> {
         }
         None => {
             let listen = input.listen.as_deref().unwrap_or("127.0.0.1:9092");
-            let (host, port) = split_host_port(listen).ok_or_else(|| {
+            let (host, port) = split_bind(listen).ok_or_else(|| {
                 invalid(
                     "listen",
                     listen,
@@ -182,7 +200,11 @@ pub fn listeners(input: &SecurityInput) -> Result<Vec<Listener>, ConfigError> {
     }
     let mut out = Vec::with_capacity(binds.len());
     for (name, host, port) in binds {
-        let key = if input.listeners.is_some() { "listeners" } else { "listen" };
+        let key = if input.listeners.is_some() {
+            "listeners"
+        } else {
+            "listen"
+        };
         let bind: SocketAddr = format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.clone() })
             .parse()
             .map_err(|_| {
@@ -289,45 +311,45 @@ pub fn security(
             }
         }
     }
-    let admin = match (&input.admin_user, &input.admin_password) {
-        (None, None) => None,
-        (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
-            if user.len() > 256 || user.contains(['\0', ',', '=']) {
-                return Err(invalid(
-                    "admin_user",
-                    user,
-                    "use a user name of up to 256 characters without NUL, ',' or '='",
-                ));
+    let admin =
+        match (&input.admin_user, &input.admin_password) {
+            (None, None) => None,
+            (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
+                if user.len() > 256 || user.contains(['\0', ',', '=']) {
+                    return Err(invalid(
+                        "admin_user",
+                        user,
+                        "use a user name of up to 256 characters without NUL, ',' or '='",
+                    ));
+                }
+                super_users.push(format!("User:{user}"));
+                Some(AdminUser {
+                    user: user.clone(),
+                    password: password.clone(),
+                })
             }
-            super_users.push(format!("User:{user}"));
-            Some(AdminUser {
-                user: user.clone(),
-                password: password.clone(),
-            })
-        }
-        (Some(user), _) if user.is_empty() => {
-            return Err(invalid(
+            (Some(user), _) if user.is_empty() => return Err(invalid(
                 "admin_user",
                 "",
                 "set STRATA_ADMIN_USER to the admin's name (or unset it and STRATA_ADMIN_PASSWORD)",
-            ))
-        }
-        (Some(_), _) => {
-            return Err(invalid(
-                "admin_password",
-                "",
-                "STRATA_ADMIN_USER is set: set STRATA_ADMIN_PASSWORD to its password too",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(invalid(
-                "admin_user",
-                "",
-                "STRATA_ADMIN_PASSWORD is set: set STRATA_ADMIN_USER to the admin's name too",
-            ))
-        }
-    };
-    let authenticated = sasl_listener || (input.client_auth && listeners.iter().any(|l| l.protocol.tls()));
+            )),
+            (Some(_), _) => {
+                return Err(invalid(
+                    "admin_password",
+                    "",
+                    "STRATA_ADMIN_USER is set: set STRATA_ADMIN_PASSWORD to its password too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "admin_user",
+                    "",
+                    "STRATA_ADMIN_PASSWORD is set: set STRATA_ADMIN_USER to the admin's name too",
+                ))
+            }
+        };
+    let authenticated =
+        sasl_listener || (input.client_auth && listeners.iter().any(|l| l.protocol.tls()));
     Ok(SecurityConfig {
         sasl_mechanisms,
         authorizer: AuthorizerSettings {
@@ -360,7 +382,10 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].name, "PLAINTEXT");
         assert_eq!(l[0].bind, "127.0.0.1:9092".parse()?);
-        assert_eq!((l[0].advertise_host.as_str(), l[0].advertise_port), ("127.0.0.1", 9092));
+        assert_eq!(
+            (l[0].advertise_host.as_str(), l[0].advertise_port),
+            ("127.0.0.1", 9092)
+        );
         let tls = SecurityInput {
             tls: true,
             listen: Some("0.0.0.0:9093".into()),
@@ -368,7 +393,10 @@ mod tests {
             ..input()
         };
         let l = listeners(&tls)?;
-        assert_eq!((l[0].name.as_str(), l[0].protocol), ("SSL", SecurityProtocol::Ssl));
+        assert_eq!(
+            (l[0].name.as_str(), l[0].protocol),
+            ("SSL", SecurityProtocol::Ssl)
+        );
         assert_eq!(l[0].advertise_host, "b1.example.com");
         Ok(())
     }
@@ -389,18 +417,29 @@ mod tests {
         assert_eq!(l[0].protocol, SecurityProtocol::SaslPlaintext);
         assert_eq!(l[0].advertise_host, "10.0.0.1");
         assert_eq!(l[1].protocol, SecurityProtocol::SaslSsl);
-        assert_eq!((l[1].advertise_host.as_str(), l[1].advertise_port), ("b1.example.com", 9094));
+        assert_eq!(
+            (l[1].advertise_host.as_str(), l[1].advertise_port),
+            ("b1.example.com", 9094)
+        );
         Ok(())
     }
 
     #[test]
     fn bad_listener_settings_say_what_to_fix() {
-        let err = |i: SecurityInput| listeners(&i).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = |i: SecurityInput| {
+            listeners(&i)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         let e = err(SecurityInput {
             listeners: Some("INTERNAL://127.0.0.1:9092".into()),
             ..input()
         });
-        assert!(e.starts_with("listener_security_protocol_map = \"INTERNAL\""), "{e}");
+        assert!(
+            e.starts_with("listener_security_protocol_map = \"INTERNAL\""),
+            "{e}"
+        );
         let e = err(SecurityInput {
             listeners: Some("SSL://127.0.0.1:9093".into()),
             ..input()
@@ -454,7 +493,10 @@ mod tests {
         };
         let s = security(&i, &listeners(&i)?)?;
         assert!(!s.authorizer.allow_if_no_acl);
-        assert_eq!(s.sasl_mechanisms, [SaslMechanism::Plain, SaslMechanism::ScramSha512]);
+        assert_eq!(
+            s.sasl_mechanisms,
+            [SaslMechanism::Plain, SaslMechanism::ScramSha512]
+        );
         assert_eq!(
             s.authorizer.super_users,
             ["User:ops", "User:CN=x,O=y", "User:admin"]
@@ -469,7 +511,10 @@ mod tests {
             admin_user: Some("admin".into()),
             ..input()
         };
-        let e = security(&half, &plain).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = security(&half, &plain)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("STRATA_ADMIN_PASSWORD"), "{e}");
         let gssapi = SecurityInput {
             sasl_enabled_mechanisms: Some("GSSAPI".into()),

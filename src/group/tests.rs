@@ -488,7 +488,10 @@ async fn describe_and_list() {
         5,
         |_| None,
     );
-    assert_eq!(refused.groups[0].error_code, 30, "GROUP_AUTHORIZATION_FAILED");
+    assert_eq!(
+        refused.groups[0].error_code, 30,
+        "GROUP_AUTHORIZATION_FAILED"
+    );
     assert!(refused.groups[0].members.is_empty());
     for v in 0..=6 {
         let d = c.describe_groups(

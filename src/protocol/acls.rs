@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
-use kafka_protocol::messages::delete_acls_response::{DeleteAclsFilterResult, DeleteAclsMatchingAcl};
+use kafka_protocol::messages::delete_acls_response::{
+    DeleteAclsFilterResult, DeleteAclsMatchingAcl,
+};
 use kafka_protocol::messages::describe_acls_response::{AclDescription, DescribeAclsResource};
 use kafka_protocol::messages::{
     CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
@@ -35,7 +37,10 @@ pub async fn create(
         .iter()
         .map(|c| {
             if !allowed {
-                return Err((ResponseError::ClusterAuthorizationFailed, REFUSED.to_owned()));
+                return Err((
+                    ResponseError::ClusterAuthorizationFailed,
+                    REFUSED.to_owned(),
+                ));
             }
             AclBinding::from_wire(
                 c.resource_type,
@@ -49,11 +54,19 @@ pub async fn create(
             .map_err(|e| (ResponseError::InvalidRequest, e.to_string()))
         })
         .collect();
-    let bindings: Vec<AclBinding> = parsed.iter().filter_map(|r| r.as_ref().ok()).cloned().collect();
+    let bindings: Vec<AclBinding> = parsed
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .cloned()
+        .collect();
     let failure = if bindings.is_empty() {
         None
     } else {
-        match broker.metadata.propose(Command::CreateAcls { bindings }).await {
+        match broker
+            .metadata
+            .propose(Command::CreateAcls { bindings })
+            .await
+        {
             Ok(Response::Access(Ok(()))) => None,
             Ok(Response::Access(Err(e))) => Some((ResponseError::InvalidRequest, e.to_string())),
             Ok(other) => Some((ResponseError::UnknownServerError, format!("{other:?}"))),
@@ -103,13 +116,18 @@ pub fn describe(
                 .with_error_message(Some(str_bytes(&e.to_string())))
         }
     };
-    let matching: Vec<AclBinding> =
-        broker.metadata.read(|s| s.access().acls().matching(&filter).cloned().collect());
+    let matching: Vec<AclBinding> = broker
+        .metadata
+        .read(|s| s.access().acls().matching(&filter).cloned().collect());
     // Grouped by resource pattern, as Kafka answers.
     let mut resources: BTreeMap<(i8, String, i8), Vec<AclDescription>> = BTreeMap::new();
     for b in matching {
         resources
-            .entry((b.resource_type.code(), b.resource_name.clone(), b.pattern_type.code()))
+            .entry((
+                b.resource_type.code(),
+                b.resource_name.clone(),
+                b.pattern_type.code(),
+            ))
             .or_default()
             .push(
                 AclDescription::default()
@@ -146,7 +164,10 @@ pub async fn delete(
         .iter()
         .map(|f| {
             if !allowed {
-                return Err((ResponseError::ClusterAuthorizationFailed, REFUSED.to_owned()));
+                return Err((
+                    ResponseError::ClusterAuthorizationFailed,
+                    REFUSED.to_owned(),
+                ));
             }
             AclFilter::from_wire(
                 f.resource_type_filter,
@@ -175,7 +196,11 @@ pub async fn delete(
     let outcome = if all.is_empty() {
         Ok(Vec::new())
     } else {
-        match broker.metadata.propose(Command::DeleteAcls { bindings: all }).await {
+        match broker
+            .metadata
+            .propose(Command::DeleteAcls { bindings: all })
+            .await
+        {
             Ok(Response::AclsDeleted(deleted)) => Ok(deleted),
             Ok(other) => Err((ResponseError::UnknownServerError, format!("{other:?}"))),
             Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),

@@ -61,9 +61,9 @@ impl<'a> Authz<'a> {
         if settings.is_super_user(who.principal) {
             return true;
         }
-        self.broker.metadata.read(|s| {
-            acl::authorize(s.access().acls(), settings, who, op, resource_type, name)
-        })
+        self.broker
+            .metadata
+            .read(|s| acl::authorize(s.access().acls(), settings, who, op, resource_type, name))
     }
 
     /// [`Self::allowed`] for many resources of one type, under one read of the state.
@@ -96,8 +96,7 @@ impl<'a> Authz<'a> {
     /// host, or the authorizer allows resources without ACLs.
     pub fn may_write_some_topic(&self) -> bool {
         let settings = &self.broker.config.security.authorizer;
-        if settings.allow_if_no_acl || settings.is_super_user(&self.ctx.principal)
-        {
+        if settings.allow_if_no_acl || settings.is_super_user(&self.ctx.principal) {
             return true;
         }
         let filter = acl::AclFilter {

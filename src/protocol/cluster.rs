@@ -16,9 +16,9 @@ use kafka_protocol::messages::{
 };
 
 use super::authz::{Authz, CLUSTER_NAME};
-use crate::security::acl::{Operation, ResourceType};
 use super::str_bytes;
 use crate::broker::Broker;
+use crate::security::acl::{Operation, ResourceType};
 
 /// Kafka's endpoint types (KIP-919): 1 brokers, 2 controllers.
 const ENDPOINT_BROKERS: i8 = 1;

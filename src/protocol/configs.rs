@@ -24,8 +24,8 @@ use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::config::TopicDefaults;
-use crate::security::acl::Operation;
 use crate::metadata::state::{Command, Response, StateError, MAX_PARTITIONS};
+use crate::security::acl::Operation;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;

@@ -36,7 +36,10 @@ pub fn find_coordinator(
             ResponseError::TransactionalIdAuthorizationFailed.code(),
         )
     } else {
-        (ResourceType::Group, ResponseError::GroupAuthorizationFailed.code())
+        (
+            ResourceType::Group,
+            ResponseError::GroupAuthorizationFailed.code(),
+        )
     };
     // A fenced broker names another live one; knowing none, it answers
     // COORDINATOR_NOT_AVAILABLE and the client asks again (elsewhere).

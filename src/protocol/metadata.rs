@@ -65,7 +65,9 @@ pub async fn handle(
             continue;
         }
         let ops = authz.reported(topic_ops_requested, ResourceType::Topic, name);
-        topics.push(topic_metadata(broker, name, lookup, version).with_topic_authorized_operations(ops));
+        topics.push(
+            topic_metadata(broker, name, lookup, version).with_topic_authorized_operations(ops),
+        );
     }
     let brokers = broker
         .live_brokers(authz.listener())

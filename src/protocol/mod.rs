@@ -42,8 +42,8 @@ use tracing::{debug, Instrument};
 
 use self::authz::Authz;
 pub use self::authz::RequestContext;
-use crate::security::acl::{Operation, ResourceType};
 use crate::broker::Broker;
+use crate::security::acl::{Operation, ResourceType};
 use crate::telemetry;
 
 /// Errors after which the connection is closed, as Kafka does for requests it can't parse.
@@ -218,12 +218,16 @@ async fn decode_and_start(
     started: std::time::Instant,
 ) -> Result<Started, ProtocolError> {
     let (key, version, correlation_id) = peek(&frame)?;
-    if key == ApiKey::ApiVersions && versions::range(key).is_some_and(|(min, max)| version < min || version > max) {
+    if key == ApiKey::ApiVersions
+        && versions::range(key).is_some_and(|(min, max)| version < min || version > max)
+    {
         // KIP-511: answer in v0 so any client can read which versions we speak.
         let response = api_versions::unsupported_version(correlation_id);
         return Ok(Started::Other(Box::pin(async move { Ok(Some(response)) })));
     }
-    let Decoded { header, request, .. } = decode(frame)?;
+    let Decoded {
+        header, request, ..
+    } = decode(frame)?;
     let client_id = header
         .client_id
         .as_ref()
@@ -428,7 +432,9 @@ async fn dispatch(
             ResponseKind::DeleteAcls(acls::delete(broker, &authz, req, version).await)
         }
         RequestKind::DescribeUserScramCredentials(req) => {
-            ResponseKind::DescribeUserScramCredentials(scram::describe(broker, &authz, req, version))
+            ResponseKind::DescribeUserScramCredentials(scram::describe(
+                broker, &authz, req, version,
+            ))
         }
         RequestKind::AlterUserScramCredentials(req) => ResponseKind::AlterUserScramCredentials(
             scram::alter(broker, &authz, req, version).await,

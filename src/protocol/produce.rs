@@ -19,12 +19,12 @@ use tracing::debug;
 use super::authz::{Authz, RequestContext};
 use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
-use crate::security::acl::Operation;
 use crate::metadata::state::StateError;
 use crate::produce::batch::{self, BatchError};
 use crate::produce::buffer::Committed;
 use crate::produce::records;
 use crate::produce::ProduceError;
+use crate::security::acl::Operation;
 use crate::telemetry;
 
 type PartitionError = (ResponseError, String);

@@ -20,7 +20,8 @@ pub async fn init(
         return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
     // KIP-679: IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
-    if !authz.cluster(crate::security::acl::Operation::IdempotentWrite) && !authz.may_write_some_topic()
+    if !authz.cluster(crate::security::acl::Operation::IdempotentWrite)
+        && !authz.may_write_some_topic()
     {
         return response.with_error_code(ResponseError::ClusterAuthorizationFailed.code());
     }

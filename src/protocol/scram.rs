@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::describe_user_scram_credentials_response::{
     CredentialInfo, DescribeUserScramCredentialsResult,
 };
-use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
     DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
@@ -37,7 +37,9 @@ pub fn describe(
     if !authz.cluster(Operation::Describe) {
         return response
             .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
-            .with_error_message(Some(str_bytes("Authorization failed: DESCRIBE on the cluster")));
+            .with_error_message(Some(str_bytes(
+                "Authorization failed: DESCRIBE on the cluster",
+            )));
     }
     let known: BTreeMap<String, Vec<(Mechanism, u32)>> = broker.metadata.read(|s| {
         s.access()
@@ -108,13 +110,19 @@ pub async fn alter(
         .iter()
         .map(|d| (d.name.as_str(), d.mechanism, None))
         .chain(req.upsertions.iter().map(|u| {
-            (u.name.as_str(), u.mechanism, Some((u.iterations, &u.salt, &u.salted_password)))
+            (
+                u.name.as_str(),
+                u.mechanism,
+                Some((u.iterations, &u.salt, &u.salted_password)),
+            )
         }));
     for (user, code, upsert) in changes {
         if !users.contains_key(user) {
             order.push(user.to_owned());
         }
-        let entry = users.entry(user.to_owned()).or_insert_with(|| Ok(Vec::new()));
+        let entry = users
+            .entry(user.to_owned())
+            .or_insert_with(|| Ok(Vec::new()));
         let checked = check_change(user, code, upsert, allowed, &mut seen);
         match (entry.as_mut(), checked) {
             (Ok(list), Ok(change)) => list.push(change),
@@ -144,11 +152,14 @@ pub async fn alter(
                         let (code, message) = match e {
                             AccessError::NoSuchCredential => (
                                 ResponseError::ResourceNotFound,
-                                "Attempt to delete a user credential that does not exist".to_owned(),
+                                "Attempt to delete a user credential that does not exist"
+                                    .to_owned(),
                             ),
                             other => (ResponseError::UnacceptableCredential, other.to_string()),
                         };
-                        outcomes.entry(change_user(change).to_owned()).or_insert((code, message));
+                        outcomes
+                            .entry(change_user(change).to_owned())
+                            .or_insert((code, message));
                     }
                 }
             }
@@ -240,7 +251,11 @@ fn check_change(
             format!("Iterations must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}"),
         ));
     }
-    if salt.is_empty() || salted_password.is_empty() || salt.len() > 1024 || salted_password.len() > 1024 {
+    if salt.is_empty()
+        || salted_password.is_empty()
+        || salt.len() > 1024
+        || salted_password.len() > 1024
+    {
         return Err((
             ResponseError::UnacceptableCredential,
             "Salt and salted password must not be empty".into(),

@@ -40,9 +40,9 @@ const TABLE: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::DescribeClientQuotas, 0, 1),
     (ApiKey::DescribeTopicPartitions, 0, 0),
-    // v0 of SaslHandshake sends raw SASL tokens after it; every client we test uses v1
-    // and SaslAuthenticate.
-    (ApiKey::SaslHandshake, 1, 1),
+    // After a v0 SaslHandshake the tokens go raw, unframed by Kafka headers
+    // (`server/sasl.rs`); librdkafka wants v0 listed before it uses v1.
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::CreateAcls, 1, 3),

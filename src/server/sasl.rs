@@ -34,8 +34,9 @@ pub enum Intercept {
 enum State {
     /// Waiting for SaslHandshake.
     Start,
-    /// Handshake done: waiting for SaslAuthenticate tokens.
-    Exchanging(SaslExchange),
+    /// Handshake done: waiting for SaslAuthenticate tokens, or (after a v0 handshake)
+    /// raw tokens, each a size-prefixed frame of its own.
+    Exchanging { exchange: SaslExchange, raw: bool },
     /// Authenticated as `user`.
     Done,
 }
@@ -76,6 +77,9 @@ impl SaslSession {
     }
 
     pub fn intercept(&mut self, frame: &Bytes) -> Result<Intercept, ProtocolError> {
+        if matches!(self.state, State::Exchanging { raw: true, .. }) {
+            return Ok(self.raw_token(frame));
+        }
         let (key, _, _) = protocol::peek(frame)?;
         match key {
             ApiKey::SaslHandshake | ApiKey::SaslAuthenticate => self.answer(frame.clone()),
@@ -96,7 +100,7 @@ impl SaslSession {
         let correlation_id = decoded.header.correlation_id;
         let (response, close) = match decoded.request {
             RequestKind::SaslHandshake(req) => {
-                let (response, close) = self.handshake(req.mechanism.as_str());
+                let (response, close) = self.handshake(req.mechanism.as_str(), version == 0);
                 (ResponseKind::SaslHandshake(response), close)
             }
             RequestKind::SaslAuthenticate(req) => {
@@ -109,11 +113,27 @@ impl SaslSession {
         Ok(Intercept::Answer { response, close })
     }
 
-    fn handshake(&mut self, mechanism: &str) -> (SaslHandshakeResponse, bool) {
+    /// A token after a v0 handshake: the frame is the token, the answer the next one
+    /// (size-prefixed, empty after PLAIN, as Kafka sends it).
+    fn raw_token(&mut self, token: &[u8]) -> Intercept {
+        let (response, close) = self.authenticate(token, 0);
+        if close {
+            return Intercept::Close("SASL authentication failed");
+        }
+        let mut framed = bytes::BytesMut::with_capacity(4 + response.auth_bytes.len());
+        framed.extend_from_slice(&(response.auth_bytes.len() as i32).to_be_bytes());
+        framed.extend_from_slice(&response.auth_bytes);
+        Intercept::Answer {
+            response: framed.freeze(),
+            close: false,
+        }
+    }
+
+    fn handshake(&mut self, mechanism: &str, raw: bool) -> (SaslHandshakeResponse, bool) {
         let enabled = &self.broker.config.security.sasl_mechanisms;
         let names = enabled.iter().map(|m| str_bytes(m.name())).collect();
         let response = SaslHandshakeResponse::default().with_mechanisms(names);
-        if matches!(self.state, State::Exchanging(_)) {
+        if matches!(self.state, State::Exchanging { .. }) {
             return (
                 response.with_error_code(ResponseError::IllegalSaslState.code()),
                 true,
@@ -121,7 +141,10 @@ impl SaslSession {
         }
         match SaslMechanism::parse(mechanism).filter(|m| enabled.contains(m)) {
             Some(m) => {
-                self.state = State::Exchanging(SaslExchange::new(m));
+                self.state = State::Exchanging {
+                    exchange: SaslExchange::new(m),
+                    raw,
+                };
                 (response, false)
             }
             None => {
@@ -143,13 +166,11 @@ impl SaslSession {
                 true,
             )
         };
-        let State::Exchanging(exchange) = &mut self.state else {
+        let State::Exchanging { exchange, .. } = &mut self.state else {
             return (
                 SaslAuthenticateResponse::default()
                     .with_error_code(ResponseError::IllegalSaslState.code())
-                    .with_error_message(Some(str_bytes(
-                        "SaslAuthenticate before SaslHandshake",
-                    ))),
+                    .with_error_message(Some(str_bytes("SaslAuthenticate before SaslHandshake"))),
                 true,
             );
         };
@@ -161,7 +182,10 @@ impl SaslSession {
             ),
             Ok(SaslStep::Done { user, token }) => {
                 if self.user.as_ref().is_some_and(|previous| *previous != user) {
-                    warn!(mechanism = mechanism.name(), "re-authentication as another user refused");
+                    warn!(
+                        mechanism = mechanism.name(),
+                        "re-authentication as another user refused"
+                    );
                     return failed("Cannot change principals during re-authentication".into());
                 }
                 let reauth = self.broker.config.security.reauth;

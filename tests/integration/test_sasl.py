@@ -214,7 +214,8 @@ def test_kcat_scram_sha512_over_sasl_ssl(b, pki, unique_topic):  # noqa: F811
 def test_scram_users_managed_by_the_admin(b, pki, unique_topic):  # noqa: F811
     upsert(b, pki, "alice", "alice-pw", [ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512])
 
-    described = admin_client(b, pki).describe_user_scram_credentials(["alice"])
+    admin = admin_client(b, pki)  # kept: a collected client cancels its futures
+    described = admin.describe_user_scram_credentials(["alice"])
     desc = described["alice"].result(timeout=15)
     infos = {(i.mechanism, i.iterations) for i in desc.scram_credential_infos}
     assert infos == {(ScramMechanism.SCRAM_SHA_256, 4096), (ScramMechanism.SCRAM_SHA_512, 4096)}
@@ -318,10 +319,14 @@ def test_kafka_python_plain_over_sasl_plaintext(b, pki, unique_topic):  # noqa: 
     finally:
         consumer.close()
 
-    # The same user with a wrong password is refused.
-    # (kafka-python checks the broker version while constructing the producer.)
+    # The same user with a wrong password is refused: at construction (kafka-python
+    # checks the broker version then) or at the first send.
     with pytest.raises(kafka.errors.KafkaError):
-        KafkaProducer(**{**auth, "sasl_plain_password": "nope"}, api_version_auto_timeout_ms=5000).close()
+        bad = KafkaProducer(**{**auth, "sasl_plain_password": "nope"}, max_block_ms=5000)
+        try:
+            bad.send(unique_topic, value=b"x").get(timeout=10)
+        finally:
+            bad.close()
 
 
 def test_wrong_password_is_refused_and_right_one_still_works(b, pki):  # noqa: F811

@@ -164,7 +164,11 @@ def test_certificate_renewed_on_disk_is_served_without_restart(tls_broker, pki):
 
 def test_client_certificate_required(request, tmp_path, pki, unique_topic):
     b = Broker(tmp_path / "strata",
-               extra_args=tls_args(pki, "--tls-client-auth", "required", "--tls-ca-file", str(pki / "ca.pem")),
+               # With client certificates, resources without ACLs are closed by default;
+               # the certificate's principal, as a super user, opens them (so the
+               # authorizer sees exactly Kafka's form of the subject).
+               extra_args=tls_args(pki, "--tls-client-auth", "required", "--tls-ca-file", str(pki / "ca.pem"),
+                                   "--super-users", "User:CN=client1,OU=test,O=Strata"),
                extra_env={"RUST_LOG": "info,strata::server=debug"})
     for b in supervise(request, b):
         # Without a certificate: refused (in TLS 1.3 the alert comes after the handshake).
