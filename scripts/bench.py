@@ -535,6 +535,34 @@ def create_topic(bootstrap: str, partitions: int) -> None:
         raise RuntimeError(f"topic has {got} partitions, wanted {partitions}")
 
 
+def create_acls(bootstrap: str, n: int) -> None:
+    """`n` ACLs, so that every request pays for a real authorizer lookup: ALLOW ALL for
+    everyone on the bench topic and on every group, and decoys (literal and prefixed
+    topic ACLs of other principals; a quarter of the prefixes share the topic's first
+    letters, so the prefix walk finds candidates that do not apply)."""
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
+                                       ResourcePatternType, ResourceType)
+
+    allow = [AclBinding(ResourceType.TOPIC, TOPIC, ResourcePatternType.LITERAL, "User:*", "*",
+                        AclOperation.ALL, AclPermissionType.ALLOW),
+             AclBinding(ResourceType.GROUP, "*", ResourcePatternType.LITERAL, "User:*", "*",
+                        AclOperation.ALL, AclPermissionType.ALLOW)]
+    decoys = []
+    for i in range(max(0, n - len(allow))):
+        if i % 2:
+            name, pattern = f"decoy-{i}", ResourcePatternType.LITERAL
+        else:
+            name = (TOPIC[:3] if i % 4 == 0 else "dec") + f"-p{i}-"
+            pattern = ResourcePatternType.PREFIXED
+        decoys.append(AclBinding(ResourceType.TOPIC, name, pattern, f"User:user{i % 97}", "*",
+                                 AclOperation.READ, AclPermissionType.ALLOW))
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    bindings = allow + decoys
+    for start in range(0, len(bindings), 1000):
+        for _b, f in a.create_acls(bindings[start:start + 1000]).items():
+            f.result(60)
+
+
 def watermarks(bootstrap: str, partitions: int) -> dict[int, tuple[int, int]]:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -1038,6 +1066,9 @@ def main() -> int:
     ap.add_argument("--broker-args", default="",
                     help='extra args for `strata serve` in one string, shell-split; write it with "=": --broker-args="--compaction-age-ms 30000"')
     ap.add_argument("--skip-machine", action="store_true", help="skip the disk/loopback measurements")
+    ap.add_argument("--acls", type=int, default=0,
+                    help="create this many ACLs first (one allows everything on the bench topic): "
+                         "measures the authorizer on every request [0]")
     sk = ap.add_argument_group("soak", "--soak: a long fixed-rate run over many partitions instead of the phases "
                                "above; prints index/state/snapshot/RSS/store figures every --soak-report-seconds, "
                                "their growth, and a catch-up read at the end (uses --record-size, --consumers, "
@@ -1100,6 +1131,9 @@ def main() -> int:
     problems: list[str] = []
     try:
         create_topic(broker.bootstrap, a.partitions)
+        if a.acls:
+            create_acls(broker.bootstrap, a.acls)
+            fig("acls", a.acls)
 
         # ---- produce throughput
         nrec = volume // a.record_size

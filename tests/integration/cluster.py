@@ -59,6 +59,8 @@ class Node:
         self._log_start = 0  # log size when the current process started
         self.starts = 0
         self.env: dict[str, str] = {}  # extra environment (e.g. STRATA_TEST_CLOCK_OFFSET_MS)
+        # Replaces --listen/--advertise (e.g. --listeners ... --advertised-listeners ...).
+        self.listener_args: list[str] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -76,8 +78,8 @@ class Node:
         cmd = [
             str(STRATA_BIN), "serve",
             "--node-id", str(self.id),
-            "--listen", self.bootstrap,
-            "--advertise", self.bootstrap,
+            *(self.listener_args if self.listener_args is not None
+              else ["--listen", self.bootstrap, "--advertise", self.bootstrap]),
             "--data-dir", str(self.data_dir),
             "--store", self.cluster.store_url,
             "--raft-listen", self.raft_addr,

@@ -1,5 +1,6 @@
 """TLS on the Kafka listener (security protocol SSL): confluent-kafka and kcat over TLS,
 plaintext refused, client certificates (tls_client_auth=required) and their principal,
+expired and untrusted client certificates refused,
 a certificate renewed on disk served without a restart, and bad files at start-up.
 
 A throwaway CA and certificates are made with the openssl command-line tool."""
@@ -162,7 +163,24 @@ def test_certificate_renewed_on_disk_is_served_without_restart(tls_broker, pki):
         (pki / "original.pem").replace(pki / "server.pem")
 
 
+def refused_client_certs(pki, d):
+    """A client certificate that expired yesterday (signed by the test CA) and one signed
+    by another CA; both with one key."""
+    new_key_csr(d, "bad", "/O=Strata/OU=test/CN=mallory")
+    (d / "bad.ext").write_text(EXT_CLIENT)
+    openssl("x509", "-req", "-in", "bad.csr", "-CA", str(pki / "ca.pem"), "-CAkey", str(pki / "ca.key"),
+            "-set_serial", "3001", "-days", "-1", "-extfile", "bad.ext", "-out", "expired.pem", cwd=d)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "rogue.key", "-out", "rogue.pem", "-days", "1", "-subj", "/CN=Rogue CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign,cRLSign", cwd=d)
+    openssl("x509", "-req", "-in", "bad.csr", "-CA", "rogue.pem", "-CAkey", "rogue.key",
+            "-set_serial", "3002", "-days", "1", "-extfile", "bad.ext", "-out", "untrusted.pem", cwd=d)
+    return {"expired": d / "expired.pem", "untrusted": d / "untrusted.pem", "key": d / "bad.key"}
+
+
 def test_client_certificate_required(request, tmp_path, pki, unique_topic):
+    (tmp_path / "certs").mkdir()
+    bad_certs = refused_client_certs(pki, tmp_path / "certs")
     b = Broker(tmp_path / "strata",
                # With client certificates, resources without ACLs are closed by default;
                # the certificate's principal, as a super user, opens them (so the
@@ -183,6 +201,16 @@ def test_client_certificate_required(request, tmp_path, pki, unique_topic):
         p.produce(unique_topic, b"x", on_delivery=lambda err, _msg: errors.append(err))
         p.flush(5)
         assert len(errors) == 1 and errors[0] is not None, errors
+
+        # Nor a client whose certificate is expired, or signed by a CA the broker does
+        # not trust.
+        for name in ("expired", "untrusted"):
+            bad = {"ssl.certificate.location": str(bad_certs[name]), "ssl.key.location": str(bad_certs["key"])}
+            errors = []
+            p = Producer({**ssl_conf(b, pki), **bad, "message.timeout.ms": 1500, "log_level": 0})
+            p.produce(unique_topic, b"x", on_delivery=lambda err, _msg: errors.append(err))
+            p.flush(5)
+            assert len(errors) == 1 and errors[0] is not None, (name, errors)
 
         cert = {"ssl.certificate.location": str(pki / "client.pem"), "ssl.key.location": str(pki / "client.key")}
         produce_consume(b, pki, unique_topic, **cert)
