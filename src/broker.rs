@@ -87,6 +87,11 @@ fn raft_options(config: &Config) -> RaftOptions {
         lease: config.broker_lease,
         vote_floor: 0,
         secret: config.cluster_secret.clone(),
+        tls: if config.raft_tls {
+            config.tls.clone()
+        } else {
+            None
+        },
     }
 }
 

@@ -40,6 +40,18 @@ pub struct VotersArgs {
     /// The cluster's shared secret, if the brokers have one (as `strata serve`).
     #[arg(long, env = "STRATA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Speak TLS to the Raft port, trusting --tls-ca-file (as `strata serve`).
+    #[arg(long, env = "STRATA_RAFT_TLS")]
+    pub raft_tls: Option<bool>,
+    /// PEM bundle of the CAs the brokers' certificates chain to.
+    #[arg(long, env = "STRATA_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM certificate to present, for brokers with --tls-client-auth required.
+    #[arg(long, env = "STRATA_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "STRATA_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -152,6 +164,11 @@ pub struct ServeArgs {
     /// traffic [default: none, the Raft port is unauthenticated].
     #[arg(long, env = "STRATA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// TLS on the Raft port and to peers' Raft ports, with --tls-cert-file and
+    /// --tls-key-file; peers' certificates must chain to --tls-ca-file, and with
+    /// --tls-client-auth required brokers present theirs (mTLS) [default: false].
+    #[arg(long, env = "STRATA_RAFT_TLS")]
+    pub raft_tls: Option<bool>,
     /// Rack (availability zone) of this broker, shown to clients.
     #[arg(long, env = "STRATA_RACK")]
     pub rack: Option<String>,

@@ -169,6 +169,7 @@ fn voters(args: strata::cli::VotersArgs) -> anyhow::Result<()> {
             .map(strata::config::load_secret)
             .transpose()?,
         me: Identity::Operator,
+        tls: voters_tls(&args)?,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let request = RaftRequest::ChangeVoters {
@@ -197,6 +198,28 @@ fn voters(args: strata::cli::VotersArgs) -> anyhow::Result<()> {
         RaftReply::ChangeVoters(Err(e)) => Err(anyhow::anyhow!("membership change refused: {e}")),
         _ => Err(anyhow::anyhow!("unexpected reply from {}", args.raft)),
     }
+}
+
+/// `strata voters`' TLS to the Raft port, with `--raft-tls true`.
+fn voters_tls(
+    args: &strata::cli::VotersArgs,
+) -> anyhow::Result<Option<strata::metadata::network::RaftTls>> {
+    if args.raft_tls != Some(true) {
+        return Ok(None);
+    }
+    let ca_file = args.tls_ca_file.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--raft-tls needs --tls-ca-file: the PEM CA bundle the brokers' certificates chain to"
+        )
+    })?;
+    let identity = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert-file and --tls-key-file go together: set both or neither"),
+    };
+    Ok(Some(strata::metadata::network::RaftTls::client(
+        ca_file, identity,
+    )?))
 }
 
 /// Exit code when the broker stops itself on an internal failure (sysexits' EX_SOFTWARE).

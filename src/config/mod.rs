@@ -69,6 +69,7 @@ struct FileConfig {
     raft_listen: Option<String>,
     controllers: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    raft_tls: Option<bool>,
     rack: Option<String>,
     metrics_listen: Option<String>,
     log_format: Option<String>,
@@ -154,6 +155,8 @@ pub struct Config {
     pub controllers: std::collections::BTreeMap<u64, String>,
     /// The secret that authenticates the Raft port (read from `cluster_secret_file`).
     pub cluster_secret: Option<crate::metadata::auth::ClusterSecret>,
+    /// TLS on the Raft port and to peers' Raft ports, with the files of `tls`.
+    pub raft_tls: bool,
     pub rack: Option<String>,
     pub broker_lease: Duration,
     /// How often each broker looks for compaction work.
@@ -403,6 +406,26 @@ impl Config {
         };
         let topic_defaults = topic_defaults(args, &file)?;
         let tls = tls_settings(args, &file)?;
+        let raft_tls = args.raft_tls.or(file.raft_tls).unwrap_or(false);
+        if raft_tls {
+            match &tls {
+                None => {
+                    return Err(ConfigError::Invalid {
+                        key: "raft_tls",
+                        value: "true".into(),
+                        hint: "TLS on the Raft port needs a certificate: set tls_cert_file, tls_key_file and tls_ca_file too",
+                    })
+                }
+                Some(t) if t.ca_file.is_none() => {
+                    return Err(ConfigError::Invalid {
+                        key: "tls_ca_file",
+                        value: String::new(),
+                        hint: "raft_tls checks peers' certificates against it: set it to the PEM CA bundle the brokers' certificates chain to",
+                    })
+                }
+                Some(_) => {}
+            }
+        }
         let security_input = security::SecurityInput {
             listen: args.listen.clone().or(file.listen.clone()),
             advertise: args.advertise.clone().or(file.advertise.clone()),
@@ -764,6 +787,7 @@ impl Config {
             raft_listen,
             controllers,
             cluster_secret,
+            raft_tls,
             rack: args.rack.clone().or(file.rack),
             broker_lease: Duration::from_millis(broker_lease_ms),
             compaction_interval,
@@ -1391,6 +1415,22 @@ mod tests {
             ..Default::default()
         });
         assert!(e.contains("set tls_cert_file and tls_key_file"), "{e}");
+
+        let e = refused(ServeArgs {
+            raft_tls: Some(true),
+            ..Default::default()
+        });
+        assert!(e.starts_with("raft_tls = \"true\" is not valid"), "{e}");
+        let e = refused(ServeArgs {
+            raft_tls: Some(true),
+            tls_cert_file: Some("c.pem".into()),
+            tls_key_file: Some("k.pem".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("tls_ca_file = \"\" is not valid: raft_tls"),
+            "{e}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");

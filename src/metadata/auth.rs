@@ -18,8 +18,9 @@
 //!
 //! Every frame after the handshake carries a MAC (`FrameMac`) under a key per direction
 //! derived from the secret and both nonces, over its sequence number and bytes: an
-//! attacker on the path can read frames (no TLS here) but not alter, inject, drop,
-//! reorder or replay them without the connection being closed.
+//! attacker on the path can read frames (unless `raft_tls` wraps the connection in TLS)
+//! but not alter, inject, drop, reorder or replay them without the connection being
+//! closed.
 
 use std::fmt;
 use std::io;
@@ -295,6 +296,7 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let mine = nonce()?;
         stream.write_all(&hello(me, &mine)).await?;
+        stream.flush().await?;
         let mut magic = [0u8; 4];
         read_exact(stream, &mut magic).await?;
         if magic != MAGIC {
@@ -312,6 +314,7 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| HandshakeError::BadProof)?;
         let proof = secret.mac(CLIENT_CONTEXT, &mine, &theirs, me).finalize();
         stream.write_all(&proof.into_bytes()).await?;
+        stream.flush().await?;
         let mut verdict = [0u8; 1];
         read_exact(stream, &mut verdict)
             .await
@@ -350,6 +353,7 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         answer.extend_from_slice(&hello(me, &mine));
         answer.extend_from_slice(&proof.into_bytes());
         stream.write_all(&answer).await?;
+        stream.flush().await?;
         let mut proof = [0u8; MAC_LEN];
         read_exact(stream, &mut proof).await?;
         if secret
@@ -358,9 +362,11 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
             .is_err()
         {
             let _ = stream.write_all(&[REFUSED]).await;
+            let _ = stream.flush().await;
             return Err(HandshakeError::BadProof);
         }
         stream.write_all(&[ACCEPTED]).await?;
+        stream.flush().await?;
         Ok((client, secret.frame_mac(&theirs, &mine, false)))
     })
     .await;

@@ -9,6 +9,10 @@
 //! mutual handshake of `auth.rs`, and requests are checked against who sent them (see
 //! `Handler`). Without one, the port is open to anyone who reaches it, as before.
 //!
+//! With `raft_tls`, every connection is TLS first (the broker's `tls_cert_file`, peers
+//! checked against `tls_ca_file`, client certificates when `tls_client_auth=required`);
+//! the handshake and frame MACs above then run inside it.
+//!
 //! A test-only switch isolates a node: while the file `ISOLATE` exists in its Raft
 //! directory, it refuses incoming Raft traffic and sends none, as if its Raft port were
 //! cut off from the network.
@@ -27,8 +31,9 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -36,6 +41,7 @@ use super::auth::{self, ClusterSecret, FrameMac, HandshakeError, Identity, LogLi
 use super::codec::{self, Kind};
 use super::raft::{NodeId, TypeConfig};
 use super::state::{Command, Response};
+use crate::server::tls::{self, ClientAuth, TlsAcceptor, TlsError, TlsSettings};
 
 /// Raft frames carry whole log batches and snapshot chunks, far below this. Checked
 /// before allocating, so a bad length (or a peer speaking something else) cannot make a
@@ -91,25 +97,120 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 static REFUSED_PEERS: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
 static REFUSED_BY_PEERS: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
 
-/// How this end identifies itself on the Raft port, and the secret it proves, if any.
+/// How this end identifies itself on the Raft port, the secret it proves, if any, and
+/// the TLS it speaks, if any.
 #[derive(Debug, Clone)]
 pub struct Auth {
     pub secret: Option<ClusterSecret>,
     pub me: Identity,
+    pub tls: Option<RaftTls>,
 }
+
+/// TLS on the Raft port: the acceptor of incoming connections (the Kafka listener's,
+/// reloaded when the files change) and the connector of outgoing ones.
+#[derive(Clone)]
+pub struct RaftTls {
+    acceptor: Option<Arc<TlsAcceptor>>,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for RaftTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftTls")
+            .field("server", &self.acceptor.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftTls {
+    /// A broker's: serves with its certificate, trusts peers chaining to `tls_ca_file`
+    /// (which `raft_tls` requires), and presents its certificate when client
+    /// certificates are required.
+    pub fn broker(settings: &TlsSettings) -> Result<Self, TlsError> {
+        let ca_file = settings
+            .ca_file
+            .as_deref()
+            .ok_or_else(|| TlsError::Invalid {
+                setting: "tls_ca_file",
+                path: String::new(),
+                reason: "raft_tls checks peers' certificates against it: set it to a PEM CA bundle"
+                    .into(),
+            })?;
+        let identity = (settings.client_auth == ClientAuth::Required)
+            .then_some((settings.cert_file.as_path(), settings.key_file.as_path()));
+        Ok(Self {
+            acceptor: Some(Arc::new(TlsAcceptor::load(settings.clone())?)),
+            connector: tls::client_config(ca_file, identity)?.into(),
+        })
+    }
+
+    /// A client's only (`strata voters`): trusts `ca_file`, presents `identity` if given.
+    pub fn client(
+        ca_file: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            acceptor: None,
+            connector: tls::client_config(ca_file, identity)?.into(),
+        })
+    }
+}
+
+/// What a Raft connection runs over: TCP, or TLS over TCP.
+pub trait RaftIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> RaftIo for T {}
+type Stream = Box<dyn RaftIo>;
 
 /// A Raft connection: the stream, and with a secret, its frames' MACs.
 pub struct Link {
-    stream: TcpStream,
+    stream: Stream,
     mac: Option<FrameMac>,
 }
 
-/// Connects to a peer's Raft port and, with a secret, authenticates both ends.
+/// The TLS server name of a Raft address `host:port` (an IP address or a DNS name).
+fn server_name(addr: &str) -> io::Result<ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("raft address {addr}: {e}"),
+        )
+    })
+}
+
+/// Connects to a peer's Raft port and, with TLS, checks its certificate and, with a
+/// secret, authenticates both ends.
 pub async fn connect(addr: &str, auth: &Auth) -> io::Result<Link> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Stream = match &auth.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let name = server_name(addr)?;
+            let handshake = tls.connector.connect(name, tcp);
+            match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) => {
+                    if let Some(held_back) = REFUSED_BY_PEERS.allow() {
+                        warn!(peer = %addr, error = %e, held_back, "raft peer failed the TLS handshake");
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("raft peer {addr}: TLS handshake: {e} (does it have raft_tls on, and a certificate from tls_ca_file?)"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("raft peer {addr}: TLS handshake timed out"),
+                    ))
+                }
+            }
+        }
+    };
     let mut mac = None;
     if let Some(secret) = &auth.secret {
         match auth::client(&mut stream, secret, auth.me).await {
@@ -182,7 +283,7 @@ async fn first_call(
             let e = io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the peer closed the connection without answering (does it require a cluster \
-                 secret? then set --cluster-secret-file here too)",
+                 secret or TLS? then set --cluster-secret-file or --raft-tls here too)",
             );
             if let Some(held_back) = REFUSED_BY_PEERS.allow() {
                 warn!(peer = %addr, error = %e, held_back, "raft peer hung up");
@@ -210,7 +311,8 @@ async fn write_frame<T: Serialize>(link: &mut Link, message: &T) -> io::Result<(
         let tag = mac.seal(&[&head, &body]);
         link.stream.write_all(&tag).await?;
     }
-    Ok(())
+    // TLS may hold the end of the frame back until flushed.
+    link.stream.flush().await
 }
 
 async fn read_frame(link: &mut Link) -> io::Result<Vec<u8>> {
@@ -291,13 +393,30 @@ pub async fn serve<H: Handler>(
 }
 
 async fn serve_connection<H: Handler>(
-    stream: TcpStream,
+    tcp: TcpStream,
     addr: std::net::SocketAddr,
     handler: Arc<H>,
     isolation: Isolation,
     auth: Auth,
 ) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let stream: Stream = match auth.tls.as_ref().and_then(|tls| tls.acceptor.as_ref()) {
+        None => Box::new(tcp),
+        Some(acceptor) => {
+            let handshake = tokio_rustls::TlsAcceptor::from(acceptor.current()).accept(tcp);
+            match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) => {
+                    log_refusal(&addr, &format_args!("TLS handshake failed: {e}"));
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, e));
+                }
+                Err(_) => {
+                    log_refusal(&addr, &"no TLS handshake in time");
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no TLS handshake"));
+                }
+            }
+        }
+    };
     let mut link = Link { stream, mac: None };
     let mut peer = None;
     let mut first = true;
@@ -506,6 +625,176 @@ impl RaftNetwork<TypeConfig> for TcpConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Answers every request with the voters `[1]`.
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(
+            &self,
+            _peer: Option<Identity>,
+            _request: RaftRequest,
+        ) -> Result<RaftReply, String> {
+            Ok(RaftReply::ChangeVoters(Ok(vec![1])))
+        }
+    }
+
+    /// A CA and a broker certificate for 127.0.0.1 it signed, as PEM files in `dir`.
+    fn certificates(
+        dir: &std::path::Path,
+        client_auth: ClientAuth,
+    ) -> Result<TlsSettings, Box<dyn std::error::Error>> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?
+            .signed_by(&key, &ca, &ca_key)?;
+        let settings = TlsSettings {
+            cert_file: dir.join("broker.pem"),
+            key_file: dir.join("broker.key"),
+            client_auth,
+            ca_file: Some(dir.join("ca.pem")),
+        };
+        std::fs::write(&settings.cert_file, cert.pem())?;
+        std::fs::write(&settings.key_file, key.serialize_pem())?;
+        std::fs::write(dir.join("ca.pem"), ca.pem())?;
+        Ok(settings)
+    }
+
+    /// Serves `Echo` on a loopback port with `auth`; returns its address.
+    async fn server(
+        dir: &std::path::Path,
+        auth: Auth,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        tokio::spawn(serve(listener, Arc::new(Echo), Isolation::new(dir), auth));
+        Ok(addr)
+    }
+
+    fn ask() -> RaftRequest {
+        RaftRequest::ChangeVoters {
+            add: vec![],
+            remove: vec![],
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_tls_raft_port_answers_tls_and_refuses_plaintext() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let settings = certificates(dir.path(), ClientAuth::None)?;
+        let node = |tls: Option<RaftTls>| Auth {
+            secret: None,
+            me: Identity::Node(1),
+            tls,
+        };
+        let addr = server(dir.path(), node(Some(RaftTls::broker(&settings)?))).await?;
+
+        let reply = call_once(
+            &addr,
+            &node(Some(RaftTls::broker(&settings)?)),
+            &ask(),
+            WAIT,
+        )
+        .await?;
+        assert!(matches!(reply, RaftReply::ChangeVoters(Ok(v)) if v == [1]));
+        let ca = settings.ca_file.as_deref().expect("set above");
+        let operator = RaftTls::client(ca, None)?;
+        let reply = call_once(&addr, &node(Some(operator)), &ask(), WAIT).await?;
+        assert!(matches!(reply, RaftReply::ChangeVoters(Ok(_))));
+
+        // A plaintext frame is not a TLS handshake: the connection is closed.
+        let refused = call_once(&addr, &node(None), &ask(), WAIT).await;
+        assert!(refused.is_err(), "{refused:?}");
+        // A client that does not trust the server's CA refuses it.
+        let other = tempfile::tempdir()?;
+        let stranger = certificates(other.path(), ClientAuth::None)?;
+        let refused = call_once(
+            &addr,
+            &node(Some(RaftTls::broker(&stranger)?)),
+            &ask(),
+            WAIT,
+        )
+        .await;
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == io::ErrorKind::PermissionDenied),
+            "{refused:?}"
+        );
+        // The server still answers.
+        call_once(
+            &addr,
+            &node(Some(RaftTls::broker(&settings)?)),
+            &ask(),
+            WAIT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_and_the_cluster_secret_work_together() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let settings = certificates(dir.path(), ClientAuth::Required)?;
+        let secret = ClusterSecret::from_bytes(b"0123456789abcdef-raft-tls-test")?;
+        let node = |id, tls: Option<RaftTls>| Auth {
+            secret: Some(secret.clone()),
+            me: Identity::Node(id),
+            tls,
+        };
+        let addr = server(dir.path(), node(1, Some(RaftTls::broker(&settings)?))).await?;
+
+        // A broker presents its certificate and proves the secret inside TLS.
+        let reply = call_once(
+            &addr,
+            &node(2, Some(RaftTls::broker(&settings)?)),
+            &ask(),
+            WAIT,
+        )
+        .await?;
+        assert!(matches!(reply, RaftReply::ChangeVoters(Ok(_))));
+        // Many frames on one connection, each flushed through TLS.
+        let mut link = connect(&addr, &node(2, Some(RaftTls::broker(&settings)?))).await?;
+        for _ in 0..20 {
+            tokio::time::timeout(WAIT, call(&mut link, &ask())).await??;
+        }
+
+        // Without a client certificate the server ends the handshake.
+        let ca = settings.ca_file.as_deref().expect("set above");
+        let anonymous = node(2, Some(RaftTls::client(ca, None)?));
+        let refused = call_once(&addr, &anonymous, &ask(), WAIT).await;
+        assert!(refused.is_err(), "{refused:?}");
+        // With it but without the secret, the secret's handshake refuses.
+        let no_secret = Auth {
+            secret: None,
+            ..node(2, Some(RaftTls::broker(&settings)?))
+        };
+        let refused = call_once(&addr, &no_secret, &ask(), WAIT).await;
+        assert!(refused.is_err(), "{refused:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn server_names_are_the_host_of_the_raft_address() -> TestResult {
+        assert!(matches!(
+            server_name("127.0.0.1:9093")?,
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("[::1]:9093")?,
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("broker-1.example:9093")?,
+            ServerName::DnsName(_)
+        ));
+        Ok(())
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap() {

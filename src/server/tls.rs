@@ -1,6 +1,7 @@
 //! TLS on the Kafka listener (Kafka's security protocol SSL): the server certificate,
 //! its reload when the files change on disk, optional client certificates, and the
-//! principal a client certificate names.
+//! principal a client certificate names. The same files secure the metadata Raft port
+//! with `raft_tls` (`metadata::network`), which also uses `client_config`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
@@ -192,17 +193,55 @@ fn certificates(
     Ok(certs)
 }
 
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let key_pem = read("tls_key_file", path)?;
+    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        invalid(
+            "tls_key_file",
+            path,
+            format!("{e} (use an unencrypted PEM private key: PKCS#8, RSA or EC)"),
+        )
+    })
+}
+
+fn root_store(ca_file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates("tls_ca_file", ca_file)? {
+        roots
+            .add(ca)
+            .map_err(|e| invalid("tls_ca_file", ca_file, e))?;
+    }
+    Ok(roots)
+}
+
+/// A client config that trusts the CAs of `ca_file` and, given a certificate and its
+/// key, presents them (mTLS): how a broker reaches its peers' TLS Raft ports.
+pub fn client_config(
+    ca_file: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = root_store(ca_file)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Mismatch)?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert_file, key_file)) => builder
+            .with_client_auth_cert(
+                certificates("tls_cert_file", cert_file)?,
+                private_key(key_file)?,
+            )
+            .map_err(TlsError::Mismatch)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 /// Builds the rustls config from the files as they are now.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = certificates("tls_cert_file", &settings.cert_file)?;
-    let key_pem = read("tls_key_file", &settings.key_file)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        invalid(
-            "tls_key_file",
-            &settings.key_file,
-            format!("{e} (use an unencrypted PEM private key: PKCS#8, RSA or EC)"),
-        )
-    })?;
+    let key = private_key(&settings.key_file)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -210,12 +249,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     let builder = match (settings.client_auth, &settings.ca_file) {
         (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
         (auth, Some(ca_file)) => {
-            let mut roots = RootCertStore::empty();
-            for ca in certificates("tls_ca_file", ca_file)? {
-                roots
-                    .add(ca)
-                    .map_err(|e| invalid("tls_ca_file", ca_file, e))?;
-            }
+            let roots = root_store(ca_file)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if auth == ClientAuth::Requested {
                 verifier.allow_unauthenticated()

@@ -1103,3 +1103,93 @@ def test_cluster_secret_guards_the_raft_port(make_cluster, tmp_path):
     c.wait_live({1, 2, 3, learner}, via=1)
     got = consume_all(c.bootstrap(learner), "guarded", 60)
     assert set(acked) | set(more) == set(got)
+
+
+# ------------------------------------------------------------------ TLS on the Raft port
+from test_tls import pki  # noqa: E402,F401  (a fixture: a throwaway CA and certificates)
+
+
+def _forged_frame_closed(addr: str, frame: bytes) -> bytes:
+    """Sends `frame` in plaintext; returns what came back before the port hung up (at
+    most a TLS alert), failing if it stays open."""
+    host, port = addr.rsplit(":", 1)
+    reply = b""
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(frame)
+        try:
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return reply
+                reply += chunk
+        except ConnectionResetError:
+            return reply
+
+
+def test_raft_tls_encrypts_the_raft_port(make_cluster, pki):
+    """Three voters with --raft-tls elect a leader over TLS and serve a produce and consume;
+    a plaintext forged Raft frame is refused (connection closed, no Raft answer) and
+    logged, and the cluster keeps working."""
+    tls = ["--tls-cert-file", str(pki / "server.pem"), "--tls-key-file", str(pki / "server.key"),
+           "--tls-ca-file", str(pki / "ca.pem")]
+    c = make_cluster(3, extra_args=["--raft-tls", "true", *tls])
+    c.start_all()
+    # The Kafka listener is SSL too (TLS files with --listen), so clients speak TLS.
+    voters_tls = ["--raft-tls", "true", "--tls-ca-file", str(pki / "ca.pem")]
+    rc, out, err = strata_voters(c.node(2).raft_addr, *voters_tls)
+    assert (rc, out) == (0, "voters: 1,2,3"), err
+    # Without TLS, `strata voters` gets no answer.
+    rc, _out, err = strata_voters(c.node(2).raft_addr)
+    assert rc != 0, err
+
+    conf = {"bootstrap.servers": c.node(1).bootstrap, "security.protocol": "SSL",
+            "ssl.ca.location": str(pki / "ca.pem")}
+    admin = AdminClient(conf)
+    for f in admin.create_topics([NewTopic("raft-tls", num_partitions=1, replication_factor=1)]).values():
+        f.result(30)
+    deadline = time.monotonic() + 30
+    while len(admin.list_topics(timeout=10).brokers) < 3:
+        assert time.monotonic() < deadline, "not every broker registered over TLS Raft"
+        time.sleep(0.5)
+
+    def produce_consume(n: int, prefix: str, total: int) -> list[str]:
+        """Produces n records through node 1; returns the partition's first `total`."""
+        p = Producer({**conf, "acks": "all", "linger.ms": 5})
+        for i in range(n):
+            p.produce("raft-tls", key=f"k{i}".encode(), value=f"{prefix}{i}".encode())
+        assert p.flush(30) == 0
+        cons = Consumer({**conf, "group.id": f"g-{prefix}", "enable.auto.commit": False})
+        cons.assign([TopicPartition("raft-tls", 0, 0)])
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < total and time.monotonic() < deadline:
+            m = cons.poll(0.5)
+            if m is not None and m.error() is None:
+                got.append(m.value().decode())
+        cons.close()
+        return got
+
+    got = produce_consume(20, "before-", 20)
+    assert got == [f"before-{i}" for i in range(20)]
+
+    # A forged Raft frame in plaintext (ChangeVoters asking for the voters, which an open
+    # port would answer) is not a TLS handshake: closed with at most a TLS alert.
+    change_voters = b"STRP\x04\x00" + bytes([5, 0, 0])
+    frame = struct.pack(">I", len(change_voters)) + change_voters
+    for i in (1, 2, 3):
+        reply = _forged_frame_closed(c.node(i).raft_addr, frame)
+        assert reply == b"" or reply[0] == 0x15, reply  # 0x15: a TLS alert record
+        assert b"voters" not in reply and b"STRP" not in reply, reply
+    deadline = time.monotonic() + 10
+    while "TLS handshake failed" not in c.node(1).log_text():
+        assert time.monotonic() < deadline, c.node(1).log_tail()
+        time.sleep(0.2)
+    assert "raft connection refused" in c.node(1).log_text()
+    for i in (1, 2, 3):
+        assert "Raft port is unauthenticated" in c.node(i).log_text()  # TLS without mTLS or a secret
+
+    # Still working: the voters answer, and a second produce and consume succeed.
+    rc, out, err = strata_voters(c.node(3).raft_addr, *voters_tls)
+    assert (rc, out) == (0, "voters: 1,2,3"), err
+    got = produce_consume(20, "after-", 40)
+    assert got == [f"before-{i}" for i in range(20)] + [f"after-{i}" for i in range(20)]

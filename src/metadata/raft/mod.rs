@@ -28,7 +28,7 @@ use openraft::{BasicNode, Config, SnapshotPolicy, StorageError};
 use tokio::sync::watch;
 
 use super::auth::{ClusterSecret, Identity};
-use super::network::{self, Auth, Isolation, RaftReply, RaftRequest, TcpNetwork};
+use super::network::{self, Auth, Isolation, RaftReply, RaftRequest, RaftTls, TcpNetwork};
 use super::state::{Command, MetadataState, Response};
 
 openraft::declare_raft_types!(
@@ -121,6 +121,8 @@ pub struct RaftOptions {
     pub vote_floor: u64,
     /// The shared secret that authenticates the Raft port (`auth.rs`); None: open.
     pub secret: Option<ClusterSecret>,
+    /// With `raft_tls`: the TLS files of the Raft port and of connections to peers.
+    pub tls: Option<crate::server::tls::TlsSettings>,
 }
 
 impl RaftOptions {
@@ -135,6 +137,7 @@ impl RaftOptions {
             lease: Duration::from_secs(5),
             vote_floor: 0,
             secret: None,
+            tls: None,
         }
     }
 }
@@ -221,9 +224,16 @@ impl MetadataRaft {
         .map_err(|e| RaftGlueError::Config(e.to_string()))?;
 
         let isolation = Isolation::new(dir);
+        let tls = options
+            .tls
+            .as_ref()
+            .map(RaftTls::broker)
+            .transpose()
+            .map_err(|e| RaftGlueError::Start(format!("raft_tls: {e}")))?;
         let auth = Auth {
             secret: options.secret.clone(),
             me: Identity::Node(node_id),
+            tls,
         };
         let network = TcpNetwork {
             isolation: isolation.clone(),
@@ -248,17 +258,23 @@ impl MetadataRaft {
                 started: Instant::now(),
             }),
         };
+        let auth_for_join = auth.clone();
         if let Some(listen) = &options.listen {
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
                 RaftGlueError::Start(format!(
                     "cannot listen for raft on {listen}: {e} (pass --raft-listen with a free HOST:PORT)"
                 ))
             })?;
-            if auth.secret.is_none() {
+            let mutual_tls = options
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth == crate::server::tls::ClientAuth::Required);
+            if auth.secret.is_none() && !mutual_tls {
                 tracing::warn!(
                     %listen,
                     "the Raft port is unauthenticated: anyone who reaches it can rewrite the \
-                     metadata; set --cluster-secret-file on every broker"
+                     metadata; set --cluster-secret-file (or --raft-tls with \
+                     --tls-client-auth required) on every broker"
                 );
             }
             tokio::spawn(network::serve(
@@ -269,7 +285,7 @@ impl MetadataRaft {
             ));
         }
 
-        if let Err(e) = Self::wait_ready(&raft, &options, fresh).await {
+        if let Err(e) = Self::wait_ready(&raft, &options, fresh, auth_for_join).await {
             // Don't leave a half-started node running against this directory.
             if let Err(err) = raft.shutdown().await {
                 tracing::warn!(error = %err, "shutting down failed metadata raft");
@@ -283,6 +299,7 @@ impl MetadataRaft {
         raft: &Raft,
         options: &RaftOptions,
         fresh: bool,
+        auth: Auth,
     ) -> Result<(), RaftGlueError> {
         let node_id = options.node_id;
         let is_voter = options.voters.contains_key(&node_id);
@@ -299,10 +316,6 @@ impl MetadataRaft {
             }
         }
         if fresh && !is_voter {
-            let auth = Auth {
-                secret: options.secret.clone(),
-                me: Identity::Node(node_id),
-            };
             tokio::spawn(join_as_learner(raft.clone(), options.clone(), auth));
         }
         if options.voters.len() > 1 || !is_voter {
