@@ -19,9 +19,23 @@ use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::metadata::state::{Command, Response};
-use crate::security::acl::{AclBinding, AclFilter, Operation};
+use crate::security::acl::{AclBinding, AclError, AclFilter, Operation};
 
 const REFUSED: &str = "Authorization failed: ALTER on the cluster";
+
+/// One creation or filter of a request that may ALTER the cluster (`allowed`), parsed.
+fn checked<T>(
+    allowed: bool,
+    parse: impl FnOnce() -> Result<T, AclError>,
+) -> Result<T, (ResponseError, String)> {
+    if !allowed {
+        return Err((
+            ResponseError::ClusterAuthorizationFailed,
+            REFUSED.to_owned(),
+        ));
+    }
+    parse().map_err(|e| (ResponseError::InvalidRequest, e.to_string()))
+}
 
 /// ALTER on the cluster; each creation is validated as Kafka does (INVALID_REQUEST with
 /// its message), the valid ones are created in one proposal.
@@ -36,22 +50,17 @@ pub async fn create(
         .creations
         .iter()
         .map(|c| {
-            if !allowed {
-                return Err((
-                    ResponseError::ClusterAuthorizationFailed,
-                    REFUSED.to_owned(),
-                ));
-            }
-            AclBinding::from_wire(
-                c.resource_type,
-                c.resource_name.as_str(),
-                c.resource_pattern_type,
-                c.principal.as_str(),
-                c.host.as_str(),
-                c.operation,
-                c.permission_type,
-            )
-            .map_err(|e| (ResponseError::InvalidRequest, e.to_string()))
+            checked(allowed, || {
+                AclBinding::from_wire(
+                    c.resource_type,
+                    c.resource_name.as_str(),
+                    c.resource_pattern_type,
+                    c.principal.as_str(),
+                    c.host.as_str(),
+                    c.operation,
+                    c.permission_type,
+                )
+            })
         })
         .collect();
     let bindings: Vec<AclBinding> = parsed
@@ -163,22 +172,17 @@ pub async fn delete(
         .filters
         .iter()
         .map(|f| {
-            if !allowed {
-                return Err((
-                    ResponseError::ClusterAuthorizationFailed,
-                    REFUSED.to_owned(),
-                ));
-            }
-            AclFilter::from_wire(
-                f.resource_type_filter,
-                f.resource_name_filter.as_ref().map(|s| s.as_str()),
-                f.pattern_type_filter,
-                f.principal_filter.as_ref().map(|s| s.as_str()),
-                f.host_filter.as_ref().map(|s| s.as_str()),
-                f.operation,
-                f.permission_type,
-            )
-            .map_err(|e| (ResponseError::InvalidRequest, e.to_string()))
+            checked(allowed, || {
+                AclFilter::from_wire(
+                    f.resource_type_filter,
+                    f.resource_name_filter.as_ref().map(|s| s.as_str()),
+                    f.pattern_type_filter,
+                    f.principal_filter.as_ref().map(|s| s.as_str()),
+                    f.host_filter.as_ref().map(|s| s.as_str()),
+                    f.operation,
+                    f.permission_type,
+                )
+            })
         })
         .collect();
     let matched: Vec<Vec<AclBinding>> = broker.metadata.read(|s| {
