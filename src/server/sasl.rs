@@ -191,6 +191,8 @@ impl SaslSession {
                 let reauth = self.broker.config.security.reauth;
                 if self.user.is_none() {
                     info!(user, mechanism = mechanism.name(), "SASL authenticated");
+                } else {
+                    debug!(user, mechanism = mechanism.name(), "SASL re-authenticated");
                 }
                 self.user = Some(user);
                 self.state = State::Done;

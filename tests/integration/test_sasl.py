@@ -192,6 +192,8 @@ def sasl_authenticate_v2(s, auth_bytes, correlation_id=2):
     r.pos += max(n - 1, 0)
     n = read_uvarint(r)
     token = r.data[r.pos:r.pos + n - 1]
+    r.pos += max(n - 1, 0)
+    sasl_authenticate_v2.session_lifetime_ms = r.i64()
     return err, message, token
 
 
@@ -390,3 +392,40 @@ def test_metadata_before_authenticating_is_closed(b):
     with kwire.connect(b.bootstrap) as s:
         s.sendall(kwire.request(kwire.API_METADATA, 1, 6, kwire.metadata_v1_body(None)))
         assert kwire.wait_closed(s) == b""
+
+
+def test_reauthentication_kip_368(request, tmp_path, pki, unique_topic):  # noqa: F811
+    """Sessions last --connections-max-reauth-ms: SaslAuthenticate says so, librdkafka
+    re-authenticates on its connections and keeps producing, and a raw client that does
+    not re-authenticate has its connection closed at its next request."""
+    lifetime_ms = 1500
+    sb = SaslBroker(tmp_path / "strata", pki, extra_args=["--connections-max-reauth-ms", str(lifetime_ms)],
+                    extra_env={"RUST_LOG": "info,strata::server::sasl=debug"})
+    for b in supervise(request, sb):
+        wait_admin_ready(b, pki)
+        with kwire.connect(b.bootstrap) as s:
+            err, mechanisms = sasl_handshake(s, "PLAIN")
+            assert err == 0, mechanisms
+            err, message, _ = sasl_authenticate_v2(s, f"\0{ADMIN}\0{ADMIN_PASSWORD}".encode())
+            assert err == 0, message
+            assert sasl_authenticate_v2.session_lifetime_ms == lifetime_ms
+            s.sendall(kwire.request(kwire.API_METADATA, 1, 6, kwire.metadata_v1_body([])))
+            assert kwire.read_response(s)[0] == 6  # within the session: answered
+            time.sleep(lifetime_ms / 1000 + 0.5)
+            s.sendall(kwire.request(kwire.API_METADATA, 1, 7, kwire.metadata_v1_body([])))
+            assert kwire.wait_closed(s) == b""  # expired: closed, unanswered
+
+        conf = {**sasl_ssl(b, pki, ADMIN, ADMIN_PASSWORD, "SCRAM-SHA-256"), "linger.ms": 0}
+        p = Producer(conf)
+        errors, delivered = [], []
+        deadline = time.monotonic() + 4 * lifetime_ms / 1000
+        i = 0
+        while time.monotonic() < deadline:
+            p.produce(unique_topic, f"r{i}".encode(),
+                      on_delivery=lambda err, msg: (errors if err else delivered).append(err or msg.offset()))
+            p.flush(10)
+            i += 1
+            time.sleep(0.2)
+        assert errors == [] and delivered == list(range(i)), (errors, delivered)
+        # Every connection of the producer re-authenticated at least once on its way.
+        assert b.log_text().count("SASL re-authenticated") >= 2, b.log_tail(60)
