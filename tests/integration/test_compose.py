@@ -70,13 +70,21 @@ def test_services_are_wired(compose):
         # Raft: its own entry in --controllers, a name the other containers resolve.
         assert voters[f["node-id"]] == f["raft-listen"], name
         assert host_port(f["raft-listen"])[0] == name == svc.get("hostname", name)
-        # Kafka: listen on all interfaces, advertise what the host reaches (published port).
-        lhost, lport = host_port(f["listen"])
-        ahost, aport = host_port(f["advertise"])
+        # Kafka: EXTERNAL listens on all interfaces and advertises what the host reaches
+        # (its published port); INTERNAL advertises the service name, unpublished.
+        listeners = dict(e.split("://") for e in f["listeners"].split(","))
+        advertised = dict(e.split("://") for e in f["advertised-listeners"].split(","))
+        protocols = dict(e.split(":") for e in f["listener-security-protocol-map"].split(","))
+        assert set(listeners) == set(advertised) == set(protocols) == {"INTERNAL", "EXTERNAL"}, name
+        lhost, lport = host_port(listeners["EXTERNAL"])
+        ahost, aport = host_port(advertised["EXTERNAL"])
         assert lhost == "0.0.0.0" and ahost == "localhost" and lport == aport, name
         assert f"{aport}:{lport}" in [str(p) for p in svc["ports"]], name
         assert aport not in published
         published.add(aport)
+        ihost, iport = host_port(advertised["INTERNAL"])
+        assert ihost == name and host_port(listeners["INTERNAL"]) == ("0.0.0.0", iport), name
+        assert all(str(p).split(":")[-1] != str(iport) for p in svc["ports"]), name
         # The shared bucket on MinIO, with MinIO's credentials.
         assert f["store"].startswith(f"s3://{bucket}/"), f["store"]
         env = svc["environment"]
