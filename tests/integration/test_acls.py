@@ -472,6 +472,36 @@ async function main () {
   }
   await producer.disconnect()
 
+  // DENY beats ALLOW, and PREFIXED matches: bob may do anything on `logs-*` but not
+  // write `logs-secret`, and nothing on `b`.
+  await admin.createAcls({
+    acl: [
+      { resourceType: AclResourceTypes.TOPIC, resourceName: 'logs-', resourcePatternType: ResourcePatternTypes.PREFIXED,
+        principal: 'User:bob', host: '*', operation: AclOperationTypes.ALL, permissionType: AclPermissionTypes.ALLOW },
+      { resourceType: AclResourceTypes.TOPIC, resourceName: 'logs-secret', resourcePatternType: ResourcePatternTypes.LITERAL,
+        principal: 'User:bob', host: '*', operation: AclOperationTypes.WRITE, permissionType: AclPermissionTypes.DENY }
+    ]
+  })
+  const bob = client('bob').producer({ retry: { retries: 0 } })
+  await bob.connect()
+  result.bob = {}
+  for (const topic of ['logs-app', 'logs-secret', 'b']) {
+    let outcome = 'no ACL seen yet'
+    for (let i = 0; i < 30; i++) {
+      try {
+        await bob.send({ topic, acks: -1, messages: [{ value: 'from-bob' }] })
+        outcome = 'ok'
+      } catch (e) {
+        outcome = errType(e)
+      }
+      // Until the ACLs are applied bob is refused everywhere: wait for logs-app to open.
+      if (topic !== 'logs-app' || outcome === 'ok') break
+      await sleep(300)
+    }
+    result.bob[topic] = outcome
+  }
+  await bob.disconnect()
+
   const deleted = await admin.deleteAcls({ filters: [filter] })
   result.deleted = deleted.filterResponses.map((f) => ({
     errorCode: f.errorCode,
@@ -496,8 +526,8 @@ def test_kafkajs_acls(acl_broker, tmp_path):
     assert node, "node is not installed"
     assert (JS_DIR / "node_modules" / "kafkajs").is_dir(), \
         "kafkajs not installed: run scripts/test.sh (npm ci in tests/js)"
-    create_users(b, "alice")
-    create_topics(b, "a", "b")
+    create_users(b, "alice", "bob")
+    create_topics(b, "a", "b", "logs-app", "logs-secret")
     admin_produce(b, "a", 2)
     admin_produce(b, "b", 2)
     script = tmp_path / "acls.js"
@@ -534,14 +564,20 @@ def test_kafkajs_acls(acl_broker, tmp_path):
     assert result["alice_metadata_b"] == "TOPIC_AUTHORIZATION_FAILED", out
     assert result["consume_b"] == {"got": 0, "error": "TOPIC_AUTHORIZATION_FAILED"}, out
     assert result["produce_a"] == "TOPIC_AUTHORIZATION_FAILED", out
+    assert result["bob"] == {"logs-app": "ok", "logs-secret": "TOPIC_AUTHORIZATION_FAILED",
+                             "b": "TOPIC_AUTHORIZATION_FAILED"}, out
     assert len(result["deleted"]) == 1 and result["deleted"][0]["errorCode"] == 0, out
     assert norm(result["deleted"][0]["matching"]) == expected, out
     assert result["after_delete"] == 0, out
-    # The deletion really happened on the broker: confluent-kafka sees no ACL left.
+    # The deletion really happened on the broker: confluent-kafka sees only bob's ACLs.
     everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
                                   AclOperation.ANY, AclPermissionType.ANY)
     admin = admin_client(b)
-    assert admin.describe_acls(everything).result(timeout=10) == []
+    left = admin.describe_acls(everything).result(timeout=10)
+    assert sorted((a.name, a.resource_pattern_type, a.principal, a.operation, a.permission_type) for a in left) == [
+        ("logs-", ResourcePatternType.PREFIXED, "User:bob", AclOperation.ALL, AclPermissionType.ALLOW),
+        ("logs-secret", ResourcePatternType.LITERAL, "User:bob", AclOperation.WRITE, AclPermissionType.DENY),
+    ], left
 
 
 def test_super_user_and_anonymous(request, tmp_path):
