@@ -16,6 +16,10 @@ use std::time::Duration;
 
 use kafka_protocol::messages::ResponseKind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+/// A counter not updated for this long is dropped from the exporter (see `install`).
+const COUNTER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 // Names of the hot-path series (the scrape-time ones are in `scrape.rs`).
 pub const REQUESTS: &str = "strata_requests_total";
@@ -69,17 +73,29 @@ pub fn install() -> Result<PrometheusHandle, TelemetryError> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let recorder_error =
-        |e: metrics_exporter_prometheus::BuildError| TelemetryError::Recorder(e.to_string());
-    let handle = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)
-        .map_err(recorder_error)?
-        .set_buckets_for_metric(Matcher::Full(FLUSH_BYTES.into()), SIZE_BUCKETS)
-        .map_err(recorder_error)?
+    let handle = builder(COUNTER_IDLE_TIMEOUT)?
         .install_recorder()
         .map_err(recorder_error)?;
     describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn recorder_error(e: metrics_exporter_prometheus::BuildError) -> TelemetryError {
+    TelemetryError::Recorder(e.to_string())
+}
+
+/// The exporter's settings: histogram buckets, and idle counters dropped after
+/// `counter_idle`. Per-topic counters of a topic no longer written or read (deleted,
+/// say) leave the exporter then, so the series set follows the topics in use rather than
+/// every topic ever seen; one that comes back restarts from 0, which Prometheus reads as
+/// a counter reset.
+fn builder(counter_idle: Duration) -> Result<PrometheusBuilder, TelemetryError> {
+    PrometheusBuilder::new()
+        .idle_timeout(MetricKindMask::COUNTER, Some(counter_idle))
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(recorder_error)?
+        .set_buckets_for_metric(Matcher::Full(FLUSH_BYTES.into()), SIZE_BUCKETS)
+        .map_err(recorder_error)
 }
 
 fn describe() {
@@ -316,6 +332,28 @@ mod tests {
         assert_eq!(codes, [3, 3]);
         assert_eq!(error_name(3), "UnknownTopicOrPartition");
         assert_eq!(error_name(-42), "Unknown(-42)");
+    }
+
+    /// A deleted topic's counters leave the exporter once idle; live ones stay.
+    #[test]
+    fn idle_topic_counters_are_dropped() -> Result<(), TelemetryError> {
+        let recorder = builder(Duration::from_millis(300))?.build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!(PRODUCE_BYTES, "topic" => "deleted").increment(5);
+            metrics::counter!(PRODUCE_BYTES, "topic" => "live").increment(5);
+        });
+        assert!(handle.render().contains("topic=\"deleted\"} 5"));
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(100));
+            metrics::with_local_recorder(&recorder, || {
+                metrics::counter!(PRODUCE_BYTES, "topic" => "live").increment(1);
+            });
+        }
+        let text = handle.render();
+        assert!(!text.contains("topic=\"deleted\""), "{text}");
+        assert!(text.contains("topic=\"live\"} 11"), "{text}");
+        Ok(())
     }
 
     #[test]
