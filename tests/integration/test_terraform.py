@@ -237,12 +237,231 @@ def test_user_data_starts_strata_serve():
         pytest.skip(f"no broker binary at {STRATA_BIN} to check the flags against")
     help_text = subprocess.run([str(STRATA_BIN), "serve", "--help"], capture_output=True,
                                text=True, check=True).stdout
-    known = set(re.findall(r"--([a-z][a-z-]*)", help_text))
+    known = set(re.findall(r"--([a-z][a-z0-9-]*)", help_text))
     # --metrics-listen is issue 12's metrics endpoint, landing in the same change set; allowed
     # until the binary has it, checked like every other flag after.
     pending = {"metrics-listen"} - known
-    unknown = {f.lstrip("-") for f in flags} - known - pending
+    # Every flag of every branch of the template (SASL or not, KMS or not).
+    used = {f.lstrip("-") for f in flags}
+    for truth in template_variants():
+        used |= {f.lstrip("-") for f in serve_flags(render(text, truth))}
+    assert {"cluster-secret-file", "listeners", "advertised-listeners",
+            "sasl-enabled-mechanisms", "s3-sse", "s3-sse-kms-key-id"} <= used
+    unknown = used - known - pending
     assert not unknown, f"user data passes flags strata serve does not accept: {unknown}"
+
+
+# --- Rendering the user data template's branches -------------------------------------------
+# Terraform's templatefile() is not available here, so the few directives the template uses
+# are evaluated by hand: `%{ if COND ~}` / `%{ else ~}` / `%{ endif ~}` with COND looked up
+# in a table, `%{ for arg in extra_args ~}` (rendered with sample arguments), and `${name}`.
+
+SAMPLE_VARS = {
+    "binary_url": "s3://artifacts/strata", "binary_sha256": "", "store_url": "s3://bucket/cluster",
+    "controllers": "1@10.0.1.10:9093,2@10.0.2.11:9093,3@10.0.3.12:9093",
+    "controller_ips": "10.0.1.10 10.0.2.11 10.0.3.12", "kafka_port": "9092", "raft_port": "9093",
+    "metrics_port": "9644", "kms_key_arn": "", "region": "us-east-1", "rust_log": "info",
+    "cluster_secret_parameter": "/strata/cluster-secret", "sasl_mechanisms": "",
+    "admin_user": "admin", "admin_password_parameter": "",
+}
+SAMPLE_EXTRA_ARGS = ["--default-partitions=6"]
+
+
+def template_variants() -> list[dict[str, bool]]:
+    """Truth tables of the template's conditions: without and with SASL, KMS, S3 binary."""
+    out = []
+    for sasl in (False, True):
+        for kms in (False, True):
+            out.append({
+                'sasl_mechanisms == ""': not sasl, 'sasl_mechanisms != ""': sasl,
+                'kms_key_arn == ""': not kms,
+                'startswith(binary_url, "s3://")': True, 'binary_sha256 != ""': False,
+            })
+    return out
+
+
+def render(text: str, truth: dict[str, bool], values: dict[str, str] | None = None) -> str:
+    values = {**SAMPLE_VARS, **(values or {})}
+    if not truth['sasl_mechanisms == ""']:
+        values["sasl_mechanisms"] = values["sasl_mechanisms"] or "SCRAM-SHA-512"
+        values["admin_password_parameter"] = values["admin_password_parameter"] or "/strata/admin-password"
+    if not truth['kms_key_arn == ""']:
+        values["kms_key_arn"] = values["kms_key_arn"] or "arn:aws:kms:us-east-1:111122223333:key/k"
+    out: list[str] = []
+    stack: list[bool] = []  # is each enclosing branch taken
+    loop: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        m = re.fullmatch(r"%\{ (if (.+?)|else|endif|for arg in extra_args|endfor) ~\}\n?", line)
+        if m:
+            word = m.group(1)
+            if word.startswith("if "):
+                cond = m.group(2)
+                assert cond in truth, f"template condition not in the test's table: {cond}"
+                stack.append(truth[cond])
+            elif word == "else":
+                stack[-1] = not stack[-1]
+            elif word == "endif":
+                stack.pop()
+            elif word.startswith("for"):
+                loop = []
+            else:
+                for arg in SAMPLE_EXTRA_ARGS:
+                    out.extend(l.replace("${arg}", arg) for l in loop)
+                loop = None
+            continue
+        assert "%{" not in line, f"unhandled template directive: {line!r}"
+        if not all(stack):
+            continue
+        if loop is not None:
+            loop.append(line)
+        else:
+            out.append(line)
+    assert not stack and loop is None
+    rendered = "".join(out)
+
+    def sub(m: re.Match) -> str:
+        assert m.group(1) in values, f"template variable missing from SAMPLE_VARS: {m.group(1)}"
+        return values[m.group(1)]
+    return re.sub(r"(?<!\$)\$\{([a-z_0-9]+)\}", sub, rendered)
+
+
+def exec_start(rendered: str) -> str:
+    """The ExecStart command of the rendered unit, continuation lines joined."""
+    m = re.search(r"^ExecStart=(.*?[^\\])\n(?!  )", rendered, re.S | re.M)
+    assert m, "no ExecStart in the rendered user data"
+    return re.sub(r"\\\\\n\s*", " ", m.group(1))
+
+
+def serve_flags(rendered: str) -> dict[str, str]:
+    return dict(re.findall(r"(--[a-z][a-z0-9-]*)=(\S+)", exec_start(rendered)))
+
+
+def unit(rendered: str) -> str:
+    return re.search(r"<<UNIT\n(.*?)\nUNIT\n", rendered, re.S).group(1)
+
+
+def user_data_vars() -> str:
+    """The templatefile(...) call in main.tf: what the user data is rendered from."""
+    text = (MODULE / "main.tf").read_text()
+    return re.search(r"templatefile\(.*?\}\)\)", text, re.S).group(0)
+
+
+def test_cluster_secret_is_always_on_and_names_match(resources):
+    text = (MODULE / "main.tf").read_text()
+    locals_ = declared(MODULE, "locals")
+    assert one(locals_["cluster_secret_parameter"]) == "/${var.name}/cluster-secret"
+    assert one(locals_["admin_password_parameter"]) == "/${var.name}/admin-password"
+
+    versions = (MODULE / "versions.tf").read_text()
+    assert re.search(r'random = \{\s*#[^\n]*\n\s*source\s*=\s*"hashicorp/random"', versions)
+
+    pw = resources["random_password"]["cluster_secret"]
+    assert one(pw["length"]) == 64
+    param = resources["aws_ssm_parameter"]["cluster_secret"]
+    assert one(param["name"]) == "${local.cluster_secret_parameter}"
+    assert one(param["type"]) == "SecureString"
+    assert one(param["key_id"]) == "${var.kms_key_arn}"
+    assert one(param["value"]) == "${random_password.cluster_secret.result}"
+    assert "count" not in param, "the cluster secret is not optional"
+
+    # The role reads exactly these parameters, by the resources' own ARNs.
+    doc = re.search(r'data "aws_iam_policy_document" "broker" \{(.*?)\n\}', text, re.S).group(1)
+    stmt = re.search(r'sid\s*=\s*"ReadTheSecretParameters"(.*?)\n  \}', doc, re.S).group(1)
+    assert re.search(r'actions\s*=\s*\["ssm:GetParameter"\]', stmt)
+    assert ('resources = concat([aws_ssm_parameter.cluster_secret.arn], '
+            'aws_ssm_parameter.admin_password[*].arn)') in stmt
+    assert doc.count("ssm:") == 1, "no other SSM permission"
+    kms = re.search(r'sid\s*=\s*"DecryptTheSecretParameters"(.*?)\n    \}\n  \}', doc, re.S).group(1)
+    assert 'actions   = ["kms:Decrypt"]' in kms and '"kms:ViaService"' in kms
+    assert 'ssm.${data.aws_region.current.name}.amazonaws.com' in kms
+    assert "var.kms_key_arn == null ? [] : [var.kms_key_arn]" in doc
+
+    # The user data is told the parameter's name (from the same resource), never its value.
+    call = user_data_vars()
+    assert "cluster_secret_parameter = aws_ssm_parameter.cluster_secret.name" in call
+    assert "admin_password_parameter = local.sasl_enabled ? aws_ssm_parameter.admin_password[0].name" in call
+    assert "random_password" not in call and ".value" not in call and ".result" not in call
+
+    template = USER_DATA.read_text()
+    assert ("aws ssm get-parameter --region ${region} --name \"$1\" --with-decryption \\\n"
+            "         --query Parameter.Value --output text") in template
+    for truth in template_variants():
+        rendered = render(template, truth)
+        assert 'ssm_value "/strata/cluster-secret" > /etc/strata/cluster.secret' in rendered
+        assert "chown strata:strata /etc/strata/cluster.secret" in rendered
+        assert "chmod 0400 /etc/strata/cluster.secret" in rendered
+        # written (umask 077) before the unit starts the broker
+        assert rendered.index("/etc/strata/cluster.secret") < rendered.index("systemctl enable")
+        assert serve_flags(rendered)["--cluster-secret-file"] == "/etc/strata/cluster.secret"
+
+
+def test_no_secret_on_the_command_line_or_in_outputs():
+    template = USER_DATA.read_text()
+    for truth in template_variants():
+        rendered = render(template, truth)
+        cmd = exec_start(rendered)
+        assert "--admin-password" not in cmd and "PASSWORD" not in cmd.upper()
+        assert "aws ssm" not in cmd
+        flags = serve_flags(rendered)
+        for flag, value in flags.items():
+            assert "secret" not in flag or value.startswith("/etc/strata/"), (flag, value)
+        # No command the boot script runs carries a secret value: the AWS CLI's output goes
+        # to a file, and only builtins (echo, printf) write around it.
+        assert "--value" not in rendered and "put-parameter" not in rendered
+        assert "set -x" not in rendered
+    for name, body in declared(MODULE, "output").items():
+        value = str(one(body["value"]))
+        assert "random_password" not in value, f"output {name} exposes a generated secret"
+        assert not re.search(r"aws_ssm_parameter\.\w+(\[\d\])?\.(value|insecure_value)", value), name
+    outputs = declared(MODULE, "output")
+    assert "aws_ssm_parameter.cluster_secret.name" in str(one(outputs["cluster_secret_parameter_name"]["value"]))
+    assert "admin_password[0].name" in str(one(outputs["admin_password_parameter_name"]["value"]))
+    for name in ("cluster_secret_parameter_name", "admin_password_parameter_name"):
+        assert "not the value" in one(outputs[name]["description"])
+
+
+def test_sasl_is_optional(resources):
+    variables = declared(MODULE, "variable")
+    sasl = variables["sasl_mechanisms"]
+    assert one(sasl["default"]) == ""
+    validation = re.search(r'variable "sasl_mechanisms" \{.*?validation \{(.*?)\n  \}',
+                           (MODULE / "variables.tf").read_text(), re.S).group(1)
+    assert 'for m in split(",", var.sasl_mechanisms)' in validation
+    assert 'contains(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"], m)' in validation
+    assert one(variables["admin_user"]["default"]) == "admin"
+    assert one(declared(MODULE, "locals")["sasl_enabled"]) == '${var.sasl_mechanisms != ""}'
+
+    param = resources["aws_ssm_parameter"]["admin_password"]
+    assert one(param["name"]) == "${local.admin_password_parameter}"
+    assert one(param["type"]) == "SecureString"
+    assert one(param["key_id"]) == "${var.kms_key_arn}"
+    assert one(param["value"]) == "${random_password.admin_password[0].result}"
+    assert "local.sasl_enabled" in one(param["count"])
+    assert "local.sasl_enabled" in one(resources["random_password"]["admin_password"]["count"])
+
+    template = USER_DATA.read_text()
+    for truth in template_variants():
+        rendered = render(template, truth)
+        flags = serve_flags(rendered)
+        service = unit(rendered)
+        if truth['sasl_mechanisms == ""']:
+            assert flags["--listen"] == "0.0.0.0:9092"
+            assert flags["--advertise"] == "$PRIVATE_IP:9092"
+            assert not {"--listeners", "--advertised-listeners", "--sasl-enabled-mechanisms"} & set(flags)
+            assert "EnvironmentFile" not in service and "strata.env" not in rendered
+            assert "admin-password" not in rendered
+        else:
+            assert flags["--listeners"] == "SASL_PLAINTEXT://0.0.0.0:9092"
+            assert flags["--advertised-listeners"] == "SASL_PLAINTEXT://$PRIVATE_IP:9092"
+            assert flags["--sasl-enabled-mechanisms"] == "SCRAM-SHA-512"
+            assert "--listen" not in flags and "--advertise" not in flags
+            assert "\nEnvironmentFile=/etc/strata/strata.env\n" in service
+            # The file: written by root, read by systemd as root, before the unit starts.
+            assert 'echo "STRATA_ADMIN_USER=admin"' in rendered
+            assert re.search(r"printf 'STRATA_ADMIN_PASSWORD='\n\s*ssm_value \"/strata/admin-password\"\n"
+                             r"\s*\} > /etc/strata/strata.env", rendered)
+            assert "umask 077" in rendered and "chmod 0400 /etc/strata/strata.env" in rendered
+            assert rendered.index("strata.env") < rendered.index("<<UNIT")
 
 
 def checkov_command() -> list[str]:

@@ -9,6 +9,10 @@ terraform {
       source  = "hashicorp/aws"
       version = ">= 5.30.0, < 7.0.0"
     }
+    random = {
+      source  = "hashicorp/random"
+      version = ">= 3.5.0, < 4.0.0"
+    }
   }
 }
 
@@ -35,6 +39,11 @@ module "strata" {
 
   # Left at their safe defaults (NLB deletion protection on, bucket kept while it holds
   # objects); README.md says how to tear the example down.
+
+  # Kafka clients authenticate with SCRAM over a SASL_PLAINTEXT listener, and a bootstrap
+  # admin "admin" is created (its password: the SSM parameter in the output
+  # admin_password_parameter_name). Off here: the listener stays PLAINTEXT.
+  # sasl_mechanisms = "SCRAM-SHA-512"
 
   extra_args = ["--default-partitions=6"]
 

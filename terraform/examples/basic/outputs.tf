@@ -17,3 +17,13 @@ output "autoscaling_group_name" {
   description = "The brokers' autoscaling group."
   value       = module.strata.autoscaling_group_name
 }
+
+output "cluster_secret_parameter_name" {
+  description = "SSM parameter (its name, not the value) holding the Raft port's cluster secret."
+  value       = module.strata.cluster_secret_parameter_name
+}
+
+output "admin_password_parameter_name" {
+  description = "With sasl_mechanisms: SSM parameter (its name, not the value) holding the admin's password."
+  value       = module.strata.admin_password_parameter_name
+}

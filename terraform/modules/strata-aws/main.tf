@@ -32,6 +32,11 @@ locals {
   controller_ips     = [for i, s in local.controller_subnets : cidrhost(s.cidr_block, var.controller_host_number + i)]
   controllers        = join(",", [for i, ip in local.controller_ips : "${i + 1}@${ip}:${var.raft_port}"])
 
+  # SSM SecureString parameters the instances read at boot (never a value in user data).
+  sasl_enabled             = var.sasl_mechanisms != ""
+  cluster_secret_parameter = "/${var.name}/cluster-secret"
+  admin_password_parameter = "/${var.name}/admin-password"
+
   binary_from_s3 = startswith(var.strata_binary_url, "s3://")
   binary_arn     = local.binary_from_s3 ? "arn:${data.aws_partition.current.partition}:s3:::${trimprefix(var.strata_binary_url, "s3://")}" : null
 
@@ -48,6 +53,11 @@ locals {
     region         = data.aws_region.current.name
     rust_log       = var.rust_log
     extra_args     = var.extra_args
+
+    cluster_secret_parameter = aws_ssm_parameter.cluster_secret.name
+    sasl_mechanisms          = var.sasl_mechanisms
+    admin_user               = var.admin_user
+    admin_password_parameter = local.sasl_enabled ? aws_ssm_parameter.admin_password[0].name : ""
   }))
 }
 
@@ -158,6 +168,46 @@ resource "aws_s3_bucket_policy" "log" {
 }
 
 # ---------------------------------------------------------------------------------------
+# Secrets: the cluster secret (always) and the SASL bootstrap admin's password (with SASL),
+# generated here and kept as SSM SecureString parameters that only the instance role reads.
+# Their values are in the Terraform state: keep the state encrypted and access-controlled.
+# key_id: kms_key_arn when set (a customer-managed key), else null, i.e. the AWS-managed
+# key aws/ssm, so that the module needs no CMK (checkov's CKV_AWS_337 passes on key_id
+# being set; with kms_key_arn null the parameters are not under a CMK, by design).
+# ---------------------------------------------------------------------------------------
+
+# Authenticates the Raft port (--cluster-secret-file): an HMAC handshake and per-frame MACs.
+resource "random_password" "cluster_secret" {
+  length  = 64
+  special = false # 64 letters and digits (~380 bits), nothing for a shell or a file to mangle
+}
+
+resource "aws_ssm_parameter" "cluster_secret" {
+  name        = local.cluster_secret_parameter
+  description = "Strata cluster ${var.name}: the Raft port's shared secret (--cluster-secret-file)"
+  type        = "SecureString"
+  key_id      = var.kms_key_arn # null: the AWS-managed key alias/aws/ssm
+  value       = random_password.cluster_secret.result
+  tags        = local.tags
+}
+
+resource "random_password" "admin_password" {
+  count   = local.sasl_enabled ? 1 : 0
+  length  = 32
+  special = false # letters and digits only: safe in a systemd EnvironmentFile unquoted
+}
+
+resource "aws_ssm_parameter" "admin_password" {
+  count       = local.sasl_enabled ? 1 : 0
+  name        = local.admin_password_parameter
+  description = "Strata cluster ${var.name}: password of the SASL bootstrap admin ${var.admin_user}"
+  type        = "SecureString"
+  key_id      = var.kms_key_arn # null: the AWS-managed key alias/aws/ssm
+  value       = random_password.admin_password[0].result
+  tags        = local.tags
+}
+
+# ---------------------------------------------------------------------------------------
 # IAM: the instances may use the bucket's prefix and nothing else of S3
 # ---------------------------------------------------------------------------------------
 
@@ -207,6 +257,28 @@ data "aws_iam_policy_document" "broker" {
       sid       = "UseTheBucketKey"
       actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
       resources = [statement.value]
+    }
+  }
+
+  statement {
+    sid       = "ReadTheSecretParameters"
+    actions   = ["ssm:GetParameter"]
+    resources = concat([aws_ssm_parameter.cluster_secret.arn], aws_ssm_parameter.admin_password[*].arn)
+  }
+
+  dynamic "statement" {
+    # A customer-managed key: decrypt with it only through SSM. (The AWS-managed aws/ssm
+    # key needs no grant.)
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+    content {
+      sid       = "DecryptTheSecretParameters"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["ssm.${data.aws_region.current.name}.amazonaws.com"]
+      }
     }
   }
 

@@ -57,3 +57,23 @@ output "metrics_port" {
   description = "Port of /metrics, /health and /ready on every instance; Prometheus finds the instances with ec2_sd_configs and the tag strata:cluster."
   value       = var.metrics_port
 }
+
+output "cluster_secret_parameter_name" {
+  description = "Name (not the value) of the SSM SecureString parameter holding the Raft port's cluster secret."
+  value       = aws_ssm_parameter.cluster_secret.name
+}
+
+output "admin_password_parameter_name" {
+  description = "With sasl_mechanisms: name (not the value) of the SSM SecureString parameter holding the bootstrap admin's password; null without SASL."
+  value       = local.sasl_enabled ? aws_ssm_parameter.admin_password[0].name : null
+}
+
+output "admin_user" {
+  description = "With sasl_mechanisms: the bootstrap admin's user name; null without SASL."
+  value       = local.sasl_enabled ? var.admin_user : null
+}
+
+output "security_protocol" {
+  description = "security.protocol for Kafka clients: PLAINTEXT, or SASL_PLAINTEXT with sasl_mechanisms."
+  value       = local.sasl_enabled ? "SASL_PLAINTEXT" : "PLAINTEXT"
+}

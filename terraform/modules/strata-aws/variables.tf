@@ -56,7 +56,7 @@ variable "store_prefix" {
 }
 
 variable "kms_key_arn" {
-  description = "ARN of a KMS key for SSE-KMS. null: SSE-S3 (AES-256, keys managed by S3)."
+  description = "ARN of a KMS key for SSE-KMS of the bucket and for the SSM SecureString parameters (cluster secret, admin password). null: SSE-S3 (AES-256, keys managed by S3) and the AWS-managed key aws/ssm."
   type        = string
   default     = null
 }
@@ -184,7 +184,7 @@ variable "enable_ssm" {
 # ---------------------------------------------------------------------------------------
 
 variable "kafka_port" {
-  description = "Kafka port (--listen / --advertise) on the brokers and the NLB."
+  description = "Kafka port (--listen / --advertise, or the SASL_PLAINTEXT listener with sasl_mechanisms) on the brokers and the NLB."
   type        = number
   default     = 9092
 }
@@ -299,4 +299,38 @@ variable "deregistration_delay_seconds" {
   description = "How long the NLB drains a broker it stops sending new connections to. Strata deregisters on SIGTERM and clients reconnect through Metadata, so this can be short."
   type        = number
   default     = 30
+}
+
+# ---------------------------------------------------------------------------------------
+# Client authentication
+# ---------------------------------------------------------------------------------------
+
+variable "sasl_mechanisms" {
+  description = <<-EOT
+    SASL mechanisms of the Kafka listener, comma-separated, from PLAIN, SCRAM-SHA-256 and
+    SCRAM-SHA-512 (e.g. "SCRAM-SHA-512"). Empty (default): a PLAINTEXT listener with no
+    authentication. Set: the listener is SASL_PLAINTEXT (authenticated, not encrypted; see
+    README.md), ACLs apply, and a bootstrap admin (admin_user) is created whose generated
+    password is the SSM parameter /<name>/admin-password.
+  EOT
+  type        = string
+  default     = ""
+
+  validation {
+    condition = var.sasl_mechanisms == "" || alltrue([
+      for m in split(",", var.sasl_mechanisms) : contains(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"], m)
+    ])
+    error_message = "Use a comma-separated list (no spaces) of PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, or leave empty."
+  }
+}
+
+variable "admin_user" {
+  description = "With sasl_mechanisms: name of the bootstrap admin, a super user created at first start (STRATA_ADMIN_USER)."
+  type        = string
+  default     = "admin"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]{1,64}$", var.admin_user))
+    error_message = "Use 1-64 letters, digits, dots, underscores or hyphens."
+  }
 }

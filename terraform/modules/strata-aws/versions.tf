@@ -9,5 +9,10 @@ terraform {
       # 5.x: security groups on network load balancers, maintenance_options on instances.
       version = ">= 5.30.0, < 7.0.0"
     }
+    random = {
+      # random_password: the cluster secret and the SASL bootstrap admin's password.
+      source  = "hashicorp/random"
+      version = ">= 3.5.0, < 4.0.0"
+    }
   }
 }
