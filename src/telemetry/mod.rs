@@ -40,6 +40,7 @@ pub const CACHE_HITS: &str = "strata_cache_hits_total";
 pub const CACHE_MISSES: &str = "strata_cache_misses_total";
 pub const CACHE_HIT_BYTES: &str = "strata_cache_hit_bytes_total";
 pub const RAFT_COMMIT_SECONDS: &str = "strata_raft_commit_duration_seconds";
+pub const SASL_AUTHENTICATIONS: &str = "strata_sasl_authentications_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -101,6 +102,10 @@ fn builder(counter_idle: Duration) -> Result<PrometheusBuilder, TelemetryError> 
 fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(REQUESTS, "Kafka requests handled, by API");
+    describe_counter!(
+        SASL_AUTHENTICATIONS,
+        "SASL exchanges that ended, by mechanism and outcome (ok, reauthenticated, failed)"
+    );
     describe_counter!(
         REQUEST_ERRORS,
         "Error codes in Kafka responses (one per failed partition or group), by API and error; error=\"protocol\" when the connection was closed instead"
@@ -206,6 +211,12 @@ pub fn record_request(api: &'static str, elapsed: Duration, response: Option<&Re
 pub fn record_refused(api: &'static str) {
     metrics::counter!(REQUESTS, "api" => api).increment(1);
     record_protocol_error(api);
+}
+
+/// One SASL exchange that ended: `outcome` is `ok`, `reauthenticated` or `failed`.
+pub fn record_sasl(mechanism: &'static str, outcome: &'static str) {
+    metrics::counter!(SASL_AUTHENTICATIONS, "mechanism" => mechanism, "outcome" => outcome)
+        .increment(1);
 }
 
 /// A counted request whose response could not be sent (it failed to encode).
