@@ -75,3 +75,84 @@ def test_sasl_listener_needs_a_mechanism_and_a_bad_listener_is_one_clear_line(tm
     assert p.returncode == 2 and "sasl_enabled_mechanisms" in p.stderr, p.stderr
     p = run("--listeners", "SSL://127.0.0.1:0")
     assert p.returncode == 2 and "tls_cert_file" in p.stderr, p.stderr
+
+
+def test_users_and_acls_reach_every_broker(tmp_path):
+    """SCRAM credentials and ACLs live in the metadata: a user created through one broker
+    authenticates on the other, and an ACL created through one is enforced by both."""
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
+                                       NewTopic, ResourcePatternType, ResourceType, ScramCredentialInfo,
+                                       ScramMechanism, UserScramCredentialUpsertion)
+
+    c = Cluster(tmp_path / "cluster", voters=2)
+    for node in c.nodes.values():
+        node.listener_args = ["--listeners", f"SASL_PLAINTEXT://{node.bootstrap}"]
+        node.env.update({"STRATA_ADMIN_USER": "admin", "STRATA_ADMIN_PASSWORD": "admin-secret"})
+    c.start_all()
+    try:
+        def conf(node, user, password, **extra):
+            return {"bootstrap.servers": c.nodes[node].bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                    "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": user, "sasl.password": password,
+                    **extra}
+
+        admin1 = AdminClient(conf(1, "admin", "admin-secret"))
+        admin2 = AdminClient(conf(2, "admin", "admin-secret"))
+        for f in admin1.alter_user_scram_credentials([UserScramCredentialUpsertion(
+                "alice", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"alice-secret")]).values():
+            f.result(15)
+        for f in admin1.create_topics([NewTopic("shared", 1, 1)]).values():
+            f.result(15)
+        p = Producer(conf(1, "admin", "admin-secret"))
+        p.produce("shared", b"hello")
+        assert p.flush(15) == 0
+
+        def alice_reads(node) -> tuple[list[bytes], list]:
+            consumer = Consumer(conf(node, "alice", "alice-secret", **{"group.id": f"g{node}",
+                                                                       "enable.auto.commit": False}))
+            got, errors = [], []
+            try:
+                consumer.assign([TopicPartition("shared", 0, 0)])
+                deadline = time.monotonic() + 8
+                while not got and time.monotonic() < deadline:
+                    m = consumer.poll(0.5)
+                    if m is None:
+                        continue
+                    if m.error():
+                        errors.append(m.error().code())
+                        if errors[-1] in (29, 30, 58):  # refused or not authenticated: decided
+                            break
+                    else:
+                        got.append(m.value())
+            except KafkaException as e:
+                errors.append(e.args[0].code())
+            finally:
+                consumer.close()
+            return got, errors
+
+        # alice (created through broker 1) authenticates on broker 2, which refuses her:
+        # no ACL yet, and a SASL listener closes resources without ACLs (TOPIC_ or
+        # GROUP_AUTHORIZATION_FAILED, whichever request librdkafka makes first).
+        deadline = time.monotonic() + 15
+        while True:
+            got, errors = alice_reads(2)
+            if errors and errors[-1] in (29, 30) or time.monotonic() > deadline:
+                break
+        assert got == [] and errors and errors[-1] in (29, 30), (got, errors)
+
+        # ACLs created through broker 2 open it on broker 1.
+        acls = [AclBinding(ResourceType.TOPIC, "shared", ResourcePatternType.LITERAL, "User:alice", "*",
+                           AclOperation.READ, AclPermissionType.ALLOW),
+                AclBinding(ResourceType.GROUP, "*", ResourcePatternType.LITERAL, "User:alice", "*",
+                           AclOperation.READ, AclPermissionType.ALLOW)]
+        for f in admin2.create_acls(acls).values():
+            assert f.result(15) is None
+        deadline = time.monotonic() + 15
+        while True:
+            got, errors = alice_reads(1)
+            if got or time.monotonic() > deadline:
+                break
+        assert got == [b"hello"], errors
+        assert alice_reads(2)[0] == [b"hello"]
+    finally:
+        c.close()
