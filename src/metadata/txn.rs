@@ -1231,10 +1231,8 @@ mod tests {
             Err(TxnError::TransactionTooLarge)
         );
 
-        let mut next = 100;
-        for i in 1..MAX_TRANSACTIONAL_IDS {
-            next += 1;
-            txns.init_producer(&format!("id-{i}"), MIN, 10, None, || next)?;
+        for (pid, i) in (100..).zip(1..MAX_TRANSACTIONAL_IDS) {
+            txns.init_producer(&format!("id-{i}"), MIN, 10, None, || pid)?;
         }
         assert_eq!(txns.len(), MAX_TRANSACTIONAL_IDS);
         assert_eq!(
