@@ -237,8 +237,8 @@ pub struct ServeArgs {
     /// NAME:PROTOCOL,... for listener names that are not a protocol's name.
     #[arg(long, env = "STRATA_LISTENER_SECURITY_PROTOCOL_MAP")]
     pub listener_security_protocol_map: Option<String>,
-    /// SASL mechanisms the SASL listeners offer: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
-    /// [default: SCRAM-SHA-256,SCRAM-SHA-512].
+    /// SASL mechanisms the SASL listeners offer: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512,
+    /// OAUTHBEARER [default: SCRAM-SHA-256,SCRAM-SHA-512].
     #[arg(long, env = "STRATA_SASL_ENABLED_MECHANISMS")]
     pub sasl_enabled_mechanisms: Option<String>,
     /// Principals allowed everything, separated by semicolons: 'User:admin;User:ops'.
@@ -259,6 +259,19 @@ pub struct ServeArgs {
     /// connections.max.reauth.ms (0: never) [default: 0].
     #[arg(long, env = "STRATA_CONNECTIONS_MAX_REAUTH_MS")]
     pub connections_max_reauth_ms: Option<u64>,
+    /// OAUTHBEARER: the JWKS file (RFC 7517) whose keys sign clients' JWTs (RS256,
+    /// RS384, RS512, ES256); re-read when it changes. Required with OAUTHBEARER.
+    #[arg(long, env = "STRATA_SASL_OAUTHBEARER_JWKS_FILE")]
+    pub sasl_oauthbearer_jwks_file: Option<PathBuf>,
+    /// OAUTHBEARER: tokens' `iss` must be this [default: not checked].
+    #[arg(long, env = "STRATA_SASL_OAUTHBEARER_EXPECTED_ISSUER")]
+    pub sasl_oauthbearer_expected_issuer: Option<String>,
+    /// OAUTHBEARER: tokens' `aud` must contain this [default: not checked].
+    #[arg(long, env = "STRATA_SASL_OAUTHBEARER_EXPECTED_AUDIENCE")]
+    pub sasl_oauthbearer_expected_audience: Option<String>,
+    /// OAUTHBEARER: the claim naming the principal [default: sub].
+    #[arg(long, env = "STRATA_SASL_OAUTHBEARER_SUB_CLAIM_NAME")]
+    pub sasl_oauthbearer_sub_claim_name: Option<String>,
     // Broker-wide defaults of topic configs (Kafka's static `log.*` broker configs): a
     // topic without its own value, and with no dynamic broker config set, uses these.
     /// Default retention.ms, like log.retention.ms; -1 keeps forever [default: 604800000].

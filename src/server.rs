@@ -43,6 +43,7 @@ use crate::broker::Broker;
 use crate::config::Listener;
 use crate::protocol::{start_request, ProtocolError, RequestContext, Started};
 
+pub mod jwks;
 mod limits;
 mod sasl;
 pub mod tls;

@@ -35,6 +35,8 @@ pub enum ConfigError {
         value: String,
         hint: &'static str,
     },
+    #[error("sasl_oauthbearer_jwks_file: {0}")]
+    Jwks(String),
 }
 
 /// The TOML file: every key optional, unknown keys refused.
@@ -97,6 +99,10 @@ struct FileConfig {
     admin_user: Option<String>,
     admin_password: Option<String>,
     connections_max_reauth_ms: Option<u64>,
+    sasl_oauthbearer_jwks_file: Option<PathBuf>,
+    sasl_oauthbearer_expected_issuer: Option<String>,
+    sasl_oauthbearer_expected_audience: Option<String>,
+    sasl_oauthbearer_sub_claim_name: Option<String>,
     retention_ms: Option<i64>,
     retention_bytes: Option<i64>,
     segment_ms: Option<i64>,
@@ -451,6 +457,22 @@ impl Config {
             connections_max_reauth_ms: args
                 .connections_max_reauth_ms
                 .or(file.connections_max_reauth_ms),
+            sasl_oauthbearer_jwks_file: args
+                .sasl_oauthbearer_jwks_file
+                .clone()
+                .or(file.sasl_oauthbearer_jwks_file.clone()),
+            sasl_oauthbearer_expected_issuer: args
+                .sasl_oauthbearer_expected_issuer
+                .clone()
+                .or(file.sasl_oauthbearer_expected_issuer.clone()),
+            sasl_oauthbearer_expected_audience: args
+                .sasl_oauthbearer_expected_audience
+                .clone()
+                .or(file.sasl_oauthbearer_expected_audience.clone()),
+            sasl_oauthbearer_sub_claim_name: args
+                .sasl_oauthbearer_sub_claim_name
+                .clone()
+                .or(file.sasl_oauthbearer_sub_claim_name.clone()),
             tls: tls.is_some(),
             client_auth: tls
                 .as_ref()

@@ -4,12 +4,16 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{split_host_port, ConfigError};
 use crate::security::acl::AuthorizerSettings;
+use crate::security::oauth::JwtSettings;
 use crate::security::sasl::SaslMechanism;
 use crate::security::SecurityProtocol;
+use crate::server::jwks::JwksFile;
 
 /// One listener: where it binds, what it speaks, and what clients are told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,9 @@ pub struct SecurityConfig {
     /// KIP-368: a SASL session lasts this long, then the client must re-authenticate
     /// (`connections.max.reauth.ms`); None: sessions never expire.
     pub reauth: Option<Duration>,
+    /// OAUTHBEARER's keys (`sasl_oauthbearer_jwks_file`), loaded; set whenever
+    /// OAUTHBEARER is enabled.
+    pub oauth: Option<Arc<JwksFile>>,
 }
 
 /// The raw values, flags and variables over the file.
@@ -61,6 +68,10 @@ pub struct SecurityInput {
     pub admin_user: Option<String>,
     pub admin_password: Option<String>,
     pub connections_max_reauth_ms: Option<u64>,
+    pub sasl_oauthbearer_jwks_file: Option<PathBuf>,
+    pub sasl_oauthbearer_expected_issuer: Option<String>,
+    pub sasl_oauthbearer_expected_audience: Option<String>,
+    pub sasl_oauthbearer_sub_claim_name: Option<String>,
     /// TLS certificate and key are configured.
     pub tls: bool,
     /// Client certificates are checked (mTLS principals).
@@ -274,7 +285,7 @@ pub fn security(
             invalid(
                 "sasl_enabled_mechanisms",
                 name,
-                "Strata serves PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512",
+                "Strata serves PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and OAUTHBEARER",
             )
         })?;
         if !sasl_mechanisms.contains(&mechanism) {
@@ -289,6 +300,7 @@ pub fn security(
             "a SASL listener needs at least one mechanism, e.g. SCRAM-SHA-512",
         ));
     }
+    let oauth = oauth(input, &sasl_mechanisms)?;
     let mut super_users = Vec::new();
     for principal in input
         .super_users
@@ -363,7 +375,50 @@ pub fn security(
             .connections_max_reauth_ms
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis),
+        oauth,
     })
+}
+
+/// OAUTHBEARER's JWKS and claim settings, loaded when a JWKS file is set (which
+/// OAUTHBEARER requires).
+fn oauth(
+    input: &SecurityInput,
+    mechanisms: &[SaslMechanism],
+) -> Result<Option<Arc<JwksFile>>, ConfigError> {
+    let Some(path) = &input.sasl_oauthbearer_jwks_file else {
+        if mechanisms.contains(&SaslMechanism::OauthBearer) {
+            return Err(invalid(
+                "sasl_oauthbearer_jwks_file",
+                "",
+                "OAUTHBEARER is in sasl_enabled_mechanisms: set sasl_oauthbearer_jwks_file (--sasl-oauthbearer-jwks-file) to the identity provider's JWKS file, or remove OAUTHBEARER",
+            ));
+        }
+        return Ok(None);
+    };
+    let non_empty = |key: &'static str, value: &Option<String>| match value.as_deref() {
+        Some("") => Err(invalid(key, "", "leave it unset, or set a non-empty value")),
+        v => Ok(v.map(str::to_owned)),
+    };
+    let defaults = JwtSettings::default();
+    let settings = JwtSettings {
+        expected_issuer: non_empty(
+            "sasl_oauthbearer_expected_issuer",
+            &input.sasl_oauthbearer_expected_issuer,
+        )?,
+        expected_audience: non_empty(
+            "sasl_oauthbearer_expected_audience",
+            &input.sasl_oauthbearer_expected_audience,
+        )?,
+        sub_claim_name: non_empty(
+            "sasl_oauthbearer_sub_claim_name",
+            &input.sasl_oauthbearer_sub_claim_name,
+        )?
+        .unwrap_or(defaults.sub_claim_name),
+        ..defaults
+    };
+    JwksFile::load(path.clone(), settings)
+        .map(|file| Some(Arc::new(file)))
+        .map_err(ConfigError::Jwks)
 }
 
 #[cfg(test)]
@@ -521,6 +576,43 @@ mod tests {
             ..input()
         };
         assert!(security(&gssapi, &plain).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn oauthbearer_needs_a_usable_jwks_file() -> TestResult {
+        let plain = listeners(&input())?;
+        let oauth = |file: Option<PathBuf>| SecurityInput {
+            sasl_enabled_mechanisms: Some("OAUTHBEARER,SCRAM-SHA-512".into()),
+            sasl_oauthbearer_jwks_file: file,
+            ..input()
+        };
+        let e = security(&oauth(None), &plain)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("sasl_oauthbearer_jwks_file"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("jwks.json");
+        let e = security(&oauth(Some(path.clone())), &plain)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::write(&path, r#"{"keys":[]}"#)?;
+        let e = security(&oauth(Some(path.clone())), &plain)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("no usable signing key"), "{e}");
+        std::fs::write(&path, r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#)?;
+        let s = security(&oauth(Some(path)), &plain)?;
+        assert_eq!(
+            s.sasl_mechanisms,
+            [SaslMechanism::OauthBearer, SaslMechanism::ScramSha512]
+        );
+        assert!(s.oauth.is_some());
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
-//! Authentication and authorization: SASL mechanisms (PLAIN, SCRAM) and Kafka ACLs.
+//! Authentication and authorization: SASL mechanisms (PLAIN, SCRAM, OAUTHBEARER) and Kafka ACLs.
 //! Everything here is pure: the connection loop (`server`) feeds it bytes and the
 //! metadata state's credentials and ACLs, and acts on what it returns.
 
 pub mod acl;
+pub mod oauth;
 pub mod sasl;
 pub mod scram;
 

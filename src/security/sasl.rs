@@ -2,6 +2,7 @@
 
 use std::sync::OnceLock;
 
+use crate::security::oauth::JwtValidator;
 use crate::security::scram::{
     base64_decode, base64_encode, constant_time_eq, Mechanism, ScramCredential, MIN_ITERATIONS,
 };
@@ -12,13 +13,16 @@ pub enum SaslMechanism {
     Plain,
     ScramSha256,
     ScramSha512,
+    /// RFC 7628 with a JWT checked against a JWKS (`security::oauth`).
+    OauthBearer,
 }
 
 impl SaslMechanism {
-    pub const ALL: [SaslMechanism; 3] = [
+    pub const ALL: [SaslMechanism; 4] = [
         SaslMechanism::Plain,
         SaslMechanism::ScramSha256,
         SaslMechanism::ScramSha512,
+        SaslMechanism::OauthBearer,
     ];
 
     /// The IANA name, as SaslHandshake carries it.
@@ -27,6 +31,7 @@ impl SaslMechanism {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OauthBearer => "OAUTHBEARER",
         }
     }
 
@@ -35,9 +40,22 @@ impl SaslMechanism {
     }
 }
 
-/// Looks up a user's stored credential for a SCRAM mechanism.
+/// Looks up a user's stored credential for a SCRAM mechanism, and what OAUTHBEARER
+/// checks tokens with.
 pub trait CredentialLookup {
     fn credential(&self, user: &str, mechanism: Mechanism) -> Option<ScramCredential>;
+
+    /// The keys and settings OAUTHBEARER tokens are checked against; None refuses
+    /// every token.
+    fn jwt(&self) -> Option<&JwtValidator> {
+        None
+    }
+
+    /// The time tokens are checked at, in seconds since the epoch. The default is the
+    /// end of time, so a lookup that forgets it accepts no token.
+    fn now_s(&self) -> i64 {
+        i64::MAX
+    }
 }
 
 /// What one client token leads to.
@@ -84,6 +102,8 @@ enum Stage {
     Plain,
     /// SCRAM: waiting for client-first-message.
     ScramFirst { server_nonce: Option<String> },
+    /// OAUTHBEARER: waiting for the client initial response.
+    OauthBearer,
     /// SCRAM: server-first-message sent, waiting for client-final-message.
     ScramFinal(Box<ScramPending>),
     /// Authenticated or failed: any further token is out of sequence.
@@ -105,6 +125,8 @@ struct ScramPending {
 pub struct SaslExchange {
     mechanism: SaslMechanism,
     stage: Stage,
+    /// When the credential stops being valid (OAUTHBEARER: the token's `exp`).
+    credential_expires_at_s: Option<i64>,
 }
 
 // By hand: the derived form would print stored keys and nonces into logs.
@@ -112,6 +134,7 @@ impl std::fmt::Debug for SaslExchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let stage = match self.stage {
             Stage::Plain => "plain",
+            Stage::OauthBearer => "oauthbearer",
             Stage::ScramFirst { .. } => "scram-first",
             Stage::ScramFinal(_) => "scram-final",
             Stage::Finished => "finished",
@@ -127,9 +150,14 @@ impl SaslExchange {
     pub fn new(mechanism: SaslMechanism) -> Self {
         let stage = match mechanism {
             SaslMechanism::Plain => Stage::Plain,
+            SaslMechanism::OauthBearer => Stage::OauthBearer,
             _ => Stage::ScramFirst { server_nonce: None },
         };
-        Self { mechanism, stage }
+        Self {
+            mechanism,
+            stage,
+            credential_expires_at_s: None,
+        }
     }
 
     /// A SCRAM exchange with a fixed server nonce instead of a random one, to replay
@@ -144,6 +172,12 @@ impl SaslExchange {
 
     pub fn mechanism(&self) -> SaslMechanism {
         self.mechanism
+    }
+
+    /// After `Done`: when the credential expires (seconds since the epoch), which the
+    /// session must not outlive; None when it does not (PLAIN, SCRAM).
+    pub fn credential_expires_at_s(&self) -> Option<i64> {
+        self.credential_expires_at_s
     }
 
     /// Feeds the client's next token. After an error or `Done`, every further token
@@ -163,6 +197,14 @@ impl SaslExchange {
         };
         match stage {
             Stage::Plain => plain(token, credentials),
+            Stage::OauthBearer => {
+                let (user, expires_at_s) = oauth_bearer(token, credentials)?;
+                self.credential_expires_at_s = Some(expires_at_s);
+                Ok(SaslStep::Done {
+                    user,
+                    token: Vec::new(),
+                })
+            }
             Stage::ScramFirst { server_nonce } => {
                 let pending = scram_first(scram, token, server_nonce, credentials)?;
                 let challenge = pending.server_first.clone().into_bytes();
@@ -225,6 +267,97 @@ fn plain(token: &[u8], credentials: &dyn CredentialLookup) -> Result<SaslStep, S
     } else {
         Err(SaslError::Failed(PLAIN_FAILED.into()))
     }
+}
+
+/// The parts of an RFC 7628 client initial response.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OauthBearerResponse<'a> {
+    pub authzid: Option<&'a str>,
+    pub token: &'a str,
+    /// `key=value` extensions other than `auth` (KIP-342), in order.
+    pub extensions: Vec<(&'a str, &'a str)>,
+}
+
+/// RFC 7628 §3.1: `n,[a=authzid],` `\x01auth=Bearer <token>\x01` `*(key=value\x01)`
+/// `\x01`, as Kafka's OAuthBearerClientInitialResponse reads it.
+pub fn parse_oauth_bearer(token: &[u8]) -> Result<OauthBearerResponse<'_>, SaslError> {
+    let bad = |what: &str| {
+        SaslError::Malformed(format!("Invalid OAUTHBEARER client first message: {what}"))
+    };
+    let message = std::str::from_utf8(token).map_err(|_| bad("not UTF-8"))?;
+    let rest = message
+        .strip_prefix("n,")
+        .ok_or_else(|| bad("expected the GS2 header n,"))?;
+    let (authzid, rest) = rest
+        .split_once(',')
+        .ok_or_else(|| bad("expected the GS2 header n,[a=authzid],"))?;
+    let authzid = match authzid {
+        "" => None,
+        a => Some(
+            a.strip_prefix("a=")
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| bad("invalid authzid"))?,
+        ),
+    };
+    let pairs = rest
+        .strip_prefix('\x01')
+        .and_then(|r| r.strip_suffix("\x01\x01"))
+        .ok_or_else(|| bad("expected key=value pairs between \\x01 separators"))?;
+    let mut auth = None;
+    let mut extensions = Vec::new();
+    for pair in pairs.split('\x01') {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| bad("a pair without ="))?;
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(bad("an invalid key"));
+        }
+        if key == "auth" {
+            if auth.replace(value).is_some() {
+                return Err(bad("auth appears twice"));
+            }
+        } else {
+            extensions.push((key, value));
+        }
+    }
+    let auth = auth.ok_or_else(|| bad("no auth value"))?;
+    let (scheme, token) = auth
+        .split_once(' ')
+        .ok_or_else(|| bad("auth is not 'Bearer <token>'"))?;
+    let token = token.trim_start_matches(' ');
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(bad("auth is not 'Bearer <token>'"));
+    }
+    Ok(OauthBearerResponse {
+        authzid,
+        token,
+        extensions,
+    })
+}
+
+/// OAUTHBEARER: the token must pass `credentials.jwt()`; an authzid must name the
+/// token's principal. Extensions are accepted and ignored, as Kafka's default
+/// validator does.
+fn oauth_bearer(
+    token: &[u8],
+    credentials: &dyn CredentialLookup,
+) -> Result<(String, i64), SaslError> {
+    let response = parse_oauth_bearer(token)?;
+    let validator = credentials.jwt().ok_or_else(|| {
+        SaslError::Failed("Authentication failed: OAUTHBEARER is not configured".into())
+    })?;
+    let validated = validator
+        .validate(response.token, credentials.now_s())
+        .map_err(|e| SaslError::Failed(format!("Authentication failed: {e}")))?;
+    if response
+        .authzid
+        .is_some_and(|a| a != validated.principal_name)
+    {
+        return Err(SaslError::Failed(
+            "Authentication failed: the authorization id is not the token's principal".into(),
+        ));
+    }
+    Ok((validated.principal_name, validated.expires_at_s))
 }
 
 /// A stand-in credential for a user that does not exist, stable per user within this
@@ -812,6 +945,123 @@ mod tests {
         assert!(matches!(
             exchange.step(b"\0alice\0pw256", &store),
             Err(SaslError::Malformed(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn oauth_bearer_initial_response_is_parsed() -> TestResult {
+        let r = parse_oauth_bearer(b"n,,\x01auth=Bearer abc.def.ghi\x01\x01")?;
+        assert_eq!(
+            r,
+            OauthBearerResponse {
+                authzid: None,
+                token: "abc.def.ghi",
+                extensions: vec![]
+            }
+        );
+        let r = parse_oauth_bearer(b"n,a=alice,\x01auth=bearer  tok\x01traceId=42\x01x=\x01\x01")?;
+        assert_eq!(r.authzid, Some("alice"));
+        assert_eq!(r.token, "tok");
+        assert_eq!(r.extensions, vec![("traceId", "42"), ("x", "")]);
+        for bad in [
+            &b""[..],
+            b"y,,\x01auth=Bearer t\x01\x01",
+            b"p=tls-unique,,\x01auth=Bearer t\x01\x01",
+            b"n,alice,\x01auth=Bearer t\x01\x01",
+            b"n\x01auth=Bearer t\x01\x01",
+            b"n,,\x01\x01",
+            b"n,,\x01x=y\x01\x01",
+            b"n,,\x01auth=Bearer t\x01",
+            b"n,,auth=Bearer t\x01\x01",
+            b"n,,\x01auth=Basic t\x01\x01",
+            b"n,,\x01auth=Bearer \x01\x01",
+            b"n,,\x01auth=Bearer t\x01auth=Bearer u\x01\x01",
+            b"n,,\x01auth=Bearer t\x01novalue\x01\x01",
+            b"n,,\x01auth=Bearer t\x01k-1=v\x01\x01",
+            b"n,,\x01auth=Bearer \xff\x01\x01",
+        ] {
+            assert!(
+                matches!(parse_oauth_bearer(bad), Err(SaslError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn oauth_bearer_exchange_checks_the_token() -> TestResult {
+        use crate::security::oauth::{JwtSettings, JwtValidator};
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+        fn b64url(data: &[u8]) -> String {
+            base64_encode(data)
+                .trim_end_matches('=')
+                .replace('+', "-")
+                .replace('/', "_")
+        }
+        struct Jwt(JwtValidator, i64);
+        impl CredentialLookup for Jwt {
+            fn credential(&self, _: &str, _: Mechanism) -> Option<ScramCredential> {
+                None
+            }
+            fn jwt(&self) -> Option<&JwtValidator> {
+                Some(&self.0)
+            }
+            fn now_s(&self) -> i64 {
+                self.1
+            }
+        }
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?;
+        let point = pair.public_key().as_ref();
+        let jwks = format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k","x":"{}","y":"{}"}}]}}"#,
+            b64url(&point[1..33]),
+            b64url(&point[33..65])
+        );
+        let validator = JwtValidator::from_jwks(jwks.as_bytes(), JwtSettings::default())?;
+        let input = format!(
+            "{}.{}",
+            b64url(br#"{"alg":"ES256","kid":"k"}"#),
+            b64url(br#"{"sub":"alice","exp":1000}"#)
+        );
+        let sig = pair.sign(&SystemRandom::new(), input.as_bytes())?;
+        let jwt = format!("{input}.{}", b64url(sig.as_ref()));
+        let response = |authzid: &str| format!("n,{authzid},\x01auth=Bearer {jwt}\x01\x01");
+        let mut exchange = SaslExchange::new(SaslMechanism::OauthBearer);
+        assert_eq!(
+            exchange.step(response("").as_bytes(), &Jwt(validator.clone(), 900))?,
+            SaslStep::Done {
+                user: "alice".into(),
+                token: Vec::new()
+            }
+        );
+        assert_eq!(exchange.credential_expires_at_s(), Some(1000));
+        // One token only.
+        assert!(matches!(
+            exchange.step(response("").as_bytes(), &Jwt(validator.clone(), 900)),
+            Err(SaslError::Malformed(_))
+        ));
+        let login = |authzid: &str, lookup: &dyn CredentialLookup| {
+            SaslExchange::new(SaslMechanism::OauthBearer).step(response(authzid).as_bytes(), lookup)
+        };
+        assert!(login("a=alice", &Jwt(validator.clone(), 900)).is_ok());
+        assert!(matches!(
+            login("a=bob", &Jwt(validator.clone(), 900)),
+            Err(SaslError::Failed(_))
+        ));
+        assert_eq!(
+            login("", &Jwt(validator.clone(), 2000)),
+            Err(SaslError::Failed(
+                "Authentication failed: token expired".into()
+            ))
+        );
+        // Without a validator (or a clock) nothing is accepted.
+        assert!(matches!(
+            login("", &Store::default()),
+            Err(SaslError::Failed(_))
         ));
         Ok(())
     }

@@ -3,10 +3,11 @@
 //! SASL listener's client has authenticated, only ApiVersions may come before them, as
 //! in Kafka; anything else closes the connection. KIP-368: with
 //! `connections_max_reauth_ms` a session expires, the client re-authenticates on the
-//! same connection (as the same principal), and a request after expiry closes it.
+//! same connection (as the same principal), and a request after expiry closes it. An
+//! OAUTHBEARER session also ends when its token expires.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::protocol::{self, str_bytes, ProtocolError};
+use crate::security::oauth::JwtValidator;
 use crate::security::sasl::{CredentialLookup, SaslExchange, SaslMechanism, SaslStep};
 use crate::security::scram::{Mechanism, ScramCredential};
 
@@ -50,14 +52,50 @@ pub struct SaslSession {
     expires: Option<Instant>,
 }
 
-/// Credentials from the applied metadata state.
-struct StateCredentials<'a>(&'a Broker);
+/// Credentials from the applied metadata state, OAUTHBEARER's current keys (only
+/// looked up for an OAUTHBEARER exchange) and the wall clock.
+struct StateCredentials<'a> {
+    broker: &'a Broker,
+    jwt: Option<Arc<JwtValidator>>,
+}
 
 impl CredentialLookup for StateCredentials<'_> {
     fn credential(&self, user: &str, mechanism: Mechanism) -> Option<ScramCredential> {
-        self.0
+        self.broker
             .metadata
             .read(|s| s.access().credential(user, mechanism).cloned())
+    }
+
+    fn jwt(&self) -> Option<&JwtValidator> {
+        self.jwt.as_deref()
+    }
+
+    fn now_s(&self) -> i64 {
+        wall_clock_ms() / 1000
+    }
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How long a session lasts: `reauth` (KIP-368) and, for a credential that expires
+/// (an OAUTHBEARER token), no longer than it, as Kafka does. None: forever.
+fn session_lifetime(
+    reauth: Option<Duration>,
+    credential_expires_at_s: Option<i64>,
+    now_ms: i64,
+) -> Option<Duration> {
+    let credential = credential_expires_at_s.map(|exp| {
+        let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms);
+        // At least 1 ms: a zero lifetime would tell the client "never expires".
+        Duration::from_millis(u64::try_from(left_ms).unwrap_or(0).max(1))
+    });
+    match (reauth, credential) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -175,7 +213,22 @@ impl SaslSession {
             );
         };
         let mechanism = exchange.mechanism();
-        match exchange.step(token, &StateCredentials(&self.broker)) {
+        let credentials = StateCredentials {
+            broker: &self.broker,
+            jwt: match mechanism {
+                SaslMechanism::OauthBearer => self
+                    .broker
+                    .config
+                    .security
+                    .oauth
+                    .as_ref()
+                    .map(|f| f.current()),
+                _ => None,
+            },
+        };
+        let step = exchange.step(token, &credentials);
+        let credential_expires_at_s = exchange.credential_expires_at_s();
+        match step {
             Ok(SaslStep::Challenge(challenge)) => (
                 SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(challenge)),
                 false,
@@ -188,7 +241,11 @@ impl SaslSession {
                     );
                     return failed("Cannot change principals during re-authentication".into());
                 }
-                let reauth = self.broker.config.security.reauth;
+                let reauth = session_lifetime(
+                    self.broker.config.security.reauth,
+                    credential_expires_at_s,
+                    wall_clock_ms(),
+                );
                 if self.user.is_none() {
                     info!(user, mechanism = mechanism.name(), "SASL authenticated");
                 } else {
@@ -210,5 +267,31 @@ impl SaslSession {
                 failed(e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_does_not_outlive_its_token() {
+        let min = Duration::from_secs(60);
+        assert_eq!(session_lifetime(None, None, 5_000), None);
+        assert_eq!(session_lifetime(Some(min), None, 5_000), Some(min));
+        assert_eq!(
+            session_lifetime(None, Some(20), 5_000),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            session_lifetime(Some(min), Some(20), 5_000),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(session_lifetime(Some(min), Some(1_000), 5_000), Some(min));
+        // A token within the clock skew of its expiry: the shortest session.
+        assert_eq!(
+            session_lifetime(None, Some(1), 5_000),
+            Some(Duration::from_millis(1))
+        );
     }
 }

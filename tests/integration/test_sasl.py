@@ -429,3 +429,116 @@ def test_reauthentication_kip_368(request, tmp_path, pki, unique_topic):  # noqa
         assert errors == [] and delivered == list(range(i)), (errors, delivered)
         # Every connection of the producer re-authenticated at least once on its way.
         assert b.log_text().count("SASL re-authenticated") >= 2, b.log_tail(60)
+
+
+# ------------------------------------------------------------------ OAUTHBEARER
+def _b64url(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class JwtKey:
+    """An EC P-256 key that signs ES256 JWTs by hand, and its JWK."""
+
+    def __init__(self, kid):
+        from cryptography.hazmat.primitives.asymmetric import ec
+        self.kid = kid
+        self.key = ec.generate_private_key(ec.SECP256R1())
+
+    def jwk(self):
+        numbers = self.key.public_key().public_numbers()
+        return {"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
+                "x": _b64url(numbers.x.to_bytes(32, "big")), "y": _b64url(numbers.y.to_bytes(32, "big"))}
+
+    def token(self, sub, exp, **claims):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        header = {"alg": "ES256", "typ": "JWT", "kid": self.kid}
+        payload = {"sub": sub, "exp": int(exp), "iat": int(time.time()), **claims}
+        signing_input = (_b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(payload).encode())).encode()
+        r, s = decode_dss_signature(self.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        return signing_input.decode() + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+def oauth_conf(b, token_fn, expiry_s=None):
+    """A SASL_PLAINTEXT OAUTHBEARER client whose oauth_cb returns token_fn()'s JWT; librdkafka
+    is told `expiry_s` from now (it refuses a token it already knows to be expired)."""
+    def oauth_cb(_config):
+        return token_fn(), time.time() + (expiry_s or 300), "ignored-by-the-broker"
+    return {"bootstrap.servers": b.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": "OAUTHBEARER", "oauth_cb": oauth_cb}
+
+
+def metadata_ok(conf):
+    p = Producer(conf)
+    p.poll(0.5)  # serves oauth_cb
+    return bool(p.list_topics(timeout=15).brokers)
+
+
+def test_oauthbearer_jwt_against_jwks(request, tmp_path, pki, unique_topic):  # noqa: F811
+    """OAUTHBEARER with a JWKS file: confluent-kafka's oauth_cb tokens produce and consume
+    as User:<sub>; a token from another key, an expired one and a wrong audience are
+    refused; SaslAuthenticate's session lifetime is the token's remaining life."""
+    from confluent_kafka import Consumer
+
+    key, stranger = JwtKey("k1"), JwtKey("k1")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [key.jwk()]}))
+    sb = SaslBroker(tmp_path / "strata", pki, extra_args=[
+        "--sasl-oauthbearer-jwks-file", str(jwks),
+        "--sasl-oauthbearer-expected-audience", "kafka",
+    ])
+    i = sb.extra_args.index("--sasl-enabled-mechanisms")
+    sb.extra_args[i + 1] = "OAUTHBEARER,SCRAM-SHA-512"
+    for b in supervise(request, sb):
+        wait_admin_ready(b, pki)
+
+        # Raw: the session lifetime is what is left of the token.
+        with kwire.connect(b.bootstrap) as s:
+            err, mechanisms = sasl_handshake(s, "OAUTHBEARER")
+            assert err == 0 and set(mechanisms) == {"OAUTHBEARER", "SCRAM-SHA-512"}, mechanisms
+            jwt = key.token("alice", time.time() + 120, aud="kafka")
+            err, message, _ = sasl_authenticate_v2(s, f"n,,\x01auth=Bearer {jwt}\x01\x01".encode())
+            assert err == 0, message
+            assert 100_000 < sasl_authenticate_v2.session_lifetime_ms <= 120_000
+        with kwire.connect(b.bootstrap) as s:
+            assert sasl_handshake(s, "OAUTHBEARER")[0] == 0
+            jwt = key.token("alice", time.time() + 120, aud="other")
+            err, message, _ = sasl_authenticate_v2(s, f"n,,\x01auth=Bearer {jwt}\x01\x01".encode())
+            assert err == SASL_AUTHENTICATION_FAILED and "audience" in message, message
+            assert kwire.wait_closed(s) == b""
+
+        good = oauth_conf(b, lambda: key.token("alice", time.time() + 300, aud=["kafka", "x"]))
+        p = Producer({**good, "linger.ms": 0})
+        delivered = []
+        for n in range(5):
+            p.produce(unique_topic, f"m{n}".encode(), on_delivery=lambda err, msg: delivered.append(err or msg.offset()))
+        assert p.flush(30) == 0
+        assert delivered == list(range(5)), delivered
+
+        c = Consumer({**good, "group.id": "oauth-g", "auto.offset.reset": "earliest"})
+        try:
+            c.subscribe([unique_topic])
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < 5 and time.monotonic() < deadline:
+                msg = c.poll(0.5)
+                if msg is not None and msg.error() is None:
+                    got.append(msg.value())
+            assert got == [f"m{n}".encode() for n in range(5)], got
+        finally:
+            c.close()
+
+        # Signed by another key (with the same kid), and expired beyond the clock skew.
+        assert_auth_fails(oauth_conf(b, lambda: stranger.token("alice", time.time() + 300, aud="kafka")))
+        assert_auth_fails(oauth_conf(b, lambda: key.token("alice", time.time() - 120, aud="kafka")))
+        # The broker still serves the good token afterwards.
+        assert metadata_ok(good)
+
+        # Key rotation without a restart: the stranger's key is now the one.
+        jwks.write_text(json.dumps({"keys": [stranger.jwk(), {"kty": "oct", "k": "AA"}]}))
+        time.sleep(1.5)
+        rotated = oauth_conf(b, lambda: stranger.token("bob", time.time() + 300, aud="kafka"))
+        assert metadata_ok(rotated)
+        assert_auth_fails(good)
