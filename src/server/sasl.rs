@@ -22,6 +22,7 @@ use crate::protocol::{self, str_bytes, ProtocolError};
 use crate::security::oauth::JwtValidator;
 use crate::security::sasl::{CredentialLookup, SaslExchange, SaslMechanism, SaslStep};
 use crate::security::scram::{Mechanism, ScramCredential};
+use crate::telemetry;
 
 /// What the connection does with a frame.
 pub enum Intercept {
@@ -239,6 +240,7 @@ impl SaslSession {
                         mechanism = mechanism.name(),
                         "re-authentication as another user refused"
                     );
+                    telemetry::record_sasl(mechanism.name(), "failed");
                     return failed("Cannot change principals during re-authentication".into());
                 }
                 let reauth = session_lifetime(
@@ -248,8 +250,10 @@ impl SaslSession {
                 );
                 if self.user.is_none() {
                     info!(user, mechanism = mechanism.name(), "SASL authenticated");
+                    telemetry::record_sasl(mechanism.name(), "ok");
                 } else {
                     debug!(user, mechanism = mechanism.name(), "SASL re-authenticated");
+                    telemetry::record_sasl(mechanism.name(), "reauthenticated");
                 }
                 self.user = Some(user);
                 self.state = State::Done;
@@ -264,6 +268,7 @@ impl SaslSession {
             }
             Err(e) => {
                 info!(mechanism = mechanism.name(), error = %e, "SASL authentication failed");
+                telemetry::record_sasl(mechanism.name(), "failed");
                 failed(e.to_string())
             }
         }
