@@ -45,6 +45,7 @@ use crate::protocol::{start_request, ProtocolError, RequestContext, Started};
 
 pub mod jwks;
 mod limits;
+mod reload;
 mod sasl;
 pub mod tls;
 

@@ -3,30 +3,21 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
+use super::reload::Reloading;
+#[cfg(test)]
+use super::reload::RELOAD_CHECK_EVERY;
+
 use crate::security::oauth::{JwtSettings, JwtValidator, MAX_JWKS_BYTES};
-
-/// The file is looked at no more often than this (on a new authentication).
-const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// What tells a changed file: its modification time and length.
-type Stamp = (SystemTime, u64);
 
 pub struct JwksFile {
     path: PathBuf,
     settings: JwtSettings,
-    current: ArcSwap<JwtValidator>,
-    watch: Mutex<Watch>,
-}
-
-struct Watch {
-    checked: Instant,
-    stamp: Option<Stamp>,
+    current: Reloading<JwtValidator>,
 }
 
 impl fmt::Debug for JwksFile {
@@ -41,16 +32,11 @@ impl fmt::Debug for JwksFile {
 impl JwksFile {
     /// Reads and checks the file; the error is one line naming what is wrong.
     pub fn load(path: PathBuf, settings: JwtSettings) -> Result<Self, String> {
-        let stamp = stamp(&path);
-        let validator = read(&path, &settings)?;
+        let current = Reloading::load(vec![path.clone()], || read(&path, &settings))?;
         Ok(Self {
             path,
             settings,
-            current: ArcSwap::from_pointee(validator),
-            watch: Mutex::new(Watch {
-                checked: Instant::now(),
-                stamp,
-            }),
+            current,
         })
     }
 
@@ -58,49 +44,33 @@ impl JwksFile {
         &self.path
     }
 
-    /// The keys for a new authentication, after looking for a changed file (at most
-    /// once per `RELOAD_CHECK_EVERY`). A file that fails to load keeps the old keys.
+    /// The keys for a new authentication, after looking for a changed file. A file
+    /// that fails to load keeps the old keys.
     pub fn current(&self) -> Arc<JwtValidator> {
         self.reload_if_changed(Instant::now());
-        self.current.load_full()
+        self.current.get()
     }
 
     fn reload_if_changed(&self, now: Instant) {
-        let Ok(mut watch) = self.watch.try_lock() else {
-            return;
-        };
-        if now < watch.checked + RELOAD_CHECK_EVERY {
-            return;
-        }
-        watch.checked = now;
-        let stamp = stamp(&self.path);
-        if stamp == watch.stamp {
-            return;
-        }
-        watch.stamp = stamp;
-        match read(&self.path, &self.settings) {
-            Ok(validator) => {
-                info!(
-                    path = %self.path.display(),
-                    keys = validator.key_count(),
-                    "OAUTHBEARER JWKS reloaded"
-                );
-                self.current.store(Arc::new(validator));
-            }
-            Err(e) => warn!(
+        match self
+            .current
+            .reload_if_changed(now, || read(&self.path, &self.settings))
+        {
+            Some(Ok(())) => info!(
+                path = %self.path.display(),
+                keys = self.current.get().key_count(),
+                "OAUTHBEARER JWKS reloaded"
+            ),
+            Some(Err(e)) => warn!(
                 error = %e,
                 "OAUTHBEARER JWKS file changed but cannot be used; keeping the previous keys"
             ),
+            None => {}
         }
     }
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-fn read(path: &Path, settings: &JwtSettings) -> Result<JwtValidator, String> {
+fn read(path: &Path, settings: &JwtSettings) -> Result<Arc<JwtValidator>, String> {
     let shown = path.display();
     let too_big = || format!("{shown} is larger than 1 MiB");
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
@@ -109,6 +79,7 @@ fn read(path: &Path, settings: &JwtSettings) -> Result<JwtValidator, String> {
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     JwtValidator::from_jwks(&bytes, settings.clone())
+        .map(Arc::new)
         .map_err(|e| format!("{shown} is not a usable JWKS: {e}"))
 }
 
@@ -132,7 +103,7 @@ mod tests {
         assert_eq!(file.current().key_count(), 1);
         std::fs::write(&path, two)?;
         file.reload_if_changed(Instant::now() + RELOAD_CHECK_EVERY * 4);
-        assert_eq!(file.current.load().key_count(), 2);
+        assert_eq!(file.current.get().key_count(), 2);
         assert!(JwksFile::load(dir.path().join("missing"), JwtSettings::default()).is_err());
         Ok(())
     }

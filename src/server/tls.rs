@@ -6,19 +6,16 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
-/// The files are looked at no more often than this (on a new connection), so that a
-/// certificate renewed on disk is served without a restart at the cost of a few `stat`s.
-const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
+use super::reload::Reloading;
 
 /// Whether clients must present a certificate, like Kafka's `ssl.client.auth`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,87 +73,44 @@ pub enum TlsError {
 /// that fails to load keeps the previous certificate in use (and logs why).
 pub struct TlsAcceptor {
     settings: TlsSettings,
-    config: ArcSwap<ServerConfig>,
-    watch: Mutex<Watch>,
+    config: Reloading<ServerConfig>,
 }
-
-struct Watch {
-    checked: Instant,
-    stamps: Vec<Option<Stamp>>,
-}
-
-/// What tells a changed file: its modification time and length.
-type Stamp = (SystemTime, u64);
 
 impl TlsAcceptor {
     /// Loads the files; any error stops start-up.
     pub fn load(settings: TlsSettings) -> Result<Self, TlsError> {
-        let stamps = stamps(&settings);
-        let config = server_config(&settings)?;
-        Ok(Self {
-            settings,
-            config: ArcSwap::new(config),
-            watch: Mutex::new(Watch {
-                checked: Instant::now(),
-                stamps,
-            }),
-        })
+        let paths = [
+            Some(settings.cert_file.clone()),
+            Some(settings.key_file.clone()),
+            settings.ca_file.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let config = Reloading::load(paths, || server_config(&settings))?;
+        Ok(Self { settings, config })
     }
 
     pub fn settings(&self) -> &TlsSettings {
         &self.settings
     }
 
-    /// The config for a new connection, after looking for changed files (at most once
-    /// per `RELOAD_CHECK_EVERY`). The `stat`s, and a rare reload of a few KiB, are
-    /// blocking calls short enough to make on the connection's task.
+    /// The config for a new connection, after looking for changed files.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.reload_if_changed(Instant::now());
-        self.config.load_full()
-    }
-
-    fn reload_if_changed(&self, now: Instant) {
-        // Another connection is checking: it will swap the config if needed.
-        let Ok(mut watch) = self.watch.try_lock() else {
-            return;
-        };
-        if now < watch.checked + RELOAD_CHECK_EVERY {
-            return;
-        }
-        watch.checked = now;
-        let stamps = stamps(&self.settings);
-        if stamps == watch.stamps {
-            return;
-        }
-        // Noted before reading: a write that lands after it changes the stamps again
-        // and is picked up by the next check (so is a key written after its cert).
-        watch.stamps = stamps;
-        match server_config(&self.settings) {
-            Ok(config) => {
-                self.config.store(config);
-                info!(cert = %self.settings.cert_file.display(), "TLS certificate reloaded");
+        let reloaded = self
+            .config
+            .reload_if_changed(Instant::now(), || server_config(&self.settings));
+        match reloaded {
+            Some(Ok(())) => {
+                info!(cert = %self.settings.cert_file.display(), "TLS certificate reloaded")
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 warn!(error = %e, "TLS files changed but cannot be loaded; still serving the previous certificate")
             }
+            None => {}
         }
+        self.config.get()
     }
-}
-
-fn stamps(settings: &TlsSettings) -> Vec<Option<Stamp>> {
-    let stamp = |path: &Path| {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    };
-    [
-        Some(settings.cert_file.as_path()),
-        Some(settings.key_file.as_path()),
-        settings.ca_file.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(stamp)
-    .collect()
 }
 
 fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
