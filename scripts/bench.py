@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import shutil
 import signal
 import socket
@@ -907,13 +908,30 @@ def run_soak(a, ctx) -> int:
         last = samples[-1]
         fig("soak_growth_from", base["minute"], "min")
         fig("soak_growth_to", last["minute"], "min")
+        # Compaction makes these series swing (flush chunks pile up, then are merged), so
+        # two single points can land on a trough and a peak: the verdict compares the
+        # medians of the two halves of the samples from `base` on; the point-to-point
+        # figures are printed too.
+        later = [s for s in samples if s["minute"] >= base["minute"] - 1e-6]
+        half = len(later) // 2
+        first_half, second_half = (later[:half], later[half:]) if half else ([base], [last])
+        fig("soak_growth_median_windows",
+            f"{first_half[0]['minute']:.0f}-{first_half[-1]['minute']:.0f} vs "
+            f"{second_half[0]['minute']:.0f}-{second_half[-1]['minute']:.0f}", "min")
+
+        def median(window, key):
+            vals = [s.get(key) for s in window if s.get(key) is not None]
+            return statistics.median(vals) if vals else None
+
         verdicts = []
         for name, key in (("index_entries", "index_entries"), ("snapshot_bytes", "snapshot_bytes"),
                           ("raft_snapshot_file", "raft_snapshot_bytes"), ("broker_rss", "rss_mib")):
             g = _fmt_growth(base.get(key), last.get(key))
             fig(f"soak_growth_{name}", g, "%")
-            if name != "raft_snapshot_file" and isinstance(g, float):
-                verdicts.append(g < SOAK_GROWTH_TARGET_PCT)
+            gm = _fmt_growth(median(first_half, key), median(second_half, key))
+            fig(f"soak_growth_median_{name}", gm, "%")
+            if name != "raft_snapshot_file" and isinstance(gm, float):
+                verdicts.append(gm < SOAK_GROWTH_TARGET_PCT)
         fig("soak_growth_target", f"< {SOAK_GROWTH_TARGET_PCT:g}", "%")
         fig("soak_growth_within_target", ("yes" if all(verdicts) else "no") if verdicts else "n/a")
 
