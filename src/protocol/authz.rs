@@ -30,17 +30,6 @@ pub struct RequestContext {
     pub listener: Arc<Listener>,
 }
 
-impl RequestContext {
-    /// For tests and internal callers: anonymous on the broker's first listener.
-    pub fn anonymous(broker: &Broker) -> Self {
-        Self {
-            principal: "User:ANONYMOUS".into(),
-            host: "127.0.0.1".into(),
-            listener: Arc::new(broker.config.listeners[0].clone()),
-        }
-    }
-}
-
 /// The authorizer, bound to one request.
 pub struct Authz<'a> {
     broker: &'a Broker,
@@ -139,11 +128,22 @@ impl<'a> Authz<'a> {
         if !requested {
             return NOT_REQUESTED;
         }
-        let ops: Vec<Operation> = supported(resource_type)
-            .iter()
-            .copied()
-            .filter(|op| self.allowed(*op, resource_type, name))
-            .collect();
+        let settings = &self.broker.config.security.authorizer;
+        let who = Requester {
+            principal: &self.ctx.principal,
+            host: &self.ctx.host,
+        };
+        // Every supported operation under one read of the state, not one read each.
+        let ops = self.broker.metadata.read(|s| {
+            acl::authorized_operations(
+                s.access().acls(),
+                settings,
+                who,
+                resource_type,
+                name,
+                supported(resource_type),
+            )
+        });
         bits(&ops)
     }
 }
