@@ -520,3 +520,139 @@ def parse_fetch_v4(body: bytes) -> dict:
             r.pos += max(n, 0)
             out[(topic, part)] = (err, hw, records)
     return out
+
+
+# ------------------------------------------------------------------ transactions: Fetch v4 with
+# isolation level, ListOffsets v2, FindCoordinator v1 and record-batch headers
+
+API_LIST_OFFSETS = 2
+API_FIND_COORDINATOR = 10
+
+READ_UNCOMMITTED = 0
+READ_COMMITTED = 1
+
+ATTR_TRANSACTIONAL = 0x10
+ATTR_CONTROL = 0x20
+
+
+def fetch_v4_isolated_body(topic: str, partition: int, offset: int, isolation_level: int,
+                           max_bytes: int = 8 << 20, max_wait_ms: int = 100) -> bytes:
+    return (
+        struct.pack(">iiii", -1, max_wait_ms, 1, max_bytes)  # replica, max_wait_ms, min_bytes, max_bytes
+        + struct.pack(">b", isolation_level)
+        + struct.pack(">i", 1) + kstring(topic)
+        + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes)
+    )
+
+
+def parse_fetch_v4_full(body: bytes) -> dict:
+    """{(topic, partition): {error_code, high_watermark, last_stable_offset,
+    aborted_transactions: [(producer_id, first_offset)] or None, records: bytes}}."""
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {}
+    for _ in range(r.i32()):
+        topic = r.string()
+        for _ in range(r.i32()):
+            part, err, hw, lso = r.i32(), r.i16(), r.i64(), r.i64()
+            n = r.i32()
+            aborted = None if n < 0 else [(r.i64(), r.i64()) for _ in range(n)]
+            size = r.i32()
+            records = body[r.pos:r.pos + max(size, 0)]
+            r.pos += max(size, 0)
+            out[(topic, part)] = {"error_code": err, "high_watermark": hw, "last_stable_offset": lso,
+                                  "aborted_transactions": aborted, "records": records}
+    return out
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def parse_batch_headers(data: bytes) -> list[dict]:
+    """Every complete v2 record batch in a Fetch answer: base_offset, last_offset, attributes,
+    producer_id, producer_epoch, base_sequence, count, and (uncompressed batches only) the
+    records as [(offset, key, value)].  A control batch's record key is (version i16, type
+    i16): type 0 = ABORT, 1 = COMMIT (`control_type`)."""
+    out, pos = [], 0
+    while pos + 61 <= len(data):
+        base, length = struct.unpack_from(">qi", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            break  # partial batch at the end
+        magic = data[pos + 16]
+        attributes, last_delta = struct.unpack_from(">hi", data, pos + 21)
+        pid, epoch, base_seq, count = struct.unpack_from(">qhii", data, pos + 43)
+        b = {"base_offset": base, "last_offset": base + last_delta, "attributes": attributes,
+             "magic": magic, "producer_id": pid, "producer_epoch": epoch, "base_sequence": base_seq,
+             "count": count, "records": None, "control_type": None}
+        if magic == 2 and attributes & 0x07 == 0:  # uncompressed: decode the records
+            recs, p = [], pos + 61
+            for _ in range(count):
+                _len, p = _read_varint(data, p)
+                p += 1  # record attributes
+                _ts, p = _read_varint(data, p)
+                delta, p = _read_varint(data, p)
+                klen, p = _read_varint(data, p)
+                key = data[p:p + klen] if klen >= 0 else None
+                p += max(klen, 0)
+                vlen, p = _read_varint(data, p)
+                value = data[p:p + vlen] if vlen >= 0 else None
+                p += max(vlen, 0)
+                nh, p = _read_varint(data, p)
+                for _ in range(nh):
+                    hk, p = _read_varint(data, p)
+                    p += hk
+                    hv, p = _read_varint(data, p)
+                    p += max(hv, 0)
+                recs.append((base + delta, key, value))
+            b["records"] = recs
+            if attributes & ATTR_CONTROL and recs and recs[0][1] is not None and len(recs[0][1]) >= 4:
+                b["control_type"] = struct.unpack_from(">h", recs[0][1], 2)[0]
+        out.append(b)
+        pos = end
+    return out
+
+
+def list_offsets_v2_body(topic: str, partitions: list[int], timestamp: int, isolation_level: int) -> bytes:
+    return (
+        struct.pack(">ib", -1, isolation_level)  # replica id, isolation level
+        + struct.pack(">i", 1) + kstring(topic)
+        + struct.pack(">i", len(partitions))
+        + b"".join(struct.pack(">iq", p, timestamp) for p in partitions)
+    )
+
+
+def parse_list_offsets_v2(body: bytes) -> dict:
+    """{(topic, partition): (error_code, timestamp, offset)}."""
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {}
+    for _ in range(r.i32()):
+        topic = r.string()
+        for _ in range(r.i32()):
+            part, err, ts, off = r.i32(), r.i16(), r.i64(), r.i64()
+            out[(topic, part)] = (err, ts, off)
+    return out
+
+
+def find_coordinator_v1_body(key: str, key_type: int) -> bytes:
+    return kstring(key) + struct.pack(">b", key_type)
+
+
+def parse_find_coordinator_v1(body: bytes) -> dict:
+    r = Reader(body)
+    r.i32()  # throttle
+    err = r.i16()
+    msg = r.string()
+    node = r.i32()
+    host = r.string()
+    port = r.i32()
+    return {"error_code": err, "error_message": msg, "node_id": node, "host": host, "port": port}

@@ -1,0 +1,908 @@
+"""Kafka transactions and exactly-once against Strata (issue 13), with real clients.
+
+Covered:
+
+* confluent-kafka transactional producer: commit, abort, commit on a keyed 3-partition
+  topic.  read_committed sees exactly the committed records, in order per partition;
+  read_uncommitted sees all of them.  A raw Fetch v4 (read_committed) lists the aborted
+  transaction as (producer id, first offset) covering exactly the aborted records, and the
+  partition holds control batches (attributes 0x20, COMMIT/ABORT) at the gaps between the
+  transactions' offsets.
+* The last stable offset: with a transaction open, ListOffsets v2 read_committed answers
+  the open transaction's first offset (below the high watermark); a read_committed consumer
+  stops there, even for later non-transactional records, until the commit.
+* Consume-transform-produce with send_offsets_to_transaction, SIGKILL of the broker
+  mid-stream and restart (one broker), and SIGKILL of the transaction coordinator's broker
+  in a 3-broker Raft cluster: the output holds every input record exactly once (read
+  committed) and the group's committed offsets equal the input's end offsets.
+* kafkajs (tests/js/transactions.js): producer.transaction(), send, sendOffsets, commit,
+  abort; offsets of the aborted transaction vanish.
+* kafka-python 3.0.12's transactional producer, read back with isolation_level=read_committed.
+* Fencing: a second producer with the same transactional.id fences the first (a fatal
+  PRODUCER_FENCED / INVALID_PRODUCER_EPOCH / _FENCED); the first's records never show.
+* transaction.timeout.ms: an abandoned transaction is aborted by the coordinator and
+  read_committed readers move on; a producer SIGKILLed between AddPartitionsToTxn and
+  EndTxn does not hold the LSO forever.
+* Durability of transaction state: SIGKILL of the broker with a transaction open, restart,
+  then commit with the same producer: the records show exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter, defaultdict
+
+import pytest
+from confluent_kafka import (Consumer, KafkaError, KafkaException, Producer, TopicPartition,
+                             OFFSET_BEGINNING)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import kwire
+from cluster import Background, Cluster
+from conftest import REPO_ROOT
+
+TXN_JS = REPO_ROOT / "tests" / "js" / "transactions.js"
+FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+# ====================================================================== helpers
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+                             operation_timeout=30)
+    fs[topic].result(timeout=60)
+
+
+def txn_producer(bootstrap: str, tid: str, **extra) -> Producer:
+    conf = {"bootstrap.servers": bootstrap, "transactional.id": tid, "linger.ms": 5,
+            "partitioner": "murmur2_random", "transaction.timeout.ms": 30000}
+    conf.update(extra)
+    return Producer(conf)
+
+
+def plain_produce(bootstrap: str, topic: str, partition: int, values: list[str]) -> list[int]:
+    """Non-transactional (idempotent) produce; returns the offsets, in order."""
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    got, errs = {}, []
+
+    def cb(err, msg):
+        if err is not None:
+            errs.append(err)
+        else:
+            got[msg.value().decode()] = msg.offset()
+
+    for v in values:
+        p.produce(topic, value=v.encode(), key=b"plain", partition=partition, on_delivery=cb)
+    assert p.flush(60) == 0 and not errs, errs
+    return [got[v] for v in values]
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, isolation: str,
+               timeout: float = 30.0) -> dict[int, list[tuple[int, str]]]:
+    """Everything a fresh consumer with `isolation` sees from offset 0 to the end it reports
+    (the LSO for read_committed): {partition: [(offset, value)]}."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}",
+                  "enable.auto.commit": False, "isolation.level": isolation,
+                  "enable.partition.eof": True, "fetch.wait.max.ms": 100})
+    out: dict[int, list] = {p: [] for p in range(partitions)}
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        eof: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(eof) < partitions:
+            assert time.monotonic() < deadline, f"{isolation} read of {topic}: EOF on {eof} only"
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                    continue
+                raise KafkaException(m.error())
+            eof.discard(m.partition())
+            out[m.partition()].append((m.offset(), m.value().decode()))
+    finally:
+        c.close()
+    return out
+
+
+def values_of(read: dict[int, list]) -> list[str]:
+    return [v for recs in read.values() for _, v in recs]
+
+
+def raw_call(bootstrap: str, api_key: int, version: int, body: bytes, timeout: float = 20.0) -> bytes:
+    with kwire.connect(bootstrap, timeout=timeout) as s:
+        s.sendall(kwire.request(api_key, version, 17, body))
+        cid, resp = kwire.read_response(s)
+        assert cid == 17
+        return resp
+
+
+def raw_fetch(bootstrap: str, topic: str, partition: int, offset: int, isolation: int) -> dict:
+    body = kwire.fetch_v4_isolated_body(topic, partition, offset, isolation)
+    return kwire.parse_fetch_v4_full(raw_call(bootstrap, kwire.API_FETCH, 4, body))[(topic, partition)]
+
+
+def raw_batches(bootstrap: str, topic: str, partition: int, isolation: int = 0) -> tuple[dict, list, list]:
+    """Every batch of the partition from 0 (raw Fetch v4), to the HW (read_uncommitted) or the
+    LSO (read_committed): (last fetch answer, batches, union of the aborted_transactions)."""
+    batches, aborted, offset, ans = [], [], 0, None
+    for _ in range(1000):
+        ans = raw_fetch(bootstrap, topic, partition, offset, isolation)
+        assert ans["error_code"] == 0, ans
+        for a in ans["aborted_transactions"] or []:
+            if a not in aborted:
+                aborted.append(a)
+        end = ans["last_stable_offset"] if isolation else ans["high_watermark"]
+        new = [b for b in kwire.parse_batch_headers(ans["records"]) if b["last_offset"] >= offset]
+        batches += new
+        if new:
+            offset = new[-1]["last_offset"] + 1
+        if offset >= end or not new:
+            return ans, batches, sorted(aborted)
+    raise AssertionError("fetch loop did not finish")
+
+
+def list_offset(bootstrap: str, topic: str, partition: int, isolation: int, timestamp: int = -1) -> int:
+    body = kwire.list_offsets_v2_body(topic, [partition], timestamp, isolation)
+    err, _ts, off = kwire.parse_list_offsets_v2(raw_call(bootstrap, kwire.API_LIST_OFFSETS, 2, body))[(topic, partition)]
+    assert err == 0, f"ListOffsets {topic}/{partition} isolation={isolation}: error {err}"
+    return off
+
+
+def find_txn_coordinator(bootstrap: str, tid: str) -> dict:
+    body = kwire.find_coordinator_v1_body(tid, 1)
+    return kwire.parse_find_coordinator_v1(raw_call(bootstrap, kwire.API_FIND_COORDINATOR, 1, body))
+
+
+def wait_for(what: str, cond, timeout: float, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        for _ in range(30):
+            try:
+                tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+                return {tp.partition: tp.offset for tp in tps}
+            except KafkaException:
+                time.sleep(1)
+        raise AssertionError("could not read committed offsets")
+    finally:
+        c.close()
+
+
+def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
+    finally:
+        c.close()
+
+
+def keys_covering(partitions: int, n: int) -> list[str]:
+    """n keys whose murmur2 partitions cover every partition (round-robin)."""
+    by_part = defaultdict(list)
+    i = 0
+    while min((len(by_part[p]) for p in range(partitions)), default=0) < n:
+        k = f"key-{i}"
+        by_part[kwire.murmur2_partition(k.encode(), partitions)].append(k)
+        i += 1
+    return [by_part[j % partitions][j // partitions] for j in range(n * partitions)]
+
+
+# ====================================================================== 1. commit, abort, commit
+def test_confluent_commit_abort_commit(broker, unique_topic):
+    topic, parts = unique_topic, 3
+    create_topic(broker.bootstrap, topic, parts)
+    keys = keys_covering(parts, 4)  # 12 keys, 4 per partition
+    p = txn_producer(broker.bootstrap, f"tid-{topic}")
+    p.init_transactions(30)
+
+    delivered: dict[str, tuple[int, int]] = {}  # value -> (partition, offset)
+    errors = []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            delivered[msg.value().decode()] = (msg.partition(), msg.offset())
+
+    txns = {}
+    for name, end in (("txn1", "commit"), ("txn2", "abort"), ("txn3", "commit")):
+        p.begin_transaction()
+        vals = [f"{name}-{i}" for i in range(len(keys))]
+        for k, v in zip(keys, vals):
+            p.produce(topic, key=k.encode(), value=v.encode(), on_delivery=cb)
+        p.flush(30)
+        if end == "commit":
+            p.commit_transaction(30)
+        else:
+            p.abort_transaction(30)
+        txns[name] = vals
+    assert not errors, errors
+    assert set(delivered) == {v for vs in txns.values() for v in vs}, "not every record was acknowledged"
+    for v, (part, _) in delivered.items():
+        k = keys[int(v.split("-")[1])]
+        assert part == kwire.murmur2_partition(k.encode(), parts), f"{v} ({k}) landed in partition {part}"
+
+    def expected(names):
+        out = {}
+        for part in range(parts):
+            vs = [(off, v) for v, (pp, off) in delivered.items() if pp == part and v.split("-")[0] in names]
+            out[part] = sorted(vs)
+        return out
+
+    committed = read_topic(broker.bootstrap, topic, parts, "read_committed")
+    assert committed == expected({"txn1", "txn3"}), "read_committed must see exactly txn1 and txn3"
+    assert len(values_of(committed)) == 2 * len(keys)
+    uncommitted = read_topic(broker.bootstrap, topic, parts, "read_uncommitted")
+    assert uncommitted == expected({"txn1", "txn2", "txn3"}), "read_uncommitted must see every record"
+
+    # Raw: aborted transactions index and control batches.
+    for part in range(parts):
+        offs = {name: sorted(off for v, (pp, off) in delivered.items() if pp == part and v.startswith(name + "-"))
+                for name in txns}
+        assert all(offs.values()), f"partition {part} lacks records of a transaction: {offs}"
+        ans, batches, _ = raw_batches(broker.bootstrap, topic, part, isolation=kwire.READ_UNCOMMITTED)
+        hw = ans["high_watermark"]
+        assert ans["last_stable_offset"] == hw, f"partition {part}: LSO {ans['last_stable_offset']} != HW {hw} with no open transaction"
+        data = [b for b in batches if not b["attributes"] & kwire.ATTR_CONTROL]
+        control = [b for b in batches if b["attributes"] & kwire.ATTR_CONTROL]
+        assert all(b["attributes"] & kwire.ATTR_TRANSACTIONAL for b in data), "data batches must be transactional"
+        pids = {b["producer_id"] for b in data}
+        assert len(pids) == 1 and -1 not in pids, f"partition {part}: producer ids {pids}"
+        (pid,) = pids
+        # One marker right after each transaction's last record: the offsets have gaps there.
+        want_markers = [(offs["txn1"][-1] + 1, 1), (offs["txn2"][-1] + 1, 0), (offs["txn3"][-1] + 1, 1)]
+        got_markers = [(b["base_offset"], b["control_type"]) for b in control]
+        assert got_markers == want_markers, f"partition {part}: control batches {got_markers}, want {want_markers}"
+        assert all(b["attributes"] & kwire.ATTR_TRANSACTIONAL and b["producer_id"] == pid and b["count"] == 1
+                   for b in control), control
+        assert offs["txn2"][0] == offs["txn1"][-1] + 2 and offs["txn3"][0] == offs["txn2"][-1] + 2, offs
+        assert hw == offs["txn3"][-1] + 2
+        data_offsets = sorted(r[0] for b in data for r in b["records"])
+        assert data_offsets == sorted(offs["txn1"] + offs["txn2"] + offs["txn3"])
+
+        rc, rc_batches, aborted = raw_batches(broker.bootstrap, topic, part, isolation=kwire.READ_COMMITTED)
+        assert rc["last_stable_offset"] == hw, rc
+        assert aborted == [(pid, offs["txn2"][0])], \
+            f"partition {part}: aborted_transactions {aborted}, want [({pid}, {offs['txn2'][0]})]"
+        # The aborted range [first offset, abort marker) holds exactly txn2's records.
+        abort_marker = offs["txn2"][-1] + 1
+        in_range = [o for o in data_offsets if offs["txn2"][0] <= o < abort_marker]
+        assert in_range == offs["txn2"]
+        # A fetch starting past the aborted transaction does not list it.
+        later = raw_fetch(broker.bootstrap, topic, part, offs["txn3"][0], kwire.READ_COMMITTED)
+        assert not later["aborted_transactions"], later["aborted_transactions"]
+
+
+# ====================================================================== 2. the LSO
+def test_open_transaction_holds_the_lso(broker, unique_topic):
+    topic = unique_topic
+    create_topic(broker.bootstrap, topic, 1)
+    pre = plain_produce(broker.bootstrap, topic, 0, [f"pre-{i}" for i in range(3)])
+    assert pre == [0, 1, 2]
+
+    t = txn_producer(broker.bootstrap, f"tid-{topic}")
+    t.init_transactions(30)
+    t.begin_transaction()
+    for i in range(5):
+        t.produce(topic, value=f"open-{i}".encode(), partition=0)
+    assert t.flush(30) == 0
+    post = plain_produce(broker.bootstrap, topic, 0, [f"post-{i}" for i in range(4)])
+    assert post == [8, 9, 10, 11], post
+
+    hw = list_offset(broker.bootstrap, topic, 0, kwire.READ_UNCOMMITTED)
+    lso = list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED)
+    assert hw == 12
+    assert lso == 3, f"ListOffsets read_committed = {lso}; the open transaction starts at 3 (HW {hw})"
+    ans = raw_fetch(broker.bootstrap, topic, 0, 0, kwire.READ_COMMITTED)
+    assert ans["high_watermark"] == 12 and ans["last_stable_offset"] == 3, ans
+
+    # A live read_committed consumer stops at the LSO ...
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"g-{topic}",
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 100})
+    try:
+        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        seen = []
+        t_end = time.monotonic() + 4
+        while time.monotonic() < t_end:
+            m = c.poll(0.3)
+            if m is not None and not m.error():
+                seen.append(m.value().decode())
+        assert seen == ["pre-0", "pre-1", "pre-2"], f"read_committed saw {seen} with the transaction open"
+        assert values_of(read_topic(broker.bootstrap, topic, 1, "read_uncommitted")) == \
+            [f"pre-{i}" for i in range(3)] + [f"open-{i}" for i in range(5)] + [f"post-{i}" for i in range(4)]
+
+        # ... and moves on at the commit.
+        t.commit_transaction(30)
+        want = [f"open-{i}" for i in range(5)] + [f"post-{i}" for i in range(4)]
+        t_end = time.monotonic() + 20
+        while len(seen) < 12 and time.monotonic() < t_end:
+            m = c.poll(0.3)
+            if m is not None and not m.error():
+                seen.append(m.value().decode())
+        assert seen[3:] == want, f"after the commit read_committed saw {seen[3:]}"
+    finally:
+        c.close()
+    hw2 = list_offset(broker.bootstrap, topic, 0, kwire.READ_UNCOMMITTED)
+    assert hw2 == 13  # + the commit marker
+    assert list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED) == hw2
+
+
+# ====================================================================== 3/4. consume-transform-produce
+class Processor:
+    """A consume-transform-produce loop (confluent-kafka consumer group, read_committed, and
+    a transactional producer; send_offsets_to_transaction; a commit every `batch` records),
+    recovering as confluent-kafka's transactional examples do: retriable -> retry, abortable
+    -> abort and rewind to the committed offsets, fatal -> a new producer with the same
+    transactional.id.  Runs in a thread until the group's offsets reach `ends`."""
+
+    def __init__(self, bootstrap: str, src: str, dst: str, group: str, tid: str, ends: dict[int, int],
+                 batch: int = 100, pause: float = 0.05):
+        self.bootstrap, self.src, self.dst, self.group, self.tid = bootstrap, src, dst, group, tid
+        self.ends, self.batch, self.pause = ends, batch, pause
+        self.commits = 0
+        self.aborts = 0
+        self.fatal = 0
+        self.retries = 0
+        self.errors: list[str] = []
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.thread = Background(self._run, name="processor")
+
+    def start(self) -> "Processor":
+        self.thread.start()
+        return self
+
+    def _producer(self) -> Producer:
+        p = Producer({"bootstrap.servers": self.bootstrap, "transactional.id": self.tid, "linger.ms": 5,
+                      "transaction.timeout.ms": 20000, "message.timeout.ms": 20000})
+        while True:
+            try:
+                p.init_transactions(20)
+                return p
+            except KafkaException as e:
+                self.errors.append(f"init: {e.args[0]}")
+                if self.stop.is_set():
+                    raise
+                if e.args[0].fatal():
+                    p = Producer({"bootstrap.servers": self.bootstrap, "transactional.id": self.tid,
+                                  "linger.ms": 5, "transaction.timeout.ms": 20000, "message.timeout.ms": 20000})
+                time.sleep(0.5)
+
+    def _run(self) -> None:
+        need_rewind = threading.Event()
+
+        def on_revoke(_c, _parts):
+            need_rewind.set()
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
+                      "isolation.level": "read_committed", "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
+                      "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 100})
+        c.subscribe([self.src], on_revoke=on_revoke)
+        p = self._producer()
+        p.begin_transaction()
+        pending = 0
+        last_committed: dict[int, int] = {}
+        try:
+            while not self.stop.is_set():
+                if need_rewind.is_set():
+                    need_rewind.clear()
+                    if pending:
+                        p, _ = self._abort(p, c)
+                        pending = 0
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    try:
+                        p.produce(self.dst, key=m.key(), value=m.value())
+                        pending += 1
+                    except BufferError:
+                        p.poll(0.2)
+                        p.produce(self.dst, key=m.key(), value=m.value())
+                        pending += 1
+                    except KafkaException as e:
+                        self.errors.append(f"produce: {e.args[0]}")
+                        p, _ = self._abort(p, c)
+                        pending = 0
+                        continue
+                elif m is not None:
+                    self.errors.append(f"consumer: {m.error()}")
+                if pending >= self.batch or (pending and m is None):
+                    positions = [tp for tp in c.position(c.assignment()) if tp.offset >= 0]
+                    ok, p = self._commit(p, c, positions)
+                    if ok:
+                        self.commits += 1
+                        for tp in positions:
+                            last_committed[tp.partition] = tp.offset
+                        time.sleep(self.pause)
+                    pending = 0
+                    p.begin_transaction()
+                    if all(last_committed.get(q, 0) >= e for q, e in self.ends.items()):
+                        self.done.set()
+                        return
+        finally:
+            try:
+                p.abort_transaction(5)
+            except Exception:  # noqa: BLE001
+                pass
+            c.close()
+
+    def _commit(self, p: Producer, c: Consumer, positions) -> tuple[bool, Producer]:
+        """Sends the offsets and commits; (committed?, producer to go on with)."""
+        for _ in range(60):
+            try:
+                if positions:
+                    p.send_offsets_to_transaction(positions, c.consumer_group_metadata(), 20)
+                p.commit_transaction(20)
+                return True, p
+            except KafkaException as e:
+                err = e.args[0]
+                self.errors.append(f"commit: {err}")
+                if err.retriable():
+                    self.retries += 1
+                    time.sleep(0.2)
+                    continue
+                return self._abort(p, c, err)
+        raise AssertionError(f"commit did not succeed after 60 retries: {self.errors[-5:]}")
+
+    def _abort(self, p: Producer, c: Consumer, err: KafkaError | None = None) -> tuple[bool, Producer]:
+        if err is None or not err.fatal():
+            for _ in range(30):
+                try:
+                    p.abort_transaction(20)
+                    self.aborts += 1
+                    break
+                except KafkaException as e:
+                    self.errors.append(f"abort: {e.args[0]}")
+                    if e.args[0].fatal():
+                        err = e.args[0]
+                        break
+                    time.sleep(0.3)
+        if err is not None and err.fatal():
+            self.fatal += 1
+            p = self._producer()
+        self._rewind(c)
+        return False, p
+
+    def _rewind(self, c: Consumer) -> None:
+        """Back to the group's committed offsets (what the aborted transaction did not move)."""
+        for _ in range(60):
+            try:
+                assignment = c.assignment()
+                if not assignment:
+                    return  # the next assignment starts from the committed offsets
+                for tp in c.committed(assignment, timeout=10):
+                    if tp.offset < 0:
+                        tp.offset = OFFSET_BEGINNING
+                    c.seek(tp)
+                return
+            except KafkaException as e:
+                self.errors.append(f"rewind: {e.args[0]}")
+                time.sleep(0.5)
+        raise AssertionError("could not rewind the consumer")
+
+    def wait(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.stop.set()
+            self.thread.join(30)
+            raise AssertionError(f"processor not done within {timeout}s: {self.commits} commits, "
+                                 f"{self.aborts} aborts, errors {self.errors[-10:]}")
+        if self.thread.error is not None:
+            raise self.thread.error
+        assert self.done.is_set()
+
+
+def fill_input(bootstrap: str, topic: str, n: int) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    for i in range(n):
+        p.produce(topic, key=f"k{i % 31}".encode(), value=f"in-{i:05d}".encode())
+        if i % 500 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+def check_exactly_once(bootstrap: str, src: str, dst: str, group: str, n: int, parts: int) -> None:
+    ends = high_watermarks(bootstrap, src, parts)
+    assert sum(ends.values()) == n
+    out = read_topic(bootstrap, dst, parts, "read_committed", timeout=60)
+    counts = Counter(values_of(out))
+    dup = {v: k for v, k in counts.items() if k > 1}
+    missing = [f"in-{i:05d}" for i in range(n) if f"in-{i:05d}" not in counts]
+    stray = [v for v in counts if not v.startswith("in-")]
+    assert not dup, f"{len(dup)} input records appear more than once in the output, e.g. {list(dup.items())[:5]}"
+    assert not missing, f"{len(missing)} input records missing from the output, e.g. {missing[:5]}"
+    assert not stray and len(counts) == n
+    committed = committed_offsets(bootstrap, group, src, parts)
+    assert committed == ends, f"group offsets {committed} != input end offsets {ends}"
+
+
+def test_consume_transform_produce_sigkill_broker(broker, unique_topic):
+    src, dst, parts, n = f"{unique_topic}-in", f"{unique_topic}-out", 3, 3000
+    create_topic(broker.bootstrap, src, parts)
+    create_topic(broker.bootstrap, dst, parts)
+    fill_input(broker.bootstrap, src, n)
+    ends = high_watermarks(broker.bootstrap, src, parts)
+    assert sum(ends.values()) == n
+    group, tid = f"g-{unique_topic}", f"tid-{unique_topic}"
+    proc = Processor(broker.bootstrap, src, dst, group, tid, ends).start()
+    wait_for("5 transactions committed", lambda: proc.commits >= 5 or proc.thread.error, timeout=60)
+    assert proc.thread.error is None, proc.thread.error
+    assert not proc.done.is_set(), "the processor finished before the kill; slow it down"
+    killed_at = proc.commits
+    broker.kill()
+    time.sleep(1)
+    broker.start()
+    proc.wait(timeout=150)
+    assert proc.commits > killed_at
+    print(f"\nkilled after {killed_at} commits; {proc.commits} commits, {proc.aborts} aborts, "
+          f"{proc.fatal} fatal, {proc.retries} retries; errors: {Counter(e.split(':')[0] for e in proc.errors)}")
+    check_exactly_once(broker.bootstrap, src, dst, group, n, parts)
+
+
+@pytest.fixture
+def make_cluster(request, tmp_path):
+    made: list[Cluster] = []
+
+    def make(voters: int = 3, **kw) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(made)}", voters=voters, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    failed = any(getattr(request.node, f"rep_{w}", None) is not None
+                 and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
+    panics = []
+    for c in made:
+        panics += c.panics()
+        if failed or c.panics():
+            print(c.report(80))
+        c.close()
+    if panics and not failed:
+        pytest.fail(f"strata panicked on {panics}")
+
+
+@pytest.mark.timeout(400)
+def test_consume_transform_produce_three_brokers_sigkill_coordinator(make_cluster, unique_topic):
+    c = make_cluster(3)
+    c.start_all()
+    c.wait_leader()
+    bootstrap = c.bootstrap()
+    src, dst, parts, n = f"{unique_topic}-in", f"{unique_topic}-out", 3, 3000
+    create_topic(bootstrap, src, parts)
+    create_topic(bootstrap, dst, parts)
+    fill_input(bootstrap, src, n)
+    ends = high_watermarks(bootstrap, src, parts)
+    assert sum(ends.values()) == n
+    group, tid = f"g-{unique_topic}", f"tid-{unique_topic}"
+    coords = {i: find_txn_coordinator(c.node(i).bootstrap, tid) for i in c.running_ids()}
+    assert all(a["error_code"] == 0 for a in coords.values()), coords
+    assert len({a["node_id"] for a in coords.values()}) == 1, f"brokers disagree on the coordinator: {coords}"
+    victim = coords[1]["node_id"]
+    assert victim in c.nodes, coords
+    assert coords[1]["port"] == c.node(victim).kafka_port
+
+    proc = Processor(bootstrap, src, dst, group, tid, ends).start()
+    wait_for("5 transactions committed", lambda: proc.commits >= 5 or proc.thread.error, timeout=90)
+    assert proc.thread.error is None, proc.thread.error
+    assert not proc.done.is_set(), "the processor finished before the kill; slow it down"
+    killed_at = proc.commits
+    c.kill(victim, signal.SIGKILL)
+    survivors = [i for i in c.nodes if i != victim]
+    # Another broker takes the coordinator role while the victim is down.
+    t0 = time.monotonic()
+    wait_for("a live transaction coordinator",
+             lambda: all((a := find_txn_coordinator(c.node(i).bootstrap, tid))["error_code"] == 0
+                         and a["node_id"] in survivors for i in survivors), timeout=45)
+    print(f"\ncoordinator moved off node {victim} in {time.monotonic() - t0:.1f} s")
+    wait_for("commits after the kill", lambda: proc.commits > killed_at + 2 or proc.done.is_set()
+             or proc.thread.error, timeout=90)
+    c.start(victim)
+    proc.wait(timeout=200)
+    assert proc.commits > killed_at
+    print(f"killed node {victim} after {killed_at} commits; {proc.commits} commits, {proc.aborts} aborts, "
+          f"{proc.fatal} fatal, {proc.retries} retries; errors: {Counter(e.split(':')[0] for e in proc.errors)}")
+    check_exactly_once(c.bootstrap(), src, dst, group, n, parts)
+
+
+# ====================================================================== 5. kafkajs
+def test_kafkajs_transactions(broker, unique_topic):
+    node = shutil.which("node")
+    assert node, "node is not installed"
+    assert (REPO_ROOT / "tests" / "js" / "node_modules" / "kafkajs").is_dir(), "kafkajs not installed"
+    src, dst, group = f"{unique_topic}-in", f"{unique_topic}-out", f"g-{unique_topic}"
+    create_topic(broker.bootstrap, src, 2)
+    create_topic(broker.bootstrap, dst, 2)
+    for part in range(2):
+        plain_produce(broker.bootstrap, src, part, [f"x{part}-{i}" for i in range(10)])
+    try:
+        proc = subprocess.run([node, str(TXN_JS), broker.bootstrap, dst, src, group, f"tid-{unique_topic}"],
+                              cwd=str(TXN_JS.parent), capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"transactions.js hung\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
+    out = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, out
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert len(lines) == 1, out
+    result = json.loads(lines[0][len("RESULT "):])
+    assert [s["txn"] for s in result["steps"]] == ["c1", "a", "c2"], result
+
+    committed = values_of(read_topic(broker.bootstrap, dst, 2, "read_committed"))
+    want = sorted([f"c1-{i}" for i in range(10)] + [f"c2-{i}" for i in range(10)])
+    assert sorted(committed) == want, f"read_committed saw {sorted(committed)}"
+    uncommitted = values_of(read_topic(broker.bootstrap, dst, 2, "read_uncommitted"))
+    assert sorted(uncommitted) == sorted(want + [f"a-{i}" for i in range(10)])
+    # sendOffsets of the committed transaction stand; the aborted one's vanished.
+    assert committed_offsets(broker.bootstrap, group, src, 2) == {0: 5, 1: 7}
+
+
+# ====================================================================== 6. kafka-python
+def test_kafka_python_transactions(broker, unique_topic):
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import TopicPartition as KTP
+    from kafka.structs import OffsetAndMetadata
+
+    topic, src, group = unique_topic, f"{unique_topic}-in", f"g-{unique_topic}"
+    create_topic(broker.bootstrap, topic, 2)
+    create_topic(broker.bootstrap, src, 1)
+    plain_produce(broker.bootstrap, src, 0, [f"x-{i}" for i in range(10)])
+
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=f"tid-{topic}",
+                      request_timeout_ms=30000, max_block_ms=30000)
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        futs = [p.send(topic, key=f"k{i % 3}".encode(), value=f"c1-{i}".encode()) for i in range(10)]
+        p.send_offsets_to_transaction({KTP(src, 0): OffsetAndMetadata(4, "", -1)}, group)
+        p.commit_transaction()
+        assert all(f.get(timeout=10) for f in futs)
+
+        p.begin_transaction()
+        for i in range(10):
+            p.send(topic, key=f"k{i % 3}".encode(), value=f"a-{i}".encode())
+        p.flush(30)
+        p.send_offsets_to_transaction({KTP(src, 0): OffsetAndMetadata(9, "", -1)}, group)
+        p.abort_transaction()
+
+        p.begin_transaction()
+        for i in range(10):
+            p.send(topic, key=f"k{i % 3}".encode(), value=f"c2-{i}".encode())
+        p.commit_transaction()
+    finally:
+        p.close(timeout=10)
+
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, isolation_level="read_committed",
+                      auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=3000)
+    try:
+        c.assign([KTP(topic, 0), KTP(topic, 1)])
+        c.seek_to_beginning()
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 20 and time.monotonic() < deadline:
+            for _tp, msgs in c.poll(timeout_ms=500).items():
+                got += [m.value.decode() for m in msgs]
+        # nothing further arrives
+        for _ in range(4):
+            for _tp, msgs in c.poll(timeout_ms=500).items():
+                got += [m.value.decode() for m in msgs]
+    finally:
+        c.close()
+    assert sorted(got) == sorted([f"c1-{i}" for i in range(10)] + [f"c2-{i}" for i in range(10)]), got
+    assert sorted(values_of(read_topic(broker.bootstrap, topic, 2, "read_committed"))) == sorted(got)
+    assert len(values_of(read_topic(broker.bootstrap, topic, 2, "read_uncommitted"))) == 30
+    assert committed_offsets(broker.bootstrap, group, src, 1) == {0: 4}
+
+
+# ====================================================================== 7. fencing
+def test_fencing_same_transactional_id(broker, unique_topic):
+    topic, tid = unique_topic, f"tid-{unique_topic}"
+    create_topic(broker.bootstrap, topic, 1)
+    a_errors = []
+    a = txn_producer(broker.bootstrap, tid, error_cb=lambda e: a_errors.append(e))
+    a.init_transactions(30)
+    a.begin_transaction()
+    for i in range(5):
+        a.produce(topic, value=f"A-{i}".encode(), partition=0)
+    assert a.flush(30) == 0
+
+    b = txn_producer(broker.bootstrap, tid)
+    b.init_transactions(30)  # fences A (and aborts its transaction)
+
+    # A is fenced: producing and committing fail with a fatal fencing error.
+    a_delivery = []
+    raised = None
+    try:
+        for i in range(5, 10):
+            a.produce(topic, value=f"A-{i}".encode(), partition=0,
+                      on_delivery=lambda err, msg: a_delivery.append(err))
+        a.flush(15)
+        a.commit_transaction(20)
+    except KafkaException as e:
+        raised = e.args[0]
+    assert raised is not None, "the fenced producer committed"
+    codes = {raised.code()} | {e.code() for e in a_errors} | {e.code() for e in a_delivery if e is not None}
+    assert raised.fatal() or any(e.fatal() for e in a_errors), f"fencing must be fatal: {raised}, {a_errors}"
+    assert codes & FENCED_CODES, f"no fencing error code among {codes} ({raised}; {a_errors})"
+
+    b.begin_transaction()
+    for i in range(5):
+        b.produce(topic, value=f"B-{i}".encode(), partition=0)
+    b.commit_transaction(30)
+
+    seen = values_of(read_topic(broker.bootstrap, topic, 1, "read_committed"))
+    assert seen == [f"B-{i}" for i in range(5)], f"read_committed saw {seen}"
+    all_seen = values_of(read_topic(broker.bootstrap, topic, 1, "read_uncommitted"))
+    assert [v for v in all_seen if v.startswith("A-")][:5] == [f"A-{i}" for i in range(5)]
+    assert list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED) == \
+        list_offset(broker.bootstrap, topic, 0, kwire.READ_UNCOMMITTED)
+
+
+# ====================================================================== 8. timeout
+def test_transaction_timeout_aborts(broker, unique_topic):
+    topic = unique_topic
+    create_topic(broker.bootstrap, topic, 1)
+    stale = txn_producer(broker.bootstrap, f"tid-{topic}-stale", **{"transaction.timeout.ms": 3000})
+    stale.init_transactions(30)
+    stale.begin_transaction()
+    for i in range(5):
+        stale.produce(topic, value=f"stale-{i}".encode(), partition=0)
+    assert stale.flush(30) == 0
+    t_open = time.monotonic()
+    assert list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED) == 0
+
+    fresh = txn_producer(broker.bootstrap, f"tid-{topic}-fresh")
+    fresh.init_transactions(30)
+    fresh.begin_transaction()
+    for i in range(5):
+        fresh.produce(topic, value=f"fresh-{i}".encode(), partition=0)
+    fresh.commit_transaction(30)
+
+    def committed_visible():
+        return values_of(read_topic(broker.bootstrap, topic, 1, "read_committed", timeout=10))
+
+    seen = wait_for("the committed records behind the abandoned transaction",
+                    lambda: (v := committed_visible()) and "fresh-4" in v and v, timeout=25, every=1)
+    took = time.monotonic() - t_open
+    print(f"\nabandoned transaction aborted within {took:.1f} s")
+    assert seen == [f"fresh-{i}" for i in range(5)], seen
+    wait_for("LSO == HW", lambda: list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED)
+             == list_offset(broker.bootstrap, topic, 0, kwire.READ_UNCOMMITTED), timeout=10)
+    ans, batches, _ = raw_batches(broker.bootstrap, topic, 0)
+    aborts = [b for b in batches if b["attributes"] & kwire.ATTR_CONTROL and b["control_type"] == 0]
+    assert aborts, "no ABORT marker for the timed-out transaction"
+    # The stale producer's commit now fails (its epoch was bumped or its transaction is gone).
+    with pytest.raises(KafkaException):
+        stale.produce(topic, value=b"stale-late", partition=0)
+        stale.flush(10)
+        stale.commit_transaction(15)
+    wait_for("LSO == HW after the stale producer's last attempt",
+             lambda: list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED)
+             == list_offset(broker.bootstrap, topic, 0, kwire.READ_UNCOMMITTED), timeout=15)
+    final = values_of(read_topic(broker.bootstrap, topic, 1, "read_committed"))
+    assert not [v for v in final if v.startswith("stale")], final
+
+
+# ====================================================================== 9. hanging transaction
+HANGING = textwrap.dedent("""
+    import sys, time
+    from confluent_kafka import Producer
+    bootstrap, topic, tid = sys.argv[1:4]
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid,
+                  "transaction.timeout.ms": 3000, "linger.ms": 5})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(topic, value=f"hung-{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+    print("READY", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_hanging_transaction_of_killed_producer(broker, unique_topic):
+    topic = unique_topic
+    create_topic(broker.bootstrap, topic, 1)
+    plain_produce(broker.bootstrap, topic, 0, ["before"])
+    child = subprocess.Popen([sys.executable, "-c", HANGING, broker.bootstrap, topic, f"tid-{topic}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "READY", f"child: {line!r} {child.stderr.read() if child.poll() is not None else ''}"
+        assert list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED) == 1
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        t_kill = time.monotonic()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    after = plain_produce(broker.bootstrap, topic, 0, [f"after-{i}" for i in range(3)])
+    assert after[0] >= 6
+    seen = wait_for("read_committed past the hanging transaction",
+                    lambda: (v := values_of(read_topic(broker.bootstrap, topic, 1, "read_committed", timeout=10)))
+                    and "after-2" in v and v, timeout=30, every=1)
+    print(f"\nLSO freed {time.monotonic() - t_kill:.1f} s after the producer died")
+    assert seen == ["before"] + [f"after-{i}" for i in range(3)], seen
+    wait_for("LSO == HW", lambda: list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED)
+             == list_offset(broker.bootstrap, topic, 0, kwire.READ_UNCOMMITTED), timeout=10)
+    _, _, aborted = raw_batches(broker.bootstrap, topic, 0, kwire.READ_COMMITTED)
+    assert [first for _pid, first in aborted] == [1], aborted
+
+
+# ====================================================================== 10. durability
+def test_open_transaction_survives_broker_sigkill(broker, unique_topic):
+    topic, parts, tid = unique_topic, 3, f"tid-{unique_topic}"
+    create_topic(broker.bootstrap, topic, parts)
+    p = txn_producer(broker.bootstrap, tid, **{"transaction.timeout.ms": 60000, "message.timeout.ms": 60000})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(30):
+        p.produce(topic, key=f"k{i}".encode(), value=f"early-{i}".encode())
+    p.commit_transaction(30)
+
+    def run_txn(prod: Producer, kill: bool) -> None:
+        prod.begin_transaction()
+        for i in range(60):
+            prod.produce(topic, key=f"k{i}".encode(), value=f"d-{i}".encode())
+        assert prod.flush(30) == 0
+        if kill:
+            broker.kill()
+            broker.start()
+        prod.commit_transaction(60)
+
+    outcome = "committed"
+    try:
+        run_txn(p, kill=True)
+    except KafkaException as e:
+        err = e.args[0]
+        outcome = f"{err.name()} (fatal={err.fatal()}, abortable={err.txn_requires_abort()}, retriable={err.retriable()})"
+        for _ in range(10):
+            if not err.retriable():
+                break
+            try:  # a retriable commit error: the commit is retried (librdkafka's contract)
+                p.commit_transaction(30)
+                err = None
+                outcome += " -> committed on retry"
+                break
+            except KafkaException as e2:
+                err = e2.args[0]
+        if err is not None:
+            if err.txn_requires_abort():
+                p.abort_transaction(60)
+            else:
+                p = txn_producer(broker.bootstrap, tid)
+                p.init_transactions(60)
+            run_txn(p, kill=False)
+    print(f"\ncommit after the restart: {outcome}")
+
+    got = values_of(read_topic(broker.bootstrap, topic, parts, "read_committed"))
+    counts = Counter(got)
+    assert sorted(counts) == sorted([f"early-{i}" for i in range(30)] + [f"d-{i}" for i in range(60)]), \
+        f"missing {set(f'd-{i}' for i in range(60)) - set(counts)}"
+    assert all(k == 1 for k in counts.values()), {v: k for v, k in counts.items() if k > 1}
+    for part in range(parts):
+        assert list_offset(broker.bootstrap, topic, part, kwire.READ_COMMITTED) == \
+            list_offset(broker.bootstrap, topic, part, kwire.READ_UNCOMMITTED)
