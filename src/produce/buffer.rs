@@ -437,6 +437,7 @@ async fn commit_loop(
         let segments = uploads
             .iter_mut()
             .map(|u| SegmentCommit {
+                txn: Vec::new(),
                 object: u.object.clone(),
                 object_size: u.size,
                 uploaded_ms: u.uploaded_ms,
