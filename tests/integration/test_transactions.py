@@ -379,13 +379,13 @@ class Processor:
     def _producer(self) -> Producer:
         p = Producer({"bootstrap.servers": self.bootstrap, "transactional.id": self.tid, "linger.ms": 5,
                       "transaction.timeout.ms": 20000, "message.timeout.ms": 20000})
-        while True:
+        for attempt in range(40):
             try:
                 p.init_transactions(20)
                 return p
             except KafkaException as e:
                 self.errors.append(f"init: {e.args[0]}")
-                if self.stop.is_set():
+                if self.stop.is_set() or attempt == 39:
                     raise
                 if e.args[0].fatal():
                     p = Producer({"bootstrap.servers": self.bootstrap, "transactional.id": self.tid,
@@ -433,13 +433,13 @@ class Processor:
                 if pending >= self.batch or (pending and m is None):
                     positions = [tp for tp in c.position(c.assignment()) if tp.offset >= 0]
                     ok, p = self._commit(p, c, positions)
+                    pending = 0
                     if ok:
                         self.commits += 1
                         for tp in positions:
                             last_committed[tp.partition] = tp.offset
                         time.sleep(self.pause)
-                    pending = 0
-                    p.begin_transaction()
+                        p.begin_transaction()
                     if all(last_committed.get(q, 0) >= e for q, e in self.ends.items()):
                         self.done.set()
                         return
@@ -469,6 +469,8 @@ class Processor:
         raise AssertionError(f"commit did not succeed after 60 retries: {self.errors[-5:]}")
 
     def _abort(self, p: Producer, c: Consumer, err: KafkaError | None = None) -> tuple[bool, Producer]:
+        """Aborts the open transaction (or replaces a fatally failed producer), rewinds the
+        consumer and begins the next transaction."""
         if err is None or not err.fatal():
             for _ in range(30):
                 try:
@@ -485,6 +487,7 @@ class Processor:
             self.fatal += 1
             p = self._producer()
         self._rewind(c)
+        p.begin_transaction()
         return False, p
 
     def _rewind(self, c: Consumer) -> None:
@@ -830,7 +833,10 @@ def test_hanging_transaction_of_killed_producer(broker, unique_topic):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
-        assert line.strip() == "READY", f"child: {line!r} {child.stderr.read() if child.poll() is not None else ''}"
+        if line.strip() != "READY":
+            child.kill()
+            _, err = child.communicate(timeout=10)
+            pytest.fail(f"the transactional child did not get ready: {line!r}\n{err[-3000:]}")
         assert list_offset(broker.bootstrap, topic, 0, kwire.READ_COMMITTED) == 1
         child.send_signal(signal.SIGKILL)
         child.wait(10)
