@@ -491,6 +491,7 @@ mod tests {
         };
         s.apply(&Command::CommitSegments {
             segments: vec![SegmentCommit {
+                txn: Vec::new(),
                 object: name.into(),
                 object_size: 2 * length + 8,
                 uploaded_ms: at_ms,

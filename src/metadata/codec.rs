@@ -19,8 +19,10 @@ use serde::Serialize;
 /// `StateError::NotCoordinator`) and changes nothing else; 4 appends `Command::Clean` and
 /// `ObjectKind::Cleaned` (the log cleaner) in the same way; 5 appends the security and
 /// listener commands and one trailing field to the state (`MetadataState::access`), which
-/// a format 2–4 blob does not hold: [`decoding_format`] tells that field's decoder.
-pub const FORMAT_VERSION: u16 = 5;
+/// a format 2–4 blob does not hold: [`decoding_format`] tells that field's decoder; 6
+/// appends the transaction commands and fields (`MetadataState::txns`,
+/// `Partition::txns`, `SegmentCommit::txn`) the same way.
+pub const FORMAT_VERSION: u16 = 6;
 /// The oldest format this build decodes as the current one. postcard writes an enum
 /// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
 /// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
@@ -152,18 +154,36 @@ impl Drop for DecodingFormat {
     }
 }
 
-/// For a field appended in format 5: decoded only from a blob of format 5 or later,
+/// For a field appended in format `N`: decoded only from a blob of format `N` or later,
 /// else its default, without reading a byte.
+fn since<'de, const N: u16, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    if decoding_format() < N {
+        Ok(T::default())
+    } else {
+        T::deserialize(deserializer)
+    }
+}
+
+/// A field appended in format 5 ([`since`]).
 pub fn since_format_5<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: serde::Deserialize<'de> + Default,
 {
-    if decoding_format() < 5 {
-        Ok(T::default())
-    } else {
-        T::deserialize(deserializer)
-    }
+    since::<5, D, T>(deserializer)
+}
+
+/// A field appended in format 6 ([`since`]).
+pub fn since_format_6<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    since::<6, D, T>(deserializer)
 }
 
 fn check_header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {

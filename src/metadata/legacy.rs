@@ -191,6 +191,7 @@ pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
                     })
                     .collect();
                 Arc::new(Partition {
+                    txns: Default::default(),
                     next_offset: p.next_offset,
                     log_start_offset: p.log_start_offset,
                     index,
@@ -417,6 +418,7 @@ mod tests {
         assert_eq!(state.clock_ms(), 2);
         let r = state.apply(&Command::CommitSegments {
             segments: vec![super::super::state::SegmentCommit {
+                txn: Vec::new(),
                 object: "segments/3-c".into(),
                 object_size: 1,
                 uploaded_ms: 3,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::objects::ObjectId;
 use super::state::{ProducerBatch, SegmentEntry, StateError};
+use super::txn::PartitionTxns;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Partition {
@@ -18,6 +19,10 @@ pub struct Partition {
     pub producers: std::collections::BTreeMap<i64, ProducerState>,
     /// A manual replica assignment's first replica: the preferred broker while alive.
     pub preferred: Option<u64>,
+    /// Ongoing and aborted transactions here (format 6): the last stable offset and
+    /// Fetch's `aborted_transactions`.
+    #[serde(deserialize_with = "super::codec::since_format_6")]
+    pub txns: PartitionTxns,
 }
 
 /// How many recent batches per producer are remembered for de-duplication; matches
@@ -88,9 +93,15 @@ impl Partition {
         Ok(base_offset)
     }
 
+    /// The last stable offset: read_committed consumers read below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.txns.last_stable_offset(self.next_offset)
+    }
+
     /// Moves the log start forward; returns the entries now wholly below it.
     pub(super) fn advance_log_start(&mut self, target: i64) -> Vec<IndexEntry> {
         self.log_start_offset = target;
+        self.txns.truncate_before(target);
         let dropped = self.index.partition_point(|e| e.end_offset() <= target);
         let released: Vec<IndexEntry> = self.index.drain(..dropped).collect();
         for e in &released {

@@ -21,7 +21,11 @@ use super::cluster::{ClusterCommand, ClusterState};
 use super::codec;
 pub use super::objects::{ObjectId, ObjectInfo, ObjectKind, Objects};
 pub use super::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
+use super::txn::{PendingOffset, TopicPartition, Transactions, TxnError};
 use crate::security::acl::AclBinding;
+
+#[path = "txn_apply.rs"]
+mod txn_apply;
 
 /// A change to the metadata, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +146,85 @@ pub enum Command {
         id: u64,
         listeners: Vec<(String, String, i32)>,
     },
+    /// InitProducerId with a transactional id (format 6; the transaction commands below
+    /// are all format 6 and answer [`Response::Txn`]). `current` is the producer's own
+    /// id and epoch when it asks for a bump (KIP-360).
+    InitTransactional {
+        txn_id: String,
+        timeout_ms: i64,
+        current: Option<(i64, i16)>,
+        now_ms: i64,
+    },
+    AddPartitionsToTxn {
+        txn_id: String,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<TopicPartition>,
+        now_ms: i64,
+    },
+    AddOffsetsToTxn {
+        txn_id: String,
+        producer_id: i64,
+        epoch: i16,
+        group: String,
+        now_ms: i64,
+    },
+    /// Offsets held by the transaction until it commits.
+    TxnOffsetCommit {
+        txn_id: String,
+        producer_id: i64,
+        epoch: i16,
+        group: String,
+        offsets: Vec<(TopicPartition, PendingOffset)>,
+        now_ms: i64,
+    },
+    EndTxn {
+        txn_id: String,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        now_ms: i64,
+    },
+    /// A coordinator's abort of a transaction past its timeout (checked again here).
+    AbortTimedOutTxn {
+        txn_id: String,
+        now_ms: i64,
+    },
+    /// Forget transactional ids idle longer than `expiration_ms`.
+    ExpireTransactionalIds {
+        now_ms: i64,
+        expiration_ms: i64,
+    },
+}
+
+/// How a chunk of [`Command::CommitSegments`] takes part in transactions (format 6).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkTxn {
+    /// Plain or idempotent records.
+    #[default]
+    None,
+    /// Transactional records of the entry's producer: written only inside its ongoing
+    /// transaction, which must hold the partition.
+    Data,
+    /// The commit or abort marker (control batch) of `txn_id`'s transaction, with the
+    /// transaction's producer id and epoch in the entry's `producer`.
+    Marker { txn_id: String, commit: bool },
+}
+
+/// What a transaction command decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnReply {
+    /// InitProducerId's answer.
+    Ready { producer_id: i64, epoch: i16 },
+    /// The transaction is in Prepare*: these partitions wait for their marker.
+    Markers {
+        commit: bool,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<TopicPartition>,
+    },
+    /// Done, nothing to write.
+    Done,
 }
 
 /// One uploaded segment object and its chunks.
@@ -152,6 +235,10 @@ pub struct SegmentCommit {
     /// When the upload started (the time in the object's name).
     pub uploaded_ms: i64,
     pub entries: Vec<SegmentEntry>,
+    /// Per entry, its part in a transaction (format 6); missing entries are
+    /// [`ChunkTxn::None`], so a commit without transactions leaves it empty.
+    #[serde(deserialize_with = "codec::since_format_6")]
+    pub txn: Vec<ChunkTxn>,
 }
 
 /// One partition's chunk inside a segment object: contiguous record batches.
@@ -246,6 +333,13 @@ pub enum StateError {
     /// The proposer no longer coordinates the group (or the cluster epoch moved on).
     #[error("not the group's coordinator at the current cluster epoch")]
     NotCoordinator,
+    /// A transactional write or transaction command refused (format 6).
+    #[error("{0}")]
+    Txn(TxnError),
+    /// A marker no transaction waits for (already written, or from a former
+    /// coordinator): dropped.
+    #[error("transaction marker not expected")]
+    StaleMarker,
 }
 
 /// The outcome of applying one command.
@@ -272,6 +366,8 @@ pub enum Response {
     Access(Result<(), AccessError>),
     /// DeleteAcls: the bindings that were there.
     AclsDeleted(Vec<AclBinding>),
+    /// The transaction commands.
+    Txn(Result<TxnReply, TxnError>),
 }
 
 /// A consumer group's committed offsets, by topic then partition.
@@ -303,6 +399,9 @@ pub struct MetadataState {
     /// Credentials, ACLs and listeners (format 5; empty when read from an older blob).
     #[serde(deserialize_with = "codec::since_format_5")]
     access: AccessState,
+    /// Every transactional id's transaction (format 6).
+    #[serde(deserialize_with = "codec::since_format_6")]
+    txns: Transactions,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -335,6 +434,7 @@ pub struct StateStats {
     pub garbage_objects: usize,
     pub groups: usize,
     pub producer_ids: usize,
+    pub transactional_ids: usize,
 }
 
 /// Kafka's legal topic names: up to 249 of `[a-zA-Z0-9._-]`, not "." or "..".
@@ -355,6 +455,11 @@ impl MetadataState {
     /// Credentials, ACLs and listeners.
     pub fn access(&self) -> &AccessState {
         &self.access
+    }
+
+    /// Every transactional id's transaction.
+    pub fn transactions(&self) -> &Transactions {
+        &self.txns
     }
 
     pub fn apply(&mut self, cmd: &Command) -> Response {
@@ -470,6 +575,13 @@ impl MetadataState {
                 self.objects.forget(ids);
                 Response::Empty
             }
+            Command::InitTransactional { .. }
+            | Command::AddPartitionsToTxn { .. }
+            | Command::AddOffsetsToTxn { .. }
+            | Command::TxnOffsetCommit { .. }
+            | Command::EndTxn { .. }
+            | Command::AbortTimedOutTxn { .. }
+            | Command::ExpireTransactionalIds { .. } => Response::Txn(self.apply_txn(cmd)),
             Command::AlterBrokerConfigs {
                 broker,
                 replace,
@@ -710,12 +822,17 @@ impl MetadataState {
         };
         let clock_ms = self.clock_ms;
         let mut results = Vec::with_capacity(segment.entries.len());
-        for entry in &segment.entries {
-            let Some(partition) = self.partition_mut(&entry.topic, entry.partition) else {
-                results.push(Err(StateError::UnknownTopicOrPartition));
-                continue;
+        for (i, entry) in segment.entries.iter().enumerate() {
+            let result = match segment.txn.get(i).unwrap_or(&ChunkTxn::None) {
+                ChunkTxn::None => match self.partition_mut(&entry.topic, entry.partition) {
+                    Some(partition) => partition.append(id, entry, clock_ms),
+                    None => Err(StateError::UnknownTopicOrPartition),
+                },
+                ChunkTxn::Data => self.append_transactional(id, entry, clock_ms),
+                ChunkTxn::Marker { txn_id, commit } => {
+                    self.append_marker(id, entry, txn_id, *commit, now_ms)
+                }
             };
-            let result = partition.append(id, entry, clock_ms);
             if result.is_ok() {
                 self.objects.acquire(id);
             }
@@ -830,6 +947,7 @@ impl MetadataState {
             clock_ms,
             broker_configs: BTreeMap::new(),
             access: AccessState::default(),
+            txns: Transactions::default(),
         }
     }
 
@@ -962,6 +1080,7 @@ impl MetadataState {
             topics: self.topics.len(),
             groups: self.groups.len(),
             producer_ids: self.producer_epochs.len(),
+            transactional_ids: self.txns.len(),
             garbage_objects: self.objects.garbage_count(),
             ..StateStats::default()
         };
@@ -993,6 +1112,13 @@ fn command_time(cmd: &Command) -> Option<i64> {
             Some(*now_ms)
         }
         Command::Compact(swap) | Command::Clean(swap) => Some(swap.now_ms),
+        Command::InitTransactional { now_ms, .. }
+        | Command::AddPartitionsToTxn { now_ms, .. }
+        | Command::AddOffsetsToTxn { now_ms, .. }
+        | Command::TxnOffsetCommit { now_ms, .. }
+        | Command::EndTxn { now_ms, .. }
+        | Command::AbortTimedOutTxn { now_ms, .. }
+        | Command::ExpireTransactionalIds { now_ms, .. } => Some(*now_ms),
         Command::Cluster(
             ClusterCommand::Register { now_ms, .. }
             | ClusterCommand::Heartbeat { now_ms, .. }
@@ -1044,6 +1170,7 @@ mod tests {
     fn one_segment(object: String, entries: Vec<SegmentEntry>) -> Command {
         Command::CommitSegments {
             segments: vec![SegmentCommit {
+                txn: Vec::new(),
                 object,
                 object_size: 1,
                 uploaded_ms: 0,
@@ -1157,12 +1284,14 @@ mod tests {
         let r = s.apply(&Command::CommitSegments {
             segments: vec![
                 SegmentCommit {
+                    txn: Vec::new(),
                     object: "c".into(),
                     object_size: 1,
                     uploaded_ms: 0,
                     entries: vec![entry("t", 0, 4)],
                 },
                 SegmentCommit {
+                    txn: Vec::new(),
                     object: "d".into(),
                     object_size: 1,
                     uploaded_ms: 0,
@@ -1734,29 +1863,43 @@ mod format_tests {
     use crate::metadata::codec::{self, Kind};
     use crate::security::scram::{Mechanism, ScramCredential};
 
-    /// A format 4 snapshot (no `access` field) still decodes, as an empty access state,
-    /// and the state after it reads on as before.
+    /// Format 4 and 5 snapshots (no `access`, no `txns` fields) still decode, as empty
+    /// access and transaction states, and the state after them reads on as before.
     #[test]
-    fn format_4_state_decodes_without_access() -> Result<(), codec::CodecError> {
+    fn format_4_and_5_states_decode_without_later_fields() -> Result<(), codec::CodecError> {
         let mut state = MetadataState::default();
-        state.apply(&Command::CreateTopic {
-            name: "t".into(),
-            topic_id: [1; 16],
-            partitions: 2,
-            configs: BTreeMap::new(),
-            now_ms: 5,
-            preferred: vec![],
+        state.apply(&Command::AlterBrokerConfigs {
+            broker: None,
+            replace: false,
+            changes: BTreeMap::from([("log.retention.ms".to_owned(), Some("5".to_owned()))]),
         });
-        let mut bytes = codec::encode(Kind::LocalSnapshot, &(state.clone(), 7u64))?;
-        // An empty access state is three empty collections: one zero length byte each,
-        // right before the trailing u64 (7 as one varint byte).
-        let end = bytes.len() - 1;
-        assert_eq!(&bytes[end - 3..end], &[0, 0, 0]);
-        bytes.drain(end - 3..end);
-        bytes[4..6].copy_from_slice(&4u16.to_le_bytes());
-        let (decoded, trailing): (MetadataState, u64) = codec::decode(Kind::LocalSnapshot, &bytes)?;
-        assert_eq!(decoded, state);
-        assert_eq!(trailing, 7);
+        let current = codec::encode(Kind::LocalSnapshot, &(state.clone(), 7u64))?;
+        // An empty access state is three empty collections, an empty transaction state
+        // two: one zero length byte each, right before the trailing u64 (one byte).
+        let end = current.len() - 1;
+        assert_eq!(&current[end - 5..end], &[0, 0, 0, 0, 0]);
+        for (format, strip) in [(4u16, 5), (5, 2)] {
+            let mut bytes = current.clone();
+            bytes.drain(end - strip..end);
+            bytes[4..6].copy_from_slice(&format.to_le_bytes());
+            let (decoded, trailing): (MetadataState, u64) =
+                codec::decode(Kind::LocalSnapshot, &bytes)?;
+            assert_eq!(decoded, state, "format {format}");
+            assert_eq!(trailing, 7);
+        }
+        // A format 5 partition has no transactions field.
+        let partition = Partition {
+            next_offset: 3,
+            ..Partition::default()
+        };
+        let mut bytes = codec::encode(Kind::LocalSnapshot, &partition)?;
+        assert_eq!(bytes[bytes.len() - 2..], [0, 0]);
+        bytes.truncate(bytes.len() - 2);
+        bytes[4..6].copy_from_slice(&5u16.to_le_bytes());
+        assert_eq!(
+            codec::decode::<Partition>(Kind::LocalSnapshot, &bytes)?,
+            partition
+        );
 
         state.apply(&Command::AlterScram {
             changes: vec![ScramChange::Upsert {

@@ -130,7 +130,7 @@ proptest! {
                         });
                     }
                     Command::CommitSegments {
-                        segments: vec![SegmentCommit { object, object_size: 1000, uploaded_ms: now_ms, entries }],
+                        segments: vec![SegmentCommit { object, object_size: 1000, uploaded_ms: now_ms, entries, txn: Vec::new() }],
                         now_ms,
                         max_age_ms: 0,
                     }
@@ -273,6 +273,7 @@ fn a_swap_replaces_a_run_and_queues_its_objects_for_deletion() {
     for (i, ts) in [(0, 100), (1, 50), (2, 300)] {
         s.apply(&Command::CommitSegments {
             segments: vec![SegmentCommit {
+                txn: Vec::new(),
                 object: format!("segments/{i}"),
                 object_size: 100,
                 uploaded_ms: 0,
@@ -342,6 +343,7 @@ fn a_swap_replaces_a_run_and_queues_its_objects_for_deletion() {
     // A commit of an object the sweep could already have taken for an orphan is refused.
     let late = Command::CommitSegments {
         segments: vec![SegmentCommit {
+            txn: Vec::new(),
             object: "segments/late".into(),
             object_size: 1,
             uploaded_ms: 0,

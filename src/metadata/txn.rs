@@ -1,5 +1,6 @@
-//! Transactions (issue 13): the pure state machine of Strata's leaderless transaction
-//! design. Not wired into [`super::state::MetadataState`] or `Command` yet.
+//! Transactions: the pure state machine of Strata's leaderless transaction design,
+//! applied by [`super::state::MetadataState`] for the transaction commands and for the
+//! transactional chunks and markers of `CommitSegments`.
 //!
 //! Strata has no partition leaders, so all transaction state lives in the Raft state and
 //! is applied identically on every broker:
@@ -128,7 +129,7 @@ pub struct TxnMeta {
 
 /// Errors of the coordinator and partition operations, each a Kafka error code
 /// ([`TxnError::code`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum TxnError {
     /// An empty transactional id: INVALID_REQUEST (42).
     #[error("invalid request: empty transactional id")]
@@ -745,6 +746,18 @@ impl PartitionTxns {
         base_offset: i64,
     ) -> Result<(), TxnError> {
         self.record_capped(producer_id, base_offset, MAX_ABORTED_PER_PARTITION)
+    }
+
+    /// Whether [`Self::record_transactional_batch`] would accept a batch of
+    /// `producer_id` (checked before the batch gets its offsets).
+    pub fn may_record(&self, producer_id: i64) -> Result<(), TxnError> {
+        if self.ongoing.contains_key(&producer_id)
+            || self.ongoing.len() + self.aborted.len() < MAX_ABORTED_PER_PARTITION
+        {
+            Ok(())
+        } else {
+            Err(TxnError::AbortedIndexFull)
+        }
     }
 
     fn record_capped(

@@ -1234,6 +1234,7 @@ mod tests {
             now_ms: 2,
             max_age_ms: 0,
             segments: vec![super::super::state::SegmentCommit {
+                txn: Vec::new(),
                 object: "segments/1-1-1-1.seg".into(),
                 object_size: 4096,
                 uploaded_ms: 1,
