@@ -34,6 +34,7 @@ MB = 1e6
 GB = 1e9
 TOPIC = "bench"
 TXN_TOPIC = "bench-txn"  # --txn: the transactional produce phase's own topic
+IDEM_TOPIC = "bench-idempotent"  # --txn: the idempotent comparison phase's topic
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -391,6 +392,9 @@ def _txn_producer(bootstrap, topic, nrec, args, txn_id, barrier, q) -> None:
     log.setLevel(logging.INFO)
     log.addHandler(gate)
     conf = _txn_producer_conf(bootstrap, args, txn_id)
+    if txn_id.startswith("idempotent"):  # the comparison phase: same producer, no transactions
+        del conf["transactional.id"]
+    transactional = "transactional.id" in conf
     conf["delivery.report.only.error"] = True
     conf["on_delivery"] = on_err
     conf["logger"] = log
@@ -398,7 +402,8 @@ def _txn_producer(bootstrap, topic, nrec, args, txn_id, barrier, q) -> None:
     p.list_topics(topic, timeout=20)
     gate.quiet = True
     try:
-        p.init_transactions(args["txn_init_timeout"])
+        if transactional:
+            p.init_transactions(args["txn_init_timeout"])
     except KafkaException as e:
         q.put({"init_error": _kafka_error_text(e)})
         barrier.abort()
@@ -420,7 +425,8 @@ def _txn_producer(bootstrap, topic, nrec, args, txn_id, barrier, q) -> None:
     try:
         while i < nrec:
             n = min(per_txn, nrec - i)
-            p.begin_transaction()
+            if transactional:
+                p.begin_transaction()
             for k in range(i, i + n):
                 v = vals[k & 63]
                 while True:
@@ -432,7 +438,10 @@ def _txn_producer(bootstrap, topic, nrec, args, txn_id, barrier, q) -> None:
                 if (k & 4095) == 0:
                     p.poll(0)
             c0 = time.monotonic()
-            p.commit_transaction(args["txn_commit_timeout"])  # flushes the transaction's records first
+            if transactional:
+                p.commit_transaction(args["txn_commit_timeout"])  # flushes the transaction's records first
+            elif p.flush(args["txn_commit_timeout"]):
+                raise KafkaException("records not delivered in time")
             commit_ms.append((time.monotonic() - c0) * 1000)
             committed += n
             i += n
@@ -669,9 +678,9 @@ def create_acls(bootstrap: str, n: int, txn: bool = False) -> None:
              AclBinding(ResourceType.GROUP, "*", ResourcePatternType.LITERAL, "User:*", "*",
                         AclOperation.ALL, AclPermissionType.ALLOW)]
     if txn:  # --txn: its topic and the transactional ids
-        allow += [AclBinding(ResourceType.TOPIC, TXN_TOPIC, ResourcePatternType.LITERAL, "User:*", "*",
-                             AclOperation.ALL, AclPermissionType.ALLOW),
-                  AclBinding(ResourceType.TRANSACTIONAL_ID, "*", ResourcePatternType.LITERAL, "User:*", "*",
+        allow += [AclBinding(ResourceType.TOPIC, t, ResourcePatternType.LITERAL, "User:*", "*",
+                             AclOperation.ALL, AclPermissionType.ALLOW) for t in (TXN_TOPIC, IDEM_TOPIC)]
+        allow += [AclBinding(ResourceType.TRANSACTIONAL_ID, "*", ResourcePatternType.LITERAL, "User:*", "*",
                              AclOperation.ALL, AclPermissionType.ALLOW)]
     decoys = []
     for i in range(max(0, n - len(allow))):
@@ -1185,22 +1194,42 @@ def run_idle_latency(a) -> int:
 
 
 def run_txn_phase(ctx, broker, a, cargs, per, base_mbs, problems) -> None:
-    """--txn: one transactional producer per process (transactional.id unique per process
-    and run), per[i] records each, committed every --txn-records; then a read_committed
-    drain of the topic that must return every committed record."""
+    """--txn: the same volume twice, each on a fresh topic: first idempotent producers
+    (flushing every --txn-records records, the comparison), then one transactional
+    producer per process (transactional.id unique per process and run), per[i] records
+    each, committed every --txn-records; then a read_committed drain of the transactional
+    topic that must return every committed record."""
+    idem_mbs = run_txn_produce(ctx, broker, a, cargs, per, problems, "idempotent", IDEM_TOPIC)
+    if idem_mbs is None:
+        return
+    fig("idempotent_produce_vs_produce", idem_mbs / base_mbs, "ratio")
+    txn_mbs = run_txn_produce(ctx, broker, a, cargs, per, problems, "txn", TXN_TOPIC)
+    if txn_mbs is None:
+        return
+    fig("txn_produce_vs_produce", txn_mbs / base_mbs, "ratio")
+    fig("txn_produce_vs_idempotent", txn_mbs / idem_mbs, "ratio")
+
+
+def run_txn_produce(ctx, broker, a, cargs, per, problems, kind, topic) -> float | None:
+    """One --txn produce phase (`kind` "txn" or "idempotent"); its MB/s, None if it failed.
+    The transactional one is drained read_committed after."""
     import queue as _queue
 
-    create_topic(broker.bootstrap, a.partitions, TXN_TOPIC)
+    create_topic(broker.bootstrap, a.partitions, topic)
     run_id = f"{os.getpid()}-{int(time.time())}"
     q = ctx.Queue()
     barrier = ctx.Barrier(len(per) + 1)
     procs = [ctx.Process(daemon=True, target=_txn_producer,
-                         args=(broker.bootstrap, TXN_TOPIC, n, cargs, f"bench-txn-{run_id}-{i}", barrier, q))
+                         args=(broker.bootstrap, topic, n, cargs,
+                               f"{'idempotent' if kind == 'idempotent' else 'bench-txn'}-{run_id}-{i}", barrier, q))
              for i, n in enumerate(per)]
     for pr in procs:
         pr.start()
-    fig("txn_produce_mode", f"{_producer_mode(_txn_producer_conf(broker.bootstrap, cargs, 'x'))}, "
-                            f"commit every {a.txn_records} records")
+    conf = _txn_producer_conf(broker.bootstrap, cargs, "x")
+    if kind == "idempotent":
+        del conf["transactional.id"]
+    fig(f"{kind}_produce_mode", f"{_producer_mode(conf)}, "
+                                f"{'flush' if kind == 'idempotent' else 'commit'} every {a.txn_records} records")
     try:
         barrier.wait(timeout=cargs["txn_init_timeout"] + 60)
     except threading.BrokenBarrierError:
@@ -1220,9 +1249,9 @@ def run_txn_phase(ctx, broker, a, cargs, per, base_mbs, problems) -> None:
             "the transactional producers were not ready in time"
         if any("TRANSACTIONAL_ID_AUTHORIZATION_FAILED" in e for e in errs):
             msg += " (does this broker support transactions?)"
-        fig("txn_produce_throughput", "n/a", f"(txn phase failed: {msg})")
-        problems.append(f"txn phase failed: {msg}")
-        return
+        fig(f"{kind}_produce_throughput", "n/a", f"({kind} phase failed: {msg})")
+        problems.append(f"{kind} phase failed: {msg}")
+        return None
     with Phase(broker) as ph:
         res = collect(q, procs, len(procs), 1800)
     for pr in procs:
@@ -1233,30 +1262,31 @@ def run_txn_phase(ctx, broker, a, cargs, per, base_mbs, problems) -> None:
     mbs = nbytes / secs / MB
     commit_ms = sorted(x for r in res for x in r["commit_ms"])
     errs = sum(r["errors"] for r in res) + sum(r["undelivered"] for r in res)
-    fig("txn_produce_volume", nbytes / MB, "MB")
-    fig("txn_produce_seconds", secs, "s")
-    fig("txn_produce_throughput", mbs, "MB/s")
-    fig("txn_produce_records", committed / secs, "records/s")
-    fig("txn_produce_vs_produce", mbs / base_mbs, "ratio")
-    fig("txn_commits", len(commit_ms))
-    fig("txn_commit_latency_p50", pct(commit_ms, 50), "ms")
-    fig("txn_commit_latency_p99", pct(commit_ms, 99), "ms")
-    fig("txn_commit_latency_max", commit_ms[-1] if commit_ms else float("nan"), "ms")
-    fig("txn_produce_errors", errs)
-    fig("txn_produce_client_cpu", sum(r["cpu"] for r in res) / secs, "cores")
-    fig("txn_produce_broker_cpu", ph.cpu / secs, "cores")
+    fig(f"{kind}_produce_volume", nbytes / MB, "MB")
+    fig(f"{kind}_produce_seconds", secs, "s")
+    fig(f"{kind}_produce_throughput", mbs, "MB/s")
+    fig(f"{kind}_produce_records", committed / secs, "records/s")
+    fig(f"{kind}_commits", len(commit_ms))
+    fig(f"{kind}_commit_latency_p50", pct(commit_ms, 50), "ms")
+    fig(f"{kind}_commit_latency_p99", pct(commit_ms, 99), "ms")
+    fig(f"{kind}_commit_latency_max", commit_ms[-1] if commit_ms else float("nan"), "ms")
+    fig(f"{kind}_produce_errors", errs)
+    fig(f"{kind}_produce_client_cpu", sum(r["cpu"] for r in res) / secs, "cores")
+    fig(f"{kind}_produce_broker_cpu", ph.cpu / secs, "cores")
     fails = sorted({r["fail"] for r in res if r["fail"]})
     if fails:
-        problems.append(f"txn produce: {'; '.join(fails)} ({committed} of {sum(per)} records committed)")
+        problems.append(f"{kind} produce: {'; '.join(fails)} ({committed} of {sum(per)} records committed)")
     if errs:
-        problems.append(f"txn produce: {errs} errors, last: {[r['last_error'] for r in res if r['last_error']]}")
+        problems.append(f"{kind} produce: {errs} errors, last: {[r['last_error'] for r in res if r['last_error']]}")
 
+    if kind != "txn":
+        return mbs
     # ---- read_committed drain of the transactional topic: every committed record, once
-    wm = watermarks(broker.bootstrap, a.partitions, TXN_TOPIC)
+    wm = watermarks(broker.bootstrap, a.partitions, topic)
     starts = {p: wm[p][0] for p in wm}
     ends = {p: wm[p][1] for p in wm}
     with Phase(broker) as ph:
-        r = run_drain(ctx, broker.bootstrap, starts, ends, a.consumers, cargs, TXN_TOPIC, "read_committed")
+        r = run_drain(ctx, broker.bootstrap, starts, ends, a.consumers, cargs, topic, "read_committed")
     fig("txn_drain_MBps", r["bytes"] / r["secs"] / MB if r["bytes"] > 0 else float("nan"), "MB/s")
     fig("txn_drain_records", r["records"])
     fig("txn_drain_broker_cpu", ph.cpu / r["secs"], "cores")
@@ -1264,6 +1294,7 @@ def run_txn_phase(ctx, broker, a, cargs, per, base_mbs, problems) -> None:
         problems.append(f"txn drain (read_committed): read {r['records']} records, {committed} were committed")
     if r["errors"] or r["unfinished"]:
         problems.append(f"txn drain: {r['errors']} errors, {r['unfinished']} partitions not finished")
+    return mbs
 
 
 def main() -> int:
