@@ -96,6 +96,7 @@ pub async fn init(
         partitions,
     })) = outcome
     {
+        crate::telemetry::record_transaction("fenced");
         let plan = crate::txn::MarkerPlan {
             commit,
             producer_id,
@@ -325,12 +326,15 @@ pub async fn end(
             producer_id,
             epoch,
             partitions,
-        })) => Some(crate::txn::MarkerPlan {
-            commit,
-            producer_id,
-            epoch,
-            partitions,
-        }),
+        })) => {
+            crate::telemetry::record_transaction(if commit { "commit" } else { "abort" });
+            Some(crate::txn::MarkerPlan {
+                commit,
+                producer_id,
+                epoch,
+                partitions,
+            })
+        }
         // A retry while the markers are still being written: help finish them.
         Ok(Ok(_)) => crate::txn::pending_plan(broker, txn_id),
         Ok(Err(e)) => return response.with_error_code(code(e, version, 2)),

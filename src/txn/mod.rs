@@ -217,6 +217,7 @@ async fn abort_timed_out(broker: &Broker, txn_id: String, now_ms: i64) {
         }
         Ok(Response::Txn(Ok(_))) => {
             info!(txn_id, "aborted a transaction past its timeout");
+            crate::telemetry::record_transaction("timeout");
         }
         // Ended or moved on since: nothing to do.
         Ok(_) => {}
