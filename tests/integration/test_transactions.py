@@ -381,12 +381,8 @@ class Processor:
     def _conf(self) -> dict:
         conf = {"bootstrap.servers": self.bootstrap, "transactional.id": self.tid, "linger.ms": 5,
                 "transaction.timeout.ms": 20000, "message.timeout.ms": 20000}
-        if os.environ.get("TXN_TEST_DEBUG"):  # librdkafka's eos/protocol log, to that file
-            import logging
-            log = logging.getLogger(f"rdkafka-{self.tid}")
-            log.addHandler(logging.FileHandler(os.environ["TXN_TEST_DEBUG"]))
-            log.setLevel(logging.DEBUG)
-            conf.update({"debug": "eos,protocol,broker", "logger": log})
+        if os.environ.get("TXN_TEST_DEBUG"):  # librdkafka's eos/protocol log, on stderr (run with -s)
+            conf["debug"] = "eos,protocol"
         return conf
 
     def _producer(self) -> Producer:
@@ -414,10 +410,22 @@ class Processor:
                       "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
                       "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 100})
         c.subscribe([self.src], on_revoke=on_revoke)
+        last_committed: dict[int, int] = {}
+        for _ in range(10):  # a replacement processor: is everything committed already?
+            try:
+                for tp in c.committed([TopicPartition(self.src, q) for q in self.ends], timeout=10):
+                    if tp.offset >= 0:
+                        last_committed[tp.partition] = tp.offset
+                break
+            except KafkaException:
+                time.sleep(1)
+        if all(last_committed.get(q, 0) >= e for q, e in self.ends.items()):
+            self.done.set()
+            c.close()
+            return
         p = self._producer()
         p.begin_transaction()
         pending = 0
-        last_committed: dict[int, int] = {}
         try:
             while not self.stop.is_set():
                 if need_rewind.is_set():
@@ -469,7 +477,8 @@ class Processor:
         for _ in range(60):
             try:
                 if positions:
-                    p.send_offsets_to_transaction(positions, c.consumer_group_metadata(), 20)
+                    cgm = c.consumer_group_metadata()
+                    p.send_offsets_to_transaction(positions, cgm, 20)
                 p.commit_transaction(20)
                 return True, p
             except KafkaException as e:
@@ -528,6 +537,10 @@ class Processor:
             frame = sys._current_frames().get(self.thread.ident)
             stack = "".join(traceback.format_stack(frame)[-4:]) if frame is not None else "?"
             self.state += f"\n--- processor stack ---\n{stack}"
+            if os.environ.get("TXN_TEST_GDB"):  # native stacks of every thread, to that file
+                subprocess.run(["gdb", "-p", str(os.getpid()), "-batch", "-ex", "thread apply all bt"],
+                               stdout=open(os.environ["TXN_TEST_GDB"], "w"), stderr=subprocess.STDOUT,
+                               timeout=120)
             self.stop.set()
             self.thread.join(30)
             raise AssertionError(f"processor not done within {timeout}s: {self.commits} commits, "
@@ -536,6 +549,119 @@ class Processor:
         if self.thread.error is not None:
             raise self.thread.error
         assert self.done.is_set()
+
+
+def _processor_child(args: tuple, shared, done) -> None:
+    """Entry point of a processor process (multiprocessing, spawn): runs Processor's loop in
+    its main thread and mirrors its counters into `shared` (commits, aborts, fatal, retries).
+    SIGUSR1 dumps every thread's Python stack to stderr (faulthandler)."""
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    proc = Processor(*args)
+
+    def mirror():
+        shared[0], shared[1], shared[2], shared[3] = proc.commits, proc.aborts, proc.fatal, proc.retries
+
+    def mirror_loop():
+        while True:
+            mirror()
+            time.sleep(0.1)
+
+    threading.Thread(target=mirror_loop, daemon=True).start()
+    try:
+        proc._run()
+    finally:
+        mirror()
+        kinds = Counter(e.split(":")[0] for e in proc.errors)
+        sys.stderr.write(f"PROCESSOR pid {os.getpid()}: {proc.commits} commits, {proc.aborts} aborts, "
+                         f"{proc.fatal} fatal, {proc.retries} retries, errors {dict(kinds)}, "
+                         f"last {proc.errors[-5:]}\n")
+        sys.stderr.flush()
+    if proc.done.is_set():
+        done.set()
+
+
+class SupervisedProcessor:
+    """Runs a Processor in a child process, as a deployment would: a processor that dies, or
+    makes no progress for `stall` seconds (a wedged client call), is SIGKILLed and replaced
+    by a new one with the same group and transactional.id, which fences the old one.  Every
+    restart is counted and printed; exactly-once must hold regardless."""
+
+    def __init__(self, bootstrap: str, src: str, dst: str, group: str, tid: str, ends: dict[int, int],
+                 stall: float = 30.0, max_restarts: int = 2):
+        import multiprocessing
+
+        self.ctx = multiprocessing.get_context("spawn")
+        self.args = (bootstrap, src, dst, group, tid, ends)
+        self.stall, self.max_restarts = stall, max_restarts
+        self.done = self.ctx.Event()
+        self.shared = None
+        self.base = [0, 0, 0, 0]  # counters of the processes already replaced
+        self.child = None
+        self.restarts: list[str] = []
+
+    def _counter(self, i: int) -> int:
+        return self.base[i] + (self.shared[i] if self.shared is not None else 0)
+
+    commits = property(lambda self: self._counter(0))
+    aborts = property(lambda self: self._counter(1))
+    fatal = property(lambda self: self._counter(2))
+    retries = property(lambda self: self._counter(3))
+
+    @property
+    def error(self) -> str | None:
+        if self.child is not None and not self.child.is_alive() and not self.done.is_set():
+            return f"processor exited with {self.child.exitcode} before finishing"
+        return None
+
+    def start(self) -> "SupervisedProcessor":
+        if self.shared is not None:
+            self.base = [self.base[i] + self.shared[i] for i in range(4)]
+        self.shared = self.ctx.Array("i", 4)
+        self.child = self.ctx.Process(target=_processor_child, args=(self.args, self.shared, self.done),
+                                      daemon=True)
+        self.child.start()
+        return self
+
+    def _replace(self, why: str) -> None:
+        self.restarts.append(why)
+        print(f"PROCESSOR RESTART #{len(self.restarts)}: {why}", flush=True)
+        assert len(self.restarts) <= self.max_restarts, f"processor restarted too often: {self.restarts}"
+        if self.child.is_alive():
+            os.kill(self.child.pid, signal.SIGUSR1)  # Python stacks to stderr
+            time.sleep(1)
+            self.child.kill()
+        self.child.join(10)
+        self.start()
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last, last_change = self.commits, time.monotonic()
+        while not self.done.is_set():
+            assert time.monotonic() < deadline, \
+                f"processor not done within {timeout}s: {self.commits} commits, restarts {self.restarts}"
+            time.sleep(0.5)
+            if self.commits != last:
+                last, last_change = self.commits, time.monotonic()
+            if self.done.is_set():
+                break
+            if not self.child.is_alive():
+                self._replace(f"exited with {self.child.exitcode} after {self.commits} commits")
+                last_change = time.monotonic()
+            elif time.monotonic() - last_change > self.stall:
+                self._replace(f"no commit for {self.stall:.0f}s after {self.commits} commits (wedged)")
+                last_change = time.monotonic()
+        self.child.join(30)
+
+    def close(self) -> None:
+        if self.child is not None and self.child.is_alive():
+            self.child.kill()
+            self.child.join(10)
+
+    def summary(self) -> str:
+        return (f"{self.commits} commits, {self.aborts} aborts, {self.fatal} fatal, {self.retries} retries, "
+                f"{len(self.restarts)} processor restarts {self.restarts}")
 
 
 def fill_input(bootstrap: str, topic: str, n: int) -> None:
@@ -570,18 +696,20 @@ def test_consume_transform_produce_sigkill_broker(broker, unique_topic):
     ends = high_watermarks(broker.bootstrap, src, parts)
     assert sum(ends.values()) == n
     group, tid = f"g-{unique_topic}", f"tid-{unique_topic}"
-    proc = Processor(broker.bootstrap, src, dst, group, tid, ends).start()
-    wait_for("5 transactions committed", lambda: proc.commits >= 5 or proc.thread.error, timeout=60)
-    assert proc.thread.error is None, proc.thread.error
-    assert not proc.done.is_set(), "the processor finished before the kill; slow it down"
-    killed_at = proc.commits
-    broker.kill()
-    time.sleep(1)
-    broker.start()
-    proc.wait(timeout=150)
+    proc = SupervisedProcessor(broker.bootstrap, src, dst, group, tid, ends).start()
+    try:
+        wait_for("5 transactions committed", lambda: proc.commits >= 5 or proc.error, timeout=60)
+        assert proc.error is None, proc.error
+        assert not proc.done.is_set(), "the processor finished before the kill; slow it down"
+        killed_at = proc.commits
+        broker.kill()
+        time.sleep(1)
+        broker.start()
+        proc.wait(timeout=180)
+    finally:
+        proc.close()
     assert proc.commits > killed_at
-    print(f"\nkilled after {killed_at} commits; {proc.commits} commits, {proc.aborts} aborts, "
-          f"{proc.fatal} fatal, {proc.retries} retries; errors: {Counter(e.split(':')[0] for e in proc.errors)}")
+    print(f"\nkilled the broker after {killed_at} commits; {proc.summary()}")
     check_exactly_once(broker.bootstrap, src, dst, group, n, parts)
 
 
@@ -627,26 +755,28 @@ def test_consume_transform_produce_three_brokers_sigkill_coordinator(make_cluste
     assert victim in c.nodes, coords
     assert coords[1]["port"] == c.node(victim).kafka_port
 
-    proc = Processor(bootstrap, src, dst, group, tid, ends).start()
-    wait_for("5 transactions committed", lambda: proc.commits >= 5 or proc.thread.error, timeout=90)
-    assert proc.thread.error is None, proc.thread.error
-    assert not proc.done.is_set(), "the processor finished before the kill; slow it down"
-    killed_at = proc.commits
-    c.kill(victim, signal.SIGKILL)
-    survivors = [i for i in c.nodes if i != victim]
-    # Another broker takes the coordinator role while the victim is down.
-    t0 = time.monotonic()
-    wait_for("a live transaction coordinator",
-             lambda: all((a := find_txn_coordinator(c.node(i).bootstrap, tid))["error_code"] == 0
-                         and a["node_id"] in survivors for i in survivors), timeout=45)
-    print(f"\ncoordinator moved off node {victim} in {time.monotonic() - t0:.1f} s")
-    wait_for("commits after the kill", lambda: proc.commits > killed_at + 2 or proc.done.is_set()
-             or proc.thread.error, timeout=90)
-    c.start(victim)
-    proc.wait(timeout=200)
+    proc = SupervisedProcessor(bootstrap, src, dst, group, tid, ends).start()
+    try:
+        wait_for("5 transactions committed", lambda: proc.commits >= 5 or proc.error, timeout=90)
+        assert proc.error is None, proc.error
+        assert not proc.done.is_set(), "the processor finished before the kill; slow it down"
+        killed_at = proc.commits
+        c.kill(victim, signal.SIGKILL)
+        survivors = [i for i in c.nodes if i != victim]
+        # Another broker takes the coordinator role while the victim is down.
+        t0 = time.monotonic()
+        wait_for("a live transaction coordinator",
+                 lambda: all((a := find_txn_coordinator(c.node(i).bootstrap, tid))["error_code"] == 0
+                             and a["node_id"] in survivors for i in survivors), timeout=45)
+        print(f"\ncoordinator moved off node {victim} in {time.monotonic() - t0:.1f} s")
+        wait_for("commits after the kill", lambda: proc.commits > killed_at + 2 or proc.done.is_set()
+                 or proc.error, timeout=90)
+        c.start(victim)
+        proc.wait(timeout=200)
+    finally:
+        proc.close()
     assert proc.commits > killed_at
-    print(f"killed node {victim} after {killed_at} commits; {proc.commits} commits, {proc.aborts} aborts, "
-          f"{proc.fatal} fatal, {proc.retries} retries; errors: {Counter(e.split(':')[0] for e in proc.errors)}")
+    print(f"killed node {victim} after {killed_at} commits; {proc.summary()}")
     check_exactly_once(c.bootstrap(), src, dst, group, n, parts)
 
 
