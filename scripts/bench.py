@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MB = 1e6
 GB = 1e9
 TOPIC = "bench"
+TXN_TOPIC = "bench-txn"  # --txn: the transactional produce phase's own topic
+IDEM_TOPIC = "bench-idempotent"  # --txn: the idempotent comparison phase's topic
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -339,6 +342,122 @@ def _producer_conf(bootstrap: str, args: dict) -> dict:
     }
 
 
+def _producer_mode(conf: dict) -> str:
+    """How a producer config writes, for the `*_mode` figures."""
+    if conf.get("transactional.id"):
+        return "transactional (idempotent)"
+    return "idempotent" if conf.get("enable.idempotence") else "plain (enable.idempotence=false)"
+
+
+def _txn_producer_conf(bootstrap: str, args: dict, txn_id: str) -> dict:
+    """The throughput phase's settings, as a transactional producer (which librdkafka
+    makes idempotent: at most 5 requests in flight per broker)."""
+    return {**_producer_conf(bootstrap, args), "enable.idempotence": True, "transactional.id": txn_id}
+
+
+def _kafka_error_text(e: Exception) -> str:
+    err = e.args[0] if e.args else None
+    if hasattr(err, "name") and hasattr(err, "str"):
+        return f"{err.name()}: {err.str()}"
+    return str(e)
+
+
+def _txn_producer(bootstrap, topic, nrec, args, txn_id, barrier, q) -> None:
+    """Like _throughput_producer, in transactions: init_transactions(), then
+    begin / produce args["txn_records"] records / commit_transaction(), the last one
+    with what is left. Reports the time of every commit_transaction() call."""
+    from confluent_kafka import KafkaException, Producer
+
+    errors = [0, ""]
+
+    def on_err(err, msg):
+        if err is not None:
+            errors[0] += 1
+            errors[1] = str(err)
+
+    import logging
+
+    class Gate(logging.Handler):
+        """librdkafka's log lines, to stderr as usual, except during init_transactions():
+        its failure is reported in one line by the parent, not also as TXNERR/FATAL lines."""
+        quiet = False
+
+        def emit(self, record):
+            if not self.quiet:
+                sys.stderr.write(f"%{record.levelname}|{txn_id}| {record.getMessage()}\n")
+
+    gate = Gate()
+    log = logging.getLogger(f"bench.{txn_id}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(gate)
+    conf = _txn_producer_conf(bootstrap, args, txn_id)
+    if txn_id.startswith("idempotent"):  # the comparison phase: same producer, no transactions
+        del conf["transactional.id"]
+    transactional = "transactional.id" in conf
+    conf["delivery.report.only.error"] = True
+    conf["on_delivery"] = on_err
+    conf["logger"] = log
+    p = Producer(conf)
+    p.list_topics(topic, timeout=20)
+    gate.quiet = True
+    try:
+        if transactional:
+            p.init_transactions(args["txn_init_timeout"])
+    except KafkaException as e:
+        q.put({"init_error": _kafka_error_text(e)})
+        barrier.abort()
+        return
+    p.poll(0)  # serves the log lines queued during init (still quiet)
+    gate.quiet = False
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        return  # another producer (or the parent) gave up
+    vals = _values(args["record_size"])
+    produce = p.produce
+    per_txn = max(1, args["txn_records"])
+    commit_ms: list[float] = []
+    committed = 0
+    fail = ""
+    t0 = time.monotonic()
+    i = 0
+    try:
+        while i < nrec:
+            n = min(per_txn, nrec - i)
+            if transactional:
+                p.begin_transaction()
+            for k in range(i, i + n):
+                v = vals[k & 63]
+                while True:
+                    try:
+                        produce(topic, v)
+                        break
+                    except BufferError:
+                        p.poll(0.01)
+                if (k & 4095) == 0:
+                    p.poll(0)
+            c0 = time.monotonic()
+            if transactional:
+                p.commit_transaction(args["txn_commit_timeout"])  # flushes the transaction's records first
+            elif p.flush(args["txn_commit_timeout"]):
+                raise KafkaException("records not delivered in time")
+            commit_ms.append((time.monotonic() - c0) * 1000)
+            committed += n
+            i += n
+    except KafkaException as e:
+        fail = _kafka_error_text(e)
+        try:
+            if e.args and e.args[0].txn_requires_abort():
+                p.abort_transaction(30)
+        except KafkaException:
+            pass
+    t1 = time.monotonic()
+    left = p.flush(60)
+    q.put({"t0": t0, "t1": t1, "n": committed, "commit_ms": commit_ms, "fail": fail, "errors": errors[0],
+           "last_error": errors[1], "undelivered": left, "cpu": time.process_time()})
+
+
 def _throughput_producer(bootstrap, topic, nrec, args, barrier, q) -> None:
     from confluent_kafka import Producer
 
@@ -375,11 +494,14 @@ def _throughput_producer(bootstrap, topic, nrec, args, barrier, q) -> None:
            "undelivered": left, "cpu": cpu})
 
 
-def _drain_consumer(bootstrap, topic, starts: dict, ends: dict, args, q, ready) -> None:
-    """Read partitions from starts[p] up to ends[p] (exclusive); report bytes and time."""
-    from confluent_kafka import Consumer, TopicPartition
+def _drain_consumer(bootstrap, topic, starts: dict, ends: dict, args, q, ready, isolation=None) -> None:
+    """Read partitions from starts[p] up to ends[p] (exclusive); report bytes and time.
+    isolation: None leaves librdkafka's isolation.level default (read_committed), which
+    the plain phases keep. An explicit "read_committed" also takes a partition's EOF as its
+    end: the last offset of a transactional log is a commit marker, never delivered."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    c = Consumer({
+    conf = {
         "bootstrap.servers": bootstrap,
         "group.id": f"bench-drain-{os.getpid()}",
         "enable.auto.commit": False,
@@ -388,7 +510,11 @@ def _drain_consumer(bootstrap, topic, starts: dict, ends: dict, args, q, ready) 
         "max.partition.fetch.bytes": args["partition_fetch_bytes"],
         "queued.max.messages.kbytes": 262144,
         "enable.partition.eof": False,
-    })
+    }
+    if isolation is not None:
+        conf["isolation.level"] = isolation
+        conf["enable.partition.eof"] = isolation == "read_committed"
+    c = Consumer(conf)
     c.assign([TopicPartition(topic, int(p), int(o)) for p, o in starts.items()])
     remaining = {int(p): int(ends[p]) for p in starts if int(ends[p]) > int(starts[p])}
     ready.wait()
@@ -410,6 +536,9 @@ def _drain_consumer(bootstrap, topic, starts: dict, ends: dict, args, q, ready) 
             first = sum(len(m) for m in msgs if not m.error())
         for m in msgs:
             if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    remaining.pop(m.partition(), None)
+                    continue
                 errors += 1
                 continue
             nbytes += len(m)
@@ -523,20 +652,20 @@ def _e2e_consumer(bootstrap, topic, partitions, args, ready, q, stop) -> None:
 
 
 # ----------------------------------------------------------------- phases
-def create_topic(bootstrap: str, partitions: int) -> None:
+def create_topic(bootstrap: str, partitions: int, topic: str = TOPIC) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     a = AdminClient({"bootstrap.servers": bootstrap})
-    fs = a.create_topics([NewTopic(TOPIC, num_partitions=partitions, replication_factor=1)])
+    fs = a.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     for _t, f in fs.items():
         f.result(30)
-    md = a.list_topics(TOPIC, timeout=20)
-    got = len(md.topics[TOPIC].partitions)
+    md = a.list_topics(topic, timeout=20)
+    got = len(md.topics[topic].partitions)
     if got != partitions:
         raise RuntimeError(f"topic has {got} partitions, wanted {partitions}")
 
 
-def create_acls(bootstrap: str, n: int) -> None:
+def create_acls(bootstrap: str, n: int, txn: bool = False) -> None:
     """`n` ACLs, so that every request pays for a real authorizer lookup: ALLOW ALL for
     everyone on the bench topic and on every group, and decoys (literal and prefixed
     topic ACLs of other principals; a quarter of the prefixes share the topic's first
@@ -548,6 +677,11 @@ def create_acls(bootstrap: str, n: int) -> None:
                         AclOperation.ALL, AclPermissionType.ALLOW),
              AclBinding(ResourceType.GROUP, "*", ResourcePatternType.LITERAL, "User:*", "*",
                         AclOperation.ALL, AclPermissionType.ALLOW)]
+    if txn:  # --txn: its topic and the transactional ids
+        allow += [AclBinding(ResourceType.TOPIC, t, ResourcePatternType.LITERAL, "User:*", "*",
+                             AclOperation.ALL, AclPermissionType.ALLOW) for t in (TXN_TOPIC, IDEM_TOPIC)]
+        allow += [AclBinding(ResourceType.TRANSACTIONAL_ID, "*", ResourcePatternType.LITERAL, "User:*", "*",
+                             AclOperation.ALL, AclPermissionType.ALLOW)]
     decoys = []
     for i in range(max(0, n - len(allow))):
         if i % 2:
@@ -564,11 +698,11 @@ def create_acls(bootstrap: str, n: int) -> None:
             f.result(60)
 
 
-def watermarks(bootstrap: str, partitions: int) -> dict[int, tuple[int, int]]:
+def watermarks(bootstrap: str, partitions: int, topic: str = TOPIC) -> dict[int, tuple[int, int]]:
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-wm", "enable.auto.commit": False})
-    out = {p: c.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=20) for p in range(partitions)}
+    out = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=20) for p in range(partitions)}
     c.close()
     return out
 
@@ -592,7 +726,7 @@ def collect(q, procs, n: int, timeout: float) -> list:
     return out
 
 
-def run_drain(ctx, bootstrap, starts, ends, nconsumers, args) -> dict:
+def run_drain(ctx, bootstrap, starts, ends, nconsumers, args, topic: str = TOPIC, isolation=None) -> dict:
     parts = sorted(starts)
     groups = [parts[i::nconsumers] for i in range(nconsumers)]
     q = ctx.Queue()
@@ -601,8 +735,8 @@ def run_drain(ctx, bootstrap, starts, ends, nconsumers, args) -> dict:
     for g in groups:
         if not g:
             continue
-        pr = ctx.Process(daemon=True, target=_drain_consumer, args=(bootstrap, TOPIC, {p: starts[p] for p in g},
-                                                         {p: ends[p] for p in g}, args, q, ready))
+        pr = ctx.Process(daemon=True, target=_drain_consumer, args=(bootstrap, topic, {p: starts[p] for p in g},
+                                                         {p: ends[p] for p in g}, args, q, ready, isolation))
         pr.start()
         procs.append(pr)
     time.sleep(1.0)  # let the consumers connect and resolve their assignment
@@ -1059,6 +1193,110 @@ def run_idle_latency(a) -> int:
     return 1 if problems else 0
 
 
+def run_txn_phase(ctx, broker, a, cargs, per, base_mbs, problems) -> None:
+    """--txn: the same volume twice, each on a fresh topic: first idempotent producers
+    (flushing every --txn-records records, the comparison), then one transactional
+    producer per process (transactional.id unique per process and run), per[i] records
+    each, committed every --txn-records; then a read_committed drain of the transactional
+    topic that must return every committed record."""
+    idem_mbs = run_txn_produce(ctx, broker, a, cargs, per, problems, "idempotent", IDEM_TOPIC)
+    if idem_mbs is None:
+        return
+    fig("idempotent_produce_vs_produce", idem_mbs / base_mbs, "ratio")
+    txn_mbs = run_txn_produce(ctx, broker, a, cargs, per, problems, "txn", TXN_TOPIC)
+    if txn_mbs is None:
+        return
+    fig("txn_produce_vs_produce", txn_mbs / base_mbs, "ratio")
+    fig("txn_produce_vs_idempotent", txn_mbs / idem_mbs, "ratio")
+
+
+def run_txn_produce(ctx, broker, a, cargs, per, problems, kind, topic) -> float | None:
+    """One --txn produce phase (`kind` "txn" or "idempotent"); its MB/s, None if it failed.
+    The transactional one is drained read_committed after."""
+    import queue as _queue
+
+    create_topic(broker.bootstrap, a.partitions, topic)
+    run_id = f"{os.getpid()}-{int(time.time())}"
+    q = ctx.Queue()
+    barrier = ctx.Barrier(len(per) + 1)
+    procs = [ctx.Process(daemon=True, target=_txn_producer,
+                         args=(broker.bootstrap, topic, n, cargs,
+                               f"{'idempotent' if kind == 'idempotent' else 'bench-txn'}-{run_id}-{i}", barrier, q))
+             for i, n in enumerate(per)]
+    for pr in procs:
+        pr.start()
+    conf = _txn_producer_conf(broker.bootstrap, cargs, "x")
+    if kind == "idempotent":
+        del conf["transactional.id"]
+    fig(f"{kind}_produce_mode", f"{_producer_mode(conf)}, "
+                                f"{'flush' if kind == 'idempotent' else 'commit'} every {a.txn_records} records")
+    try:
+        barrier.wait(timeout=cargs["txn_init_timeout"] + 60)
+    except threading.BrokenBarrierError:
+        for pr in procs:
+            pr.join(10)
+            if pr.is_alive():
+                pr.kill()
+        errs = []
+        while True:
+            try:
+                r = q.get(timeout=1.0)
+            except _queue.Empty:
+                break
+            if r.get("init_error") and r["init_error"] not in errs:
+                errs.append(r["init_error"])
+        msg = ("init_transactions() failed: " + "; ".join(errs)) if errs else \
+            "the transactional producers were not ready in time"
+        if any("TRANSACTIONAL_ID_AUTHORIZATION_FAILED" in e for e in errs):
+            msg += " (does this broker support transactions?)"
+        fig(f"{kind}_produce_throughput", "n/a", f"({kind} phase failed: {msg})")
+        problems.append(f"{kind} phase failed: {msg}")
+        return None
+    with Phase(broker) as ph:
+        res = collect(q, procs, len(procs), 1800)
+    for pr in procs:
+        pr.join(30)
+    secs = max(r["t1"] for r in res) - min(r["t0"] for r in res)
+    committed = sum(r["n"] for r in res)
+    nbytes = committed * a.record_size
+    mbs = nbytes / secs / MB
+    commit_ms = sorted(x for r in res for x in r["commit_ms"])
+    errs = sum(r["errors"] for r in res) + sum(r["undelivered"] for r in res)
+    fig(f"{kind}_produce_volume", nbytes / MB, "MB")
+    fig(f"{kind}_produce_seconds", secs, "s")
+    fig(f"{kind}_produce_throughput", mbs, "MB/s")
+    fig(f"{kind}_produce_records", committed / secs, "records/s")
+    fig(f"{kind}_commits", len(commit_ms))
+    fig(f"{kind}_commit_latency_p50", pct(commit_ms, 50), "ms")
+    fig(f"{kind}_commit_latency_p99", pct(commit_ms, 99), "ms")
+    fig(f"{kind}_commit_latency_max", commit_ms[-1] if commit_ms else float("nan"), "ms")
+    fig(f"{kind}_produce_errors", errs)
+    fig(f"{kind}_produce_client_cpu", sum(r["cpu"] for r in res) / secs, "cores")
+    fig(f"{kind}_produce_broker_cpu", ph.cpu / secs, "cores")
+    fails = sorted({r["fail"] for r in res if r["fail"]})
+    if fails:
+        problems.append(f"{kind} produce: {'; '.join(fails)} ({committed} of {sum(per)} records committed)")
+    if errs:
+        problems.append(f"{kind} produce: {errs} errors, last: {[r['last_error'] for r in res if r['last_error']]}")
+
+    if kind != "txn":
+        return mbs
+    # ---- read_committed drain of the transactional topic: every committed record, once
+    wm = watermarks(broker.bootstrap, a.partitions, topic)
+    starts = {p: wm[p][0] for p in wm}
+    ends = {p: wm[p][1] for p in wm}
+    with Phase(broker) as ph:
+        r = run_drain(ctx, broker.bootstrap, starts, ends, a.consumers, cargs, topic, "read_committed")
+    fig("txn_drain_MBps", r["bytes"] / r["secs"] / MB if r["bytes"] > 0 else float("nan"), "MB/s")
+    fig("txn_drain_records", r["records"])
+    fig("txn_drain_broker_cpu", ph.cpu / r["secs"], "cores")
+    if r["records"] != committed:
+        problems.append(f"txn drain (read_committed): read {r['records']} records, {committed} were committed")
+    if r["errors"] or r["unfinished"]:
+        problems.append(f"txn drain: {r['errors']} errors, {r['unfinished']} partitions not finished")
+    return mbs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="~1 minute run: 256MiB volume, 8 s latency phase, 256MiB disk test")
@@ -1084,6 +1322,13 @@ def main() -> int:
     ap.add_argument("--broker-args", default="",
                     help='extra args for `strata serve` in one string, shell-split; write it with "=": --broker-args="--compaction-age-ms 30000"')
     ap.add_argument("--skip-machine", action="store_true", help="skip the disk/loopback measurements")
+    ap.add_argument("--txn", action="store_true",
+                    help="after the produce phase (and the tail read, which must find that phase's data in the "
+                         "broker cache), produce the same volume with the same number of processes again, each a "
+                         "transactional producer, to a fresh topic with the same partitions; then read it back "
+                         "read_committed and check the record count (txn_* figures)")
+    ap.add_argument("--txn-records", type=int, default=10000,
+                    help="records per transaction in the --txn phase (the last one takes the rest) [10000]")
     ap.add_argument("--acls", type=int, default=0,
                     help="create this many ACLs first (one allows everything on the bench topic): "
                          "measures the authorizer on every request [0]")
@@ -1116,7 +1361,10 @@ def main() -> int:
     disk_bytes = a.disk_bytes if a.disk_bytes is not None else (parse_size("256MiB") if a.quick else parse_size("1GiB"))
     loop_bytes = a.loopback_bytes if a.loopback_bytes is not None else (parse_size("512MiB") if a.quick else parse_size("1GiB"))
     cargs = {"record_size": a.record_size, "linger_ms": a.linger_ms, "batch_size": a.batch_size,
-             "fetch_max_bytes": 52428800, "partition_fetch_bytes": 4 << 20, "fetch_wait_ms": a.fetch_wait_ms}
+             "fetch_max_bytes": 52428800, "partition_fetch_bytes": 4 << 20, "fetch_wait_ms": a.fetch_wait_ms,
+             "txn_records": a.txn_records, "txn_init_timeout": 30.0, "txn_commit_timeout": 120.0}
+    if a.txn_records < 1:
+        ap.error("--txn-records must be at least 1")
 
     if a.dir.exists():
         shutil.rmtree(a.dir)
@@ -1126,7 +1374,8 @@ def main() -> int:
 
     note(f"strata bench: volume={volume} B, record={a.record_size} B, partitions={a.partitions}, "
          f"producers={a.producers}, consumers={a.consumers}, linger.ms={a.linger_ms}, batch.size={a.batch_size}, "
-         f"rate={a.rate} MB/s for {lat_s:g}+{warm_s:g}(warm-up) s, dir={a.dir}")
+         f"rate={a.rate} MB/s for {lat_s:g}+{warm_s:g}(warm-up) s, dir={a.dir}"
+         + (f", txn phase: {a.txn_records} records per transaction" if a.txn else ""))
     from confluent_kafka import version, libversion
     fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")
     machine_info(a.dir)
@@ -1150,7 +1399,7 @@ def main() -> int:
     try:
         create_topic(broker.bootstrap, a.partitions)
         if a.acls:
-            create_acls(broker.bootstrap, a.acls)
+            create_acls(broker.bootstrap, a.acls, txn=a.txn)
             fig("acls", a.acls)
 
         # ---- produce throughput
@@ -1174,6 +1423,7 @@ def main() -> int:
         prod_mbs = prod_bytes / secs / MB
         errs = sum(r["errors"] for r in res) + sum(r["undelivered"] for r in res)
         objs = broker.segment_objects() - objs0
+        fig("produce_mode", _producer_mode(_producer_conf(broker.bootstrap, cargs)))
         fig("produce_volume", prod_bytes / MB, "MB")
         fig("produce_seconds", secs, "s")
         fig("produce_throughput", prod_mbs, "MB/s")
@@ -1212,6 +1462,11 @@ def main() -> int:
         fig("tail_consume_client_cpu", r["client_cpu"] / r["secs"], "cores")
         if r["errors"] or r["unfinished"]:
             problems.append(f"tail consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
+
+        # ---- transactional produce (--txn): same volume and processes, fresh topic. After
+        # the tail read, which is read-only, so that its data is still in the broker cache.
+        if a.txn:
+            run_txn_phase(ctx, broker, a, cargs, per, prod_mbs, problems)
 
         # ---- latency at a fixed rate: produce latency and end-to-end
         rate_rps = a.rate * MB / a.record_size

@@ -132,6 +132,8 @@ pub struct Broker {
     /// What compaction and the cleaner did, for the stats file and the metrics.
     pub compaction: Arc<CompactionCounters>,
     pub cleaner: Arc<CleanerCounters>,
+    /// Transactions whose markers this broker is writing now.
+    pub txn_finishing: crate::txn::Finishing,
 }
 
 /// Background work owned by a running broker.
@@ -357,6 +359,7 @@ impl Broker {
             gauges,
             compaction: compaction_counters,
             cleaner: cleaner_counters,
+            txn_finishing: crate::txn::Finishing::default(),
         });
         let tasks = BrokerTasks {
             flusher,
@@ -417,6 +420,11 @@ impl Broker {
 
     /// Keeps this broker's lease (a heartbeat every quarter lease) and, while this broker
     /// is the Raft leader, expires the brokers whose heartbeats stopped.
+    /// The transaction coordinator loop (`crate::txn::run`).
+    pub fn spawn_transactions(self: &Arc<Self>) -> JoinHandle<()> {
+        tokio::spawn(crate::txn::run(self.clone()))
+    }
+
     pub fn spawn_liveness(self: &Arc<Self>) -> JoinHandle<()> {
         let lease = self.config.broker_lease;
         let heartbeats = Self::heartbeats(Arc::downgrade(self), lease);

@@ -33,3 +33,4 @@ pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod txn;

@@ -91,6 +91,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         broker.register().await?;
         let _ = started.set(broker.clone());
         let liveness = broker.spawn_liveness();
+        let transactions = broker.spawn_transactions();
         let authorizer = &broker.config.security.authorizer;
         info!(super_users = ?authorizer.super_users, allow_everyone_if_no_acl_found = authorizer.allow_if_no_acl, "authorization");
         for l in &broker.config.listeners {
@@ -132,6 +133,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // record is in the store already, so a bounded wait is all a graceful stop needs.
         tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;
         tasks.abort_chores();
+        transactions.abort();
         liveness.abort();
         // Hand partitions and groups to the others now rather than after the lease.
         broker.deregister().await;

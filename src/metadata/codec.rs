@@ -284,11 +284,11 @@ mod tests {
     #[test]
     fn newer_version_is_refused() -> Result<(), CodecError> {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
-        bytes[4..6].copy_from_slice(&6u16.to_le_bytes());
+        bytes[4..6].copy_from_slice(&7u16.to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 6, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 7, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 6, this build reads up to 5)"
+                "metadata snapshot written by a newer Strata (format 7, this build reads up to 6)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

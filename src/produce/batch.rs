@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::metadata::state::ProducerBatch;
+use crate::metadata::state::{ChunkTxn, ProducerBatch};
 
 /// Offsets of header fields inside a record batch.
 pub(crate) const BASE_OFFSET: usize = 0;
@@ -19,8 +19,10 @@ pub(crate) const MAX_TIMESTAMP: usize = 35;
 pub(crate) const PRODUCER_ID: usize = 43;
 pub(crate) const PRODUCER_EPOCH: usize = 51;
 pub(crate) const BASE_SEQUENCE: usize = 53;
-/// Attribute bits Strata refuses: transactional batches and control records.
-const TRANSACTIONAL_OR_CONTROL: i16 = 0x30;
+/// A batch written inside a transaction.
+pub(crate) const TRANSACTIONAL: i16 = 0x10;
+/// A control batch (a transaction marker): written by coordinators, never by clients.
+pub(crate) const CONTROL: i16 = 0x20;
 pub(crate) const RECORDS_COUNT: usize = 57;
 pub const HEADER_LEN: usize = 61;
 /// baseOffset and batchLength are not counted by batchLength itself.
@@ -38,8 +40,10 @@ pub enum BatchError {
     Invalid,
     #[error("no record batches")]
     Empty,
-    #[error("transactional batches are not supported")]
-    Transactional,
+    #[error("control batches are written by the transaction coordinator, not by clients")]
+    Control,
+    #[error("a request's batches must all be transactional or all not, with a producer id")]
+    MixedTransactional,
 }
 
 /// The batches of one partition in one produce request, checked and split.
@@ -52,6 +56,8 @@ pub struct ValidatedBatches {
     pub bytes: usize,
     /// The idempotent producer that wrote them, if any.
     pub producer: Option<ProducerBatch>,
+    /// Their part in a transaction: transactional records, or a coordinator's marker.
+    pub txn: ChunkTxn,
 }
 
 pub(crate) fn be_i32(b: &[u8], at: usize) -> i32 {
@@ -75,6 +81,7 @@ pub fn validate(records: &Bytes) -> Result<ValidatedBatches, BatchError> {
     let mut offset_count: u32 = 0;
     let mut max_timestamp = i64::MIN;
     let mut producer: Option<ProducerBatch> = None;
+    let mut transactional = None;
     let mut at = 0;
     while at < records.len() {
         let rest = &records[at..];
@@ -107,8 +114,13 @@ pub fn validate(records: &Bytes) -> Result<ValidatedBatches, BatchError> {
         if records_count <= 0 || last_offset_delta != records_count - 1 {
             return Err(BatchError::Invalid);
         }
-        if be_i16(batch, ATTRIBUTES) & TRANSACTIONAL_OR_CONTROL != 0 {
-            return Err(BatchError::Transactional);
+        let attributes = be_i16(batch, ATTRIBUTES);
+        if attributes & CONTROL != 0 {
+            return Err(BatchError::Control);
+        }
+        let this = attributes & TRANSACTIONAL != 0;
+        if *transactional.get_or_insert(this) != this {
+            return Err(BatchError::MixedTransactional);
         }
         let producer_id = be_i64(batch, PRODUCER_ID);
         let base_sequence = be_i32(batch, BASE_SEQUENCE);
@@ -145,12 +157,21 @@ pub fn validate(records: &Bytes) -> Result<ValidatedBatches, BatchError> {
     if batches.is_empty() {
         return Err(BatchError::Empty);
     }
+    let transactional = transactional == Some(true);
+    if transactional && producer.is_none() {
+        return Err(BatchError::MixedTransactional);
+    }
     Ok(ValidatedBatches {
         batches,
         offset_count,
         max_timestamp,
         bytes: records.len(),
         producer,
+        txn: if transactional {
+            ChunkTxn::Data
+        } else {
+            ChunkTxn::None
+        },
     })
 }
 

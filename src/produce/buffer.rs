@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use super::batch::ValidatedBatches;
-use crate::metadata::state::{Command, Response, SegmentCommit, StateError};
+use crate::metadata::state::{ChunkTxn, Command, Response, SegmentCommit, StateError};
 use crate::metadata::Metadata;
 use crate::storage::segment::SegmentBuilder;
 use crate::storage::{BlockCache, ObjectStorage};
@@ -115,6 +115,8 @@ struct Uploaded {
     size: u64,
     uploaded_ms: i64,
     command_entries: Vec<crate::metadata::state::SegmentEntry>,
+    /// Each entry's part in a transaction; empty when none has one.
+    command_txn: Vec<ChunkTxn>,
     chunks: Vec<ChunkWaiters>,
 }
 
@@ -341,8 +343,15 @@ async fn upload(
     let footer_bytes: usize = by_partition.keys().map(|(t, _, _)| t.len() + 48).sum();
     let mut builder = SegmentBuilder::with_capacity(data_bytes + footer_bytes + 16);
     let mut chunks = Vec::with_capacity(by_partition.len());
+    let mut command_txn = Vec::with_capacity(by_partition.len());
     for ((topic, partition, _), requests) in by_partition {
         let producer = requests.first().and_then(|p| p.batches.producer);
+        command_txn.push(
+            requests
+                .first()
+                .map(|p| p.batches.txn.clone())
+                .unwrap_or_default(),
+        );
         let batches: Vec<_> = requests
             .iter()
             .flat_map(|p| p.batches.batches.iter().cloned())
@@ -373,6 +382,9 @@ async fn upload(
         });
     }
     let (data, entries) = builder.finish();
+    if command_txn.iter().all(|t| *t == ChunkTxn::None) {
+        command_txn.clear();
+    }
     let size = data.len() as u64;
     let started = Instant::now();
     if let Err(e) = storage.put_with_retry(&object, &data, upload_timeout).await {
@@ -402,6 +414,7 @@ async fn upload(
         size,
         uploaded_ms,
         command_entries: entries,
+        command_txn,
         chunks,
     })
 }
@@ -437,7 +450,7 @@ async fn commit_loop(
         let segments = uploads
             .iter_mut()
             .map(|u| SegmentCommit {
-                txn: Vec::new(),
+                txn: std::mem::take(&mut u.command_txn),
                 object: u.object.clone(),
                 object_size: u.size,
                 uploaded_ms: u.uploaded_ms,

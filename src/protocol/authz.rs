@@ -119,6 +119,10 @@ impl<'a> Authz<'a> {
         self.allowed(op, ResourceType::Group, name)
     }
 
+    pub fn transactional_id(&self, op: Operation, id: &str) -> bool {
+        self.allowed(op, ResourceType::TransactionalId, id)
+    }
+
     pub fn cluster(&self, op: Operation) -> bool {
         self.allowed(op, ResourceType::Cluster, CLUSTER_NAME)
     }

@@ -25,6 +25,8 @@ mod records;
 mod scram;
 mod topic_partitions;
 mod topics;
+mod transactions;
+mod txn;
 pub mod versions;
 
 use std::sync::Arc;
@@ -360,6 +362,24 @@ async fn dispatch(
         }
         RequestKind::InitProducerId(req) => {
             ResponseKind::InitProducerId(producer_id::init(broker, &authz, req, version).await)
+        }
+        RequestKind::AddPartitionsToTxn(req) => ResponseKind::AddPartitionsToTxn(
+            txn::add_partitions(broker, &authz, req, version).await,
+        ),
+        RequestKind::AddOffsetsToTxn(req) => {
+            ResponseKind::AddOffsetsToTxn(txn::add_offsets(broker, &authz, req, version).await)
+        }
+        RequestKind::EndTxn(req) => {
+            ResponseKind::EndTxn(txn::end(broker, &authz, req, version).await)
+        }
+        RequestKind::TxnOffsetCommit(req) => {
+            ResponseKind::TxnOffsetCommit(txn::offset_commit(broker, &authz, req, version).await)
+        }
+        RequestKind::DescribeTransactions(req) => {
+            ResponseKind::DescribeTransactions(transactions::describe(broker, &authz, req, version))
+        }
+        RequestKind::ListTransactions(req) => {
+            ResponseKind::ListTransactions(transactions::list(broker, &authz, req, version))
         }
         RequestKind::DescribeConfigs(req) => {
             ResponseKind::DescribeConfigs(configs::describe(broker, &authz, req, version))

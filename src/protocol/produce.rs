@@ -19,7 +19,8 @@ use tracing::debug;
 use super::authz::{Authz, RequestContext};
 use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
-use crate::metadata::state::StateError;
+use crate::metadata::state::{ChunkTxn, StateError};
+use crate::metadata::txn::TxnError;
 use crate::produce::batch::{self, BatchError};
 use crate::produce::buffer::Committed;
 use crate::produce::records;
@@ -63,7 +64,11 @@ pub async fn enqueue(
             .clamp(100, 300_000),
     );
     let deadline = Instant::now() + timeout;
-    let transactional = req.transactional_id.is_some();
+    let transactional_id = req.transactional_id.as_ref().map(|t| t.as_str().to_owned());
+    // Kafka's rule: a transactional produce needs WRITE on its transactional id.
+    let txn_refused = transactional_id
+        .as_deref()
+        .is_some_and(|id| !authz.transactional_id(Operation::Write, id));
     // A fenced broker cannot commit, and the others may already lead its partitions:
     // NOT_LEADER_OR_FOLLOWER makes clients refresh metadata and go there.
     let fenced = broker.fenced();
@@ -71,7 +76,7 @@ pub async fn enqueue(
     for topic in req.topic_data {
         let name = topic.name.as_str().to_owned();
         let writable = authz.topic(Operation::Write, &name);
-        let lookup = if transactional || fenced || !writable {
+        let lookup = if txn_refused || fenced || !writable {
             TopicLookup::Missing
         } else {
             let create = broker.config.auto_create_topics
@@ -85,20 +90,23 @@ pub async fn enqueue(
                     ResponseError::TopicAuthorizationFailed,
                     format!("{} may not write to topic {name}", ctx.principal),
                 ))
-            } else if transactional {
+            } else if txn_refused {
                 Err((
                     ResponseError::TransactionalIdAuthorizationFailed,
-                    "transactions are not supported".to_owned(),
+                    format!("{} may not write transactionally", ctx.principal),
                 ))
             } else if fenced {
                 Err(not_leader())
             } else {
-                tokio::time::timeout_at(
-                    deadline,
-                    enqueue_partition(broker, &name, &lookup, p.index, p.records),
-                )
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
+                let target = Target {
+                    topic: &name,
+                    lookup: &lookup,
+                    partition: p.index,
+                    transactional_id: transactional_id.as_deref(),
+                };
+                tokio::time::timeout_at(deadline, enqueue_partition(broker, target, p.records))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()))
             };
             partitions.push((p.index, result));
         }
@@ -190,13 +198,25 @@ impl PendingProduce {
     }
 }
 
+/// Where a partition's batches go, and for whom.
+struct Target<'a> {
+    topic: &'a str,
+    lookup: &'a TopicLookup,
+    partition: i32,
+    transactional_id: Option<&'a str>,
+}
+
 async fn enqueue_partition(
     broker: &Broker,
-    topic: &str,
-    lookup: &TopicLookup,
-    partition: i32,
+    target: Target<'_>,
     records: Option<bytes::Bytes>,
 ) -> Result<Queued, PartitionError> {
+    let Target {
+        topic,
+        lookup,
+        partition,
+        transactional_id,
+    } = target;
     match lookup {
         TopicLookup::Found { partitions, .. } if (0..*partitions).contains(&partition) => {}
         TopicLookup::Invalid => {
@@ -219,10 +239,11 @@ async fn enqueue_partition(
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
             BatchError::Invalid | BatchError::Empty => ResponseError::InvalidRecord,
             BatchError::CrcMismatch | BatchError::Truncated => ResponseError::CorruptMessage,
-            BatchError::Transactional => ResponseError::TransactionalIdAuthorizationFailed,
+            BatchError::Control | BatchError::MixedTransactional => ResponseError::InvalidRecord,
         };
         (code, e.to_string())
     })?;
+    check_transactional(broker, &batches, transactional_id)?;
     let settings = broker.produce_settings(topic).ok_or_else(|| {
         (
             ResponseError::UnknownTopicOrPartition,
@@ -256,6 +277,43 @@ async fn enqueue_partition(
             records,
         })
         .map_err(produce_error)
+}
+
+/// Kafka's rules for transactional produce: transactional batches come with the
+/// transactional id whose producer id they carry, and only with it. Whether the
+/// transaction holds the partition is checked when the chunk commits.
+fn check_transactional(
+    broker: &Broker,
+    batches: &batch::ValidatedBatches,
+    transactional_id: Option<&str>,
+) -> Result<(), PartitionError> {
+    let transactional = batches.txn == ChunkTxn::Data;
+    let Some(id) = transactional_id else {
+        if transactional {
+            return Err((
+                ResponseError::InvalidRecord,
+                "transactional batches need a transactional id".into(),
+            ));
+        }
+        return Ok(());
+    };
+    if !transactional {
+        return Err((
+            ResponseError::InvalidRecord,
+            "a produce with a transactional id must hold transactional batches".into(),
+        ));
+    }
+    let producer_id = batches.producer.map_or(-1, |p| p.producer_id);
+    let holder = broker
+        .metadata
+        .read(|s| s.transactions().get(id).map(|m| m.producer_id));
+    if holder != Some(producer_id) {
+        return Err((
+            ResponseError::InvalidProducerIdMapping,
+            format!("producer id {producer_id} is not the one transactional id {id} holds"),
+        ));
+    }
+    Ok(())
 }
 
 /// Kafka's rule for compacted topics: every record has a key (the batches are opened for
@@ -315,6 +373,13 @@ fn produce_error(e: ProduceError) -> PartitionError {
             ResponseError::InvalidProducerEpoch
         }
         ProduceError::Rejected(StateError::UnknownProducerId) => ResponseError::UnknownProducerId,
+        // Kafka answers a fenced transactional producer's writes INVALID_PRODUCER_EPOCH.
+        ProduceError::Rejected(StateError::Txn(TxnError::ProducerFenced)) => {
+            ResponseError::InvalidProducerEpoch
+        }
+        ProduceError::Rejected(StateError::Txn(e)) => {
+            ResponseError::try_from_code(e.code()).unwrap_or(ResponseError::UnknownServerError)
+        }
         ProduceError::Rejected(_) => ResponseError::UnknownServerError,
         ProduceError::Storage(_) => ResponseError::KafkaStorageError,
         ProduceError::Commit(_) | ProduceError::ShuttingDown | ProduceError::TimedOut => {

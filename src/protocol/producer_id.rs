@@ -1,5 +1,6 @@
 //! InitProducerId: ids and epochs for idempotent producers, allocated by the metadata log
-//! so they are unique across brokers and restarts. Transactions are not supported yet.
+//! so they are unique across brokers and restarts. With a transactional id the
+//! transaction coordinator answers (`txn.rs`).
 
 use std::sync::Arc;
 
@@ -13,11 +14,11 @@ pub async fn init(
     broker: &Arc<Broker>,
     authz: &super::authz::Authz<'_>,
     req: InitProducerIdRequest,
-    _version: i16,
+    version: i16,
 ) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default();
-    if req.transactional_id.is_some() {
-        return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    if let Some(txn_id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+        return super::txn::init(broker, authz, txn_id.as_str(), &req, version).await;
     }
     // KIP-679: IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
     if !authz.cluster(crate::security::acl::Operation::IdempotentWrite)

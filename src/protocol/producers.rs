@@ -1,4 +1,6 @@
-//! DescribeProducers: the idempotent producers the state machine tracks per partition.
+//! DescribeProducers: the idempotent producers the state machine tracks per partition,
+//! with the first offset of each one's open transaction there (what Kafka's
+//! `kafka-transactions.sh find-hanging` looks for).
 
 use std::sync::Arc;
 
@@ -55,7 +57,9 @@ pub fn describe(
                                     // Not tracked: append times stay outside the state.
                                     .with_last_timestamp(-1)
                                     .with_coordinator_epoch(-1)
-                                    .with_current_txn_start_offset(-1)
+                                    .with_current_txn_start_offset(
+                                        p.txns.ongoing().get(&id).copied().unwrap_or(-1),
+                                    )
                             })
                             .collect();
                         out.with_active_producers(producers)

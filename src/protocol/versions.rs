@@ -49,6 +49,14 @@ const TABLE: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    // Transactions, below KIP-890 part 2 (EndTxn v5 and friends bump the epoch per
+    // transaction, which Strata's coordinator does not do).
+    (ApiKey::AddPartitionsToTxn, 0, 4),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// Every supported API with its (min, max) version.
@@ -75,7 +83,8 @@ mod tests {
     fn every_api_in_the_table_survives_clipping() {
         assert_eq!(supported().count(), TABLE.len());
         assert_eq!(range(ApiKey::Produce), Some((3, 9)));
-        assert_eq!(range(ApiKey::EndTxn), None);
+        assert_eq!(range(ApiKey::EndTxn), Some((0, 3)));
+        assert_eq!(range(ApiKey::WriteTxnMarkers), None);
     }
 
     /// docs/compatibility.md lists every API with exactly the versions served here.

@@ -41,6 +41,7 @@ pub const CACHE_MISSES: &str = "strata_cache_misses_total";
 pub const CACHE_HIT_BYTES: &str = "strata_cache_hit_bytes_total";
 pub const RAFT_COMMIT_SECONDS: &str = "strata_raft_commit_duration_seconds";
 pub const SASL_AUTHENTICATIONS: &str = "strata_sasl_authentications_total";
+pub const TRANSACTIONS: &str = "strata_transactions_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -102,6 +103,10 @@ fn builder(counter_idle: Duration) -> Result<PrometheusBuilder, TelemetryError> 
 fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(REQUESTS, "Kafka requests handled, by API");
+    describe_counter!(
+        TRANSACTIONS,
+        "Transactions this broker decided, by outcome (commit, abort, timeout, fenced: an open one aborted by a new producer)"
+    );
     describe_counter!(
         SASL_AUTHENTICATIONS,
         "SASL exchanges that ended, by mechanism and outcome (ok, reauthenticated, failed)"
@@ -217,6 +222,11 @@ pub fn record_refused(api: &'static str) {
 pub fn record_sasl(mechanism: &'static str, outcome: &'static str) {
     metrics::counter!(SASL_AUTHENTICATIONS, "mechanism" => mechanism, "outcome" => outcome)
         .increment(1);
+}
+
+/// A transaction decided here: `commit`, `abort`, `timeout` or `fenced`.
+pub fn record_transaction(outcome: &'static str) {
+    metrics::counter!(TRANSACTIONS, "outcome" => outcome).increment(1);
 }
 
 /// A counted request whose response could not be sent (it failed to encode).

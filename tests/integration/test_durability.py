@@ -525,3 +525,93 @@ def test_credentials_and_region_from_aws_profile_files(tmp_path):
         assert check_health(b) == []
     finally:
         b.stop()
+
+
+def read_values(bootstrap, topic, partitions, isolation, timeout=60):
+    """Every value of `topic` read with `isolation`, until each partition's position
+    reaches its end (markers leave offsets no record holds, so offsets are not counted)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "isolation.level": isolation, "fetch.wait.max.ms": 100})
+    values = []
+    try:
+        ends = {}
+        for p in range(partitions):
+            _, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            ends[p] = hi
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + timeout
+        while True:
+            pos = {tp.partition: tp.offset for tp in c.position([TopicPartition(topic, p) for p in ends])}
+            if all(pos[p] >= hi for p, hi in ends.items()):
+                break
+            assert time.monotonic() < deadline, f"read {len(values)} values, positions {pos}, ends {ends}"
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            values.append(m.value().decode())
+    finally:
+        c.close()
+    return values
+
+
+def test_wiped_data_dir_keeps_transactions(s3broker):
+    """Transaction state comes back from the bucket alone: after SIGKILL and a wiped data
+    directory, read_committed still sees exactly the committed transactions (the aborted
+    one stays hidden), the transaction left open is aborted by its timeout, the committed
+    transactional offsets are the group's, and the same transactional id starts again."""
+    b = s3broker
+    b.extra_args += ["--store-snapshot-interval-ms", "1000"]
+    b.start()
+    create_topics(b.bootstrap, {"txw": 2, "txw-in": 1})
+    conf = {"bootstrap.servers": b.bootstrap, "linger.ms": 2}
+    done = Producer({**conf, "transactional.id": "wipe-done"})
+    done.init_transactions(30)
+    for n, commit in enumerate([True, False, True]):
+        done.begin_transaction()
+        for i in range(50):
+            done.produce("txw", key=f"k{i}".encode(), value=f"t{n}-{i}".encode())
+        if n == 2:
+            meta = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "wipe-txn-group"})
+            done.send_offsets_to_transaction([TopicPartition("txw-in", 0, 7)],
+                                             meta.consumer_group_metadata(), 30)
+            meta.close()
+        done.flush(30)
+        (done.commit_transaction if commit else done.abort_transaction)(30)
+    # Left open with records in it, its producer killed with the broker.
+    hang = Producer({**conf, "transactional.id": "wipe-open", "transaction.timeout.ms": 5000})
+    hang.init_transactions(30)
+    hang.begin_transaction()
+    for i in range(20):
+        hang.produce("txw", value=f"open-{i}".encode())
+    assert hang.flush(30) == 0
+    time.sleep(3)  # > --store-snapshot-interval-ms
+    b.kill()
+    shutil.rmtree(b.data_dir)
+    b.data_dir.mkdir()
+    b.start()
+
+    # The open transaction times out (5 s from its start) and its records never show.
+    deadline = time.monotonic() + 60
+    while True:
+        committed = read_values(b.bootstrap, "txw", 2, "read_committed")
+        if len(committed) >= 100:
+            break
+        assert time.monotonic() < deadline, f"read_committed stuck at {len(committed)} records"
+        time.sleep(1)
+    assert sorted(committed) == sorted([f"t{n}-{i}" for n in (0, 2) for i in range(50)])
+    everything = read_values(b.bootstrap, "txw", 2, "read_uncommitted")
+    assert len(everything) == 170  # all three transactions and the open one's 20
+    assert "aborting a transaction past its timeout" in b.log_text()
+
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "wipe-txn-group"})
+    try:
+        assert c.committed([TopicPartition("txw-in", 0)], timeout=30)[0].offset == 7
+    finally:
+        c.close()
+    again = Producer({**conf, "transactional.id": "wipe-done"})
+    again.init_transactions(30)
+    again.begin_transaction()
+    again.produce("txw", key=b"k", value=b"after")
+    again.commit_transaction(30)
+    assert "after" in read_values(b.bootstrap, "txw", 2, "read_committed")
