@@ -20,6 +20,12 @@
 //! [`Command::Clean`], which the state machine refuses if they changed meanwhile (a
 //! retention pass, a DeleteRecords, a topic deleted); the output is then deleted.
 //!
+//! Transactions (KIP-98): nothing at or past the partition's last stable offset is
+//! cleanable (an open transaction's outcome is not known yet). Records of aborted
+//! transactions (transactional batches inside an [`AbortedTxn`] of their producer) are
+//! dropped and never enter the key map, so they can never hide a committed record;
+//! control batches (the markers) are kept.
+//!
 //! Which partitions to clean, and what, is decided by [`plan`], a pure function of the
 //! state, the topics' settings and a time.
 
@@ -34,8 +40,9 @@ use crate::config::TopicDefaults;
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
 use crate::metadata::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, ObjectKind, Response};
+use crate::metadata::txn::AbortedTxn;
 use crate::metadata::Metadata;
-use crate::produce::batch::batch_max_timestamp;
+use crate::produce::batch::{batch_max_timestamp, ATTRIBUTES, HEADER_LEN, PRODUCER_ID};
 use crate::produce::records::{
     batch_info, for_each_record, rewrite, RecordView, RecordsError, Rewritten,
 };
@@ -99,6 +106,8 @@ pub struct Job {
     pub entries: Vec<PlannedEntry>,
     pub first_dirty: usize,
     pub settings: Settings,
+    /// The partition's aborted transactions overlapping the entries.
+    pub aborted: Vec<AbortedTxn>,
 }
 
 /// Why a partition is cleaned now.
@@ -144,6 +153,10 @@ pub fn cleanable(
     let young =
         index.partition_point(|e| e.max_timestamp <= now_ms.saturating_sub(settings.min_lag_ms));
     end = end.min(young.max(start));
+    // Nothing at or past the last stable offset: an open transaction may still abort.
+    let lso = p.last_stable_offset();
+    let stable = index.partition_point(|e| e.end_offset() <= lso);
+    end = end.min(stable.max(start));
     if end <= start {
         return None;
     }
@@ -206,8 +219,11 @@ pub fn plan(
                 .map(|e| PlannedEntry::resolve(state, e))
                 .collect();
             if let Some(entries) = entries {
+                let from = entries.first().map_or(0, |e| e.entry.base_offset);
+                let to = entries.last().map_or(0, |e| e.entry.end_offset());
                 jobs.push((
                     Job {
+                        aborted: p.txns.aborted_in(from, to),
                         topic: name.clone(),
                         topic_id: topic.id,
                         partition: index,
@@ -305,6 +321,65 @@ pub async fn run(
     }
 }
 
+/// The aborted transactions of a pass, by producer: each one's offset ranges (first
+/// offset to marker), sorted.
+#[derive(Debug, Default)]
+struct AbortedRanges {
+    by_producer: HashMap<i64, Vec<(i64, i64)>>,
+}
+
+impl AbortedRanges {
+    fn new(aborted: &[AbortedTxn]) -> Self {
+        let mut by_producer: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for a in aborted {
+            by_producer
+                .entry(a.producer_id)
+                .or_default()
+                .push((a.first_offset, a.last_offset));
+        }
+        for ranges in by_producer.values_mut() {
+            ranges.sort_unstable();
+        }
+        Self { by_producer }
+    }
+
+    /// Whether `offset` lies in an aborted transaction of `producer_id`.
+    fn holds(&self, producer_id: i64, offset: i64) -> bool {
+        let Some(ranges) = self.by_producer.get(&producer_id) else {
+            return false;
+        };
+        // A producer's transactions on a partition follow one another: the last range
+        // starting at or before the offset is the only one that can hold it.
+        let at = ranges.partition_point(|(first, _)| *first <= offset);
+        at > 0 && ranges.get(at - 1).is_some_and(|(_, last)| offset <= *last)
+    }
+}
+
+/// Transactional, not a control batch (its attribute bits 0x10 and 0x20).
+const TRANSACTIONAL: i16 = 0x10;
+const CONTROL: i16 = 0x20;
+
+/// Whether the batch `bytes` at offset `base` holds records of an aborted transaction:
+/// transactional, not a control batch (markers are kept), and within an aborted
+/// transaction of its producer. A header too short to say is not aborted.
+fn aborted_batch(bytes: &[u8], base: i64, aborted: &AbortedRanges) -> bool {
+    if aborted.by_producer.is_empty() || bytes.len() < HEADER_LEN {
+        return false;
+    }
+    let field = |at: usize, len: usize| bytes.get(at..at + len);
+    let Some(Ok(attributes)) = field(ATTRIBUTES, 2).map(<[u8; 2]>::try_from) else {
+        return false;
+    };
+    let attributes = i16::from_be_bytes(attributes);
+    if attributes & TRANSACTIONAL == 0 || attributes & CONTROL != 0 {
+        return false;
+    }
+    let Some(Ok(producer_id)) = field(PRODUCER_ID, 8).map(<[u8; 8]>::try_from) else {
+        return false;
+    };
+    aborted.holds(i64::from_be_bytes(producer_id), base)
+}
+
 /// The key map of a pass: each key's latest offset in the mapped part.
 struct KeyMap {
     latest: HashMap<Box<[u8]>, i64>,
@@ -322,11 +397,18 @@ impl KeyMap {
 
 /// Adds one entry's keys to the map, unless that would pass the memory cap (and the map
 /// already holds something): then false, and the map is unchanged.
-fn map_entry(map: &mut KeyMap, piece: &Piece, data: &[u8], log_start: i64) -> bool {
+fn map_entry(
+    map: &mut KeyMap,
+    piece: &Piece,
+    data: &[u8],
+    log_start: i64,
+    aborted: &AbortedRanges,
+) -> bool {
     let mut found: Vec<(Box<[u8]>, i64)> = Vec::new();
     for (batch, base) in piece.batches(data) {
         let bytes = &data[batch.start..batch.start + batch.len];
-        if batch_info(bytes).is_ok_and(|info| info.control) {
+        // Markers map nothing; neither do aborted records, which the pass drops.
+        if batch_info(bytes).is_ok_and(|info| info.control) || aborted_batch(bytes, base, aborted) {
             continue;
         }
         // A batch that cannot be read maps nothing: its records are kept as they are.
@@ -362,14 +444,15 @@ struct CleanedEntry {
     unreadable: Vec<(i64, RecordsError)>,
 }
 
-/// Cleans one entry's batches (pure): leaves out records below the log start, keyless
-/// records, records `map` has a later offset for, and tombstones whose batch's delete
-/// horizon is before `now_ms`; a batch keeping a tombstone gets `horizon` if it has none.
+/// Cleans one entry's batches (pure): leaves out records below the log start, batches
+/// of aborted transactions, keyless records, records `map` has a later offset for, and
+/// tombstones whose batch's delete horizon is before `now_ms`; a batch keeping a
+/// tombstone gets `horizon` if it has none.
 fn clean_entry(
     piece: &Piece,
     data: &[u8],
     map: &KeyMap,
-    log_start: i64,
+    (log_start, aborted): (i64, &AbortedRanges),
     now_ms: i64,
     horizon: i64,
 ) -> CleanedEntry {
@@ -377,7 +460,7 @@ fn clean_entry(
     for (batch, base) in piece.batches(data) {
         let bytes = &data[batch.start..batch.start + batch.len];
         let span = batch.offset_span;
-        if base + i64::from(span) <= log_start {
+        if base + i64::from(span) <= log_start || aborted_batch(bytes, base, aborted) {
             out.changed += 1;
             continue;
         }
@@ -451,13 +534,14 @@ async fn clean(
         latest: HashMap::new(),
         bytes: 0,
     };
+    let aborted = AbortedRanges::new(&job.aborted);
     let mut mapped_end = job.first_dirty;
     for planned in &job.entries[job.first_dirty..] {
         let data = read_entry(storage, fetcher, planned).await?;
         counters
             .bytes_read
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if !map_entry(&mut map, &piece_of(planned), &data, job.log_start) {
+        if !map_entry(&mut map, &piece_of(planned), &data, job.log_start, &aborted) {
             break;
         }
         mapped_end += 1;
@@ -486,7 +570,7 @@ async fn clean(
             &piece_of(planned),
             &data,
             &map,
-            job.log_start,
+            (job.log_start, &aborted),
             now_ms,
             horizon,
         );
@@ -671,7 +755,7 @@ mod tests {
             let first_dirty = dirty_from.min(pieces.len());
             let mut map = KeyMap { latest: HashMap::new(), bytes: 0 };
             for (piece, data) in &pieces[first_dirty..] {
-                prop_assert!(map_entry(&mut map, piece, data, log_start));
+                prop_assert!(map_entry(&mut map, piece, data, log_start, &AbortedRanges::default()));
             }
             let input: Vec<_> = pieces.iter().flat_map(|(piece, data)| {
                 records_of(&piece.batches(data).into_iter().map(|(b, base)| {
@@ -681,7 +765,7 @@ mod tests {
             let mapped_from = pieces.get(first_dirty).map_or(total, |(p, _)| p.base_offset);
 
             let (now, horizon) = (1_000, 5_000);
-            let cleaned: Vec<_> = pieces.iter().map(|(piece, data)| clean_entry(piece, data, &map, log_start, now, horizon)).collect();
+            let cleaned: Vec<_> = pieces.iter().map(|(piece, data)| clean_entry(piece, data, &map, (log_start, &AbortedRanges::default()), now, horizon)).collect();
             let output: Vec<_> = cleaned.iter().flat_map(|c| records_of(&c.batches)).collect();
             for c in &cleaned {
                 prop_assert!(c.unreadable.is_empty());
@@ -719,7 +803,7 @@ mod tests {
                 cleaned.iter().flat_map(|c| {
                     let data: Vec<u8> = c.batches.iter().flat_map(|(b, _, _)| b.clone()).collect();
                     let piece = Piece { object: "x".into(), position: 0, length: data.len() as u64, base_offset: 0, end_offset: total, offsets_in_headers: true };
-                    records_of(&clean_entry(&piece, &data, &empty, log_start, now_ms, now_ms + 4_000).batches)
+                    records_of(&clean_entry(&piece, &data, &empty, (log_start, &AbortedRanges::default()), now_ms, now_ms + 4_000).batches)
                 }).collect()
             };
             prop_assert_eq!(&again(horizon - 1), &output);
@@ -869,5 +953,149 @@ mod tests {
             cleanable(&p, |i| kinds.get(i).copied(), &settings(), 10, false),
             Some((1, 1, 2, Reason::DirtyRatio))
         );
+    }
+
+    /// A one-record batch at `offset` (key `k`, value `v`) with the given attribute bits
+    /// and producer id, its CRC recomputed.
+    fn txn_batch(offset: i64, k: &str, v: &str, attributes: i16, producer_id: i64) -> Vec<u8> {
+        let mut b = keyed_batch(offset, &[(Some(k), Some(v), 1_000)], Codec::None);
+        b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    fn aborted(producer_id: i64, first_offset: i64, last_offset: i64) -> AbortedTxn {
+        AbortedTxn {
+            producer_id,
+            first_offset,
+            last_offset,
+        }
+    }
+
+    #[test]
+    fn aborted_ranges_hold_only_their_producers_offsets() {
+        let r = AbortedRanges::new(&[aborted(1, 30, 40), aborted(2, 15, 25), aborted(1, 10, 20)]);
+        for (pid, offset, want) in [
+            (1, 9, false),
+            (1, 10, true),
+            (1, 20, true),
+            (1, 21, false),
+            (1, 29, false),
+            (1, 35, true),
+            (1, 41, false),
+            (2, 14, false),
+            (2, 15, true),
+            (3, 15, false),
+        ] {
+            assert_eq!(r.holds(pid, offset), want, "producer {pid} offset {offset}");
+        }
+        assert!(!AbortedRanges::default().holds(1, 10));
+    }
+
+    #[test]
+    fn only_transactional_data_batches_of_an_aborted_transaction_are_aborted() {
+        const TXN: i16 = TRANSACTIONAL;
+        const MARKER: i16 = TRANSACTIONAL | CONTROL;
+        let r = AbortedRanges::new(&[aborted(1, 10, 20)]);
+        assert!(aborted_batch(&txn_batch(12, "k", "v", TXN, 1), 12, &r));
+        // Compressed or not, the attribute bits of the codec do not matter.
+        assert!(aborted_batch(
+            &txn_batch(12, "k", "v", TXN | 0x04, 1),
+            12,
+            &r
+        ));
+        // The marker stays; so do plain records of the same producer id, another
+        // producer's records, and records outside the transaction.
+        assert!(!aborted_batch(&txn_batch(20, "k", "v", MARKER, 1), 20, &r));
+        assert!(!aborted_batch(&txn_batch(12, "k", "v", 0, 1), 12, &r));
+        assert!(!aborted_batch(&txn_batch(12, "k", "v", TXN, 2), 12, &r));
+        assert!(!aborted_batch(&txn_batch(21, "k", "v", TXN, 1), 21, &r));
+        // A truncated header says nothing.
+        assert!(!aborted_batch(
+            &txn_batch(12, "k", "v", TXN, 1)[..40],
+            12,
+            &r
+        ));
+    }
+
+    #[test]
+    fn aborted_records_are_dropped_and_never_win_the_key_map() {
+        const TXN: i16 = TRANSACTIONAL;
+        const MARKER: i16 = TRANSACTIONAL | CONTROL;
+        // 0: k1 plain; 1: k1 in producer 1's aborted transaction, 2: its abort marker;
+        // 3: k2 in producer 2's committed transaction, 4: its commit marker.
+        let batches = [
+            txn_batch(0, "k1", "committed", 0, -1),
+            txn_batch(1, "k1", "aborted", TXN, 1),
+            txn_batch(2, "m", "abort", MARKER, 1),
+            txn_batch(3, "k2", "committed", TXN, 2),
+            txn_batch(4, "m", "commit", MARKER, 2),
+        ];
+        let data: Vec<u8> = batches.concat();
+        let piece = Piece {
+            object: "o".into(),
+            position: 0,
+            length: data.len() as u64,
+            base_offset: 0,
+            end_offset: 5,
+            offsets_in_headers: true,
+        };
+        let ranges = AbortedRanges::new(&[aborted(1, 1, 2)]);
+        let mut map = KeyMap {
+            latest: HashMap::new(),
+            bytes: 0,
+        };
+        assert!(map_entry(&mut map, &piece, &data, 0, &ranges));
+        assert_eq!(map.latest.get(&b"k1"[..]), Some(&0));
+        assert_eq!(map.latest.get(&b"k2"[..]), Some(&3));
+        assert!(!map.latest.contains_key(&b"m"[..]));
+        let cleaned = clean_entry(&piece, &data, &map, (0, &ranges), 1_000, 5_000);
+        assert!(cleaned.unreadable.is_empty());
+        let kept: Vec<i64> = cleaned.batches.iter().map(|(_, base, _)| *base).collect();
+        assert_eq!(kept, vec![0, 2, 3, 4]);
+        assert_eq!(cleaned.changed, 1);
+        // Without the aborted transaction, its record would supersede offset 0.
+        let mut plain = KeyMap {
+            latest: HashMap::new(),
+            bytes: 0,
+        };
+        let none = AbortedRanges::default();
+        assert!(map_entry(&mut plain, &piece, &data, 0, &none));
+        assert_eq!(plain.latest.get(&b"k1"[..]), Some(&1));
+    }
+
+    #[test]
+    fn nothing_at_or_past_the_last_stable_offset_is_cleaned(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let s = settings();
+        let log = [(S, 50, 1), (S, 40, 2), (S, 50, 3)];
+        let (mut p, kinds) = partition(&log);
+        assert_eq!(
+            cleanable(&p, |i| kinds.get(i).copied(), &s, 10, false),
+            Some((0, 0, 2, Reason::DirtyRatio))
+        );
+        // A transaction open from offset 10 (the second entry's start) holds it back.
+        p.txns.record_transactional_batch(7, 10)?;
+        assert_eq!(p.last_stable_offset(), 10);
+        assert_eq!(
+            cleanable(&p, |i| kinds.get(i).copied(), &s, 10, false),
+            Some((0, 0, 1, Reason::DirtyRatio))
+        );
+        // One open from inside the first entry: nothing is cleanable.
+        let (mut p, kinds) = partition(&log);
+        p.txns.record_transactional_batch(7, 5)?;
+        assert_eq!(
+            cleanable(&p, |i| kinds.get(i).copied(), &s, 10, false),
+            None
+        );
+        // Once it ends, the run is cleanable again.
+        p.txns.marker(7, false, 29);
+        assert_eq!(
+            cleanable(&p, |i| kinds.get(i).copied(), &s, 10, false),
+            Some((0, 0, 2, Reason::DirtyRatio))
+        );
+        Ok(())
     }
 }

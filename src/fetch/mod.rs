@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::metadata::state::{IndexEntry, MetadataState, ObjectKind};
+use crate::metadata::txn::AbortedTxn;
 use crate::metadata::Metadata;
 use crate::produce::batch::{
     batch_base_offset, batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,
@@ -43,6 +44,62 @@ pub struct PartitionData {
     pub records: Bytes,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// The last stable offset (the high watermark when no transaction is ongoing).
+    pub last_stable_offset: i64,
+    /// read_committed: the aborted transactions overlapping the returned records (Fetch's
+    /// `aborted_transactions`); always empty for read_uncommitted.
+    pub aborted: Vec<AbortedTxn>,
+}
+
+/// Fetch's `isolation_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Everything up to the high watermark (0).
+    #[default]
+    ReadUncommitted,
+    /// Only below the last stable offset, with the aborted transactions in range (1).
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// From the request field: 1 is read_committed, anything else read_uncommitted.
+    pub fn from_level(level: i8) -> Self {
+        if level == 1 {
+            Self::ReadCommitted
+        } else {
+            Self::ReadUncommitted
+        }
+    }
+}
+
+/// What one metadata read gives a fetch: the entries to read and the partition's offsets.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    entries: Vec<PlannedEntry>,
+    high_watermark: i64,
+    log_start_offset: i64,
+    last_stable_offset: i64,
+    /// read_committed: the aborted transactions overlapping the planned offsets below
+    /// the last stable offset.
+    aborted: Vec<AbortedTxn>,
+}
+
+/// The offset a fetch may read up to (exclusive) under `isolation`.
+fn read_bound(isolation: Isolation, high_watermark: i64, last_stable_offset: i64) -> i64 {
+    match isolation {
+        Isolation::ReadUncommitted => high_watermark,
+        Isolation::ReadCommitted => last_stable_offset.min(high_watermark),
+    }
+}
+
+/// The aborted transactions to answer for records read over `[from, read_up_to)`: those
+/// of `found` (gathered over the planned ranges, possibly repeated) overlapping it,
+/// once each, in order of their markers.
+fn aborted_for(mut found: Vec<AbortedTxn>, from: i64, read_up_to: i64) -> Vec<AbortedTxn> {
+    found.retain(|a| a.last_offset >= from && a.first_offset < read_up_to);
+    found.sort_by_key(|a| (a.last_offset, a.producer_id, a.first_offset));
+    found.dedup();
+    found
 }
 
 /// An index entry with what the read needs of its object.
@@ -150,7 +207,8 @@ impl FetchReader {
     }
 
     /// The entries holding `offset` and after, up to about `max_bytes`, with their
-    /// objects; plus the high watermark and log start.
+    /// objects; plus the partition's offsets and, for read_committed, the aborted
+    /// transactions over the planned offsets (all under one metadata read).
     fn plan(
         &self,
         topic: &str,
@@ -158,12 +216,13 @@ impl FetchReader {
         offset: i64,
         max_bytes: usize,
         max_entries: usize,
-    ) -> Option<(Vec<PlannedEntry>, i64, i64)> {
+        isolation: Isolation,
+    ) -> Option<Plan> {
         self.metadata.read(|s| {
             let p = s.partition(topic, partition)?;
             // Clone only the entries this read can use: enough bytes to fill max_bytes.
             let mut budget = 0u64;
-            let entries = p
+            let entries: Vec<PlannedEntry> = p
                 .entries_from(offset, max_entries)
                 .iter()
                 .take_while(|e| {
@@ -173,14 +232,31 @@ impl FetchReader {
                 })
                 .filter_map(|e| PlannedEntry::resolve(s, e))
                 .collect();
-            Some((entries, p.next_offset, p.log_start_offset))
+            let last_stable_offset = p.last_stable_offset();
+            let aborted = match isolation {
+                Isolation::ReadCommitted => {
+                    let planned_end = entries.last().map_or(offset, |e| e.entry.end_offset());
+                    p.txns
+                        .aborted_in(offset, planned_end.min(last_stable_offset))
+                }
+                Isolation::ReadUncommitted => Vec::new(),
+            };
+            Some(Plan {
+                entries,
+                high_watermark: p.next_offset,
+                log_start_offset: p.log_start_offset,
+                last_stable_offset,
+                aborted,
+            })
         })
     }
 
     /// Whole record batches from `offset`, at most `max_bytes` of them, except that with
     /// `min_one` the first batch is returned even when it is larger (KIP-74: so that a
     /// consumer can't get stuck behind a batch larger than its limit). Without `min_one`,
-    /// a first batch that does not fit means no records.
+    /// a first batch that does not fit means no records. read_committed returns only
+    /// whole batches below the last stable offset, with the aborted transactions they
+    /// overlap.
     pub async fn read(
         self: &Arc<Self>,
         topic: &str,
@@ -188,21 +264,42 @@ impl FetchReader {
         offset: i64,
         max_bytes: usize,
         min_one: bool,
+        isolation: Isolation,
     ) -> Result<PartitionData, FetchError> {
         let plan_bytes = if min_one { max_bytes.max(1) } else { max_bytes };
-        let (entries, high_watermark, log_start_offset) = self
-            .plan(topic, partition, offset, plan_bytes, MAX_ENTRIES_PER_READ)
+        let Plan {
+            entries,
+            high_watermark,
+            log_start_offset,
+            last_stable_offset,
+            aborted,
+        } = self
+            .plan(
+                topic,
+                partition,
+                offset,
+                plan_bytes,
+                MAX_ENTRIES_PER_READ,
+                isolation,
+            )
             .ok_or(FetchError::UnknownTopicOrPartition)?;
         if offset < log_start_offset || offset > high_watermark {
             return Err(FetchError::OffsetOutOfRange);
         }
-        if plan_bytes == 0 {
-            return Ok(PartitionData {
-                records: Bytes::new(),
-                high_watermark,
-                log_start_offset,
-            });
+        let nothing = PartitionData {
+            records: Bytes::new(),
+            high_watermark,
+            log_start_offset,
+            last_stable_offset,
+            aborted: Vec::new(),
+        };
+        // read_committed stops at the last stable offset; at or past it there is nothing
+        // to return yet (the fetch waits as at the end of the log).
+        let upper = read_bound(isolation, high_watermark, last_stable_offset);
+        if plan_bytes == 0 || offset >= upper {
+            return Ok(nothing);
         }
+        let mut found_aborted = aborted;
         let mut pieces = self.pieces(&entries, offset, plan_bytes).await?;
         let missed = pieces
             .first()
@@ -215,6 +312,10 @@ impl FetchReader {
                 let bytes = self.load(piece).await?;
                 for (batch, base) in piece.batches(&bytes) {
                     let end = base + i64::from(batch.offset_span);
+                    if end > upper {
+                        full = true;
+                        break 'pieces;
+                    }
                     if end > offset {
                         if (!out.is_empty() || !min_one) && out.len() + batch.len > max_bytes {
                             full = true;
@@ -233,15 +334,21 @@ impl FetchReader {
             // Cleaned segments have gaps: a read that found nothing yet goes on past the
             // pieces it was planned with, or a consumer at a gap would wait forever.
             let covered = pieces.last().map_or(offset, |p| p.end_offset);
-            if full || !out.is_empty() || covered >= high_watermark || round >= EMPTY_ROUNDS {
+            if full || !out.is_empty() || covered >= upper || round >= EMPTY_ROUNDS {
                 break;
             }
-            let Some((entries, _, _)) =
-                self.plan(topic, partition, covered, plan_bytes, MAX_ENTRIES_PER_READ)
-            else {
+            let Some(next) = self.plan(
+                topic,
+                partition,
+                covered,
+                plan_bytes,
+                MAX_ENTRIES_PER_READ,
+                isolation,
+            ) else {
                 break;
             };
-            pieces = self.pieces(&entries, covered, plan_bytes).await?;
+            found_aborted.extend(next.aborted);
+            pieces = self.pieces(&next.entries, covered, plan_bytes).await?;
             if pieces.is_empty() {
                 break;
             }
@@ -249,10 +356,15 @@ impl FetchReader {
         if missed {
             self.read_ahead(topic, partition, read_up_to);
         }
+        let aborted = if out.is_empty() {
+            Vec::new()
+        } else {
+            aborted_for(found_aborted, offset, read_up_to)
+        };
         Ok(PartitionData {
             records: out.freeze(),
-            high_watermark,
-            log_start_offset,
+            aborted,
+            ..nothing
         })
     }
 
@@ -392,9 +504,14 @@ impl FetchReader {
     /// Sequential read-ahead for catch-up readers: start loading the pieces that follow
     /// what a fetch just read, so the next fetch finds them in the cache.
     fn read_ahead(self: &Arc<Self>, topic: &str, partition: i32, after: i64) {
-        let Some((entries, _, _)) =
-            self.plan(topic, partition, after, usize::MAX, READ_AHEAD_PIECES)
-        else {
+        let Some(Plan { entries, .. }) = self.plan(
+            topic,
+            partition,
+            after,
+            usize::MAX,
+            READ_AHEAD_PIECES,
+            Isolation::ReadUncommitted,
+        ) else {
             return;
         };
         let reader = self.clone();
@@ -413,5 +530,293 @@ impl FetchReader {
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::metadata::state::{
+        ChunkTxn, Command, ProducerBatch, Response, SegmentCommit, SegmentEntry, TxnReply,
+    };
+    use crate::metadata::RaftOptions;
+    use crate::produce::batch::tests::make_batch;
+    use crate::produce::batch::{ATTRIBUTES, PRODUCER_ID};
+
+    fn txn(producer_id: i64, first_offset: i64, last_offset: i64) -> AbortedTxn {
+        AbortedTxn {
+            producer_id,
+            first_offset,
+            last_offset,
+        }
+    }
+
+    #[test]
+    fn read_committed_reads_below_the_lso() {
+        assert_eq!(read_bound(Isolation::ReadUncommitted, 10, 4), 10);
+        assert_eq!(read_bound(Isolation::ReadCommitted, 10, 4), 4);
+        assert_eq!(read_bound(Isolation::ReadCommitted, 10, 12), 10);
+        assert_eq!(Isolation::from_level(1), Isolation::ReadCommitted);
+        assert_eq!(Isolation::from_level(0), Isolation::ReadUncommitted);
+    }
+
+    #[test]
+    fn the_aborted_transactions_answered_overlap_what_was_read() {
+        // Gathered over two planned ranges: one repeated, one past what was read.
+        let found = vec![
+            txn(1, 0, 4),
+            txn(2, 3, 9),
+            txn(2, 3, 9),
+            txn(3, 20, 25),
+            txn(4, 1, 2),
+        ];
+        assert_eq!(
+            aborted_for(found.clone(), 5, 20),
+            vec![txn(2, 3, 9)],
+            "ended before the fetch offset, or began at or after the read end: left out"
+        );
+        assert_eq!(
+            aborted_for(found, 0, 21),
+            vec![txn(4, 1, 2), txn(1, 0, 4), txn(2, 3, 9), txn(3, 20, 25)]
+        );
+        assert!(aborted_for(Vec::new(), 0, 100).is_empty());
+    }
+
+    /// A metadata replica with topic `t` (one partition), a memory store and a reader.
+    async fn reader(
+        dir: &std::path::Path,
+    ) -> anyhow::Result<(Arc<Metadata>, ObjectStorage, Arc<FetchReader>)> {
+        let metadata = Arc::new(Metadata::open(dir, RaftOptions::single(1, 1000)).await?);
+        metadata
+            .propose(Command::CreateTopic {
+                name: "t".into(),
+                topic_id: [7; 16],
+                partitions: 1,
+                configs: BTreeMap::new(),
+                now_ms: crate::protocol::now_ms(),
+                preferred: Vec::new(),
+            })
+            .await?;
+        let storage = ObjectStorage::open("memory://")?;
+        let cache = Arc::new(BlockCache::in_memory(1 << 20).await);
+        let reader = Arc::new(FetchReader::new(metadata.clone(), storage.clone(), cache));
+        Ok((metadata, storage, reader))
+    }
+
+    /// Uploads `batch` as its own object and commits it; its base offset.
+    async fn commit(
+        metadata: &Metadata,
+        storage: &ObjectStorage,
+        object: &str,
+        batch: Bytes,
+        producer: Option<ProducerBatch>,
+        kind: ChunkTxn,
+    ) -> anyhow::Result<i64> {
+        let count = u32::try_from(crate::produce::batch::record_count(&batch))?;
+        let length = batch.len() as u64;
+        storage.put(object, batch).await?;
+        let r = metadata
+            .propose(Command::CommitSegments {
+                segments: vec![SegmentCommit {
+                    object: object.into(),
+                    object_size: length,
+                    uploaded_ms: crate::protocol::now_ms(),
+                    entries: vec![SegmentEntry {
+                        topic: "t".into(),
+                        partition: 0,
+                        position: 0,
+                        length,
+                        offset_count: count,
+                        max_timestamp: 1_000,
+                        producer,
+                    }],
+                    txn: vec![kind],
+                }],
+                now_ms: crate::protocol::now_ms(),
+                max_age_ms: 0,
+            })
+            .await?;
+        match r {
+            Response::Segments(r) => r
+                .into_iter()
+                .flatten()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("no result"))?
+                .map_err(|e| anyhow::anyhow!("commit refused: {e:?}")),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+
+    async fn txn_command(metadata: &Metadata, cmd: Command) -> anyhow::Result<TxnReply> {
+        match metadata.propose(cmd).await? {
+            Response::Txn(r) => r.map_err(|e| anyhow::anyhow!("{e:?}")),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+
+    /// A batch of `count` records with the given attribute bits and producer id.
+    fn batch(count: i32, attributes: i16, producer_id: i64) -> Bytes {
+        let mut b = make_batch(count, 1_000).to_vec();
+        b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    /// The base offsets of the batches a read returned.
+    fn bases(data: &PartitionData) -> Vec<i64> {
+        stored_batches(&data.records)
+            .iter()
+            .map(|b| batch_base_offset(&data.records[b.start..]))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn read_committed_stops_at_the_lso_and_lists_aborted_transactions() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let (metadata, storage, reader) = reader(dir.path()).await?;
+        let now = crate::protocol::now_ms();
+        // 0-1 plain.
+        commit(
+            &metadata,
+            &storage,
+            "o0",
+            batch(2, 0, -1),
+            None,
+            ChunkTxn::None,
+        )
+        .await?;
+        let TxnReply::Ready { producer_id, epoch } = txn_command(
+            &metadata,
+            Command::InitTransactional {
+                txn_id: "x".into(),
+                timeout_ms: 60_000,
+                current: None,
+                now_ms: now,
+            },
+        )
+        .await?
+        else {
+            anyhow::bail!("no producer id");
+        };
+        txn_command(
+            &metadata,
+            Command::AddPartitionsToTxn {
+                txn_id: "x".into(),
+                producer_id,
+                epoch,
+                partitions: vec![("t".into(), 0)],
+                now_ms: now,
+            },
+        )
+        .await?;
+        // 2: transactional; 3: plain.
+        let producer = |first_sequence: i32, last_sequence: i32| {
+            Some(ProducerBatch {
+                producer_id,
+                epoch,
+                first_sequence,
+                last_sequence,
+            })
+        };
+        let at = commit(
+            &metadata,
+            &storage,
+            "o1",
+            batch(1, 0x10, producer_id),
+            producer(0, 0),
+            ChunkTxn::Data,
+        )
+        .await?;
+        assert_eq!(at, 2);
+        commit(
+            &metadata,
+            &storage,
+            "o2",
+            batch(1, 0, -1),
+            None,
+            ChunkTxn::None,
+        )
+        .await?;
+
+        let committed = Isolation::ReadCommitted;
+        let uncommitted = Isolation::ReadUncommitted;
+        let r = reader.read("t", 0, 0, 1 << 20, true, committed).await?;
+        assert_eq!((r.high_watermark, r.last_stable_offset), (4, 2));
+        assert_eq!(bases(&r), vec![0]);
+        assert!(r.aborted.is_empty());
+        // At the LSO: nothing yet, not out of range.
+        let r = reader.read("t", 0, 2, 1 << 20, true, committed).await?;
+        assert!(r.records.is_empty());
+        assert_eq!(r.last_stable_offset, 2);
+        let r = reader.read("t", 0, 3, 1 << 20, true, committed).await?;
+        assert!(r.records.is_empty());
+        // read_uncommitted sees everything, and the real LSO.
+        let r = reader.read("t", 0, 0, 1 << 20, true, uncommitted).await?;
+        assert_eq!(bases(&r), vec![0, 2, 3]);
+        assert_eq!(r.last_stable_offset, 2);
+        assert!(r.aborted.is_empty());
+
+        // Abort: the marker lands at 4 and the LSO moves to the end.
+        let mut applied = metadata.subscribe();
+        applied.borrow_and_update();
+        txn_command(
+            &metadata,
+            Command::EndTxn {
+                txn_id: "x".into(),
+                producer_id,
+                epoch,
+                commit: false,
+                now_ms: now,
+            },
+        )
+        .await?;
+        let at = commit(
+            &metadata,
+            &storage,
+            "o3",
+            batch(1, 0x30, producer_id),
+            producer(-1, -1),
+            ChunkTxn::Marker {
+                txn_id: "x".into(),
+                commit: false,
+            },
+        )
+        .await?;
+        assert_eq!(at, 4);
+        // The marker's commit wakes a waiting fetch like any commit.
+        assert!(applied.has_changed()?);
+        let r = reader.read("t", 0, 2, 1 << 20, true, committed).await?;
+        assert_eq!((r.high_watermark, r.last_stable_offset), (5, 5));
+        assert_eq!(bases(&r), vec![2, 3, 4]);
+        assert_eq!(r.aborted, vec![txn(producer_id, 2, 4)]);
+        let r = reader.read("t", 0, 0, 1 << 20, true, committed).await?;
+        assert_eq!(bases(&r), vec![0, 2, 3, 4]);
+        assert_eq!(r.aborted, vec![txn(producer_id, 2, 4)]);
+        // A read that stops before the transaction does not list it.
+        let first = r.records.len().min(stored_batches(&r.records)[0].len);
+        let r = reader.read("t", 0, 0, first, true, committed).await?;
+        assert_eq!(bases(&r), vec![0]);
+        assert!(r.aborted.is_empty());
+        // Nor does one that starts after its marker.
+        commit(
+            &metadata,
+            &storage,
+            "o4",
+            batch(1, 0, -1),
+            None,
+            ChunkTxn::None,
+        )
+        .await?;
+        let r = reader.read("t", 0, 5, 1 << 20, true, committed).await?;
+        assert_eq!(bases(&r), vec![5]);
+        assert!(r.aborted.is_empty());
+        // read_uncommitted never lists aborted transactions.
+        let r = reader.read("t", 0, 0, 1 << 20, true, uncommitted).await?;
+        assert!(r.aborted.is_empty());
+        metadata.shutdown().await?;
+        Ok(())
     }
 }

@@ -37,6 +37,9 @@ pub enum MetadataError {
 pub struct Offsets {
     pub high_watermark: i64,
     pub log_start: i64,
+    /// The last stable offset: the first offset of the earliest ongoing transaction,
+    /// else the high watermark.
+    pub last_stable: i64,
 }
 
 /// The broker's view of the metadata: propose through Raft, read the local replica.
@@ -140,13 +143,14 @@ impl Metadata {
         f(&guard)
     }
 
-    /// A partition's high watermark and log start offset (typed queries keep request
-    /// handlers out of the state's fields).
+    /// A partition's high watermark, log start and last stable offsets (typed queries
+    /// keep request handlers out of the state's fields).
     pub fn offsets(&self, topic: &str, partition: i32) -> Option<Offsets> {
         self.read(|s| {
             s.partition(topic, partition).map(|p| Offsets {
                 high_watermark: p.next_offset,
                 log_start: p.log_start_offset,
+                last_stable: p.last_stable_offset(),
             })
         })
     }

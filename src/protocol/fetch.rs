@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::authz::Authz;
 use crate::broker::Broker;
-use crate::fetch::FetchError;
+use crate::fetch::{FetchError, Isolation};
 use crate::security::acl::Operation;
 
 /// Clients ask for up to this long; more would only tie up the connection.
@@ -90,6 +92,12 @@ async fn read_once(
     last: bool,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let fenced = broker.fenced();
+    // v4+: read_committed stops at the last stable offset.
+    let isolation = if version >= 4 {
+        Isolation::from_level(req.isolation_level)
+    } else {
+        Isolation::ReadUncommitted
+    };
     let max_total = if version >= 3 {
         usize::try_from(req.max_bytes).unwrap_or(0)
     } else {
@@ -138,14 +146,11 @@ async fn read_once(
                     p.partition,
                     req.rack_id.as_str(),
                 ) {
-                    let (hw, start) = broker
-                        .metadata
-                        .offsets(topic.topic.as_str(), p.partition)
-                        .map(|o| (o.high_watermark, o.log_start))
-                        .unwrap_or((-1, -1));
+                    let (hw, lso, start) =
+                        offsets_or_unknown(broker, topic.topic.as_str(), p.partition);
                     partitions.push(
                         data.with_high_watermark(hw)
-                            .with_last_stable_offset(hw)
+                            .with_last_stable_offset(lso)
                             .with_log_start_offset(start)
                             .with_preferred_read_replica(BrokerId(replica))
                             .with_records(Some(bytes::Bytes::new())),
@@ -162,6 +167,7 @@ async fn read_once(
                     p.fetch_offset,
                     budget,
                     min_one,
+                    isolation,
                 )
                 .await;
             let read = match read {
@@ -182,6 +188,8 @@ async fn read_once(
                                     records: bytes::Bytes::new(),
                                     high_watermark: o.high_watermark,
                                     log_start_offset: o.log_start,
+                                    last_stable_offset: o.last_stable,
+                                    aborted: Vec::new(),
                                 })
                             }
                         }
@@ -198,13 +206,22 @@ async fn read_once(
                     }
                     data = data
                         .with_high_watermark(read.high_watermark)
-                        .with_last_stable_offset(read.high_watermark)
+                        .with_last_stable_offset(read.last_stable_offset)
                         .with_records(Some(read.records));
                     if version >= 5 {
                         data = data.with_log_start_offset(read.log_start_offset);
                     }
                     if version >= 4 {
-                        data = data.with_aborted_transactions(Some(Vec::new()));
+                        let aborted = read
+                            .aborted
+                            .iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.producer_id))
+                                    .with_first_offset(a.first_offset)
+                            })
+                            .collect();
+                        data = data.with_aborted_transactions(Some(aborted));
                     }
                 }
                 Err(e) => {
@@ -220,15 +237,12 @@ async fn read_once(
                             ResponseError::KafkaStorageError
                         }
                     };
-                    let (hw, start) = broker
-                        .metadata
-                        .offsets(topic.topic.as_str(), p.partition)
-                        .map(|o| (o.high_watermark, o.log_start))
-                        .unwrap_or((-1, -1));
+                    let (hw, lso, start) =
+                        offsets_or_unknown(broker, topic.topic.as_str(), p.partition);
                     data = data
                         .with_error_code(code.code())
                         .with_high_watermark(hw)
-                        .with_last_stable_offset(hw)
+                        .with_last_stable_offset(lso)
                         .with_records(Some(bytes::Bytes::new()));
                     if version >= 5 {
                         data = data.with_log_start_offset(start);
@@ -244,4 +258,13 @@ async fn read_once(
         );
     }
     (topics, total, errors)
+}
+
+/// (high watermark, last stable offset, log start) of a partition, -1 each if unknown.
+fn offsets_or_unknown(broker: &Broker, topic: &str, partition: i32) -> (i64, i64, i64) {
+    broker
+        .metadata
+        .offsets(topic, partition)
+        .map(|o| (o.high_watermark, o.last_stable, o.log_start))
+        .unwrap_or((-1, -1, -1))
 }

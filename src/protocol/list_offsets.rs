@@ -23,6 +23,8 @@ pub async fn handle(
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
+    // v2+: read_committed's latest offset is the last stable offset.
+    let read_committed = version >= 2 && req.isolation_level == 1;
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
@@ -38,10 +40,14 @@ pub async fn handle(
                 continue;
             }
             let found = match p.timestamp {
-                LATEST => broker
-                    .metadata
-                    .offsets(name, p.partition_index)
-                    .map(|o| (-1, o.high_watermark)),
+                LATEST => broker.metadata.offsets(name, p.partition_index).map(|o| {
+                    let latest = if read_committed {
+                        o.last_stable
+                    } else {
+                        o.high_watermark
+                    };
+                    (-1, latest)
+                }),
                 EARLIEST => broker
                     .metadata
                     .offsets(name, p.partition_index)
@@ -55,6 +61,16 @@ pub async fn handle(
                     .offset_for_timestamp(name, p.partition_index, ts)
                     .await
                 {
+                    // As Kafka: read_committed finds no offset at or past the LSO.
+                    Ok(Some((_, offset)))
+                        if read_committed
+                            && broker
+                                .metadata
+                                .offsets(name, p.partition_index)
+                                .is_some_and(|o| offset >= o.last_stable) =>
+                    {
+                        Some((-1, -1))
+                    }
                     Ok(Some(found)) => Some(found),
                     // Kafka answers "no record that late" with offset -1.
                     Ok(None) => Some((-1, -1)),

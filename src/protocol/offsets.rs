@@ -1,6 +1,7 @@
 //! OffsetCommit, OffsetFetch and OffsetDelete: committed group offsets live in the metadata log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
@@ -23,9 +24,34 @@ use super::authz::Authz;
 use super::{now_ms, str_bytes};
 use crate::broker::Broker;
 use crate::metadata::state::{Command, OffsetCommit, Response, StateError};
+use crate::metadata::txn::{GroupPartition, Transactions};
 use crate::security::acl::Operation;
 
 const TOPIC_AUTHORIZATION_FAILED: i16 = ResponseError::TopicAuthorizationFailed.code();
+const UNSTABLE_OFFSET_COMMIT: i16 = ResponseError::UnstableOffsetCommit.code();
+
+/// The (topic, partition)s for which `group` has an offset committed inside a
+/// transaction that is not complete yet (Ongoing or Prepare*): KIP-447's pending
+/// offsets, which OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT for.
+fn pending_txn_offsets(txns: &Transactions, group: &str) -> BTreeSet<(String, i32)> {
+    let from: GroupPartition = (group.to_owned(), String::new(), i32::MIN);
+    let mut pending = BTreeSet::new();
+    for (_, meta) in txns.iter() {
+        if meta.state.is_idle() || !meta.groups.contains(group) {
+            continue;
+        }
+        let range = meta
+            .pending_offsets
+            .range((Bound::Included(&from), Bound::Unbounded));
+        for ((g, topic, partition), _) in range {
+            if g != group {
+                break;
+            }
+            pending.insert((topic.clone(), *partition));
+        }
+    }
+    pending
+}
 
 /// The group's READ was checked before (`coordinator::refuse_unauthorized`); each topic
 /// needs READ too, else its partitions get TOPIC_AUTHORIZATION_FAILED and are not
@@ -129,11 +155,17 @@ pub fn fetch(
     broker: &Arc<Broker>,
     authz: &Authz<'_>,
     req: OffsetFetchRequest,
-    _version: i16,
+    version: i16,
 ) -> OffsetFetchResponse {
     let group = req.group_id.as_str();
     let all = req.topics.is_none();
+    let require_stable = version >= 7 && req.require_stable;
     let topics: Vec<OffsetFetchResponseTopic> = broker.metadata.read(|s| {
+        let pending = if require_stable {
+            pending_txn_offsets(s.transactions(), group)
+        } else {
+            BTreeSet::new()
+        };
         // A null topic list (v2+) asks for every partition the group has committed.
         let wanted: Vec<(TopicName, Vec<i32>)> = match &req.topics {
             Some(topics) => topics
@@ -161,6 +193,16 @@ pub fn fetch(
                 let partitions = partitions
                     .into_iter()
                     .map(|partition| {
+                        if !pending.is_empty()
+                            && pending.contains(&(name.as_str().to_owned(), partition))
+                        {
+                            return OffsetFetchResponsePartition::default()
+                                .with_partition_index(partition)
+                                .with_committed_offset(-1)
+                                .with_committed_leader_epoch(-1)
+                                .with_metadata(Some(str_bytes("")))
+                                .with_error_code(UNSTABLE_OFFSET_COMMIT);
+                        }
                         let committed = s.committed_offset(group, name.as_str(), partition);
                         OffsetFetchResponsePartition::default()
                             .with_partition_index(partition)
@@ -277,4 +319,68 @@ pub async fn delete(
         })
         .collect();
     OffsetDeleteResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::txn::{InitOutcome, PendingOffset};
+
+    fn offset(at: i64) -> PendingOffset {
+        PendingOffset {
+            offset: at,
+            leader_epoch: -1,
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn only_offsets_of_unfinished_transactions_are_pending(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut txns = Transactions::default();
+        for (id, pid) in [("a", 1), ("b", 2)] {
+            let got = txns.init_producer(id, 60_000, 0, None, || pid)?;
+            assert_eq!(
+                got,
+                InitOutcome::Ready {
+                    producer_id: pid,
+                    epoch: 0
+                }
+            );
+        }
+        assert!(pending_txn_offsets(&txns, "g").is_empty());
+        // "a" commits offsets of g and of another group inside its transaction.
+        txns.add_offsets("a", 1, 0, "g", 1)?;
+        txns.add_offsets("a", 1, 0, "h", 1)?;
+        txns.txn_offset_commit(
+            "a",
+            1,
+            0,
+            "g",
+            [(("t".into(), 0), offset(5)), (("u".into(), 3), offset(9))],
+        )?;
+        txns.txn_offset_commit("a", 1, 0, "h", [(("t".into(), 1), offset(5))])?;
+        // "b" is in a group whose name sorts before g's, with the same topic.
+        txns.add_offsets("b", 2, 0, "f", 1)?;
+        txns.txn_offset_commit("b", 2, 0, "f", [(("t".into(), 2), offset(1))])?;
+        let want: BTreeSet<(String, i32)> = [("t".to_owned(), 0), ("u".to_owned(), 3)].into();
+        assert_eq!(pending_txn_offsets(&txns, "g"), want);
+        assert_eq!(
+            pending_txn_offsets(&txns, "f"),
+            [("t".to_owned(), 2)].into()
+        );
+        assert!(pending_txn_offsets(&txns, "other").is_empty());
+        // Still pending while the commit is being prepared (no partitions: it completes
+        // at once, so add one to go through PrepareCommit).
+        txns.add_partitions("a", 1, 0, &[("t".into(), 0)], 2)?;
+        txns.end_txn("a", 1, 0, true, 3)?;
+        assert_eq!(pending_txn_offsets(&txns, "g"), want);
+        // Complete: the offsets are the group's now, nothing pending.
+        txns.marker_written("a", 1, 0, &("t".into(), 0));
+        assert!(pending_txn_offsets(&txns, "g").is_empty());
+        // An aborted transaction leaves nothing pending either.
+        txns.end_txn("b", 2, 0, false, 4)?;
+        assert!(pending_txn_offsets(&txns, "f").is_empty());
+        Ok(())
+    }
 }
