@@ -1487,11 +1487,6 @@ def main() -> int:
         if r["errors"] or r["unfinished"]:
             problems.append(f"tail consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
 
-        # ---- transactional produce (--txn): same volume and processes, fresh topic. After
-        # the tail read, which is read-only, so that its data is still in the broker cache.
-        if a.txn:
-            run_txn_phase(ctx, broker, a, cargs, per, prod_mbs, problems)
-
         # ---- latency at a fixed rate: produce latency and end-to-end
         rate_rps = a.rate * MB / a.record_size
         q = ctx.Queue()
@@ -1556,6 +1551,12 @@ def main() -> int:
             note(f"catch-up: broker restarted, {evicted} store files evicted from the page cache first")
         if r["errors"] or r["unfinished"]:
             problems.append(f"catch-up consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
+
+        # ---- idempotent and transactional produce (--txn): same volume and processes,
+        # fresh topics. Last, so that the compaction of what they write disturbs no other
+        # phase's figures.
+        if a.txn:
+            run_txn_phase(ctx, broker, a, cargs, per, prod_mbs, problems)
     finally:
         rc = broker.stop()
     log2 = broker.log_since_start()
