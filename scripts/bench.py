@@ -813,11 +813,13 @@ def raft_snapshot_bytes(data_dir: Path) -> int | None:
     return None
 
 
-def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, start, stop, q) -> None:
+def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, start, stop, q,
+                   txn_id=None) -> None:
     """Paces one record per partition every 1/rate s over `parts` (one produce call of
     one record each; linger.ms=0, so each goes out at once), round-robin on a schedule
     that catches up if it falls behind. counters: [sent, acked, errors, acked_bytes,
-    behind_max]."""
+    behind_max]. With `txn_id` (--soak-txn) the producer is transactional and commits
+    once a second, so every partition it writes gets a marker each second."""
     from confluent_kafka import Producer
 
     last_error = [""]
@@ -830,7 +832,7 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
             counters[1] += 1
             counters[3] += len(msg.value())
 
-    p = Producer({
+    conf = {
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "enable.idempotence": True,
@@ -838,8 +840,15 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
         "compression.type": "none",
         "message.timeout.ms": 300000,
         "on_delivery": on_dr,
-    })
+    }
+    if txn_id:
+        conf["transactional.id"] = txn_id
+    p = Producer(conf)
     p.list_topics(topic, timeout=30)
+    if txn_id:
+        p.init_transactions(60)
+        p.begin_transaction()
+    last_commit = time.monotonic()
     vals = _values(record_size)
     ready.set()
     start.wait()
@@ -863,7 +872,18 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
             counters[0] = sent
         next_due = t0 + (sent + 1) / total_rate
         p.poll(max(0.0, min(next_due - time.monotonic(), 0.02)))
+        if txn_id and time.monotonic() - last_commit >= 1.0:
+            try:
+                p.commit_transaction(120)
+            except Exception as e:  # noqa: BLE001 - counted, the soak goes on
+                counters[2] += 1
+                last_error[0] = f"commit: {e}"
+                p.abort_transaction(120)
+            p.begin_transaction()
+            last_commit = time.monotonic()
     t1 = time.monotonic()
+    if txn_id:
+        p.commit_transaction(120)
     left = p.flush(120)
     q.put({"sent": sent, "secs": t1 - t0, "undelivered": left, "last_error": last_error[0],
            "cpu": time.process_time()})
@@ -921,7 +941,8 @@ def run_soak(a, ctx) -> int:
             ready = ctx.Event()
             readies.append(ready)
             pr = ctx.Process(daemon=True, target=_soak_producer,
-                             args=(broker.bootstrap, TOPIC, g, rate, a.record_size, cnt, ready, start, stop, q))
+                             args=(broker.bootstrap, TOPIC, g, rate, a.record_size, cnt, ready, start, stop, q,
+                                   f"soak-{os.getpid()}-{len(procs)}" if a.soak_txn else None))
             pr.start()
             procs.append(pr)
         for r in readies:
@@ -930,6 +951,7 @@ def run_soak(a, ctx) -> int:
         start.set()
         t0 = time.monotonic()
         fig("soak_target_rate", rate * nparts, "requests/s")
+        fig("soak_producer_mode", "transactional, a commit a second" if a.soak_txn else "idempotent")
 
         def totals():
             return {k: sum(c[i] for c in counters)
@@ -1343,6 +1365,8 @@ def main() -> int:
                     help="produce requests (one record each) per second per partition [1]")
     sk.add_argument("--soak-report-seconds", type=float, default=60.0, help="seconds between report blocks [60]")
     sk.add_argument("--soak-producers", type=int, default=2, help="producer processes, each owning a share of the partitions [2]")
+    sk.add_argument("--soak-txn", action="store_true",
+                    help="transactional soak producers, each committing once a second (a marker per partition per second)")
     il = ap.add_argument_group("idle latency", "--idle-latency: only the produce latency at light load (one record "
                                "per request, linger.ms=0, acks=all), for a plain then an idempotent producer")
     il.add_argument("--idle-latency", action="store_true", help="run the idle-latency phase instead of the benchmark")
@@ -1463,11 +1487,6 @@ def main() -> int:
         if r["errors"] or r["unfinished"]:
             problems.append(f"tail consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
 
-        # ---- transactional produce (--txn): same volume and processes, fresh topic. After
-        # the tail read, which is read-only, so that its data is still in the broker cache.
-        if a.txn:
-            run_txn_phase(ctx, broker, a, cargs, per, prod_mbs, problems)
-
         # ---- latency at a fixed rate: produce latency and end-to-end
         rate_rps = a.rate * MB / a.record_size
         q = ctx.Queue()
@@ -1532,6 +1551,12 @@ def main() -> int:
             note(f"catch-up: broker restarted, {evicted} store files evicted from the page cache first")
         if r["errors"] or r["unfinished"]:
             problems.append(f"catch-up consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
+
+        # ---- idempotent and transactional produce (--txn): same volume and processes,
+        # fresh topics. Last, so that the compaction of what they write disturbs no other
+        # phase's figures.
+        if a.txn:
+            run_txn_phase(ctx, broker, a, cargs, per, prod_mbs, problems)
     finally:
         rc = broker.stop()
     log2 = broker.log_since_start()

@@ -413,7 +413,7 @@ def _stop_s3_server():
 STORE_INDEPENDENT = {
     "test_wire_fields", "test_wire_order", "test_admin_wire", "test_admin_apis", "test_semantics",
     "test_kafkajs_semantics", "test_compose", "test_terraform", "test_metrics", "test_tls",
-    "test_sasl", "test_acls",
+    "test_sasl", "test_acls", "test_transactions",
 }
 
 

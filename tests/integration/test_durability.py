@@ -602,7 +602,10 @@ def test_wiped_data_dir_keeps_transactions(s3broker):
     assert sorted(committed) == sorted([f"t{n}-{i}" for n in (0, 2) for i in range(50)])
     everything = read_values(b.bootstrap, "txw", 2, "read_uncommitted")
     assert len(everything) == 170  # all three transactions and the open one's 20
-    assert "aborting a transaction past its timeout" in b.log_text()
+    deadline = time.monotonic() + 15
+    while "aborting a transaction past its timeout" not in b.log_text():
+        assert time.monotonic() < deadline, "the open transaction was not aborted by its timeout"
+        time.sleep(0.5)
 
     c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "wipe-txn-group"})
     try:
