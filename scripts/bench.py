@@ -843,6 +843,7 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
     }
     if txn_id:
         conf["transactional.id"] = txn_id
+        conf["message.timeout.ms"] = 60000  # librdkafka: at most transaction.timeout.ms
     p = Producer(conf)
     p.list_topics(topic, timeout=30)
     if txn_id:

@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import _die_with_parent, free_port  # one copy of the process helpers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -329,3 +331,26 @@ class Background(threading.Thread):
             self._target_fn(*self._args)
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
+
+
+@pytest.fixture
+def make_cluster(request, tmp_path):
+    """Builds clusters that are killed at teardown; log tails printed on failure."""
+    made: list[Cluster] = []
+
+    def make(voters: int = 3, **kw) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(made)}", voters=voters, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    failed = any(getattr(request.node, f"rep_{w}", None) is not None
+                 and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
+    panics = []
+    for c in made:
+        panics += c.panics()
+        if failed or c.panics():
+            print(c.report(80))
+        c.close()
+    if panics and not failed:
+        pytest.fail(f"strata panicked on {panics}")

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kwire
-from cluster import STRATA_BIN, Background, Cluster, REPO_ROOT
+from cluster import STRATA_BIN, Background, Cluster, REPO_ROOT, make_cluster  # noqa: F401 (fixture)
 
 TUTORIAL = REPO_ROOT / "tests" / "js" / "tutorial.js"
 RECOVERY_LIMIT = 15.0  # seconds, from the issue
@@ -33,27 +33,6 @@ def figure(name: str, value: float) -> None:
     print(f"CLUSTER-FIGURE {name} = {value:.2f} s", flush=True)
 
 
-@pytest.fixture
-def make_cluster(request, tmp_path):
-    """Builds clusters that are killed at teardown; log tails printed on failure."""
-    made: list[Cluster] = []
-
-    def make(voters: int = 3, **kw) -> Cluster:
-        c = Cluster(tmp_path / f"cluster{len(made)}", voters=voters, **kw)
-        made.append(c)
-        return c
-
-    yield make
-    failed = any(getattr(request.node, f"rep_{w}", None) is not None
-                 and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
-    panics = []
-    for c in made:
-        panics += c.panics()
-        if failed or c.panics():
-            print(c.report(80))
-        c.close()
-    if panics and not failed:
-        pytest.fail(f"strata panicked on {panics}")
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -140,46 +119,9 @@ def raw_fetch(bootstrap: str, topic: str, partition: int, offset: int) -> tuple[
     return err, hw, parse_batches(data)
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-
-
 def parse_batches(data: bytes) -> list:
-    out, pos = [], 0
-    while pos + 61 <= len(data):
-        base, length = struct.unpack_from(">qi", data, pos)
-        end = pos + 12 + length
-        if end > len(data):
-            break  # a partial batch at the end of the answer
-        count = struct.unpack_from(">i", data, pos + 57)[0]
-        p = pos + 61
-        for _ in range(count):
-            _len, p = _varint(data, p)
-            p += 1  # attributes
-            _ts, p = _varint(data, p)
-            delta, p = _varint(data, p)
-            klen, p = _varint(data, p)
-            key = data[p:p + klen] if klen >= 0 else None
-            p += max(klen, 0)
-            vlen, p = _varint(data, p)
-            value = data[p:p + vlen] if vlen >= 0 else None
-            p += max(vlen, 0)
-            nh, p = _varint(data, p)
-            for _ in range(nh):
-                hk, p = _varint(data, p)
-                p += hk
-                hv, p = _varint(data, p)
-                p += max(hv, 0)
-            out.append((base + delta, key, value))
-        pos = end
-    return out
+    """Every record of the uncompressed batches in a Fetch answer: [(offset, key, value)]."""
+    return [rec for b in kwire.parse_batch_headers(data) for rec in (b["records"] or [])]
 
 
 def raw_read_partition(bootstrap: str, topic: str, partition: int) -> tuple[int, list]:

@@ -53,7 +53,7 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Producer, Top
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kwire
-from cluster import Background, Cluster
+from cluster import Background, Cluster, make_cluster  # noqa: F401 (fixture)
 from conftest import REPO_ROOT
 
 TXN_JS = REPO_ROOT / "tests" / "js" / "transactions.js"
@@ -719,26 +719,6 @@ def test_consume_transform_produce_sigkill_broker(broker, unique_topic):
     check_exactly_once(broker.bootstrap, src, dst, group, n, parts)
 
 
-@pytest.fixture
-def make_cluster(request, tmp_path):
-    made: list[Cluster] = []
-
-    def make(voters: int = 3, **kw) -> Cluster:
-        c = Cluster(tmp_path / f"cluster{len(made)}", voters=voters, **kw)
-        made.append(c)
-        return c
-
-    yield make
-    failed = any(getattr(request.node, f"rep_{w}", None) is not None
-                 and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
-    panics = []
-    for c in made:
-        panics += c.panics()
-        if failed or c.panics():
-            print(c.report(80))
-        c.close()
-    if panics and not failed:
-        pytest.fail(f"strata panicked on {panics}")
 
 
 @pytest.mark.timeout(400)
