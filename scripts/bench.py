@@ -910,7 +910,7 @@ def run_soak(a, ctx) -> int:
     a.dir.mkdir(parents=True)
     t_bench = time.monotonic()
     note(f"strata soak: {minutes:g} min, {nparts} partitions x {rate:g} produce requests/s of one "
-         f"{a.record_size} B record, {nprod} producer processes (idempotent, acks=all, linger.ms=0), "
+         f"{a.record_size} B record, {nprod} producer processes ({'transactional, a commit a second' if a.soak_txn else 'idempotent'}, acks=all, linger.ms=0), "
          f"report every {every:g} s, broker args {extra or 'none'}, dir={a.dir}")
     from confluent_kafka import version, libversion
     fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")

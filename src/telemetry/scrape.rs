@@ -66,6 +66,8 @@ struct Lag {
     topic: String,
     partition: i32,
     lag: i64,
+    /// Against the last stable offset: what a read_committed consumer has left to read.
+    stable_lag: i64,
 }
 
 /// Everything read from the state in one short lock.
@@ -135,6 +137,7 @@ fn consumer_lag(s: &MetadataState, cap: usize) -> (Vec<Lag>, Vec<(String, i64)>,
                     topic: topic.clone(),
                     partition,
                     lag,
+                    stable_lag: (p.last_stable_offset() - committed.offset).max(0),
                 });
             }
         }
@@ -256,6 +259,25 @@ pub fn render_state(broker: &Broker) -> String {
                 ("partition", &partition),
             ],
             l.lag as f64,
+        );
+    }
+    // The broker does not know a group's isolation level: read_committed consumers read
+    // up to the last stable offset, so their lag is this one.
+    x.family(
+        "strata_consumer_lag_stable",
+        "gauge",
+        "Last stable offset minus committed offset, by group and partition (the lag of read_committed consumers)",
+    );
+    for l in &view.lags {
+        let partition = l.partition.to_string();
+        x.sample(
+            "strata_consumer_lag_stable",
+            &[
+                ("group", &l.group),
+                ("topic", &l.topic),
+                ("partition", &partition),
+            ],
+            l.stable_lag as f64,
         );
     }
     x.family(
@@ -478,7 +500,9 @@ mod tests {
         }
         let (lags, groups, pairs) = consumer_lag(&s, 4);
         assert_eq!((lags.len(), groups.len(), pairs), (4, 2, 4));
-        assert!(lags.iter().all(|l| l.lag == 0 && l.topic == "t"));
+        assert!(lags
+            .iter()
+            .all(|l| l.lag == 0 && l.stable_lag == 0 && l.topic == "t"));
         let (lags, groups, pairs) = consumer_lag(&s, 3);
         assert_eq!((lags.len(), groups.len(), pairs), (0, 0, 4));
     }

@@ -76,6 +76,45 @@ def wait_ready(port: int, timeout: float = 15.0) -> None:
         time.sleep(0.1)
 
 
+
+def test_lag_against_the_lso_and_transactions_counted(mbroker):
+    """An open transaction holds back the lag of read_committed consumers
+    (`strata_consumer_lag_stable`, against the last stable offset), not the plain lag
+    (against the high watermark); its commit is counted."""
+    port = mbroker.metrics_port
+    wait_ready(port)
+    topic = "lso-" + uuid.uuid4().hex[:8]
+    group = "g-" + uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": mbroker.bootstrap})
+    for f in admin.create_topics([NewTopic(topic, num_partitions=1)]).values():
+        f.result(timeout=10)
+    plain = Producer({"bootstrap.servers": mbroker.bootstrap})
+    for i in range(3):
+        plain.produce(topic, VALUE, partition=0)
+    assert plain.flush(15) == 0
+    c = Consumer({"bootstrap.servers": mbroker.bootstrap, "group.id": group})
+    try:
+        c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    finally:
+        c.close()
+    txn = Producer({"bootstrap.servers": mbroker.bootstrap, "transactional.id": "lag-" + group})
+    txn.init_transactions(15)
+    txn.begin_transaction()
+    for i in range(4):
+        txn.produce(topic, VALUE, partition=0)
+    assert txn.flush(15) == 0
+
+    def lags():
+        s = scrape(port)
+        return (value(s, "strata_consumer_lag", group=group, topic=topic, partition="0"),
+                value(s, "strata_consumer_lag_stable", group=group, topic=topic, partition="0"))
+
+    assert lags() == (6, 2)  # high watermark 7, last stable offset 3, committed 1
+    txn.commit_transaction(15)
+    assert lags() == (7, 7)  # + the commit marker; nothing is unstable any more
+    assert value(scrape(port), "strata_transactions_total", outcome="commit") == 1
+
+
 def test_metrics_after_a_known_run(mbroker):
     port = mbroker.metrics_port
     assert get(port, "/health") == (200, "ok\n")
