@@ -23,13 +23,16 @@
 //! Transactions (KIP-98): nothing at or past the partition's last stable offset is
 //! cleanable (an open transaction's outcome is not known yet). Records of aborted
 //! transactions (transactional batches inside an [`AbortedTxn`] of their producer) are
-//! dropped and never enter the key map, so they can never hide a committed record;
-//! control batches (the markers) are kept.
+//! dropped and never enter the key map, so they can never hide a committed record.
+//! A marker goes when Kafka's cleaner would drop it: once a pass finds no batch of its
+//! transaction before it, the marker is stamped with a delete horizon, and a pass after
+//! that horizon removes it (KIP-534). The state machine forgets an aborted transaction
+//! once a cleaned output holds its marker, since its records are gone by then.
 //!
 //! Which partitions to clean, and what, is decided by [`plan`], a pure function of the
 //! state, the topics' settings and a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +47,7 @@ use crate::metadata::txn::AbortedTxn;
 use crate::metadata::Metadata;
 use crate::produce::batch::{batch_max_timestamp, ATTRIBUTES, HEADER_LEN, PRODUCER_ID};
 use crate::produce::records::{
-    batch_info, for_each_record, rewrite, RecordView, RecordsError, Rewritten,
+    batch_info, for_each_record, rewrite, stamp_horizon, RecordView, RecordsError, Rewritten,
 };
 use crate::protocol::configs::effective_topic_config;
 use crate::storage::segment::CompactedBuilder;
@@ -359,26 +362,36 @@ impl AbortedRanges {
 const TRANSACTIONAL: i16 = 0x10;
 const CONTROL: i16 = 0x20;
 
-/// Whether the batch `bytes` at offset `base` holds records of an aborted transaction:
-/// transactional, not a control batch (markers are kept), and within an aborted
-/// transaction of its producer. A header too short to say is not aborted.
-fn aborted_batch(bytes: &[u8], base: i64, aborted: &AbortedRanges) -> bool {
-    if aborted.by_producer.is_empty() || bytes.len() < HEADER_LEN {
-        return false;
+/// A transactional batch's producer id and whether it is a control batch (a marker);
+/// None for a batch outside transactions or a header too short to say.
+fn txn_header(bytes: &[u8]) -> Option<(i64, bool)> {
+    if bytes.len() < HEADER_LEN {
+        return None;
     }
-    let field = |at: usize, len: usize| bytes.get(at..at + len);
-    let Some(Ok(attributes)) = field(ATTRIBUTES, 2).map(<[u8; 2]>::try_from) else {
-        return false;
-    };
-    let attributes = i16::from_be_bytes(attributes);
-    if attributes & TRANSACTIONAL == 0 || attributes & CONTROL != 0 {
-        return false;
+    let attributes = i16::from_be_bytes(bytes.get(ATTRIBUTES..ATTRIBUTES + 2)?.try_into().ok()?);
+    if attributes & TRANSACTIONAL == 0 {
+        return None;
     }
-    let Some(Ok(producer_id)) = field(PRODUCER_ID, 8).map(<[u8; 8]>::try_from) else {
-        return false;
-    };
-    aborted.holds(i64::from_be_bytes(producer_id), base)
+    let producer_id = i64::from_be_bytes(bytes.get(PRODUCER_ID..PRODUCER_ID + 8)?.try_into().ok()?);
+    Some((producer_id, attributes & CONTROL != 0))
 }
+
+/// Whether the batch `bytes` at offset `base` holds records of an aborted transaction:
+/// transactional, not a control batch (markers go by their own rule), and within an
+/// aborted transaction of its producer. A header too short to say is not aborted.
+fn aborted_batch(bytes: &[u8], base: i64, aborted: &AbortedRanges) -> bool {
+    if aborted.by_producer.is_empty() {
+        return false;
+    }
+    txn_header(bytes)
+        .is_some_and(|(producer_id, control)| !control && aborted.holds(producer_id, base))
+}
+
+/// The producers a pass has read a transactional batch of since their last marker
+/// (Kafka's `CleanedTransactionMetadata`): a marker whose producer is not here has no
+/// records of its transaction left before it, and may go after its delete horizon.
+#[derive(Debug, Default)]
+struct SeenTxns(HashSet<i64>);
 
 /// The key map of a pass: each key's latest offset in the mapped part.
 struct KeyMap {
@@ -431,6 +444,13 @@ fn map_entry(
     true
 }
 
+impl CleanedEntry {
+    /// Something kept (a tombstone, a marker) may go at `horizon`.
+    fn keep_until(&mut self, horizon: i64) {
+        self.tombstones_until = Some(self.tombstones_until.map_or(horizon, |u| u.min(horizon)));
+    }
+}
+
 /// One entry's batches after cleaning.
 #[derive(Debug, Default)]
 struct CleanedEntry {
@@ -438,21 +458,23 @@ struct CleanedEntry {
     batches: Vec<(Vec<u8>, i64, u32)>,
     /// Batches rewritten or dropped.
     changed: u64,
-    /// The earliest delete horizon of the tombstones kept.
+    /// The earliest delete horizon of the tombstones and markers kept.
     tombstones_until: Option<i64>,
     /// Batches kept as they were because they could not be read.
     unreadable: Vec<(i64, RecordsError)>,
 }
 
-/// Cleans one entry's batches (pure): leaves out records below the log start, batches
-/// of aborted transactions, keyless records, records `map` has a later offset for, and
-/// tombstones whose batch's delete horizon is before `now_ms`; a batch keeping a
-/// tombstone gets `horizon` if it has none.
+/// Cleans one entry's batches (pure but for `seen`, which carries the pass's
+/// transactions from entry to entry): leaves out records below the log start, batches of
+/// aborted transactions, keyless records, records `map` has a later offset for,
+/// tombstones whose batch's delete horizon is before `now_ms`, and markers past their
+/// horizon with no records of their transaction before them; a batch keeping a
+/// tombstone, or such a marker, gets `horizon` if it has none.
 fn clean_entry(
     piece: &Piece,
     data: &[u8],
     map: &KeyMap,
-    (log_start, aborted): (i64, &AbortedRanges),
+    (log_start, aborted, seen): (i64, &AbortedRanges, &mut SeenTxns),
     now_ms: i64,
     horizon: i64,
 ) -> CleanedEntry {
@@ -460,13 +482,45 @@ fn clean_entry(
     for (batch, base) in piece.batches(data) {
         let bytes = &data[batch.start..batch.start + batch.len];
         let span = batch.offset_span;
-        if base + i64::from(span) <= log_start || aborted_batch(bytes, base, aborted) {
+        if base + i64::from(span) <= log_start {
+            out.changed += 1;
+            continue;
+        }
+        let txn = txn_header(bytes);
+        if let Some((producer_id, false)) = txn {
+            seen.0.insert(producer_id);
+        }
+        if aborted_batch(bytes, base, aborted) {
             out.changed += 1;
             continue;
         }
         let info = match batch_info(bytes) {
             Ok(info) if info.control => {
-                out.batches.push((bytes.to_vec(), base, span));
+                let emptied = txn.is_some_and(|(producer_id, _)| !seen.0.remove(&producer_id));
+                if !emptied {
+                    // Records of its transaction are still before it (or this pass
+                    // just dropped them): the marker stays as it is.
+                    out.batches.push((bytes.to_vec(), base, span));
+                    continue;
+                }
+                match info.delete_horizon {
+                    Some(h) if h <= now_ms => out.changed += 1,
+                    Some(h) => {
+                        out.keep_until(h);
+                        out.batches.push((bytes.to_vec(), base, span));
+                    }
+                    None => match stamp_horizon(bytes, horizon) {
+                        Ok(stamped) => {
+                            out.keep_until(horizon);
+                            out.changed += 1;
+                            out.batches.push((stamped, base, span));
+                        }
+                        Err(e) => {
+                            out.unreadable.push((base, e));
+                            out.batches.push((bytes.to_vec(), base, span));
+                        }
+                    },
+                }
                 continue;
             }
             Ok(info) => info,
@@ -487,7 +541,7 @@ fn clean_entry(
         match rewrite(bytes, keep, horizon) {
             Ok(r) => {
                 if let Some(t) = r.tombstones_until {
-                    out.tombstones_until = Some(out.tombstones_until.map_or(t, |u| u.min(t)));
+                    out.keep_until(t);
                 }
                 match r.batch {
                     Rewritten::Unchanged => out.batches.push((bytes.to_vec(), base, span)),
@@ -547,6 +601,7 @@ async fn clean(
         mapped_end += 1;
     }
     let horizon = now_ms.saturating_add(job.settings.delete_retention_ms);
+    let mut seen = SeenTxns::default();
     let mut tombstones_until: Option<i64> = None;
     let (mut bytes_before, mut bytes_after, mut removed, mut outputs) = (0u64, 0u64, 0u64, 0u64);
     let mut output: Option<Output> = None;
@@ -570,7 +625,7 @@ async fn clean(
             &piece_of(planned),
             &data,
             &map,
-            (job.log_start, &aborted),
+            (job.log_start, &aborted, &mut seen),
             now_ms,
             horizon,
         );
@@ -765,7 +820,7 @@ mod tests {
             let mapped_from = pieces.get(first_dirty).map_or(total, |(p, _)| p.base_offset);
 
             let (now, horizon) = (1_000, 5_000);
-            let cleaned: Vec<_> = pieces.iter().map(|(piece, data)| clean_entry(piece, data, &map, (log_start, &AbortedRanges::default()), now, horizon)).collect();
+            let cleaned: Vec<_> = pieces.iter().map(|(piece, data)| clean_entry(piece, data, &map, (log_start, &AbortedRanges::default(), &mut SeenTxns::default()), now, horizon)).collect();
             let output: Vec<_> = cleaned.iter().flat_map(|c| records_of(&c.batches)).collect();
             for c in &cleaned {
                 prop_assert!(c.unreadable.is_empty());
@@ -803,7 +858,7 @@ mod tests {
                 cleaned.iter().flat_map(|c| {
                     let data: Vec<u8> = c.batches.iter().flat_map(|(b, _, _)| b.clone()).collect();
                     let piece = Piece { object: "x".into(), position: 0, length: data.len() as u64, base_offset: 0, end_offset: total, offsets_in_headers: true };
-                    records_of(&clean_entry(&piece, &data, &empty, (log_start, &AbortedRanges::default()), now_ms, now_ms + 4_000).batches)
+                    records_of(&clean_entry(&piece, &data, &empty, (log_start, &AbortedRanges::default(), &mut SeenTxns::default()), now_ms, now_ms + 4_000).batches)
                 }).collect()
             };
             prop_assert_eq!(&again(horizon - 1), &output);
@@ -1051,7 +1106,14 @@ mod tests {
         assert_eq!(map.latest.get(&b"k1"[..]), Some(&0));
         assert_eq!(map.latest.get(&b"k2"[..]), Some(&3));
         assert!(!map.latest.contains_key(&b"m"[..]));
-        let cleaned = clean_entry(&piece, &data, &map, (0, &ranges), 1_000, 5_000);
+        let cleaned = clean_entry(
+            &piece,
+            &data,
+            &map,
+            (0, &ranges, &mut SeenTxns::default()),
+            1_000,
+            5_000,
+        );
         assert!(cleaned.unreadable.is_empty());
         let kept: Vec<i64> = cleaned.batches.iter().map(|(_, base, _)| *base).collect();
         assert_eq!(kept, vec![0, 2, 3, 4]);
@@ -1064,6 +1126,91 @@ mod tests {
         let none = AbortedRanges::default();
         assert!(map_entry(&mut plain, &piece, &data, 0, &none));
         assert_eq!(plain.latest.get(&b"k1"[..]), Some(&1));
+    }
+
+    /// Kafka's marker rule: a marker stays while its transaction has records before it,
+    /// then is stamped with a delete horizon, and the first pass after it removes it.
+    #[test]
+    fn markers_go_after_their_records_and_a_delete_horizon() {
+        const TXN: i16 = TRANSACTIONAL;
+        const MARKER: i16 = TRANSACTIONAL | CONTROL;
+        // 0: k1 in producer 1's committed transaction, 1: its commit marker, 2: k1 plain
+        // (supersedes 0), 3: k2 in producer 2's aborted transaction, 4: its abort marker.
+        let batches = [
+            txn_batch(0, "k1", "committed", TXN, 1),
+            txn_batch(1, "m", "commit", MARKER, 1),
+            txn_batch(2, "k1", "plain", 0, -1),
+            txn_batch(3, "k2", "aborted", TXN, 2),
+            txn_batch(4, "m", "abort", MARKER, 2),
+        ];
+        let piece_of = |data: &[u8]| Piece {
+            object: "o".into(),
+            position: 0,
+            length: data.len() as u64,
+            base_offset: 0,
+            end_offset: 5,
+            offsets_in_headers: true,
+        };
+        let ranges = AbortedRanges::new(&[aborted(2, 3, 4)]);
+        let pass = |data: &[u8], now_ms: i64| {
+            let mut map = KeyMap {
+                latest: HashMap::new(),
+                bytes: 0,
+            };
+            assert!(map_entry(&mut map, &piece_of(data), data, 0, &ranges));
+            let mut seen = SeenTxns::default();
+            clean_entry(
+                &piece_of(data),
+                data,
+                &map,
+                (0, &ranges, &mut seen),
+                now_ms,
+                now_ms + 4_000,
+            )
+        };
+        let bases = |c: &CleanedEntry| {
+            c.batches
+                .iter()
+                .map(|(_, base, _)| *base)
+                .collect::<Vec<_>>()
+        };
+        let join = |c: &CleanedEntry| {
+            c.batches
+                .iter()
+                .flat_map(|(b, _, _)| b.clone())
+                .collect::<Vec<u8>>()
+        };
+
+        // First pass: the records go, the markers stay untouched (their records were there).
+        let first = pass(&batches.concat(), 1_000);
+        assert_eq!(bases(&first), vec![1, 2, 4]);
+        assert_eq!(first.tombstones_until, None);
+        let horizons = |c: &CleanedEntry| {
+            c.batches
+                .iter()
+                .filter_map(|(b, _, _)| {
+                    batch_info(b)
+                        .ok()
+                        .filter(|i| i.control)
+                        .map(|i| i.delete_horizon)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(horizons(&first), vec![None, None]);
+        // Second: nothing of theirs is left, so they are stamped with a horizon.
+        let second = pass(&join(&first), 2_000);
+        assert_eq!(bases(&second), vec![1, 2, 4]);
+        assert_eq!(horizons(&second), vec![Some(6_000), Some(6_000)]);
+        assert_eq!(second.tombstones_until, Some(6_000));
+        assert!(second.unreadable.is_empty());
+        // Before the horizon they stay, with their first horizon.
+        let early = pass(&join(&second), 5_999);
+        assert_eq!(bases(&early), vec![1, 2, 4]);
+        assert_eq!(horizons(&early), vec![Some(6_000), Some(6_000)]);
+        // At the horizon they go; the plain record stays.
+        let last = pass(&join(&second), 6_000);
+        assert_eq!(bases(&last), vec![2]);
+        assert_eq!(last.tombstones_until, None);
     }
 
     #[test]

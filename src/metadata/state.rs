@@ -864,6 +864,9 @@ impl MetadataState {
             return Err(StateError::StaleCompaction);
         };
         let replaced = p.replace_run(range, id, swap.position, swap.length);
+        if kind == ObjectKind::Cleaned {
+            p.txns.cleaned(swap.base_offset, swap.end_offset);
+        }
         let now_ms = self.clock_ms;
         for e in replaced {
             self.objects.release(e.object, now_ms);

@@ -824,6 +824,14 @@ impl PartitionTxns {
             .collect()
     }
 
+    /// The log cleaner replaced `[from, to)` with its output: an aborted transaction whose
+    /// marker lies there has no records left (a pass drops them all, and its outputs
+    /// cover everything from the log start), so no fetch needs it in the index.
+    pub fn cleaned(&mut self, from: i64, to: i64) {
+        self.aborted
+            .retain(|a| a.last_offset < from || a.last_offset >= to);
+    }
+
     /// The log start moved to `log_start` (retention, DeleteRecords): aborted
     /// transactions wholly below it are forgotten, and ongoing ones that began below it
     /// count from it (Kafka keeps the first unstable offset at or above the log start).

@@ -587,4 +587,52 @@ mod tests {
             .partition("t", 0)
             .is_some_and(|p| p.txns.aborted().is_empty()));
     }
+
+    /// A cleaned output holding an abort marker drops the transaction from the index (the
+    /// cleaner dropped its records); object compaction, which keeps them, does not.
+    #[test]
+    fn a_cleaned_abort_marker_leaves_the_index() {
+        let mut s = state();
+        let p = init(&mut s, "x");
+        add(&mut s, "x", p, &[0]);
+        commit(&mut s, "o1", 0, 2, batch(p.0, p.1, 0, 2), ChunkTxn::Data).expect("data");
+        end(&mut s, "x", p, false);
+        commit(
+            &mut s,
+            "o2",
+            0,
+            1,
+            batch(p.0, p.1, -1, 1),
+            marker("x", false),
+        )
+        .expect("marker");
+        let aborted = |s: &MetadataState| s.partition("t", 0).map_or(0, |p| p.txns.aborted().len());
+        assert_eq!(aborted(&s), 1);
+        let swap = |s: &MetadataState, object: &str| {
+            let index = s
+                .partition("t", 0)
+                .map(|p| p.index.clone())
+                .unwrap_or_default();
+            super::super::CompactionSwap {
+                topic: "t".into(),
+                topic_id: [1; 16],
+                partition: 0,
+                base_offset: 0,
+                end_offset: 3,
+                inputs: index.iter().map(|e| (e.object, e.position)).collect(),
+                object: object.into(),
+                object_size: 10,
+                position: 0,
+                length: 10,
+                now_ms: 20,
+            }
+        };
+        let r = s.apply(&Command::Compact(swap(&s, "c1")));
+        assert!(matches!(r, Response::Compacted(Ok(_))), "{r:?}");
+        assert_eq!(aborted(&s), 1);
+        let r = s.apply(&Command::Clean(swap(&s, "c2")));
+        assert!(matches!(r, Response::Compacted(Ok(_))), "{r:?}");
+        assert_eq!(aborted(&s), 0);
+        assert_eq!(lso(&s, 0), 3);
+    }
 }

@@ -183,15 +183,34 @@ pub struct Rewrite {
 /// readable until then, however often it is cleaned again).
 pub fn rewrite(
     batch: &[u8],
+    keep: impl FnMut(&RecordView<'_>) -> bool,
+    horizon: i64,
+) -> Result<Rewrite, RecordsError> {
+    rewrite_stamped(batch, keep, horizon, false)
+}
+
+/// The batch, all records kept, stamped with delete horizon `horizon` (a transaction
+/// marker that may go once the horizon passes, as KIP-534 stamps it).
+pub fn stamp_horizon(batch: &[u8], horizon: i64) -> Result<Vec<u8>, RecordsError> {
+    match rewrite_stamped(batch, |_| true, horizon, true)?.batch {
+        Rewritten::New(b) => Ok(b),
+        Rewritten::Unchanged | Rewritten::Empty => Ok(batch.to_vec()),
+    }
+}
+
+fn rewrite_stamped(
+    batch: &[u8],
     mut keep: impl FnMut(&RecordView<'_>) -> bool,
     horizon: i64,
+    force_stamp: bool,
 ) -> Result<Rewrite, RecordsError> {
     let info = batch_info(batch)?;
     let (codec, records) = inflate(batch)?;
     let located = locate(&records, record_count(batch))?;
     let kept: Vec<&Located> = located.iter().filter(|r| keep(&r.view)).collect();
     let has_tombstone = kept.iter().any(|r| r.view.tombstone);
-    let stamp = Some(horizon).filter(|_| has_tombstone && info.delete_horizon.is_none());
+    let stamp =
+        Some(horizon).filter(|_| (has_tombstone || force_stamp) && info.delete_horizon.is_none());
     let tombstones_until = has_tombstone.then(|| info.delete_horizon.unwrap_or(horizon));
     let done = |batch| {
         Ok(Rewrite {

@@ -25,6 +25,9 @@ Covered:
   EndTxn does not hold the LSO forever.
 * Durability of transaction state: SIGKILL of the broker with a transaction open, restart,
   then commit with the same producer: the records show exactly once.
+* Log compaction with transactions: the cleaner drops aborted records (and the index forgets
+  the aborted transaction), and removes a marker only once none of its transaction's
+  records are left and its delete horizon passed; markers of live records stay.
 
 The consume-transform-produce processor runs in a child process (SupervisedProcessor): one
 that dies or makes no commit for 30 s is SIGKILLed and replaced by a new one with the same
@@ -55,6 +58,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 import kwire
 from cluster import Background, Cluster, make_cluster  # noqa: F401 (fixture)
 from conftest import REPO_ROOT
+from test_log_compaction import COMPACT, create, kcat_read, lbroker, produce_keyed, wait_segmented  # noqa: F401
 
 TXN_JS = REPO_ROOT / "tests" / "js" / "transactions.js"
 FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
@@ -1055,3 +1059,77 @@ def test_open_transaction_survives_broker_sigkill(broker, unique_topic):
     for part in range(parts):
         assert list_offset(broker.bootstrap, topic, part, kwire.READ_COMMITTED) == \
             list_offset(broker.bootstrap, topic, part, kwire.READ_UNCOMMITTED)
+
+
+# ====================================================================== 11. log compaction
+def test_cleaner_drops_aborted_records_then_markers(lbroker):
+    """A compacted topic with committed and aborted transactions: the cleaner drops the
+    aborted records (and the index forgets the aborted transaction), keeps the latest
+    committed record of each key, and removes a marker as Kafka does: only once a pass finds
+    none of its transaction's records before it, and after its delete horizon.  Markers of
+    transactions with live records stay."""
+    b = lbroker.start()
+    topic = "lc-txn"
+    create(b, topic, 1, COMPACT)
+    p = txn_producer(b.bootstrap, "tid-lc-txn")
+    p.init_transactions(30)
+    delivered: list[tuple[int, bytes, bytes]] = []
+
+    def cb(err, msg):
+        assert err is None, err
+        delivered.append((msg.offset(), msg.key(), msg.value()))
+
+    keys = [f"k{i}".encode() for i in range(5)]
+    # c1 writes every key; ab is aborted; c3 and c4 supersede all of c1's records.
+    plan = (("c1", keys, True), ("ab", keys, False), ("c3", keys[:3], True), ("c4", keys[3:], True))
+    marker_of = {}
+    for name, ks, commit in plan:
+        p.begin_transaction()
+        for k in ks:
+            p.produce(topic, key=k, value=f"{name}-{k.decode()}".encode(), partition=0, on_delivery=cb)
+        assert p.flush(30) == 0
+        p.commit_transaction(30) if commit else p.abort_transaction(30)
+        marker_of[name] = max(o for o, _, v in delivered if v.startswith(f"{name}-".encode())) + 1
+    assert len(delivered) == 15
+    _, before, aborted = raw_batches(b.bootstrap, topic, 0, kwire.READ_COMMITTED)
+    assert len(aborted) == 1
+    assert [x["base_offset"] for x in before if x["attributes"] & kwire.ATTR_CONTROL] == list(marker_of.values())
+    wait_segmented(b)
+    time.sleep(1.1)  # rolls the segment: the transactions are cleanable
+    tails = produce_keyed(b, topic, 0, [(b"tail", b"tail-0")])
+
+    def uncommitted() -> tuple[list, list]:
+        """(data records [(offset, key, value)], control batch offsets), read_uncommitted."""
+        _, batches, _ = raw_batches(b.bootstrap, topic, 0, kwire.READ_UNCOMMITTED)
+        data = [(r[0], r[1], r[2]) for x in batches if not x["attributes"] & kwire.ATTR_CONTROL
+                for r in x["records"]]
+        return data, [x["base_offset"] for x in batches if x["attributes"] & kwire.ATTR_CONTROL]
+
+    def want_data():
+        latest = {}
+        for o, k, v in sorted([r for r in delivered if not r[2].startswith(b"ab-")] + tails):
+            latest[k] = (o, k, v)
+        return sorted(latest.values())
+
+    wait_for("aborted and superseded records to be cleaned", lambda: uncommitted()[0] == want_data(), 30)
+    _, _, aborted = raw_batches(b.bootstrap, topic, 0, kwire.READ_COMMITTED)
+    assert aborted == [], f"the index still lists {aborted} after the cleaner dropped its records"
+
+    # The emptied markers go over later passes (stamped once nothing of theirs is left,
+    # removed after delete.retention.ms); new records keep the cleaner passing meanwhile.
+    def markers() -> list:
+        nonlocal tails
+        tails = tails + produce_keyed(b, topic, 0, [(b"tail", f"tail-{len(tails)}".encode())])
+        return uncommitted()[1]
+
+    live = [marker_of["c3"], marker_of["c4"]]
+    wait_for("the emptied markers to be removed", lambda: markers() == live, 60, every=1.2)
+    data, control = uncommitted()
+    no_tail = [r for r in want_data() if r[1] != b"tail"]
+    assert control == live and data[:len(no_tail)] == no_tail and data[-1] == tails[-1], data
+    # Offsets never change; kcat and a read_committed consumer read the same records (the
+    # tail records, still being cleaned, aside).
+    assert [r for r in kcat_read(b, topic, 0) if r[1] != b"tail"] == no_tail
+    got = read_topic(b.bootstrap, topic, 1, "read_committed")[0]
+    assert [(o, v.encode()) for o, v in got if not v.startswith("tail-")] == [(o, v) for o, _, v in no_tail]
+    assert list_offset(b.bootstrap, topic, 0, kwire.READ_COMMITTED) == tails[-1][0] + 1
