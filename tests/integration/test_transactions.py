@@ -31,9 +31,11 @@ Covered:
 
 The consume-transform-produce processor runs in a child process (SupervisedProcessor): one
 that dies or makes no commit for 30 s is SIGKILLed and replaced by a new one with the same
-group and transactional.id, as a deployment would restart it (librdkafka 2.16.0 has been seen
-to block in send_offsets_to_transaction past its timeout after the broker came back).  Every
-replacement is printed (`PROCESSOR RESTART`); the exactly-once checks do not change.
+group and transactional.id, as a deployment would restart it.  Its producer sets
+metadata.recovery.strategy=none: with librdkafka 2.16's default (rebootstrap), the kill of
+the only broker decommissions it, and send_offsets_to_transaction() then hangs past its
+timeout (librdkafka #5511).  Every replacement is printed (`PROCESSOR RESTART`); the
+exactly-once checks do not change.
 TXN_TEST_DEBUG=1 turns on librdkafka's eos/protocol debug log for the processor's producer.
 """
 
@@ -391,10 +393,15 @@ class Processor:
         return self
 
     def _conf(self) -> dict:
+        # metadata.recovery.strategy=none: with its default (rebootstrap), librdkafka 2.16
+        # decommissions every known broker when the only one goes down, and a
+        # decommissioned broker left cached as the group coordinator makes
+        # send_offsets_to_transaction() hang past its timeout (librdkafka #5511, #5456).
         conf = {"bootstrap.servers": self.bootstrap, "transactional.id": self.tid, "linger.ms": 5,
-                "transaction.timeout.ms": 20000, "message.timeout.ms": 20000}
+                "transaction.timeout.ms": 20000, "message.timeout.ms": 20000,
+                "metadata.recovery.strategy": os.environ.get("TXN_TEST_RECOVERY", "none")}
         if os.environ.get("TXN_TEST_DEBUG"):  # librdkafka's eos/protocol log, on stderr (run with -s)
-            conf["debug"] = "eos,protocol"
+            conf["debug"] = os.environ.get("TXN_TEST_DEBUG_CONTEXTS", "eos,protocol")
         return conf
 
     def _producer(self) -> Producer:
