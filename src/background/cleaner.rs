@@ -1021,6 +1021,25 @@ mod tests {
         b
     }
 
+    /// Batches `data` as one entry of offsets `[0, end_offset)` (offsets in the headers).
+    fn one_object(data: &[u8], end_offset: i64) -> Piece {
+        Piece {
+            object: "o".into(),
+            position: 0,
+            length: data.len() as u64,
+            base_offset: 0,
+            end_offset,
+            offsets_in_headers: true,
+        }
+    }
+
+    fn empty_map() -> KeyMap {
+        KeyMap {
+            latest: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
     fn aborted(producer_id: i64, first_offset: i64, last_offset: i64) -> AbortedTxn {
         AbortedTxn {
             producer_id,
@@ -1089,19 +1108,9 @@ mod tests {
             txn_batch(4, "m", "commit", MARKER, 2),
         ];
         let data: Vec<u8> = batches.concat();
-        let piece = Piece {
-            object: "o".into(),
-            position: 0,
-            length: data.len() as u64,
-            base_offset: 0,
-            end_offset: 5,
-            offsets_in_headers: true,
-        };
+        let piece = one_object(&data, 5);
         let ranges = AbortedRanges::new(&[aborted(1, 1, 2)]);
-        let mut map = KeyMap {
-            latest: HashMap::new(),
-            bytes: 0,
-        };
+        let mut map = empty_map();
         assert!(map_entry(&mut map, &piece, &data, 0, &ranges));
         assert_eq!(map.latest.get(&b"k1"[..]), Some(&0));
         assert_eq!(map.latest.get(&b"k2"[..]), Some(&3));
@@ -1119,10 +1128,7 @@ mod tests {
         assert_eq!(kept, vec![0, 2, 3, 4]);
         assert_eq!(cleaned.changed, 1);
         // Without the aborted transaction, its record would supersede offset 0.
-        let mut plain = KeyMap {
-            latest: HashMap::new(),
-            bytes: 0,
-        };
+        let mut plain = empty_map();
         let none = AbortedRanges::default();
         assert!(map_entry(&mut plain, &piece, &data, 0, &none));
         assert_eq!(plain.latest.get(&b"k1"[..]), Some(&1));
@@ -1143,24 +1149,13 @@ mod tests {
             txn_batch(3, "k2", "aborted", TXN, 2),
             txn_batch(4, "m", "abort", MARKER, 2),
         ];
-        let piece_of = |data: &[u8]| Piece {
-            object: "o".into(),
-            position: 0,
-            length: data.len() as u64,
-            base_offset: 0,
-            end_offset: 5,
-            offsets_in_headers: true,
-        };
         let ranges = AbortedRanges::new(&[aborted(2, 3, 4)]);
         let pass = |data: &[u8], now_ms: i64| {
-            let mut map = KeyMap {
-                latest: HashMap::new(),
-                bytes: 0,
-            };
-            assert!(map_entry(&mut map, &piece_of(data), data, 0, &ranges));
+            let mut map = empty_map();
+            assert!(map_entry(&mut map, &one_object(data, 5), data, 0, &ranges));
             let mut seen = SeenTxns::default();
             clean_entry(
-                &piece_of(data),
+                &one_object(data, 5),
                 data,
                 &map,
                 (0, &ranges, &mut seen),
