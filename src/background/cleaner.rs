@@ -444,13 +444,6 @@ fn map_entry(
     true
 }
 
-impl CleanedEntry {
-    /// Something kept (a tombstone, a marker) may go at `horizon`.
-    fn keep_until(&mut self, horizon: i64) {
-        self.tombstones_until = Some(self.tombstones_until.map_or(horizon, |u| u.min(horizon)));
-    }
-}
-
 /// One entry's batches after cleaning.
 #[derive(Debug, Default)]
 struct CleanedEntry {
@@ -462,6 +455,13 @@ struct CleanedEntry {
     tombstones_until: Option<i64>,
     /// Batches kept as they were because they could not be read.
     unreadable: Vec<(i64, RecordsError)>,
+}
+
+impl CleanedEntry {
+    /// Something kept (a tombstone, a marker) may go at `horizon`.
+    fn keep_until(&mut self, horizon: i64) {
+        self.tombstones_until = Some(self.tombstones_until.map_or(horizon, |u| u.min(horizon)));
+    }
 }
 
 /// Cleans one entry's batches (pure but for `seen`, which carries the pass's
