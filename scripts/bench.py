@@ -33,6 +33,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MB = 1e6
 GB = 1e9
 TOPIC = "bench"
+# --soak-compact: keys per partition, every how many transactions one is aborted, and the
+# topic's configs (segments roll and markers may go within a minute, so a 30-minute soak
+# sees many cleaning passes).
+SOAK_KEYS = 16
+SOAK_ABORT_EVERY = 4
+SOAK_COMPACT_CONFIG = {"cleanup.policy": "compact", "segment.ms": "60000", "delete.retention.ms": "60000",
+                       "min.cleanable.dirty.ratio": "0.1"}
 TXN_TOPIC = "bench-txn"  # --txn: the transactional produce phase's own topic
 IDEM_TOPIC = "bench-idempotent"  # --txn: the idempotent comparison phase's topic
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -652,11 +659,11 @@ def _e2e_consumer(bootstrap, topic, partitions, args, ready, q, stop) -> None:
 
 
 # ----------------------------------------------------------------- phases
-def create_topic(bootstrap: str, partitions: int, topic: str = TOPIC) -> None:
+def create_topic(bootstrap: str, partitions: int, topic: str = TOPIC, config: dict | None = None) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     a = AdminClient({"bootstrap.servers": bootstrap})
-    fs = a.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    fs = a.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})])
     for _t, f in fs.items():
         f.result(30)
     md = a.list_topics(topic, timeout=20)
@@ -814,12 +821,14 @@ def raft_snapshot_bytes(data_dir: Path) -> int | None:
 
 
 def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, start, stop, q,
-                   txn_id=None) -> None:
+                   txn_id=None, compact=False) -> None:
     """Paces one record per partition every 1/rate s over `parts` (one produce call of
     one record each; linger.ms=0, so each goes out at once), round-robin on a schedule
     that catches up if it falls behind. counters: [sent, acked, errors, acked_bytes,
     behind_max]. With `txn_id` (--soak-txn) the producer is transactional and commits
-    once a second, so every partition it writes gets a marker each second."""
+    once a second, so every partition it writes gets a marker each second. With
+    `compact` (--soak-compact) records are keyed (SOAK_KEYS keys a partition) and, if
+    transactional, every SOAK_ABORT_EVERY-th transaction is aborted."""
     from confluent_kafka import Producer
 
     last_error = [""]
@@ -858,6 +867,8 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
     t0 = time.monotonic()
     sent = 0
     produce = p.produce
+    keys = [b"k%d" % k for k in range(SOAK_KEYS)]
+    ended = 0
     while not stop.is_set():
         now = time.monotonic()
         due = int((now - t0) * total_rate)
@@ -865,7 +876,8 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
             counters[4] = due - sent
         while sent < due:
             try:
-                produce(topic, vals[sent & 63], partition=parts[sent % n])
+                key = keys[(sent // n) % SOAK_KEYS] if compact else None
+                produce(topic, vals[sent & 63], key=key, partition=parts[sent % n])
             except BufferError:
                 p.poll(0.01)
                 break
@@ -874,8 +886,12 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
         next_due = t0 + (sent + 1) / total_rate
         p.poll(max(0.0, min(next_due - time.monotonic(), 0.02)))
         if txn_id and time.monotonic() - last_commit >= 1.0:
+            ended += 1
             try:
-                p.commit_transaction(120)
+                if compact and ended % SOAK_ABORT_EVERY == 0:
+                    p.abort_transaction(120)
+                else:
+                    p.commit_transaction(120)
             except Exception as e:  # noqa: BLE001 - counted, the soak goes on
                 counters[2] += 1
                 last_error[0] = f"commit: {e}"
@@ -911,6 +927,7 @@ def run_soak(a, ctx) -> int:
     t_bench = time.monotonic()
     note(f"strata soak: {minutes:g} min, {nparts} partitions x {rate:g} produce requests/s of one "
          f"{a.record_size} B record, {nprod} producer processes ({'transactional, a commit a second' if a.soak_txn else 'idempotent'}, acks=all, linger.ms=0), "
+         f"{'compacted topic, ' if a.soak_compact else ''}"
          f"report every {every:g} s, broker args {extra or 'none'}, dir={a.dir}")
     from confluent_kafka import version, libversion
     fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")
@@ -932,7 +949,7 @@ def run_soak(a, ctx) -> int:
     procs = []
     stop = ctx.Event()
     try:
-        create_topic(broker.bootstrap, nparts)
+        create_topic(broker.bootstrap, nparts, config=SOAK_COMPACT_CONFIG if a.soak_compact else None)
         groups = [list(range(nparts))[i::nprod] for i in range(nprod)]
         counters = [ctx.Array("q", 5, lock=False) for _ in groups]
         q = ctx.Queue()
@@ -943,7 +960,7 @@ def run_soak(a, ctx) -> int:
             readies.append(ready)
             pr = ctx.Process(daemon=True, target=_soak_producer,
                              args=(broker.bootstrap, TOPIC, g, rate, a.record_size, cnt, ready, start, stop, q,
-                                   f"soak-{os.getpid()}-{len(procs)}" if a.soak_txn else None))
+                                   f"soak-{os.getpid()}-{len(procs)}" if a.soak_txn else None, a.soak_compact))
             pr.start()
             procs.append(pr)
         for r in readies:
@@ -1102,7 +1119,7 @@ def run_soak(a, ctx) -> int:
         starts = {p: wm[p][0] for p in wm}
         ends = {p: wm[p][1] for p in wm}
         total_log = sum(ends[p] - starts[p] for p in wm)
-        if total_log < tot["acked"]:
+        if total_log < tot["acked"] and not a.soak_compact:
             problems.append(f"the topic holds {total_log} records, {tot['acked']} were acknowledged")
         if broker.store_dir:
             drop_tree_cache(broker.store_dir)
@@ -1110,6 +1127,8 @@ def run_soak(a, ctx) -> int:
         # a marker, never delivered), and every acknowledged record, not every offset.
         isolation = "read_committed" if a.soak_txn else None
         want = tot["acked"] if a.soak_txn else total_log
+        if a.soak_compact:  # the cleaner keeps the latest committed record of each key
+            want = nparts * SOAK_KEYS
         with Phase(broker) as ph:
             r = run_drain(ctx, broker.bootstrap, starts, ends, a.consumers, cargs, TOPIC, isolation)
         # timed from each consumer's first batch, as in the benchmark's catch-up phase; a
@@ -1370,6 +1389,10 @@ def main() -> int:
                     help="produce requests (one record each) per second per partition [1]")
     sk.add_argument("--soak-report-seconds", type=float, default=60.0, help="seconds between report blocks [60]")
     sk.add_argument("--soak-producers", type=int, default=2, help="producer processes, each owning a share of the partitions [2]")
+    sk.add_argument("--soak-compact", action="store_true",
+                    help=f"compacted soak topic ({SOAK_COMPACT_CONFIG}), {SOAK_KEYS} keys a partition; with "
+                         f"--soak-txn every {SOAK_ABORT_EVERY}th transaction is aborted (markers and the aborted "
+                         "index left to the cleaner)")
     sk.add_argument("--soak-txn", action="store_true",
                     help="transactional soak producers, each committing once a second (a marker per partition per second)")
     il = ap.add_argument_group("idle latency", "--idle-latency: only the produce latency at light load (one record "

@@ -346,6 +346,11 @@ impl AbortedRanges {
         Self { by_producer }
     }
 
+    /// Whether a batch at `base` with header `txn` ([`txn_header`]) holds aborted records.
+    fn holds_batch(&self, txn: Option<(i64, bool)>, base: i64) -> bool {
+        txn.is_some_and(|(producer_id, control)| !control && self.holds(producer_id, base))
+    }
+
     /// Whether `offset` lies in an aborted transaction of `producer_id`.
     fn holds(&self, producer_id: i64, offset: i64) -> bool {
         let Some(ranges) = self.by_producer.get(&producer_id) else {
@@ -380,11 +385,7 @@ fn txn_header(bytes: &[u8]) -> Option<(i64, bool)> {
 /// transactional, not a control batch (markers go by their own rule), and within an
 /// aborted transaction of its producer. A header too short to say is not aborted.
 fn aborted_batch(bytes: &[u8], base: i64, aborted: &AbortedRanges) -> bool {
-    if aborted.by_producer.is_empty() {
-        return false;
-    }
-    txn_header(bytes)
-        .is_some_and(|(producer_id, control)| !control && aborted.holds(producer_id, base))
+    !aborted.by_producer.is_empty() && aborted.holds_batch(txn_header(bytes), base)
 }
 
 /// The producers a pass has read a transactional batch of since their last marker
@@ -490,7 +491,7 @@ fn clean_entry(
         if let Some((producer_id, false)) = txn {
             seen.0.insert(producer_id);
         }
-        if aborted_batch(bytes, base, aborted) {
+        if aborted.holds_batch(txn, base) {
             out.changed += 1;
             continue;
         }

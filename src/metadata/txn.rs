@@ -828,8 +828,9 @@ impl PartitionTxns {
     /// marker lies there has no records left (a pass drops them all, and its outputs
     /// cover everything from the log start), so no fetch needs it in the index.
     pub fn cleaned(&mut self, from: i64, to: i64) {
-        self.aborted
-            .retain(|a| a.last_offset < from || a.last_offset >= to);
+        let start = self.aborted.partition_point(|a| a.last_offset < from);
+        let end = self.aborted.partition_point(|a| a.last_offset < to);
+        self.aborted.drain(start..end.max(start));
     }
 
     /// The log start moved to `log_start` (retention, DeleteRecords): aborted
