@@ -889,6 +889,9 @@ def _soak_producer(bootstrap, topic, parts, rate, record_size, counters, ready, 
             ended += 1
             try:
                 if compact and ended % SOAK_ABORT_EVERY == 0:
+                    # Delivered first: an abort purges queued records, and the gap in
+                    # their sequence numbers would fail the next transaction.
+                    p.flush(120)
                     p.abort_transaction(120)
                 else:
                     p.commit_transaction(120)
