@@ -214,7 +214,7 @@ impl Broker {
         if has_log && config.recover_from_store {
             let aside = config.data_dir.join(format!(
                 "raft.before-recovery-{}",
-                crate::protocol::now_ms()
+                crate::clock::now_ms()
             ));
             std::fs::rename(&raft_dir, &aside).map_err(|source| StartError::SetAside {
                 dir: raft_dir.display().to_string(),
@@ -377,7 +377,7 @@ impl Broker {
             host: self.config.advertise_host.clone(),
             port: self.config.advertise_port,
             rack: self.config.rack.clone(),
-            now_ms: crate::protocol::now_ms(),
+            now_ms: crate::clock::now_ms(),
         };
         let started = Instant::now();
         self.metadata
@@ -447,7 +447,7 @@ impl Broker {
             let Some(broker) = broker.upgrade() else {
                 return;
             };
-            let now_ms = crate::protocol::now_ms().max(last_value.saturating_add(1));
+            let now_ms = crate::clock::now_ms().max(last_value.saturating_add(1));
             last_value = now_ms;
             let id = broker.config.node_id;
             let heartbeat = Command::Cluster(ClusterCommand::Heartbeat { id, now_ms });
@@ -666,7 +666,7 @@ impl Broker {
             topic_id,
             partitions,
             configs,
-            now_ms: crate::protocol::now_ms(),
+            now_ms: crate::clock::now_ms(),
             preferred,
         };
         match self.metadata.propose(cmd).await? {

@@ -23,14 +23,18 @@
 pub mod background;
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod fetch;
 pub mod group;
 pub mod metadata;
 pub mod produce;
 pub mod protocol;
+pub mod record;
 pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod txn;

@@ -45,8 +45,10 @@ use crate::metadata::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, ObjectKind, Response};
 use crate::metadata::txn::AbortedTxn;
 use crate::metadata::Metadata;
-use crate::produce::batch::{batch_max_timestamp, ATTRIBUTES, HEADER_LEN, PRODUCER_ID};
-use crate::produce::records::{
+use crate::record::batch::{
+    batch_max_timestamp, ATTRIBUTES, CONTROL, HEADER_LEN, PRODUCER_ID, TRANSACTIONAL,
+};
+use crate::record::records::{
     batch_info, for_each_record, rewrite, stamp_horizon, RecordView, RecordsError, Rewritten,
 };
 use crate::protocol::configs::effective_topic_config;
@@ -281,7 +283,7 @@ pub async fn run(
     let mut seq = 0u64;
     loop {
         tokio::time::sleep(config.interval).await;
-        let now_ms = crate::protocol::now_ms();
+        let now_ms = crate::clock::now_ms();
         let mut seen = Vec::new();
         let jobs = metadata.read(|s| {
             plan(
@@ -362,10 +364,6 @@ impl AbortedRanges {
         at > 0 && ranges.get(at - 1).is_some_and(|(_, last)| offset <= *last)
     }
 }
-
-/// Transactional, not a control batch (its attribute bits 0x10 and 0x20).
-const TRANSACTIONAL: i16 = 0x10;
-const CONTROL: i16 = 0x20;
 
 /// A transactional batch's producer id and whether it is a control batch (a marker);
 /// None for a batch outside transactions or a header too short to say.
@@ -579,7 +577,7 @@ async fn clean(
     reason: Reason,
     seq: u64,
 ) -> Result<Option<i64>, CompactionError> {
-    let now_ms = crate::protocol::now_ms();
+    let now_ms = crate::clock::now_ms();
     let piece_of = |planned: &PlannedEntry| Piece {
         offsets_in_headers: planned.kind != ObjectKind::Flush,
         ..Piece::chunk(planned)
@@ -719,8 +717,8 @@ async fn swap_in(
 mod tests {
     use super::*;
     use crate::metadata::partition::IndexEntry;
-    use crate::produce::records::tests::keyed_batch;
-    use crate::storage::compression::Codec;
+    use crate::testing::keyed_batch;
+    use crate::record::compression::Codec;
     use proptest::prelude::*;
 
     /// A record of the model: its key (None: keyless) and whether it is a tombstone.

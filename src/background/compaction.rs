@@ -27,7 +27,7 @@ use crate::metadata::state::{
     Command, CompactionSwap, IndexEntry, MetadataState, ObjectKind, Response, StateError,
 };
 use crate::metadata::Metadata;
-use crate::produce::batch::batch_max_timestamp;
+use crate::record::batch::batch_max_timestamp;
 use crate::storage::segment::CompactedBuilder;
 use crate::storage::ObjectStorage;
 
@@ -197,7 +197,7 @@ pub async fn run(
     let mut seq = 0u64;
     loop {
         tokio::time::sleep(config.interval).await;
-        let now_ms = crate::protocol::now_ms();
+        let now_ms = crate::clock::now_ms();
         let jobs = metadata.read(|s| plan(s, config.node_id, now_ms, &config.policy));
         let jobs = jobs.into_iter().map(|job| {
             seq += 1;
@@ -411,7 +411,7 @@ impl Swap<'_> {
             object_size: self.bytes.len() as u64,
             position: self.data.0,
             length: self.data.1,
-            now_ms: crate::protocol::now_ms(),
+            now_ms: crate::clock::now_ms(),
         };
         Ok(metadata.propose(command(swap)).await?)
     }

@@ -39,7 +39,7 @@ pub async fn run(
         // Garbage past its grace that only waits for the bucket's snapshot to catch up:
         // ship one now (at most once per grace period) rather than wait for the
         // shipper's next round.
-        let now_ms = crate::protocol::now_ms();
+        let now_ms = crate::clock::now_ms();
         let grace_ms = grace.as_millis() as i64;
         let shipped = gauges.shipped_clock_ms.load(Ordering::Acquire);
         let waiting = metadata.read(|s| {
@@ -81,7 +81,7 @@ pub async fn collect_once(
     grace: Duration,
     shipped_clock_ms: i64,
 ) -> Result<usize, GcError> {
-    let now_ms = crate::protocol::now_ms();
+    let now_ms = crate::clock::now_ms();
     let due = metadata.read(|s| {
         s.objects()
             .garbage_due(now_ms, grace.as_millis() as i64, shipped_clock_ms)

@@ -118,7 +118,7 @@ pub async fn run(metadata: Arc<Metadata>, interval: Duration, node: u64, default
         if !metadata.is_leader() {
             continue;
         }
-        let now_ms = crate::protocol::now_ms();
+        let now_ms = crate::clock::now_ms();
         let moves = metadata.read(|s| plan(s, node, &defaults, now_ms));
         if moves.is_empty() {
             continue;

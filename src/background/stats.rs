@@ -104,7 +104,7 @@ pub async fn run(
         let counters = storage.counters();
         let (heap_allocated_bytes, heap_resident_bytes) = heap();
         let stats = Stats {
-            time_ms: crate::protocol::now_ms(),
+            time_ms: crate::clock::now_ms(),
             state: &stats,
             state_bytes,
             snapshot_bytes: gauges.snapshot_bytes.load(load),

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use crate::metadata::state::{IndexEntry, MetadataState, ObjectKind};
 use crate::metadata::txn::AbortedTxn;
 use crate::metadata::Metadata;
-use crate::produce::batch::{
+use crate::record::batch::{
     batch_base_offset, batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,
     StoredBatch,
 };
@@ -535,15 +535,13 @@ impl FetchReader {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::metadata::state::{
         ChunkTxn, Command, ProducerBatch, Response, SegmentCommit, SegmentEntry, TxnReply,
     };
-    use crate::metadata::RaftOptions;
-    use crate::produce::batch::tests::make_batch;
-    use crate::produce::batch::{ATTRIBUTES, PRODUCER_ID};
+    use crate::testing::make_batch;
+    use crate::record::batch::{ATTRIBUTES, PRODUCER_ID};
 
     fn txn(producer_id: i64, first_offset: i64, last_offset: i64) -> AbortedTxn {
         AbortedTxn {
@@ -588,17 +586,7 @@ mod tests {
     async fn reader(
         dir: &std::path::Path,
     ) -> anyhow::Result<(Arc<Metadata>, ObjectStorage, Arc<FetchReader>)> {
-        let metadata = Arc::new(Metadata::open(dir, RaftOptions::single(1, 1000)).await?);
-        metadata
-            .propose(Command::CreateTopic {
-                name: "t".into(),
-                topic_id: [7; 16],
-                partitions: 1,
-                configs: BTreeMap::new(),
-                now_ms: crate::protocol::now_ms(),
-                preferred: Vec::new(),
-            })
-            .await?;
+        let metadata = crate::testing::metadata_with_topic(dir).await?;
         let storage = ObjectStorage::open("memory://")?;
         let cache = Arc::new(BlockCache::in_memory(1 << 20).await);
         let reader = Arc::new(FetchReader::new(metadata.clone(), storage.clone(), cache));
@@ -614,7 +602,7 @@ mod tests {
         producer: Option<ProducerBatch>,
         kind: ChunkTxn,
     ) -> anyhow::Result<i64> {
-        let count = u32::try_from(crate::produce::batch::record_count(&batch))?;
+        let count = u32::try_from(crate::record::batch::record_count(&batch))?;
         let length = batch.len() as u64;
         storage.put(object, batch).await?;
         let r = metadata
@@ -622,7 +610,7 @@ mod tests {
                 segments: vec![SegmentCommit {
                     object: object.into(),
                     object_size: length,
-                    uploaded_ms: crate::protocol::now_ms(),
+                    uploaded_ms: crate::clock::now_ms(),
                     entries: vec![SegmentEntry {
                         topic: "t".into(),
                         partition: 0,
@@ -634,7 +622,7 @@ mod tests {
                     }],
                     txn: vec![kind],
                 }],
-                now_ms: crate::protocol::now_ms(),
+                now_ms: crate::clock::now_ms(),
                 max_age_ms: 0,
             })
             .await?;
@@ -677,7 +665,7 @@ mod tests {
     {
         let dir = tempfile::tempdir()?;
         let (metadata, storage, reader) = reader(dir.path()).await?;
-        let now = crate::protocol::now_ms();
+        let now = crate::clock::now_ms();
         // 0-1 plain.
         commit(
             &metadata,

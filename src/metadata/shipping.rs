@@ -22,7 +22,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::{Entry, EntryPayload};
@@ -276,7 +276,7 @@ pub async fn ship_snapshot(
     let generation = state.log_generation();
     let snapshot = ShippedSnapshot {
         applied,
-        taken_ms: now_ms(),
+        taken_ms: u64::try_from(crate::clock::now_ms()).unwrap_or(0),
         state,
     };
     let bytes =
@@ -292,13 +292,6 @@ pub async fn ship_snapshot(
         bytes: len,
         clock_ms,
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The upload time in an object's name (`segments/<ms>-…`), if it has one.

@@ -22,7 +22,9 @@ use super::codec;
 pub use super::objects::{ObjectId, ObjectInfo, ObjectKind, Objects};
 pub use super::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
 use super::txn::{PendingOffset, TopicPartition, Transactions, TxnError};
+pub use crate::record::ProducerBatch;
 use crate::security::acl::AclBinding;
+pub use crate::storage::segment::SegmentEntry;
 
 #[path = "txn_apply.rs"]
 mod txn_apply;
@@ -239,31 +241,6 @@ pub struct SegmentCommit {
     /// [`ChunkTxn::None`], so a commit without transactions leaves it empty.
     #[serde(deserialize_with = "codec::since_format_6")]
     pub txn: Vec<ChunkTxn>,
-}
-
-/// One partition's chunk inside a segment object: contiguous record batches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentEntry {
-    pub topic: String,
-    pub partition: i32,
-    /// Byte position of the chunk inside the object.
-    pub position: u64,
-    pub length: u64,
-    /// Offsets the chunk spans: the sum of `last_offset_delta + 1` over its batches.
-    pub offset_count: u32,
-    pub max_timestamp: i64,
-    /// Set when the chunk is one idempotent producer's request: checked for duplicates
-    /// and sequence gaps before it gets offsets.
-    pub producer: Option<ProducerBatch>,
-}
-
-/// The idempotence fields of a request's batches (all from one producer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerBatch {
-    pub producer_id: i64,
-    pub epoch: i16,
-    pub first_sequence: i32,
-    pub last_sequence: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
-use super::batch::ValidatedBatches;
+use super::validate::ValidatedBatches;
 use crate::metadata::state::{ChunkTxn, Command, Response, SegmentCommit, StateError};
 use crate::metadata::Metadata;
 use crate::storage::segment::SegmentBuilder;
@@ -280,7 +280,7 @@ async fn flush_loop(
             }
         }
         seq += 1;
-        let uploaded_ms = crate::protocol::now_ms();
+        let uploaded_ms = crate::clock::now_ms();
         let object = object_name(config.node_id, seq);
         let span = tracing::debug_span!("upload", %object, bytes, requests = pending.len());
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -459,7 +459,7 @@ async fn commit_loop(
             .collect();
         let commit = Command::CommitSegments {
             segments,
-            now_ms: crate::protocol::now_ms(),
+            now_ms: crate::clock::now_ms(),
             max_age_ms: max_commit_age.as_millis() as i64,
         };
         let results = match metadata.propose(commit).await {
@@ -521,11 +521,10 @@ fn answer_waiters(chunks: Vec<ChunkWaiters>, results: Vec<Result<i64, StateError
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::metadata::RaftOptions;
-    use crate::produce::batch::{tests::make_batch, validate};
+    use crate::produce::validate::validate;
+    use crate::testing::make_batch;
 
     /// A write buffer on a memory store, with a flush interval far longer than any
     /// wait below, and a one-partition topic `t`.
@@ -533,17 +532,7 @@ mod tests {
         dir: &std::path::Path,
         flush_idle: FlushIdle,
     ) -> anyhow::Result<(WriteBuffer, Arc<Metadata>)> {
-        let metadata = Arc::new(Metadata::open(dir, RaftOptions::single(1, 1000)).await?);
-        metadata
-            .propose(Command::CreateTopic {
-                name: "t".into(),
-                topic_id: [7; 16],
-                partitions: 1,
-                configs: BTreeMap::new(),
-                now_ms: crate::protocol::now_ms(),
-                preferred: Vec::new(),
-            })
-            .await?;
+        let metadata = crate::testing::metadata_with_topic(dir).await?;
         let (buffer, _) = WriteBuffer::start(
             BufferConfig {
                 flush_interval: Duration::from_secs(3),

@@ -1,8 +1,7 @@
 //! The produce path: validate batches, buffer them, flush segment objects, commit.
 
-pub mod batch;
 pub mod buffer;
-pub mod records;
+pub mod validate;
 
-pub use batch::{BatchError, ValidatedBatches};
 pub use buffer::{ProduceError, WriteBuffer};
+pub use validate::{BatchError, ValidatedBatches};

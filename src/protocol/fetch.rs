@@ -63,7 +63,7 @@ fn answer(responses: Vec<FetchableTopicResponse>) -> FetchResponse {
         for p in &topic.partitions {
             if let Some(data) = &p.records {
                 bytes += data.len() as u64;
-                records += crate::produce::batch::record_count(data);
+                records += crate::record::batch::record_count(data);
             }
         }
         if bytes > 0 {

@@ -512,25 +512,3 @@ pub fn frame_size(buf: &[u8]) -> Option<i32> {
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
-
-/// Milliseconds since the Unix epoch, for values that Kafka reports in wall-clock time.
-pub(crate) fn now_ms() -> i64 {
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    wall.saturating_add(test_clock_offset_ms())
-}
-
-/// TEST ONLY: `STRATA_TEST_CLOCK_OFFSET_MS` (signed milliseconds) shifts this broker's
-/// wall clock, so tests can show that clock skew between brokers does not disturb
-/// liveness (which compares no wall clocks across brokers). Never set it in production.
-fn test_clock_offset_ms() -> i64 {
-    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *OFFSET.get_or_init(|| {
-        std::env::var("STRATA_TEST_CLOCK_OFFSET_MS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    })
-}

@@ -21,7 +21,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::authz::Authz;
-use super::{now_ms, str_bytes};
+use super::str_bytes;
+use crate::clock::now_ms;
 use crate::broker::Broker;
 use crate::metadata::state::{Command, OffsetCommit, Response, StateError};
 use crate::metadata::txn::{GroupPartition, Transactions};

@@ -21,9 +21,9 @@ use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
 use crate::metadata::state::{ChunkTxn, StateError};
 use crate::metadata::txn::TxnError;
-use crate::produce::batch::{self, BatchError};
+use crate::produce::validate::{self, BatchError, ValidatedBatches};
 use crate::produce::buffer::Committed;
-use crate::produce::records;
+use crate::record::records;
 use crate::produce::ProduceError;
 use crate::security::acl::Operation;
 use crate::telemetry;
@@ -233,7 +233,7 @@ async fn enqueue_partition(
         }
     }
     let records = records.unwrap_or_default();
-    let mut batches = batch::validate(&records).map_err(|e| {
+    let mut batches = validate::validate(&records).map_err(|e| {
         debug!(topic, partition, error = %e, "rejected produce");
         let code = match e {
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
@@ -262,7 +262,7 @@ async fn enqueue_partition(
     // The broker's clock (this proposer's), never the state machine's.
     // Batches record counts are checked against their offset spans in `validate`.
     let (bytes, records) = (batches.bytes, batches.offset_count);
-    let append_time = settings.log_append_time.then(super::now_ms);
+    let append_time = settings.log_append_time.then(crate::clock::now_ms);
     if let Some(now) = append_time {
         set_log_append_time(&mut batches, now);
     }
@@ -284,7 +284,7 @@ async fn enqueue_partition(
 /// transaction holds the partition is checked when the chunk commits.
 fn check_transactional(
     broker: &Broker,
-    batches: &batch::ValidatedBatches,
+    batches: &ValidatedBatches,
     transactional_id: Option<&str>,
 ) -> Result<(), PartitionError> {
     let transactional = batches.txn == ChunkTxn::Data;
@@ -319,7 +319,7 @@ fn check_transactional(
 /// Kafka's rule for compacted topics: every record has a key (the batches are opened for
 /// this, within `records::MAX_INFLATED_BYTES`).
 fn check_keys(
-    batches: &batch::ValidatedBatches,
+    batches: &ValidatedBatches,
     topic: &str,
     partition: i32,
 ) -> Result<(), PartitionError> {
@@ -350,7 +350,7 @@ const TIMESTAMP_TYPE_BIT: u8 = 0x08;
 /// Kafka's LogAppendTime: each batch's timestamp-type attribute is set and its max
 /// timestamp becomes the append time (what consumers then see on every record); the
 /// CRC-32C over attributes..end is recomputed. Records stay untouched (compressed or not).
-fn set_log_append_time(batches: &mut batch::ValidatedBatches, now: i64) {
+fn set_log_append_time(batches: &mut ValidatedBatches, now: i64) {
     for b in &mut batches.batches {
         let mut out = bytes::BytesMut::from(&b[..]);
         // The low byte of the big-endian i16 attributes.
@@ -416,23 +416,23 @@ fn partition_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::produce::batch::tests::make_batch;
+    use crate::testing::make_batch;
 
     #[test]
     fn log_append_time_sets_the_type_bit_and_max_timestamp_with_a_valid_crc() {
         let raw = make_batch(3, 1_000);
-        let mut batches = batch::validate(&raw).expect("valid batch");
+        let mut batches = validate::validate(&raw).expect("valid batch");
         set_log_append_time(&mut batches, 123_456);
         assert_eq!(batches.max_timestamp, 123_456);
         let stamped = batches.batches[0].clone();
         // Still a valid batch (CRC recomputed), now LogAppendTime.
-        let again = batch::validate(&stamped).expect("still valid after stamping");
+        let again = validate::validate(&stamped).expect("still valid after stamping");
         assert_eq!(again.max_timestamp, 123_456);
         assert_eq!(
             stamped[ATTRIBUTES + 1] & TIMESTAMP_TYPE_BIT,
             TIMESTAMP_TYPE_BIT
         );
-        let timestamps = batch::record_timestamps(&stamped).expect("uncompressed");
+        let timestamps = crate::record::batch::record_timestamps(&stamped).expect("uncompressed");
         assert!(timestamps.iter().all(|(_, ts)| *ts == 123_456));
     }
 }

@@ -27,7 +27,7 @@ use kafka_protocol::messages::{
 use tracing::debug;
 
 use super::authz::Authz;
-use super::now_ms;
+use crate::clock::now_ms;
 use crate::broker::Broker;
 use crate::metadata::state::{Command, Response, TxnReply};
 use crate::metadata::txn::{PendingOffset, TopicPartition, TxnError};

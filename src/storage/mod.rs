@@ -1,7 +1,6 @@
 //! Storage: the object store, the segment object format and the block cache.
 
 pub mod cache;
-pub mod compression;
 pub mod segment;
 pub mod store;
 

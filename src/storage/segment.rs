@@ -17,7 +17,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::state::{ProducerBatch, SegmentEntry};
+use crate::record::ProducerBatch;
 
 const HEADER_MAGIC: &[u8; 8] = b"STRATA01";
 const TRAILER_MAGIC: &[u8; 8] = b"STRATAFT";
@@ -30,6 +30,22 @@ const FOOTER_VERSION: u8 = 2;
 pub const FRAME_BYTES: usize = 1 << 20;
 /// Where the data of every object starts.
 pub const DATA_START: u64 = HEADER_MAGIC.len() as u64;
+
+/// One partition's chunk inside a segment object: contiguous record batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    pub topic: String,
+    pub partition: i32,
+    /// Byte position of the chunk inside the object.
+    pub position: u64,
+    pub length: u64,
+    /// Offsets the chunk spans: the sum of `last_offset_delta + 1` over its batches.
+    pub offset_count: u32,
+    pub max_timestamp: i64,
+    /// Set when the chunk is one idempotent producer's request: checked for duplicates
+    /// and sequence gaps before it gets offsets.
+    pub producer: Option<ProducerBatch>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Footer {
@@ -242,7 +258,7 @@ impl CompactedBuilder {
         }
         self.buf.put_slice(batch);
         let at = position as usize;
-        crate::produce::batch::set_base_offset(&mut self.buf[at..], base_offset);
+        crate::record::batch::set_base_offset(&mut self.buf[at..], base_offset);
         if let Some(frame) = self.footer.frames.last_mut() {
             frame.length += batch.len() as u64;
             frame.max_timestamp = running_max;
@@ -416,7 +432,8 @@ mod tests {
 
     #[test]
     fn a_compacted_segment_indexes_frames_by_offset_and_time() {
-        use crate::produce::batch::{stored_batches, tests::make_batch};
+        use crate::record::batch::stored_batches;
+        use crate::testing::make_batch;
         let batch = make_batch(10, 0);
         let per_frame = FRAME_BYTES.div_ceil(batch.len()) as i64;
         let mut builder = CompactedBuilder::new("t", [3; 16], 2, 1000, 1 << 20);

@@ -9,7 +9,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::metadata::state::{ChunkTxn, ProducerBatch};
-use crate::produce::batch::{ValidatedBatches, CONTROL, TRANSACTIONAL};
+use crate::produce::ValidatedBatches;
+use crate::record::batch::{CONTROL, TRANSACTIONAL};
 
 /// Kafka's control record types.
 const ABORT: i16 = 0;
@@ -89,7 +90,7 @@ pub fn marker_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::produce::batch::{be_i16, be_i32, be_i64, ATTRIBUTES, CRC};
+    use crate::record::batch::{be_i16, be_i32, be_i64, ATTRIBUTES, CRC};
 
     #[test]
     fn a_marker_is_a_valid_control_batch() {

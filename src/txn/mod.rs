@@ -100,7 +100,7 @@ pub async fn finish(broker: &Broker, txn_id: &str, plan: MarkerPlan) -> Result<(
 /// marker the state machine no longer expects (written by someone else meanwhile) or
 /// for a deleted partition counts as done.
 async fn write_markers(broker: &Broker, txn_id: &str, plan: MarkerPlan) -> Result<(), MarkerError> {
-    let now = crate::protocol::now_ms();
+    let now = crate::clock::now_ms();
     let coordinator_epoch = broker.metadata.read(|s| s.cluster().epoch());
     let mut waits = Vec::with_capacity(plan.partitions.len());
     for (topic, partition) in plan.partitions {
@@ -159,7 +159,7 @@ pub async fn run(broker: Arc<Broker>) {
         if broker.fenced() {
             continue;
         }
-        let now = crate::protocol::now_ms();
+        let now = crate::clock::now_ms();
         let (prepare, expired) = broker.metadata.read(|s| {
             let t = s.transactions();
             let prepare: Vec<String> = t.in_prepare().map(|(id, _)| id.to_owned()).collect();

@@ -8,14 +8,13 @@
 //! copied byte for byte unless the batch gets a delete horizon (KIP-534), which becomes
 //! the base timestamp and so rebases each record's timestamp delta.
 
-use crate::storage::compression::{Codec, CodecError};
+use super::compression::{Codec, CodecError};
 
 use super::batch::{
-    be_i16, be_i32, be_i64, ATTRIBUTES, BASE_TIMESTAMP, BATCH_LENGTH, CRC, HEADER_LEN,
+    be_i16, be_i32, be_i64, ATTRIBUTES, CONTROL, BASE_TIMESTAMP, BATCH_LENGTH, CRC, HEADER_LEN,
     LAST_OFFSET_DELTA, LOG_OVERHEAD, RECORDS_COUNT,
 };
 
-const CONTROL: i16 = 0x20;
 /// KIP-534: the base timestamp is the time after which this batch's tombstones go.
 pub const DELETE_HORIZON: i16 = 0x40;
 /// The most a batch's records may inflate to when opened.
@@ -134,7 +133,7 @@ fn varint(buf: &[u8], at: &mut usize) -> Result<i64, RecordsError> {
     super::batch::varint(buf, at).ok_or(RecordsError::BadRecord)
 }
 
-fn put_varint(out: &mut Vec<u8>, value: i64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, value: i64) {
     let mut v = ((value << 1) ^ (value >> 63)) as u64;
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -259,64 +258,13 @@ fn rewrite_stamped(
 }
 
 #[cfg(test)]
-pub mod tests {
-    use super::*;
-    use crate::produce::batch::{record_timestamps, validate};
+mod tests {
     use bytes::Bytes;
 
-    /// A batch of records `(key, value, timestamp)` at `base_offset`, with `codec`.
-    pub fn keyed_batch(
-        base_offset: i64,
-        records: &[(Option<&str>, Option<&str>, i64)],
-        codec: Codec,
-    ) -> Vec<u8> {
-        let base_ts = records.first().map_or(0, |r| r.2);
-        let mut body = Vec::new();
-        for (i, (key, value, ts)) in records.iter().enumerate() {
-            let mut r = vec![0u8];
-            put_varint(&mut r, ts - base_ts);
-            put_varint(&mut r, i as i64);
-            for field in [key, value] {
-                match field {
-                    Some(s) => {
-                        put_varint(&mut r, s.len() as i64);
-                        r.extend_from_slice(s.as_bytes());
-                    }
-                    None => put_varint(&mut r, -1),
-                }
-            }
-            put_varint(&mut r, 0);
-            put_varint(&mut body, r.len() as i64);
-            body.extend_from_slice(&r);
-        }
-        let data = codec.compress(&body).unwrap();
-        let bits: i16 = match codec {
-            Codec::None => 0,
-            Codec::Gzip => 1,
-            Codec::Snappy { .. } => 2,
-            Codec::Lz4 => 3,
-            Codec::Zstd => 4,
-        };
-        let mut b = Vec::new();
-        b.extend_from_slice(&base_offset.to_be_bytes());
-        b.extend_from_slice(&((HEADER_LEN - LOG_OVERHEAD + data.len()) as i32).to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
-        b.push(2);
-        b.extend_from_slice(&[0; 4]); // crc
-        b.extend_from_slice(&bits.to_be_bytes());
-        b.extend_from_slice(&(records.len() as i32 - 1).to_be_bytes());
-        b.extend_from_slice(&base_ts.to_be_bytes());
-        let max_ts = records.iter().map(|r| r.2).max().unwrap_or(0);
-        b.extend_from_slice(&max_ts.to_be_bytes());
-        b.extend_from_slice(&7i64.to_be_bytes()); // producer id
-        b.extend_from_slice(&1i16.to_be_bytes()); // epoch
-        b.extend_from_slice(&100i32.to_be_bytes()); // base sequence
-        b.extend_from_slice(&(records.len() as i32).to_be_bytes());
-        b.extend_from_slice(&data);
-        let crc = crc32c::crc32c(&b[ATTRIBUTES..]);
-        b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        b
-    }
+    use super::*;
+    use crate::produce::validate::validate;
+    use crate::record::batch::record_timestamps;
+    use crate::testing::keyed_batch;
 
     fn crc_ok(batch: &[u8]) -> bool {
         crc32c::crc32c(&batch[ATTRIBUTES..]).to_be_bytes() == batch[CRC..CRC + 4]
