@@ -24,6 +24,7 @@ use crate::produce::WriteBuffer;
 use crate::security::scram::{Mechanism, ScramCredential};
 use crate::storage::cache::{CacheConfig, CacheError};
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
+use crate::topic_config::TopicSettings;
 
 /// A repeated warning (a heartbeat that keeps failing) is logged at most this often.
 /// PBKDF2 iterations of the bootstrap admin's credentials (Kafka's minimum and the
@@ -106,17 +107,6 @@ pub enum TopicLookup {
     Invalid,
     /// It should exist (auto-create) but the metadata log could not be reached.
     Unavailable,
-}
-
-/// A topic's configs as the produce path applies them.
-#[derive(Debug, Clone, Copy)]
-pub struct ProduceSettings {
-    /// The largest record batch accepted (`max.message.bytes`).
-    pub max_message_bytes: usize,
-    /// Batches are stamped with the broker's time (`message.timestamp.type`).
-    pub log_append_time: bool,
-    /// `cleanup.policy` includes `compact`: every record needs a key.
-    pub compacted: bool,
 }
 
 pub struct Broker {
@@ -212,10 +202,9 @@ impl Broker {
         let raft_dir = config.data_dir.join("raft");
         let has_log = raft_dir.join("raft.log").exists();
         if has_log && config.recover_from_store {
-            let aside = config.data_dir.join(format!(
-                "raft.before-recovery-{}",
-                crate::clock::now_ms()
-            ));
+            let aside = config
+                .data_dir
+                .join(format!("raft.before-recovery-{}", crate::clock::now_ms()));
             std::fs::rename(&raft_dir, &aside).map_err(|source| StartError::SetAside {
                 dir: raft_dir.display().to_string(),
                 source,
@@ -696,31 +685,17 @@ impl Broker {
         }
     }
 
-    /// What the produce path needs of a topic's configs, read in one look-up with the
+    /// A topic's configs as they take effect here, read in one look-up with the
     /// effective precedence (topic, dynamic broker, static default, Kafka's default);
     /// None for an unknown topic.
-    pub fn produce_settings(&self, topic: &str) -> Option<ProduceSettings> {
+    pub fn topic_settings(&self, topic: &str) -> Option<TopicSettings> {
         let node = self.config.node_id;
         self.metadata.read(|s| {
             let t = s.topic(topic)?;
-            let value = |key| {
-                crate::protocol::configs::effective_topic_config(
-                    s,
-                    node,
-                    &self.config.topic_defaults,
-                    t,
-                    key,
-                )
-            };
-            Some(ProduceSettings {
-                max_message_bytes: value("max.message.bytes")
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(1_048_588),
-                log_append_time: value("message.timestamp.type")
-                    .is_some_and(|v| v == "LogAppendTime"),
-                compacted: value("cleanup.policy")
-                    .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
-            })
+            Some(
+                s.config_layers(node, &self.config.topic_defaults)
+                    .settings(&t.configs),
+            )
         })
     }
 

@@ -31,10 +31,13 @@ pub mod metadata;
 pub mod produce;
 pub mod protocol;
 pub mod record;
+pub mod reload;
 pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod tls;
+pub mod topic_config;
 pub mod txn;

@@ -50,7 +50,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Certificates are read before anything starts: a bad file stops start-up.
         let tls = match &config.tls {
             Some(settings) => Some(std::sync::Arc::new(
-                strata::server::tls::TlsAcceptor::load(settings.clone())?,
+                strata::tls::TlsAcceptor::load(settings.clone())?,
             )),
             None => None,
         };

@@ -43,15 +43,12 @@ use crate::broker::Broker;
 use crate::config::Listener;
 use crate::protocol::{start_request, ProtocolError, RequestContext, Started};
 
-pub mod jwks;
 mod limits;
-mod reload;
 mod sasl;
-pub mod tls;
 
+use crate::tls::{Principal, TlsAcceptor};
 use limits::{ConnectionLimits, RequestBudget, Throttle};
 use sasl::{Intercept, SaslSession};
-use tls::{Principal, TlsAcceptor};
 
 /// Responses a connection may owe (produces waiting for their commit, answers not yet
 /// written); past this, reading pauses (backpressure).

@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use tracing::{info, warn, Instrument};
 
-use crate::config::TopicDefaults;
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
 use crate::metadata::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, ObjectKind, Response};
@@ -51,9 +50,9 @@ use crate::record::batch::{
 use crate::record::records::{
     batch_info, for_each_record, rewrite, stamp_horizon, RecordView, RecordsError, Rewritten,
 };
-use crate::protocol::configs::effective_topic_config;
 use crate::storage::segment::CompactedBuilder;
 use crate::storage::ObjectStorage;
+use crate::topic_config::{TopicDefaults, TopicSettings};
 
 use super::compaction::{compacted_name, discard_refused, read_entry, CompactionError, Swap};
 
@@ -76,26 +75,14 @@ pub struct Settings {
 
 impl Settings {
     /// The settings of a topic whose `cleanup.policy` includes `compact`; None otherwise.
-    pub fn from_lookup(value: impl Fn(&str) -> Option<String>) -> Option<Self> {
-        let policy = value("cleanup.policy").unwrap_or_default();
-        if !policy.split(',').any(|p| p.trim() == "compact") {
-            return None;
-        }
-        let long = |key: &str, default: i64| {
-            value(key)
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .unwrap_or(default)
-        };
-        Some(Self {
-            segment_ms: long("segment.ms", 604_800_000).max(1),
-            segment_bytes: long("segment.bytes", 1 << 30).max(1) as u64,
-            min_lag_ms: long("min.compaction.lag.ms", 0).max(0),
-            max_lag_ms: long("max.compaction.lag.ms", i64::MAX).max(1),
-            min_dirty_ratio: value("min.cleanable.dirty.ratio")
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|r| r.is_finite())
-                .unwrap_or(0.5),
-            delete_retention_ms: long("delete.retention.ms", 86_400_000).max(0),
+    pub fn of_topic(topic: &TopicSettings) -> Option<Self> {
+        topic.compact.then_some(Self {
+            segment_ms: topic.segment_ms,
+            segment_bytes: topic.segment_bytes,
+            min_lag_ms: topic.min_compaction_lag_ms,
+            max_lag_ms: topic.max_compaction_lag_ms,
+            min_dirty_ratio: topic.min_cleanable_dirty_ratio,
+            delete_retention_ms: topic.delete_retention_ms,
         })
     }
 }
@@ -199,9 +186,10 @@ pub fn plan(
 ) -> Vec<(Job, Reason)> {
     let mut jobs = Vec::new();
     for (name, topic) in state.topics() {
-        let Some(settings) =
-            Settings::from_lookup(|key| effective_topic_config(state, owner, defaults, topic, key))
-        else {
+        let topic_settings = state
+            .config_layers(owner, defaults)
+            .settings(&topic.configs);
+        let Some(settings) = Settings::of_topic(&topic_settings) else {
             continue;
         };
         for (i, p) in topic.partitions.iter().enumerate() {
@@ -717,8 +705,8 @@ async fn swap_in(
 mod tests {
     use super::*;
     use crate::metadata::partition::IndexEntry;
-    use crate::testing::keyed_batch;
     use crate::record::compression::Codec;
+    use crate::testing::keyed_batch;
     use proptest::prelude::*;
 
     /// A record of the model: its key (None: keyless) and whether it is a tombstone.
@@ -886,8 +874,12 @@ mod tests {
         (p, entries.iter().map(|e| e.0).collect())
     }
 
+    fn from_lookup(value: impl Fn(&str) -> Option<String>) -> Option<Settings> {
+        Settings::of_topic(&TopicSettings::from_lookup(value))
+    }
+
     fn settings() -> Settings {
-        Settings::from_lookup(|key| match key {
+        from_lookup(|key| match key {
             "cleanup.policy" => Some("compact".into()),
             "segment.bytes" => Some("100".into()),
             _ => None,
@@ -909,9 +901,8 @@ mod tests {
 
     #[test]
     fn only_compacted_topics_have_settings() {
-        assert!(Settings::from_lookup(|_| None).is_none());
-        let both =
-            Settings::from_lookup(|k| (k == "cleanup.policy").then(|| "compact,delete".into()));
+        assert!(from_lookup(|_| None).is_none());
+        let both = from_lookup(|k| (k == "cleanup.policy").then(|| "compact,delete".into()));
         assert_eq!(both.map(|s| s.min_dirty_ratio), Some(0.5));
     }
 

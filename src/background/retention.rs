@@ -14,11 +14,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use crate::config::TopicDefaults;
 use crate::metadata::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, Response};
 use crate::metadata::Metadata;
-use crate::protocol::configs::effective_topic_config;
+use crate::topic_config::TopicDefaults;
 
 /// Retention proposals in flight at once.
 const PROPOSALS_IN_FLIGHT: usize = 32;
@@ -65,19 +64,13 @@ fn limits(
     name: &str,
 ) -> Option<Limits> {
     let topic = state.topic(name)?;
-    let value = |key| effective_topic_config(state, node, defaults, topic, key);
-    let policy = value("cleanup.policy").unwrap_or_default();
-    if !policy.split(',').any(|p| p.trim() == "delete") {
+    let settings = state.config_layers(node, defaults).settings(&topic.configs);
+    if !settings.delete {
         return None;
     }
-    let number = |key| {
-        value(key)
-            .and_then(|v| v.parse::<i64>().ok())
-            .filter(|v| *v >= 0)
-    };
     let limits = Limits {
-        ms: number("retention.ms"),
-        bytes: number("retention.bytes").map(|b| b as u64),
+        ms: settings.retention_ms,
+        bytes: settings.retention_bytes,
     };
     (limits.ms.is_some() || limits.bytes.is_some()).then_some(limits)
 }

@@ -10,10 +10,15 @@ use serde::Deserialize;
 
 use crate::cli::ServeArgs;
 
+mod flush;
 mod security;
+mod store;
 
-use crate::server::tls::{ClientAuth, TlsSettings};
+use crate::tls::{ClientAuth, TlsSettings};
+pub use crate::topic_config::TopicDefaults;
+pub use flush::FlushIdle;
 pub use security::{AdminUser, Listener, SecurityConfig};
+pub use store::ServerSideEncryption;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,7 +32,7 @@ pub enum ConfigError {
     #[error("cluster_secret_file {path}: {source}")]
     Secret {
         path: String,
-        source: crate::metadata::auth::SecretError,
+        source: crate::security::secret::SecretError,
     },
     #[error("{key} = {value:?} is not valid: {hint}")]
     Invalid {
@@ -128,13 +133,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store: String,
     /// Server-side encryption S3 applies to the objects written (s3:// stores only).
-    pub s3_sse: crate::storage::ServerSideEncryption,
+    pub s3_sse: ServerSideEncryption,
     pub node_id: u64,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub flush_interval: Duration,
     /// When a write buffer with no upload in flight flushes.
-    pub flush_idle: crate::produce::buffer::FlushIdle,
+    pub flush_idle: FlushIdle,
     pub flush_bytes: usize,
     pub max_request_bytes: usize,
     pub cache_bytes: usize,
@@ -160,7 +165,7 @@ pub struct Config {
     /// The Raft voters by node id and Raft address.
     pub controllers: std::collections::BTreeMap<u64, String>,
     /// The secret that authenticates the Raft port (read from `cluster_secret_file`).
-    pub cluster_secret: Option<crate::metadata::auth::ClusterSecret>,
+    pub cluster_secret: Option<crate::security::secret::ClusterSecret>,
     /// TLS on the Raft port and to peers' Raft ports, with the files of `tls`.
     pub raft_tls: bool,
     pub rack: Option<String>,
@@ -191,27 +196,6 @@ pub struct Config {
     /// Where `/metrics`, `/health` and `/ready` are served; None: nowhere.
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: crate::telemetry::logs::LogFormat,
-}
-
-/// The topic configs that have a broker-wide default set by flag, variable or file, by
-/// topic config name (`retention.ms`), as text like a topic's own configs. In a topic's
-/// effective value they rank below its own value and the dynamic broker configs, above
-/// Kafka's defaults; one not set here is not in the map, so DescribeConfigs can tell a
-/// static default (STATIC_BROKER_CONFIG) from Kafka's (DEFAULT_CONFIG).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TopicDefaults(std::collections::BTreeMap<&'static str, String>);
-
-impl TopicDefaults {
-    /// The static default of topic config `topic_key`, if one is set.
-    pub fn get(&self, topic_key: &str) -> Option<&str> {
-        self.0.get(topic_key).map(String::as_str)
-    }
-
-    /// Sets the default of topic config `topic_key` (already validated).
-    pub fn with(mut self, topic_key: &'static str, value: impl Into<String>) -> Self {
-        self.0.insert(topic_key, value.into());
-        self
-    }
 }
 
 /// An integer topic default: (file key, topic config, value, allowed range, hint).
@@ -345,8 +329,8 @@ fn server_side_encryption(
     key_id: Option<String>,
     bucket_key: Option<bool>,
     store: &str,
-) -> Result<crate::storage::ServerSideEncryption, ConfigError> {
-    use crate::storage::ServerSideEncryption as Sse;
+) -> Result<ServerSideEncryption, ConfigError> {
+    use self::ServerSideEncryption as Sse;
     let mode = mode.unwrap_or_else(|| "none".into());
     if !matches!(mode.as_str(), "none" | "s3" | "kms" | "dsse-kms") {
         return Err(ConfigError::Invalid {
@@ -536,7 +520,7 @@ impl Config {
             .default_partitions
             .or(file.default_partitions)
             .unwrap_or(1);
-        if !(1..=crate::metadata::state::MAX_PARTITIONS).contains(&default_partitions) {
+        if !(1..=crate::topic_config::MAX_PARTITIONS).contains(&default_partitions) {
             return Err(ConfigError::Invalid {
                 key: "default_partitions",
                 value: default_partitions.to_string(),
@@ -867,7 +851,7 @@ impl Config {
 }
 
 /// The listener's TLS settings, checked for consistency (the files are read at start-up,
-/// by `server::tls`).
+/// by `tls`).
 fn tls_settings(args: &ServeArgs, file: &FileConfig) -> Result<Option<TlsSettings>, ConfigError> {
     let path = |arg: &Option<PathBuf>, file: &Option<PathBuf>| {
         arg.clone()
@@ -956,8 +940,8 @@ fn parse_controllers(list: &str) -> Result<std::collections::BTreeMap<u64, Strin
 }
 
 /// Reads the cluster secret (also for `strata voters`).
-pub fn load_secret(path: &Path) -> Result<crate::metadata::auth::ClusterSecret, ConfigError> {
-    crate::metadata::auth::ClusterSecret::load(path).map_err(|source| ConfigError::Secret {
+pub fn load_secret(path: &Path) -> Result<crate::security::secret::ClusterSecret, ConfigError> {
+    crate::security::secret::ClusterSecret::load(path).map_err(|source| ConfigError::Secret {
         path: path.display().to_string(),
         source,
     })
@@ -1479,7 +1463,7 @@ mod tests {
 
     #[test]
     fn s3_server_side_encryption_settings() {
-        use crate::storage::ServerSideEncryption as Sse;
+        use crate::config::ServerSideEncryption as Sse;
         let s3 = |sse: Option<&str>, key: Option<&str>, bucket_key: Option<bool>| ServeArgs {
             store: Some("s3://bucket/prefix".into()),
             s3_sse: sse.map(Into::into),

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use super::{split_host_port, ConfigError};
 use crate::security::acl::AuthorizerSettings;
+use crate::security::jwks::JwksFile;
 use crate::security::oauth::JwtSettings;
 use crate::security::sasl::SaslMechanism;
 use crate::security::SecurityProtocol;
-use crate::server::jwks::JwksFile;
 
 /// One listener: where it binds, what it speaks, and what clients are told.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -540,8 +540,8 @@ mod tests {
     use crate::metadata::state::{
         ChunkTxn, Command, ProducerBatch, Response, SegmentCommit, SegmentEntry, TxnReply,
     };
-    use crate::testing::make_batch;
     use crate::record::batch::{ATTRIBUTES, PRODUCER_ID};
+    use crate::testing::make_batch;
 
     fn txn(producer_id: i64, first_offset: i64, last_offset: i64) -> AbortedTxn {
         AbortedTxn {

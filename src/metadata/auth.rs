@@ -24,9 +24,9 @@
 
 use std::fmt;
 use std::io;
-use std::path::Path;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -34,6 +34,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::raft::NodeId;
+pub use crate::security::secret::{ClusterSecret, SecretError};
 
 pub const MAGIC: [u8; 4] = *b"STAH";
 const VERSION: u8 = 1;
@@ -47,53 +48,20 @@ const SERVER_FRAMES: &[u8] = b"strata raft frames v1 server to client";
 /// Bytes of the MAC after each frame.
 pub const FRAME_MAC_LEN: usize = MAC_LEN;
 /// Shorter secrets are guessable offline from one recorded handshake.
-pub const MIN_SECRET_LEN: usize = 16;
 /// A peer that opens a connection and stalls holds a task only this long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPTED: u8 = 1;
 const REFUSED: u8 = 0;
 
-/// The cluster secret; Debug never prints it.
-#[derive(Clone)]
-pub struct ClusterSecret(Arc<[u8]>);
-
-impl fmt::Debug for ClusterSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterSecret(..)")
-    }
+/// The MACs a cluster secret keys: the handshake's proofs and the frame keys.
+trait SecretMacs {
+    fn mac(&self, context: &[u8], client: &[u8], server: &[u8], who: Identity) -> Hmac<Sha256>;
+    fn frame_mac(&self, client: &[u8], server: &[u8], is_client: bool) -> FrameMac;
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("cannot read it: {0}")]
-    Read(#[from] io::Error),
-    #[error(
-        "it holds {0} bytes; use at least {MIN_SECRET_LEN} (e.g. `openssl rand -hex 32 > FILE`)"
-    )]
-    TooShort(usize),
-}
-
-impl ClusterSecret {
-    /// Reads the secret from `path`; trailing whitespace (an editor's newline) is not part
-    /// of it, so the same file works whichever way it was written.
-    pub fn load(path: &Path) -> Result<Self, SecretError> {
-        let bytes = std::fs::read(path)?;
-        let len = bytes
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map_or(0, |i| i + 1);
-        Self::from_bytes(&bytes[..len])
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SecretError> {
-        if bytes.len() < MIN_SECRET_LEN {
-            return Err(SecretError::TooShort(bytes.len()));
-        }
-        Ok(Self(bytes.into()))
-    }
-
+impl SecretMacs for ClusterSecret {
     fn mac(&self, context: &[u8], client: &[u8], server: &[u8], who: Identity) -> Hmac<Sha256> {
-        let mut mac = keyed(&self.0);
+        let mut mac = keyed(self.bytes());
         mac.update(context);
         mac.update(client);
         mac.update(server);
@@ -104,7 +72,7 @@ impl ClusterSecret {
     /// The frame keys of one connection, one per direction.
     fn frame_mac(&self, client: &[u8], server: &[u8], is_client: bool) -> FrameMac {
         let key = |context: &[u8]| -> [u8; MAC_LEN] {
-            let mut mac = keyed(&self.0);
+            let mut mac = keyed(self.bytes());
             mac.update(context);
             mac.update(client);
             mac.update(server);
@@ -612,7 +580,7 @@ mod tests {
         let path = dir.path().join("secret");
         std::fs::write(&path, "0123456789abcdef\n")?;
         let s = ClusterSecret::load(&path)?;
-        assert_eq!(&*s.0, b"0123456789abcdef");
+        assert_eq!(s.bytes(), b"0123456789abcdef");
         assert_eq!(format!("{s:?}"), "ClusterSecret(..)");
         std::fs::write(&path, "short\n")?;
         assert!(matches!(

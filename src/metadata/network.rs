@@ -41,7 +41,7 @@ use super::auth::{self, ClusterSecret, FrameMac, HandshakeError, Identity, LogLi
 use super::codec::{self, Kind};
 use super::raft::{NodeId, TypeConfig};
 use super::state::{Command, Response};
-use crate::server::tls::{self, ClientAuth, TlsAcceptor, TlsError, TlsSettings};
+use crate::tls::{self, ClientAuth, TlsAcceptor, TlsError, TlsSettings};
 
 /// Raft frames carry whole log batches and snapshot chunks, far below this. Checked
 /// before allocating, so a bad length (or a peer speaking something else) cannot make a

@@ -25,6 +25,8 @@ use super::txn::{PendingOffset, TopicPartition, Transactions, TxnError};
 pub use crate::record::ProducerBatch;
 use crate::security::acl::AclBinding;
 pub use crate::storage::segment::SegmentEntry;
+pub use crate::topic_config::MAX_PARTITIONS;
+use crate::topic_config::{ConfigLayers, TopicDefaults};
 
 #[path = "txn_apply.rs"]
 mod txn_apply;
@@ -424,9 +426,6 @@ pub fn valid_topic_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
-
-/// Far above any sane topic, low enough that a typo can't allocate gigabytes.
-pub const MAX_PARTITIONS: i32 = 10_000;
 
 impl MetadataState {
     /// Credentials, ACLs and listeners.
@@ -978,6 +977,16 @@ impl MetadataState {
     /// Dynamic broker configs: cluster-wide defaults ("") or one broker's (its id).
     pub fn broker_configs(&self, scope: &str) -> Option<&BTreeMap<String, String>> {
         self.broker_configs.get(scope)
+    }
+
+    /// What topic configs resolve through for broker `node`, below a topic's own values:
+    /// its dynamic configs, the cluster-wide ones, then its static `defaults`.
+    pub fn config_layers<'a>(&'a self, node: u64, defaults: &'a TopicDefaults) -> ConfigLayers<'a> {
+        ConfigLayers {
+            broker: self.broker_configs(&node.to_string()),
+            cluster: self.broker_configs(""),
+            defaults,
+        }
     }
 
     /// The dynamic value of a broker config for broker `id`: its own, else the

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use crate::metadata::state::ChunkTxn;
 use crate::record::batch::{
     be_i16, be_i32, be_i64, ProducerBatch, ATTRIBUTES, BASE_SEQUENCE, BATCH_LENGTH, CONTROL, CRC,
-    HEADER_LEN, LAST_OFFSET_DELTA, LOG_OVERHEAD, MAGIC, MAX_TIMESTAMP, PRODUCER_EPOCH,
-    PRODUCER_ID, RECORDS_COUNT, TRANSACTIONAL,
+    HEADER_LEN, LAST_OFFSET_DELTA, LOG_OVERHEAD, MAGIC, MAX_TIMESTAMP, PRODUCER_EPOCH, PRODUCER_ID,
+    RECORDS_COUNT, TRANSACTIONAL,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -23,105 +23,17 @@ use kafka_protocol::protocol::StrBytes;
 use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
-use crate::config::TopicDefaults;
-use crate::metadata::state::{Command, Response, StateError, MAX_PARTITIONS};
+use crate::metadata::state::{Command, MetadataState, Response, StateError};
 use crate::security::acl::Operation;
+use crate::topic_config::{
+    kafka_default, kind, validate, Kind, TopicDefaults, DEFAULT_CONFIG, DYNAMIC_BROKER_CONFIGS,
+    DYNAMIC_DEFAULT_BROKER_CONFIG, MAX_PARTITIONS, STATIC_BROKER_CONFIG, TOPIC_CONFIG,
+    TOPIC_DEFAULTS,
+};
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
 const BROKER_LOGGER: i8 = 8;
-/// Kafka's config sources.
-const TOPIC_CONFIG: i8 = 1;
-const DYNAMIC_BROKER_CONFIG: i8 = 2;
-const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
-const STATIC_BROKER_CONFIG: i8 = 4;
-const DEFAULT_CONFIG: i8 = 5;
-
-/// Topic-level defaults a client may ask about, as Kafka names them.
-pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[
-    ("cleanup.policy", "delete"),
-    ("compression.type", "producer"),
-    ("delete.retention.ms", "86400000"),
-    ("max.compaction.lag.ms", "9223372036854775807"),
-    ("max.message.bytes", "1048588"),
-    ("message.timestamp.type", "CreateTime"),
-    ("min.cleanable.dirty.ratio", "0.5"),
-    ("min.compaction.lag.ms", "0"),
-    ("min.insync.replicas", "1"),
-    ("retention.bytes", "-1"),
-    ("retention.ms", "604800000"),
-    ("segment.bytes", "1073741824"),
-    ("segment.ms", "604800000"),
-];
-
-/// Broker configs that can change at run time (AlterConfigs on a BROKER resource), with
-/// the type of their value, Kafka's default, and the topic config each is the default of.
-/// `num.partitions` sets the partition count of auto-created topics and `message.max.bytes`
-/// the default `max.message.bytes`; the others are stored and described.
-const DYNAMIC_BROKER_CONFIGS: &[(&str, Kind, &str, Option<&str>)] = &[
-    (
-        "log.cleaner.delete.retention.ms",
-        Kind::Long { min: 0 },
-        "86400000",
-        Some("delete.retention.ms"),
-    ),
-    (
-        "log.cleaner.max.compaction.lag.ms",
-        Kind::Long { min: 1 },
-        "9223372036854775807",
-        Some("max.compaction.lag.ms"),
-    ),
-    (
-        "log.cleaner.min.cleanable.ratio",
-        Kind::Double,
-        "0.5",
-        Some("min.cleanable.dirty.ratio"),
-    ),
-    (
-        "log.cleaner.min.compaction.lag.ms",
-        Kind::Long { min: 0 },
-        "0",
-        Some("min.compaction.lag.ms"),
-    ),
-    (
-        "log.cleanup.policy",
-        Kind::List(&["compact", "delete"]),
-        "delete",
-        Some("cleanup.policy"),
-    ),
-    (
-        "log.retention.bytes",
-        Kind::Long { min: -1 },
-        "-1",
-        Some("retention.bytes"),
-    ),
-    (
-        "log.retention.ms",
-        Kind::Long { min: -1 },
-        "604800000",
-        Some("retention.ms"),
-    ),
-    (
-        "log.roll.ms",
-        Kind::Long { min: 1 },
-        "604800000",
-        Some("segment.ms"),
-    ),
-    (
-        "log.segment.bytes",
-        Kind::Long { min: 14 },
-        "1073741824",
-        Some("segment.bytes"),
-    ),
-    (
-        "message.max.bytes",
-        Kind::Long { min: 0 },
-        "1048588",
-        Some("max.message.bytes"),
-    ),
-    ("num.partitions", Kind::Long { min: 1 }, "1", None),
-];
-
 /// Broker configs described but fixed at start-up (flags, variables, file).
 const STATIC_BROKER_KEYS: &[&str] = &[
     "auto.create.topics.enable",
@@ -159,10 +71,7 @@ impl Scope {
 
     fn default(self, key: &str) -> Option<&'static str> {
         match self {
-            Scope::Topic => TOPIC_DEFAULTS
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| *v),
+            Scope::Topic => kafka_default(key),
             Scope::Broker => DYNAMIC_BROKER_CONFIGS
                 .iter()
                 .find(|(k, ..)| *k == key)
@@ -171,47 +80,10 @@ impl Scope {
     }
 }
 
-/// A topic config's effective value as broker `node` sees it (what DescribeConfigs
-/// reports): the topic's own, else the dynamic broker config (this broker's, else the
-/// cluster-wide one), else this broker's static default, else Kafka's default.
-pub fn effective_topic_config(
-    state: &crate::metadata::state::MetadataState,
-    node: u64,
-    defaults: &TopicDefaults,
-    topic: &crate::metadata::state::Topic,
-    key: &str,
-) -> Option<String> {
-    topic_value(state, node, defaults, &topic.configs, key).map(|(v, _)| v)
-}
-
-/// A topic config's effective value and its source, from the topic's own `configs`.
-fn topic_value(
-    state: &crate::metadata::state::MetadataState,
-    node: u64,
-    defaults: &TopicDefaults,
-    configs: &BTreeMap<String, String>,
-    key: &str,
-) -> Option<(String, i8)> {
-    if let Some(value) = configs.get(key) {
-        return Some((value.clone(), TOPIC_CONFIG));
-    }
-    dynamic_topic_default(state, node, key)
-        .or_else(|| {
-            defaults
-                .get(key)
-                .map(|v| (v.to_owned(), STATIC_BROKER_CONFIG))
-        })
-        .or_else(|| {
-            Scope::Topic
-                .default(key)
-                .map(|v| (v.to_owned(), DEFAULT_CONFIG))
-        })
-}
-
 /// A topic's DescribeConfigs entries: every config with a default, as it takes effect,
 /// then any other config set on the topic. None if there is no such topic.
 fn topic_entries(
-    state: &crate::metadata::state::MetadataState,
+    state: &MetadataState,
     node: u64,
     defaults: &TopicDefaults,
     name: &str,
@@ -220,7 +92,7 @@ fn topic_entries(
     let mut entries: Vec<_> = TOPIC_DEFAULTS
         .iter()
         .filter_map(|(k, _)| {
-            let (value, source) = topic_value(state, node, defaults, set, k)?;
+            let (value, source) = state.config_layers(node, defaults).value(set, k)?;
             Some((k.to_string(), value, source))
         })
         .collect();
@@ -230,36 +102,6 @@ fn topic_entries(
         }
     }
     Some(entries)
-}
-
-/// The dynamic broker value that stands in for a topic config's default, with its source.
-fn dynamic_topic_default(
-    state: &crate::metadata::state::MetadataState,
-    node: u64,
-    topic_key: &str,
-) -> Option<(String, i8)> {
-    let (broker_key, ..) = DYNAMIC_BROKER_CONFIGS
-        .iter()
-        .find(|(.., topic)| *topic == Some(topic_key))?;
-    dynamic_broker_value(state, node, broker_key)
-}
-
-/// A dynamic broker config's value for broker `node`: its own, else the cluster default.
-fn dynamic_broker_value(
-    state: &crate::metadata::state::MetadataState,
-    node: u64,
-    key: &str,
-) -> Option<(String, i8)> {
-    if let Some(v) = state
-        .broker_configs(&node.to_string())
-        .and_then(|c| c.get(key))
-    {
-        return Some((v.clone(), DYNAMIC_BROKER_CONFIG));
-    }
-    state
-        .broker_configs("")
-        .and_then(|c| c.get(key))
-        .map(|v| (v.clone(), DYNAMIC_DEFAULT_BROKER_CONFIG))
 }
 
 /// A BROKER resource's name: "" for the cluster-wide defaults, else a broker id.
@@ -380,7 +222,7 @@ pub fn describe(
 /// Broker `id`'s dynamic configs (except `num.partitions`) as they take effect: set
 /// dynamically, else the static default of the topic config each stands for, else Kafka's.
 fn dynamic_broker_entries(
-    state: &crate::metadata::state::MetadataState,
+    state: &MetadataState,
     id: u64,
     defaults: &TopicDefaults,
 ) -> Vec<(String, String, i8)> {
@@ -388,7 +230,9 @@ fn dynamic_broker_entries(
         .iter()
         .filter(|(k, ..)| *k != "num.partitions")
         .map(|(k, _, default, topic_key)| {
-            let (value, source) = dynamic_broker_value(state, id, k)
+            let (value, source) = state
+                .config_layers(id, defaults)
+                .broker_value(k)
                 .or_else(|| {
                     let value = defaults.get((*topic_key)?)?;
                     Some((value.to_owned(), STATIC_BROKER_CONFIG))
@@ -407,7 +251,10 @@ fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
         .read(|s| dynamic_broker_entries(s, id, &c.topic_defaults));
     let partitions = broker
         .metadata
-        .read(|s| dynamic_broker_value(s, id, "num.partitions"))
+        .read(|s| {
+            s.config_layers(id, &c.topic_defaults)
+                .broker_value("num.partitions")
+        })
         .unwrap_or_else(|| (c.default_partitions.to_string(), STATIC_BROKER_CONFIG));
     let mut entries = vec![
         (
@@ -439,110 +286,6 @@ fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
     ];
     entries.extend(dynamic);
     entries
-}
-
-/// How a topic config's value is checked.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Long { min: i64 },
-    Double,
-    Bool,
-    OneOf(&'static [&'static str]),
-    List(&'static [&'static str]),
-    Text,
-}
-
-/// Every topic config Kafka knows, with the type of its value. Strata stores and
-/// describes them all; which ones it enforces, and why the others do not apply to it, is
-/// in the table of `docs/compatibility.md` (keep the two in step).
-const TOPIC_CONFIGS: &[(&str, Kind)] = &[
-    ("cleanup.policy", Kind::List(&["compact", "delete"])),
-    (
-        "compression.type",
-        Kind::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
-    ),
-    ("delete.retention.ms", Kind::Long { min: 0 }),
-    ("file.delete.delay.ms", Kind::Long { min: 0 }),
-    ("flush.messages", Kind::Long { min: 1 }),
-    ("flush.ms", Kind::Long { min: 0 }),
-    ("follower.replication.throttled.replicas", Kind::List(&[])),
-    ("index.interval.bytes", Kind::Long { min: 0 }),
-    ("leader.replication.throttled.replicas", Kind::List(&[])),
-    ("local.retention.bytes", Kind::Long { min: -2 }),
-    ("local.retention.ms", Kind::Long { min: -2 }),
-    ("max.compaction.lag.ms", Kind::Long { min: 1 }),
-    ("max.message.bytes", Kind::Long { min: 0 }),
-    ("message.downconversion.enable", Kind::Bool),
-    ("message.format.version", Kind::Text),
-    ("message.timestamp.after.max.ms", Kind::Long { min: 0 }),
-    ("message.timestamp.before.max.ms", Kind::Long { min: 0 }),
-    ("message.timestamp.difference.max.ms", Kind::Long { min: 0 }),
-    (
-        "message.timestamp.type",
-        Kind::OneOf(&["CreateTime", "LogAppendTime"]),
-    ),
-    ("min.cleanable.dirty.ratio", Kind::Double),
-    ("min.compaction.lag.ms", Kind::Long { min: 0 }),
-    ("min.insync.replicas", Kind::Long { min: 1 }),
-    ("preallocate", Kind::Bool),
-    ("remote.storage.enable", Kind::Bool),
-    ("retention.bytes", Kind::Long { min: -1 }),
-    ("retention.ms", Kind::Long { min: -1 }),
-    ("segment.bytes", Kind::Long { min: 14 }),
-    ("segment.index.bytes", Kind::Long { min: 4 }),
-    ("segment.jitter.ms", Kind::Long { min: 0 }),
-    ("segment.ms", Kind::Long { min: 1 }),
-    ("unclean.leader.election.enable", Kind::Bool),
-];
-
-fn kind(key: &str) -> Option<Kind> {
-    TOPIC_CONFIGS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, kind)| *kind)
-}
-
-/// Checks one topic config as Kafka's LogConfig does: the key must be known and the
-/// value must parse as its type. The error text is what the client shows.
-pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
-    validate(Scope::Topic.kind(key)?, key, value)
-}
-
-fn validate(kind: Kind, key: &str, value: &str) -> Result<(), String> {
-    let bad = || format!("Invalid value {value} for configuration {key}");
-    match kind {
-        Kind::Long { min } => match value.trim().parse::<i64>() {
-            Ok(v) if v >= min => Ok(()),
-            Ok(_) => Err(format!("{} (must be at least {min})", bad())),
-            Err(_) => Err(format!("{}: Not a number of type LONG", bad())),
-        },
-        Kind::Double => value.trim().parse::<f64>().map(|_| ()).map_err(|_| bad()),
-        Kind::Bool => match value.trim().to_ascii_lowercase().as_str() {
-            "true" | "false" => Ok(()),
-            _ => Err(format!(
-                "{}: Expected value to be either true or false",
-                bad()
-            )),
-        },
-        Kind::OneOf(allowed) => {
-            if allowed.contains(&value.trim()) {
-                Ok(())
-            } else {
-                Err(format!("{}: must be one of {allowed:?}", bad()))
-            }
-        }
-        Kind::List(allowed) => {
-            let items = value.split(',').map(str::trim).filter(|s| !s.is_empty());
-            match items
-                .clone()
-                .find(|i| !allowed.is_empty() && !allowed.contains(i))
-            {
-                Some(_) => Err(format!("{}: items must be among {allowed:?}", bad())),
-                None => Ok(()),
-            }
-        }
-        Kind::Text => Ok(()),
-    }
 }
 
 /// Incremental operations (KIP-339).
@@ -870,7 +613,19 @@ pub async fn incremental_alter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::state::MetadataState;
+    use crate::metadata::state::Topic;
+    use crate::topic_config::DYNAMIC_BROKER_CONFIG;
+
+    fn effective_topic_config(
+        state: &MetadataState,
+        node: u64,
+        defaults: &TopicDefaults,
+        topic: &Topic,
+        key: &str,
+    ) -> Option<String> {
+        let layers = state.config_layers(node, defaults);
+        layers.value(&topic.configs, key).map(|(v, _)| v)
+    }
 
     /// A state with topic `t` (its own `configs`) and the given dynamic broker configs:
     /// (broker id or None for the cluster-wide default, key, value).
@@ -908,13 +663,8 @@ mod tests {
             effective_topic_config(s, node, &defaults, topic, "retention.ms")
         };
         let value = |s: &MetadataState, node| {
-            topic_value(
-                s,
-                node,
-                &defaults,
-                &s.topic("t").expect("created").configs,
-                "retention.ms",
-            )
+            s.config_layers(node, &defaults)
+                .value(&s.topic("t").expect("created").configs, "retention.ms")
         };
         // Kafka's default only without a static one.
         let s = state_with(&[], &[]);
@@ -1039,35 +789,6 @@ mod tests {
         assert_eq!(get("log.retention.bytes"), Some(("-1", DEFAULT_CONFIG)));
         assert_eq!(get("message.max.bytes"), Some(("1048588", DEFAULT_CONFIG)));
         assert_eq!(get("num.partitions"), None);
-    }
-
-    /// docs/compatibility.md has a row for every topic config, with Kafka's default
-    /// where this module knows it.
-    #[test]
-    fn compatibility_doc_lists_every_topic_config() {
-        let doc = include_str!("../../docs/compatibility.md");
-        for (key, _) in TOPIC_CONFIGS {
-            let row = match Scope::Topic.default(key) {
-                Some(default) => format!("| `{key}` | `{default}` |"),
-                None => format!("| `{key}` |"),
-            };
-            assert!(doc.contains(&row), "docs/compatibility.md lacks {row}");
-        }
-    }
-
-    #[test]
-    fn topic_configs_are_validated_by_type() {
-        assert!(validate_topic_config("retention.ms", "1000").is_ok());
-        assert!(validate_topic_config("retention.ms", "-1").is_ok());
-        assert!(validate_topic_config("retention.ms", "soon").is_err());
-        assert!(validate_topic_config("retention.ms", "-5").is_err());
-        assert!(validate_topic_config("no.such.key", "1").is_err());
-        assert!(validate_topic_config("message.timestamp.type", "LogAppendTime").is_ok());
-        assert!(validate_topic_config("message.timestamp.type", "Wallclock").is_err());
-        assert!(validate_topic_config("cleanup.policy", "compact,delete").is_ok());
-        assert!(validate_topic_config("cleanup.policy", "shred").is_err());
-        assert!(validate_topic_config("preallocate", "TRUE").is_ok());
-        assert!(validate_topic_config("min.cleanable.dirty.ratio", "x").is_err());
     }
 
     #[test]

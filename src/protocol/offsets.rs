@@ -22,8 +22,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::authz::Authz;
 use super::str_bytes;
-use crate::clock::now_ms;
 use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::metadata::state::{Command, OffsetCommit, Response, StateError};
 use crate::metadata::txn::{GroupPartition, Transactions};
 use crate::security::acl::Operation;

@@ -21,10 +21,10 @@ use super::str_bytes;
 use crate::broker::{Broker, TopicLookup};
 use crate::metadata::state::{ChunkTxn, StateError};
 use crate::metadata::txn::TxnError;
-use crate::produce::validate::{self, BatchError, ValidatedBatches};
 use crate::produce::buffer::Committed;
-use crate::record::records;
+use crate::produce::validate::{self, BatchError, ValidatedBatches};
 use crate::produce::ProduceError;
+use crate::record::records;
 use crate::security::acl::Operation;
 use crate::telemetry;
 
@@ -244,7 +244,7 @@ async fn enqueue_partition(
         (code, e.to_string())
     })?;
     check_transactional(broker, &batches, transactional_id)?;
-    let settings = broker.produce_settings(topic).ok_or_else(|| {
+    let settings = broker.topic_settings(topic).ok_or_else(|| {
         (
             ResponseError::UnknownTopicOrPartition,
             format!("{topic}-{partition} does not exist"),
@@ -256,7 +256,7 @@ async fn enqueue_partition(
             "batch exceeds max.message.bytes".into(),
         ));
     }
-    if settings.compacted {
+    if settings.compact {
         check_keys(&batches, topic, partition)?;
     }
     // The broker's clock (this proposer's), never the state machine's.

@@ -104,7 +104,7 @@ pub async fn create(
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
         let bad_config = configs
             .iter()
-            .find_map(|(k, v)| super::configs::validate_topic_config(k, v).err());
+            .find_map(|(k, v)| crate::topic_config::validate_topic_config(k, v).err());
         let outcome = if let Some(message) = bad_config {
             Err((ResponseError::InvalidConfig, message))
         } else if let Err(e) = preferred {

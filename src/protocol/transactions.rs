@@ -14,8 +14,8 @@ use kafka_protocol::messages::{
 
 use super::authz::Authz;
 use super::str_bytes;
-use crate::clock::now_ms;
 use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::metadata::txn::{TxnMeta, TxnState};
 use crate::security::acl::Operation;
 

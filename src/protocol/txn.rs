@@ -27,8 +27,8 @@ use kafka_protocol::messages::{
 use tracing::debug;
 
 use super::authz::Authz;
-use crate::clock::now_ms;
 use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::metadata::state::{Command, Response, TxnReply};
 use crate::metadata::txn::{PendingOffset, TopicPartition, TxnError};
 use crate::security::acl::Operation;

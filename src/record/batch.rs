@@ -161,7 +161,6 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@
 use super::compression::{Codec, CodecError};
 
 use super::batch::{
-    be_i16, be_i32, be_i64, ATTRIBUTES, CONTROL, BASE_TIMESTAMP, BATCH_LENGTH, CRC, HEADER_LEN,
+    be_i16, be_i32, be_i64, ATTRIBUTES, BASE_TIMESTAMP, BATCH_LENGTH, CONTROL, CRC, HEADER_LEN,
     LAST_OFFSET_DELTA, LOG_OVERHEAD, RECORDS_COUNT,
 };
 

@@ -3,9 +3,11 @@
 //! metadata state's credentials and ACLs, and acts on what it returns.
 
 pub mod acl;
+pub mod jwks;
 pub mod oauth;
 pub mod sasl;
 pub mod scram;
+pub mod secret;
 
 use std::fmt;
 use std::str::FromStr;

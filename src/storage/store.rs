@@ -36,57 +36,30 @@ pub enum StorageError {
     Encryption { url: String, reason: String },
 }
 
-/// Server-side encryption S3 applies to every object Strata writes (PUTs and multipart
-/// uploads alike). Built from the checked `s3_sse*` settings, so a KMS mode always has
-/// its key and a bucket key only goes with SSE-KMS (DSSE-KMS has none).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum ServerSideEncryption {
-    /// No encryption headers: the bucket's default encryption applies.
-    #[default]
-    None,
-    /// SSE-S3 (`AES256`), keys managed by S3.
-    S3,
-    /// SSE-KMS (`aws:kms`) with this key id, alias or ARN; `bucket_key` overrides the
-    /// bucket's S3 Bucket Key setting when given.
-    Kms {
-        key_id: String,
-        bucket_key: Option<bool>,
-    },
-    /// Dual-layer DSSE-KMS (`aws:kms:dsse`) with this key id, alias or ARN.
-    DsseKms { key_id: String },
-}
-
-impl ServerSideEncryption {
-    /// The `x-amz-server-side-encryption` value S3 reports back, for logs.
-    pub fn algorithm(&self) -> &'static str {
-        match self {
-            Self::None => "bucket default",
-            Self::S3 => "AES256",
-            Self::Kms { .. } => "aws:kms",
-            Self::DsseKms { .. } => "aws:kms:dsse",
-        }
-    }
-
-    /// Sets the builder so that every write request carries the encryption headers.
-    fn apply(&self, builder: AmazonS3Builder) -> object_store::Result<AmazonS3Builder> {
-        Ok(match self {
-            Self::None => builder,
-            // object_store has no method for SSE-S3 and does not export the key enum.
-            Self::S3 => builder.with_config(
-                "aws_server_side_encryption".parse::<AmazonS3ConfigKey>()?,
-                "AES256",
-            ),
-            Self::Kms { key_id, bucket_key } => {
-                let builder = builder.with_sse_kms_encryption(key_id);
-                match bucket_key {
-                    Some(enabled) => builder.with_bucket_key(*enabled),
-                    None => builder,
-                }
+/// Sets the builder so that every write request carries the encryption headers.
+fn apply_sse(
+    sse: &ServerSideEncryption,
+    builder: AmazonS3Builder,
+) -> object_store::Result<AmazonS3Builder> {
+    Ok(match sse {
+        ServerSideEncryption::None => builder,
+        // object_store has no method for SSE-S3 and does not export the key enum.
+        ServerSideEncryption::S3 => builder.with_config(
+            "aws_server_side_encryption".parse::<AmazonS3ConfigKey>()?,
+            "AES256",
+        ),
+        ServerSideEncryption::Kms { key_id, bucket_key } => {
+            let builder = builder.with_sse_kms_encryption(key_id);
+            match bucket_key {
+                Some(enabled) => builder.with_bucket_key(*enabled),
+                None => builder,
             }
-            Self::DsseKms { key_id } => builder.with_dsse_kms_encryption(key_id),
-        })
-    }
+        }
+        ServerSideEncryption::DsseKms { key_id } => builder.with_dsse_kms_encryption(key_id),
+    })
 }
+
+pub use crate::config::ServerSideEncryption;
 
 /// A handle on the bucket (or directory) that holds every segment object.
 #[derive(Clone, Debug)]
@@ -196,8 +169,7 @@ impl ObjectStorage {
                     url: url.to_owned(),
                     reason: e.to_string(),
                 };
-                let s3 = sse
-                    .apply(s3_builder(bucket))
+                let s3 = apply_sse(sse, s3_builder(bucket))
                     .map_err(encryption)?
                     .build()
                     .map_err(|e| bad(&e.to_string()))?;
@@ -575,22 +547,20 @@ mod tests {
 
     #[test]
     fn encryption_reaches_the_builder() {
-        let none = ServerSideEncryption::None
-            .apply(AmazonS3Builder::new())
-            .unwrap();
+        let none = apply_sse(&ServerSideEncryption::None, AmazonS3Builder::new()).unwrap();
         assert_eq!(setting(&none, "aws_server_side_encryption"), None);
-        let s3 = ServerSideEncryption::S3
-            .apply(AmazonS3Builder::new())
-            .unwrap();
+        let s3 = apply_sse(&ServerSideEncryption::S3, AmazonS3Builder::new()).unwrap();
         assert_eq!(
             setting(&s3, "aws_server_side_encryption").as_deref(),
             Some("AES256")
         );
-        let kms = ServerSideEncryption::Kms {
-            key_id: "alias/strata".into(),
-            bucket_key: Some(true),
-        }
-        .apply(AmazonS3Builder::new())
+        let kms = apply_sse(
+            &ServerSideEncryption::Kms {
+                key_id: "alias/strata".into(),
+                bucket_key: Some(true),
+            },
+            AmazonS3Builder::new(),
+        )
         .unwrap();
         assert_eq!(
             setting(&kms, "aws_server_side_encryption").as_deref(),
@@ -604,10 +574,12 @@ mod tests {
             setting(&kms, "aws_sse_bucket_key_enabled").as_deref(),
             Some("true")
         );
-        let dsse = ServerSideEncryption::DsseKms {
-            key_id: "k-1".into(),
-        }
-        .apply(AmazonS3Builder::new())
+        let dsse = apply_sse(
+            &ServerSideEncryption::DsseKms {
+                key_id: "k-1".into(),
+            },
+            AmazonS3Builder::new(),
+        )
         .unwrap();
         assert_eq!(
             setting(&dsse, "aws_server_side_encryption").as_deref(),

@@ -122,7 +122,7 @@ pub struct RaftOptions {
     /// The shared secret that authenticates the Raft port (`auth.rs`); None: open.
     pub secret: Option<ClusterSecret>,
     /// With `raft_tls`: the TLS files of the Raft port and of connections to peers.
-    pub tls: Option<crate::server::tls::TlsSettings>,
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl RaftOptions {
@@ -268,7 +268,7 @@ impl MetadataRaft {
             let mutual_tls = options
                 .tls
                 .as_ref()
-                .is_some_and(|t| t.client_auth == crate::server::tls::ClientAuth::Required);
+                .is_some_and(|t| t.client_auth == crate::tls::ClientAuth::Required);
             if auth.secret.is_none() && !mutual_tls {
                 tracing::warn!(
                     %listen,

@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
-use super::reload::Reloading;
+use crate::reload::Reloading;
 
 /// Whether clients must present a certificate, like Kafka's `ssl.client.auth`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

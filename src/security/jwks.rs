@@ -1,5 +1,5 @@
 //! The JWKS file OAUTHBEARER tokens are checked against, re-read when it changes on
-//! disk (key rotation without a restart), like the TLS certificate (`server::tls`).
+//! disk (key rotation without a restart), like the TLS certificate (`tls`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::reload::Reloading;
+use crate::reload::Reloading;
 #[cfg(test)]
-use super::reload::RELOAD_CHECK_EVERY;
+use crate::reload::RELOAD_CHECK_EVERY;
 
 use crate::security::oauth::{JwtSettings, JwtValidator, MAX_JWKS_BYTES};
 
