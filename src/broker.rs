@@ -10,21 +10,25 @@ use tracing::info;
 
 use crate::background::cleaner::{self, CleanerConfig, CleanerCounters};
 use crate::background::compaction::{self, CompactionConfig, CompactionCounters, CompactionPolicy};
-use crate::background::stats::Gauges;
+use crate::background::gc::GcCounters;
+use crate::background::stats::StatsSources;
 use crate::background::{gc, orphans, retention, stats};
 use crate::config::Config;
 use crate::fetch::FetchReader;
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::metadata::cluster::ClusterCommand;
 use crate::metadata::fence::{ExpiryTracker, WarnLimiter};
+use crate::metadata::shipping::{self, ShippedMark};
 use crate::metadata::state::{valid_topic_name, Command, Response, ScramChange, StateError};
-use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
+use crate::metadata::{Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
 use crate::security::scram::{Mechanism, ScramCredential};
 use crate::storage::cache::{CacheConfig, CacheError};
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
+use crate::telemetry::ConnectionGauges;
 use crate::topic_config::TopicSettings;
+use crate::txn::TxnCoordinator;
 
 /// A repeated warning (a heartbeat that keeps failing) is logged at most this often.
 /// PBKDF2 iterations of the bootstrap admin's credentials (Kafka's minimum and the
@@ -118,12 +122,17 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     pub storage: ObjectStorage,
     pub cache: Arc<BlockCache>,
-    pub gauges: Arc<Gauges>,
-    /// What compaction and the cleaner did, for the stats file and the metrics.
-    pub compaction: Arc<CompactionCounters>,
-    pub cleaner: Arc<CleanerCounters>,
-    /// Transactions whose markers this broker is writing now.
-    pub txn_finishing: crate::txn::Finishing,
+    /// What the bucket's newest snapshot covers (garbage collection waits for it).
+    pub shipped: Arc<ShippedMark>,
+    /// The listener's connections and request bytes.
+    pub connections: Arc<ConnectionGauges>,
+    /// What compaction, the cleaner and garbage collection did, for the stats file and
+    /// the metrics.
+    pub compaction_counters: Arc<CompactionCounters>,
+    pub cleaner_counters: Arc<CleanerCounters>,
+    pub gc_counters: Arc<GcCounters>,
+    /// The transaction coordinator: markers, timeouts, unfinished transactions.
+    pub txn: Arc<TxnCoordinator>,
 }
 
 /// Background work owned by a running broker.
@@ -260,12 +269,14 @@ impl Broker {
             metadata.clone(),
             cache.clone(),
         );
-        let gauges = Arc::new(Gauges::default());
+        let shipped = Arc::new(ShippedMark::default());
+        let connections = Arc::new(ConnectionGauges::default());
+        let gc_counters = Arc::new(GcCounters::default());
         let snapshot_shipper = tokio::spawn(shipping::ship_metadata(
             metadata.clone(),
             storage.clone(),
             config.store_snapshot_interval,
-            gauges.clone(),
+            shipped.clone(),
         ));
         let fetcher = Arc::new(FetchReader::new(
             metadata.clone(),
@@ -318,17 +329,23 @@ impl Broker {
                 metadata.clone(),
                 storage.clone(),
                 config.gc_grace,
-                gauges.clone(),
+                shipped.clone(),
+                gc_counters.clone(),
             )),
             tokio::spawn(stats::run(
                 config.data_dir.join("stats.json"),
-                metadata.clone(),
-                storage.clone(),
-                compaction_counters.clone(),
-                cleaner_counters.clone(),
-                gauges.clone(),
+                StatsSources {
+                    metadata: metadata.clone(),
+                    storage: storage.clone(),
+                    compaction: compaction_counters.clone(),
+                    cleaner: cleaner_counters.clone(),
+                    gc: gc_counters.clone(),
+                    shipped: shipped.clone(),
+                    connections: connections.clone(),
+                },
             )),
         ];
+        let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node_id);
         let groups = GroupCoordinator::new(GroupConfig {
             initial_rebalance_delay: config.group_initial_rebalance_delay,
             ..GroupConfig::default()
@@ -345,10 +362,12 @@ impl Broker {
             groups,
             storage,
             cache,
-            gauges,
-            compaction: compaction_counters,
-            cleaner: cleaner_counters,
-            txn_finishing: crate::txn::Finishing::default(),
+            shipped,
+            connections,
+            compaction_counters,
+            cleaner_counters,
+            gc_counters,
+            txn,
         });
         let tasks = BrokerTasks {
             flusher,
@@ -411,7 +430,7 @@ impl Broker {
     /// is the Raft leader, expires the brokers whose heartbeats stopped.
     /// The transaction coordinator loop (`crate::txn::run`).
     pub fn spawn_transactions(self: &Arc<Self>) -> JoinHandle<()> {
-        tokio::spawn(crate::txn::run(self.clone()))
+        tokio::spawn(self.txn.clone().run())
     }
 
     pub fn spawn_liveness(self: &Arc<Self>) -> JoinHandle<()> {
@@ -572,21 +591,9 @@ impl Broker {
     /// The broker coordinating `group`; a fenced broker names another live one (None:
     /// it knows of none).
     pub fn coordinator(&self, group: &str) -> Option<i32> {
-        let fenced = self.fenced();
-        self.metadata.read(|s| {
-            if fenced {
-                let own = Some(self.config.node_id);
-                return s
-                    .cluster()
-                    .coordinator_excluding(group, own)
-                    .map(|id| id as i32);
-            }
-            Some(
-                s.cluster()
-                    .coordinator(group)
-                    .map_or(self.node_id(), |id| id as i32),
-            )
-        })
+        self.metadata
+            .coordinator(group, self.config.node_id)
+            .map(|id| i32::try_from(id).unwrap_or(i32::MAX))
     }
 
     pub fn is_coordinator(&self, group: &str) -> bool {

@@ -72,7 +72,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         // Bound before the broker starts, so that `/ready` says "starting" (503) until
         // it has caught up and registered.
-        let started = strata::telemetry::http::Started::default();
+        let started = strata::server::http::Started::default();
         if let Some(addr) = config.metrics_listen {
             let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -83,7 +83,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 anyhow::anyhow!("cannot listen for metrics on {addr}: {e} ({hint})")
             })?;
             strata::telemetry::install()?;
-            tokio::spawn(strata::telemetry::http::serve(metrics, started.clone()));
+            tokio::spawn(strata::server::http::serve(metrics, started.clone()));
             tokio::spawn(strata::telemetry::upkeep());
             info!(%addr, "serving /metrics, /health and /ready");
         }

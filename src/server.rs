@@ -43,8 +43,10 @@ use crate::broker::Broker;
 use crate::config::Listener;
 use crate::protocol::{start_request, ProtocolError, RequestContext, Started};
 
+pub mod http;
 mod limits;
 mod sasl;
+mod scrape;
 
 use crate::tls::{Principal, TlsAcceptor};
 use limits::{ConnectionLimits, RequestBudget, Throttle};
@@ -75,11 +77,11 @@ pub async fn serve(
     let limits = ConnectionLimits::new(
         config.max_connections,
         config.max_connections_per_ip,
-        broker.gauges.clone(),
+        broker.connections.clone(),
     );
     let budget = Arc::new(RequestBudget::new(
         config.max_inflight_request_bytes,
-        broker.gauges.clone(),
+        broker.connections.clone(),
     ));
     let loops = endpoints.into_iter().map(|endpoint| {
         let tls = tls.clone().filter(|_| endpoint.listener.protocol.tls());

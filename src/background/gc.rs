@@ -7,14 +7,13 @@
 //! An object is deleted only once the snapshot shipped to the bucket no longer refers to
 //! it, so a cluster rebuilt from the bucket never points at a deleted object.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::stats::Gauges;
-use crate::metadata::shipping;
+use crate::metadata::shipping::{self, ShippedMark};
 use crate::metadata::state::Command;
 use crate::metadata::Metadata;
 use crate::storage::ObjectStorage;
@@ -22,12 +21,21 @@ use crate::storage::ObjectStorage;
 /// Objects forgotten per Raft command.
 const FORGET_BATCH: usize = 1000;
 
-/// Runs collection passes forever (on the leader).
+/// What garbage collection did, for the stats file and the metrics.
+#[derive(Debug, Default)]
+pub struct GcCounters {
+    /// Garbage objects deleted.
+    pub deleted: AtomicU64,
+}
+
+/// Runs collection passes forever (on the leader). It deletes only what the bucket's
+/// newest snapshot (`shipped`) no longer names.
 pub async fn run(
     metadata: Arc<Metadata>,
     storage: ObjectStorage,
     grace: Duration,
-    gauges: Arc<Gauges>,
+    shipped: Arc<ShippedMark>,
+    counters: Arc<GcCounters>,
 ) {
     let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
     let mut last_forced_ship: Option<tokio::time::Instant> = None;
@@ -41,23 +49,23 @@ pub async fn run(
         // shipper's next round.
         let now_ms = crate::clock::now_ms();
         let grace_ms = grace.as_millis() as i64;
-        let shipped = gauges.shipped_clock_ms.load(Ordering::Acquire);
+        let shipped_ms = shipped.clock_ms.load(Ordering::Acquire);
         let waiting = metadata.read(|s| {
             let due = s.objects().garbage_due(now_ms, grace_ms, i64::MAX).len();
-            due > s.objects().garbage_due(now_ms, grace_ms, shipped).len()
+            due > s.objects().garbage_due(now_ms, grace_ms, shipped_ms).len()
         });
         let may_ship = last_forced_ship.is_none_or(|t| t.elapsed() >= grace);
         if waiting && may_ship {
             last_forced_ship = Some(tokio::time::Instant::now());
-            if let Err(e) = shipping::ship_and_record(&metadata, &storage, &gauges).await {
+            if let Err(e) = shipping::ship_and_record(&metadata, &storage, &shipped).await {
                 warn!(error = %e, "shipping the snapshot before collecting garbage failed");
             }
         }
-        let shipped = gauges.shipped_clock_ms.load(Ordering::Acquire);
-        match collect_once(&metadata, &storage, grace, shipped).await {
+        let shipped_ms = shipped.clock_ms.load(Ordering::Acquire);
+        match collect_once(&metadata, &storage, grace, shipped_ms).await {
             Ok(0) => {}
             Ok(n) => {
-                gauges.gc_deleted.fetch_add(n as u64, Ordering::Relaxed);
+                counters.deleted.fetch_add(n as u64, Ordering::Relaxed);
                 info!(deleted = n, "garbage objects deleted");
             }
             Err(e) => warn!(error = %e, "garbage collection failed; will retry"),

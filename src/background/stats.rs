@@ -3,7 +3,7 @@
 //! benchmark reads it; so can an operator (`cat`), until metrics have an endpoint.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,27 +11,16 @@ use serde::Serialize;
 
 use super::cleaner::CleanerCounters;
 use super::compaction::CompactionCounters;
+use super::gc::GcCounters;
+use crate::metadata::shipping::ShippedMark;
 use crate::metadata::state::StateStats;
 use crate::metadata::Metadata;
 use crate::storage::ObjectStorage;
+use crate::telemetry::ConnectionGauges;
 
 const EVERY: Duration = Duration::from_secs(5);
 /// Encoding the whole state to measure it is not free: do it less often.
 const STATE_BYTES_EVERY: u32 = 6;
-
-/// Shared counters the stats file reports.
-#[derive(Debug, Default)]
-pub struct Gauges {
-    /// Bytes of the last snapshot shipped to the bucket.
-    pub snapshot_bytes: AtomicU64,
-    /// The state's clock in the last shipped snapshot.
-    pub shipped_clock_ms: AtomicI64,
-    pub gc_deleted: AtomicU64,
-    /// Client connections open now.
-    pub open_connections: AtomicU64,
-    /// Request bytes being read or handled now (charged to `max_inflight_request_bytes`).
-    pub inflight_request_bytes: AtomicU64,
-}
 
 #[derive(Serialize)]
 struct Stats<'a> {
@@ -63,25 +52,28 @@ struct Stats<'a> {
     heap_resident_bytes: u64,
 }
 
-/// jemalloc's view of the heap: (allocated, resident).
-pub(crate) fn heap() -> (u64, u64) {
-    use tikv_jemalloc_ctl::{epoch, stats};
-    if epoch::advance().is_err() {
-        return (0, 0);
-    }
-    let allocated = stats::allocated::read().unwrap_or(0) as u64;
-    let resident = stats::resident::read().unwrap_or(0) as u64;
-    (allocated, resident)
+/// What the stats file reads from.
+pub struct StatsSources {
+    pub metadata: Arc<Metadata>,
+    pub storage: ObjectStorage,
+    pub compaction: Arc<CompactionCounters>,
+    pub cleaner: Arc<CleanerCounters>,
+    pub gc: Arc<GcCounters>,
+    pub shipped: Arc<ShippedMark>,
+    pub connections: Arc<ConnectionGauges>,
 }
 
-pub async fn run(
-    path: PathBuf,
-    metadata: Arc<Metadata>,
-    storage: ObjectStorage,
-    compaction: Arc<CompactionCounters>,
-    cleaner: Arc<CleanerCounters>,
-    gauges: Arc<Gauges>,
-) {
+/// Rewrites the stats file at `path` every few seconds, forever.
+pub async fn run(path: PathBuf, sources: StatsSources) {
+    let StatsSources {
+        metadata,
+        storage,
+        compaction,
+        cleaner,
+        gc,
+        shipped,
+        connections,
+    } = sources;
     let mut round = 0u32;
     let mut state_bytes = 0u64;
     loop {
@@ -102,12 +94,12 @@ pub async fn run(
         }
         let load = Ordering::Relaxed;
         let counters = storage.counters();
-        let (heap_allocated_bytes, heap_resident_bytes) = heap();
+        let (heap_allocated_bytes, heap_resident_bytes) = crate::telemetry::heap();
         let stats = Stats {
             time_ms: crate::clock::now_ms(),
             state: &stats,
             state_bytes,
-            snapshot_bytes: gauges.snapshot_bytes.load(load),
+            snapshot_bytes: shipped.bytes.load(load),
             store_puts: counters.puts.load(load),
             store_gets: counters.gets.load(load),
             store_deletes: counters.deletes.load(load),
@@ -123,9 +115,9 @@ pub async fn run(
             cleaner_bytes_read: cleaner.bytes_read.load(load),
             cleaner_bytes_written: cleaner.bytes_written.load(load),
             cleaner_batches_rewritten: cleaner.batches_rewritten.load(load),
-            gc_deleted: gauges.gc_deleted.load(load),
-            open_connections: gauges.open_connections.load(load),
-            inflight_request_bytes: gauges.inflight_request_bytes.load(load),
+            gc_deleted: gc.deleted.load(load),
+            open_connections: connections.open.load(load),
+            inflight_request_bytes: connections.inflight_request_bytes.load(load),
             heap_allocated_bytes,
             heap_resident_bytes,
         };

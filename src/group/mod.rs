@@ -302,7 +302,7 @@ impl GroupCoordinator {
                 None => DescribedGroup::default()
                     .with_group_id(id.clone())
                     .with_error_code(ResponseError::GroupAuthorizationFailed.code())
-                    .with_authorized_operations(crate::protocol::authz::NOT_REQUESTED),
+                    .with_authorized_operations(crate::security::acl::NOT_REQUESTED),
             })
             .collect();
         DescribeGroupsResponse::default().with_groups(described)

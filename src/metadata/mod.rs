@@ -155,6 +155,20 @@ impl Metadata {
         })
     }
 
+    /// The broker coordinating `key` (a group or a transactional id, placed by hashing
+    /// over the live brokers) as broker `me` sees it. A fenced broker names another live
+    /// one (None: it knows of none), so clients go where the cluster is.
+    pub fn coordinator(&self, key: &str, me: u64) -> Option<u64> {
+        let fenced = self.fenced();
+        self.read(|s| {
+            let cluster = s.cluster();
+            if fenced {
+                return cluster.coordinator_excluding(key, Some(me));
+            }
+            Some(cluster.coordinator(key).unwrap_or(me))
+        })
+    }
+
     /// Changes whenever committed entries are applied; long-poll fetches wait on it.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.raft.applied()

@@ -20,7 +20,7 @@
 //! older by name and never chosen. Buckets written before log shipping hold
 //! `snapshot.bin` (format 2) or `snapshot.json` (format 1), which recovery still reads.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,6 @@ use super::legacy::{self, LegacyError};
 use super::raft::TypeConfig;
 use super::state::{Command, MetadataState};
 use super::{Metadata, MetadataError};
-use crate::background::stats::Gauges;
 use crate::storage::{ObjectStorage, StorageError};
 
 pub const METADATA_PREFIX: &str = "_strata/metadata";
@@ -98,13 +97,25 @@ fn parse_chunk_path(path: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// What the bucket's newest snapshot covers, as this broker shipped it while leader.
+/// Garbage collection trusts it: an object is deleted only once a shipped snapshot no
+/// longer names it, so recovery from the bucket never meets a missing object.
+#[derive(Debug, Default)]
+pub struct ShippedMark {
+    /// Bytes of the last snapshot shipped.
+    pub bytes: AtomicU64,
+    /// The state's clock in the last shipped snapshot; `i64::MIN` until this broker,
+    /// as leader, has shipped one.
+    pub clock_ms: AtomicI64,
+}
+
 /// Ships the metadata while this broker is the Raft leader: a snapshot on becoming
 /// leader and every `interval` while the state changes, committed entries in between.
 pub async fn ship_metadata(
     metadata: Arc<Metadata>,
     storage: ObjectStorage,
     interval: Duration,
-    gauges: Arc<Gauges>,
+    shipped_snapshot: Arc<ShippedMark>,
 ) {
     // Shipped while leader: the last entry in the bucket, and the last snapshot's index.
     let mut shipped: Option<u64> = None;
@@ -119,7 +130,7 @@ pub async fn ship_metadata(
         if !metadata.is_leader() {
             if shipped.take().is_some() {
                 // A new leader collects garbage only after its own first shipment.
-                gauges.shipped_clock_ms.store(i64::MIN, Ordering::Release);
+                shipped_snapshot.clock_ms.store(i64::MIN, Ordering::Release);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -150,7 +161,7 @@ pub async fn ship_metadata(
                     last_snapshot = tokio::time::Instant::now();
                     shipped = Some(shipped.unwrap_or(0).max(done.applied));
                     metadata.mark_shipped(done.applied);
-                    record(&gauges, done);
+                    record(&shipped_snapshot, done);
                     if cleanup.as_ref().is_none_or(|c| c.is_finished()) {
                         let storage = storage.clone();
                         cleanup = Some(tokio::spawn(async move {
@@ -233,11 +244,9 @@ async fn delete_covered(
     Ok(deleted)
 }
 
-fn record(gauges: &Gauges, done: Shipped) {
-    gauges.snapshot_bytes.store(done.bytes, Ordering::Relaxed);
-    gauges
-        .shipped_clock_ms
-        .fetch_max(done.clock_ms, Ordering::AcqRel);
+fn record(shipped: &ShippedMark, done: Shipped) {
+    shipped.bytes.store(done.bytes, Ordering::Relaxed);
+    shipped.clock_ms.fetch_max(done.clock_ms, Ordering::AcqRel);
 }
 
 /// Ships a snapshot now and records it (for the garbage collector, which deletes only
@@ -245,11 +254,11 @@ fn record(gauges: &Gauges, done: Shipped) {
 pub async fn ship_and_record(
     metadata: &Metadata,
     storage: &ObjectStorage,
-    gauges: &Gauges,
+    shipped: &ShippedMark,
 ) -> Result<(), ShippingError> {
     let done = ship_snapshot(metadata, storage).await?;
     metadata.mark_shipped(done.applied);
-    record(gauges, done);
+    record(shipped, done);
     Ok(())
 }
 
@@ -555,7 +564,7 @@ mod tests {
     async fn acknowledged_commands_are_exactly_what_recovery_rebuilds() -> anyhow::Result<()> {
         let storage = ObjectStorage::open("memory://")?;
         let dir = tempfile::tempdir()?;
-        let gauges = Arc::new(Gauges::default());
+        let gauges = Arc::new(ShippedMark::default());
         let mut previous: Option<Arc<Metadata>> = None;
         for (round, name) in ["a", "b", "c"].into_iter().enumerate() {
             let m = Arc::new(

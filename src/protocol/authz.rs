@@ -12,12 +12,7 @@ use crate::broker::Broker;
 use crate::config::Listener;
 use crate::security::acl::{self, Operation, Requester, ResourceType};
 
-/// Kafka's name of the one Cluster resource.
-pub const CLUSTER_NAME: &str = "kafka-cluster";
-
-/// What the request gets when it did not ask: Kafka's `Int32.MIN_VALUE`, which clients
-/// read as "not included".
-pub const NOT_REQUESTED: i32 = i32::MIN;
+pub use crate::security::acl::{CLUSTER_NAME, NOT_REQUESTED};
 
 /// The connection a request came in on, once authenticated.
 #[derive(Debug, Clone)]

@@ -103,7 +103,7 @@ pub async fn init(
             epoch,
             partitions,
         };
-        if crate::txn::finish(broker, txn_id, plan).await.is_ok() {
+        if broker.txn.finish(txn_id, plan).await.is_ok() {
             outcome = propose(broker, cmd()).await;
         } else {
             outcome = Ok(Err(TxnError::ConcurrentTransactions));
@@ -336,12 +336,12 @@ pub async fn end(
             })
         }
         // A retry while the markers are still being written: help finish them.
-        Ok(Ok(_)) => crate::txn::pending_plan(broker, txn_id),
+        Ok(Ok(_)) => broker.txn.pending_plan(txn_id),
         Ok(Err(e)) => return response.with_error_code(code(e, version, 2)),
         Err(code) => return response.with_error_code(code),
     };
     if let Some(plan) = plan {
-        if let Err(e) = crate::txn::finish(broker, txn_id, plan).await {
+        if let Err(e) = broker.txn.finish(txn_id, plan).await {
             debug!(txn_id, error = %e, "markers not all written yet; the coordinator loop retries");
         }
     }

@@ -16,6 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The only valid resource name of a Cluster resource.
 pub const CLUSTER_NAME: &str = "kafka-cluster";
+
+/// The authorized operations of a resource when the request did not ask for them:
+/// Kafka's `Int32.MIN_VALUE`, which clients read as "not included".
+pub const NOT_REQUESTED: i32 = i32::MIN;
 /// The resource name (LITERAL) matching every resource of a type.
 pub const WILDCARD_RESOURCE: &str = "*";
 /// The principal matching every principal.

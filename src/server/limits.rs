@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-use crate::background::stats::Gauges;
+use crate::telemetry::ConnectionGauges;
 
 /// Why a new connection is closed at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,7 +34,7 @@ pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
     counts: Mutex<Counts>,
-    gauges: Arc<Gauges>,
+    gauges: Arc<ConnectionGauges>,
 }
 
 /// One open connection's place in the counts, given back when dropped.
@@ -45,7 +45,7 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize, gauges: Arc<Gauges>) -> Arc<Self> {
+    pub fn new(max_total: usize, max_per_ip: usize, gauges: Arc<ConnectionGauges>) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_ip,
@@ -69,7 +69,7 @@ impl ConnectionLimits {
         *from_ip += 1;
         counts.total += 1;
         self.gauges
-            .open_connections
+            .open
             .store(counts.total as u64, Ordering::Relaxed);
         Ok(ConnectionSlot {
             limits: self.clone(),
@@ -98,7 +98,7 @@ impl Drop for ConnectionSlot {
         }
         limits
             .gauges
-            .open_connections
+            .open
             .store(counts.total as u64, Ordering::Relaxed);
     }
 }
@@ -110,7 +110,7 @@ impl Drop for ConnectionSlot {
 pub struct RequestBudget {
     permits: Arc<Semaphore>,
     capacity_kib: u32,
-    gauges: Arc<Gauges>,
+    gauges: Arc<ConnectionGauges>,
 }
 
 /// Bytes of one request charged to the budget, given back when dropped.
@@ -118,11 +118,11 @@ pub struct RequestBudget {
 pub struct Charge {
     _permit: OwnedSemaphorePermit,
     bytes: u64,
-    gauges: Arc<Gauges>,
+    gauges: Arc<ConnectionGauges>,
 }
 
 impl RequestBudget {
-    pub fn new(bytes: usize, gauges: Arc<Gauges>) -> Self {
+    pub fn new(bytes: usize, gauges: Arc<ConnectionGauges>) -> Self {
         let capacity_kib = kib(bytes).max(1);
         Self {
             permits: Arc::new(Semaphore::new(capacity_kib as usize)),
@@ -266,13 +266,13 @@ mod tests {
 
     #[test]
     fn total_limit_applies_over_all_addresses() -> TestResult {
-        let gauges = Arc::new(Gauges::default());
+        let gauges = Arc::new(ConnectionGauges::default());
         let limits = ConnectionLimits::new(3, 2, gauges.clone());
         let held: Vec<_> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
             .iter()
             .map(|a| limits.try_open(ip(a)))
             .collect::<Result<_, _>>()?;
-        assert_eq!(gauges.open_connections.load(Ordering::Relaxed), 3);
+        assert_eq!(gauges.open.load(Ordering::Relaxed), 3);
         assert_eq!(
             limits.try_open(ip("10.0.0.4")).unwrap_err(),
             Refused::Total(3)
@@ -280,14 +280,14 @@ mod tests {
         // A refusal leaves no trace in the counts.
         assert_eq!(limits.open_from(ip("10.0.0.4")), 0);
         drop(held);
-        assert_eq!(gauges.open_connections.load(Ordering::Relaxed), 0);
+        assert_eq!(gauges.open.load(Ordering::Relaxed), 0);
         assert!(limits.try_open(ip("10.0.0.4")).is_ok());
         Ok(())
     }
 
     #[tokio::test]
     async fn budget_waits_then_admits_in_order() -> TestResult {
-        let gauges = Arc::new(Gauges::default());
+        let gauges = Arc::new(ConnectionGauges::default());
         let budget = Arc::new(RequestBudget::new(10 * 1024, gauges.clone()));
         let big = budget.try_charge(8 * 1024).ok_or("no budget")?;
         assert_eq!(

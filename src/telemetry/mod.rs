@@ -4,13 +4,12 @@
 //! [`install`] sets the Prometheus recorder, so tests and `metrics_listen = "none"` pay
 //! nothing). Figures read from the metadata state (topic sizes, consumer lag, Raft
 //! indexes) and the stats counters are written straight into the scrape by
-//! [`scrape::render_state`] instead: computed once per scrape, never per request, and a
+//! `server::scrape::render_state` instead: computed once per scrape, never per request, and a
 //! deleted topic or group leaves no stale series behind.
 
-pub mod http;
 pub mod logs;
-pub mod scrape;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use metrics_util::MetricKindMask;
 /// A counter not updated for this long is dropped from the exporter (see `install`).
 const COUNTER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-// Names of the hot-path series (the scrape-time ones are in `scrape.rs`).
+// Names of the hot-path series (the scrape-time ones are in `server/scrape.rs`).
 pub const REQUESTS: &str = "strata_requests_total";
 pub const REQUEST_ERRORS: &str = "strata_request_errors_total";
 pub const REQUEST_SECONDS: &str = "strata_request_duration_seconds";
@@ -68,6 +67,27 @@ const SIZE_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The client connections' share of the broker's resources, kept by the listener
+/// (`server::limits`) and read by the stats file and the scrape.
+#[derive(Debug, Default)]
+pub struct ConnectionGauges {
+    /// Client connections open now.
+    pub open: AtomicU64,
+    /// Request bytes being read or handled now (charged to `max_inflight_request_bytes`).
+    pub inflight_request_bytes: AtomicU64,
+}
+
+/// jemalloc's view of the heap: (allocated, resident); zeros when it cannot say.
+pub fn heap() -> (u64, u64) {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return (0, 0);
+    }
+    let allocated = stats::allocated::read().unwrap_or(0) as u64;
+    let resident = stats::resident::read().unwrap_or(0) as u64;
+    (allocated, resident)
+}
 
 /// Installs the Prometheus recorder as the process's global one (once) and returns the
 /// handle that renders it.

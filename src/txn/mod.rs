@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tracing::{debug, info, warn};
 
-use crate::broker::Broker;
 use crate::metadata::state::{Command, Response, StateError, TxnReply};
 use crate::metadata::txn::{TopicPartition, TRANSACTIONAL_ID_EXPIRATION_MS};
-use crate::produce::ProduceError;
+use crate::metadata::Metadata;
+use crate::produce::{ProduceError, WriteBuffer};
 
 /// How often the coordinator loop looks for timed-out and unfinished transactions.
 const TICK: Duration = Duration::from_millis(500);
@@ -49,7 +49,7 @@ pub struct MarkerPlan {
 
 /// Transactions whose markers this broker is writing now; the loop leaves them alone.
 #[derive(Debug, Default)]
-pub struct Finishing(Mutex<HashSet<String>>);
+struct Finishing(Mutex<HashSet<String>>);
 
 impl Finishing {
     fn claim(&self, txn_id: &str) -> bool {
@@ -72,176 +72,202 @@ impl Finishing {
     }
 }
 
-/// The markers `txn_id` still waits for, if it is in Prepare*.
-pub fn pending_plan(broker: &Broker, txn_id: &str) -> Option<MarkerPlan> {
-    broker.metadata.read(|s| {
-        let meta = s.transactions().get(txn_id)?;
-        meta.state.is_prepare().then(|| MarkerPlan {
-            commit: meta.state == crate::metadata::txn::TxnState::PrepareCommit,
-            producer_id: meta.producer_id,
-            epoch: meta.epoch,
-            partitions: meta.markers_pending.iter().cloned().collect(),
+/// One broker's transaction coordinator: what it needs to write markers and to act on
+/// the transactions it coordinates. Requests (EndTxn, InitProducerId) and the loop share it.
+pub struct TxnCoordinator {
+    metadata: Arc<Metadata>,
+    buffer: WriteBuffer,
+    node_id: u64,
+    finishing: Finishing,
+}
+
+impl TxnCoordinator {
+    pub fn new(metadata: Arc<Metadata>, buffer: WriteBuffer, node_id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            metadata,
+            buffer,
+            node_id,
+            finishing: Finishing::default(),
         })
-    })
-}
-
-/// Writes the markers of `plan` and waits for their commit; the coordinator loop leaves
-/// the transaction alone meanwhile.
-pub async fn finish(broker: &Broker, txn_id: &str, plan: MarkerPlan) -> Result<(), MarkerError> {
-    let claimed = broker.txn_finishing.claim(txn_id);
-    let result = write_markers(broker, txn_id, plan).await;
-    if claimed {
-        broker.txn_finishing.release(txn_id);
     }
-    result
-}
 
-/// Writes the markers of `plan` through the write buffer and waits for their commit. A
-/// marker the state machine no longer expects (written by someone else meanwhile) or
-/// for a deleted partition counts as done.
-async fn write_markers(broker: &Broker, txn_id: &str, plan: MarkerPlan) -> Result<(), MarkerError> {
-    let now = crate::clock::now_ms();
-    let coordinator_epoch = broker.metadata.read(|s| s.cluster().epoch());
-    let mut waits = Vec::with_capacity(plan.partitions.len());
-    for (topic, partition) in plan.partitions {
-        let batches = markers::marker_batches(
-            txn_id,
-            plan.producer_id,
-            plan.epoch,
-            plan.commit,
-            coordinator_epoch,
-            now,
-        );
-        let queued = broker.buffer.enqueue(&topic, partition, batches).await;
-        waits.push(async move {
-            let result = match queued {
-                Ok(committed) => committed.await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(_)
-                | Err(ProduceError::Rejected(StateError::StaleMarker))
-                | Err(ProduceError::UnknownTopicOrPartition) => Ok(()),
-                Err(source) => Err(MarkerError::Write {
-                    topic,
-                    partition,
-                    source,
-                }),
-            }
-        });
+    /// The markers `txn_id` still waits for, if it is in Prepare*.
+    pub fn pending_plan(&self, txn_id: &str) -> Option<MarkerPlan> {
+        self.metadata.read(|s| {
+            let meta = s.transactions().get(txn_id)?;
+            meta.state.is_prepare().then(|| MarkerPlan {
+                commit: meta.state == crate::metadata::txn::TxnState::PrepareCommit,
+                producer_id: meta.producer_id,
+                epoch: meta.epoch,
+                partitions: meta.markers_pending.iter().cloned().collect(),
+            })
+        })
     }
-    join_all(waits).await.into_iter().collect()
-}
 
-/// [`finish`] unless this broker is already at it.
-async fn finish_once(broker: &Broker, txn_id: &str, plan: MarkerPlan) {
-    if !broker.txn_finishing.claim(txn_id) {
-        return;
-    }
-    if let Err(e) = write_markers(broker, txn_id, plan).await {
-        warn!(txn_id, error = %e, "transaction markers not written; retrying");
-    }
-    broker.txn_finishing.release(txn_id);
-}
-
-/// The coordinator loop of one broker: for the transactions it coordinates, aborts those
-/// past their timeout and finishes those left in Prepare* (by a failed broker, or an
-/// EndTxn whose markers failed). The Raft leader also forgets idle transactional ids.
-pub async fn run(broker: Arc<Broker>) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A transaction seen in Prepare* on the previous tick too: its EndTxn handler (here
-    // or on another broker) has had its chance.
-    let mut preparing: HashSet<String> = HashSet::new();
-    let mut last_expiry = Instant::now();
-    loop {
-        tick.tick().await;
-        if broker.fenced() {
-            continue;
+    /// Writes the markers of `plan` and waits for their commit; the coordinator loop
+    /// leaves the transaction alone meanwhile.
+    pub async fn finish(&self, txn_id: &str, plan: MarkerPlan) -> Result<(), MarkerError> {
+        let claimed = self.finishing.claim(txn_id);
+        let result = self.write_markers(txn_id, plan).await;
+        if claimed {
+            self.finishing.release(txn_id);
         }
+        result
+    }
+
+    /// Writes the markers of `plan` through the write buffer and waits for their commit.
+    /// A marker the state machine no longer expects (written by someone else meanwhile)
+    /// or for a deleted partition counts as done.
+    async fn write_markers(&self, txn_id: &str, plan: MarkerPlan) -> Result<(), MarkerError> {
         let now = crate::clock::now_ms();
-        let (prepare, expired) = broker.metadata.read(|s| {
-            let t = s.transactions();
-            let prepare: Vec<String> = t.in_prepare().map(|(id, _)| id.to_owned()).collect();
-            (prepare, t.expired(now))
-        });
-        let mine = |id: &str| broker.is_coordinator(id) && !broker.txn_finishing.contains(id);
-        let seen = std::mem::take(&mut preparing);
-        for id in prepare {
-            if mine(&id) && seen.contains(&id) {
-                if let Some(plan) = pending_plan(&broker, &id) {
-                    let broker = broker.clone();
-                    tokio::spawn(async move { finish_once(&broker, &id, plan).await });
+        let coordinator_epoch = self.metadata.read(|s| s.cluster().epoch());
+        let mut waits = Vec::with_capacity(plan.partitions.len());
+        for (topic, partition) in plan.partitions {
+            let batches = markers::marker_batches(
+                txn_id,
+                plan.producer_id,
+                plan.epoch,
+                plan.commit,
+                coordinator_epoch,
+                now,
+            );
+            let queued = self.buffer.enqueue(&topic, partition, batches).await;
+            waits.push(async move {
+                let result = match queued {
+                    Ok(committed) => committed.await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(_)
+                    | Err(ProduceError::Rejected(StateError::StaleMarker))
+                    | Err(ProduceError::UnknownTopicOrPartition) => Ok(()),
+                    Err(source) => Err(MarkerError::Write {
+                        topic,
+                        partition,
+                        source,
+                    }),
                 }
-            } else {
-                preparing.insert(id);
-            }
+            });
         }
-        for id in expired {
-            if !mine(&id) {
+        join_all(waits).await.into_iter().collect()
+    }
+
+    /// [`Self::finish`] unless this broker is already at it.
+    async fn finish_once(&self, txn_id: &str, plan: MarkerPlan) {
+        if !self.finishing.claim(txn_id) {
+            return;
+        }
+        if let Err(e) = self.write_markers(txn_id, plan).await {
+            warn!(txn_id, error = %e, "transaction markers not written; retrying");
+        }
+        self.finishing.release(txn_id);
+    }
+
+    /// Whether this broker coordinates `txn_id` and is not finishing it already.
+    fn owns(&self, txn_id: &str) -> bool {
+        self.metadata.coordinator(txn_id, self.node_id) == Some(self.node_id)
+            && !self.finishing.contains(txn_id)
+    }
+
+    /// The coordinator loop of one broker: for the transactions it coordinates, aborts
+    /// those past their timeout and finishes those left in Prepare* (by a failed broker,
+    /// or an EndTxn whose markers failed). The Raft leader also forgets idle
+    /// transactional ids.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A transaction seen in Prepare* on the previous tick too: its EndTxn handler
+        // (here or on another broker) has had its chance.
+        let mut preparing: HashSet<String> = HashSet::new();
+        let mut last_expiry = Instant::now();
+        loop {
+            tick.tick().await;
+            if self.metadata.fenced() {
                 continue;
             }
-            let broker = broker.clone();
-            tokio::spawn(async move { abort_timed_out(&broker, id, now).await });
-        }
-        if broker.metadata.is_leader() && last_expiry.elapsed() >= EXPIRY_CHECK {
-            last_expiry = Instant::now();
-            expire_ids(&broker, now).await;
+            let now = crate::clock::now_ms();
+            let (prepare, expired) = self.metadata.read(|s| {
+                let t = s.transactions();
+                let prepare: Vec<String> = t.in_prepare().map(|(id, _)| id.to_owned()).collect();
+                (prepare, t.expired(now))
+            });
+            let seen = std::mem::take(&mut preparing);
+            for id in prepare {
+                if self.owns(&id) && seen.contains(&id) {
+                    if let Some(plan) = self.pending_plan(&id) {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.finish_once(&id, plan).await });
+                    }
+                } else {
+                    preparing.insert(id);
+                }
+            }
+            for id in expired {
+                if !self.owns(&id) {
+                    continue;
+                }
+                let me = self.clone();
+                tokio::spawn(async move { me.abort_timed_out(id, now).await });
+            }
+            if self.metadata.is_leader() && last_expiry.elapsed() >= EXPIRY_CHECK {
+                last_expiry = Instant::now();
+                self.expire_ids(now).await;
+            }
         }
     }
-}
 
-async fn abort_timed_out(broker: &Broker, txn_id: String, now_ms: i64) {
-    let cmd = Command::AbortTimedOutTxn {
-        txn_id: txn_id.clone(),
-        now_ms,
-    };
-    match broker.metadata.propose(cmd).await {
-        Ok(Response::Txn(Ok(TxnReply::Markers {
-            commit,
-            producer_id,
-            epoch,
-            partitions,
-        }))) => {
-            info!(
-                txn_id,
-                producer_id, "aborting a transaction past its timeout"
-            );
-            let plan = MarkerPlan {
+    async fn abort_timed_out(&self, txn_id: String, now_ms: i64) {
+        let cmd = Command::AbortTimedOutTxn {
+            txn_id: txn_id.clone(),
+            now_ms,
+        };
+        match self.metadata.propose(cmd).await {
+            Ok(Response::Txn(Ok(TxnReply::Markers {
                 commit,
                 producer_id,
                 epoch,
                 partitions,
-            };
-            finish_once(broker, &txn_id, plan).await;
+            }))) => {
+                info!(
+                    txn_id,
+                    producer_id, "aborting a transaction past its timeout"
+                );
+                let plan = MarkerPlan {
+                    commit,
+                    producer_id,
+                    epoch,
+                    partitions,
+                };
+                self.finish_once(&txn_id, plan).await;
+            }
+            Ok(Response::Txn(Ok(_))) => {
+                info!(txn_id, "aborted a transaction past its timeout");
+                crate::telemetry::record_transaction("timeout");
+            }
+            // Ended or moved on since: nothing to do.
+            Ok(_) => {}
+            Err(e) => debug!(txn_id, error = %e, "timeout abort not committed"),
         }
-        Ok(Response::Txn(Ok(_))) => {
-            info!(txn_id, "aborted a transaction past its timeout");
-            crate::telemetry::record_transaction("timeout");
-        }
-        // Ended or moved on since: nothing to do.
-        Ok(_) => {}
-        Err(e) => debug!(txn_id, error = %e, "timeout abort not committed"),
     }
-}
 
-async fn expire_ids(broker: &Broker, now_ms: i64) {
-    let idle = broker.metadata.read(|s| {
-        s.transactions().iter().any(|(_, m)| {
-            m.state.is_idle()
-                && m.last_update_ms
-                    .saturating_add(TRANSACTIONAL_ID_EXPIRATION_MS)
-                    < now_ms
-        })
-    });
-    if !idle {
-        return;
-    }
-    let cmd = Command::ExpireTransactionalIds {
-        now_ms,
-        expiration_ms: TRANSACTIONAL_ID_EXPIRATION_MS,
-    };
-    if let Err(e) = broker.metadata.propose(cmd).await {
-        debug!(error = %e, "transactional id expiry not committed");
+    async fn expire_ids(&self, now_ms: i64) {
+        let idle = self.metadata.read(|s| {
+            s.transactions().iter().any(|(_, m)| {
+                m.state.is_idle()
+                    && m.last_update_ms
+                        .saturating_add(TRANSACTIONAL_ID_EXPIRATION_MS)
+                        < now_ms
+            })
+        });
+        if !idle {
+            return;
+        }
+        let cmd = Command::ExpireTransactionalIds {
+            now_ms,
+            expiration_ms: TRANSACTIONAL_ID_EXPIRATION_MS,
+        };
+        if let Err(e) = self.metadata.propose(cmd).await {
+            debug!(error = %e, "transactional id expiry not committed");
+        }
     }
 }

@@ -341,7 +341,7 @@ pub fn render_state(broker: &Broker) -> String {
     }
 
     let load = Ordering::Relaxed;
-    let (c, k) = (&broker.compaction, &broker.cleaner);
+    let (c, k) = (&broker.compaction_counters, &broker.cleaner_counters);
     for (name, help, value) in [
         (
             "strata_compaction_jobs_total",
@@ -401,17 +401,17 @@ pub fn render_state(broker: &Broker) -> String {
         (
             "strata_gc_deleted_total",
             "Garbage objects deleted",
-            &broker.gauges.gc_deleted,
+            &broker.gc_counters.deleted,
         ),
     ] {
         x.single(name, "counter", help, value.load(load) as f64);
     }
-    let g = &broker.gauges;
+    let g = &broker.connections;
     for (name, help, value) in [
         (
             "strata_connections_open",
             "Client connections open",
-            g.open_connections.load(load),
+            g.open.load(load),
         ),
         (
             "strata_inflight_request_bytes",
@@ -421,12 +421,12 @@ pub fn render_state(broker: &Broker) -> String {
         (
             "strata_snapshot_bytes",
             "Size of the last metadata snapshot shipped to the store",
-            g.snapshot_bytes.load(load),
+            broker.shipped.bytes.load(load),
         ),
     ] {
         x.single(name, "gauge", help, value as f64);
     }
-    let (allocated, resident) = crate::background::stats::heap();
+    let (allocated, resident) = crate::telemetry::heap();
     x.single(
         "strata_heap_allocated_bytes",
         "gauge",

@@ -126,7 +126,7 @@ async fn route(path: &str, broker: &Started) -> (u16, &'static str, String) {
             },
         },
         "/metrics" => {
-            let mut body = super::render_recorded();
+            let mut body = crate::telemetry::render_recorded();
             if let Some(broker) = broker.get() {
                 let broker = broker.clone();
                 // Walking the state for lag can take a while on a large cluster: off the
