@@ -25,6 +25,7 @@ pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod failpoint;
 pub mod fetch;
 pub mod group;
 pub mod metadata;

@@ -105,7 +105,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 _ = int.recv() => info!("SIGINT: shutting down"),
             }
         };
-        if std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "panic-in-task") {
+        if strata::failpoint::on("panic-in-task") {
             // Test switch: a background task panics, as a bug would make one.
             tokio::spawn(async {
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -247,10 +247,6 @@ pub enum CompactionError {
     Refused,
 }
 
-fn failpoint(name: &str) -> bool {
-    std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == name)
-}
-
 async fn compact(
     metadata: &Metadata,
     storage: &ObjectStorage,
@@ -340,7 +336,7 @@ async fn compact(
                 }
             }
             debug!(%object, base_offset, end_offset, bytes = object_bytes.len(), "segment swapped in");
-            if failpoint("crash-after-compaction-swap") {
+            if crate::failpoint::on("crash-after-compaction-swap") {
                 warn!(%object, "failpoint crash-after-compaction-swap: aborting");
                 std::process::abort();
             }
@@ -391,7 +387,7 @@ impl Swap<'_> {
             .put_background(self.object, self.bytes, timeout)
             .await?;
         bytes_written.fetch_add(self.bytes.len() as u64, Ordering::Relaxed);
-        if failpoint(failpoint_name) {
+        if crate::failpoint::on(failpoint_name) {
             warn!(object = self.object, "failpoint {failpoint_name}: aborting");
             std::process::abort();
         }

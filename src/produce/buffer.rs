@@ -403,8 +403,7 @@ async fn commit_loop(
     max_commit_age: Duration,
 ) {
     // Test-only crash window: die after an upload, before its commit, leaving an orphan.
-    let crash_before_commit =
-        std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "crash-before-commit");
+    let crash_before_commit = crate::failpoint::on("crash-before-commit");
     while let Some(first) = rx.recv().await {
         // Everything queued behind the first upload rides in the same Raft entry: one
         // commit round trip (and fsync) for many objects when load is heavy.

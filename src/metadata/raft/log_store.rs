@@ -76,9 +76,7 @@ pub(super) fn is_torn_tail(rest: &[u8]) -> bool {
 /// Test switch: with `STRATA_FAILPOINT=raft-write-error`, appends fail once the file
 /// `FAIL_WRITES` exists in the Raft directory, as a dying disk would make them.
 fn injected_write_error(dir: &Path) -> io::Result<()> {
-    if std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == "raft-write-error")
-        && dir.join("FAIL_WRITES").exists()
-    {
+    if crate::failpoint::on("raft-write-error") && dir.join("FAIL_WRITES").exists() {
         return Err(io::Error::other(
             "injected write error (failpoint raft-write-error)",
         ));
