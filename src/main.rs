@@ -1,6 +1,7 @@
 //! The `strata` binary: parse the command line, start the broker, stop on a signal.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -49,62 +50,22 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Certificates are read before anything starts: a bad file stops start-up.
         let tls = match &config.tls {
-            Some(settings) => Some(std::sync::Arc::new(
-                strata::tls::TlsAcceptor::load(settings.clone())?,
-            )),
+            Some(settings) => Some(Arc::new(strata::tls::TlsAcceptor::load(settings.clone())?)),
             None => None,
         };
-        let mut endpoints = Vec::with_capacity(config.listeners.len());
-        for listener in &config.listeners {
-            let bind = listener.bind;
-            let socket = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
-                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                    "another process is using it; stop it or change --listen / --listeners"
-                } else {
-                    "use an address of this machine in --listen / --listeners"
-                };
-                anyhow::anyhow!("cannot listen on {bind} ({} listener {}): {e} ({hint})", listener.protocol, listener.name)
-            })?;
-            endpoints.push(strata::server::Endpoint {
-                socket,
-                listener: std::sync::Arc::new(listener.clone()),
-            });
-        }
+        let endpoints = bind_listeners(&config).await?;
         // Bound before the broker starts, so that `/ready` says "starting" (503) until
         // it has caught up and registered.
         let started = strata::server::http::Started::default();
         if let Some(addr) = config.metrics_listen {
-            let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                    "another process is using it; stop it or pass --metrics-listen HOST:PORT (or none)"
-                } else {
-                    "pass --metrics-listen with an address of this machine, or none"
-                };
-                anyhow::anyhow!("cannot listen for metrics on {addr}: {e} ({hint})")
-            })?;
-            strata::telemetry::install()?;
-            tokio::spawn(strata::server::http::serve(metrics, started.clone()));
-            tokio::spawn(strata::telemetry::upkeep());
-            info!(%addr, "serving /metrics, /health and /ready");
+            serve_metrics(addr, started.clone()).await?;
         }
+        let limits = listener_limits(&config);
+        log_serving(&config);
         let (broker, tasks) = Broker::start(config).await?;
         broker.register().await?;
         let _ = started.set(broker.clone());
-        let liveness = broker.spawn_liveness();
-        let transactions = broker.spawn_transactions();
-        let authorizer = &broker.config.security.authorizer;
-        info!(super_users = ?authorizer.super_users, allow_everyone_if_no_acl_found = authorizer.allow_if_no_acl, "authorization");
-        for l in &broker.config.listeners {
-            info!(listener = %l.name, protocol = %l.protocol, listen = %l.bind, advertise = %format!("{}:{}", l.advertise_host, l.advertise_port), "strata is serving");
-        }
-        let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = int.recv() => info!("SIGINT: shutting down"),
-            }
-        };
+        let loops = vec![broker.spawn_liveness(), broker.spawn_transactions()];
         if strata::failpoint::on("panic-in-task") {
             // Test switch: a background task panics, as a bug would make one.
             tokio::spawn(async {
@@ -112,51 +73,96 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 panic!("failpoint panic-in-task");
             });
         }
-        let metadata = broker.clone();
-        let fatal = async move {
-            let reason = metadata.metadata.fatal().await;
-            tracing::error!(%reason, "the metadata raft stopped");
-            eprintln!(
-                "strata: the metadata raft stopped: {reason}; exiting so that the broker is \
-                 restarted clean (its data directory is intact)"
-            );
-            std::process::exit(EXIT_FATAL);
-        };
-        let shutdown = async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = fatal => {}
-            }
-        };
-        strata::server::serve(broker.clone(), endpoints, tls, shutdown).await;
-        // Requests already buffered finish their flush and commit; every acknowledged
-        // record is in the store already, so a bounded wait is all a graceful stop needs.
-        tokio::time::sleep(broker.config.flush_interval * 2 + Duration::from_millis(200)).await;
-        tasks.abort_chores();
-        transactions.abort();
-        liveness.abort();
-        // Hand partitions and groups to the others now rather than after the lease.
-        broker.deregister().await;
-        tasks.abort();
-        // The bucket gets the latest metadata, so a replacement broker on a new machine
-        // starts from exactly here.
-        if let Err(e) = strata::metadata::shipping::ship_snapshot(&broker.metadata, &broker.storage).await {
-            tracing::warn!(error = %e, "could not ship the final metadata snapshot");
-        }
-        let counters = broker.storage.counters();
-        let load = std::sync::atomic::Ordering::Relaxed;
-        info!(
-            puts = counters.puts.load(load),
-            gets = counters.gets.load(load),
-            lists = counters.lists.load(load),
-            deletes = counters.deletes.load(load),
-            "object_store_requests"
-        );
-        broker.groups.shutdown();
-        broker.cache.close().await;
-        broker.metadata.shutdown().await?;
+        let shutdown = stop_signal(broker.clone())?;
+        strata::server::serve(broker.clone(), endpoints, limits, tls, shutdown).await;
+        broker.shutdown(tasks, loops).await?;
         info!("stopped");
         Ok(())
+    })
+}
+
+/// Binds every Kafka listener, or says in one line why one cannot be.
+async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<strata::server::Endpoint>> {
+    let mut endpoints = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let bind = listener.bind;
+        let socket = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process is using it; stop it or change --listen / --listeners"
+            } else {
+                "use an address of this machine in --listen / --listeners"
+            };
+            anyhow::anyhow!(
+                "cannot listen on {bind} ({} listener {}): {e} ({hint})",
+                listener.protocol,
+                listener.name
+            )
+        })?;
+        endpoints.push(strata::server::Endpoint {
+            socket,
+            listener: Arc::new(listener.clone()),
+        });
+    }
+    Ok(endpoints)
+}
+
+/// Serves `/metrics`, `/health` and `/ready` on `addr`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    started: strata::server::http::Started,
+) -> anyhow::Result<()> {
+    let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "another process is using it; stop it or pass --metrics-listen HOST:PORT (or none)"
+        } else {
+            "pass --metrics-listen with an address of this machine, or none"
+        };
+        anyhow::anyhow!("cannot listen for metrics on {addr}: {e} ({hint})")
+    })?;
+    strata::telemetry::install()?;
+    tokio::spawn(strata::server::http::serve(metrics, started));
+    tokio::spawn(strata::telemetry::upkeep());
+    info!(%addr, "serving /metrics, /health and /ready");
+    Ok(())
+}
+
+fn listener_limits(config: &Config) -> strata::server::ListenerLimits {
+    strata::server::ListenerLimits {
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        max_inflight_request_bytes: config.max_inflight_request_bytes,
+        max_request_bytes: config.max_request_bytes,
+        frame_read_timeout: config.frame_read_timeout,
+        connections_max_idle: config.connections_max_idle,
+    }
+}
+
+fn log_serving(config: &Config) {
+    let authorizer = &config.security.authorizer;
+    info!(super_users = ?authorizer.super_users, allow_everyone_if_no_acl_found = authorizer.allow_if_no_acl, "authorization");
+    for l in &config.listeners {
+        info!(listener = %l.name, protocol = %l.protocol, listen = %l.bind, advertise = %format!("{}:{}", l.advertise_host, l.advertise_port), "strata is serving");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. If the metadata Raft stops by itself meanwhile, the
+/// process exits at once so that it is restarted clean (its data directory is intact).
+fn stop_signal(broker: Arc<Broker>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+            reason = broker.fatal() => {
+                tracing::error!(%reason, "the metadata raft stopped");
+                eprintln!(
+                    "strata: the metadata raft stopped: {reason}; exiting so that the broker is \
+                     restarted clean (its data directory is intact)"
+                );
+                std::process::exit(EXIT_FATAL);
+            }
+        }
     })
 }
 

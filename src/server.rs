@@ -59,6 +59,27 @@ const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Refused connections are logged at most this often (a flood must not flood the log).
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
+/// What the listeners take on, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Request bytes being read or handled at once, over all connections.
+    pub max_inflight_request_bytes: usize,
+    /// The largest frame accepted.
+    pub max_request_bytes: usize,
+    /// How long a frame may take to arrive once its size is read (and a TLS handshake).
+    pub frame_read_timeout: Duration,
+    /// A connection with nothing in flight and nothing arriving this long is closed.
+    pub connections_max_idle: Duration,
+}
+
+/// What every connection shares: the request budget and the rules for frames.
+struct Shared {
+    budget: RequestBudget,
+    limits: ListenerLimits,
+}
+
 /// A bound listener socket and what it serves.
 pub struct Endpoint {
     pub socket: TcpListener,
@@ -70,19 +91,22 @@ pub struct Endpoint {
 pub async fn serve(
     broker: Arc<Broker>,
     endpoints: Vec<Endpoint>,
+    listener_limits: ListenerLimits,
     tls: Option<Arc<TlsAcceptor>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let config = &broker.config;
     let limits = ConnectionLimits::new(
-        config.max_connections,
-        config.max_connections_per_ip,
-        broker.connections.clone(),
+        listener_limits.max_connections,
+        listener_limits.max_connections_per_ip,
+        broker.counters().connections.clone(),
     );
-    let budget = Arc::new(RequestBudget::new(
-        config.max_inflight_request_bytes,
-        broker.connections.clone(),
-    ));
+    let shared = Arc::new(Shared {
+        budget: RequestBudget::new(
+            listener_limits.max_inflight_request_bytes,
+            broker.counters().connections.clone(),
+        ),
+        limits: listener_limits,
+    });
     let loops = endpoints.into_iter().map(|endpoint| {
         let tls = tls.clone().filter(|_| endpoint.listener.protocol.tls());
         accept_loop(
@@ -90,7 +114,7 @@ pub async fn serve(
             endpoint,
             tls,
             limits.clone(),
-            budget.clone(),
+            shared.clone(),
         )
     });
     tokio::select! {
@@ -104,7 +128,7 @@ async fn accept_loop(
     endpoint: Endpoint,
     tls: Option<Arc<TlsAcceptor>>,
     limits: Arc<ConnectionLimits>,
-    budget: Arc<RequestBudget>,
+    shared: Arc<Shared>,
 ) {
     let mut refusals = Throttle::new(REFUSAL_WARNING_EVERY);
     let listener = endpoint.listener;
@@ -125,7 +149,7 @@ async fn accept_loop(
                     }
                 };
                 let broker = broker.clone();
-                let budget = budget.clone();
+                let shared = shared.clone();
                 let tls = tls.clone();
                 let listener = listener.clone();
                 let span = tracing::debug_span!("connection", %peer, listener = %listener.name);
@@ -133,7 +157,7 @@ async fn accept_loop(
                     async move {
                         let _slot = slot;
                         debug!("connection opened");
-                        if let Err(e) = open(broker, budget, tls, listener, stream, peer).await {
+                        if let Err(e) = open(broker, shared, tls, listener, stream, peer).await {
                             debug!(error = %e, "connection closed");
                         }
                     }
@@ -201,7 +225,7 @@ impl Session {
 /// Runs a new connection: the TLS handshake first if the listener has TLS.
 async fn open(
     broker: Arc<Broker>,
-    budget: Arc<RequestBudget>,
+    shared: Arc<Shared>,
     tls: Option<Arc<TlsAcceptor>>,
     listener: Arc<Listener>,
     stream: TcpStream,
@@ -219,11 +243,11 @@ async fn open(
             peer,
             sasl,
         };
-        return connection(broker, budget, session, stream).await;
+        return connection(broker, shared, session, stream).await;
     };
     // Bounded like a frame: a client that connects and never finishes the handshake
     // must not hold a connection slot.
-    let timeout = broker.config.frame_read_timeout;
+    let timeout = shared.limits.frame_read_timeout;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
     let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -236,7 +260,7 @@ async fn open(
         peer,
         sasl,
     };
-    connection(broker, budget, session, stream).await
+    connection(broker, shared, session, stream).await
 }
 
 /// A response the writer waits for, in request order.
@@ -274,7 +298,7 @@ impl Activity {
 /// The request loop, the same over a plaintext or a TLS stream.
 async fn connection<S>(
     broker: Arc<Broker>,
-    budget: Arc<RequestBudget>,
+    shared: Arc<Shared>,
     mut session: Session,
     stream: S,
 ) -> Result<(), ConnectionError>
@@ -285,9 +309,9 @@ where
     let mut ctx = session.context();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Answer>(MAX_INFLIGHT_PER_CONNECTION);
-    let max_frame = broker.config.max_request_bytes;
-    let frame_timeout = broker.config.frame_read_timeout;
-    let idle = broker.config.connections_max_idle;
+    let max_frame = shared.limits.max_request_bytes;
+    let frame_timeout = shared.limits.frame_read_timeout;
+    let idle = shared.limits.connections_max_idle;
     let activity = Arc::new(Activity::new());
     let written = activity.clone();
 
@@ -302,15 +326,16 @@ where
                 .ok_or(ConnectionError::FrameSize(i64::from(size)))?;
             // Charged before a byte of the body is read or allocated; waiting here
             // leaves the body in the socket, so the client is held back by TCP.
-            let charge = match budget.try_charge(size) {
+            let charge = match shared.budget.try_charge(size) {
                 Some(charge) => charge,
                 None => {
                     debug!(
                         size,
-                        available_kib = budget.available_kib(),
+                        available_kib = shared.budget.available_kib(),
                         "waiting for request budget"
                     );
-                    budget
+                    shared
+                        .budget
                         .charge(size)
                         .await
                         .map_err(|_| ConnectionError::Budget)?

@@ -200,6 +200,15 @@ impl WriteBuffer {
     fn memory_capacity(&self) -> u32 {
         self.capacity_kib
     }
+
+    /// Waits until every request buffered so far is answered (committed, or failed), for
+    /// at most `bound`; false if time ran out first. A request holds its share of the
+    /// memory cap until it is answered, so the whole cap being free means nothing is
+    /// buffered, uploading or waiting for its commit.
+    pub async fn drain(&self, bound: Duration) -> bool {
+        let all = self.memory.acquire_many(self.capacity_kib);
+        matches!(tokio::time::timeout(bound, all).await, Ok(Ok(_)))
+    }
 }
 
 async fn flush_loop(

@@ -71,11 +71,7 @@ pub async fn create(
     let failure = if bindings.is_empty() {
         None
     } else {
-        match broker
-            .metadata
-            .propose(Command::CreateAcls { bindings })
-            .await
-        {
+        match broker.propose(Command::CreateAcls { bindings }).await {
             Ok(Response::Access(Ok(()))) => None,
             Ok(Response::Access(Err(e))) => Some((ResponseError::InvalidRequest, e.to_string())),
             Ok(other) => Some((ResponseError::UnknownServerError, format!("{other:?}"))),
@@ -125,9 +121,8 @@ pub fn describe(
                 .with_error_message(Some(str_bytes(&e.to_string())))
         }
     };
-    let matching: Vec<AclBinding> = broker
-        .metadata
-        .read(|s| s.access().acls().matching(&filter).cloned().collect());
+    let matching: Vec<AclBinding> =
+        broker.read(|s| s.access().acls().matching(&filter).cloned().collect());
     // Grouped by resource pattern, as Kafka answers.
     let mut resources: BTreeMap<(i8, String, i8), Vec<AclDescription>> = BTreeMap::new();
     for b in matching {
@@ -185,7 +180,7 @@ pub async fn delete(
             })
         })
         .collect();
-    let matched: Vec<Vec<AclBinding>> = broker.metadata.read(|s| {
+    let matched: Vec<Vec<AclBinding>> = broker.read(|s| {
         filters
             .iter()
             .map(|f| match f {
@@ -200,11 +195,7 @@ pub async fn delete(
     let outcome = if all.is_empty() {
         Ok(Vec::new())
     } else {
-        match broker
-            .metadata
-            .propose(Command::DeleteAcls { bindings: all })
-            .await
-        {
+        match broker.propose(Command::DeleteAcls { bindings: all }).await {
             Ok(Response::AclsDeleted(deleted)) => Ok(deleted),
             Ok(other) => Err((ResponseError::UnknownServerError, format!("{other:?}"))),
             Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),

@@ -37,7 +37,7 @@ impl<'a> Authz<'a> {
     }
 
     pub fn allowed(&self, op: Operation, resource_type: ResourceType, name: &str) -> bool {
-        let settings = &self.broker.config.security.authorizer;
+        let settings = &self.broker.security().authorizer;
         let who = Requester {
             principal: &self.ctx.principal,
             host: &self.ctx.host,
@@ -46,7 +46,6 @@ impl<'a> Authz<'a> {
             return true;
         }
         self.broker
-            .metadata
             .read(|s| acl::authorize(s.access().acls(), settings, who, op, resource_type, name))
     }
 
@@ -57,7 +56,7 @@ impl<'a> Authz<'a> {
         resource_type: ResourceType,
         names: &[&str],
     ) -> Vec<bool> {
-        let settings = &self.broker.config.security.authorizer;
+        let settings = &self.broker.security().authorizer;
         let who = Requester {
             principal: &self.ctx.principal,
             host: &self.ctx.host,
@@ -65,7 +64,7 @@ impl<'a> Authz<'a> {
         if settings.is_super_user(who.principal) {
             return vec![true; names.len()];
         }
-        self.broker.metadata.read(|s| {
+        self.broker.read(|s| {
             names
                 .iter()
                 .map(|name| {
@@ -79,7 +78,7 @@ impl<'a> Authz<'a> {
     /// producers): some ALLOW for WRITE (or ALL) on a topic applies to the principal and
     /// host, or the authorizer allows resources without ACLs.
     pub fn may_write_some_topic(&self) -> bool {
-        let settings = &self.broker.config.security.authorizer;
+        let settings = &self.broker.security().authorizer;
         if settings.allow_if_no_acl || settings.is_super_user(&self.ctx.principal) {
             return true;
         }
@@ -92,7 +91,7 @@ impl<'a> Authz<'a> {
             operation: None,
             permission: Some(acl::Permission::Allow),
         };
-        self.broker.metadata.read(|s| {
+        self.broker.read(|s| {
             s.access().acls().matching(&filter).any(|b| {
                 matches!(b.operation, Operation::Write | Operation::All)
                     && (b.principal == self.ctx.principal || b.principal == "User:*")
@@ -127,13 +126,13 @@ impl<'a> Authz<'a> {
         if !requested {
             return NOT_REQUESTED;
         }
-        let settings = &self.broker.config.security.authorizer;
+        let settings = &self.broker.security().authorizer;
         let who = Requester {
             principal: &self.ctx.principal,
             host: &self.ctx.host,
         };
         // Every supported operation under one read of the state, not one read each.
-        let ops = self.broker.metadata.read(|s| {
+        let ops = self.broker.read(|s| {
             acl::authorized_operations(
                 s.access().acls(),
                 settings,

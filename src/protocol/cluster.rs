@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
 
 use super::authz::{Authz, CLUSTER_NAME};
 use super::str_bytes;
-use crate::broker::Broker;
+use crate::broker::{Broker, LiveBroker};
 use crate::security::acl::{Operation, ResourceType};
 
 /// Kafka's endpoint types (KIP-919): 1 brokers, 2 controllers.
@@ -35,12 +35,9 @@ pub fn describe(
             .with_endpoint_type(req.endpoint_type);
     }
     // As in Metadata: the live brokers, and the metadata Raft leader as controller.
-    let controller = broker
-        .metadata
-        .leader()
-        .map_or(broker.node_id(), |id| id as i32);
+    let controller = broker.controller_id();
     let resp = DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&broker.cluster_id))
+        .with_cluster_id(str_bytes(broker.cluster_id()))
         .with_controller_id(BrokerId(controller))
         .with_cluster_authorized_operations(authz.reported(
             req.include_cluster_authorized_operations,
@@ -56,13 +53,20 @@ pub fn describe(
     let brokers = broker
         .live_brokers(authz.listener())
         .into_iter()
-        .map(|(id, host, port, rack)| {
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(id))
-                .with_host(str_bytes(&host))
-                .with_port(port)
-                .with_rack(rack.map(|r| str_bytes(&r)))
-        })
+        .map(
+            |LiveBroker {
+                 id,
+                 host,
+                 port,
+                 rack,
+             }| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(id))
+                    .with_host(str_bytes(&host))
+                    .with_port(port)
+                    .with_rack(rack.map(|r| str_bytes(&r)))
+            },
+        )
         .collect();
     resp.with_brokers(brokers)
 }
@@ -78,7 +82,7 @@ pub fn offset_for_leader_epoch(
     // (served as the leader epoch in Metadata) ends, as far as a client can tell, at the
     // log end offset, and a client validating its position after a leader move never
     // finds a truncation.
-    let epoch = broker.metadata.read(|s| s.cluster().epoch());
+    let epoch = broker.read(|s| s.cluster().epoch());
     let topics = req
         .topics
         .into_iter()
@@ -96,7 +100,6 @@ pub fn offset_for_leader_epoch(
                             .with_end_offset(-1);
                     }
                     let hw = broker
-                        .metadata
                         .offsets(topic.topic.as_str(), p.partition)
                         .map(|o| o.high_watermark);
                     let out = EpochEndOffset::default().with_partition(p.partition);

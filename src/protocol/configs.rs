@@ -163,16 +163,14 @@ pub fn describe(
                     .with_error_code(code.code())
                     .with_error_message(Some(str_bytes(&message)));
             }
-            let node = broker.config.node_id;
+            let node = broker.id();
             let is_broker = resource.resource_type == BROKER;
             let read_only = |key: &str| is_broker && STATIC_BROKER_KEYS.contains(&key);
             let entries: Vec<(String, String, i8)> = match resource.resource_type {
                 TOPIC => {
-                    let defaults = &broker.config.topic_defaults;
+                    let defaults = &broker.topic_defaults();
                     let name = resource.resource_name.as_str();
-                    let found = broker
-                        .metadata
-                        .read(|s| topic_entries(s, node, defaults, name));
+                    let found = broker.read(|s| topic_entries(s, node, defaults, name));
                     let Some(entries) = found else {
                         return result
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
@@ -191,7 +189,6 @@ pub fn describe(
                     match scope {
                         // The cluster-wide default resource holds only what was set there.
                         None => broker
-                            .metadata
                             .read(|s| s.broker_configs("").cloned())
                             .unwrap_or_default()
                             .into_iter()
@@ -245,45 +242,21 @@ fn dynamic_broker_entries(
 
 /// A broker's configs: the static ones, then the dynamic ones with their sources.
 fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
-    let c = &broker.config;
-    let dynamic = broker
-        .metadata
-        .read(|s| dynamic_broker_entries(s, id, &c.topic_defaults));
+    let defaults = broker.topic_defaults();
+    let dynamic = broker.read(|s| dynamic_broker_entries(s, id, defaults));
     let partitions = broker
-        .metadata
-        .read(|s| {
-            s.config_layers(id, &c.topic_defaults)
-                .broker_value("num.partitions")
-        })
-        .unwrap_or_else(|| (c.default_partitions.to_string(), STATIC_BROKER_CONFIG));
-    let mut entries = vec![
-        (
-            "auto.create.topics.enable".into(),
-            c.auto_create_topics.to_string(),
-            STATIC_BROKER_CONFIG,
-        ),
-        ("num.partitions".into(), partitions.0, partitions.1),
-        (
-            "socket.request.max.bytes".into(),
-            c.max_request_bytes.to_string(),
-            STATIC_BROKER_CONFIG,
-        ),
-        (
-            "advertised.listeners".into(),
-            format!(
-                "{}://{}:{}",
-                if c.tls.is_some() { "SSL" } else { "PLAINTEXT" },
-                c.advertise_host,
-                c.advertise_port
-            ),
-            STATIC_BROKER_CONFIG,
-        ),
-        (
-            "broker.id".into(),
-            c.node_id.to_string(),
-            STATIC_BROKER_CONFIG,
-        ),
-    ];
+        .read(|s| s.config_layers(id, defaults).broker_value("num.partitions"))
+        .unwrap_or_else(|| {
+            let partitions = broker.static_default_partitions();
+            (partitions.to_string(), STATIC_BROKER_CONFIG)
+        });
+    let mut entries: Vec<(String, String, i8)> = broker
+        .static_broker_configs()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v, STATIC_BROKER_CONFIG))
+        .collect();
+    // Kafka lists it second, after auto.create.topics.enable.
+    entries.insert(1, ("num.partitions".into(), partitions.0, partitions.1));
     entries.extend(dynamic);
     entries
 }
@@ -424,7 +397,6 @@ async fn alter_resource(
         }
     }
     let current = broker
-        .metadata
         .read(|s| s.topic(name).map(|t| t.configs.clone()))
         .ok_or_else(|| {
             (
@@ -441,7 +413,7 @@ async fn alter_resource(
         replace,
         changes,
     };
-    match broker.metadata.propose(cmd).await {
+    match broker.propose(cmd).await {
         Ok(Response::Topic(Ok(()))) => Ok(()),
         Ok(Response::Topic(Err(StateError::UnknownTopicOrPartition))) => Err((
             ResponseError::UnknownTopicOrPartition,
@@ -462,8 +434,7 @@ async fn alter_broker(
 ) -> Result<(), (ResponseError, String)> {
     let scope = broker_scope(name)?;
     if let Some(id) = scope {
-        let known = id == broker.config.node_id
-            || broker.metadata.read(|s| s.cluster().broker(id).is_some());
+        let known = id == broker.id() || broker.read(|s| s.cluster().broker(id).is_some());
         if !known {
             return Err((
                 ResponseError::InvalidRequest,
@@ -472,7 +443,6 @@ async fn alter_broker(
         }
     }
     let current = broker
-        .metadata
         .read(|s| s.broker_configs(name).cloned())
         .unwrap_or_default();
     let changes = config_changes(Scope::Broker, &current, configs)?;
@@ -484,7 +454,7 @@ async fn alter_broker(
         replace,
         changes,
     };
-    match broker.metadata.propose(cmd).await {
+    match broker.propose(cmd).await {
         Ok(_) => Ok(()),
         Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
     }

@@ -16,7 +16,7 @@ pub fn elect(
     req: ElectLeadersRequest,
     _version: i16,
 ) -> ElectLeadersResponse {
-    let results = broker.metadata.read(|s| {
+    let results = broker.read(|s| {
         // None asks for every partition of every topic.
         let wanted: Vec<(String, Vec<i32>)> = match &req.topic_partitions {
             None => s

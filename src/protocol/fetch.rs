@@ -35,7 +35,7 @@ pub async fn handle(
     let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
-    let mut applied = broker.metadata.subscribe();
+    let mut applied = broker.applied();
     loop {
         applied.borrow_and_update();
         let last = Instant::now() >= deadline;
@@ -160,7 +160,7 @@ async fn read_once(
             }
             let min_one = first_non_empty || version < 3;
             let read = broker
-                .fetcher
+                .fetcher()
                 .read(
                     topic.topic.as_str(),
                     p.partition,
@@ -176,7 +176,7 @@ async fn read_once(
                     Err(FetchError::NotLeaderOrFollower)
                 }
                 Err(FetchError::OffsetOutOfRange) => {
-                    match broker.metadata.offsets(topic.topic.as_str(), p.partition) {
+                    match broker.offsets(topic.topic.as_str(), p.partition) {
                         Some(o) if p.fetch_offset > o.high_watermark => {
                             if fenced {
                                 Err(FetchError::NotLeaderOrFollower)
@@ -263,7 +263,6 @@ async fn read_once(
 /// (high watermark, last stable offset, log start) of a partition, -1 each if unknown.
 fn offsets_or_unknown(broker: &Broker, topic: &str, partition: i32) -> (i64, i64, i64) {
     broker
-        .metadata
         .offsets(topic, partition)
         .map(|o| (o.high_watermark, o.last_stable, o.log_start))
         .unwrap_or((-1, -1, -1))

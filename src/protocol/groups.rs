@@ -50,13 +50,11 @@ pub fn find_coordinator(
         let id = broker.coordinator(key).ok_or(UNAVAILABLE)?;
         let (host, port) = brokers
             .iter()
-            .find(|b| b.0 == id)
-            .map(|b| (b.1.clone(), b.2))
+            .find(|b| b.id == id)
+            .map(|b| (b.host.clone(), b.port))
             .unwrap_or_else(|| {
-                (
-                    broker.config.advertise_host.clone(),
-                    broker.config.advertise_port,
-                )
+                let (host, port) = broker.advertised();
+                (host.to_owned(), port)
             });
         Ok((BrokerId(id), str_bytes(&host), port))
     };
@@ -99,10 +97,10 @@ pub fn list_groups(
     req: ListGroupsRequest,
     version: i16,
 ) -> ListGroupsResponse {
-    let with_offsets: Vec<String> = broker.metadata.read(|s| s.group_ids().cloned().collect());
+    let with_offsets: Vec<String> = broker.read(|s| s.group_ids().cloned().collect());
     let all = authz.cluster(Operation::Describe);
     broker
-        .groups
+        .groups()
         .list_groups(req, version, &with_offsets, |group| {
             broker.is_coordinator(group) && (all || authz.group(Operation::Describe, group))
         })
@@ -124,13 +122,9 @@ pub async fn delete_groups(
         } else if !authz.group(Operation::Delete, &id) {
             Some(ResponseError::GroupAuthorizationFailed)
         } else {
-            match broker.groups.delete_group(&id) {
+            match broker.groups().delete_group(&id) {
                 Err(e) => Some(e),
-                Ok(known) => match broker
-                    .metadata
-                    .propose(Command::DeleteGroup { group: id })
-                    .await
-                {
+                Ok(known) => match broker.propose(Command::DeleteGroup { group: id }).await {
                     Ok(Response::Group(Ok(()))) => None,
                     Ok(Response::Group(Err(_))) if known => None,
                     Ok(Response::Group(Err(_))) => Some(ResponseError::GroupIdNotFound),

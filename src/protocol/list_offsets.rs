@@ -40,7 +40,7 @@ pub async fn handle(
                 continue;
             }
             let found = match p.timestamp {
-                LATEST => broker.metadata.offsets(name, p.partition_index).map(|o| {
+                LATEST => broker.offsets(name, p.partition_index).map(|o| {
                     let latest = if read_committed {
                         o.last_stable
                     } else {
@@ -49,15 +49,14 @@ pub async fn handle(
                     (-1, latest)
                 }),
                 EARLIEST => broker
-                    .metadata
                     .offsets(name, p.partition_index)
                     .map(|o| (-1, o.log_start)),
-                MAX_TIMESTAMP => broker.metadata.read(|s| {
+                MAX_TIMESTAMP => broker.read(|s| {
                     let part = s.partition(name, p.partition_index)?;
                     Some(part.max_timestamp().unwrap_or((-1, -1)))
                 }),
                 ts => match broker
-                    .fetcher
+                    .fetcher()
                     .offset_for_timestamp(name, p.partition_index, ts)
                     .await
                 {
@@ -65,7 +64,6 @@ pub async fn handle(
                     Ok(Some((_, offset)))
                         if read_committed
                             && broker
-                                .metadata
                                 .offsets(name, p.partition_index)
                                 .is_some_and(|o| offset >= o.last_stable) =>
                     {

@@ -19,7 +19,7 @@ pub fn describe(
     req: DescribeLogDirsRequest,
     _version: i16,
 ) -> DescribeLogDirsResponse {
-    let topics = broker.metadata.read(|s| {
+    let topics = broker.read(|s| {
         // (topic, partition indexes wanted); None asks for every partition.
         let wanted: Vec<(String, Option<Vec<i32>>)> = match &req.topics {
             None => s.topics().keys().map(|name| (name.clone(), None)).collect(),

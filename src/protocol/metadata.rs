@@ -11,7 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::authz::Authz;
 use super::str_bytes;
-use crate::broker::{Broker, TopicLookup};
+use crate::broker::{Broker, LiveBroker, TopicLookup};
 use crate::security::acl::{Operation, ResourceType};
 
 pub async fn handle(
@@ -31,12 +31,7 @@ pub async fn handle(
                 .collect(),
             false,
         ),
-        _ => (
-            broker
-                .metadata
-                .read(|s| s.topics().keys().cloned().collect()),
-            true,
-        ),
+        _ => (broker.read(|s| s.topics().keys().cloned().collect()), true),
     };
     // As Kafka: topics the principal may not describe are left out of "all topics" and
     // answered TOPIC_AUTHORIZATION_FAILED when named.
@@ -72,25 +67,29 @@ pub async fn handle(
     let brokers = broker
         .live_brokers(authz.listener())
         .into_iter()
-        .map(|(id, host, port, rack)| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(id))
-                .with_host(str_bytes(&host))
-                .with_port(port)
-                .with_rack(if version >= 1 {
-                    rack.map(|r| str_bytes(&r))
-                } else {
-                    None
-                })
-        })
+        .map(
+            |LiveBroker {
+                 id,
+                 host,
+                 port,
+                 rack,
+             }| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(str_bytes(&host))
+                    .with_port(port)
+                    .with_rack(if version >= 1 {
+                        rack.map(|r| str_bytes(&r))
+                    } else {
+                        None
+                    })
+            },
+        )
         .collect();
-    let controller = broker
-        .metadata
-        .leader()
-        .map_or(broker.node_id(), |id| id as i32);
+    let controller = broker.controller_id();
     MetadataResponse::default()
         .with_brokers(brokers)
-        .with_cluster_id((version >= 2).then(|| str_bytes(&broker.cluster_id)))
+        .with_cluster_id((version >= 2).then(|| str_bytes(broker.cluster_id())))
         .with_controller_id(if version >= 1 {
             BrokerId(controller)
         } else {

@@ -7,9 +7,10 @@ pub mod authz;
 pub mod bounds;
 mod cluster;
 pub(crate) mod configs;
-mod coordinator;
+mod dispatch;
 mod elect_leaders;
 mod fetch;
+mod group_gate;
 mod groups;
 mod list_offsets;
 mod log_dirs;
@@ -26,26 +27,18 @@ mod scram;
 mod topic_partitions;
 mod topics;
 mod transactions;
-mod txn;
 pub mod versions;
 
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
-use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{
-    ApiKey, DescribeClientQuotasResponse, DescribeLogDirsResponse, ElectLeadersResponse,
-    ListPartitionReassignmentsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
-    SaslAuthenticateResponse, SaslHandshakeResponse,
-};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use tracing::{debug, Instrument};
+use tracing::Instrument;
 
-use self::authz::Authz;
 pub use self::authz::RequestContext;
 use crate::broker::Broker;
-use crate::security::acl::{Operation, ResourceType};
 use crate::telemetry;
 
 /// Errors after which the connection is closed, as Kafka does for requests it can't parse.
@@ -274,211 +267,13 @@ async fn decode_and_start(
     }
     Ok(Started::Other(Box::pin(
         async move {
-            let response = dispatch(&broker, &ctx, request, version, &client_id)
+            let response = dispatch::dispatch(&broker, &ctx, request, version, &client_id)
                 .await
                 .inspect_err(|_| telemetry::record_refused(api))?;
             respond(response)
         }
         .instrument(span),
     )))
-}
-
-async fn dispatch(
-    broker: &Arc<Broker>,
-    ctx: &RequestContext,
-    request: RequestKind,
-    version: i16,
-    client_id: &str,
-) -> Result<Option<ResponseKind>, ProtocolError> {
-    if matches!(request, RequestKind::InitProducerId(_)) && broker.fenced() {
-        return Err(ProtocolError::Fenced(ApiKey::InitProducerId));
-    }
-    let authz = Authz::new(broker, ctx);
-    if let Some(refused) = coordinator::refuse_unauthorized(&authz, &request, version) {
-        return Ok(Some(refused));
-    }
-    if let Some(redirect) = coordinator::redirect(broker, &request, version) {
-        return Ok(Some(redirect));
-    }
-    let cluster_refused = ResponseError::ClusterAuthorizationFailed.code();
-    let response = match request {
-        RequestKind::ApiVersions(req) => {
-            ResponseKind::ApiVersions(api_versions::handle(req, version))
-        }
-        RequestKind::Metadata(req) => {
-            ResponseKind::Metadata(metadata::handle(broker, &authz, req, version).await)
-        }
-        RequestKind::CreateTopics(req) => {
-            ResponseKind::CreateTopics(topics::create(broker, &authz, req, version).await)
-        }
-        RequestKind::DeleteTopics(req) => {
-            ResponseKind::DeleteTopics(topics::delete(broker, &authz, req, version).await)
-        }
-        RequestKind::Produce(req) => {
-            let pending = produce::enqueue(broker, ctx, req, version).await;
-            match pending.finish().await {
-                Some(resp) => ResponseKind::Produce(resp),
-                None => return Ok(None),
-            }
-        }
-        RequestKind::Fetch(req) => {
-            ResponseKind::Fetch(fetch::handle(broker, &authz, req, version).await)
-        }
-        RequestKind::ListOffsets(req) => {
-            ResponseKind::ListOffsets(list_offsets::handle(broker, &authz, req, version).await)
-        }
-        RequestKind::FindCoordinator(req) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(broker, &authz, req, version))
-        }
-        RequestKind::JoinGroup(req) => {
-            ResponseKind::JoinGroup(broker.groups.join_group(req, version, client_id, "").await)
-        }
-        RequestKind::SyncGroup(req) => {
-            ResponseKind::SyncGroup(broker.groups.sync_group(req, version).await)
-        }
-        RequestKind::Heartbeat(req) => {
-            ResponseKind::Heartbeat(broker.groups.heartbeat(req, version).await)
-        }
-        RequestKind::LeaveGroup(req) => {
-            ResponseKind::LeaveGroup(broker.groups.leave_group(req, version).await)
-        }
-        RequestKind::DescribeGroups(req) => {
-            // v3+ (KIP-430): the caller's operations on each group it may describe.
-            let ops = version >= 3 && req.include_authorized_operations;
-            ResponseKind::DescribeGroups(broker.groups.describe_groups(req, version, |group| {
-                authz
-                    .group(Operation::Describe, group)
-                    .then(|| authz.reported(ops, ResourceType::Group, group))
-            }))
-        }
-        RequestKind::ListGroups(req) => {
-            ResponseKind::ListGroups(groups::list_groups(broker, &authz, req, version))
-        }
-        RequestKind::OffsetCommit(req) => {
-            ResponseKind::OffsetCommit(offsets::commit(broker, &authz, req, version).await)
-        }
-        RequestKind::OffsetFetch(req) => {
-            ResponseKind::OffsetFetch(offsets::fetch(broker, &authz, req, version))
-        }
-        RequestKind::InitProducerId(req) => {
-            ResponseKind::InitProducerId(producer_id::init(broker, &authz, req, version).await)
-        }
-        RequestKind::AddPartitionsToTxn(req) => ResponseKind::AddPartitionsToTxn(
-            txn::add_partitions(broker, &authz, req, version).await,
-        ),
-        RequestKind::AddOffsetsToTxn(req) => {
-            ResponseKind::AddOffsetsToTxn(txn::add_offsets(broker, &authz, req, version).await)
-        }
-        RequestKind::EndTxn(req) => {
-            ResponseKind::EndTxn(txn::end(broker, &authz, req, version).await)
-        }
-        RequestKind::TxnOffsetCommit(req) => {
-            ResponseKind::TxnOffsetCommit(txn::offset_commit(broker, &authz, req, version).await)
-        }
-        RequestKind::DescribeTransactions(req) => {
-            ResponseKind::DescribeTransactions(transactions::describe(broker, &authz, req, version))
-        }
-        RequestKind::ListTransactions(req) => {
-            ResponseKind::ListTransactions(transactions::list(broker, &authz, req, version))
-        }
-        RequestKind::DescribeConfigs(req) => {
-            ResponseKind::DescribeConfigs(configs::describe(broker, &authz, req, version))
-        }
-        RequestKind::AlterConfigs(req) => {
-            ResponseKind::AlterConfigs(configs::alter(broker, &authz, req, version).await)
-        }
-        RequestKind::IncrementalAlterConfigs(req) => ResponseKind::IncrementalAlterConfigs(
-            configs::incremental_alter(broker, &authz, req, version).await,
-        ),
-        RequestKind::CreatePartitions(req) => {
-            ResponseKind::CreatePartitions(partitions::create(broker, &authz, req, version).await)
-        }
-        RequestKind::DeleteRecords(req) => {
-            ResponseKind::DeleteRecords(records::delete(broker, &authz, req, version).await)
-        }
-        RequestKind::DescribeCluster(req) => {
-            ResponseKind::DescribeCluster(cluster::describe(broker, &authz, req, version))
-        }
-        RequestKind::OffsetForLeaderEpoch(req) => ResponseKind::OffsetForLeaderEpoch(
-            cluster::offset_for_leader_epoch(broker, &authz, req, version),
-        ),
-        RequestKind::OffsetDelete(req) => {
-            ResponseKind::OffsetDelete(offsets::delete(broker, &authz, req, version).await)
-        }
-        RequestKind::DeleteGroups(req) => {
-            ResponseKind::DeleteGroups(groups::delete_groups(broker, &authz, req, version).await)
-        }
-        RequestKind::DescribeProducers(req) => {
-            ResponseKind::DescribeProducers(producers::describe(broker, &authz, req, version))
-        }
-        RequestKind::DescribeLogDirs(req) => {
-            ResponseKind::DescribeLogDirs(if authz.cluster(Operation::Describe) {
-                log_dirs::describe(broker, req, version)
-            } else {
-                DescribeLogDirsResponse::default().with_error_code(cluster_refused)
-            })
-        }
-        RequestKind::ListPartitionReassignments(req) => {
-            ResponseKind::ListPartitionReassignments(if authz.cluster(Operation::Describe) {
-                reassignments::list(req, version)
-            } else {
-                ListPartitionReassignmentsResponse::default().with_error_code(cluster_refused)
-            })
-        }
-        RequestKind::ElectLeaders(req) => {
-            ResponseKind::ElectLeaders(if authz.cluster(Operation::Alter) {
-                elect_leaders::elect(broker, req, version)
-            } else {
-                ElectLeadersResponse::default().with_error_code(cluster_refused)
-            })
-        }
-        RequestKind::DescribeTopicPartitions(req) => ResponseKind::DescribeTopicPartitions(
-            topic_partitions::describe(broker, &authz, req, version),
-        ),
-        RequestKind::DescribeClientQuotas(req) => {
-            ResponseKind::DescribeClientQuotas(if authz.cluster(Operation::DescribeConfigs) {
-                quotas::describe(req, version)
-            } else {
-                DescribeClientQuotasResponse::default().with_error_code(cluster_refused)
-            })
-        }
-        RequestKind::CreateAcls(req) => {
-            ResponseKind::CreateAcls(acls::create(broker, &authz, req, version).await)
-        }
-        RequestKind::DescribeAcls(req) => {
-            ResponseKind::DescribeAcls(acls::describe(broker, &authz, req, version))
-        }
-        RequestKind::DeleteAcls(req) => {
-            ResponseKind::DeleteAcls(acls::delete(broker, &authz, req, version).await)
-        }
-        RequestKind::DescribeUserScramCredentials(req) => {
-            ResponseKind::DescribeUserScramCredentials(scram::describe(
-                broker, &authz, req, version,
-            ))
-        }
-        RequestKind::AlterUserScramCredentials(req) => ResponseKind::AlterUserScramCredentials(
-            scram::alter(broker, &authz, req, version).await,
-        ),
-        // The connection answers these itself (`server::sasl`); here only when they come
-        // on a listener without SASL.
-        RequestKind::SaslHandshake(_) => ResponseKind::SaslHandshake(
-            SaslHandshakeResponse::default()
-                .with_error_code(ResponseError::IllegalSaslState.code()),
-        ),
-        RequestKind::SaslAuthenticate(_) => ResponseKind::SaslAuthenticate(
-            SaslAuthenticateResponse::default()
-                .with_error_code(ResponseError::IllegalSaslState.code())
-                .with_error_message(Some(str_bytes("this listener does not use SASL"))),
-        ),
-        other => {
-            debug!(?other, "request for an API missing from the dispatch table");
-            return Err(ProtocolError::UnsupportedVersion {
-                key: ApiKey::ApiVersions,
-                version,
-            });
-        }
-    };
-    Ok(Some(response))
 }
 
 pub(crate) fn encode_response(

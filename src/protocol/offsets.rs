@@ -64,7 +64,7 @@ pub async fn commit(
     version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.as_str().to_owned();
-    let refusal = broker.groups.check_offset_commit(
+    let refusal = broker.groups().check_offset_commit(
         &group,
         req.generation_id_or_member_epoch,
         req.member_id.as_str(),
@@ -102,11 +102,10 @@ pub async fn commit(
         (Some(error), _) => vec![error.code(); commits.len()],
         (None, None) => vec![ResponseError::NotCoordinator.code(); commits.len()],
         (None, Some(epoch)) => match broker
-            .metadata
             .propose(Command::CommitGroupOffsets {
                 group,
                 offsets: commits.clone(),
-                coordinator: broker.config.node_id,
+                coordinator: broker.id(),
                 epoch,
             })
             .await
@@ -161,7 +160,7 @@ pub fn fetch(
     let group = req.group_id.as_str();
     let all = req.topics.is_none();
     let require_stable = version >= 7 && req.require_stable;
-    let topics: Vec<OffsetFetchResponseTopic> = broker.metadata.read(|s| {
+    let topics: Vec<OffsetFetchResponseTopic> = broker.read(|s| {
         let pending = if require_stable {
             pending_txn_offsets(s.transactions(), group)
         } else {
@@ -259,8 +258,8 @@ pub async fn delete(
         .iter()
         .map(|t| authz.topic(Operation::Read, t.name.as_str()))
         .collect();
-    let active = broker.groups.active_subscriptions(&group);
-    let has_offsets = broker.metadata.read(|s| s.group_offsets(&group).is_some());
+    let active = broker.groups().active_subscriptions(&group);
+    let has_offsets = broker.read(|s| s.group_offsets(&group).is_some());
     let subscribed = match active {
         None if !has_offsets => return top_error(ResponseError::GroupIdNotFound),
         None => Default::default(),
@@ -272,7 +271,7 @@ pub async fn delete(
     // (topic, partition, error) in request order; deletable ones go to the state.
     let mut outcome: Vec<(usize, i32, Option<ResponseError>)> = Vec::new();
     let mut deletable = Vec::new();
-    broker.metadata.read(|s| {
+    broker.read(|s| {
         for (t, topic) in req.topics.iter().enumerate() {
             for p in &topic.partitions {
                 let name = topic.name.as_str();
@@ -295,7 +294,7 @@ pub async fn delete(
             group,
             partitions: deletable,
         };
-        match broker.metadata.propose(cmd).await {
+        match broker.propose(cmd).await {
             Ok(Response::Offsets(_)) => {}
             _ => return top_error(ResponseError::CoordinatorNotAvailable),
         }

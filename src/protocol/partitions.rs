@@ -62,9 +62,7 @@ async fn grow(
     preferred: Vec<u64>,
     validate_only: bool,
 ) -> Result<(), (ResponseError, String)> {
-    let current = broker
-        .metadata
-        .read(|s| s.topic(name).map(|t| t.partitions.len() as i32));
+    let current = broker.read(|s| s.topic(name).map(|t| t.partitions.len() as i32));
     let unknown = || {
         (
             ResponseError::UnknownTopicOrPartition,
@@ -102,7 +100,7 @@ async fn grow(
         count,
         preferred,
     };
-    match broker.metadata.propose(cmd).await {
+    match broker.propose(cmd).await {
         Ok(Response::Topic(Ok(()))) => {
             tracing::info!(topic = name, partitions = count, "partitions added");
             Ok(())

@@ -79,7 +79,7 @@ pub async fn enqueue(
         let lookup = if txn_refused || fenced || !writable {
             TopicLookup::Missing
         } else {
-            let create = broker.config.auto_create_topics
+            let create = broker.auto_create_topics()
                 && (authz.cluster(Operation::Create) || authz.topic(Operation::Create, &name));
             broker.lookup_or_create_topic(&name, create).await
         };
@@ -181,9 +181,7 @@ impl PendingProduce {
                                 Err(e) => (Err(e), None),
                             };
                             // Kafka reports the partition's log start offset after the append.
-                            let log_start = broker
-                                .metadata
-                                .offsets(topic, index)
+                            let log_start = broker.offsets(topic, index)
                                 .map_or(0, |o| o.log_start);
                             partition_response(index, result, append_time, log_start, version)
                         }))
@@ -267,7 +265,7 @@ async fn enqueue_partition(
         set_log_append_time(&mut batches, now);
     }
     broker
-        .buffer
+        .write_buffer()
         .enqueue(topic, partition, batches)
         .await
         .map(|committed| Queued {
@@ -304,9 +302,7 @@ fn check_transactional(
         ));
     }
     let producer_id = batches.producer.map_or(-1, |p| p.producer_id);
-    let holder = broker
-        .metadata
-        .read(|s| s.transactions().get(id).map(|m| m.producer_id));
+    let holder = broker.read(|s| s.transactions().get(id).map(|m| m.producer_id));
     if holder != Some(producer_id) {
         return Err((
             ResponseError::InvalidProducerIdMapping,

@@ -18,7 +18,7 @@ pub async fn init(
 ) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default();
     if let Some(txn_id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
-        return super::txn::init(broker, authz, txn_id.as_str(), &req, version).await;
+        return super::transactions::init(broker, authz, txn_id.as_str(), &req, version).await;
     }
     // KIP-679: IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
     if !authz.cluster(crate::security::acl::Operation::IdempotentWrite)
@@ -32,11 +32,7 @@ pub async fn init(
         return response.with_error_code(ResponseError::CoordinatorNotAvailable.code());
     }
     let current = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
-    match broker
-        .metadata
-        .propose(Command::InitProducer { current })
-        .await
-    {
+    match broker.propose(Command::InitProducer { current }).await {
         Ok(Response::Producer(Ok((id, epoch)))) => response
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch),

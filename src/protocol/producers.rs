@@ -25,7 +25,7 @@ pub fn describe(
         .iter()
         .map(|t| authz.topic(crate::security::acl::Operation::Read, t.name.as_str()))
         .collect();
-    let topics = broker.metadata.read(|s| {
+    let topics = broker.read(|s| {
         req.topics
             .iter()
             .zip(readable)

@@ -37,7 +37,7 @@ pub async fn delete(
                 partition: p.partition_index,
                 offset: p.offset,
             };
-            let outcome = match broker.metadata.propose(cmd).await {
+            let outcome = match broker.propose(cmd).await {
                 Ok(Response::LogStart(Ok(low))) => Ok(low),
                 Ok(Response::LogStart(Err(StateError::OffsetOutOfRange))) => {
                     Err(ResponseError::OffsetOutOfRange)

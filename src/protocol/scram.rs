@@ -41,7 +41,7 @@ pub fn describe(
                 "Authorization failed: DESCRIBE on the cluster",
             )));
     }
-    let known: BTreeMap<String, Vec<(Mechanism, u32)>> = broker.metadata.read(|s| {
+    let known: BTreeMap<String, Vec<(Mechanism, u32)>> = broker.read(|s| {
         s.access()
             .scram_users()
             .map(|(user, creds)| (user.to_owned(), creds))
@@ -140,7 +140,6 @@ pub async fn alter(
     let mut outcomes: BTreeMap<String, Refusal> = BTreeMap::new();
     if !accepted.is_empty() {
         let proposal = broker
-            .metadata
             .propose(Command::AlterScram {
                 changes: accepted.clone(),
             })

@@ -26,9 +26,7 @@ pub fn describe(
 ) -> DescribeTopicPartitionsResponse {
     let all = req.topics.is_empty();
     let mut names: Vec<String> = if all {
-        broker
-            .metadata
-            .read(|s| s.topics().keys().cloned().collect())
+        broker.read(|s| s.topics().keys().cloned().collect())
     } else {
         req.topics
             .iter()
@@ -71,9 +69,7 @@ pub fn describe(
         } else {
             0
         };
-        let found = broker
-            .metadata
-            .read(|s| s.topic(&name).map(|t| (t.id, t.partitions.len() as i32)));
+        let found = broker.read(|s| s.topic(&name).map(|t| (t.id, t.partitions.len() as i32)));
         let topic = DescribeTopicPartitionsResponseTopic::default()
             .with_name(Some(TopicName(str_bytes(&name))));
         let Some((id, count)) = found else {

@@ -170,7 +170,7 @@ pub(super) fn assignment_hints<'a>(
             }
             let known = u64::try_from(id.0)
                 .ok()
-                .is_some_and(|id| broker.metadata.read(|s| s.cluster().broker(id).is_some()));
+                .is_some_and(|id| broker.read(|s| s.cluster().broker(id).is_some()));
             if !known {
                 return Err(invalid(format!(
                     "Unknown broker id {} in the replica assignment of partition {partition}",

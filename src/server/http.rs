@@ -151,7 +151,7 @@ async fn route(path: &str, broker: &Started) -> (u16, &'static str, String) {
 /// Ready: a metadata leader is known, this node has applied what it knows is committed,
 /// it is not fenced, and the object store answers.
 pub async fn readiness(broker: &Broker) -> Result<(), String> {
-    let raft = broker.metadata.raft_status();
+    let raft = broker.raft_status();
     if raft.leader.is_none() {
         return Err("no metadata leader known".into());
     }
@@ -164,14 +164,14 @@ pub async fn readiness(broker: &Broker) -> Result<(), String> {
     if broker.fenced() {
         return Err("fenced: cut off from the metadata cluster".into());
     }
-    let counters = broker.storage.counters();
+    let counters = broker.storage().counters();
     if counters
         .last_failed
         .load(std::sync::atomic::Ordering::Relaxed)
     {
         // The last request failed: one cheap read says whether the store is back (its
         // outcome also resets the flag for the next probe).
-        let probe = broker.storage.get_opt("_strata/probe");
+        let probe = broker.storage().get_opt("_strata/probe");
         match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("object store unreachable: {e}")),

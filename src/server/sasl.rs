@@ -63,7 +63,6 @@ struct StateCredentials<'a> {
 impl CredentialLookup for StateCredentials<'_> {
     fn credential(&self, user: &str, mechanism: Mechanism) -> Option<ScramCredential> {
         self.broker
-            .metadata
             .read(|s| s.access().credential(user, mechanism).cloned())
     }
 
@@ -169,7 +168,7 @@ impl SaslSession {
     }
 
     fn handshake(&mut self, mechanism: &str, raw: bool) -> (SaslHandshakeResponse, bool) {
-        let enabled = &self.broker.config.security.sasl_mechanisms;
+        let enabled = &self.broker.security().sasl_mechanisms;
         let names = enabled.iter().map(|m| str_bytes(m.name())).collect();
         let response = SaslHandshakeResponse::default().with_mechanisms(names);
         if matches!(self.state, State::Exchanging { .. }) {
@@ -217,13 +216,9 @@ impl SaslSession {
         let credentials = StateCredentials {
             broker: &self.broker,
             jwt: match mechanism {
-                SaslMechanism::OauthBearer => self
-                    .broker
-                    .config
-                    .security
-                    .oauth
-                    .as_ref()
-                    .map(|f| f.current()),
+                SaslMechanism::OauthBearer => {
+                    self.broker.security().oauth.as_ref().map(|f| f.current())
+                }
                 _ => None,
             },
         };
@@ -244,7 +239,7 @@ impl SaslSession {
                     return failed("Cannot change principals during re-authentication".into());
                 }
                 let reauth = session_lifetime(
-                    self.broker.config.security.reauth,
+                    self.broker.security().reauth,
                     credential_expires_at_s,
                     wall_clock_ms(),
                 );

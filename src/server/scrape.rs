@@ -84,7 +84,7 @@ struct StateView {
 }
 
 fn read_state(broker: &Broker) -> StateView {
-    broker.metadata.read(|s| {
+    broker.read(|s| {
         let topics = s
             .topics()
             .iter()
@@ -149,7 +149,7 @@ fn consumer_lag(s: &MetadataState, cap: usize) -> (Vec<Lag>, Vec<(String, i64)>,
 /// Renders the state-derived families.
 pub fn render_state(broker: &Broker) -> String {
     let mut x = Exposition::default();
-    let raft = broker.metadata.raft_status();
+    let raft = broker.raft_status();
     x.family(
         "strata_raft_role",
         "gauge",
@@ -341,7 +341,7 @@ pub fn render_state(broker: &Broker) -> String {
     }
 
     let load = Ordering::Relaxed;
-    let (c, k) = (&broker.compaction_counters, &broker.cleaner_counters);
+    let (c, k) = (&broker.counters().compaction, &broker.counters().cleaner);
     for (name, help, value) in [
         (
             "strata_compaction_jobs_total",
@@ -401,12 +401,12 @@ pub fn render_state(broker: &Broker) -> String {
         (
             "strata_gc_deleted_total",
             "Garbage objects deleted",
-            &broker.gc_counters.deleted,
+            &broker.counters().gc.deleted,
         ),
     ] {
         x.single(name, "counter", help, value.load(load) as f64);
     }
-    let g = &broker.connections;
+    let g = &broker.counters().connections;
     for (name, help, value) in [
         (
             "strata_connections_open",
@@ -421,7 +421,7 @@ pub fn render_state(broker: &Broker) -> String {
         (
             "strata_snapshot_bytes",
             "Size of the last metadata snapshot shipped to the store",
-            broker.shipped.bytes.load(load),
+            broker.counters().shipped.bytes.load(load),
         ),
     ] {
         x.single(name, "gauge", help, value as f64);
@@ -439,8 +439,8 @@ pub fn render_state(broker: &Broker) -> String {
         "Memory the allocator holds (jemalloc)",
         resident as f64,
     );
-    let (tail, replay) = broker.cache.usage();
-    let (tail_cap, replay_cap) = broker.cache.capacity();
+    let (tail, replay) = broker.cache().usage();
+    let (tail_cap, replay_cap) = broker.cache().capacity();
     x.family(
         "strata_cache_bytes",
         "gauge",

@@ -12,11 +12,11 @@ use kafka_protocol::messages::{
     ListTransactionsResponse, ProducerId, TopicName,
 };
 
-use super::authz::Authz;
-use super::str_bytes;
 use crate::broker::Broker;
 use crate::clock::now_ms;
 use crate::metadata::txn::{TxnMeta, TxnState};
+use crate::protocol::authz::Authz;
+use crate::protocol::str_bytes;
 use crate::security::acl::Operation;
 
 const STATES: [TxnState; 6] = [
@@ -48,9 +48,7 @@ pub fn describe(
                 return described
                     .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
             }
-            let meta = broker
-                .metadata
-                .read(|s| s.transactions().get(id.as_str()).cloned());
+            let meta = broker.read(|s| s.transactions().get(id.as_str()).cloned());
             let Some(meta) = meta else {
                 return described.with_error_code(ResponseError::TransactionalIdNotFound.code());
             };
@@ -112,7 +110,7 @@ pub fn list(
         -1
     };
     let now = now_ms();
-    let listed: Vec<(String, i64, TxnState)> = broker.metadata.read(|s| {
+    let listed: Vec<(String, i64, TxnState)> = broker.read(|s| {
         s.transactions()
             .iter()
             .filter(|(_, m)| wanted.is_empty() || wanted.contains(&m.state))

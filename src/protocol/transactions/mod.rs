@@ -8,6 +8,8 @@
 //! proposal; the markers a decision needs go through this broker's write buffer
 //! (`crate::txn`).
 
+pub mod describe;
+
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
@@ -26,11 +28,11 @@ use kafka_protocol::messages::{
 };
 use tracing::debug;
 
-use super::authz::Authz;
 use crate::broker::Broker;
 use crate::clock::now_ms;
 use crate::metadata::state::{Command, Response, TxnReply};
 use crate::metadata::txn::{PendingOffset, TopicPartition, TxnError};
+use crate::protocol::authz::Authz;
 use crate::security::acl::Operation;
 
 const TXN_ID_REFUSED: i16 = ResponseError::TransactionalIdAuthorizationFailed.code();
@@ -51,7 +53,7 @@ async fn propose(broker: &Broker, cmd: Command) -> Result<Result<TxnReply, TxnEr
     if broker.fenced() {
         return Err(ResponseError::NotCoordinator.code());
     }
-    match broker.metadata.propose(cmd).await {
+    match broker.propose(cmd).await {
         Ok(Response::Txn(r)) => Ok(r),
         Ok(other) => {
             debug!(?other, "unexpected response to a transaction command");
@@ -103,7 +105,7 @@ pub async fn init(
             epoch,
             partitions,
         };
-        if broker.txn.finish(txn_id, plan).await.is_ok() {
+        if broker.txn().finish(txn_id, plan).await.is_ok() {
             outcome = propose(broker, cmd()).await;
         } else {
             outcome = Ok(Err(TxnError::ConcurrentTransactions));
@@ -197,7 +199,7 @@ async fn add_one(
                 Some(TXN_ID_REFUSED)
             } else if !authz.topic(Operation::Write, topic) {
                 Some(ResponseError::TopicAuthorizationFailed.code())
-            } else if broker.metadata.read(|s| s.partition(topic, *p).is_none()) {
+            } else if broker.read(|s| s.partition(topic, *p).is_none()) {
                 Some(ResponseError::UnknownTopicOrPartition.code())
             } else {
                 None
@@ -208,7 +210,7 @@ async fn add_one(
         let not_attempted = ResponseError::OperationNotAttempted.code();
         refused.iter().map(|r| r.unwrap_or(not_attempted)).collect()
     } else if verify_only {
-        let added = broker.metadata.read(|s| {
+        let added = broker.read(|s| {
             s.transactions()
                 .get(txn_id.as_str())
                 .filter(|m| m.producer_id == producer_id && m.epoch == epoch)
@@ -336,12 +338,12 @@ pub async fn end(
             })
         }
         // A retry while the markers are still being written: help finish them.
-        Ok(Ok(_)) => broker.txn.pending_plan(txn_id),
+        Ok(Ok(_)) => broker.txn().pending_plan(txn_id),
         Ok(Err(e)) => return response.with_error_code(code(e, version, 2)),
         Err(code) => return response.with_error_code(code),
     };
     if let Some(plan) = plan {
-        if let Err(e) = broker.txn.finish(txn_id, plan).await {
+        if let Err(e) = broker.txn().finish(txn_id, plan).await {
             debug!(txn_id, error = %e, "markers not all written yet; the coordinator loop retries");
         }
     }
@@ -366,7 +368,7 @@ pub async fn offset_commit(
         Some(ResponseError::NotCoordinator.code())
     } else if version >= 3 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
         broker
-            .groups
+            .groups()
             .check_offset_commit(
                 group,
                 req.generation_id,
@@ -404,7 +406,7 @@ pub async fn offset_commit(
             })
         })
         .collect();
-    let unknown = broker.metadata.read(|s| {
+    let unknown = broker.read(|s| {
         offsets
             .iter()
             .any(|((t, p), _)| s.partition(t, *p).is_none())

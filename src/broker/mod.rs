@@ -1,0 +1,222 @@
+//! The broker: what a request handler works with, behind typed accessors.
+//!
+//! One `Broker` per process, shared by every connection. Its parts stay private:
+//! handlers read the local metadata replica and propose commands through
+//! [`Broker::read`] and [`Broker::propose`], reach the write buffer, the fetch reader and
+//! the coordinators through their accessors, and read only the settings they need.
+//!
+//! - `start.rs`: opening the store, the metadata log, the cache and the write buffer,
+//!   and the background work, in order.
+//! - `liveness.rs`: registration, the lease heartbeat, expiry of silent brokers,
+//!   deregistration.
+//! - `shutdown.rs`: a graceful stop that drains the write buffer.
+//! - `placement.rs`: live brokers, preferred brokers, read replicas, coordinators.
+//! - `topics.rs`: topic look-ups, creation and deletion, effective topic settings.
+
+mod liveness;
+mod placement;
+mod shutdown;
+mod start;
+mod topics;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use self::placement::LiveBroker;
+pub use self::start::{BrokerTasks, StartError};
+pub use self::topics::TopicLookup;
+use crate::background::cleaner::CleanerCounters;
+use crate::background::compaction::CompactionCounters;
+use crate::background::gc::GcCounters;
+use crate::config::{Config, SecurityConfig};
+use crate::fetch::FetchReader;
+use crate::group::GroupCoordinator;
+use crate::metadata::shipping::ShippedMark;
+use crate::metadata::state::{Command, MetadataState, Response, StateError};
+use crate::metadata::{Metadata, MetadataError, Offsets, RaftStatus};
+use crate::produce::WriteBuffer;
+use crate::storage::{BlockCache, ObjectStorage};
+use crate::telemetry::ConnectionGauges;
+use crate::topic_config::TopicDefaults;
+use crate::txn::TxnCoordinator;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    State(StateError),
+    #[error("metadata unavailable: {0}")]
+    Metadata(#[from] MetadataError),
+}
+
+/// What the background work and the listener count, for the stats file and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// What the bucket's newest snapshot covers (garbage collection waits for it).
+    pub shipped: Arc<ShippedMark>,
+    /// The listener's connections and request bytes.
+    pub connections: Arc<ConnectionGauges>,
+    pub compaction: Arc<CompactionCounters>,
+    pub cleaner: Arc<CleanerCounters>,
+    pub gc: Arc<GcCounters>,
+}
+
+pub struct Broker {
+    config: Config,
+    cluster_id: String,
+    metadata: Arc<Metadata>,
+    buffer: WriteBuffer,
+    fetcher: Arc<FetchReader>,
+    groups: Arc<GroupCoordinator>,
+    storage: ObjectStorage,
+    cache: Arc<BlockCache>,
+    counters: Counters,
+    /// The transaction coordinator: markers, timeouts, unfinished transactions.
+    txn: Arc<TxnCoordinator>,
+}
+
+impl Broker {
+    pub fn node_id(&self) -> i32 {
+        i32::try_from(self.config.node_id).unwrap_or(i32::MAX)
+    }
+
+    /// The node id, as the metadata state keys brokers.
+    pub fn id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// The cluster id clients see (from the store's URL, so every broker agrees).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Runs `f` on the local metadata replica. Keep `f` short: appliers wait on it.
+    pub fn read<R>(&self, f: impl FnOnce(&MetadataState) -> R) -> R {
+        self.metadata.read(f)
+    }
+
+    /// Proposes a command through the metadata log; its response once applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, MetadataError> {
+        self.metadata.propose(cmd).await
+    }
+
+    /// A partition's high watermark, log start and last stable offsets.
+    pub fn offsets(&self, topic: &str, partition: i32) -> Option<Offsets> {
+        self.metadata.offsets(topic, partition)
+    }
+
+    /// Changes whenever committed entries are applied; long-poll fetches wait on it.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.metadata.subscribe()
+    }
+
+    /// Role, term and log positions of this node's metadata Raft.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.metadata.raft_status()
+    }
+
+    /// The metadata Raft leader, which Metadata and DescribeCluster report as the
+    /// controller; this broker when none is known.
+    pub fn controller_id(&self) -> i32 {
+        self.metadata
+            .leader()
+            .map_or(self.node_id(), |id| i32::try_from(id).unwrap_or(i32::MAX))
+    }
+
+    /// Whether this broker has fenced itself (see `metadata/fence.rs`): it names other
+    /// brokers as leaders and coordinators and refuses produce, group and producer-id
+    /// requests with retriable errors, so clients go where the cluster is.
+    pub fn fenced(&self) -> bool {
+        self.metadata.fenced()
+    }
+
+    pub fn write_buffer(&self) -> &WriteBuffer {
+        &self.buffer
+    }
+
+    pub fn fetcher(&self) -> &Arc<FetchReader> {
+        &self.fetcher
+    }
+
+    pub fn groups(&self) -> &GroupCoordinator {
+        &self.groups
+    }
+
+    pub fn txn(&self) -> &TxnCoordinator {
+        &self.txn
+    }
+
+    /// The object store, for health probes.
+    pub fn storage(&self) -> &ObjectStorage {
+        &self.storage
+    }
+
+    /// The block cache, for its usage figures.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// SASL mechanisms, the authorizer's settings and the bootstrap admin.
+    pub fn security(&self) -> &SecurityConfig {
+        &self.config.security
+    }
+
+    /// This broker's static topic config defaults (flags, variables, file).
+    pub fn topic_defaults(&self) -> &TopicDefaults {
+        &self.config.topic_defaults
+    }
+
+    /// Kafka's `auto.create.topics.enable`.
+    pub fn auto_create_topics(&self) -> bool {
+        self.config.auto_create_topics
+    }
+
+    /// This broker's address on its first listener.
+    pub fn advertised(&self) -> (&str, i32) {
+        (&self.config.advertise_host, self.config.advertise_port)
+    }
+
+    /// The broker configs fixed at start-up, as DescribeConfigs reports them (name,
+    /// value); `num.partitions` is dynamic and reported with the dynamic ones.
+    pub fn static_broker_configs(&self) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        vec![
+            (
+                "auto.create.topics.enable",
+                c.auto_create_topics.to_string(),
+            ),
+            ("socket.request.max.bytes", c.max_request_bytes.to_string()),
+            (
+                "advertised.listeners",
+                format!(
+                    "{}://{}:{}",
+                    if c.tls.is_some() { "SSL" } else { "PLAINTEXT" },
+                    c.advertise_host,
+                    c.advertise_port
+                ),
+            ),
+            ("broker.id", c.node_id.to_string()),
+        ]
+    }
+
+    /// The static partition count of auto-created topics (`default_partitions`).
+    pub fn static_default_partitions(&self) -> i32 {
+        self.config.default_partitions
+    }
+
+    /// Resolves only if the metadata Raft core stops by itself (a bug or a dead disk);
+    /// the reason. The process should then exit and be restarted clean.
+    pub async fn fatal(&self) -> String {
+        self.metadata.fatal().await
+    }
+
+    /// The transaction coordinator loop (`TxnCoordinator::run`).
+    pub fn spawn_transactions(self: &Arc<Self>) -> JoinHandle<()> {
+        tokio::spawn(self.txn.clone().run())
+    }
+}

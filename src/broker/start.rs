@@ -1,0 +1,340 @@
+//! Starting a broker: the object store (probed at once, so a missing bucket is one clear
+//! line), the metadata log (rebuilt from the bucket when this disk has none), the block
+//! cache and the write buffer, then the background work, in the order each needs the last.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use super::{Broker, Counters};
+use crate::background::cleaner::{self, CleanerConfig};
+use crate::background::compaction::{self, CompactionConfig, CompactionPolicy};
+use crate::background::stats::StatsSources;
+use crate::background::{gc, orphans, retention, stats};
+use crate::config::Config;
+use crate::fetch::FetchReader;
+use crate::group::{GroupConfig, GroupCoordinator};
+use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
+use crate::produce::buffer::BufferConfig;
+use crate::produce::WriteBuffer;
+use crate::storage::cache::{CacheConfig, CacheError};
+use crate::storage::{BlockCache, ObjectStorage, StorageError};
+use crate::txn::TxnCoordinator;
+
+/// Uploads the write buffer keeps in flight at once.
+const MAX_INFLIGHT_UPLOADS: usize = 4;
+
+/// Why the broker could not start; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot create data directory {dir}: {source} (set --data-dir to a writable directory)"
+    )]
+    DataDir { dir: String, source: std::io::Error },
+    #[error("{0}")]
+    Store(#[from] StorageError),
+    #[error("object store {url} is not usable: {detail} (check the bucket exists and the credentials may write to it)")]
+    StoreProbe { url: String, detail: String },
+    #[error("object store {url}: bucket {bucket:?} does not exist (create it, or fix --store)")]
+    NoSuchBucket { url: String, bucket: String },
+    #[error("object store {url}: access to bucket {bucket:?} denied: {detail} (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the role's permissions)")]
+    StoreAccessDenied {
+        url: String,
+        bucket: String,
+        detail: String,
+    },
+    #[error("cannot open the metadata log: {0}")]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot recover the metadata from the object store: {0}")]
+    Recovery(#[from] crate::metadata::shipping::ShippingError),
+    #[error("cannot set the old metadata log {dir} aside: {source}")]
+    SetAside { dir: String, source: std::io::Error },
+}
+
+/// Background work owned by a running broker.
+pub struct BrokerTasks {
+    pub flusher: JoinHandle<()>,
+    pub snapshot_shipper: JoinHandle<()>,
+    pub chores: Vec<JoinHandle<()>>,
+}
+
+impl BrokerTasks {
+    /// Stops the background chores; the metadata shipper keeps running, since the
+    /// leader acknowledges a proposal (a graceful stop's deregistration too) only once
+    /// it is shipped.
+    pub fn abort_chores(&self) {
+        for chore in &self.chores {
+            chore.abort();
+        }
+    }
+
+    pub fn abort(&self) {
+        self.abort_chores();
+        self.snapshot_shipper.abort();
+    }
+}
+
+impl Broker {
+    /// Opens everything the broker serves from and starts its background work; the
+    /// broker registers itself (`register`) once the caller is ready to serve.
+    pub async fn start(config: Config) -> Result<(Arc<Self>, BrokerTasks), StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let storage = open_store(&config).await?;
+        let metadata = open_metadata(&config, &storage).await?;
+        let cache = Arc::new(
+            BlockCache::open(CacheConfig {
+                memory_bytes: config.cache_bytes,
+                replay_memory_bytes: config.replay_cache_bytes,
+                disk_dir: Some(config.data_dir.join("cache")),
+                disk_bytes: config.cache_disk_bytes,
+                max_chunk_bytes: config.flush_bytes,
+            })
+            .await?,
+        );
+        let (buffer, flusher) = WriteBuffer::start(
+            BufferConfig {
+                flush_interval: config.flush_interval,
+                flush_idle: config.flush_idle,
+                flush_bytes: config.flush_bytes,
+                max_inflight_uploads: MAX_INFLIGHT_UPLOADS,
+                max_buffered_bytes: config.buffer_max_bytes,
+                upload_timeout: config.upload_timeout,
+                node_id: config.node_id,
+                max_commit_age: config.orphan_grace / 2,
+            },
+            storage.clone(),
+            metadata.clone(),
+            cache.clone(),
+        );
+        let counters = Counters::default();
+        let snapshot_shipper = tokio::spawn(shipping::ship_metadata(
+            metadata.clone(),
+            storage.clone(),
+            config.store_snapshot_interval,
+            counters.shipped.clone(),
+        ));
+        let fetcher = Arc::new(FetchReader::new(
+            metadata.clone(),
+            storage.clone(),
+            cache.clone(),
+        ));
+        let chores = spawn_chores(&config, &metadata, &storage, &fetcher, &counters);
+        let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node_id);
+        let groups = GroupCoordinator::new(GroupConfig {
+            initial_rebalance_delay: config.group_initial_rebalance_delay,
+            ..GroupConfig::default()
+        });
+        let cluster_id = format!("strata-{:08x}", crc32c::crc32c(config.store.as_bytes()));
+        let topics = metadata.read(|s| s.topics().len());
+        info!(topics, store = %config.store, "metadata loaded");
+        let broker = Arc::new(Self {
+            config,
+            cluster_id,
+            metadata,
+            buffer,
+            fetcher,
+            groups,
+            storage,
+            cache,
+            counters,
+            txn,
+        });
+        let tasks = BrokerTasks {
+            flusher,
+            snapshot_shipper,
+            chores,
+        };
+        Ok((broker, tasks))
+    }
+}
+
+/// Opens the object store and proves it takes writes.
+async fn open_store(config: &Config) -> Result<ObjectStorage, StartError> {
+    let storage = ObjectStorage::open_with_encryption(&config.store, &config.s3_sse)?;
+    // Fail at start-up, in one line, rather than on the first produce.
+    storage
+        .put("_strata/probe", Bytes::from_static(b"ok"))
+        .await
+        .map_err(|source| probe_error(&config.store, source))?;
+    Ok(storage)
+}
+
+/// Opens the metadata log. A broker with no log of its own (a new machine, a wiped disk)
+/// that founds the cluster rebuilds it from the bucket, the only durable copy.
+async fn open_metadata(
+    config: &Config,
+    storage: &ObjectStorage,
+) -> Result<Arc<Metadata>, StartError> {
+    let raft_dir = config.data_dir.join("raft");
+    let has_log = raft_dir.join("raft.log").exists();
+    if has_log && config.recover_from_store {
+        let aside = config
+            .data_dir
+            .join(format!("raft.before-recovery-{}", crate::clock::now_ms()));
+        std::fs::rename(&raft_dir, &aside).map_err(|source| StartError::SetAside {
+            dir: raft_dir.display().to_string(),
+            source,
+        })?;
+        info!(aside = %aside.display(), "old metadata log set aside for recovery");
+    }
+    let mut options = raft_options(config);
+    if !has_log && config.controllers.len() > 1 && config.controllers.contains_key(&config.node_id)
+    {
+        // A voter on a new (or wiped) disk: it must not help elect a leader that lacks
+        // what was acknowledged, which the bucket holds.
+        options.vote_floor = shipping::last_shipped_index(storage).await?;
+        if options.vote_floor > 0 {
+            info!(floor = options.vote_floor, "new metadata disk on a voter: voting only for candidates with the bucket's entries until caught up");
+        }
+    }
+    let metadata = Arc::new(Metadata::open(&raft_dir, options).await?);
+    // Only the broker that founds the metadata cluster may rebuild it: anyone else with
+    // an empty log is joining a cluster that already has its metadata.
+    let founder = config.controllers.keys().next() == Some(&config.node_id);
+    if founder && (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
+        shipping::recover(&metadata, storage).await?;
+    }
+    if !config.unsafe_ack_before_shipping {
+        metadata.ack_after_shipping();
+    }
+    Ok(metadata)
+}
+
+/// Compaction, the log cleaner, retention, garbage and orphan collection, the stats file.
+fn spawn_chores(
+    config: &Config,
+    metadata: &Arc<Metadata>,
+    storage: &ObjectStorage,
+    fetcher: &Arc<FetchReader>,
+    counters: &Counters,
+) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(orphans::collect_orphans(
+            metadata.clone(),
+            storage.clone(),
+            config.orphan_grace,
+        )),
+        tokio::spawn(compaction::run(
+            metadata.clone(),
+            storage.clone(),
+            fetcher.clone(),
+            CompactionConfig {
+                policy: CompactionPolicy {
+                    segment_bytes: config.segment_bytes,
+                    age: config.compaction_age,
+                },
+                interval: config.compaction_interval,
+                node_id: config.node_id,
+                upload_timeout: config.upload_timeout,
+            },
+            counters.compaction.clone(),
+        )),
+        tokio::spawn(cleaner::run(
+            metadata.clone(),
+            storage.clone(),
+            fetcher.clone(),
+            CleanerConfig {
+                interval: config.compaction_interval,
+                node_id: config.node_id,
+                output_bytes: config.segment_bytes,
+                upload_timeout: config.upload_timeout,
+                topic_defaults: config.topic_defaults.clone(),
+            },
+            counters.cleaner.clone(),
+        )),
+        tokio::spawn(retention::run(
+            metadata.clone(),
+            config.retention_check_interval,
+            config.node_id,
+            config.topic_defaults.clone(),
+        )),
+        tokio::spawn(gc::run(
+            metadata.clone(),
+            storage.clone(),
+            config.gc_grace,
+            counters.shipped.clone(),
+            counters.gc.clone(),
+        )),
+        tokio::spawn(stats::run(
+            config.data_dir.join("stats.json"),
+            StatsSources {
+                metadata: metadata.clone(),
+                storage: storage.clone(),
+                compaction: counters.compaction.clone(),
+                cleaner: counters.cleaner.clone(),
+                gc: counters.gc.clone(),
+                shipped: counters.shipped.clone(),
+                connections: counters.connections.clone(),
+            },
+        )),
+    ]
+}
+
+fn raft_options(config: &Config) -> RaftOptions {
+    let addr = config
+        .controllers
+        .get(&config.node_id)
+        .cloned()
+        .or_else(|| config.raft_listen.clone())
+        .unwrap_or_default();
+    RaftOptions {
+        node_id: config.node_id,
+        snapshot_every: config.snapshot_every,
+        addr,
+        listen: config.raft_listen.clone(),
+        voters: config.controllers.clone(),
+        lease: config.broker_lease,
+        vote_floor: 0,
+        secret: config.cluster_secret.clone(),
+        tls: if config.raft_tls {
+            config.tls.clone()
+        } else {
+            None
+        },
+    }
+}
+
+/// The start-up probe's failure as one line: a missing bucket or refused access said
+/// plainly; anything else with the store's own message, flattened to one line.
+fn probe_error(url: &str, source: StorageError) -> StartError {
+    let bucket = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let one_line = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        // S3 error bodies are XML over several lines; keep the first line of it.
+        text.lines().next().unwrap_or_default().trim().to_owned()
+    };
+    match &source {
+        // A PUT answered 404 means the bucket is missing (S3 NoSuchBucket).
+        StorageError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        } => StartError::NoSuchBucket {
+            url: url.to_owned(),
+            bucket,
+        },
+        StorageError::Store {
+            source:
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ..
+        } => StartError::StoreAccessDenied {
+            url: url.to_owned(),
+            bucket,
+            detail: one_line(e),
+        },
+        _ => StartError::StoreProbe {
+            url: url.to_owned(),
+            detail: one_line(&source),
+        },
+    }
+}
