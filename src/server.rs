@@ -343,48 +343,14 @@ where
             };
             let frame = read_frame(&mut reader, size, frame_timeout).await?;
             if let Some(sasl) = session.sasl.as_mut() {
-                let intercepted = match sasl.intercept(&frame) {
-                    Ok(intercepted) => intercepted,
-                    Err(e) => {
-                        let _ = tx.send(futures::future::ready(Err(e.into())).boxed()).await;
-                        return Ok(());
-                    }
-                };
-                match intercepted {
-                    Intercept::Pass => {}
-                    Intercept::Close(reason) => {
-                        let _ = tx
-                            .send(
-                                futures::future::ready(Err(ConnectionError::Sasl(reason))).boxed(),
-                            )
-                            .await;
-                        return Ok(());
-                    }
-                    Intercept::Answer { response, close } => {
+                match sasl_step(sasl, &frame, &tx, &activity).await {
+                    SaslStep::Pass => {}
+                    SaslStep::Answered => {
                         drop(charge);
-                        activity.owed.fetch_add(1, Ordering::Relaxed);
                         ctx = session.context();
-                        let answered = tx
-                            .send(futures::future::ready(Ok(Some(response))).boxed())
-                            .await;
-                        if close {
-                            // Kafka closes after a failed authentication: the answer
-                            // goes out first, then the writer stops at this error.
-                            let _ = tx
-                                .send(
-                                    futures::future::ready(Err(ConnectionError::Sasl(
-                                        "SASL authentication failed",
-                                    )))
-                                    .boxed(),
-                                )
-                                .await;
-                            return Ok(());
-                        }
-                        if answered.is_err() {
-                            return Ok(());
-                        }
                         continue;
                     }
+                    SaslStep::Stop => return Ok(()),
                 }
             }
             activity.owed.fetch_add(1, Ordering::Relaxed);
@@ -457,6 +423,57 @@ where
             write_loop.await
         }
         w = &mut write_loop => w,
+    }
+}
+
+/// What the SASL exchange made of a frame.
+enum SaslStep {
+    /// Not part of the exchange: handle it as a request.
+    Pass,
+    /// Answered by the exchange; the session's principal may have changed.
+    Answered,
+    /// The connection ends (after what is owed is written).
+    Stop,
+}
+
+/// Lets the SASL exchange look at a frame first (`sasl.rs`), and queues its answer.
+async fn sasl_step(
+    sasl: &mut SaslSession,
+    frame: &Bytes,
+    tx: &mpsc::Sender<Answer>,
+    activity: &Activity,
+) -> SaslStep {
+    let intercepted = match sasl.intercept(frame) {
+        Ok(intercepted) => intercepted,
+        Err(e) => {
+            let _ = tx.send(futures::future::ready(Err(e.into())).boxed()).await;
+            return SaslStep::Stop;
+        }
+    };
+    match intercepted {
+        Intercept::Pass => SaslStep::Pass,
+        Intercept::Close(reason) => {
+            let failed = Err(ConnectionError::Sasl(reason));
+            let _ = tx.send(futures::future::ready(failed).boxed()).await;
+            SaslStep::Stop
+        }
+        Intercept::Answer { response, close } => {
+            activity.owed.fetch_add(1, Ordering::Relaxed);
+            let answered = tx
+                .send(futures::future::ready(Ok(Some(response))).boxed())
+                .await;
+            if close {
+                // Kafka closes after a failed authentication: the answer goes out
+                // first, then the writer stops at this error.
+                let failed = Err(ConnectionError::Sasl("SASL authentication failed"));
+                let _ = tx.send(futures::future::ready(failed).boxed()).await;
+                return SaslStep::Stop;
+            }
+            if answered.is_err() {
+                return SaslStep::Stop;
+            }
+            SaslStep::Answered
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
@@ -91,164 +92,23 @@ async fn read_once(
     version: i16,
     last: bool,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
-    let fenced = broker.fenced();
-    // v4+: read_committed stops at the last stable offset.
-    let isolation = if version >= 4 {
-        Isolation::from_level(req.isolation_level)
-    } else {
-        Isolation::ReadUncommitted
-    };
-    let max_total = if version >= 3 {
-        usize::try_from(req.max_bytes).unwrap_or(0)
-    } else {
-        usize::MAX
-    };
-    let mut total = 0usize;
-    let mut errors = false;
-    // KIP-74: until some partition has returned records, a partition's first batch is
-    // returned even when it is larger than what is left of the limits (so a consumer can
-    // make progress); after that, a partition whose next batch does not fit returns none.
-    // Before v3 there was no response limit and Kafka cut an oversized batch short; whole
-    // batches are all Strata returns, so there the first batch always comes.
-    let mut first_non_empty = true;
+    let mut pass = Pass::new(broker, req, version, last);
     let mut topics = Vec::with_capacity(req.topics.len());
     for (topic, readable) in req.topics.iter().zip(readable) {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
-        if !readable {
-            errors = true;
-            for p in &topic.partitions {
-                partitions.push(
-                    PartitionData::default()
-                        .with_partition_index(p.partition)
-                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
-                        .with_high_watermark(-1)
-                        .with_last_stable_offset(-1)
-                        .with_log_start_offset(-1)
-                        .with_records(Some(bytes::Bytes::new())),
-                );
-            }
-            topics.push(
-                FetchableTopicResponse::default()
-                    .with_topic(topic.topic.clone())
-                    .with_partitions(partitions),
-            );
-            continue;
-        }
         for p in &topic.partitions {
-            let budget = usize::try_from(p.partition_max_bytes)
-                .unwrap_or(0)
-                .min(max_total.saturating_sub(total));
-            let mut data = PartitionData::default().with_partition_index(p.partition);
-            // A consumer that names its rack is sent to a broker in it (KIP-392, v11+).
-            if version >= 11 {
-                if let Some(replica) = broker.read_replica_elsewhere(
-                    topic.topic.as_str(),
-                    p.partition,
-                    req.rack_id.as_str(),
-                ) {
-                    let (hw, lso, start) =
-                        offsets_or_unknown(broker, topic.topic.as_str(), p.partition);
-                    partitions.push(
-                        data.with_high_watermark(hw)
-                            .with_last_stable_offset(lso)
-                            .with_log_start_offset(start)
-                            .with_preferred_read_replica(BrokerId(replica))
-                            .with_records(Some(bytes::Bytes::new())),
-                    );
-                    continue;
-                }
-            }
-            let min_one = first_non_empty || version < 3;
-            let read = broker
-                .fetcher()
-                .read(
-                    topic.topic.as_str(),
-                    p.partition,
-                    p.fetch_offset,
-                    budget,
-                    min_one,
-                    isolation,
-                )
-                .await;
-            let read = match read {
-                // At its (possibly stale) end, a fenced broker sends the consumer away.
-                Ok(read) if fenced && p.fetch_offset >= read.high_watermark => {
-                    Err(FetchError::NotLeaderOrFollower)
-                }
-                Err(FetchError::OffsetOutOfRange) => {
-                    match broker.offsets(topic.topic.as_str(), p.partition) {
-                        Some(o) if p.fetch_offset > o.high_watermark => {
-                            if fenced {
-                                Err(FetchError::NotLeaderOrFollower)
-                            } else if last {
-                                Err(FetchError::OffsetOutOfRange)
-                            } else {
-                                // Perhaps not applied here yet: wait for it.
-                                Ok(crate::fetch::PartitionData {
-                                    records: bytes::Bytes::new(),
-                                    high_watermark: o.high_watermark,
-                                    log_start_offset: o.log_start,
-                                    last_stable_offset: o.last_stable,
-                                    aborted: Vec::new(),
-                                })
-                            }
-                        }
-                        _ => Err(FetchError::OffsetOutOfRange),
-                    }
-                }
-                other => other,
+            let data = if *readable {
+                pass.partition(broker, req, topic.topic.as_str(), p).await
+            } else {
+                pass.errors = true;
+                PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1)
+                    .with_records(Some(bytes::Bytes::new()))
             };
-            match read {
-                Ok(read) => {
-                    total += read.records.len();
-                    if !read.records.is_empty() {
-                        first_non_empty = false;
-                    }
-                    data = data
-                        .with_high_watermark(read.high_watermark)
-                        .with_last_stable_offset(read.last_stable_offset)
-                        .with_records(Some(read.records));
-                    if version >= 5 {
-                        data = data.with_log_start_offset(read.log_start_offset);
-                    }
-                    if version >= 4 {
-                        let aborted = read
-                            .aborted
-                            .iter()
-                            .map(|a| {
-                                AbortedTransaction::default()
-                                    .with_producer_id(ProducerId(a.producer_id))
-                                    .with_first_offset(a.first_offset)
-                            })
-                            .collect();
-                        data = data.with_aborted_transactions(Some(aborted));
-                    }
-                }
-                Err(e) => {
-                    errors = true;
-                    let code = match &e {
-                        FetchError::UnknownTopicOrPartition => {
-                            ResponseError::UnknownTopicOrPartition
-                        }
-                        FetchError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
-                        FetchError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
-                        FetchError::Storage(_) | FetchError::Corrupt(..) => {
-                            warn!(error = %e, "fetch read failed");
-                            ResponseError::KafkaStorageError
-                        }
-                    };
-                    let (hw, lso, start) =
-                        offsets_or_unknown(broker, topic.topic.as_str(), p.partition);
-                    data = data
-                        .with_error_code(code.code())
-                        .with_high_watermark(hw)
-                        .with_last_stable_offset(lso)
-                        .with_records(Some(bytes::Bytes::new()));
-                    if version >= 5 {
-                        data = data.with_log_start_offset(start);
-                    }
-                }
-            }
             partitions.push(data);
         }
         topics.push(
@@ -257,7 +117,178 @@ async fn read_once(
                 .with_partitions(partitions),
         );
     }
-    (topics, total, errors)
+    (topics, pass.total, pass.errors)
+}
+
+/// One pass's state, carried from partition to partition.
+struct Pass {
+    fenced: bool,
+    isolation: Isolation,
+    version: i16,
+    /// The wait is over: an offset above the high watermark is out of range now.
+    last: bool,
+    /// The response limit (v3+) and the record bytes gathered so far.
+    max_total: usize,
+    total: usize,
+    errors: bool,
+    /// KIP-74: until some partition has returned records, a partition's first batch is
+    /// returned even when it is larger than what is left of the limits (so a consumer
+    /// can make progress); after that, a partition whose next batch does not fit returns
+    /// none. Before v3 there was no response limit and Kafka cut an oversized batch
+    /// short; whole batches are all Strata returns, so there the first batch always comes.
+    first_non_empty: bool,
+}
+
+impl Pass {
+    fn new(broker: &Broker, req: &FetchRequest, version: i16, last: bool) -> Self {
+        Self {
+            fenced: broker.fenced(),
+            // v4+: read_committed stops at the last stable offset.
+            isolation: if version >= 4 {
+                Isolation::from_level(req.isolation_level)
+            } else {
+                Isolation::ReadUncommitted
+            },
+            version,
+            last,
+            max_total: if version >= 3 {
+                usize::try_from(req.max_bytes).unwrap_or(0)
+            } else {
+                usize::MAX
+            },
+            total: 0,
+            errors: false,
+            first_non_empty: true,
+        }
+    }
+
+    async fn partition(
+        &mut self,
+        broker: &Broker,
+        req: &FetchRequest,
+        topic: &str,
+        p: &FetchPartition,
+    ) -> PartitionData {
+        let data = PartitionData::default().with_partition_index(p.partition);
+        // A consumer that names its rack is sent to a broker in it (KIP-392, v11+).
+        if self.version >= 11 {
+            if let Some(replica) =
+                broker.read_replica_elsewhere(topic, p.partition, req.rack_id.as_str())
+            {
+                let (hw, lso, start) = offsets_or_unknown(broker, topic, p.partition);
+                return data
+                    .with_high_watermark(hw)
+                    .with_last_stable_offset(lso)
+                    .with_log_start_offset(start)
+                    .with_preferred_read_replica(BrokerId(replica))
+                    .with_records(Some(bytes::Bytes::new()));
+            }
+        }
+        match self.read(broker, topic, p).await {
+            Ok(read) => self.found(data, read),
+            Err(e) => {
+                self.errors = true;
+                let code = match &e {
+                    FetchError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+                    FetchError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+                    FetchError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+                    FetchError::Storage(_) | FetchError::Corrupt(..) => {
+                        warn!(error = %e, "fetch read failed");
+                        ResponseError::KafkaStorageError
+                    }
+                };
+                let (hw, lso, start) = offsets_or_unknown(broker, topic, p.partition);
+                let data = data
+                    .with_error_code(code.code())
+                    .with_high_watermark(hw)
+                    .with_last_stable_offset(lso)
+                    .with_records(Some(bytes::Bytes::new()));
+                if self.version >= 5 {
+                    data.with_log_start_offset(start)
+                } else {
+                    data
+                }
+            }
+        }
+    }
+
+    /// Reads one partition within what is left of the limits.
+    async fn read(
+        &self,
+        broker: &Broker,
+        topic: &str,
+        p: &FetchPartition,
+    ) -> Result<crate::fetch::PartitionData, FetchError> {
+        let budget = usize::try_from(p.partition_max_bytes)
+            .unwrap_or(0)
+            .min(self.max_total.saturating_sub(self.total));
+        let min_one = self.first_non_empty || self.version < 3;
+        let read = broker
+            .fetcher()
+            .read(
+                topic,
+                p.partition,
+                p.fetch_offset,
+                budget,
+                min_one,
+                self.isolation,
+            )
+            .await;
+        match read {
+            // At its (possibly stale) end, a fenced broker sends the consumer away.
+            Ok(read) if self.fenced && p.fetch_offset >= read.high_watermark => {
+                Err(FetchError::NotLeaderOrFollower)
+            }
+            Err(FetchError::OffsetOutOfRange) => match broker.offsets(topic, p.partition) {
+                Some(o) if p.fetch_offset > o.high_watermark => {
+                    if self.fenced {
+                        Err(FetchError::NotLeaderOrFollower)
+                    } else if self.last {
+                        Err(FetchError::OffsetOutOfRange)
+                    } else {
+                        // Perhaps not applied here yet: wait for it.
+                        Ok(crate::fetch::PartitionData {
+                            records: bytes::Bytes::new(),
+                            high_watermark: o.high_watermark,
+                            log_start_offset: o.log_start,
+                            last_stable_offset: o.last_stable,
+                            aborted: Vec::new(),
+                        })
+                    }
+                }
+                _ => Err(FetchError::OffsetOutOfRange),
+            },
+            other => other,
+        }
+    }
+
+    /// A partition's answer with what was read.
+    fn found(&mut self, data: PartitionData, read: crate::fetch::PartitionData) -> PartitionData {
+        self.total += read.records.len();
+        if !read.records.is_empty() {
+            self.first_non_empty = false;
+        }
+        let mut data = data
+            .with_high_watermark(read.high_watermark)
+            .with_last_stable_offset(read.last_stable_offset)
+            .with_records(Some(read.records));
+        if self.version >= 5 {
+            data = data.with_log_start_offset(read.log_start_offset);
+        }
+        if self.version >= 4 {
+            let aborted = read
+                .aborted
+                .iter()
+                .map(|a| {
+                    AbortedTransaction::default()
+                        .with_producer_id(ProducerId(a.producer_id))
+                        .with_first_offset(a.first_offset)
+                })
+                .collect();
+            data = data.with_aborted_transactions(Some(aborted));
+        }
+        data
+    }
 }
 
 /// (high watermark, last stable offset, log start) of a partition, -1 each if unknown.

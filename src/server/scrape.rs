@@ -149,6 +149,17 @@ fn consumer_lag(s: &MetadataState, cap: usize) -> (Vec<Lag>, Vec<(String, i64)>,
 /// Renders the state-derived families.
 pub fn render_state(broker: &Broker) -> String {
     let mut x = Exposition::default();
+    raft_families(&mut x, broker);
+    let view = read_state(broker);
+    topic_and_lag_families(&mut x, &view);
+    state_size_families(&mut x, &view.stats);
+    counter_families(&mut x, broker);
+    memory_families(&mut x, broker);
+    x.finish()
+}
+
+/// This node's metadata Raft and whether it is fenced.
+fn raft_families(x: &mut Exposition, broker: &Broker) {
     let raft = broker.raft_status();
     x.family(
         "strata_raft_role",
@@ -204,8 +215,10 @@ pub fn render_state(broker: &Broker) -> String {
         "1 while this broker has fenced itself (cut off from the metadata cluster)",
         u8::from(broker.fenced()),
     );
+}
 
-    let view = read_state(broker);
+/// Brokers, topics and consumer lag, from one read of the state.
+fn topic_and_lag_families(x: &mut Exposition, view: &StateView) {
     x.single(
         "strata_brokers_live",
         "gauge",
@@ -292,8 +305,10 @@ pub fn render_state(broker: &Broker) -> String {
             *lag as f64,
         );
     }
+}
 
-    let st = &view.stats;
+/// The sizes of the metadata state.
+fn state_size_families(x: &mut Exposition, st: &crate::metadata::state::StateStats) {
     for (name, help, value) in [
         ("strata_state_topics", "Topics in the metadata", st.topics),
         (
@@ -339,7 +354,10 @@ pub fn render_state(broker: &Broker) -> String {
     ] {
         x.single(name, "gauge", help, value as f64);
     }
+}
 
+/// What compaction, the cleaner, garbage collection and the listener counted.
+fn counter_families(x: &mut Exposition, broker: &Broker) {
     let load = Ordering::Relaxed;
     let (c, k) = (&broker.counters().compaction, &broker.counters().cleaner);
     for (name, help, value) in [
@@ -426,6 +444,10 @@ pub fn render_state(broker: &Broker) -> String {
     ] {
         x.single(name, "gauge", help, value as f64);
     }
+}
+
+/// The heap and the cache tiers.
+fn memory_families(x: &mut Exposition, broker: &Broker) {
     let (allocated, resident) = crate::telemetry::heap();
     x.single(
         "strata_heap_allocated_bytes",
@@ -463,7 +485,6 @@ pub fn render_state(broker: &Broker) -> String {
         &[("tier", "replay")],
         replay_cap as f64,
     );
-    x.finish()
 }
 
 #[cfg(test)]
