@@ -206,7 +206,7 @@ fn rewrite_stamped(
     let info = batch_info(batch)?;
     let (codec, records) = inflate(batch)?;
     let located = locate(&records, record_count(batch))?;
-    let kept: Vec<&Located> = located.iter().filter(|r| keep(&r.view)).collect();
+    let kept: Vec<&Located<'_>> = located.iter().filter(|r| keep(&r.view)).collect();
     let has_tombstone = kept.iter().any(|r| r.view.tombstone);
     let stamp =
         Some(horizon).filter(|_| (has_tombstone || force_stamp) && info.delete_horizon.is_none());

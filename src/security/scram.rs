@@ -68,7 +68,10 @@ impl Mechanism {
 }
 
 fn keyed<D: EagerHash>(key: &[u8]) -> Hmac<D> {
-    <Hmac<D> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length")
+    match <Hmac<D> as KeyInit>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
 }
 
 fn hmac_with<D: EagerHash>(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -116,6 +119,7 @@ impl ScramCredential {
     }
 
     /// From a password (the bootstrap admin user), with a fresh random 32-byte salt.
+    #[allow(clippy::expect_used)] // see below: no OS random source, no broker
     pub fn from_password(mechanism: Mechanism, password: &str, iterations: u32) -> Self {
         let mut salt = [0u8; 32];
         // Only reached at startup for the bootstrap user; without an OS random
