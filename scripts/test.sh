@@ -69,10 +69,26 @@ if [ "${SKIP_INSTALL:-0}" != "1" ]; then
 fi
 
 if [ "${SKIP_CARGO:-0}" != "1" ]; then
-    log "cargo build"
-    cargo build
+    log "checks: format, layers"
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        rustup component add rustfmt clippy
+    fi
+    cargo fmt --all -- --check
+    # Top-level modules of src/ import only downwards (see the script's LAYERS).
+    python3 scripts/check_layers.py --quiet
+    # The failpoints feature compiles in the fault-injection switches the integration
+    # tests use (STRATA_FAILPOINT); release builds leave it out.
+    log "cargo build --features failpoints"
+    cargo build --features failpoints
+    log "checks: generated request schema, clippy"
+    # Regenerated from the kafka-protocol sources the build just fetched.
+    if ! python3 scripts/gen_request_schema.py | diff -u src/protocol/bounds/schema.rs - >/dev/null; then
+        echo "src/protocol/bounds/schema.rs differs from what scripts/gen_request_schema.py generates: regenerate it (python3 scripts/gen_request_schema.py > src/protocol/bounds/schema.rs)" >&2
+        exit 1
+    fi
+    cargo clippy --all-targets --features failpoints -- -D warnings
     log "cargo test"
-    cargo test
+    cargo test --features failpoints
 fi
 
 export STRATA_BIN="${STRATA_BIN:-$ROOT/target/debug/strata}"
