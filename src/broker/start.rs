@@ -15,11 +15,11 @@ use crate::background::stats::StatsSources;
 use crate::background::{gc, orphans, retention, stats};
 use crate::config::Config;
 use crate::fetch::FetchReader;
-use crate::group::{GroupConfig, GroupCoordinator};
+use crate::group::{GroupCoordinator, GroupOptions};
 use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
-use crate::storage::cache::{CacheConfig, CacheError};
+use crate::storage::cache::{CacheError, CacheOptions};
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
 use crate::txn::TxnCoordinator;
 
@@ -89,7 +89,7 @@ impl Broker {
         let storage = open_store(&config).await?;
         let metadata = open_metadata(&config, &storage).await?;
         let cache = Arc::new(
-            BlockCache::open(CacheConfig {
+            BlockCache::open(CacheOptions {
                 memory_bytes: config.cache_bytes,
                 replay_memory_bytes: config.replay_cache_bytes,
                 disk_dir: Some(config.data_dir.join("cache")),
@@ -127,9 +127,9 @@ impl Broker {
         ));
         let chores = spawn_chores(&config, &metadata, &storage, &fetcher, &counters);
         let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node_id);
-        let groups = GroupCoordinator::new(GroupConfig {
+        let groups = GroupCoordinator::new(GroupOptions {
             initial_rebalance_delay: config.group_initial_rebalance_delay,
-            ..GroupConfig::default()
+            ..GroupOptions::default()
         });
         let cluster_id = format!("strata-{:08x}", crc32c::crc32c(config.store.as_bytes()));
         let topics = metadata.read(|s| s.topics().len());
