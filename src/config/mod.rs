@@ -10,14 +10,17 @@ use crate::cli::ServeArgs;
 
 mod file;
 mod flush;
+mod listener;
 mod security;
 mod store;
 
 use self::file::FileConfig;
+pub use self::listener::Listener;
+use self::listener::ListenerInput;
 use crate::tls::{ClientAuth, TlsSettings};
 pub use crate::topic_config::TopicDefaults;
 pub use flush::FlushIdle;
-pub use security::{AdminUser, Listener, SecurityConfig};
+pub use security::{AdminUser, SecurityConfig};
 pub use store::ServerSideEncryption;
 
 #[derive(Debug, thiserror::Error)]
@@ -338,18 +341,8 @@ impl Config {
                 Some(_) => {}
             }
         }
+        let listeners = listener::listeners(&ListenerInput::new(args, &file, tls.is_some()))?;
         let security_input = security::SecurityInput {
-            listen: args.listen.clone().or(file.listen.clone()),
-            advertise: args.advertise.clone().or(file.advertise.clone()),
-            listeners: args.listeners.clone().or(file.listeners.clone()),
-            advertised_listeners: args
-                .advertised_listeners
-                .clone()
-                .or(file.advertised_listeners.clone()),
-            protocol_map: args
-                .listener_security_protocol_map
-                .clone()
-                .or(file.listener_security_protocol_map.clone()),
             sasl_enabled_mechanisms: args
                 .sasl_enabled_mechanisms
                 .clone()
@@ -379,12 +372,10 @@ impl Config {
                 .sasl_oauthbearer_sub_claim_name
                 .clone()
                 .or(file.sasl_oauthbearer_sub_claim_name.clone()),
-            tls: tls.is_some(),
             client_auth: tls
                 .as_ref()
                 .is_some_and(|t| t.client_auth != ClientAuth::None),
         };
-        let listeners = security::listeners(&security_input)?;
         let security = security::security(&security_input, &listeners)?;
         let first = &listeners[0];
         let (listen, advertise_host, advertise_port) = (
@@ -859,6 +850,14 @@ fn parse_controllers(list: &str) -> Result<std::collections::BTreeMap<u64, Strin
         return Err(invalid());
     }
     Ok(voters)
+}
+
+fn invalid(key: &'static str, value: &str, hint: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_owned(),
+        hint,
+    }
 }
 
 /// Reads the cluster secret (also for `strata voters`).

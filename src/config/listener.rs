@@ -1,0 +1,353 @@
+//! The Kafka listeners: Kafka's `listeners`, `advertised.listeners` and
+//! `listener.security.protocol.map` checked into one shape.
+
+use std::net::SocketAddr;
+
+use super::{invalid, split_host_port, ConfigError, FileConfig};
+use crate::cli::ServeArgs;
+use crate::security::SecurityProtocol;
+
+/// One listener: where it binds, what it speaks, and what clients are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    pub bind: SocketAddr,
+    pub advertise_host: String,
+    pub advertise_port: i32,
+}
+
+/// The raw listener values, flags and variables over the file.
+#[derive(Debug, Default)]
+pub struct ListenerInput {
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub listeners: Option<String>,
+    pub advertised_listeners: Option<String>,
+    pub protocol_map: Option<String>,
+    /// TLS certificate and key are configured.
+    pub tls: bool,
+}
+
+impl ListenerInput {
+    pub fn new(args: &ServeArgs, file: &FileConfig, tls: bool) -> Self {
+        Self {
+            listen: args.listen.clone().or(file.listen.clone()),
+            advertise: args.advertise.clone().or(file.advertise.clone()),
+            listeners: args.listeners.clone().or(file.listeners.clone()),
+            advertised_listeners: args
+                .advertised_listeners
+                .clone()
+                .or(file.advertised_listeners.clone()),
+            protocol_map: args
+                .listener_security_protocol_map
+                .clone()
+                .or(file.listener_security_protocol_map.clone()),
+            tls,
+        }
+    }
+}
+
+/// The listeners, from `listeners` or else from the `listen`/`advertise` shorthands
+/// (one listener: SSL when TLS is configured, else PLAINTEXT).
+pub fn listeners(input: &ListenerInput) -> Result<Vec<Listener>, ConfigError> {
+    let map = protocol_map(input.protocol_map.as_deref())?;
+    let binds = binds(input)?;
+    let advertised = advertised(input, &binds)?;
+    let mut out = Vec::with_capacity(binds.len());
+    for (name, host, port) in binds {
+        let key = if input.listeners.is_some() {
+            "listeners"
+        } else {
+            "listen"
+        };
+        let bind: SocketAddr = format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.clone() })
+            .parse()
+            .map_err(|_| {
+                invalid(
+                    key,
+                    &format!("{name}://{host}:{port}"),
+                    "bind to a numeric IP, e.g. 0.0.0.0:9092 or 127.0.0.1:9092 (advertise a host name with advertised_listeners)",
+                )
+            })?;
+        let protocol = map
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                invalid(
+                    "listener_security_protocol_map",
+                    &name,
+                    "a listener whose name is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL needs an entry NAME:PROTOCOL here",
+                )
+            })?;
+        let (advertise_host, advertise_port) = advertised
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, h, p)| (h.clone(), *p))
+            .unwrap_or((host, port));
+        if wildcard(&advertise_host) {
+            return Err(invalid(
+                if input.listeners.is_some() { "advertised_listeners" } else { "advertise" },
+                &format!("{name}://{advertise_host}:{advertise_port}"),
+                "clients cannot connect to a wildcard address; advertise a reachable HOST:PORT for this listener",
+            ));
+        }
+        if protocol.tls() && !input.tls {
+            return Err(invalid(
+                "listeners",
+                &name,
+                "an SSL or SASL_SSL listener needs tls_cert_file and tls_key_file",
+            ));
+        }
+        out.push(Listener {
+            name,
+            protocol,
+            bind,
+            advertise_host,
+            advertise_port,
+        });
+    }
+    Ok(out)
+}
+
+/// Where the listeners bind, as (name, host, port): `listeners`, or the one `listen`.
+fn binds(input: &ListenerInput) -> Result<Vec<(String, String, i32)>, ConfigError> {
+    match &input.listeners {
+        Some(text) => {
+            if input.listen.is_some() || input.advertise.is_some() {
+                return Err(invalid(
+                    "listeners",
+                    text,
+                    "listen and advertise are shorthands for one listener: set listeners and advertised_listeners instead, not both",
+                ));
+            }
+            endpoints("listeners", text)
+        }
+        None => {
+            let listen = input.listen.as_deref().unwrap_or("127.0.0.1:9092");
+            let (host, port) = split_bind(listen).ok_or_else(|| {
+                invalid(
+                    "listen",
+                    listen,
+                    "use HOST:PORT with a numeric IP, e.g. 127.0.0.1:9092 or 0.0.0.0:9092",
+                )
+            })?;
+            let name = if input.tls { "SSL" } else { "PLAINTEXT" };
+            Ok(vec![(name.to_owned(), host, port)])
+        }
+    }
+}
+
+/// What clients are told, as (name, host, port): `advertised_listeners`, or `advertise`
+/// for the first listener; each must name one of `binds`.
+fn advertised(
+    input: &ListenerInput,
+    binds: &[(String, String, i32)],
+) -> Result<Vec<(String, String, i32)>, ConfigError> {
+    let advertised = match (&input.advertised_listeners, &input.advertise) {
+        (Some(text), _) => endpoints("advertised_listeners", text)?,
+        (None, Some(one)) => {
+            let (host, port) = split_host_port(one).ok_or_else(|| {
+                invalid(
+                    "advertise",
+                    one,
+                    "use HOST:PORT that clients can reach, e.g. broker1.example.com:9092",
+                )
+            })?;
+            vec![(binds[0].0.clone(), host, port)]
+        }
+        (None, None) => Vec::new(),
+    };
+    if let Some((name, _, _)) = advertised
+        .iter()
+        .find(|(name, _, _)| !binds.iter().any(|(n, _, _)| n == name))
+    {
+        return Err(invalid(
+            "advertised_listeners",
+            name,
+            "every advertised listener must be one of listeners (by name)",
+        ));
+    }
+    Ok(advertised)
+}
+
+/// `NAME:PROTOCOL,...` over the four standard names.
+fn protocol_map(text: Option<&str>) -> Result<Vec<(String, SecurityProtocol)>, ConfigError> {
+    let mut map: Vec<(String, SecurityProtocol)> = SecurityProtocol::ALL
+        .into_iter()
+        .map(|p| (p.name().to_owned(), p))
+        .collect();
+    let hint = "use NAME:PROTOCOL entries separated by commas, PROTOCOL one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, e.g. INTERNAL:SASL_PLAINTEXT,EXTERNAL:SASL_SSL";
+    for entry in text
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let (name, protocol) = entry
+            .split_once(':')
+            .ok_or_else(|| invalid("listener_security_protocol_map", entry, hint))?;
+        let protocol: SecurityProtocol = protocol
+            .trim()
+            .parse()
+            .map_err(|()| invalid("listener_security_protocol_map", entry, hint))?;
+        let name = name.trim().to_ascii_uppercase();
+        map.retain(|(n, _)| *n != name);
+        map.push((name, protocol));
+    }
+    Ok(map)
+}
+
+/// `NAME://HOST:PORT,...` as (name, host, port), names upper-cased.
+fn endpoints(key: &'static str, text: &str) -> Result<Vec<(String, String, i32)>, ConfigError> {
+    let hint = "use NAME://HOST:PORT entries separated by commas, e.g. SASL_SSL://0.0.0.0:9093,PLAINTEXT://127.0.0.1:9092";
+    let mut out: Vec<(String, String, i32)> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, address) = entry
+            .split_once("://")
+            .ok_or_else(|| invalid(key, entry, hint))?;
+        let name = name.trim().to_ascii_uppercase();
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let address = if address.starts_with(':') {
+            format!("0.0.0.0{address}")
+        } else {
+            address.to_owned()
+        };
+        let (host, port) = split_bind(&address)
+            .filter(|_| valid_name)
+            .ok_or_else(|| invalid(key, entry, hint))?;
+        if out.iter().any(|(n, _, _)| *n == name) {
+            return Err(invalid(key, entry, "each listener name may appear once"));
+        }
+        out.push((name, host, port));
+    }
+    if out.is_empty() {
+        return Err(invalid(key, text, hint));
+    }
+    Ok(out)
+}
+
+/// HOST:PORT where port 0 (any free port, for tests) is allowed.
+fn split_bind(s: &str) -> Option<(String, i32)> {
+    match s.rsplit_once(':') {
+        Some((host, "0")) => split_host_port(&format!("{host}:1")).map(|(h, _)| (h, 0)),
+        _ => split_host_port(s),
+    }
+}
+
+fn wildcard(host: &str) -> bool {
+    host == "0.0.0.0" || host == "::"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn input() -> ListenerInput {
+        ListenerInput::default()
+    }
+
+    #[test]
+    fn shorthand_is_one_plaintext_or_ssl_listener() -> TestResult {
+        let l = listeners(&input())?;
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].name, "PLAINTEXT");
+        assert_eq!(l[0].bind, "127.0.0.1:9092".parse()?);
+        assert_eq!(
+            (l[0].advertise_host.as_str(), l[0].advertise_port),
+            ("127.0.0.1", 9092)
+        );
+        let tls = ListenerInput {
+            tls: true,
+            listen: Some("0.0.0.0:9093".into()),
+            advertise: Some("b1.example.com:9093".into()),
+            ..input()
+        };
+        let l = listeners(&tls)?;
+        assert_eq!(
+            (l[0].name.as_str(), l[0].protocol),
+            ("SSL", SecurityProtocol::Ssl)
+        );
+        assert_eq!(l[0].advertise_host, "b1.example.com");
+        Ok(())
+    }
+
+    #[test]
+    fn named_listeners_with_map_and_advertised() -> TestResult {
+        let i = ListenerInput {
+            listeners: Some("internal://0.0.0.0:9092,SASL_SSL://0.0.0.0:9094".into()),
+            advertised_listeners: Some(
+                "INTERNAL://10.0.0.1:9092,SASL_SSL://b1.example.com:9094".into(),
+            ),
+            protocol_map: Some("INTERNAL:SASL_PLAINTEXT".into()),
+            tls: true,
+            ..input()
+        };
+        let l = listeners(&i)?;
+        assert_eq!(l[0].name, "INTERNAL");
+        assert_eq!(l[0].protocol, SecurityProtocol::SaslPlaintext);
+        assert_eq!(l[0].advertise_host, "10.0.0.1");
+        assert_eq!(l[1].protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(
+            (l[1].advertise_host.as_str(), l[1].advertise_port),
+            ("b1.example.com", 9094)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_listener_settings_say_what_to_fix() {
+        let err = |i: ListenerInput| {
+            listeners(&i)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = err(ListenerInput {
+            listeners: Some("INTERNAL://127.0.0.1:9092".into()),
+            ..input()
+        });
+        assert!(
+            e.starts_with("listener_security_protocol_map = \"INTERNAL\""),
+            "{e}"
+        );
+        let e = err(ListenerInput {
+            listeners: Some("SSL://127.0.0.1:9093".into()),
+            ..input()
+        });
+        assert!(e.contains("needs tls_cert_file"), "{e}");
+        let e = err(ListenerInput {
+            listeners: Some("PLAINTEXT://0.0.0.0:9092".into()),
+            ..input()
+        });
+        assert!(e.contains("wildcard"), "{e}");
+        let e = err(ListenerInput {
+            listeners: Some("PLAINTEXT://127.0.0.1:9092,PLAINTEXT://127.0.0.1:9093".into()),
+            ..input()
+        });
+        assert!(e.contains("once"), "{e}");
+        let e = err(ListenerInput {
+            listeners: Some("PLAINTEXT://127.0.0.1:9092".into()),
+            advertised_listeners: Some("SSL://b:9093".into()),
+            ..input()
+        });
+        assert!(e.contains("must be one of listeners"), "{e}");
+        let e = err(ListenerInput {
+            listeners: Some("127.0.0.1:9092".into()),
+            ..input()
+        });
+        assert!(e.starts_with("listeners = \"127.0.0.1:9092\""), "{e}");
+        let e = err(ListenerInput {
+            listeners: Some("PLAINTEXT://127.0.0.1:9092".into()),
+            listen: Some("127.0.0.1:9092".into()),
+            ..input()
+        });
+        assert!(e.contains("shorthands"), "{e}");
+    }
+}
