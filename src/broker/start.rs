@@ -82,32 +82,32 @@ impl Broker {
     /// Opens everything the broker serves from and starts its background work; the
     /// broker registers itself (`register`) once the caller is ready to serve.
     pub async fn start(config: Config) -> Result<(Arc<Self>, BrokerTasks), StartError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            dir: config.data_dir.display().to_string(),
+        std::fs::create_dir_all(&config.node.data_dir).map_err(|source| StartError::DataDir {
+            dir: config.node.data_dir.display().to_string(),
             source,
         })?;
         let storage = open_store(&config).await?;
         let metadata = open_metadata(&config, &storage).await?;
         let cache = Arc::new(
             BlockCache::open(CacheOptions {
-                memory_bytes: config.cache_bytes,
-                replay_memory_bytes: config.replay_cache_bytes,
-                disk_dir: Some(config.data_dir.join("cache")),
-                disk_bytes: config.cache_disk_bytes,
-                max_chunk_bytes: config.flush_bytes,
+                memory_bytes: config.cache.memory_bytes,
+                replay_memory_bytes: config.cache.replay_memory_bytes,
+                disk_dir: Some(config.node.data_dir.join("cache")),
+                disk_bytes: config.cache.disk_bytes,
+                max_chunk_bytes: config.flush.bytes,
             })
             .await?,
         );
         let (buffer, flusher) = WriteBuffer::start(
             BufferConfig {
-                flush_interval: config.flush_interval,
-                flush_idle: config.flush_idle,
-                flush_bytes: config.flush_bytes,
+                flush_interval: config.flush.interval,
+                flush_idle: config.flush.idle,
+                flush_bytes: config.flush.bytes,
                 max_inflight_uploads: MAX_INFLIGHT_UPLOADS,
-                max_buffered_bytes: config.buffer_max_bytes,
-                upload_timeout: config.upload_timeout,
-                node_id: config.node_id,
-                max_commit_age: config.orphan_grace / 2,
+                max_buffered_bytes: config.flush.buffer_max_bytes,
+                upload_timeout: config.store.upload_timeout,
+                node_id: config.node.id,
+                max_commit_age: config.background.orphan_grace / 2,
             },
             storage.clone(),
             metadata.clone(),
@@ -117,7 +117,7 @@ impl Broker {
         let snapshot_shipper = tokio::spawn(shipping::ship_metadata(
             metadata.clone(),
             storage.clone(),
-            config.store_snapshot_interval,
+            config.raft.store_snapshot_interval,
             counters.shipped.clone(),
         ));
         let fetcher = Arc::new(FetchReader::new(
@@ -126,14 +126,14 @@ impl Broker {
             cache.clone(),
         ));
         let chores = spawn_chores(&config, &metadata, &storage, &fetcher, &counters);
-        let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node_id);
+        let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node.id);
         let groups = GroupCoordinator::new(GroupOptions {
-            initial_rebalance_delay: config.group_initial_rebalance_delay,
+            initial_rebalance_delay: config.groups.initial_rebalance_delay,
             ..GroupOptions::default()
         });
-        let cluster_id = format!("strata-{:08x}", crc32c::crc32c(config.store.as_bytes()));
+        let cluster_id = format!("strata-{:08x}", crc32c::crc32c(config.store.url.as_bytes()));
         let topics = metadata.read(|s| s.topics().len());
-        info!(topics, store = %config.store, "metadata loaded");
+        info!(topics, store = %config.store.url, "metadata loaded");
         let broker = Arc::new(Self {
             config,
             cluster_id,
@@ -157,12 +157,12 @@ impl Broker {
 
 /// Opens the object store and proves it takes writes.
 async fn open_store(config: &Config) -> Result<ObjectStorage, StartError> {
-    let storage = ObjectStorage::open_with_encryption(&config.store, &config.s3_sse)?;
+    let storage = ObjectStorage::open_with_encryption(&config.store.url, &config.store.s3_sse)?;
     // Fail at start-up, in one line, rather than on the first produce.
     storage
         .put("_strata/probe", Bytes::from_static(b"ok"))
         .await
-        .map_err(|source| probe_error(&config.store, source))?;
+        .map_err(|source| probe_error(&config.store.url, source))?;
     Ok(storage)
 }
 
@@ -172,10 +172,11 @@ async fn open_metadata(
     config: &Config,
     storage: &ObjectStorage,
 ) -> Result<Arc<Metadata>, StartError> {
-    let raft_dir = config.data_dir.join("raft");
+    let raft_dir = config.node.data_dir.join("raft");
     let has_log = raft_dir.join("raft.log").exists();
-    if has_log && config.recover_from_store {
+    if has_log && config.store.recover_from_store {
         let aside = config
+            .node
             .data_dir
             .join(format!("raft.before-recovery-{}", crate::clock::now_ms()));
         std::fs::rename(&raft_dir, &aside).map_err(|source| StartError::SetAside {
@@ -185,7 +186,9 @@ async fn open_metadata(
         info!(aside = %aside.display(), "old metadata log set aside for recovery");
     }
     let mut options = raft_options(config);
-    if !has_log && config.controllers.len() > 1 && config.controllers.contains_key(&config.node_id)
+    if !has_log
+        && config.raft.controllers.len() > 1
+        && config.raft.controllers.contains_key(&config.node.id)
     {
         // A voter on a new (or wiped) disk: it must not help elect a leader that lacks
         // what was acknowledged, which the bucket holds.
@@ -197,11 +200,11 @@ async fn open_metadata(
     let metadata = Arc::new(Metadata::open(&raft_dir, options).await?);
     // Only the broker that founds the metadata cluster may rebuild it: anyone else with
     // an empty log is joining a cluster that already has its metadata.
-    let founder = config.controllers.keys().next() == Some(&config.node_id);
-    if founder && (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
+    let founder = config.raft.controllers.keys().next() == Some(&config.node.id);
+    if founder && (!has_log || config.store.recover_from_store) && metadata.read(|s| s.is_empty()) {
         shipping::recover(&metadata, storage).await?;
     }
-    if !config.unsafe_ack_before_shipping {
+    if !config.raft.unsafe_ack_before_shipping {
         metadata.ack_after_shipping();
     }
     Ok(metadata)
@@ -219,7 +222,7 @@ fn spawn_chores(
         tokio::spawn(orphans::collect_orphans(
             metadata.clone(),
             storage.clone(),
-            config.orphan_grace,
+            config.background.orphan_grace,
         )),
         tokio::spawn(compaction::run(
             metadata.clone(),
@@ -227,12 +230,12 @@ fn spawn_chores(
             fetcher.clone(),
             CompactionConfig {
                 policy: CompactionPolicy {
-                    segment_bytes: config.segment_bytes,
-                    age: config.compaction_age,
+                    segment_bytes: config.background.segment_bytes,
+                    age: config.background.compaction_age,
                 },
-                interval: config.compaction_interval,
-                node_id: config.node_id,
-                upload_timeout: config.upload_timeout,
+                interval: config.background.compaction_interval,
+                node_id: config.node.id,
+                upload_timeout: config.store.upload_timeout,
             },
             counters.compaction.clone(),
         )),
@@ -241,29 +244,29 @@ fn spawn_chores(
             storage.clone(),
             fetcher.clone(),
             CleanerConfig {
-                interval: config.compaction_interval,
-                node_id: config.node_id,
-                output_bytes: config.segment_bytes,
-                upload_timeout: config.upload_timeout,
-                topic_defaults: config.topic_defaults.clone(),
+                interval: config.background.compaction_interval,
+                node_id: config.node.id,
+                output_bytes: config.background.segment_bytes,
+                upload_timeout: config.store.upload_timeout,
+                topic_defaults: config.topics.defaults.clone(),
             },
             counters.cleaner.clone(),
         )),
         tokio::spawn(retention::run(
             metadata.clone(),
-            config.retention_check_interval,
-            config.node_id,
-            config.topic_defaults.clone(),
+            config.background.retention_check_interval,
+            config.node.id,
+            config.topics.defaults.clone(),
         )),
         tokio::spawn(gc::run(
             metadata.clone(),
             storage.clone(),
-            config.gc_grace,
+            config.background.gc_grace,
             counters.shipped.clone(),
             counters.gc.clone(),
         )),
         tokio::spawn(stats::run(
-            config.data_dir.join("stats.json"),
+            config.node.data_dir.join("stats.json"),
             StatsSources {
                 metadata: metadata.clone(),
                 storage: storage.clone(),
@@ -279,25 +282,22 @@ fn spawn_chores(
 
 fn raft_options(config: &Config) -> RaftOptions {
     let addr = config
+        .raft
         .controllers
-        .get(&config.node_id)
+        .get(&config.node.id)
         .cloned()
-        .or_else(|| config.raft_listen.clone())
+        .or_else(|| config.raft.listen.clone())
         .unwrap_or_default();
     RaftOptions {
-        node_id: config.node_id,
-        snapshot_every: config.snapshot_every,
+        node_id: config.node.id,
+        snapshot_every: config.raft.snapshot_every,
         addr,
-        listen: config.raft_listen.clone(),
-        voters: config.controllers.clone(),
-        lease: config.broker_lease,
+        listen: config.raft.listen.clone(),
+        voters: config.raft.controllers.clone(),
+        lease: config.raft.broker_lease,
         vote_floor: 0,
-        secret: config.cluster_secret.clone(),
-        tls: if config.raft_tls {
-            config.tls.clone()
-        } else {
-            None
-        },
+        secret: config.raft.cluster_secret.clone(),
+        tls: config.raft.tls.clone(),
     }
 }
 

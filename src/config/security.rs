@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{invalid, ConfigError, Listener};
+use super::{invalid, ConfigError, FileConfig, Listener, ListenerConfig};
+use crate::cli::ServeArgs;
 use crate::security::acl::AuthorizerSettings;
 use crate::security::jwks::JwksFile;
 use crate::security::oauth::JwtSettings;
 use crate::security::sasl::SaslMechanism;
+use crate::tls::ClientAuth;
 
 /// The bootstrap admin: SCRAM credentials created at first start, and a super user.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,6 +59,60 @@ pub struct SecurityInput {
     pub sasl_oauthbearer_sub_claim_name: Option<String>,
     /// Client certificates are checked (mTLS principals).
     pub client_auth: bool,
+}
+
+impl SecurityConfig {
+    /// Whether clients authenticate follows the listeners (SASL, or mTLS on a TLS one).
+    pub fn load(
+        args: &ServeArgs,
+        file: &FileConfig,
+        listener: &ListenerConfig,
+    ) -> Result<Self, ConfigError> {
+        security(
+            &SecurityInput::new(args, file, listener),
+            &listener.listeners,
+        )
+    }
+}
+
+impl SecurityInput {
+    fn new(args: &ServeArgs, file: &FileConfig, listener: &ListenerConfig) -> Self {
+        Self {
+            sasl_enabled_mechanisms: args
+                .sasl_enabled_mechanisms
+                .clone()
+                .or(file.sasl_enabled_mechanisms.clone()),
+            super_users: args.super_users.clone().or(file.super_users.clone()),
+            allow_everyone_if_no_acl_found: args
+                .allow_everyone_if_no_acl_found
+                .or(file.allow_everyone_if_no_acl_found),
+            admin_user: args.admin_user.clone().or(file.admin_user.clone()),
+            admin_password: args.admin_password.clone().or(file.admin_password.clone()),
+            connections_max_reauth_ms: args
+                .connections_max_reauth_ms
+                .or(file.connections_max_reauth_ms),
+            sasl_oauthbearer_jwks_file: args
+                .sasl_oauthbearer_jwks_file
+                .clone()
+                .or(file.sasl_oauthbearer_jwks_file.clone()),
+            sasl_oauthbearer_expected_issuer: args
+                .sasl_oauthbearer_expected_issuer
+                .clone()
+                .or(file.sasl_oauthbearer_expected_issuer.clone()),
+            sasl_oauthbearer_expected_audience: args
+                .sasl_oauthbearer_expected_audience
+                .clone()
+                .or(file.sasl_oauthbearer_expected_audience.clone()),
+            sasl_oauthbearer_sub_claim_name: args
+                .sasl_oauthbearer_sub_claim_name
+                .clone()
+                .or(file.sasl_oauthbearer_sub_claim_name.clone()),
+            client_auth: listener
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_auth != ClientAuth::None),
+        }
+    }
 }
 
 /// SASL mechanisms, principals and the bootstrap admin.
