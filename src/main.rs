@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use strata::broker::Broker;
 use strata::cli::{Cli, Command};
-use strata::config::Config;
+use strata::config::{Config, ListenerConfig};
 use strata::telemetry::logs::{self, LogFormat};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => match Config::load(&args) {
             Ok(config) => {
-                logs::init(config.log_format);
+                logs::init(config.telemetry.log_format);
                 exit_on_panic();
                 serve(config)
             }
@@ -49,7 +49,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Certificates are read before anything starts: a bad file stops start-up.
-        let tls = match &config.tls {
+        let tls = match &config.listener.tls {
             Some(settings) => Some(Arc::new(strata::tls::TlsAcceptor::load(settings.clone())?)),
             None => None,
         };
@@ -57,10 +57,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Bound before the broker starts, so that `/ready` says "starting" (503) until
         // it has caught up and registered.
         let started = strata::server::http::Started::default();
-        if let Some(addr) = config.metrics_listen {
+        if let Some(addr) = config.telemetry.metrics_listen {
             serve_metrics(addr, started.clone()).await?;
         }
-        let limits = listener_limits(&config);
+        let limits = listener_limits(&config.listener);
         log_serving(&config);
         let (broker, tasks) = Broker::start(config).await?;
         broker.register().await?;
@@ -83,8 +83,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Binds every Kafka listener, or says in one line why one cannot be.
 async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<strata::server::Endpoint>> {
-    let mut endpoints = Vec::with_capacity(config.listeners.len());
-    for listener in &config.listeners {
+    let listeners = &config.listener.listeners;
+    let mut endpoints = Vec::with_capacity(listeners.len());
+    for listener in listeners {
         let bind = listener.bind;
         let socket = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -126,21 +127,21 @@ async fn serve_metrics(
     Ok(())
 }
 
-fn listener_limits(config: &Config) -> strata::server::ListenerLimits {
+fn listener_limits(listener: &ListenerConfig) -> strata::server::ListenerLimits {
     strata::server::ListenerLimits {
-        max_connections: config.max_connections,
-        max_connections_per_ip: config.max_connections_per_ip,
-        max_inflight_request_bytes: config.max_inflight_request_bytes,
-        max_request_bytes: config.max_request_bytes,
-        frame_read_timeout: config.frame_read_timeout,
-        connections_max_idle: config.connections_max_idle,
+        max_connections: listener.max_connections,
+        max_connections_per_ip: listener.max_connections_per_ip,
+        max_inflight_request_bytes: listener.max_inflight_request_bytes,
+        max_request_bytes: listener.max_request_bytes,
+        frame_read_timeout: listener.frame_read_timeout,
+        connections_max_idle: listener.connections_max_idle,
     }
 }
 
 fn log_serving(config: &Config) {
     let authorizer = &config.security.authorizer;
     info!(super_users = ?authorizer.super_users, allow_everyone_if_no_acl_found = authorizer.allow_if_no_acl, "authorization");
-    for l in &config.listeners {
+    for l in &config.listener.listeners {
         info!(listener = %l.name, protocol = %l.protocol, listen = %l.bind, advertise = %format!("{}:{}", l.advertise_host, l.advertise_port), "strata is serving");
     }
 }

@@ -28,10 +28,10 @@ impl Broker {
     /// the bootstrap admin's credentials.
     pub async fn register(self: &Arc<Self>) -> Result<(), BrokerError> {
         let register = ClusterCommand::Register {
-            id: self.config.node_id,
-            host: self.config.advertise_host.clone(),
-            port: self.config.advertise_port,
-            rack: self.config.rack.clone(),
+            id: self.config.node.id,
+            host: self.config.listener.advertise_host().to_owned(),
+            port: self.config.listener.advertise_port(),
+            rack: self.config.node.rack.clone(),
             now_ms: crate::clock::now_ms(),
         };
         let started = Instant::now();
@@ -40,13 +40,14 @@ impl Broker {
             .await?;
         let listeners = self
             .config
+            .listener
             .listeners
             .iter()
             .map(|l| (l.name.clone(), l.advertise_host.clone(), l.advertise_port))
             .collect();
         self.metadata
             .propose(Command::RegisterListeners {
-                id: self.config.node_id,
+                id: self.config.node.id,
                 listeners,
             })
             .await?;
@@ -76,7 +77,7 @@ impl Broker {
     /// Keeps this broker's lease (a heartbeat every quarter lease) and, while this broker
     /// is the Raft leader, expires the brokers whose heartbeats stopped.
     pub fn spawn_liveness(self: &Arc<Self>) -> JoinHandle<()> {
-        let lease = self.config.broker_lease;
+        let lease = self.config.raft.broker_lease;
         let heartbeats = Self::heartbeats(Arc::downgrade(self), lease);
         let expiry = Self::expire_silent(Arc::downgrade(self), lease);
         tokio::spawn(async move {
@@ -99,7 +100,7 @@ impl Broker {
             };
             let now_ms = crate::clock::now_ms().max(last_value.saturating_add(1));
             last_value = now_ms;
-            let id = broker.config.node_id;
+            let id = broker.config.node.id;
             let heartbeat = Command::Cluster(ClusterCommand::Heartbeat { id, now_ms });
             let started = Instant::now();
             match broker.metadata.renew_lease(heartbeat, started).await {
@@ -150,7 +151,7 @@ impl Broker {
     /// Leaves the cluster gracefully: its partitions and groups move at once.
     pub async fn deregister(&self) {
         let cmd = Command::Cluster(ClusterCommand::Deregister {
-            id: self.config.node_id,
+            id: self.config.node.id,
         });
         if let Err(e) = self.metadata.propose(cmd).await {
             tracing::warn!(error = %e, "leaving the cluster failed");

@@ -78,12 +78,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn node_id(&self) -> i32 {
-        i32::try_from(self.config.node_id).unwrap_or(i32::MAX)
+        i32::try_from(self.config.node.id).unwrap_or(i32::MAX)
     }
 
     /// The node id, as the metadata state keys brokers.
     pub fn id(&self) -> u64 {
-        self.config.node_id
+        self.config.node.id
     }
 
     /// The cluster id clients see (from the store's URL, so every broker agrees).
@@ -168,17 +168,18 @@ impl Broker {
 
     /// This broker's static topic config defaults (flags, variables, file).
     pub fn topic_defaults(&self) -> &TopicDefaults {
-        &self.config.topic_defaults
+        &self.config.topics.defaults
     }
 
     /// Kafka's `auto.create.topics.enable`.
     pub fn auto_create_topics(&self) -> bool {
-        self.config.auto_create_topics
+        self.config.topics.auto_create
     }
 
     /// This broker's address on its first listener.
     pub fn advertised(&self) -> (&str, i32) {
-        (&self.config.advertise_host, self.config.advertise_port)
+        let listener = &self.config.listener;
+        (listener.advertise_host(), listener.advertise_port())
     }
 
     /// The broker configs fixed at start-up, as DescribeConfigs reports them (name,
@@ -188,25 +189,32 @@ impl Broker {
         vec![
             (
                 "auto.create.topics.enable",
-                c.auto_create_topics.to_string(),
+                c.topics.auto_create.to_string(),
             ),
-            ("socket.request.max.bytes", c.max_request_bytes.to_string()),
+            (
+                "socket.request.max.bytes",
+                c.listener.max_request_bytes.to_string(),
+            ),
             (
                 "advertised.listeners",
                 format!(
                     "{}://{}:{}",
-                    if c.tls.is_some() { "SSL" } else { "PLAINTEXT" },
-                    c.advertise_host,
-                    c.advertise_port
+                    if c.listener.tls.is_some() {
+                        "SSL"
+                    } else {
+                        "PLAINTEXT"
+                    },
+                    c.listener.advertise_host(),
+                    c.listener.advertise_port()
                 ),
             ),
-            ("broker.id", c.node_id.to_string()),
+            ("broker.id", c.node.id.to_string()),
         ]
     }
 
     /// The static partition count of auto-created topics (`default_partitions`).
     pub fn static_default_partitions(&self) -> i32 {
-        self.config.default_partitions
+        self.config.topics.default_partitions
     }
 
     /// Resolves only if the metadata Raft core stops by itself (a bug or a dead disk);

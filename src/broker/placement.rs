@@ -42,15 +42,16 @@ impl Broker {
         });
         let own = self
             .config
+            .listener
             .listeners
             .iter()
             .find(|l| l.name == listener)
-            .unwrap_or(&self.config.listeners[0]);
+            .unwrap_or(self.config.listener.first());
         brokers.push(LiveBroker {
             id: me,
             host: own.advertise_host.clone(),
             port: own.advertise_port,
-            rack: self.config.rack.clone(),
+            rack: self.config.node.rack.clone(),
         });
         brokers.sort_by_key(|b| b.id);
         brokers
@@ -63,7 +64,7 @@ impl Broker {
         self.metadata.read(|s| {
             let epoch = s.cluster().epoch();
             if fenced {
-                let own = Some(self.config.node_id);
+                let own = Some(self.config.node.id);
                 let id = s.preferred_broker_excluding(topic, partition, own);
                 return (id.map(|id| id as i32), epoch);
             }
@@ -90,7 +91,7 @@ impl Broker {
     /// it knows of none).
     pub fn coordinator(&self, group: &str) -> Option<i32> {
         self.metadata
-            .coordinator(group, self.config.node_id)
+            .coordinator(group, self.config.node.id)
             .map(|id| i32::try_from(id).unwrap_or(i32::MAX))
     }
 
@@ -105,7 +106,7 @@ impl Broker {
         if self.fenced() {
             return None;
         }
-        let id = self.config.node_id;
+        let id = self.config.node.id;
         self.metadata.read(|s| {
             let cluster = s.cluster();
             (cluster.coordinator(group).is_none_or(|c| c == id)).then(|| cluster.epoch())

@@ -13,13 +13,13 @@ use crate::background::cleaner::{self, CleanerConfig};
 use crate::background::compaction::{self, CompactionConfig, CompactionPolicy};
 use crate::background::stats::StatsSources;
 use crate::background::{gc, orphans, retention, stats};
-use crate::config::Config;
+use crate::config::{Config, NodeConfig, RaftConfig, StoreConfig};
 use crate::fetch::FetchReader;
-use crate::group::{GroupConfig, GroupCoordinator};
+use crate::group::{GroupCoordinator, GroupOptions};
 use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
-use crate::storage::cache::{CacheConfig, CacheError};
+use crate::storage::cache::{CacheError, CacheOptions};
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
 use crate::txn::TxnCoordinator;
 
@@ -82,33 +82,16 @@ impl Broker {
     /// Opens everything the broker serves from and starts its background work; the
     /// broker registers itself (`register`) once the caller is ready to serve.
     pub async fn start(config: Config) -> Result<(Arc<Self>, BrokerTasks), StartError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            dir: config.data_dir.display().to_string(),
+        let data_dir = &config.node.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
+            dir: data_dir.display().to_string(),
             source,
         })?;
-        let storage = open_store(&config).await?;
-        let metadata = open_metadata(&config, &storage).await?;
-        let cache = Arc::new(
-            BlockCache::open(CacheConfig {
-                memory_bytes: config.cache_bytes,
-                replay_memory_bytes: config.replay_cache_bytes,
-                disk_dir: Some(config.data_dir.join("cache")),
-                disk_bytes: config.cache_disk_bytes,
-                max_chunk_bytes: config.flush_bytes,
-            })
-            .await?,
-        );
+        let storage = open_store(&config.store).await?;
+        let metadata = open_metadata(&config.node, &config.store, &config.raft, &storage).await?;
+        let cache = Arc::new(BlockCache::open(cache_options(&config)).await?);
         let (buffer, flusher) = WriteBuffer::start(
-            BufferConfig {
-                flush_interval: config.flush_interval,
-                flush_idle: config.flush_idle,
-                flush_bytes: config.flush_bytes,
-                max_inflight_uploads: MAX_INFLIGHT_UPLOADS,
-                max_buffered_bytes: config.buffer_max_bytes,
-                upload_timeout: config.upload_timeout,
-                node_id: config.node_id,
-                max_commit_age: config.orphan_grace / 2,
-            },
+            buffer_options(&config),
             storage.clone(),
             metadata.clone(),
             cache.clone(),
@@ -117,7 +100,7 @@ impl Broker {
         let snapshot_shipper = tokio::spawn(shipping::ship_metadata(
             metadata.clone(),
             storage.clone(),
-            config.store_snapshot_interval,
+            config.raft.store_snapshot_interval,
             counters.shipped.clone(),
         ));
         let fetcher = Arc::new(FetchReader::new(
@@ -126,14 +109,14 @@ impl Broker {
             cache.clone(),
         ));
         let chores = spawn_chores(&config, &metadata, &storage, &fetcher, &counters);
-        let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node_id);
-        let groups = GroupCoordinator::new(GroupConfig {
-            initial_rebalance_delay: config.group_initial_rebalance_delay,
-            ..GroupConfig::default()
+        let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node.id);
+        let groups = GroupCoordinator::new(GroupOptions {
+            initial_rebalance_delay: config.groups.initial_rebalance_delay,
+            ..GroupOptions::default()
         });
-        let cluster_id = format!("strata-{:08x}", crc32c::crc32c(config.store.as_bytes()));
+        let cluster_id = format!("strata-{:08x}", crc32c::crc32c(config.store.url.as_bytes()));
         let topics = metadata.read(|s| s.topics().len());
-        info!(topics, store = %config.store, "metadata loaded");
+        info!(topics, store = %config.store.url, "metadata loaded");
         let broker = Arc::new(Self {
             config,
             cluster_id,
@@ -155,27 +138,57 @@ impl Broker {
     }
 }
 
+/// The block cache's options: the cache section, with the disk tier under the data
+/// directory and the write buffer's `flush_bytes` as the largest chunk.
+fn cache_options(config: &Config) -> CacheOptions {
+    CacheOptions {
+        memory_bytes: config.cache.memory_bytes,
+        replay_memory_bytes: config.cache.replay_memory_bytes,
+        disk_dir: Some(config.node.data_dir.join("cache")),
+        disk_bytes: config.cache.disk_bytes,
+        max_chunk_bytes: config.flush.bytes,
+    }
+}
+
+/// The write buffer's options: the flush section, with the node id, the store's upload
+/// timeout and a commit age well inside the orphan collector's grace.
+fn buffer_options(config: &Config) -> BufferConfig {
+    let flush = &config.flush;
+    BufferConfig {
+        flush_interval: flush.interval,
+        flush_idle: flush.idle,
+        flush_bytes: flush.bytes,
+        max_inflight_uploads: MAX_INFLIGHT_UPLOADS,
+        max_buffered_bytes: flush.buffer_max_bytes,
+        upload_timeout: config.store.upload_timeout,
+        node_id: config.node.id,
+        max_commit_age: config.background.orphan_grace / 2,
+    }
+}
+
 /// Opens the object store and proves it takes writes.
-async fn open_store(config: &Config) -> Result<ObjectStorage, StartError> {
-    let storage = ObjectStorage::open_with_encryption(&config.store, &config.s3_sse)?;
+async fn open_store(store: &StoreConfig) -> Result<ObjectStorage, StartError> {
+    let storage = ObjectStorage::open_with_encryption(&store.url, &store.s3_sse)?;
     // Fail at start-up, in one line, rather than on the first produce.
     storage
         .put("_strata/probe", Bytes::from_static(b"ok"))
         .await
-        .map_err(|source| probe_error(&config.store, source))?;
+        .map_err(|source| probe_error(&store.url, source))?;
     Ok(storage)
 }
 
 /// Opens the metadata log. A broker with no log of its own (a new machine, a wiped disk)
 /// that founds the cluster rebuilds it from the bucket, the only durable copy.
 async fn open_metadata(
-    config: &Config,
+    node: &NodeConfig,
+    store: &StoreConfig,
+    raft: &RaftConfig,
     storage: &ObjectStorage,
 ) -> Result<Arc<Metadata>, StartError> {
-    let raft_dir = config.data_dir.join("raft");
+    let raft_dir = node.data_dir.join("raft");
     let has_log = raft_dir.join("raft.log").exists();
-    if has_log && config.recover_from_store {
-        let aside = config
+    if has_log && store.recover_from_store {
+        let aside = node
             .data_dir
             .join(format!("raft.before-recovery-{}", crate::clock::now_ms()));
         std::fs::rename(&raft_dir, &aside).map_err(|source| StartError::SetAside {
@@ -184,9 +197,8 @@ async fn open_metadata(
         })?;
         info!(aside = %aside.display(), "old metadata log set aside for recovery");
     }
-    let mut options = raft_options(config);
-    if !has_log && config.controllers.len() > 1 && config.controllers.contains_key(&config.node_id)
-    {
+    let mut options = raft_options(node, raft);
+    if !has_log && raft.controllers.len() > 1 && raft.controllers.contains_key(&node.id) {
         // A voter on a new (or wiped) disk: it must not help elect a leader that lacks
         // what was acknowledged, which the bucket holds.
         options.vote_floor = shipping::last_shipped_index(storage).await?;
@@ -197,17 +209,19 @@ async fn open_metadata(
     let metadata = Arc::new(Metadata::open(&raft_dir, options).await?);
     // Only the broker that founds the metadata cluster may rebuild it: anyone else with
     // an empty log is joining a cluster that already has its metadata.
-    let founder = config.controllers.keys().next() == Some(&config.node_id);
-    if founder && (!has_log || config.recover_from_store) && metadata.read(|s| s.is_empty()) {
+    let founder = raft.controllers.keys().next() == Some(&node.id);
+    if founder && (!has_log || store.recover_from_store) && metadata.read(|s| s.is_empty()) {
         shipping::recover(&metadata, storage).await?;
     }
-    if !config.unsafe_ack_before_shipping {
+    if !raft.unsafe_ack_before_shipping {
         metadata.ack_after_shipping();
     }
     Ok(metadata)
 }
 
-/// Compaction, the log cleaner, retention, garbage and orphan collection, the stats file.
+/// Compaction, the log cleaner, retention, garbage and orphan collection, the stats file:
+/// the background section, with the node id, the store's upload timeout and the topic
+/// defaults (the cleaner and retention resolve topic configs).
 fn spawn_chores(
     config: &Config,
     metadata: &Arc<Metadata>,
@@ -215,11 +229,14 @@ fn spawn_chores(
     fetcher: &Arc<FetchReader>,
     counters: &Counters,
 ) -> Vec<JoinHandle<()>> {
+    let background = &config.background;
+    let node_id = config.node.id;
+    let upload_timeout = config.store.upload_timeout;
     vec![
         tokio::spawn(orphans::collect_orphans(
             metadata.clone(),
             storage.clone(),
-            config.orphan_grace,
+            background.orphan_grace,
         )),
         tokio::spawn(compaction::run(
             metadata.clone(),
@@ -227,12 +244,12 @@ fn spawn_chores(
             fetcher.clone(),
             CompactionConfig {
                 policy: CompactionPolicy {
-                    segment_bytes: config.segment_bytes,
-                    age: config.compaction_age,
+                    segment_bytes: background.segment_bytes,
+                    age: background.compaction_age,
                 },
-                interval: config.compaction_interval,
-                node_id: config.node_id,
-                upload_timeout: config.upload_timeout,
+                interval: background.compaction_interval,
+                node_id,
+                upload_timeout,
             },
             counters.compaction.clone(),
         )),
@@ -241,29 +258,29 @@ fn spawn_chores(
             storage.clone(),
             fetcher.clone(),
             CleanerConfig {
-                interval: config.compaction_interval,
-                node_id: config.node_id,
-                output_bytes: config.segment_bytes,
-                upload_timeout: config.upload_timeout,
-                topic_defaults: config.topic_defaults.clone(),
+                interval: background.compaction_interval,
+                node_id,
+                output_bytes: background.segment_bytes,
+                upload_timeout,
+                topic_defaults: config.topics.defaults.clone(),
             },
             counters.cleaner.clone(),
         )),
         tokio::spawn(retention::run(
             metadata.clone(),
-            config.retention_check_interval,
-            config.node_id,
-            config.topic_defaults.clone(),
+            background.retention_check_interval,
+            node_id,
+            config.topics.defaults.clone(),
         )),
         tokio::spawn(gc::run(
             metadata.clone(),
             storage.clone(),
-            config.gc_grace,
+            background.gc_grace,
             counters.shipped.clone(),
             counters.gc.clone(),
         )),
         tokio::spawn(stats::run(
-            config.data_dir.join("stats.json"),
+            config.node.data_dir.join("stats.json"),
             StatsSources {
                 metadata: metadata.clone(),
                 storage: storage.clone(),
@@ -277,27 +294,24 @@ fn spawn_chores(
     ]
 }
 
-fn raft_options(config: &Config) -> RaftOptions {
-    let addr = config
+/// The metadata Raft's options: its section, and the node id.
+fn raft_options(node: &NodeConfig, raft: &RaftConfig) -> RaftOptions {
+    let addr = raft
         .controllers
-        .get(&config.node_id)
+        .get(&node.id)
         .cloned()
-        .or_else(|| config.raft_listen.clone())
+        .or_else(|| raft.listen.clone())
         .unwrap_or_default();
     RaftOptions {
-        node_id: config.node_id,
-        snapshot_every: config.snapshot_every,
+        node_id: node.id,
+        snapshot_every: raft.snapshot_every,
         addr,
-        listen: config.raft_listen.clone(),
-        voters: config.controllers.clone(),
-        lease: config.broker_lease,
+        listen: raft.listen.clone(),
+        voters: raft.controllers.clone(),
+        lease: raft.broker_lease,
         vote_floor: 0,
-        secret: config.cluster_secret.clone(),
-        tls: if config.raft_tls {
-            config.tls.clone()
-        } else {
-            None
-        },
+        secret: raft.cluster_secret.clone(),
+        tls: raft.tls.clone(),
     }
 }
 

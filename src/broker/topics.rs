@@ -38,7 +38,7 @@ impl Broker {
     pub async fn lookup_or_create_topic(&self, name: &str, allow_create: bool) -> TopicLookup {
         match self.lookup_topic(name) {
             TopicLookup::Missing if !valid_topic_name(name) => TopicLookup::Invalid,
-            TopicLookup::Missing if allow_create && self.config.auto_create_topics => {
+            TopicLookup::Missing if allow_create && self.config.topics.auto_create => {
                 match self
                     .create_topic(name, self.default_partitions(), BTreeMap::new(), Vec::new())
                     .await
@@ -101,11 +101,11 @@ impl Broker {
     /// effective precedence (topic, dynamic broker, static default, Kafka's default);
     /// None for an unknown topic.
     pub fn topic_settings(&self, topic: &str) -> Option<TopicSettings> {
-        let node = self.config.node_id;
+        let node = self.config.node.id;
         self.metadata.read(|s| {
             let t = s.topic(topic)?;
             Some(
-                s.config_layers(node, &self.config.topic_defaults)
+                s.config_layers(node, &self.config.topics.defaults)
                     .settings(&t.configs),
             )
         })
@@ -114,12 +114,12 @@ impl Broker {
     /// The partition count of auto-created topics (and CreateTopics without one): the
     /// dynamic broker config `num.partitions`, else the static `default_partitions`.
     pub fn default_partitions(&self) -> i32 {
-        let node = self.config.node_id;
+        let node = self.config.node.id;
         self.metadata
             .read(|s| {
                 s.broker_config(node, "num.partitions")
                     .and_then(|v| v.trim().parse().ok())
             })
-            .unwrap_or(self.config.default_partitions)
+            .unwrap_or(self.config.topics.default_partitions)
     }
 }

@@ -36,7 +36,7 @@ use self::state::{Group, JoinParams, Protocol, Waiter};
 const TICK: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
-pub struct GroupConfig {
+pub struct GroupOptions {
     /// Kafka's group.initial.rebalance.delay.ms. Kafka defaults to 3s; we use
     /// 100ms: enough for consumers started together (each doing the
     /// MEMBER_ID_REQUIRED round trip) to land in one generation — the delay is
@@ -49,9 +49,9 @@ pub struct GroupConfig {
     pub max_session_timeout: Duration,
 }
 
-impl Default for GroupConfig {
+impl Default for GroupOptions {
     fn default() -> Self {
-        GroupConfig {
+        GroupOptions {
             initial_rebalance_delay: Duration::from_millis(100),
             min_session_timeout: Duration::from_secs(6),
             max_session_timeout: Duration::from_secs(30 * 60),
@@ -60,7 +60,7 @@ impl Default for GroupConfig {
 }
 
 pub struct GroupCoordinator {
-    config: GroupConfig,
+    config: GroupOptions,
     groups: Mutex<HashMap<String, Group>>,
     shut_down: AtomicBool,
 }
@@ -72,7 +72,7 @@ fn opt_str(v: &Option<kafka_protocol::protocol::StrBytes>) -> Option<&str> {
 impl GroupCoordinator {
     /// Spawns the expiry ticker if called inside a tokio runtime; the ticker
     /// only holds a `Weak` and stops on shutdown or when the coordinator drops.
-    pub fn new(config: GroupConfig) -> Arc<Self> {
+    pub fn new(config: GroupOptions) -> Arc<Self> {
         let this = Arc::new(GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tokio::time::{sleep, Duration};
 
-use super::{GroupConfig, GroupCoordinator};
+use super::{GroupCoordinator, GroupOptions};
 
 const G: &str = "g1";
 
@@ -28,10 +28,10 @@ fn gid(v: &str) -> GroupId {
 }
 
 fn coord() -> Arc<GroupCoordinator> {
-    GroupCoordinator::new(GroupConfig {
+    GroupCoordinator::new(GroupOptions {
         initial_rebalance_delay: Duration::from_millis(20),
         min_session_timeout: Duration::from_millis(10),
-        ..GroupConfig::default()
+        ..GroupOptions::default()
     })
 }
 

@@ -20,7 +20,7 @@ use foyer::{
 };
 
 #[derive(Debug, Clone)]
-pub struct CacheConfig {
+pub struct CacheOptions {
     /// The tail tier.
     pub memory_bytes: usize,
     /// The replay tier's memory.
@@ -49,7 +49,7 @@ fn key(object: &str, position: u64) -> String {
 }
 
 impl BlockCache {
-    pub async fn open(config: CacheConfig) -> Result<Self, CacheError> {
+    pub async fn open(config: CacheOptions) -> Result<Self, CacheError> {
         let tail = CacheBuilder::new(config.memory_bytes.max(1 << 20))
             // Few shards: each gets an equal slice of the capacity, and chunks are large
             // (about a megabyte), so many shards leave some full while others sit empty.
@@ -96,7 +96,7 @@ impl BlockCache {
 
     /// A cache for tests: memory only.
     pub async fn in_memory(bytes: usize) -> Self {
-        let config = CacheConfig {
+        let config = CacheOptions {
             memory_bytes: bytes,
             replay_memory_bytes: bytes,
             disk_dir: None,
@@ -210,7 +210,7 @@ mod tests {
     #[tokio::test]
     async fn disk_tier_serves_what_memory_evicted() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = BlockCache::open(CacheConfig {
+        let cache = BlockCache::open(CacheOptions {
             memory_bytes: 1 << 20,
             replay_memory_bytes: 1 << 20,
             disk_dir: Some(dir.path().to_path_buf()),
@@ -263,7 +263,7 @@ mod write_through_tests {
 
     #[tokio::test]
     async fn a_replay_never_evicts_the_tail() {
-        let cache = BlockCache::open(CacheConfig {
+        let cache = BlockCache::open(CacheOptions {
             memory_bytes: 16 << 20,
             replay_memory_bytes: 4 << 20,
             disk_dir: None,

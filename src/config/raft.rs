@@ -1,0 +1,269 @@
+//! The metadata Raft: the voters, how peers authenticate, how often the log is
+//! snapshotted and shipped, how long a broker's lease lasts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{in_range, millis, split_host_port, ConfigError, FileConfig, NodeConfig};
+use crate::cli::ServeArgs;
+use crate::security::secret::ClusterSecret;
+use crate::tls::TlsSettings;
+
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// `raft_listen`: where peers' Raft traffic arrives; None for a lone broker.
+    pub listen: Option<String>,
+    /// `controllers`: the Raft voters by node id and Raft address.
+    pub controllers: BTreeMap<u64, String>,
+    /// The secret that authenticates the Raft port (read from `cluster_secret_file`).
+    pub cluster_secret: Option<ClusterSecret>,
+    /// `raft_tls`: TLS on the Raft port and to peers' Raft ports, with the listener's
+    /// certificate, key and CA; None: plain TCP.
+    pub tls: Option<TlsSettings>,
+    /// `snapshot_every`: log entries between two snapshots of the metadata.
+    pub snapshot_every: u64,
+    /// `store_snapshot_interval_ms`: how often the metadata snapshot is copied to the
+    /// object store.
+    pub store_snapshot_interval: Duration,
+    /// `broker_lease_ms`: a broker whose heartbeats stop this long is expired.
+    pub broker_lease: Duration,
+    /// `unsafe_ack_before_shipping`: acknowledge without waiting for the metadata to
+    /// reach the bucket (unsafe).
+    pub unsafe_ack_before_shipping: bool,
+}
+
+impl RaftConfig {
+    /// The voters default to this node alone; `raft_tls` takes the listener's TLS files.
+    pub fn load(
+        args: &ServeArgs,
+        file: &FileConfig,
+        node: &NodeConfig,
+        tls: Option<&TlsSettings>,
+    ) -> Result<Self, ConfigError> {
+        let tls = raft_tls(args.raft_tls.or(file.raft_tls).unwrap_or(false), tls)?;
+        let snapshot_every = in_range(
+            "snapshot_every",
+            args.snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(10_000),
+            1..=u64::MAX,
+            "use a positive number of log entries",
+        )?;
+        let (listen, controllers) = voters(args, file, node.id)?;
+        let cluster_secret = args
+            .cluster_secret_file
+            .clone()
+            .or(file.cluster_secret_file.clone())
+            .map(|path| load_secret(&path))
+            .transpose()?;
+        let broker_lease = millis(
+            "broker_lease_ms",
+            args.broker_lease_ms
+                .or(file.broker_lease_ms)
+                .unwrap_or(5000),
+            500..=600_000,
+            "use 500 to 600000 milliseconds",
+        )?;
+        let store_snapshot_interval = millis(
+            "store_snapshot_interval_ms",
+            args.store_snapshot_interval_ms
+                .or(file.store_snapshot_interval_ms)
+                .unwrap_or(60_000),
+            100..=86_400_000,
+            "use 100 to 86400000 milliseconds",
+        )?;
+        Ok(Self {
+            listen,
+            controllers,
+            cluster_secret,
+            tls,
+            snapshot_every,
+            store_snapshot_interval,
+            broker_lease,
+            unsafe_ack_before_shipping: args.unsafe_ack_before_shipping
+                || file.unsafe_ack_before_shipping.unwrap_or(false),
+        })
+    }
+}
+
+/// With `raft_tls`, the listener's TLS settings, which must include a CA to check
+/// peers' certificates against.
+fn raft_tls(enabled: bool, tls: Option<&TlsSettings>) -> Result<Option<TlsSettings>, ConfigError> {
+    if !enabled {
+        return Ok(None);
+    }
+    match tls {
+        None => Err(ConfigError::Invalid {
+            key: "raft_tls",
+            value: "true".into(),
+            hint: "TLS on the Raft port needs a certificate: set tls_cert_file, tls_key_file and tls_ca_file too",
+        }),
+        Some(t) if t.ca_file.is_none() => Err(ConfigError::Invalid {
+            key: "tls_ca_file",
+            value: String::new(),
+            hint: "raft_tls checks peers' certificates against it: set it to the PEM CA bundle the brokers' certificates chain to",
+        }),
+        Some(t) => Ok(Some(t.clone())),
+    }
+}
+
+/// `raft_listen` and `controllers`, checked together: a broker in a cluster needs a
+/// Raft address, and its own entry among the voters must be that address.
+fn voters(
+    args: &ServeArgs,
+    file: &FileConfig,
+    node_id: u64,
+) -> Result<(Option<String>, BTreeMap<u64, String>), ConfigError> {
+    let raft_listen = args.raft_listen.clone().or(file.raft_listen.clone());
+    if let Some(addr) = &raft_listen {
+        if split_host_port(addr).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "raft_listen",
+                value: addr.clone(),
+                hint: "use HOST:PORT that the other brokers can reach, e.g. 10.0.0.5:9093",
+            });
+        }
+    }
+    let controllers = match args.controllers.clone().or(file.controllers.clone()) {
+        Some(list) => parse_controllers(&list)?,
+        None => BTreeMap::from([(node_id, raft_listen.clone().unwrap_or_default())]),
+    };
+    let lone_voter = controllers.len() == 1 && controllers.contains_key(&node_id);
+    if !lone_voter && raft_listen.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "raft_listen",
+            value: String::new(),
+            hint:
+                "a broker in a cluster needs --raft-listen HOST:PORT for the metadata Raft traffic",
+        });
+    }
+    if let (Some(listen), Some(mine)) = (&raft_listen, controllers.get(&node_id)) {
+        if listen != mine {
+            return Err(ConfigError::Invalid {
+                key: "controllers",
+                value: format!("{node_id}@{mine}"),
+                hint: "this broker's entry must be its --raft-listen address",
+            });
+        }
+    }
+    Ok((raft_listen, controllers))
+}
+
+/// `1@host:port,2@host:port`: the Raft voters.
+fn parse_controllers(list: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let invalid = || {
+        ConfigError::Invalid {
+        key: "controllers",
+        value: list.to_owned(),
+        hint: "use ID@HOST:PORT entries separated by commas, e.g. 1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093",
+    }
+    };
+    let mut voters = BTreeMap::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry.split_once('@').ok_or_else(invalid)?;
+        let id: u64 = id.parse().map_err(|_| invalid())?;
+        split_host_port(addr).ok_or_else(invalid)?;
+        if voters.insert(id, addr.to_owned()).is_some() {
+            return Err(invalid());
+        }
+    }
+    if voters.is_empty() {
+        return Err(invalid());
+    }
+    Ok(voters)
+}
+
+/// Reads the cluster secret (also for `strata voters`).
+pub fn load_secret(path: &Path) -> Result<ClusterSecret, ConfigError> {
+    ClusterSecret::load(path).map_err(|source| ConfigError::Secret {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn cluster_secret_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let toml = dir.path().join("strata.toml");
+        std::fs::write(
+            &toml,
+            format!("cluster_secret_file = {:?}\n", path.display().to_string()),
+        )
+        .unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(toml),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.raft.cluster_secret.is_some());
+        assert!(Config::load(&ServeArgs::default())
+            .unwrap()
+            .raft
+            .cluster_secret
+            .is_none());
+        let refused = |file: &Path| {
+            Config::load(&ServeArgs {
+                cluster_secret_file: Some(file.to_path_buf()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        std::fs::write(&path, "tooshort\n").unwrap();
+        let e = refused(&path);
+        assert!(
+            e.starts_with("cluster_secret_file ") && e.contains("8 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let e = refused(&dir.path().join("missing"));
+        assert!(e.contains("cannot read it"), "{e}");
+    }
+
+    #[test]
+    fn raft_tls_needs_the_tls_files_and_a_ca() {
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
+        let e = refused(ServeArgs {
+            raft_tls: Some(true),
+            ..Default::default()
+        });
+        assert!(e.starts_with("raft_tls = \"true\" is not valid"), "{e}");
+        let e = refused(ServeArgs {
+            raft_tls: Some(true),
+            tls_cert_file: Some("c.pem".into()),
+            tls_key_file: Some("k.pem".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("tls_ca_file = \"\" is not valid: raft_tls"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn store_snapshot_interval_out_of_range_is_refused_not_clamped() {
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err().to_string();
+        let e = refused(ServeArgs {
+            store_snapshot_interval_ms: Some(5),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("store_snapshot_interval_ms = \"5\" is not valid"),
+            "{e}"
+        );
+        let c = Config::load(&ServeArgs {
+            store_snapshot_interval_ms: Some(100),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.raft.store_snapshot_interval, Duration::from_millis(100));
+    }
+}
