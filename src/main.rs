@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use strata::broker::Broker;
 use strata::cli::{Cli, Command};
-use strata::config::{Config, ListenerConfig};
+use strata::config::Config;
 use strata::telemetry::logs::{self, LogFormat};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -60,7 +60,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(addr) = config.telemetry.metrics_listen {
             serve_metrics(addr, started.clone()).await?;
         }
-        let limits = listener_limits(&config.listener);
+        let limits = config.listener.clone();
         log_serving(&config);
         let (broker, tasks) = Broker::start(config).await?;
         broker.register().await?;
@@ -125,17 +125,6 @@ async fn serve_metrics(
     tokio::spawn(strata::telemetry::upkeep());
     info!(%addr, "serving /metrics, /health and /ready");
     Ok(())
-}
-
-fn listener_limits(listener: &ListenerConfig) -> strata::server::ListenerLimits {
-    strata::server::ListenerLimits {
-        max_connections: listener.max_connections,
-        max_connections_per_ip: listener.max_connections_per_ip,
-        max_inflight_request_bytes: listener.max_inflight_request_bytes,
-        max_request_bytes: listener.max_request_bytes,
-        frame_read_timeout: listener.frame_read_timeout,
-        connections_max_idle: listener.connections_max_idle,
-    }
 }
 
 fn log_serving(config: &Config) {

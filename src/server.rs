@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::Broker;
-use crate::config::Listener;
+use crate::config::{Listener, ListenerConfig};
 use crate::protocol::{start_request, ProtocolError, RequestContext, Started};
 
 pub mod http;
@@ -59,25 +59,10 @@ const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Refused connections are logged at most this often (a flood must not flood the log).
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// What the listeners take on, from the configuration.
-#[derive(Debug, Clone)]
-pub struct ListenerLimits {
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    /// Request bytes being read or handled at once, over all connections.
-    pub max_inflight_request_bytes: usize,
-    /// The largest frame accepted.
-    pub max_request_bytes: usize,
-    /// How long a frame may take to arrive once its size is read (and a TLS handshake).
-    pub frame_read_timeout: Duration,
-    /// A connection with nothing in flight and nothing arriving this long is closed.
-    pub connections_max_idle: Duration,
-}
-
 /// What every connection shares: the request budget and the rules for frames.
 struct Shared {
     budget: RequestBudget,
-    limits: ListenerLimits,
+    limits: ListenerConfig,
 }
 
 /// A bound listener socket and what it serves.
@@ -91,7 +76,7 @@ pub struct Endpoint {
 pub async fn serve(
     broker: Arc<Broker>,
     endpoints: Vec<Endpoint>,
-    listener_limits: ListenerLimits,
+    listener_limits: ListenerConfig,
     tls: Option<Arc<TlsAcceptor>>,
     shutdown: impl Future<Output = ()>,
 ) {
