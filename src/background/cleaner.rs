@@ -40,7 +40,7 @@ use std::time::Duration;
 use tracing::{info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
-use crate::metadata::partition::Partition;
+use crate::metadata::state::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, ObjectKind, Response};
 use crate::metadata::txn::AbortedTxn;
 use crate::metadata::Metadata;
@@ -704,7 +704,7 @@ async fn swap_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::partition::IndexEntry;
+    use crate::metadata::state::partition::IndexEntry;
     use crate::record::compression::Codec;
     use crate::testing::keyed_batch;
     use proptest::prelude::*;

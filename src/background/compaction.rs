@@ -22,7 +22,7 @@ use futures::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
-use crate::metadata::cluster::partition_hash;
+use crate::metadata::state::cluster::partition_hash;
 use crate::metadata::state::{
     Command, CompactionSwap, IndexEntry, MetadataState, ObjectKind, Response, StateError,
 };
@@ -452,7 +452,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::metadata::cluster::ClusterCommand;
+    use crate::metadata::state::cluster::ClusterCommand;
     use crate::metadata::state::{SegmentCommit, SegmentEntry};
 
     fn state_with(owner: u64) -> MetadataState {

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use super::cluster::ClusterCommand;
-use super::objects::{ObjectKind, Objects};
+use super::state::cluster::ClusterCommand;
+use super::state::objects::{ObjectKind, Objects};
 use super::state::{
     Command, CommittedOffset, IndexEntry, MetadataState, Partition, ProducerState, Topic,
 };

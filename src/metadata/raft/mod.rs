@@ -936,7 +936,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_members_propose_and_only_nodes_join() -> anyhow::Result<()> {
-        use crate::metadata::cluster::ClusterCommand;
+        use crate::metadata::state::cluster::ClusterCommand;
         use network::Handler;
         let dir = tempfile::tempdir()?;
         let r = MetadataRaft::start(1, dir.path(), 1000).await?;
@@ -1410,7 +1410,7 @@ mod tests {
             }],
         });
         state.apply(&Command::Cluster(
-            super::super::cluster::ClusterCommand::Register {
+            super::super::state::cluster::ClusterCommand::Register {
                 id: 1,
                 host: "h".into(),
                 port: 9092,

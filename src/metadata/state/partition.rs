@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::objects::ObjectId;
-use super::state::{ProducerBatch, SegmentEntry, StateError};
-use super::txn::PartitionTxns;
+use super::{ProducerBatch, SegmentEntry, StateError};
+use crate::metadata::txn::PartitionTxns;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Partition {
@@ -21,7 +21,7 @@ pub struct Partition {
     pub preferred: Option<u64>,
     /// Ongoing and aborted transactions here (format 6): the last stable offset and
     /// Fetch's `aborted_transactions`.
-    #[serde(deserialize_with = "super::codec::since_format_6")]
+    #[serde(deserialize_with = "crate::metadata::codec::since_format_6")]
     pub txns: PartitionTxns,
 }
 

@@ -2,9 +2,11 @@
 //! transactional chunks and markers of `CommitSegments`. A child of `state` so that it
 //! reaches the state's fields; the rules themselves live in [`super::super::txn`].
 
-use super::super::objects::ObjectId;
-use super::super::txn::{Completion, EndOutcome, InitOutcome, MarkerOutcome, TxnError, TxnState};
+use super::objects::ObjectId;
 use super::{Command, MetadataState, OffsetCommit, SegmentEntry, StateError, TxnReply};
+use crate::metadata::txn::{
+    Completion, EndOutcome, InitOutcome, MarkerOutcome, TxnError, TxnState,
+};
 
 impl MetadataState {
     pub(super) fn apply_txn(&mut self, cmd: &Command) -> Result<TxnReply, TxnError> {
@@ -222,9 +224,9 @@ impl MetadataState {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::super::txn::PendingOffset;
     use super::super::{ChunkTxn, ProducerBatch, Response, SegmentCommit};
     use super::*;
+    use crate::metadata::txn::PendingOffset;
 
     fn state() -> MetadataState {
         let mut s = MetadataState::default();

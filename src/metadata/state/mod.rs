@@ -16,19 +16,22 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::access::{AccessError, AccessState, ScramChange};
-use super::cluster::{ClusterCommand, ClusterState};
-use super::codec;
-pub use super::objects::{ObjectId, ObjectInfo, ObjectKind, Objects};
-pub use super::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
-use super::txn::{PendingOffset, TopicPartition, Transactions, TxnError};
+pub use self::access::{AccessError, AccessState, ScramChange};
+use self::cluster::{ClusterCommand, ClusterState};
+pub use self::objects::{ObjectId, ObjectInfo, ObjectKind, Objects};
+pub use self::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
+use crate::metadata::codec;
+use crate::metadata::txn::{PendingOffset, TopicPartition, Transactions, TxnError};
 pub use crate::record::ProducerBatch;
 use crate::security::acl::AclBinding;
 pub use crate::storage::segment::SegmentEntry;
 pub use crate::topic_config::MAX_PARTITIONS;
 use crate::topic_config::{ConfigLayers, TopicDefaults};
 
-#[path = "txn_apply.rs"]
+pub mod access;
+pub mod cluster;
+pub mod objects;
+pub mod partition;
 mod txn_apply;
 
 /// A change to the metadata, proposed through Raft.
