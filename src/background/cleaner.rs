@@ -41,8 +41,8 @@ use tracing::{info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
 use crate::metadata::state::partition::Partition;
+use crate::metadata::state::transactions::AbortedTxn;
 use crate::metadata::state::{Command, MetadataState, ObjectKind, Response};
-use crate::metadata::txn::AbortedTxn;
 use crate::metadata::Metadata;
 use crate::record::batch::{
     batch_max_timestamp, ATTRIBUTES, CONTROL, HEADER_LEN, PRODUCER_ID, TRANSACTIONAL,

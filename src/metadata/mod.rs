@@ -10,7 +10,6 @@ pub mod shipping;
 pub mod state;
 #[cfg(test)]
 mod swap_tests;
-pub mod txn;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};

@@ -16,7 +16,7 @@ use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::clock::now_ms;
-use crate::metadata::txn::{TxnMeta, TxnState};
+use crate::metadata::state::transactions::{TxnMeta, TxnState};
 use crate::security::acl::Operation;
 
 const STATES: [TxnState; 6] = [

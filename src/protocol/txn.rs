@@ -29,8 +29,8 @@ use tracing::debug;
 use super::authz::Authz;
 use crate::broker::Broker;
 use crate::clock::now_ms;
+use crate::metadata::state::transactions::{PendingOffset, TopicPartition, TxnError};
 use crate::metadata::state::{Command, Response, TxnReply};
-use crate::metadata::txn::{PendingOffset, TopicPartition, TxnError};
 use crate::security::acl::Operation;
 
 const TXN_ID_REFUSED: i16 = ResponseError::TransactionalIdAuthorizationFailed.code();

@@ -21,18 +21,18 @@ use self::cluster::{ClusterCommand, ClusterState};
 pub use self::objects::{ObjectId, ObjectInfo, ObjectKind, Objects};
 pub use self::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
 use crate::metadata::codec;
-use crate::metadata::txn::{PendingOffset, TopicPartition, Transactions, TxnError};
 pub use crate::record::ProducerBatch;
 use crate::security::acl::AclBinding;
 pub use crate::storage::segment::SegmentEntry;
 pub use crate::topic_config::MAX_PARTITIONS;
 use crate::topic_config::{ConfigLayers, TopicDefaults};
+use transactions::{PendingOffset, TopicPartition, Transactions, TxnError};
 
 pub mod access;
 pub mod cluster;
 pub mod objects;
 pub mod partition;
-mod txn_apply;
+pub mod transactions;
 
 /// A change to the metadata, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::objects::ObjectId;
+use super::transactions::PartitionTxns;
 use super::{ProducerBatch, SegmentEntry, StateError};
-use crate::metadata::txn::PartitionTxns;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Partition {

@@ -1,6 +1,6 @@
-//! Transactions: the pure state machine of Strata's leaderless transaction design,
-//! applied by [`super::state::MetadataState`] for the transaction commands and for the
-//! transactional chunks and markers of `CommitSegments`.
+//! Transactions: the pure state machine of Strata's leaderless transaction design. This
+//! file holds the rules; `apply.rs` is how [`super::MetadataState`] applies them, for the
+//! transaction commands and for the transactional chunks and markers of `CommitSegments`.
 //!
 //! Strata has no partition leaders, so all transaction state lives in the Raft state and
 //! is applied identically on every broker:
@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
+
+mod apply;
 
 /// A topic and partition index.
 pub type TopicPartition = (String, i32);
