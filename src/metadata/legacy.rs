@@ -15,9 +15,8 @@ use std::sync::Arc;
 
 use super::state::cluster::ClusterCommand;
 use super::state::objects::{ObjectKind, Objects};
-use super::state::{
-    Command, CommittedOffset, IndexEntry, MetadataState, Partition, ProducerState, Topic,
-};
+use super::state::topics::Topic;
+use super::state::{Command, CommittedOffset, IndexEntry, MetadataState, Partition, ProducerState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
