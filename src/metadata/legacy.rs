@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use super::state::cluster::ClusterCommand;
 use super::state::objects::{ObjectKind, Objects};
+use super::state::offsets::CommittedOffset;
 use super::state::topics::Topic;
-use super::state::{Command, CommittedOffset, IndexEntry, MetadataState, Partition, ProducerState};
+use super::state::{Command, IndexEntry, MetadataState, Partition, ProducerState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use self::access::AccessState;
 use self::cluster::{ClusterCommand, ClusterState};
 pub use self::objects::{ObjectInfo, ObjectKind, Objects};
+use self::offsets::GroupOffsets;
 pub use self::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
 use self::topics::Topic;
 use self::transactions::Transactions;
@@ -32,12 +33,10 @@ mod command;
 #[cfg(test)]
 mod fixtures;
 pub mod objects;
+pub mod offsets;
 pub mod partition;
 pub mod topics;
 pub mod transactions;
-
-/// A consumer group's committed offsets, by topic then partition.
-pub type GroupOffsets = BTreeMap<String, BTreeMap<i32, CommittedOffset>>;
 
 /// Partitions and groups sit behind `Arc`s so that a snapshot clones the state in time
 /// proportional to their number, not to the index entries they hold; a command copies
@@ -68,15 +67,6 @@ pub struct MetadataState {
     /// Every transactional id's transaction (format 6).
     #[serde(deserialize_with = "codec::since_format_6")]
     txns: Transactions,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommittedOffset {
-    pub offset: i64,
-    /// As committed (KIP-320); -1 for none.
-    pub leader_epoch: i32,
-    pub metadata: Option<String>,
-    pub commit_ms: i64,
 }
 
 /// Sizes of the state, for the stats file and the soak benchmark.
@@ -126,28 +116,10 @@ impl MetadataState {
                     .map(|s| self.commit_segment(s, *now_ms, *max_age_ms))
                     .collect(),
             ),
-            Command::CommitOffsets { group, offsets } => {
-                Response::Offsets(self.commit_offsets(group, offsets))
-            }
-            Command::CommitGroupOffsets {
-                group,
-                offsets,
-                coordinator,
-                epoch,
-            } => {
-                // No live broker at all (every lease lapsed): any broker may coordinate,
-                // as every broker then answers for itself.
-                let current = *epoch == self.cluster.epoch()
-                    && self
-                        .cluster
-                        .coordinator(group)
-                        .is_none_or(|c| c == *coordinator);
-                Response::Offsets(if current {
-                    self.commit_offsets(group, offsets)
-                } else {
-                    vec![Err(StateError::NotCoordinator); offsets.len()]
-                })
-            }
+            Command::CommitOffsets { .. }
+            | Command::CommitGroupOffsets { .. }
+            | Command::DeleteGroupOffsets { .. }
+            | Command::DeleteGroup { .. } => self.apply_offsets(cmd),
             // Only an empty state may be replaced: a restore must never roll back a
             // cluster that already has metadata.
             Command::Restore { state } if self.is_empty() => {
@@ -183,15 +155,6 @@ impl MetadataState {
                 partition,
                 offset,
             } => Response::LogStart(self.delete_records(topic, *partition, *offset)),
-            Command::DeleteGroupOffsets { group, partitions } => {
-                Response::Offsets(self.delete_group_offsets(group, partitions))
-            }
-            Command::DeleteGroup { group } => Response::Group(
-                self.groups
-                    .remove(group)
-                    .map(|_| ())
-                    .ok_or(StateError::GroupIdNotFound),
-            ),
             Command::Compact(swap) => Response::Compacted(self.compact(swap, ObjectKind::Segment)),
             Command::Clean(swap) => Response::Compacted(self.compact(swap, ObjectKind::Cleaned)),
             Command::ForgetObjects { ids } => {
@@ -230,42 +193,6 @@ impl MetadataState {
             self.objects.release(e.object, now_ms);
         }
         Ok(target)
-    }
-
-    /// Drops every group's committed offsets of a deleted topic.
-    fn forget_topic_offsets(&mut self, topic: &str) {
-        for offsets in self.groups.values_mut() {
-            if offsets.contains_key(topic) {
-                Arc::make_mut(offsets).remove(topic);
-            }
-        }
-    }
-
-    fn delete_group_offsets(
-        &mut self,
-        group: &str,
-        partitions: &[(String, i32)],
-    ) -> Vec<Result<(), StateError>> {
-        let Some(offsets) = self.groups.get_mut(group) else {
-            return vec![Err(StateError::GroupIdNotFound); partitions.len()];
-        };
-        let offsets = Arc::make_mut(offsets);
-        let results = partitions
-            .iter()
-            .map(|(topic, partition)| {
-                if let Some(by_partition) = offsets.get_mut(topic) {
-                    by_partition.remove(partition);
-                    if by_partition.is_empty() {
-                        offsets.remove(topic);
-                    }
-                }
-                Ok(())
-            })
-            .collect();
-        if offsets.is_empty() {
-            self.groups.remove(group);
-        }
-        results
     }
 
     fn commit_segment(
@@ -390,35 +317,6 @@ impl MetadataState {
         Ok((id, 0))
     }
 
-    fn commit_offsets(
-        &mut self,
-        group: &str,
-        offsets: &[OffsetCommit],
-    ) -> Vec<Result<(), StateError>> {
-        let mut results = Vec::with_capacity(offsets.len());
-        for commit in offsets {
-            if self.partition(&commit.topic, commit.partition).is_none() {
-                results.push(Err(StateError::UnknownTopicOrPartition));
-                continue;
-            }
-            let group = self.groups.entry(group.to_owned()).or_default();
-            Arc::make_mut(group)
-                .entry(commit.topic.clone())
-                .or_default()
-                .insert(
-                    commit.partition,
-                    CommittedOffset {
-                        offset: commit.offset,
-                        leader_epoch: commit.leader_epoch,
-                        metadata: commit.metadata.clone(),
-                        commit_ms: commit.commit_ms,
-                    },
-                );
-            results.push(Ok(()));
-        }
-        results
-    }
-
     /// A state put together whole, for format upgrades (see `legacy.rs`).
     pub(super) fn from_parts(
         topics: BTreeMap<String, Topic>,
@@ -459,24 +357,6 @@ impl MetadataState {
             .entry(INTERNAL_SCOPE.to_owned())
             .or_default()
             .insert(LOG_GENERATION_KEY.to_owned(), generation.to_string());
-    }
-
-    pub fn committed_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Option<&CommittedOffset> {
-        self.groups.get(group)?.get(topic)?.get(&partition)
-    }
-
-    /// Every committed offset of a group, by topic then partition.
-    pub fn group_offsets(&self, group: &str) -> Option<&GroupOffsets> {
-        self.groups.get(group).map(Arc::as_ref)
-    }
-
-    pub fn group_ids(&self) -> impl Iterator<Item = &String> {
-        self.groups.keys()
     }
 
     pub fn cluster(&self) -> &ClusterState {
@@ -663,87 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn offset_commits_need_the_current_coordinator_and_epoch() {
-        let mut s = MetadataState::default();
-        s.apply(&create("t", 1));
-        for id in 1..=3 {
-            s.apply(&Command::Cluster(ClusterCommand::Register {
-                id,
-                host: "h".into(),
-                port: 1,
-                rack: None,
-                now_ms: 0,
-            }));
-        }
-        let epoch = s.cluster().epoch();
-        let coordinator = s.cluster().coordinator("g").unwrap();
-        let other = (1..=3).find(|id| *id != coordinator).unwrap();
-        let commit = |offset, coordinator, epoch| Command::CommitGroupOffsets {
-            group: "g".into(),
-            offsets: vec![OffsetCommit {
-                topic: "t".into(),
-                partition: 0,
-                offset,
-                leader_epoch: -1,
-                metadata: None,
-                commit_ms: 5,
-            }],
-            coordinator,
-            epoch,
-        };
-        assert_eq!(
-            s.apply(&commit(10, coordinator, epoch)),
-            Response::Offsets(vec![Ok(())])
-        );
-        let refused = Response::Offsets(vec![Err(StateError::NotCoordinator)]);
-        assert_eq!(s.apply(&commit(11, other, epoch)), refused);
-        // The coordinator is cut off and expires; its next coordinator commits 500.
-        s.apply(&Command::Cluster(ClusterCommand::ExpireSilent {
-            brokers: vec![(coordinator, 0)],
-        }));
-        let next = s.cluster().coordinator("g").unwrap();
-        let new_epoch = s.cluster().epoch();
-        assert_eq!(
-            s.apply(&commit(500, next, new_epoch)),
-            Response::Offsets(vec![Ok(())])
-        );
-        // A late commit from the old coordinator, decided at the old epoch, is refused,
-        // even once it is back and coordinates again.
-        assert_eq!(s.apply(&commit(10, coordinator, epoch)), refused);
-        s.apply(&Command::Cluster(ClusterCommand::Heartbeat {
-            id: coordinator,
-            now_ms: 1,
-        }));
-        assert_eq!(s.cluster().coordinator("g"), Some(coordinator));
-        assert_eq!(s.apply(&commit(10, coordinator, epoch)), refused);
-        assert_eq!(s.committed_offset("g", "t", 0).map(|c| c.offset), Some(500));
-    }
-
-    #[test]
-    fn group_offsets_need_an_existing_partition() {
-        let mut s = MetadataState::default();
-        s.apply(&create("t", 1));
-        let commit = |p| OffsetCommit {
-            topic: "t".into(),
-            partition: p,
-            offset: 7,
-            leader_epoch: 4,
-            metadata: Some("m".into()),
-            commit_ms: 1,
-        };
-        let r = s.apply(&Command::CommitOffsets {
-            group: "g".into(),
-            offsets: vec![commit(0), commit(3)],
-        });
-        assert_eq!(
-            r,
-            Response::Offsets(vec![Ok(()), Err(StateError::UnknownTopicOrPartition)])
-        );
-        assert_eq!(s.group_ids().collect::<Vec<_>>(), vec!["g"]);
-        assert_eq!(s.committed_offset("g", "t", 0).unwrap().leader_epoch, 4);
-    }
-
-    #[test]
     fn timestamp_lookup_uses_batch_max_timestamp() {
         let mut s = MetadataState::default();
         s.apply(&create("t", 1));
@@ -805,47 +604,6 @@ mod tests {
         assert_eq!(p.entries_from(30, 10).len(), 0);
         // Writes continue at the high watermark.
         assert_eq!(commit(&mut s, entry("t", 0, 1)), Ok(30));
-    }
-
-    #[test]
-    fn group_offsets_can_be_deleted_per_partition_or_whole() {
-        let mut s = MetadataState::default();
-        s.apply(&create("t", 2));
-        let offset = |p| OffsetCommit {
-            topic: "t".into(),
-            partition: p,
-            offset: 1,
-            leader_epoch: -1,
-            metadata: None,
-            commit_ms: 0,
-        };
-        s.apply(&Command::CommitOffsets {
-            group: "g".into(),
-            offsets: vec![offset(0), offset(1)],
-        });
-        let r = s.apply(&Command::DeleteGroupOffsets {
-            group: "g".into(),
-            partitions: vec![("t".into(), 0)],
-        });
-        assert_eq!(r, Response::Offsets(vec![Ok(())]));
-        assert!(s.committed_offset("g", "t", 0).is_none());
-        assert!(s.committed_offset("g", "t", 1).is_some());
-        assert_eq!(
-            s.apply(&Command::DeleteGroupOffsets {
-                group: "nope".into(),
-                partitions: vec![("t".into(), 0)],
-            }),
-            Response::Offsets(vec![Err(StateError::GroupIdNotFound)])
-        );
-        assert_eq!(
-            s.apply(&Command::DeleteGroup { group: "g".into() }),
-            Response::Group(Ok(()))
-        );
-        assert!(s.group_offsets("g").is_none());
-        assert_eq!(
-            s.apply(&Command::DeleteGroup { group: "g".into() }),
-            Response::Group(Err(StateError::GroupIdNotFound))
-        );
     }
 
     fn arb_command() -> impl Strategy<Value = Command> {
