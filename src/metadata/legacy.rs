@@ -16,8 +16,9 @@ use std::sync::Arc;
 use super::state::cluster::ClusterCommand;
 use super::state::objects::{ObjectKind, Objects};
 use super::state::offsets::CommittedOffset;
+use super::state::producers::ProducerState;
 use super::state::topics::Topic;
-use super::state::{Command, IndexEntry, MetadataState, Partition, ProducerState};
+use super::state::{Command, IndexEntry, MetadataState, Partition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {

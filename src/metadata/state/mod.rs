@@ -20,7 +20,7 @@ pub use self::access::AccessState;
 use self::cluster::{ClusterCommand, ClusterState};
 pub use self::objects::{ObjectInfo, ObjectKind, Objects};
 use self::offsets::GroupOffsets;
-pub use self::partition::{IndexEntry, Partition, ProducerState, PRODUCER_BATCHES_KEPT};
+pub use self::partition::{IndexEntry, Partition};
 use self::topics::Topic;
 use self::transactions::Transactions;
 use crate::metadata::codec;
@@ -35,6 +35,7 @@ mod fixtures;
 pub mod objects;
 pub mod offsets;
 pub mod partition;
+pub mod producers;
 pub mod topics;
 pub mod transactions;
 
@@ -289,34 +290,6 @@ impl MetadataState {
         Ok(id)
     }
 
-    fn init_producer(&mut self, current: Option<(i64, i16)>) -> Result<(i64, i16), StateError> {
-        if let Some((id, epoch)) = current {
-            let known = self
-                .producer_epochs
-                .get_mut(&id)
-                .ok_or(StateError::UnknownProducerId)?;
-            if *known != epoch {
-                return Err(StateError::InvalidProducerEpoch);
-            }
-            // An exhausted epoch moves the producer to a fresh id, as Kafka does.
-            if *known < i16::MAX - 1 {
-                *known += 1;
-                return Ok((id, *known));
-            }
-        }
-        let id = self.next_producer_id;
-        self.next_producer_id += 1;
-        self.producer_epochs.insert(id, 0);
-        // Every producer start takes an id: remember only the most recent ones, so the
-        // state does not grow with restarts. A forgotten id asking for a new epoch gets
-        // UNKNOWN_PRODUCER_ID and starts over with a fresh id, as after Kafka's
-        // producer.id.expiration.ms.
-        while self.producer_epochs.len() > MAX_PRODUCER_IDS {
-            self.producer_epochs.pop_first();
-        }
-        Ok((id, 0))
-    }
-
     /// A state put together whole, for format upgrades (see `legacy.rs`).
     pub(super) fn from_parts(
         topics: BTreeMap<String, Topic>,
@@ -406,76 +379,11 @@ impl MetadataState {
     }
 }
 
-/// Producer ids remembered for epoch bumps; far more producers than any cluster runs at
-/// once, so only ids long gone are forgotten.
-pub const MAX_PRODUCER_IDS: usize = 100_000;
-
 #[cfg(test)]
 mod tests {
     use super::fixtures::{commit, create, entry, one_segment};
     use super::*;
     use proptest::prelude::*;
-
-    fn idempotent(count: u32, producer_id: i64, epoch: i16, first_sequence: i32) -> SegmentEntry {
-        SegmentEntry {
-            producer: Some(ProducerBatch {
-                producer_id,
-                epoch,
-                first_sequence,
-                last_sequence: first_sequence + count as i32 - 1,
-            }),
-            ..entry("t", 0, count)
-        }
-    }
-
-    #[test]
-    fn idempotent_retries_are_deduplicated_and_gaps_refused() {
-        let mut s = MetadataState::default();
-        s.apply(&create("t", 1));
-        let Response::Producer(Ok((pid, 0))) = s.apply(&Command::InitProducer { current: None })
-        else {
-            panic!()
-        };
-        assert_eq!(commit(&mut s, idempotent(3, pid, 0, 0)), Ok(0));
-        assert_eq!(commit(&mut s, idempotent(2, pid, 0, 3)), Ok(3));
-        // A retry of an acknowledged batch gets its original offset back, no new offsets.
-        assert_eq!(
-            commit(&mut s, idempotent(3, pid, 0, 0)),
-            Err(StateError::DuplicateSequence(0))
-        );
-        assert_eq!(s.partition("t", 0).unwrap().next_offset, 5);
-        assert_eq!(
-            commit(&mut s, idempotent(1, pid, 0, 9)),
-            Err(StateError::OutOfOrderSequence)
-        );
-        // A new producer must start at sequence zero.
-        assert_eq!(
-            commit(&mut s, idempotent(1, 77, 0, 4)),
-            Err(StateError::OutOfOrderSequence)
-        );
-        // Bumping the epoch fences the old one.
-        assert_eq!(
-            s.apply(&Command::InitProducer {
-                current: Some((pid, 0))
-            }),
-            Response::Producer(Ok((pid, 1)))
-        );
-        assert_eq!(commit(&mut s, idempotent(1, pid, 1, 0)), Ok(5));
-        assert_eq!(
-            commit(&mut s, idempotent(1, pid, 0, 5)),
-            Err(StateError::InvalidProducerEpoch)
-        );
-        assert_eq!(
-            s.apply(&Command::InitProducer {
-                current: Some((pid, 0))
-            }),
-            Response::Producer(Err(StateError::InvalidProducerEpoch))
-        );
-        assert_eq!(
-            s.apply(&Command::InitProducer { current: None }),
-            Response::Producer(Ok((pid + 1, 0)))
-        );
-    }
 
     #[test]
     fn offsets_are_assigned_in_commit_order() {
