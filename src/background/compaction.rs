@@ -23,9 +23,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
 use crate::metadata::state::cluster::partition_hash;
-use crate::metadata::state::{
-    Command, CompactionSwap, IndexEntry, MetadataState, ObjectKind, Response, StateError,
-};
+use crate::metadata::state::objects::ObjectKind;
+use crate::metadata::state::partition::IndexEntry;
+use crate::metadata::state::{Command, CompactionSwap, MetadataState, Response, StateError};
 use crate::metadata::Metadata;
 use crate::record::batch::batch_max_timestamp;
 use crate::storage::segment::CompactedBuilder;

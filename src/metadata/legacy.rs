@@ -16,9 +16,10 @@ use std::sync::Arc;
 use super::state::cluster::ClusterCommand;
 use super::state::objects::{ObjectKind, Objects};
 use super::state::offsets::CommittedOffset;
+use super::state::partition::{IndexEntry, Partition};
 use super::state::producers::ProducerState;
 use super::state::topics::Topic;
-use super::state::{Command, IndexEntry, MetadataState, Partition};
+use super::state::{Command, MetadataState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {

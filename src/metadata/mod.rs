@@ -8,8 +8,6 @@ pub mod network;
 pub mod raft;
 pub mod shipping;
 pub mod state;
-#[cfg(test)]
-mod swap_tests;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};

@@ -7,7 +7,8 @@
 //! Invariants: each partition's index is contiguous from its log start to its high
 //! watermark; offsets, once given, never move (a swap replaces exactly the run it read, or
 //! is refused); every index entry holds a reference on its object, so an object becomes
-//! garbage exactly when the last entry pointing at it goes.
+//! garbage exactly when the last entry pointing at it goes (or at once, if none of its
+//! chunks got in).
 
 use super::objects::{ObjectId, ObjectKind};
 use super::{
@@ -170,7 +171,9 @@ impl MetadataState {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{commit, create, entry, one_segment};
-    use super::super::MetadataState;
+    use std::collections::BTreeMap;
+
+    use super::super::{MetadataState, SegmentEntry};
     use super::*;
 
     #[test]
@@ -300,5 +303,114 @@ mod tests {
         assert_eq!(p.entries_from(30, 10).len(), 0);
         // Writes continue at the high watermark.
         assert_eq!(commit(&mut s, entry("t", 0, 1)), Ok(30));
+    }
+
+    #[test]
+    fn a_swap_replaces_a_run_and_queues_its_objects_for_deletion() {
+        let mut s = MetadataState::default();
+        let id = [7; 16];
+        s.apply(&Command::CreateTopic {
+            name: "t".into(),
+            topic_id: id,
+            partitions: 1,
+            configs: BTreeMap::new(),
+            now_ms: 0,
+            preferred: Vec::new(),
+        });
+        for (i, ts) in [(0, 100), (1, 50), (2, 300)] {
+            s.apply(&Command::CommitSegments {
+                segments: vec![SegmentCommit {
+                    txn: Vec::new(),
+                    object: format!("segments/{i}"),
+                    object_size: 100,
+                    uploaded_ms: 0,
+                    entries: vec![SegmentEntry {
+                        topic: "t".into(),
+                        partition: 0,
+                        position: 8,
+                        length: 10,
+                        offset_count: 5,
+                        max_timestamp: ts,
+                        producer: None,
+                    }],
+                }],
+                now_ms: 1,
+                max_age_ms: 0,
+            });
+        }
+        let inputs: Vec<_> = s
+            .partition("t", 0)
+            .expect("p")
+            .index
+            .iter()
+            .take(2)
+            .map(|e| (e.object, e.position))
+            .collect();
+        let swap = CompactionSwap {
+            topic: "t".into(),
+            topic_id: id,
+            partition: 0,
+            base_offset: 0,
+            end_offset: 10,
+            inputs,
+            object: "compacted/a".into(),
+            object_size: 60,
+            position: 8,
+            length: 20,
+            now_ms: 42,
+        };
+        assert!(matches!(
+            s.apply(&Command::Compact(swap.clone())),
+            Response::Compacted(Ok(_))
+        ));
+        let p = s.partition("t", 0).expect("p");
+        assert_eq!(p.index.len(), 2);
+        assert_eq!((p.index[0].base_offset, p.index[0].offset_count), (0, 10));
+        assert_eq!(p.index[0].max_timestamp, 100, "running max kept");
+        assert_eq!(p.offset_for_timestamp(60), Some(0));
+        assert_eq!(p.offset_for_timestamp(200), Some(10));
+        assert_eq!(p.max_timestamp(), Some((300, 10)));
+        assert_eq!(s.stats().garbage_objects, 2);
+        assert_eq!(
+            s.objects()
+                .garbage()
+                .map(|(_, g)| g.since_ms)
+                .collect::<Vec<_>>(),
+            vec![42, 42]
+        );
+        // The same swap again: its input is gone.
+        let again = CompactionSwap {
+            object: "compacted/b".into(),
+            ..swap
+        };
+        assert_eq!(
+            s.apply(&Command::Compact(again)),
+            Response::Compacted(Err(StateError::StaleCompaction))
+        );
+        // A commit of an object the sweep could already have taken for an orphan is refused.
+        let late = Command::CommitSegments {
+            segments: vec![SegmentCommit {
+                txn: Vec::new(),
+                object: "segments/late".into(),
+                object_size: 1,
+                uploaded_ms: 0,
+                entries: vec![SegmentEntry {
+                    topic: "t".into(),
+                    partition: 0,
+                    position: 8,
+                    length: 10,
+                    offset_count: 5,
+                    max_timestamp: 0,
+                    producer: None,
+                }],
+            }],
+            now_ms: 1_000_000,
+            max_age_ms: 1000,
+        };
+        assert_eq!(
+            s.apply(&late),
+            Response::Segments(vec![vec![Err(StateError::ObjectTooOld)]])
+        );
+        assert!(!s.objects().is_known("segments/late"));
     }
 }
