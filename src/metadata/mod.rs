@@ -1,10 +1,8 @@
 //! Metadata: the pure state machine and the Raft log that orders its commands.
 
-pub mod auth;
 pub mod codec;
 pub mod fence;
 pub mod legacy;
-pub mod network;
 pub mod raft;
 pub mod shipping;
 pub mod state;

@@ -27,8 +27,8 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy, StorageError};
 use tokio::sync::watch;
 
-use super::auth::{ClusterSecret, Identity};
-use super::network::{self, Auth, Isolation, RaftReply, RaftRequest, RaftTls, TcpNetwork};
+use self::auth::{ClusterSecret, Identity};
+use self::network::{Auth, Isolation, RaftReply, RaftRequest, RaftTls, TcpNetwork};
 use super::state::{Command, MetadataState, Response};
 
 openraft::declare_raft_types!(
@@ -609,8 +609,10 @@ impl MetadataRaft {
     }
 }
 
+pub mod auth;
 mod files;
 mod log_store;
+pub mod network;
 mod state_machine;
 #[cfg(test)]
 mod suite_tests;
