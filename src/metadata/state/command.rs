@@ -120,7 +120,7 @@ pub enum Command {
     },
     /// The log cleaner rewrote a run of a compacted topic's index entries, keeping the
     /// latest record of each key (format 4): swapped in as [`Command::Compact`] is, but
-    /// the new object is a [`ObjectKind::Cleaned`] segment.
+    /// the new object is a [`ObjectKind::Cleaned`](super::objects::ObjectKind::Cleaned) segment.
     Clean(CompactionSwap),
     /// AlterUserScramCredentials and the bootstrap admin (format 5): one result each.
     AlterScram {
