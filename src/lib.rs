@@ -10,8 +10,11 @@
 //! - [`fetch`]: index look-ups, cached or ranged object reads, offset patching.
 //! - [`storage`]: the object store (local directory, S3, memory), the segment object
 //!   formats (flush objects and compacted segments) and the block cache.
-//! - [`metadata`]: the pure state machine ([`metadata::state`], with the object table
-//!   and partitions in their own files) and its Raft glue.
+//! - [`metadata`]: the pure state machine ([`metadata::state`]: the command vocabulary,
+//!   then one file per part of the state: topics, the log index, group offsets,
+//!   producers, transactions, access, cluster, with the object table and partitions) and
+//!   its Raft glue ([`metadata::raft`]: the node, serving peers, membership, the network
+//!   and its authentication, the log and snapshot stores).
 //! - [`group`]: the consumer group coordinator (classic protocol, in memory).
 //! - [`config`] and [`cli`]: settings from flags, `STRATA_…` variables and TOML.
 //! - [`background`]: compaction of the tail into segments, garbage collection, the

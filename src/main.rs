@@ -158,8 +158,8 @@ fn stop_signal(broker: Arc<Broker>) -> anyhow::Result<impl std::future::Future<O
 
 /// `strata voters`: one membership request to a broker's Raft port, the voters printed.
 fn voters(args: strata::cli::VotersArgs) -> anyhow::Result<()> {
-    use strata::metadata::auth::Identity;
-    use strata::metadata::network::{call_once, Auth, RaftReply, RaftRequest};
+    use strata::metadata::raft::auth::Identity;
+    use strata::metadata::raft::network::{call_once, Auth, RaftReply, RaftRequest};
     let auth = Auth {
         secret: args
             .cluster_secret_file
@@ -201,7 +201,7 @@ fn voters(args: strata::cli::VotersArgs) -> anyhow::Result<()> {
 /// `strata voters`' TLS to the Raft port, with `--raft-tls true`.
 fn voters_tls(
     args: &strata::cli::VotersArgs,
-) -> anyhow::Result<Option<strata::metadata::network::RaftTls>> {
+) -> anyhow::Result<Option<strata::metadata::raft::network::RaftTls>> {
     if args.raft_tls != Some(true) {
         return Ok(None);
     }
@@ -215,7 +215,7 @@ fn voters_tls(
         (None, None) => None,
         _ => anyhow::bail!("--tls-cert-file and --tls-key-file go together: set both or neither"),
     };
-    Ok(Some(strata::metadata::network::RaftTls::client(
+    Ok(Some(strata::metadata::raft::network::RaftTls::client(
         ca_file, identity,
     )?))
 }

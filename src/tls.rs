@@ -1,7 +1,7 @@
 //! TLS on the Kafka listener (Kafka's security protocol SSL): the server certificate,
 //! its reload when the files change on disk, optional client certificates, and the
 //! principal a client certificate names. The same files secure the metadata Raft port
-//! with `raft_tls` (`metadata::network`), which also uses `client_config`.
+//! with `raft_tls` (`metadata::raft::network`), which also uses `client_config`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -40,9 +40,10 @@ use std::time::Duration;
 use tracing::{info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
-use crate::metadata::partition::Partition;
-use crate::metadata::state::{Command, MetadataState, ObjectKind, Response};
-use crate::metadata::txn::AbortedTxn;
+use crate::metadata::state::objects::ObjectKind;
+use crate::metadata::state::partition::Partition;
+use crate::metadata::state::transactions::AbortedTxn;
+use crate::metadata::state::{Command, MetadataState, Response};
 use crate::metadata::Metadata;
 use crate::record::batch::{
     batch_max_timestamp, ATTRIBUTES, CONTROL, HEADER_LEN, PRODUCER_ID, TRANSACTIONAL,
@@ -704,7 +705,7 @@ async fn swap_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::partition::IndexEntry;
+    use crate::metadata::state::partition::IndexEntry;
     use crate::record::compression::Codec;
     use crate::testing::keyed_batch;
     use proptest::prelude::*;

@@ -22,10 +22,10 @@ use futures::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
-use crate::metadata::cluster::partition_hash;
-use crate::metadata::state::{
-    Command, CompactionSwap, IndexEntry, MetadataState, ObjectKind, Response, StateError,
-};
+use crate::metadata::state::cluster::partition_hash;
+use crate::metadata::state::objects::ObjectKind;
+use crate::metadata::state::partition::IndexEntry;
+use crate::metadata::state::{Command, CompactionSwap, MetadataState, Response, StateError};
 use crate::metadata::Metadata;
 use crate::record::batch::batch_max_timestamp;
 use crate::storage::segment::CompactedBuilder;
@@ -452,7 +452,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::metadata::cluster::ClusterCommand;
+    use crate::metadata::state::cluster::ClusterCommand;
     use crate::metadata::state::{SegmentCommit, SegmentEntry};
 
     fn state_with(owner: u64) -> MetadataState {

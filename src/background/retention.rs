@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use crate::metadata::partition::Partition;
+use crate::metadata::state::partition::Partition;
 use crate::metadata::state::{Command, MetadataState, Response};
 use crate::metadata::Metadata;
 use crate::topic_config::TopicDefaults;
@@ -157,7 +157,7 @@ pub async fn run(metadata: Arc<Metadata>, interval: Duration, node: u64, default
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::partition::IndexEntry;
+    use crate::metadata::state::partition::IndexEntry;
     use crate::metadata::state::ObjectId;
 
     fn partition(entries: &[(i64, u32, u64, i64)]) -> Partition {

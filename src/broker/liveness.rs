@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use super::{Broker, BrokerError};
-use crate::metadata::cluster::ClusterCommand;
 use crate::metadata::fence::{ExpiryTracker, WarnLimiter};
+use crate::metadata::state::cluster::ClusterCommand;
 use crate::metadata::state::{Command, ScramChange};
 use crate::security::scram::{Mechanism, ScramCredential};
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use tracing::info;
 
 use super::{Broker, BrokerError};
-use crate::metadata::state::{valid_topic_name, Command, Response, StateError};
+use crate::metadata::state::topics::valid_topic_name;
+use crate::metadata::state::{Command, Response, StateError};
 use crate::topic_config::TopicSettings;
 
 /// What a request learns about a topic.

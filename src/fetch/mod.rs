@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::metadata::state::{IndexEntry, MetadataState, ObjectKind};
-use crate::metadata::txn::AbortedTxn;
+use crate::metadata::state::objects::ObjectKind;
+use crate::metadata::state::partition::IndexEntry;
+use crate::metadata::state::transactions::AbortedTxn;
+use crate::metadata::state::MetadataState;
 use crate::metadata::Metadata;
 use crate::record::batch::{
     batch_base_offset, batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,

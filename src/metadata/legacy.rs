@@ -4,7 +4,7 @@
 //!
 //! The `V1…` types are frozen copies of the state types as they were serialized then
 //! (field names, order and serde attributes included). They must not follow later changes
-//! to `state.rs`: that is the point of keeping them here. Only [`upgrade_v1`] knows both
+//! to `state/`: that is the point of keeping them here. Only [`upgrade_v1`] knows both
 //! shapes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,11 +13,13 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use super::cluster::ClusterCommand;
-use super::objects::{ObjectKind, Objects};
-use super::state::{
-    Command, CommittedOffset, IndexEntry, MetadataState, Partition, ProducerState, Topic,
-};
+use super::state::cluster::ClusterCommand;
+use super::state::objects::{ObjectKind, Objects};
+use super::state::offsets::{CommittedOffset, GroupOffsets};
+use super::state::partition::{IndexEntry, Partition};
+use super::state::producers::ProducerState;
+use super::state::topics::Topic;
+use super::state::{Command, MetadataState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
@@ -139,10 +141,49 @@ pub fn parse_v1_snapshot(json: &[u8]) -> Result<V1Snapshot, LegacyError> {
 /// Format 1 did not record object sizes (0 here: only compacted segments, which format 1
 /// never had, need theirs) nor the cluster epoch (counted again from the registrations).
 pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
+    let (mut objects, clock_ms) = upgrade_objects(&v1.topics);
+    let mut topics = BTreeMap::new();
+    for (name, topic) in v1.topics {
+        let partitions = topic
+            .partitions
+            .into_iter()
+            .map(|p| Arc::new(upgrade_partition(p, &mut objects, clock_ms)))
+            .collect();
+        let topic = Topic {
+            id: topic.id,
+            configs: topic.configs,
+            created_ms: topic.created_ms,
+            partitions,
+        };
+        topics.insert(name, topic);
+    }
+    let groups = upgrade_groups(v1.groups);
+    let mut state = MetadataState::from_parts(
+        topics,
+        groups,
+        objects,
+        v1.next_producer_id,
+        v1.producer_epochs,
+        clock_ms,
+    );
+    for (&id, broker) in v1.cluster.brokers.iter().filter(|(_, b)| b.alive) {
+        state.apply(&Command::Cluster(ClusterCommand::Register {
+            id,
+            host: broker.host.clone(),
+            port: broker.port,
+            rack: broker.rack.clone(),
+            now_ms: broker.last_heartbeat_ms,
+        }));
+    }
+    state
+}
+
+/// The object table of every object the index names, with no references yet, and the
+/// latest upload time among them (the upgraded state's clock).
+fn upgrade_objects(topics: &BTreeMap<String, V1Topic>) -> (Objects, i64) {
     let mut objects = Objects::default();
     // Ids in name order, so that the upgrade is deterministic.
-    let names: BTreeSet<&str> = v1
-        .topics
+    let names: BTreeSet<&str> = topics
         .values()
         .flat_map(|t| t.partitions.iter())
         .flat_map(|p| p.index.iter())
@@ -154,63 +195,57 @@ pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
         clock_ms = clock_ms.max(uploaded_ms);
         objects.add(name, 0, ObjectKind::Flush, uploaded_ms);
     }
-    let mut topics = BTreeMap::new();
-    for (name, topic) in v1.topics {
-        let partitions = topic
-            .partitions
-            .into_iter()
-            .map(|p| {
-                let mut running_max = i64::MIN;
-                let index = p
-                    .index
-                    .iter()
-                    .filter_map(|e| {
-                        let object = objects.id_of(&e.object)?;
-                        objects.acquire(object);
-                        running_max = running_max.max(e.max_timestamp);
-                        Some(IndexEntry {
-                            base_offset: e.base_offset,
-                            offset_count: e.offset_count,
-                            object,
-                            position: e.position,
-                            length: e.length,
-                            max_timestamp: running_max,
-                        })
-                    })
-                    .collect();
-                let producers = p
-                    .producers
-                    .into_iter()
-                    .map(|(id, s)| {
-                        let state = ProducerState {
-                            epoch: s.epoch,
-                            batches: s.batches,
-                            last_ms: clock_ms,
-                        };
-                        (id, state)
-                    })
-                    .collect();
-                Arc::new(Partition {
-                    txns: Default::default(),
-                    next_offset: p.next_offset,
-                    log_start_offset: p.log_start_offset,
-                    index,
-                    size_bytes: p.size_bytes,
-                    producers,
-                    preferred: None,
-                })
+    (objects, clock_ms)
+}
+
+/// One partition, its index entries now naming objects by id (each taking a reference)
+/// and carrying the running maximum timestamp.
+fn upgrade_partition(p: V1Partition, objects: &mut Objects, clock_ms: i64) -> Partition {
+    let mut running_max = i64::MIN;
+    let index = p
+        .index
+        .iter()
+        .filter_map(|e| {
+            let object = objects.id_of(&e.object)?;
+            objects.acquire(object);
+            running_max = running_max.max(e.max_timestamp);
+            Some(IndexEntry {
+                base_offset: e.base_offset,
+                offset_count: e.offset_count,
+                object,
+                position: e.position,
+                length: e.length,
+                max_timestamp: running_max,
             })
-            .collect();
-        let topic = Topic {
-            id: topic.id,
-            configs: topic.configs,
-            created_ms: topic.created_ms,
-            partitions,
-        };
-        topics.insert(name, topic);
+        })
+        .collect();
+    let producers = p
+        .producers
+        .into_iter()
+        .map(|(id, s)| {
+            let state = ProducerState {
+                epoch: s.epoch,
+                batches: s.batches,
+                last_ms: clock_ms,
+            };
+            (id, state)
+        })
+        .collect();
+    Partition {
+        txns: Default::default(),
+        next_offset: p.next_offset,
+        log_start_offset: p.log_start_offset,
+        index,
+        size_bytes: p.size_bytes,
+        producers,
+        preferred: None,
     }
-    let groups = v1
-        .groups
+}
+
+fn upgrade_groups(
+    groups: BTreeMap<String, BTreeMap<String, BTreeMap<i32, V1CommittedOffset>>>,
+) -> BTreeMap<String, Arc<GroupOffsets>> {
+    groups
         .into_iter()
         .map(|(group, offsets)| {
             let offsets = offsets
@@ -234,25 +269,7 @@ pub fn upgrade_v1(v1: V1MetadataState) -> MetadataState {
                 .collect();
             (group, Arc::new(offsets))
         })
-        .collect();
-    let mut state = MetadataState::from_parts(
-        topics,
-        groups,
-        objects,
-        v1.next_producer_id,
-        v1.producer_epochs,
-        clock_ms,
-    );
-    for (&id, broker) in v1.cluster.brokers.iter().filter(|(_, b)| b.alive) {
-        state.apply(&Command::Cluster(ClusterCommand::Register {
-            id,
-            host: broker.host.clone(),
-            port: broker.port,
-            rack: broker.rack.clone(),
-            now_ms: broker.last_heartbeat_ms,
-        }));
-    }
-    state
+        .collect()
 }
 
 /// The upload time in an object's name (`segments/<ms>-…`), 0 if it has none.

@@ -1,20 +1,11 @@
 //! Metadata: the pure state machine and the Raft log that orders its commands.
 
-pub mod access;
-pub mod auth;
-pub mod cluster;
 pub mod codec;
 pub mod fence;
 pub mod legacy;
-pub mod network;
-pub mod objects;
-pub mod partition;
 pub mod raft;
 pub mod shipping;
 pub mod state;
-#[cfg(test)]
-mod swap_tests;
-pub mod txn;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};

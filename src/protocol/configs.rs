@@ -583,7 +583,7 @@ pub async fn incremental_alter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::state::Topic;
+    use crate::metadata::state::topics::Topic;
     use crate::topic_config::DYNAMIC_BROKER_CONFIG;
 
     fn effective_topic_config(

@@ -24,8 +24,8 @@ use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::clock::now_ms;
+use crate::metadata::state::transactions::{GroupPartition, Transactions};
 use crate::metadata::state::{Command, OffsetCommit, Response, StateError};
-use crate::metadata::txn::{GroupPartition, Transactions};
 use crate::security::acl::Operation;
 
 const TOPIC_AUTHORIZATION_FAILED: i16 = ResponseError::TopicAuthorizationFailed.code();
@@ -324,7 +324,7 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::txn::{InitOutcome, PendingOffset};
+    use crate::metadata::state::transactions::{InitOutcome, PendingOffset};
 
     fn offset(at: i64) -> PendingOffset {
         PendingOffset {

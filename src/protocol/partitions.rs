@@ -9,7 +9,8 @@ use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 
 use super::str_bytes;
 use crate::broker::Broker;
-use crate::metadata::state::{Command, Response, StateError, MAX_PARTITIONS};
+use crate::metadata::state::{Command, Response, StateError};
+use crate::topic_config::MAX_PARTITIONS;
 
 pub async fn create(
     broker: &Arc<Broker>,

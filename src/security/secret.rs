@@ -1,4 +1,4 @@
-//! The cluster secret that authenticates the Raft port (`metadata::auth` proves it and
+//! The cluster secret that authenticates the Raft port (`metadata::raft::auth` proves it and
 //! keys each connection's frame MACs with it). Read from `--cluster-secret-file`.
 
 use std::fmt;
@@ -48,7 +48,7 @@ impl ClusterSecret {
         Ok(Self(bytes.into()))
     }
 
-    /// The key material, for the MACs that prove it (`metadata::auth`).
+    /// The key material, for the MACs that prove it (`metadata::raft::auth`).
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }

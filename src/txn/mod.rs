@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tracing::{debug, info, warn};
 
+use crate::metadata::state::transactions::{TopicPartition, TRANSACTIONAL_ID_EXPIRATION_MS};
 use crate::metadata::state::{Command, Response, StateError, TxnReply};
-use crate::metadata::txn::{TopicPartition, TRANSACTIONAL_ID_EXPIRATION_MS};
 use crate::metadata::Metadata;
 use crate::produce::{ProduceError, WriteBuffer};
 
@@ -96,7 +96,7 @@ impl TxnCoordinator {
         self.metadata.read(|s| {
             let meta = s.transactions().get(txn_id)?;
             meta.state.is_prepare().then(|| MarkerPlan {
-                commit: meta.state == crate::metadata::txn::TxnState::PrepareCommit,
+                commit: meta.state == crate::metadata::state::transactions::TxnState::PrepareCommit,
                 producer_id: meta.producer_id,
                 epoch: meta.epoch,
                 partitions: meta.markers_pending.iter().cloned().collect(),

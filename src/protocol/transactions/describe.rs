@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 
 use crate::broker::Broker;
 use crate::clock::now_ms;
-use crate::metadata::txn::{TxnMeta, TxnState};
+use crate::metadata::state::transactions::{TxnMeta, TxnState};
 use crate::protocol::authz::Authz;
 use crate::protocol::str_bytes;
 use crate::security::acl::Operation;

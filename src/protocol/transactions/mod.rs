@@ -30,8 +30,8 @@ use tracing::debug;
 
 use crate::broker::Broker;
 use crate::clock::now_ms;
+use crate::metadata::state::transactions::{PendingOffset, TopicPartition, TxnError};
 use crate::metadata::state::{Command, Response, TxnReply};
-use crate::metadata::txn::{PendingOffset, TopicPartition, TxnError};
 use crate::protocol::authz::Authz;
 use crate::security::acl::Operation;
 

@@ -1,6 +1,6 @@
-//! Transactions: the pure state machine of Strata's leaderless transaction design,
-//! applied by [`super::state::MetadataState`] for the transaction commands and for the
-//! transactional chunks and markers of `CommitSegments`.
+//! Transactions: the pure state machine of Strata's leaderless transaction design. This
+//! file holds the rules; `apply.rs` is how [`super::MetadataState`] applies them, for the
+//! transaction commands and for the transactional chunks and markers of `CommitSegments`.
 //!
 //! Strata has no partition leaders, so all transaction state lives in the Raft state and
 //! is applied identically on every broker:
@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
+
+mod apply;
 
 /// A topic and partition index.
 pub type TopicPartition = (String, i32);
@@ -307,6 +309,39 @@ fn fence(meta: &mut TxnMeta) {
     meta.epoch = meta.epoch.saturating_add(1);
 }
 
+/// Whether an InitProducerId naming its own pair (KIP-360) is a retry: true for
+/// [`TxnMeta::previous`], false for the current pair or none; any other pair is fenced.
+fn is_retry(meta: &TxnMeta, current: Option<(i64, i16)>) -> Result<bool, TxnError> {
+    match current {
+        Some(cur) if cur != (meta.producer_id, meta.epoch) => {
+            if meta.previous == Some(cur) {
+                Ok(true)
+            } else {
+                Err(TxnError::ProducerFenced)
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
+/// InitProducerId during an ongoing transaction: fences its producer and moves the
+/// transaction to PrepareAbort; the caller writes the abort markers first.
+fn abort_for_init(meta: &mut TxnMeta, current: Option<(i64, i16)>, now_ms: i64) -> InitOutcome {
+    fence(meta);
+    meta.previous = current;
+    meta.last_update_ms = now_ms;
+    let (producer_id, epoch) = (meta.producer_id, meta.epoch);
+    let markers = match prepare(meta, false) {
+        EndOutcome::Prepared { markers, .. } => markers,
+        EndOutcome::Completed(_) | EndOutcome::AlreadyEnded => Vec::new(),
+    };
+    InitOutcome::MustAbortFirst {
+        producer_id,
+        epoch,
+        markers,
+    }
+}
+
 impl Transactions {
     pub fn get(&self, txn_id: &str) -> Option<&TxnMeta> {
         self.ids.get(txn_id)
@@ -359,65 +394,16 @@ impl Transactions {
             return Err(TxnError::InvalidTimeout);
         }
         let Some(meta) = self.ids.get_mut(txn_id) else {
-            // An unknown id (new, or expired) starts afresh whatever `current` says, as
-            // Kafka's metadata with no epoch accepts any expected pair.
-            if self.ids.len() >= MAX_TRANSACTIONAL_IDS {
-                return Err(TxnError::TooManyTransactionalIds);
-            }
-            let producer_id = allocate();
-            self.ids.insert(
-                txn_id.to_owned(),
-                TxnMeta {
-                    producer_id,
-                    epoch: 0,
-                    state: TxnState::Empty,
-                    partitions: BTreeSet::new(),
-                    groups: BTreeSet::new(),
-                    pending_offsets: BTreeMap::new(),
-                    timeout_ms,
-                    started_ms: -1,
-                    last_update_ms: now_ms,
-                    markers_pending: BTreeSet::new(),
-                    previous: None,
-                },
-            );
-            self.by_producer.insert(producer_id, txn_id.to_owned());
-            return Ok(InitOutcome::Ready {
-                producer_id,
-                epoch: 0,
-            });
+            return self.register(txn_id, timeout_ms, now_ms, allocate);
         };
-        let before = (meta.producer_id, meta.epoch);
-        let mut retry = false;
-        if let Some(cur) = current {
-            if cur != before {
-                if meta.previous != Some(cur) {
-                    return Err(TxnError::ProducerFenced);
-                }
-                retry = true;
-            }
-        }
+        let retry = is_retry(meta, current)?;
         match meta.state {
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 Err(TxnError::ConcurrentTransactions)
             }
             // The previous pair's holder lost to a producer that started a transaction.
             TxnState::Ongoing if retry => Err(TxnError::ProducerFenced),
-            TxnState::Ongoing => {
-                fence(meta);
-                meta.previous = current;
-                meta.last_update_ms = now_ms;
-                let (producer_id, epoch) = (meta.producer_id, meta.epoch);
-                let markers = match prepare(meta, false) {
-                    EndOutcome::Prepared { markers, .. } => markers,
-                    EndOutcome::Completed(_) | EndOutcome::AlreadyEnded => Vec::new(),
-                };
-                Ok(InitOutcome::MustAbortFirst {
-                    producer_id,
-                    epoch,
-                    markers,
-                })
-            }
+            TxnState::Ongoing => Ok(abort_for_init(meta, current, now_ms)),
             TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => {
                 meta.timeout_ms = timeout_ms;
                 meta.last_update_ms = now_ms;
@@ -446,6 +432,43 @@ impl Transactions {
                 })
             }
         }
+    }
+
+    /// An unknown transactional id (new, or expired) starts afresh with `allocate()` and
+    /// epoch 0, whatever pair the producer says it holds, as Kafka's metadata with no
+    /// epoch accepts any expected pair.
+    fn register(
+        &mut self,
+        txn_id: &str,
+        timeout_ms: i64,
+        now_ms: i64,
+        allocate: impl FnOnce() -> i64,
+    ) -> Result<InitOutcome, TxnError> {
+        if self.ids.len() >= MAX_TRANSACTIONAL_IDS {
+            return Err(TxnError::TooManyTransactionalIds);
+        }
+        let producer_id = allocate();
+        self.ids.insert(
+            txn_id.to_owned(),
+            TxnMeta {
+                producer_id,
+                epoch: 0,
+                state: TxnState::Empty,
+                partitions: BTreeSet::new(),
+                groups: BTreeSet::new(),
+                pending_offsets: BTreeMap::new(),
+                timeout_ms,
+                started_ms: -1,
+                last_update_ms: now_ms,
+                markers_pending: BTreeSet::new(),
+                previous: None,
+            },
+        );
+        self.by_producer.insert(producer_id, txn_id.to_owned());
+        Ok(InitOutcome::Ready {
+            producer_id,
+            epoch: 0,
+        })
     }
 
     /// Looks a transaction up for a client request and checks its producer.

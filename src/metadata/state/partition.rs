@@ -1,11 +1,15 @@
 //! One partition in the metadata state: its offsets, its index of where each offset range
-//! lives, and the idempotent producers writing to it. Pure, like the rest of the state.
+//! lives, and the idempotent producers writing to it (their rules are in `producers.rs`).
+//! Pure, like the rest of the state.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::objects::ObjectId;
-use super::state::{ProducerBatch, SegmentEntry, StateError};
-use super::txn::PartitionTxns;
+use super::producers::{check_sequence, ProducerState};
+use super::transactions::PartitionTxns;
+use super::{SegmentEntry, StateError};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Partition {
@@ -16,33 +20,13 @@ pub struct Partition {
     pub index: Vec<IndexEntry>,
     pub size_bytes: u64,
     /// Idempotent producers writing here: their epoch and last few batches.
-    pub producers: std::collections::BTreeMap<i64, ProducerState>,
+    pub producers: BTreeMap<i64, ProducerState>,
     /// A manual replica assignment's first replica: the preferred broker while alive.
     pub preferred: Option<u64>,
     /// Ongoing and aborted transactions here (format 6): the last stable offset and
     /// Fetch's `aborted_transactions`.
-    #[serde(deserialize_with = "super::codec::since_format_6")]
+    #[serde(deserialize_with = "crate::metadata::codec::since_format_6")]
     pub txns: PartitionTxns,
-}
-
-/// How many recent batches per producer are remembered for de-duplication; matches
-/// the most requests a Kafka producer keeps in flight with idempotence on.
-pub const PRODUCER_BATCHES_KEPT: usize = 5;
-
-/// A producer silent this long is forgotten, as with Kafka's default
-/// `producer.id.expiration.ms`; it must start its sequence again.
-pub const PRODUCER_EXPIRY_MS: i64 = 24 * 3600 * 1000;
-
-/// Above this many producers on one partition, idle ones are looked for at each write.
-const PRODUCERS_BEFORE_EXPIRY: usize = 8;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerState {
-    pub epoch: i16,
-    /// (first sequence, last sequence, base offset), oldest first.
-    pub batches: Vec<(i32, i32, i64)>,
-    /// The state's clock at this producer's last write.
-    pub last_ms: i64,
 }
 
 /// Where a run of offsets lives: `length` bytes at `position` in an object. The unit is
@@ -75,7 +59,7 @@ impl Partition {
     ) -> Result<i64, StateError> {
         let base_offset = self.next_offset;
         if let Some(producer) = &entry.producer {
-            self.check_sequence(producer, base_offset, now_ms)?;
+            check_sequence(&mut self.producers, producer, base_offset, now_ms)?;
         }
         let running_max = self.index.last().map_or(entry.max_timestamp, |e| {
             e.max_timestamp.max(entry.max_timestamp)
@@ -159,55 +143,6 @@ impl Partition {
         let old_bytes: u64 = replaced.iter().map(|e| e.length).sum();
         self.size_bytes = self.size_bytes.saturating_sub(old_bytes) + length;
         replaced
-    }
-
-    /// Kafka's idempotence rules for a batch about to get `base_offset`; on success the
-    /// batch is remembered for de-duplicating retries.
-    fn check_sequence(
-        &mut self,
-        batch: &ProducerBatch,
-        base_offset: i64,
-        now_ms: i64,
-    ) -> Result<(), StateError> {
-        if self.producers.len() > PRODUCERS_BEFORE_EXPIRY {
-            self.producers
-                .retain(|_, p| now_ms.saturating_sub(p.last_ms) <= PRODUCER_EXPIRY_MS);
-        }
-        let state = self.producers.entry(batch.producer_id).or_default();
-        let fresh = state.batches.is_empty();
-        if !fresh && batch.epoch < state.epoch {
-            return Err(StateError::InvalidProducerEpoch);
-        }
-        if fresh || batch.epoch > state.epoch {
-            // A new producer (or epoch) starts its sequence at zero.
-            if batch.first_sequence != 0 {
-                if fresh {
-                    self.producers.remove(&batch.producer_id);
-                }
-                return Err(StateError::OutOfOrderSequence);
-            }
-            state.epoch = batch.epoch;
-            state.batches.clear();
-        } else {
-            if let Some(&(_, _, offset)) = state.batches.iter().find(|(first, last, _)| {
-                *first == batch.first_sequence && *last == batch.last_sequence
-            }) {
-                return Err(StateError::DuplicateSequence(offset));
-            }
-            let last = state.batches.last().map_or(-1, |b| b.1);
-            let expected = if last == i32::MAX { 0 } else { last + 1 };
-            if batch.first_sequence != expected {
-                return Err(StateError::OutOfOrderSequence);
-            }
-        }
-        state.last_ms = state.last_ms.max(now_ms);
-        state
-            .batches
-            .push((batch.first_sequence, batch.last_sequence, base_offset));
-        if state.batches.len() > PRODUCER_BATCHES_KEPT {
-            state.batches.remove(0);
-        }
-        Ok(())
     }
 
     /// The index entries that hold `offset` and what follows it, up to `max` entries.

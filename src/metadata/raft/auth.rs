@@ -33,7 +33,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::raft::NodeId;
+use super::NodeId;
 pub use crate::security::secret::{ClusterSecret, SecretError};
 
 pub const MAGIC: [u8; 4] = *b"STAH";

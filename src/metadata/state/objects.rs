@@ -101,7 +101,7 @@ impl From<ObjectsRepr> for Objects {
 
 impl Objects {
     /// Registers a new object with no references; None if the name is already known.
-    pub(super) fn add(
+    pub(in crate::metadata) fn add(
         &mut self,
         name: &str,
         size: u64,
@@ -127,7 +127,7 @@ impl Objects {
         Some(id)
     }
 
-    pub(super) fn acquire(&mut self, id: ObjectId) {
+    pub(in crate::metadata) fn acquire(&mut self, id: ObjectId) {
         if let Some(info) = self.live.get_mut(&id) {
             info.refs += 1;
         }

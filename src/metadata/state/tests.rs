@@ -1,14 +1,164 @@
-//! Property tests of compaction swaps in the state machine: interleaved with commits,
-//! retried uploads, deletes, re-created topics and DeleteRecords, a swap either replaces
-//! exactly what it read or is refused; offsets never move; the records a read plan finds
-//! at each offset are the same before and after; replay is deterministic; garbage is
-//! exactly the objects nothing refers to.
+//! Properties of the whole state machine, which no one part owns, and its formats.
+//!
+//! - Replay: the same log gives the same state and responses, and every partition's
+//!   index stays contiguous from its log start to its high watermark.
+//! - Compaction swaps, interleaved with commits, retried uploads, deletes, re-created
+//!   topics and DeleteRecords: a swap either replaces exactly what it read or is refused;
+//!   offsets never move; the records a read plan finds at each offset are the same before
+//!   and after; replay is deterministic; garbage is exactly the objects nothing refers to.
+//! - Formats: snapshots of older formats still decode.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::state::*;
+use super::cluster::ClusterCommand;
+use super::fixtures::{create, entry, one_segment};
+use super::partition::Partition;
+use super::*;
+use crate::metadata::codec::{self, Kind};
+use crate::security::scram::{Mechanism, ScramCredential};
+
+// ---------------------------------------------------------------------------------------
+// Replay
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let topic = prop::sample::select(vec!["a", "b", "c"]);
+    prop_oneof![
+        (topic.clone(), 0..4i32).prop_map(|(t, p)| create(t, p)),
+        topic
+            .clone()
+            .prop_map(|t| Command::DeleteTopic { name: t.into() }),
+        (
+            prop::collection::vec((topic.clone(), 0..4i32, 1..50u32), 0..6),
+            0..8u8
+        )
+            .prop_map(|(es, n)| {
+                // A few names, so some commits repeat an object and must be refused.
+                one_segment(
+                    format!("obj{n}"),
+                    es.into_iter().map(|(t, p, c)| entry(t, p, c)).collect(),
+                )
+            }),
+        (topic.clone(), 0..6i32).prop_map(|(t, c)| Command::CreatePartitions {
+            name: t.into(),
+            count: c,
+            preferred: Vec::new(),
+        }),
+        (topic.clone(), any::<bool>(), 0..3u8).prop_map(|(t, replace, v)| {
+            Command::AlterTopicConfigs {
+                name: t.into(),
+                replace,
+                changes: [("retention.ms".to_string(), (v > 0).then(|| v.to_string()))]
+                    .into_iter()
+                    .collect(),
+            }
+        }),
+        (topic.clone(), 0..4i32, -1..200i64).prop_map(|(t, p, o)| Command::DeleteRecords {
+            topic: t.into(),
+            partition: p,
+            offset: o,
+        }),
+        (topic.clone(), 0..4i32).prop_map(|(t, p)| Command::DeleteGroupOffsets {
+            group: "g".into(),
+            partitions: vec![(t.into(), p)],
+        }),
+        Just(Command::DeleteGroup { group: "g".into() }),
+        (topic.clone(), 1..4usize, 1..4u64).prop_map(|(t, n, id)| Command::CreateTopic {
+            name: t.into(),
+            topic_id: [3; 16],
+            partitions: n as i32,
+            configs: BTreeMap::new(),
+            now_ms: 0,
+            preferred: vec![id; n],
+        }),
+        (1..3u64).prop_map(|id| Command::Cluster(ClusterCommand::Register {
+            id,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            now_ms: 0,
+        })),
+        (any::<bool>(), 0..3u8).prop_map(|(replace, v)| Command::AlterBrokerConfigs {
+            broker: (v == 2).then_some(1),
+            replace,
+            changes: [("num.partitions".to_string(), (v > 0).then(|| v.to_string()))]
+                .into_iter()
+                .collect(),
+        }),
+        (topic.clone(), 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
+            group: "g".into(),
+            offsets: vec![OffsetCommit {
+                topic: t.into(),
+                partition: p,
+                offset: o,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: 0,
+            }],
+        }),
+        (topic, 0..1000i64, 1..3u64, 0..4i32).prop_map(|(t, o, coordinator, epoch)| {
+            Command::CommitGroupOffsets {
+                group: "g".into(),
+                offsets: vec![OffsetCommit {
+                    topic: t.into(),
+                    partition: 0,
+                    offset: o,
+                    leader_epoch: -1,
+                    metadata: None,
+                    commit_ms: 0,
+                }],
+                coordinator,
+                epoch,
+            }
+        }),
+        (1..3u64, 0..2i64).prop_map(|(id, seen)| Command::Cluster(ClusterCommand::ExpireSilent {
+            brokers: vec![(id, seen)]
+        })),
+        (1..3u64, 0..2i64)
+            .prop_map(|(id, now_ms)| Command::Cluster(ClusterCommand::Heartbeat { id, now_ms })),
+    ]
+}
+
+proptest! {
+    /// Replaying the same log gives the same state and responses (determinism), and
+    /// every partition's index stays contiguous from its log start to its high watermark
+    /// (DeleteRecords included).
+    #[test]
+    fn replay_is_deterministic_and_index_contiguous(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut a = MetadataState::default();
+        let mut b = MetadataState::default();
+        for cmd in &cmds {
+            prop_assert_eq!(a.apply(cmd), b.apply(cmd));
+        }
+        prop_assert_eq!(&a, &b);
+        // A state survives a snapshot round trip unchanged.
+        let json = serde_json::to_string(&a).unwrap();
+        let restored: MetadataState = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(&a, &restored);
+        for topic in a.topics().values() {
+            for p in &topic.partitions {
+                // The first chunk holds the log start offset (it may begin below it).
+                let mut next = match p.index.first() {
+                    Some(first) => {
+                        prop_assert!(first.base_offset <= p.log_start_offset);
+                        prop_assert!(p.log_start_offset < first.end_offset());
+                        first.base_offset
+                    }
+                    None => p.log_start_offset,
+                };
+                for e in &p.index {
+                    prop_assert_eq!(e.base_offset, next);
+                    next = e.end_offset();
+                }
+                prop_assert_eq!(next, p.next_offset);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Compaction swaps
 
 /// What the records of an object range are, as a list of (origin object, origin
 /// position, record number) per offset: the simulated store's bytes.
@@ -258,111 +408,65 @@ fn check_invariants(state: &MetadataState) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Formats
+
+/// Format 4 and 5 snapshots (no `access`, no `txns` fields) still decode, as empty
+/// access and transaction states, and the state after them reads on as before.
 #[test]
-fn a_swap_replaces_a_run_and_queues_its_objects_for_deletion() {
-    let mut s = MetadataState::default();
-    let id = [7; 16];
-    s.apply(&Command::CreateTopic {
-        name: "t".into(),
-        topic_id: id,
-        partitions: 1,
-        configs: BTreeMap::new(),
-        now_ms: 0,
-        preferred: Vec::new(),
+fn format_4_and_5_states_decode_without_later_fields() -> Result<(), codec::CodecError> {
+    let mut state = MetadataState::default();
+    state.apply(&Command::AlterBrokerConfigs {
+        broker: None,
+        replace: false,
+        changes: BTreeMap::from([("log.retention.ms".to_owned(), Some("5".to_owned()))]),
     });
-    for (i, ts) in [(0, 100), (1, 50), (2, 300)] {
-        s.apply(&Command::CommitSegments {
-            segments: vec![SegmentCommit {
-                txn: Vec::new(),
-                object: format!("segments/{i}"),
-                object_size: 100,
-                uploaded_ms: 0,
-                entries: vec![SegmentEntry {
-                    topic: "t".into(),
-                    partition: 0,
-                    position: 8,
-                    length: 10,
-                    offset_count: 5,
-                    max_timestamp: ts,
-                    producer: None,
-                }],
-            }],
-            now_ms: 1,
-            max_age_ms: 0,
-        });
+    let current = codec::encode(Kind::LocalSnapshot, &(state.clone(), 7u64))?;
+    // An empty access state is three empty collections, an empty transaction state
+    // two: one zero length byte each, right before the trailing u64 (one byte).
+    let end = current.len() - 1;
+    assert_eq!(&current[end - 5..end], &[0, 0, 0, 0, 0]);
+    for (format, strip) in [(4u16, 5), (5, 2)] {
+        let mut bytes = current.clone();
+        bytes.drain(end - strip..end);
+        bytes[4..6].copy_from_slice(&format.to_le_bytes());
+        let (decoded, trailing): (MetadataState, u64) = codec::decode(Kind::LocalSnapshot, &bytes)?;
+        assert_eq!(decoded, state, "format {format}");
+        assert_eq!(trailing, 7);
     }
-    let inputs: Vec<_> = s
-        .partition("t", 0)
-        .expect("p")
-        .index
-        .iter()
-        .take(2)
-        .map(|e| (e.object, e.position))
-        .collect();
-    let swap = CompactionSwap {
-        topic: "t".into(),
-        topic_id: id,
-        partition: 0,
-        base_offset: 0,
-        end_offset: 10,
-        inputs,
-        object: "compacted/a".into(),
-        object_size: 60,
-        position: 8,
-        length: 20,
-        now_ms: 42,
+    // A format 5 partition has no transactions field.
+    let partition = Partition {
+        next_offset: 3,
+        ..Partition::default()
     };
-    assert!(matches!(
-        s.apply(&Command::Compact(swap.clone())),
-        Response::Compacted(Ok(_))
-    ));
-    let p = s.partition("t", 0).expect("p");
-    assert_eq!(p.index.len(), 2);
-    assert_eq!((p.index[0].base_offset, p.index[0].offset_count), (0, 10));
-    assert_eq!(p.index[0].max_timestamp, 100, "running max kept");
-    assert_eq!(p.offset_for_timestamp(60), Some(0));
-    assert_eq!(p.offset_for_timestamp(200), Some(10));
-    assert_eq!(p.max_timestamp(), Some((300, 10)));
-    assert_eq!(s.stats().garbage_objects, 2);
+    let mut bytes = codec::encode(Kind::LocalSnapshot, &partition)?;
+    assert_eq!(bytes[bytes.len() - 2..], [0, 0]);
+    bytes.truncate(bytes.len() - 2);
+    bytes[4..6].copy_from_slice(&5u16.to_le_bytes());
     assert_eq!(
-        s.objects()
-            .garbage()
-            .map(|(_, g)| g.since_ms)
-            .collect::<Vec<_>>(),
-        vec![42, 42]
+        codec::decode::<Partition>(Kind::LocalSnapshot, &bytes)?,
+        partition
     );
-    // The same swap again: its input is gone.
-    let again = CompactionSwap {
-        object: "compacted/b".into(),
-        ..swap
-    };
-    assert_eq!(
-        s.apply(&Command::Compact(again)),
-        Response::Compacted(Err(StateError::StaleCompaction))
-    );
-    // A commit of an object the sweep could already have taken for an orphan is refused.
-    let late = Command::CommitSegments {
-        segments: vec![SegmentCommit {
-            txn: Vec::new(),
-            object: "segments/late".into(),
-            object_size: 1,
-            uploaded_ms: 0,
-            entries: vec![SegmentEntry {
-                topic: "t".into(),
-                partition: 0,
-                position: 8,
-                length: 10,
-                offset_count: 5,
-                max_timestamp: 0,
-                producer: None,
-            }],
+
+    state.apply(&Command::AlterScram {
+        changes: vec![ScramChange::Upsert {
+            user: "admin".into(),
+            mechanism: Mechanism::Sha512,
+            credential: ScramCredential {
+                salt: vec![1],
+                stored_key: vec![2],
+                server_key: vec![3],
+                iterations: 4096,
+            },
+            only_if_missing: true,
         }],
-        now_ms: 1_000_000,
-        max_age_ms: 1000,
-    };
-    assert_eq!(
-        s.apply(&late),
-        Response::Segments(vec![vec![Err(StateError::ObjectTooOld)]])
-    );
-    assert!(!s.objects().is_known("segments/late"));
+    });
+    let bytes = codec::encode(Kind::LocalSnapshot, &state)?;
+    let decoded: MetadataState = codec::decode(Kind::LocalSnapshot, &bytes)?;
+    assert!(decoded
+        .access()
+        .credential("admin", Mechanism::Sha512)
+        .is_some());
+    assert_eq!(decoded, state);
+    Ok(())
 }

@@ -1,13 +1,18 @@
 //! How [`MetadataState`] applies transactions: the coordinator commands, and the
-//! transactional chunks and markers of `CommitSegments`. A child of `state` so that it
-//! reaches the state's fields; the rules themselves live in [`super::super::txn`].
+//! transactional chunks and markers of `CommitSegments`. Inside `state` so that it
+//! reaches the state's fields; the rules themselves are the parent module's.
 
-use super::super::objects::ObjectId;
-use super::super::txn::{Completion, EndOutcome, InitOutcome, MarkerOutcome, TxnError, TxnState};
-use super::{Command, MetadataState, OffsetCommit, SegmentEntry, StateError, TxnReply};
+use super::{Completion, EndOutcome, InitOutcome, MarkerOutcome, TxnError, TxnState};
+use crate::metadata::state::objects::ObjectId;
+use crate::metadata::state::{
+    Command, MetadataState, OffsetCommit, SegmentEntry, StateError, TxnReply,
+};
 
 impl MetadataState {
-    pub(super) fn apply_txn(&mut self, cmd: &Command) -> Result<TxnReply, TxnError> {
+    pub(in crate::metadata::state) fn apply_txn(
+        &mut self,
+        cmd: &Command,
+    ) -> Result<TxnReply, TxnError> {
         match cmd {
             Command::InitTransactional {
                 txn_id,
@@ -142,7 +147,7 @@ impl MetadataState {
 
     /// A transactional chunk: only inside its producer's ongoing transaction, which must
     /// hold the partition, so no write can open a transaction that nothing will end.
-    pub(super) fn append_transactional(
+    pub(in crate::metadata::state) fn append_transactional(
         &mut self,
         object: ObjectId,
         entry: &SegmentEntry,
@@ -173,7 +178,7 @@ impl MetadataState {
     /// A marker: appended only when its transaction waits for it on this partition
     /// (never twice, never from a former coordinator after the transaction moved on);
     /// the last one completes the transaction and applies its offsets.
-    pub(super) fn append_marker(
+    pub(in crate::metadata::state) fn append_marker(
         &mut self,
         object: ObjectId,
         entry: &SegmentEntry,
@@ -222,9 +227,9 @@ impl MetadataState {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::super::txn::PendingOffset;
-    use super::super::{ChunkTxn, ProducerBatch, Response, SegmentCommit};
+    use super::super::PendingOffset;
     use super::*;
+    use crate::metadata::state::{ChunkTxn, ProducerBatch, Response, SegmentCommit};
 
     fn state() -> MetadataState {
         let mut s = MetadataState::default();
@@ -613,7 +618,7 @@ mod tests {
                 .partition("t", 0)
                 .map(|p| p.index.clone())
                 .unwrap_or_default();
-            super::super::CompactionSwap {
+            crate::metadata::state::CompactionSwap {
                 topic: "t".into(),
                 topic_id: [1; 16],
                 partition: 0,

@@ -38,9 +38,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::auth::{self, ClusterSecret, FrameMac, HandshakeError, Identity, LogLimiter};
-use super::codec::{self, Kind};
-use super::raft::{NodeId, TypeConfig};
-use super::state::{Command, Response};
+use super::{NodeId, TypeConfig};
+use crate::metadata::codec::{self, Kind};
+use crate::metadata::state::{Command, Response};
 use crate::tls::{self, ClientAuth, TlsAcceptor, TlsError, TlsSettings};
 
 /// Raft frames carry whole log batches and snapshot chunks, far below this. Checked

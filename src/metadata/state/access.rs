@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Command, Response};
 use crate::security::acl::{AclBinding, AclFilter, Acls};
 use crate::security::scram::{Mechanism, ScramCredential};
 
@@ -54,6 +55,23 @@ pub enum AccessError {
 }
 
 impl AccessState {
+    /// The security and listener commands, as routed by
+    /// [`MetadataState::apply`](super::MetadataState::apply).
+    pub(super) fn apply(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::AlterScram { changes } => {
+                Response::Scram(changes.iter().map(|c| self.change_scram(c)).collect())
+            }
+            Command::CreateAcls { bindings } => Response::Access(self.create_acls(bindings)),
+            Command::DeleteAcls { bindings } => Response::AclsDeleted(self.delete_acls(bindings)),
+            Command::RegisterListeners { id, listeners } => {
+                Response::Access(self.register_listeners(*id, listeners))
+            }
+            // `MetadataState::apply` routes no other command here.
+            _ => Response::Empty,
+        }
+    }
+
     pub fn credential(&self, user: &str, mechanism: Mechanism) -> Option<&ScramCredential> {
         self.scram.get(user)?.get(&mechanism)
     }

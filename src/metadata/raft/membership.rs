@@ -1,0 +1,166 @@
+//! Who is in the metadata cluster: a new node joins as a learner (asking the voters in
+//! turn until one, or its leader, adds it), and the operator (`strata voters`) promotes
+//! learners to voters and demotes voters to learners. Both run on the leader; a follower
+//! forwards them.
+
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+
+use super::network::{self, RaftReply, RaftRequest};
+use super::*;
+
+/// How far behind the leader's log a learner may be and still be promoted to voter.
+const CAUGHT_UP_SLACK: u64 = 16;
+
+impl MetadataRaft {
+    /// Promotes learners to voters and demotes voters to learners, on the leader (a
+    /// follower forwards). A learner is promoted only once it has caught up, so that it
+    /// counts toward a quorum only when it holds what the quorum acknowledged.
+    pub(super) async fn change_voters(
+        &self,
+        add: Vec<NodeId>,
+        remove: Vec<NodeId>,
+    ) -> Result<Vec<NodeId>, String> {
+        use openraft::ChangeMembers;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            if self.inner.isolation.isolated() {
+                return Err("isolated: not forwarding the membership change".into());
+            }
+            let leader = metrics
+                .current_leader
+                .and_then(|id| {
+                    metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .cloned()
+                })
+                .filter(|n| !n.addr.is_empty())
+                .ok_or("no metadata leader elected yet")?;
+            let request = RaftRequest::ChangeVoters { add, remove };
+            return match network::call_once(
+                &leader.addr,
+                &self.inner.auth,
+                &request,
+                PROPOSE_TIMEOUT,
+            )
+            .await
+            {
+                Ok(RaftReply::ChangeVoters(result)) => result,
+                Ok(_) => Err("unexpected reply to a forwarded membership change".into()),
+                Err(e) => Err(format!("forwarding to the leader: {e}")),
+            };
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        for id in &add {
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map_or(0, |l| l.index);
+            if !metrics
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|l| l == *id)
+            {
+                return Err(format!(
+                    "node {id} is not a learner of this cluster (start it first: it joins as a learner)"
+                ));
+            }
+            if matched + CAUGHT_UP_SLACK < last {
+                return Err(format!(
+                    "node {id} has not caught up yet (it holds up to index {matched} of {last}); retry shortly"
+                ));
+            }
+        }
+        let changes = [
+            (!add.is_empty()).then(|| ChangeMembers::AddVoterIds(add.iter().copied().collect())),
+            (!remove.is_empty())
+                .then(|| ChangeMembers::RemoveVoters(remove.iter().copied().collect())),
+        ];
+        for change in changes.into_iter().flatten() {
+            // `retain`: a demoted voter stays a learner and still serves clients.
+            self.inner
+                .raft
+                .change_membership(change, true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let voters: Vec<NodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !add.is_empty() || !remove.is_empty() {
+            tracing::info!(?add, ?remove, ?voters, "metadata voters changed");
+        }
+        Ok(voters)
+    }
+
+    /// Adds a learner (on the leader; a follower forwards to it).
+    pub(super) async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), String> {
+        match self
+            .inner
+            .raft
+            .add_learner(node_id, BasicNode { addr: addr.clone() }, false)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(node_id, %addr, "learner added to the metadata cluster");
+                Ok(())
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+                if self.inner.isolation.isolated() =>
+            {
+                Err("isolated: not forwarding the join to the leader".into())
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = f.leader_node.ok_or("no metadata leader elected yet")?;
+                match network::call_once(
+                    &leader.addr,
+                    &self.inner.auth,
+                    &RaftRequest::Join { node_id, addr },
+                    PROPOSE_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(RaftReply::Join(result)) => result,
+                    Ok(_) => Err("unexpected reply to a forwarded join".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// A new learner asks the voters, in turn, to add it until one (or its leader) does.
+pub(super) async fn join_as_learner(raft: Raft, options: RaftOptions, auth: Auth) {
+    let request = RaftRequest::Join {
+        node_id: options.node_id,
+        addr: options.addr.clone(),
+    };
+    loop {
+        for addr in options.voters.values() {
+            match network::call_once(addr, &auth, &request, PROPOSE_TIMEOUT).await {
+                Ok(RaftReply::Join(Ok(()))) => return,
+                Ok(RaftReply::Join(Err(e))) => tracing::debug!(%addr, error = %e, "join refused"),
+                Ok(_) => {}
+                // A wrong secret is logged (rate-limited) where the handshake failed.
+                Err(e) => tracing::debug!(%addr, error = %e, "voter unreachable"),
+            }
+        }
+        if raft.metrics().borrow().current_leader.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

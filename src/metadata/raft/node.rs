@@ -1,0 +1,400 @@
+//! The running node: starting it on its Raft directory (founding the cluster, or waiting
+//! for the leader and joining as a learner), proposing commands (a follower forwards them
+//! to the leader, and answers once it applied them itself), and what the node knows of
+//! its progress and of the leader: status, the applied index, the last leader contact
+//! (for fencing), and how far the log is shipped to the bucket.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::sync::watch;
+
+use super::auth::Identity;
+use super::membership::join_as_learner;
+use super::network::{self, RaftReply, RaftRequest, RaftTls, TcpNetwork};
+use super::*;
+
+/// Generous because a restart may have to replay a long log, or wait for a quorum of
+/// voters to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Entries kept behind a snapshot so a briefly lagging follower (later) can catch up from the
+/// log instead of a full snapshot transfer.
+const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 8;
+
+impl MetadataRaft {
+    /// Start (or restart) a single-node Raft whose log, vote and snapshots live in `dir`.
+    pub async fn start(
+        node_id: u64,
+        dir: &Path,
+        snapshot_every: u64,
+    ) -> Result<Self, RaftGlueError> {
+        Self::start_with(dir, RaftOptions::single(node_id, snapshot_every)).await
+    }
+
+    /// Start (or restart) this node of the metadata cluster; returns once a leader is
+    /// known and this node has applied the log it holds.
+    pub async fn start_with(dir: &Path, options: RaftOptions) -> Result<Self, RaftGlueError> {
+        let node_id = options.node_id;
+        let snapshot_every = options.snapshot_every;
+        fs::create_dir_all(dir).map_err(|source| RaftGlueError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        check_not_legacy(dir)?;
+        let log_store = LogStore::open(dir)?;
+        let (sm, state, applied) = StateMachineStore::open(dir)?;
+        let fresh = {
+            let inner = log_store.lock();
+            inner.vote.is_none() && inner.last_log_id().is_none()
+        };
+
+        let config = Config {
+            cluster_name: "strata-metadata".to_string(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: LOGS_TO_KEEP_AFTER_SNAPSHOT,
+            purge_batch_size: 1,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftGlueError::Config(e.to_string()))?;
+
+        let isolation = Isolation::new(dir);
+        let tls = options
+            .tls
+            .as_ref()
+            .map(RaftTls::broker)
+            .transpose()
+            .map_err(|e| RaftGlueError::Start(format!("raft_tls: {e}")))?;
+        let auth = Auth {
+            secret: options.secret.clone(),
+            me: Identity::Node(node_id),
+            tls,
+        };
+        let network = TcpNetwork {
+            isolation: isolation.clone(),
+            auth: auth.clone(),
+        };
+        let log_reader = log_store.clone();
+        let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
+            .await
+            .map_err(|e| RaftGlueError::Start(e.to_string()))?;
+        let this = Self {
+            inner: Arc::new(Inner {
+                raft: raft.clone(),
+                state,
+                applied,
+                isolation: isolation.clone(),
+                auth: auth.clone(),
+                log: log_reader,
+                vote_floor: AtomicU64::new(options.vote_floor),
+                shipped: watch::channel(0).0,
+                ack_after_shipping: std::sync::atomic::AtomicBool::new(false),
+                leader_contact: AtomicU64::new(0),
+                started: Instant::now(),
+            }),
+        };
+        if let Some(listen) = &options.listen {
+            this.serve_peers(listen, options.tls.as_ref(), isolation, auth.clone())
+                .await?;
+        }
+
+        if let Err(e) = Self::wait_ready(&raft, &options, fresh, auth).await {
+            // Don't leave a half-started node running against this directory.
+            if let Err(err) = raft.shutdown().await {
+                tracing::warn!(error = %err, "shutting down failed metadata raft");
+            }
+            return Err(e);
+        }
+        Ok(this)
+    }
+
+    async fn wait_ready(
+        raft: &Raft,
+        options: &RaftOptions,
+        fresh: bool,
+        auth: Auth,
+    ) -> Result<(), RaftGlueError> {
+        let node_id = options.node_id;
+        let is_voter = options.voters.contains_key(&node_id);
+        if fresh && is_voter && options.voters.keys().next() == Some(&node_id) {
+            // The lowest-numbered voter founds the cluster; the others wait to hear from it.
+            let members = options
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect::<BTreeMap<_, _>>();
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(RaftGlueError::Start(e.to_string())),
+            }
+        }
+        if fresh && !is_voter {
+            tokio::spawn(join_as_learner(raft.clone(), options.clone(), auth));
+        }
+        if options.voters.len() > 1 || !is_voter {
+            tracing::info!(node_id, voter = is_voter, "waiting for the metadata leader");
+        }
+        let metrics = raft
+            .wait(Some(START_TIMEOUT))
+            .metrics(
+                |m| m.current_leader.is_some() && m.last_log_index.is_some(),
+                "metadata leader known",
+            )
+            .await
+            .map_err(|e| {
+                RaftGlueError::LeaderTimeout(
+                    START_TIMEOUT,
+                    format!(
+                        "{e} (check --controllers and that a majority of the voters is running)"
+                    ),
+                )
+            })?;
+        // Leadership alone does not mean the replayed log is applied; wait for the new
+        // leader's blank entry so `state()` reflects everything acknowledged before restart.
+        raft.wait(Some(START_TIMEOUT))
+            .applied_index_at_least(metrics.last_log_index, "metadata raft replay")
+            .await
+            .map_err(|e| RaftGlueError::LeaderTimeout(START_TIMEOUT, e.to_string()))?;
+        Ok(())
+    }
+
+    /// Propose a command; returns the state machine's Response once committed and
+    /// applied. A follower or learner forwards it to the leader, and answers only once
+    /// it has applied the entry itself: what a broker acknowledged, it then serves
+    /// (a topic it created is in its Metadata, a record it took is below its high
+    /// watermark).
+    pub async fn propose(&self, cmd: Command) -> Result<Response, RaftGlueError> {
+        Ok(self.propose_applied(cmd).await?.0)
+    }
+
+    /// `propose`, also saying whether this node applied the entry in time (a lease is
+    /// renewed only by a heartbeat this node has applied: then its state is as recent).
+    pub async fn propose_applied(&self, cmd: Command) -> Result<(Response, bool), RaftGlueError> {
+        let (response, index) = self.propose_indexed(cmd).await?;
+        let mut applied = self.inner.applied.clone();
+        if tokio::time::timeout(PROPOSE_TIMEOUT, applied.wait_for(|i| *i >= index))
+            .await
+            .is_err()
+        {
+            tracing::warn!(index, "committed entry not applied locally in time");
+            return Ok((response, false));
+        }
+        Ok((response, true))
+    }
+
+    /// When this node (a follower or learner) last accepted an AppendEntries or
+    /// InstallSnapshot from a leader; None if never.
+    pub fn last_leader_contact(&self) -> Option<Instant> {
+        match self.inner.leader_contact.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.inner.started + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    pub(super) fn record_leader_contact(&self) {
+        let ms = self.inner.started.elapsed().as_millis() as u64 + 1;
+        self.inner.leader_contact.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// `propose`, also returning the entry's log index.
+    pub(super) async fn propose_indexed(
+        &self,
+        cmd: Command,
+    ) -> Result<(Response, u64), RaftGlueError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let started = Instant::now();
+        loop {
+            // A leader cut off from its followers never learns it was deposed: bound the
+            // wait so that the caller gets an error instead of hanging.
+            let write =
+                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone()));
+            let Ok(result) = write.await else {
+                return Err(RaftGlueError::Propose(format!(
+                    "not committed within {PROPOSE_TIMEOUT:?} (no quorum reachable?)"
+                )));
+            };
+            let last_error = match result {
+                Ok(resp) => {
+                    self.wait_shipped(resp.log_id.index, deadline).await?;
+                    metrics::histogram!(crate::telemetry::RAFT_COMMIT_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok((resp.data, resp.log_id.index));
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+                    if self.inner.isolation.isolated() =>
+                {
+                    "isolated: not forwarding the proposal to the leader".to_owned()
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match f.leader_node.filter(|n| !n.addr.is_empty()) {
+                        Some(leader) => {
+                            let request = RaftRequest::Propose(cmd.clone());
+                            match network::call_once(
+                                &leader.addr,
+                                &self.inner.auth,
+                                &request,
+                                PROPOSE_TIMEOUT,
+                            )
+                            .await
+                            {
+                                Ok(RaftReply::Propose(Ok(answer))) => return Ok(answer),
+                                Ok(RaftReply::Propose(Err(e))) => e,
+                                Ok(_) => "unexpected reply to a forwarded proposal".to_owned(),
+                                Err(e) => format!("forwarding to leader {:?}: {e}", f.leader_id),
+                            }
+                        }
+                        None => "no metadata leader elected yet".to_owned(),
+                    }
+                }
+                Err(e) => return Err(RaftGlueError::Propose(e.to_string())),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RaftGlueError::Propose(last_error));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// On the leader, with shipping required: waits until the entry at `index` is in the
+    /// bucket, so that whatever the proposal acknowledges survives the loss of every disk.
+    async fn wait_shipped(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), RaftGlueError> {
+        use std::sync::atomic::Ordering;
+        if !self.inner.ack_after_shipping.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut shipped = self.inner.shipped.subscribe();
+        let reached = tokio::time::timeout_at(deadline, shipped.wait_for(|s| *s >= index))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            return Ok(());
+        }
+        Err(RaftGlueError::Propose(format!(
+            "committed, but not in the object store within {PROPOSE_TIMEOUT:?} (is the store reachable?)"
+        )))
+    }
+
+    /// From now on the leader acknowledges a proposal only once it is shipped.
+    pub fn ack_after_shipping(&self) {
+        self.inner
+            .ack_after_shipping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records that every entry up to `index` is in the bucket.
+    pub fn mark_shipped(&self, index: u64) {
+        self.inner.shipped.send_if_modified(|s| {
+            let advanced = index > *s;
+            *s = (*s).max(index);
+            advanced
+        });
+    }
+
+    /// Committed entries `from..=to` from the local log, or None if some of them were
+    /// already purged behind a snapshot.
+    pub fn log_entries(&self, from: u64, to: u64) -> Option<Vec<openraft::Entry<TypeConfig>>> {
+        let inner = self.inner.log.lock();
+        let entries: Vec<_> = inner
+            .cache
+            .range(from..=to)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let complete = entries.first().is_some_and(|e| e.log_id.index == from)
+            && entries.len() as u64 == to.saturating_sub(from) + 1;
+        complete.then_some(entries)
+    }
+
+    /// The applied state and the index of the last entry in it, read together.
+    pub fn state_at_index(&self) -> (MetadataState, u64) {
+        let state = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (state.clone(), *self.inner.applied.borrow())
+    }
+
+    /// This node's id, and the current leader's if one is known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Role, term and log positions, for metrics and readiness.
+    pub fn status(&self) -> RaftStatus {
+        let (role, term, leader, last_log_index) = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            let role = match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Shutdown => "shutdown",
+            };
+            (role, m.current_term, m.current_leader, m.last_log_index)
+        };
+        let committed = self.inner.log.lock().committed.map_or(0, |c| c.index);
+        RaftStatus {
+            role,
+            term,
+            leader,
+            last_log_index: last_log_index.unwrap_or(0),
+            committed,
+            applied: *self.inner.applied.borrow(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(m.id)
+    }
+
+    /// Read access to the applied state.
+    pub fn state(&self) -> Arc<RwLock<MetadataState>> {
+        self.inner.state.clone()
+    }
+
+    /// Changes whenever entries are applied; the value is the last applied log index.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.clone()
+    }
+
+    /// Resolves when the Raft core has stopped on its own (a storage error, a panic in the
+    /// core), with the reason. A broker in that state can serve only stale metadata and
+    /// commit nothing, so the binary exits rather than stay up half-working.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                    return fatal.to_string();
+                }
+            }
+            if metrics.changed().await.is_err() {
+                // The core is gone without a final report: the same as a fatal stop.
+                return "the raft core stopped".to_owned();
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) -> Result<(), RaftGlueError> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftGlueError::Shutdown(e.to_string()))
+    }
+}

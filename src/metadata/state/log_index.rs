@@ -1,0 +1,416 @@
+//! The partitions' logs in the state machine: commits of uploaded objects give their
+//! chunks offsets and index them (transactional chunks and markers go through
+//! `transactions/apply.rs`), DeleteRecords moves a log start forward, compactor and
+//! cleaner swaps replace a run of index entries with one segment, and the objects nothing
+//! refers to any more are forgotten once the leader deleted them.
+//!
+//! Invariants: each partition's index is contiguous from its log start to its high
+//! watermark; offsets, once given, never move (a swap replaces exactly the run it read, or
+//! is refused); every index entry holds a reference on its object, so an object becomes
+//! garbage exactly when the last entry pointing at it goes (or at once, if none of its
+//! chunks got in).
+
+use super::objects::{ObjectId, ObjectKind};
+use super::{
+    ChunkTxn, Command, CompactionSwap, MetadataState, Response, SegmentCommit, StateError,
+};
+
+impl MetadataState {
+    /// The commands on partitions' logs, as routed by [`MetadataState::apply`].
+    pub(super) fn apply_log(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::CommitSegments {
+                segments,
+                now_ms,
+                max_age_ms,
+            } => Response::Segments(
+                segments
+                    .iter()
+                    .map(|s| self.commit_segment(s, *now_ms, *max_age_ms))
+                    .collect(),
+            ),
+            Command::DeleteRecords {
+                topic,
+                partition,
+                offset,
+            } => Response::LogStart(self.delete_records(topic, *partition, *offset)),
+            Command::Compact(swap) => Response::Compacted(self.compact(swap, ObjectKind::Segment)),
+            Command::Clean(swap) => Response::Compacted(self.compact(swap, ObjectKind::Cleaned)),
+            Command::ForgetObjects { ids } => {
+                self.objects.forget(ids);
+                Response::Empty
+            }
+            // `apply` routes no other command here.
+            _ => Response::Empty,
+        }
+    }
+
+    /// Gives the chunks of one uploaded object their offsets, in order; one result each.
+    fn commit_segment(
+        &mut self,
+        segment: &SegmentCommit,
+        now_ms: i64,
+        max_age_ms: i64,
+    ) -> Vec<Result<i64, StateError>> {
+        let object = segment.object.as_str();
+        // An object is committed once: a replay (a recovery racing a live cluster, a
+        // retried proposal) must not give its records a second set of offsets.
+        if let Some(id) = self.objects.id_of(object) {
+            // A retried proposal (its first answer lost with a failed leader) hears the
+            // offsets each entry got the first time, as a retried idempotent batch does.
+            return segment
+                .entries
+                .iter()
+                .map(|entry| {
+                    self.partition(&entry.topic, entry.partition)
+                        .and_then(|p| {
+                            p.index
+                                .iter()
+                                .rev()
+                                .find(|i| i.object == id && i.position == entry.position)
+                        })
+                        .map_or(Err(StateError::ObjectAlreadyCommitted), |i| {
+                            Err(StateError::DuplicateSequence(i.base_offset))
+                        })
+                })
+                .collect();
+        }
+        if max_age_ms > 0 && now_ms.saturating_sub(segment.uploaded_ms) > max_age_ms {
+            return vec![Err(StateError::ObjectTooOld); segment.entries.len()];
+        }
+        let Some(id) = self.objects.add(
+            object,
+            segment.object_size,
+            ObjectKind::Flush,
+            segment.uploaded_ms,
+        ) else {
+            return vec![Err(StateError::ObjectAlreadyCommitted); segment.entries.len()];
+        };
+        let clock_ms = self.clock_ms;
+        let mut results = Vec::with_capacity(segment.entries.len());
+        for (i, entry) in segment.entries.iter().enumerate() {
+            let result = match segment.txn.get(i).unwrap_or(&ChunkTxn::None) {
+                ChunkTxn::None => match self.partition_mut(&entry.topic, entry.partition) {
+                    Some(partition) => partition.append(id, entry, clock_ms),
+                    None => Err(StateError::UnknownTopicOrPartition),
+                },
+                ChunkTxn::Data => self.append_transactional(id, entry, clock_ms),
+                ChunkTxn::Marker { txn_id, commit } => {
+                    self.append_marker(id, entry, txn_id, *commit, now_ms)
+                }
+            };
+            if result.is_ok() {
+                self.objects.acquire(id);
+            }
+            results.push(result);
+        }
+        self.objects.retire_if_unused(id, clock_ms);
+        results
+    }
+
+    /// DeleteRecords: moves the log start up to `offset` (-1: the high watermark).
+    fn delete_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, StateError> {
+        let p = self
+            .partition_mut(topic, partition)
+            .ok_or(StateError::UnknownTopicOrPartition)?;
+        let target = if offset == -1 { p.next_offset } else { offset };
+        if target < 0 || target > p.next_offset {
+            return Err(StateError::OffsetOutOfRange);
+        }
+        if target <= p.log_start_offset {
+            return Ok(p.log_start_offset);
+        }
+        let released = p.advance_log_start(target);
+        let now_ms = self.clock_ms;
+        for e in released {
+            self.objects.release(e.object, now_ms);
+        }
+        Ok(target)
+    }
+
+    /// Swaps a compactor's or the cleaner's output (`kind`) in for the run of index
+    /// entries it read, unless that run changed since.
+    fn compact(&mut self, swap: &CompactionSwap, kind: ObjectKind) -> Result<ObjectId, StateError> {
+        let topic = self
+            .topics
+            .get(&swap.topic)
+            .filter(|t| t.id == swap.topic_id)
+            .ok_or(StateError::StaleCompaction)?;
+        let p = usize::try_from(swap.partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .ok_or(StateError::StaleCompaction)?;
+        let range = p
+            .run_matching(swap.base_offset, swap.end_offset, &swap.inputs)
+            .ok_or(StateError::StaleCompaction)?;
+        let id = self
+            .objects
+            .add(&swap.object, swap.object_size, kind, swap.now_ms)
+            .ok_or(StateError::StaleCompaction)?;
+        self.objects.acquire(id);
+        let Some(p) = self.partition_mut(&swap.topic, swap.partition) else {
+            return Err(StateError::StaleCompaction);
+        };
+        let replaced = p.replace_run(range, id, swap.position, swap.length);
+        if kind == ObjectKind::Cleaned {
+            p.txns.cleaned(swap.base_offset, swap.end_offset);
+        }
+        let now_ms = self.clock_ms;
+        for e in replaced {
+            self.objects.release(e.object, now_ms);
+        }
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{commit, create, entry, one_segment};
+    use std::collections::BTreeMap;
+
+    use super::super::{MetadataState, SegmentEntry};
+    use super::*;
+
+    #[test]
+    fn offsets_are_assigned_in_commit_order() {
+        let mut s = MetadataState::default();
+        assert_eq!(s.apply(&create("t", 2)), Response::Topic(Ok(())));
+        let r = s.apply(&one_segment(
+            "a".into(),
+            vec![
+                entry("t", 0, 3),
+                entry("t", 1, 5),
+                entry("nope", 0, 1),
+                entry("t", 2, 1),
+            ],
+        ));
+        assert_eq!(
+            r,
+            Response::Segments(vec![vec![
+                Ok(0),
+                Ok(0),
+                Err(StateError::UnknownTopicOrPartition),
+                Err(StateError::UnknownTopicOrPartition)
+            ]])
+        );
+        let r = s.apply(&one_segment("b".into(), vec![entry("t", 0, 2)]));
+        assert_eq!(r, Response::Segments(vec![vec![Ok(3)]]));
+        let p = s.partition("t", 0).unwrap();
+        assert_eq!(p.next_offset, 5);
+        assert_eq!(
+            Some(p.entries_from(4, 10)[0].object),
+            s.objects().id_of("b")
+        );
+        assert_eq!(p.entries_from(0, 10).len(), 2);
+        assert_eq!(p.entries_from(5, 10).len(), 0);
+        assert_eq!(s.object_refs("a"), 2);
+        // An object is committed once, however often it is proposed; a retry hears the
+        // offsets of the first commit.
+        let r = s.apply(&one_segment("b".into(), vec![entry("t", 0, 2)]));
+        assert_eq!(
+            r,
+            Response::Segments(vec![vec![Err(StateError::DuplicateSequence(3))]])
+        );
+        assert_eq!(s.partition("t", 0).unwrap().next_offset, 5);
+        // Several objects in one entry get offsets in order.
+        let r = s.apply(&Command::CommitSegments {
+            segments: vec![
+                SegmentCommit {
+                    txn: Vec::new(),
+                    object: "c".into(),
+                    object_size: 1,
+                    uploaded_ms: 0,
+                    entries: vec![entry("t", 0, 4)],
+                },
+                SegmentCommit {
+                    txn: Vec::new(),
+                    object: "d".into(),
+                    object_size: 1,
+                    uploaded_ms: 0,
+                    entries: vec![entry("t", 0, 1), entry("t", 1, 1)],
+                },
+            ],
+            now_ms: 0,
+            max_age_ms: 0,
+        });
+        assert_eq!(r, Response::Segments(vec![vec![Ok(5)], vec![Ok(9), Ok(5)]]));
+    }
+
+    #[test]
+    fn timestamp_lookup_uses_batch_max_timestamp() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        for (i, ts) in [100, 200, 300].into_iter().enumerate() {
+            let mut e = entry("t", 0, 2);
+            e.max_timestamp = ts;
+            e.position = i as u64;
+            s.apply(&one_segment(format!("o{i}"), vec![e]));
+        }
+        let p = s.partition("t", 0).unwrap();
+        assert_eq!(p.offset_for_timestamp(0), Some(0));
+        assert_eq!(p.offset_for_timestamp(150), Some(2));
+        assert_eq!(p.offset_for_timestamp(300), Some(4));
+        assert_eq!(p.offset_for_timestamp(301), None);
+        assert_eq!(p.max_timestamp(), Some((300, 4)));
+    }
+
+    #[test]
+    fn delete_records_advances_the_log_start() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        for (object, ts) in [("a", 100), ("b", 200), ("c", 300)] {
+            let mut e = entry("t", 0, 10);
+            e.max_timestamp = ts;
+            s.apply(&one_segment(object.into(), vec![e]));
+        }
+        let delete = |offset| Command::DeleteRecords {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        };
+        assert_eq!(s.apply(&delete(15)), Response::LogStart(Ok(15)));
+        let p = s.partition("t", 0).unwrap();
+        assert_eq!(p.log_start_offset, 15);
+        // The chunk wholly below 15 is gone and its object released; the one holding 15 stays.
+        assert_eq!(p.index.len(), 2);
+        assert_eq!(p.size_bytes, 200);
+        assert_eq!(s.object_refs("a"), 0);
+        assert_eq!(s.object_refs("b"), 1);
+        assert_eq!(p.offset_for_timestamp(0), Some(15));
+        // Going backwards is a no-op that reports the current start.
+        assert_eq!(s.apply(&delete(3)), Response::LogStart(Ok(15)));
+        assert_eq!(
+            s.apply(&delete(31)),
+            Response::LogStart(Err(StateError::OffsetOutOfRange))
+        );
+        assert_eq!(
+            s.apply(&Command::DeleteRecords {
+                topic: "t".into(),
+                partition: 1,
+                offset: 0
+            }),
+            Response::LogStart(Err(StateError::UnknownTopicOrPartition))
+        );
+        // -1 means the high watermark: everything goes.
+        assert_eq!(s.apply(&delete(-1)), Response::LogStart(Ok(30)));
+        let p = s.partition("t", 0).unwrap();
+        assert!(p.index.is_empty());
+        assert_eq!(p.entries_from(30, 10).len(), 0);
+        // Writes continue at the high watermark.
+        assert_eq!(commit(&mut s, entry("t", 0, 1)), Ok(30));
+    }
+
+    #[test]
+    fn a_swap_replaces_a_run_and_queues_its_objects_for_deletion() {
+        let mut s = MetadataState::default();
+        let id = [7; 16];
+        s.apply(&Command::CreateTopic {
+            name: "t".into(),
+            topic_id: id,
+            partitions: 1,
+            configs: BTreeMap::new(),
+            now_ms: 0,
+            preferred: Vec::new(),
+        });
+        for (i, ts) in [(0, 100), (1, 50), (2, 300)] {
+            s.apply(&Command::CommitSegments {
+                segments: vec![SegmentCommit {
+                    txn: Vec::new(),
+                    object: format!("segments/{i}"),
+                    object_size: 100,
+                    uploaded_ms: 0,
+                    entries: vec![SegmentEntry {
+                        topic: "t".into(),
+                        partition: 0,
+                        position: 8,
+                        length: 10,
+                        offset_count: 5,
+                        max_timestamp: ts,
+                        producer: None,
+                    }],
+                }],
+                now_ms: 1,
+                max_age_ms: 0,
+            });
+        }
+        let inputs: Vec<_> = s
+            .partition("t", 0)
+            .expect("p")
+            .index
+            .iter()
+            .take(2)
+            .map(|e| (e.object, e.position))
+            .collect();
+        let swap = CompactionSwap {
+            topic: "t".into(),
+            topic_id: id,
+            partition: 0,
+            base_offset: 0,
+            end_offset: 10,
+            inputs,
+            object: "compacted/a".into(),
+            object_size: 60,
+            position: 8,
+            length: 20,
+            now_ms: 42,
+        };
+        assert!(matches!(
+            s.apply(&Command::Compact(swap.clone())),
+            Response::Compacted(Ok(_))
+        ));
+        let p = s.partition("t", 0).expect("p");
+        assert_eq!(p.index.len(), 2);
+        assert_eq!((p.index[0].base_offset, p.index[0].offset_count), (0, 10));
+        assert_eq!(p.index[0].max_timestamp, 100, "running max kept");
+        assert_eq!(p.offset_for_timestamp(60), Some(0));
+        assert_eq!(p.offset_for_timestamp(200), Some(10));
+        assert_eq!(p.max_timestamp(), Some((300, 10)));
+        assert_eq!(s.stats().garbage_objects, 2);
+        assert_eq!(
+            s.objects()
+                .garbage()
+                .map(|(_, g)| g.since_ms)
+                .collect::<Vec<_>>(),
+            vec![42, 42]
+        );
+        // The same swap again: its input is gone.
+        let again = CompactionSwap {
+            object: "compacted/b".into(),
+            ..swap
+        };
+        assert_eq!(
+            s.apply(&Command::Compact(again)),
+            Response::Compacted(Err(StateError::StaleCompaction))
+        );
+        // A commit of an object the sweep could already have taken for an orphan is refused.
+        let late = Command::CommitSegments {
+            segments: vec![SegmentCommit {
+                txn: Vec::new(),
+                object: "segments/late".into(),
+                object_size: 1,
+                uploaded_ms: 0,
+                entries: vec![SegmentEntry {
+                    topic: "t".into(),
+                    partition: 0,
+                    position: 8,
+                    length: 10,
+                    offset_count: 5,
+                    max_timestamp: 0,
+                    producer: None,
+                }],
+            }],
+            now_ms: 1_000_000,
+            max_age_ms: 1000,
+        };
+        assert_eq!(
+            s.apply(&late),
+            Response::Segments(vec![vec![Err(StateError::ObjectTooOld)]])
+        );
+        assert!(!s.objects().is_known("segments/late"));
+    }
+}
