@@ -539,6 +539,7 @@ impl FetchReader {
 mod tests {
 
     use super::*;
+    use crate::metadata::state::transactions::TopicPartition;
     use crate::metadata::state::{
         ChunkTxn, Command, ProducerBatch, Response, SegmentCommit, SegmentEntry, TxnReply,
     };
@@ -697,7 +698,7 @@ mod tests {
                 txn_id: "x".into(),
                 producer_id,
                 epoch,
-                partitions: vec![("t".into(), 0)],
+                partitions: vec![TopicPartition::new("t", 0)],
                 now_ms: now,
             },
         )

@@ -324,7 +324,7 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::state::transactions::{InitOutcome, PendingOffset};
+    use crate::metadata::state::transactions::{InitOutcome, PendingOffset, TopicPartition};
 
     fn offset(at: i64) -> PendingOffset {
         PendingOffset {
@@ -357,12 +357,15 @@ mod tests {
             1,
             0,
             "g",
-            [(("t".into(), 0), offset(5)), (("u".into(), 3), offset(9))],
+            [
+                (TopicPartition::new("t", 0), offset(5)),
+                (TopicPartition::new("u", 3), offset(9)),
+            ],
         )?;
-        txns.txn_offset_commit("a", 1, 0, "h", [(("t".into(), 1), offset(5))])?;
+        txns.txn_offset_commit("a", 1, 0, "h", [(TopicPartition::new("t", 1), offset(5))])?;
         // "b" is in a group whose name sorts before g's, with the same topic.
         txns.add_offsets("b", 2, 0, "f", 1)?;
-        txns.txn_offset_commit("b", 2, 0, "f", [(("t".into(), 2), offset(1))])?;
+        txns.txn_offset_commit("b", 2, 0, "f", [(TopicPartition::new("t", 2), offset(1))])?;
         let want: BTreeSet<(String, i32)> = [("t".to_owned(), 0), ("u".to_owned(), 3)].into();
         assert_eq!(pending_txn_offsets(&txns, "g"), want);
         assert_eq!(
@@ -372,11 +375,11 @@ mod tests {
         assert!(pending_txn_offsets(&txns, "other").is_empty());
         // Still pending while the commit is being prepared (no partitions: it completes
         // at once, so add one to go through PrepareCommit).
-        txns.add_partitions("a", 1, 0, &[("t".into(), 0)], 2)?;
+        txns.add_partitions("a", 1, 0, &[TopicPartition::new("t", 0)], 2)?;
         txns.end_txn("a", 1, 0, true, 3)?;
         assert_eq!(pending_txn_offsets(&txns, "g"), want);
         // Complete: the offsets are the group's now, nothing pending.
-        txns.marker_written("a", 1, 0, &("t".into(), 0));
+        txns.marker_written("a", 1, 0, &TopicPartition::new("t", 0));
         assert!(pending_txn_offsets(&txns, "g").is_empty());
         // An aborted transaction leaves nothing pending either.
         txns.end_txn("b", 2, 0, false, 4)?;

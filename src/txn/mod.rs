@@ -122,7 +122,7 @@ impl TxnCoordinator {
         let now = crate::clock::now_ms();
         let coordinator_epoch = self.metadata.read(|s| s.cluster().epoch());
         let mut waits = Vec::with_capacity(plan.partitions.len());
-        for (topic, partition) in plan.partitions {
+        for TopicPartition { topic, partition } in plan.partitions {
             let batches = markers::marker_batches(
                 txn_id,
                 plan.producer_id,

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 
 use crate::broker::Broker;
 use crate::clock::now_ms;
-use crate::metadata::state::transactions::{TxnMeta, TxnState};
+use crate::metadata::state::transactions::{TopicPartition, TxnMeta, TxnState};
 use crate::protocol::authz::Authz;
 use crate::protocol::str_bytes;
 use crate::security::acl::Operation;
@@ -75,7 +75,7 @@ fn start_time(meta: &TxnMeta) -> i64 {
 
 fn topics(meta: &TxnMeta) -> Vec<TopicData> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (topic, partition) in &meta.partitions {
+    for TopicPartition { topic, partition } in &meta.partitions {
         by_topic.entry(topic).or_default().push(*partition);
     }
     by_topic

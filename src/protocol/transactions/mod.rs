@@ -187,24 +187,29 @@ async fn add_one(
         .flat_map(|t| {
             t.partitions
                 .iter()
-                .map(|p| (t.name.as_str().to_owned(), *p))
+                .map(|p| TopicPartition::new(t.name.as_str(), *p))
         })
         .collect();
     let txn_allowed = authz.transactional_id(Operation::Write, txn_id.as_str());
     // Per partition: Some(code) when it is refused before any proposal.
     let refused: Vec<Option<i16>> = partitions
         .iter()
-        .map(|(topic, p)| {
-            if !txn_allowed {
-                Some(TXN_ID_REFUSED)
-            } else if !authz.topic(Operation::Write, topic) {
-                Some(ResponseError::TopicAuthorizationFailed.code())
-            } else if broker.read(|s| s.partition(topic, *p).is_none()) {
-                Some(ResponseError::UnknownTopicOrPartition.code())
-            } else {
-                None
-            }
-        })
+        .map(
+            |TopicPartition {
+                 topic,
+                 partition: p,
+             }| {
+                if !txn_allowed {
+                    Some(TXN_ID_REFUSED)
+                } else if !authz.topic(Operation::Write, topic) {
+                    Some(ResponseError::TopicAuthorizationFailed.code())
+                } else if broker.read(|s| s.partition(topic, *p).is_none()) {
+                    Some(ResponseError::UnknownTopicOrPartition.code())
+                } else {
+                    None
+                }
+            },
+        )
         .collect();
     let codes: Vec<i16> = if refused.iter().any(Option::is_some) {
         let not_attempted = ResponseError::OperationNotAttempted.code();
@@ -392,7 +397,7 @@ pub async fn offset_commit(
         .flat_map(|(t, _)| {
             t.partitions.iter().map(|p| {
                 (
-                    (t.name.as_str().to_owned(), p.partition_index),
+                    TopicPartition::new(t.name.as_str(), p.partition_index),
                     PendingOffset {
                         offset: p.committed_offset,
                         leader_epoch: if version >= 2 {
@@ -409,7 +414,7 @@ pub async fn offset_commit(
     let unknown = broker.read(|s| {
         offsets
             .iter()
-            .any(|((t, p), _)| s.partition(t, *p).is_none())
+            .any(|(tp, _)| s.partition(&tp.topic, tp.partition).is_none())
     });
     let shared = match txn_code {
         Some(code) => code,

@@ -2,7 +2,9 @@
 //! transactional chunks and markers of `CommitSegments`. Inside `state` so that it
 //! reaches the state's fields; the rules themselves are the parent module's.
 
-use super::{Completion, EndOutcome, InitOutcome, MarkerOutcome, TxnError, TxnState};
+use super::{
+    Completion, EndOutcome, InitOutcome, MarkerOutcome, TopicPartition, TxnError, TxnState,
+};
 use crate::metadata::state::objects::ObjectId;
 use crate::metadata::state::{
     Command, MetadataState, OffsetCommit, SegmentEntry, StateError, TxnReply,
@@ -156,7 +158,7 @@ impl MetadataState {
         let producer = entry
             .producer
             .ok_or(StateError::Txn(TxnError::InvalidTxnState))?;
-        let tp = (entry.topic.clone(), entry.partition);
+        let tp = TopicPartition::new(entry.topic.clone(), entry.partition);
         self.txns
             .check_write(producer.producer_id, producer.epoch, &tp)
             .map_err(StateError::Txn)?;
@@ -195,7 +197,7 @@ impl MetadataState {
         if !expected {
             return Err(StateError::StaleMarker);
         }
-        let tp = (entry.topic.clone(), entry.partition);
+        let tp = TopicPartition::new(entry.topic.clone(), entry.partition);
         let MarkerOutcome::Written { commit, completed } =
             self.txns
                 .marker_written(txn_id, producer.producer_id, producer.epoch, &tp)
@@ -323,7 +325,10 @@ mod tests {
                 txn_id: id.into(),
                 producer_id: pid,
                 epoch,
-                partitions: partitions.iter().map(|p| ("t".to_owned(), *p)).collect(),
+                partitions: partitions
+                    .iter()
+                    .map(|p| TopicPartition::new("t", *p))
+                    .collect(),
                 now_ms: 2,
             },
         );
@@ -373,7 +378,7 @@ mod tests {
                 epoch: p.1,
                 group: "g".into(),
                 offsets: vec![(
-                    ("t".into(), 1),
+                    TopicPartition::new("t", 1),
                     PendingOffset {
                         offset: 42,
                         leader_epoch: -1,
@@ -401,7 +406,10 @@ mod tests {
         else {
             panic!("expected markers")
         };
-        assert_eq!(partitions, vec![("t".into(), 0), ("t".into(), 1)]);
+        assert_eq!(
+            partitions,
+            vec![TopicPartition::new("t", 0), TopicPartition::new("t", 1)]
+        );
         // A transactional write after the decision is refused.
         assert_eq!(
             commit(&mut s, "o3", 0, 1, batch(p.0, p.1, 3, 1), ChunkTxn::Data),

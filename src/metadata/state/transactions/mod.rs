@@ -24,8 +24,22 @@ use serde::{Deserialize, Serialize};
 
 mod apply;
 
-/// A topic and partition index.
-pub type TopicPartition = (String, i32);
+/// A topic and partition index. Encoded as the pair it once was (postcard writes a
+/// struct's fields in order, as it writes a tuple's).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
 
 /// (group, topic, partition) of an offset committed inside a transaction.
 pub type GroupPartition = (String, String, i32);
@@ -576,7 +590,7 @@ impl Transactions {
         }
         let offsets: BTreeMap<GroupPartition, PendingOffset> = offsets
             .into_iter()
-            .map(|((topic, partition), o)| ((group.to_owned(), topic, partition), o))
+            .map(|(tp, o)| ((group.to_owned(), tp.topic, tp.partition), o))
             .collect();
         let new = offsets
             .keys()
@@ -876,7 +890,17 @@ mod tests {
     const MIN: i64 = 60_000;
 
     fn tp(topic: &str, p: i32) -> TopicPartition {
-        (topic.to_owned(), p)
+        TopicPartition::new(topic, p)
+    }
+
+    /// Format 6 stored partitions as `(String, i32)` pairs: the struct reads them.
+    #[test]
+    fn a_topic_partition_encodes_as_the_pair_it_was() {
+        let pair = postcard::to_stdvec(&("orders".to_owned(), 7i32)).expect("encodes");
+        let tp = postcard::to_stdvec(&tp("orders", 7)).expect("encodes");
+        assert_eq!(pair, tp);
+        let back: TopicPartition = postcard::from_bytes(&pair).expect("decodes");
+        assert_eq!(back, self::tp("orders", 7));
     }
 
     fn ready(outcome: InitOutcome) -> Result<(i64, i16), String> {
