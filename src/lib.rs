@@ -2,26 +2,40 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: the TCP listener and the per-connection loop (ordered responses).
+//! Top-level modules form layers, each importing only those below it
+//! (`scripts/check_layers.py` checks it; `docs/architecture.md` draws it).
+//!
+//! - [`server`]: the TCP/TLS listeners, the per-connection loop (ordered responses),
+//!   SASL, connection limits, and the metrics HTTP listener with its scrape.
 //! - [`protocol`]: the Kafka front end: frame decoding, the supported-versions table,
-//!   one handler file per API family.
+//!   dispatch by API family, one handler file per family.
+//! - [`broker`]: the request context handlers work with (typed accessors), and the
+//!   broker's start, liveness and graceful stop.
+//! - [`txn`]: the transaction coordinator's background work (markers, timeouts).
+//! - [`background`]: compaction of the tail into segments, the log cleaner, retention,
+//!   garbage and orphan collection, the stats file.
 //! - [`produce`]: batch validation and the write buffer that flushes segment objects and
 //!   commits them through the metadata log.
 //! - [`fetch`]: index look-ups, cached or ranged object reads, offset patching.
-//! - [`storage`]: the object store (local directory, S3, memory), the segment object
-//!   formats (flush objects and compacted segments) and the block cache.
+//! - [`group`]: the consumer group coordinator (classic protocol, in memory).
 //! - [`metadata`]: the pure state machine ([`metadata::state`]: the command vocabulary,
 //!   then one file per part of the state: topics, the log index, group offsets,
 //!   producers, transactions, access, cluster, with the object table and partitions) and
 //!   its Raft glue ([`metadata::raft`]: the node, serving peers, membership, the network
-//!   and its authentication, the log and snapshot stores).
-//! - [`group`]: the consumer group coordinator (classic protocol, in memory).
-//! - [`config`] and [`cli`]: settings from flags, `STRATA_…` variables and TOML.
-//! - [`background`]: compaction of the tail into segments, garbage collection, the
-//!   orphan sweep, the stats file.
-//! - [`telemetry`]: the Prometheus `/metrics`, `/health` and `/ready` listener, and log
-//!   output (text or JSON).
-//! - [`broker`]: wires the parts together.
+//!   and its authentication, the log and snapshot stores), shipping to the bucket and
+//!   self-fencing.
+//! - [`storage`]: the object store (local directory, S3, memory), the segment object
+//!   formats (flush objects and compacted segments) and the block cache.
+//!
+//! The ground floor, which imports nothing above it:
+//! - [`config`] and [`cli`]: settings from flags, `STRATA_…` variables and TOML, one
+//!   section per component.
+//! - [`tls`] (certificates for the Kafka and Raft listeners), [`security`] (SASL, SCRAM,
+//!   OAuth, ACLs, the cluster secret), [`telemetry`] (metric names and recorders, log
+//!   output), [`topic_config`] (topic config names, defaults, validation, resolution).
+//! - [`record`] (Kafka's record batch format and codecs), [`clock`] (the one wall
+//!   clock), [`reload`] (files re-read when they change), [`failpoint`] (test-only
+//!   failure injection).
 
 pub mod background;
 pub mod broker;
