@@ -103,11 +103,19 @@ impl Broker {
             let id = broker.config.node.id;
             let heartbeat = Command::Cluster(ClusterCommand::Heartbeat { id, now_ms });
             let started = Instant::now();
-            match broker.metadata.renew_lease(heartbeat, started).await {
-                Ok(()) => warn.reset(),
-                Err(e) => {
+            // A heartbeat stuck for half a lease (its proposal waiting on a leader that
+            // froze) can no longer keep the lease: the next one goes out instead.
+            let renewal = broker.metadata.renew_lease(heartbeat, started);
+            let failed = match tokio::time::timeout(lease / 2, renewal).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("not committed within {:?}", lease / 2)),
+            };
+            match failed {
+                None => warn.reset(),
+                Some(error) => {
                     if let Some(held_back) = warn.hit(Instant::now()) {
-                        tracing::warn!(error = %e, held_back, "broker heartbeat failed");
+                        tracing::warn!(%error, held_back, "broker heartbeat failed");
                     }
                 }
             }

@@ -83,6 +83,8 @@ pub fn offset_for_leader_epoch(
     // log end offset, and a client validating its position after a leader move never
     // finds a truncation.
     let epoch = broker.read(|s| s.cluster().epoch());
+    // A fenced broker's copy may be stale: the client asks elsewhere.
+    let fenced = broker.fenced();
     let topics = req
         .topics
         .into_iter()
@@ -96,6 +98,13 @@ pub fn offset_for_leader_epoch(
                         return EpochEndOffset::default()
                             .with_partition(p.partition)
                             .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1);
+                    }
+                    if fenced {
+                        return EpochEndOffset::default()
+                            .with_partition(p.partition)
+                            .with_error_code(ResponseError::NotLeaderOrFollower.code())
                             .with_leader_epoch(-1)
                             .with_end_offset(-1);
                     }

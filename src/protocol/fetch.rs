@@ -83,8 +83,9 @@ fn answer(responses: Vec<FetchableTopicResponse>) -> FetchResponse {
 /// acknowledged it and this one has not applied it yet. Until `last` (the wait is over)
 /// such a partition answers nothing, and the fetch waits for applies like a long poll;
 /// only then is it OFFSET_OUT_OF_RANGE. A fenced broker, whose state may be stale and
-/// stay so, answers NOT_LEADER_OR_FOLLOWER instead of out of range or of an empty
-/// read, so the consumer refreshes its metadata and reads where the cluster is.
+/// stay so, serves nothing from it (no records, no high watermark, no log start): every
+/// partition answers NOT_LEADER_OR_FOLLOWER, so the consumer refreshes its metadata and
+/// reads where the cluster is.
 async fn read_once(
     broker: &Broker,
     req: &FetchRequest,
@@ -171,7 +172,7 @@ impl Pass {
     ) -> PartitionData {
         let data = PartitionData::default().with_partition_index(p.partition);
         // A consumer that names its rack is sent to a broker in it (KIP-392, v11+).
-        if self.version >= 11 {
+        if self.version >= 11 && !self.fenced {
             if let Some(replica) =
                 broker.read_replica_elsewhere(topic, p.partition, req.rack_id.as_str())
             {
@@ -184,7 +185,14 @@ impl Pass {
                     .with_records(Some(bytes::Bytes::new()));
             }
         }
-        match self.read(broker, topic, p).await {
+        // A fenced broker's copy may be stale (its high watermark, its end): nothing
+        // is served from it, and the consumer refreshes its metadata.
+        let read = if self.fenced {
+            Err(FetchError::NotLeaderOrFollower)
+        } else {
+            self.read(broker, topic, p).await
+        };
+        match read {
             Ok(read) => self.found(data, read),
             Err(e) => {
                 self.errors = true;
@@ -197,7 +205,11 @@ impl Pass {
                         ResponseError::KafkaStorageError
                     }
                 };
-                let (hw, lso, start) = offsets_or_unknown(broker, topic, p.partition);
+                let (hw, lso, start) = if self.fenced {
+                    (-1, -1, -1)
+                } else {
+                    offsets_or_unknown(broker, topic, p.partition)
+                };
                 let data = data
                     .with_error_code(code.code())
                     .with_high_watermark(hw)
@@ -235,15 +247,9 @@ impl Pass {
             )
             .await;
         match read {
-            // At its (possibly stale) end, a fenced broker sends the consumer away.
-            Ok(read) if self.fenced && p.fetch_offset >= read.high_watermark => {
-                Err(FetchError::NotLeaderOrFollower)
-            }
             Err(FetchError::OffsetOutOfRange) => match broker.offsets(topic, p.partition) {
                 Some(o) if p.fetch_offset > o.high_watermark => {
-                    if self.fenced {
-                        Err(FetchError::NotLeaderOrFollower)
-                    } else if self.last {
+                    if self.last {
                         Err(FetchError::OffsetOutOfRange)
                     } else {
                         // Perhaps not applied here yet: wait for it.

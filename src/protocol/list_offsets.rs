@@ -23,6 +23,8 @@ pub async fn handle(
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
+    // A fenced broker's copy may be stale: it sends the client to where the cluster is.
+    let fenced = broker.fenced();
     // v2+: read_committed's latest offset is the last stable offset.
     let read_committed = version >= 2 && req.isolation_level == 1;
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -36,6 +38,14 @@ pub async fn handle(
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(ResponseError::TopicAuthorizationFailed.code()),
+                );
+                continue;
+            }
+            if fenced {
+                partitions.push(
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(ResponseError::NotLeaderOrFollower.code()),
                 );
                 continue;
             }

@@ -25,6 +25,8 @@ pub fn describe(
         .iter()
         .map(|t| authz.topic(crate::security::acl::Operation::Read, t.name.as_str()))
         .collect();
+    // A fenced broker's copy may be stale: the client asks elsewhere.
+    let fenced = broker.fenced();
     let topics = broker.read(|s| {
         req.topics
             .iter()
@@ -38,6 +40,9 @@ pub fn describe(
                         if !readable {
                             return out
                                 .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                        }
+                        if fenced {
+                            return out.with_error_code(ResponseError::NotLeaderOrFollower.code());
                         }
                         let Some(p) = s.partition(topic.name.as_str(), index) else {
                             return out

@@ -211,6 +211,7 @@ impl MetadataRaft {
     ) -> Result<(Response, u64), RaftGlueError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
         let started = Instant::now();
+        let needs_shipping = cmd.needs_shipping();
         loop {
             // A leader cut off from its followers never learns it was deposed: bound the
             // wait so that the caller gets an error instead of hanging.
@@ -223,7 +224,9 @@ impl MetadataRaft {
             };
             let last_error = match result {
                 Ok(resp) => {
-                    self.wait_shipped(resp.log_id.index, deadline).await?;
+                    if needs_shipping {
+                        self.wait_shipped(resp.log_id.index, deadline).await?;
+                    }
                     metrics::histogram!(crate::telemetry::RAFT_COMMIT_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     return Ok((resp.data, resp.log_id.index));
@@ -237,18 +240,27 @@ impl MetadataRaft {
                     match f.leader_node.filter(|n| !n.addr.is_empty()) {
                         Some(leader) => {
                             let request = RaftRequest::Propose(cmd.clone());
-                            match network::call_once(
+                            let call = network::call_once(
                                 &leader.addr,
                                 &self.inner.auth,
                                 &request,
                                 PROPOSE_TIMEOUT,
-                            )
-                            .await
-                            {
-                                Ok(RaftReply::Propose(Ok(answer))) => return Ok(answer),
-                                Ok(RaftReply::Propose(Err(e))) => e,
-                                Ok(_) => "unexpected reply to a forwarded proposal".to_owned(),
-                                Err(e) => format!("forwarding to leader {:?}: {e}", f.leader_id),
+                            );
+                            // A leader that froze or was cut off holds the call open; once
+                            // another is elected, the proposal goes there at once. Sending
+                            // it twice is safe: a segment commits once (a retry hears its
+                            // first offsets), heartbeats only renew.
+                            tokio::select! {
+                                reply = call => match reply {
+                                    Ok(RaftReply::Propose(Ok(answer))) => return Ok(answer),
+                                    Ok(RaftReply::Propose(Err(e))) => e,
+                                    Ok(_) => "unexpected reply to a forwarded proposal".to_owned(),
+                                    Err(e) => format!("forwarding to leader {:?}: {e}", f.leader_id),
+                                },
+                                () = self.leader_moved(f.leader_id) => {
+                                    tracing::debug!(from = ?f.leader_id, "metadata leader changed: forwarding the proposal to the new one");
+                                    continue;
+                                }
                             }
                         }
                         None => "no metadata leader elected yet".to_owned(),
@@ -260,6 +272,19 @@ impl MetadataRaft {
                 return Err(RaftGlueError::Propose(last_error));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resolves once this node knows of a leader other than `from`.
+    async fn leader_moved(&self, from: Option<NodeId>) {
+        let mut metrics = self.inner.raft.metrics();
+        let stopped = metrics
+            .wait_for(|m| m.current_leader.is_some() && m.current_leader != from)
+            .await
+            .is_err();
+        if stopped {
+            // The Raft core stopped: nothing will move again.
+            std::future::pending::<()>().await;
         }
     }
 

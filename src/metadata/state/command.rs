@@ -340,6 +340,16 @@ pub enum Response {
 }
 
 impl Command {
+    /// Whether acknowledging this command must wait until it is in the bucket: anything
+    /// whose loss, with every disk, would take back what a client was told (records,
+    /// offsets, topics, transactions, ACLs). Liveness is not: a cluster rebuilt from the
+    /// bucket hears its brokers register again, and a slow bucket must not stop the
+    /// heartbeats that keep every broker from fencing itself. The log is shipped in
+    /// order, so what follows a liveness entry carries it to the bucket all the same.
+    pub fn needs_shipping(&self) -> bool {
+        !matches!(self, Command::Cluster(_))
+    }
+
     /// The time the command carries, which advances the state's clock.
     pub(super) fn time_ms(&self) -> Option<i64> {
         match self {

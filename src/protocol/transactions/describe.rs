@@ -34,6 +34,8 @@ pub fn describe(
     req: DescribeTransactionsRequest,
     _version: i16,
 ) -> DescribeTransactionsResponse {
+    // A fenced broker's copy may be stale: the client finds the coordinator again.
+    let fenced = broker.fenced();
     let states = req
         .transactional_ids
         .into_iter()
@@ -47,6 +49,9 @@ pub fn describe(
             if !authz.transactional_id(Operation::Describe, id.as_str()) {
                 return described
                     .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+            }
+            if fenced {
+                return described.with_error_code(ResponseError::NotCoordinator.code());
             }
             let meta = broker.read(|s| s.transactions().get(id.as_str()).cloned());
             let Some(meta) = meta else {
