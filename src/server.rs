@@ -58,6 +58,14 @@ const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 
 /// Refused connections are logged at most this often (a flood must not flood the log).
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// A frame's body that stops arriving for this long is given up (within the frame read
+/// timeout): its budget goes to senders that are sending.
+const FRAME_STALL: Duration = Duration::from_secs(5);
+/// After the grace period, a frame's body must average at least this rate. Far below any
+/// network a Kafka client runs on (a 1 MB produce over a 1 Mbit/s link still passes);
+/// what it catches is a sender that trickles to hold budget.
+const MIN_FRAME_BYTES_PER_SEC: u64 = 64 * 1024;
+const FRAME_RATE_GRACE: Duration = Duration::from_secs(5);
 
 /// What every connection shares: the request budget and the rules for frames.
 struct Shared {
@@ -88,6 +96,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         budget: RequestBudget::new(
             listener_limits.max_inflight_request_bytes,
+            listener_limits.max_request_bytes,
             broker.counters().connections.clone(),
         ),
         limits: listener_limits,
@@ -169,6 +178,12 @@ enum ConnectionError {
         size: usize,
         received: usize,
         timeout: Duration,
+    },
+    #[error("frame of {size} bytes arriving too slowly: {received} received in {elapsed:?}")]
+    FrameTooSlow {
+        size: usize,
+        received: usize,
+        elapsed: Duration,
     },
     #[error("idle for {0:?}")]
     Idle(Duration),
@@ -299,6 +314,7 @@ where
     let idle = shared.limits.connections_max_idle;
     let activity = Arc::new(Activity::new());
     let written = activity.clone();
+    let share = shared.budget.connection_share();
 
     let read_loop = async move {
         loop {
@@ -311,7 +327,7 @@ where
                 .ok_or(ConnectionError::FrameSize(i64::from(size)))?;
             // Charged before a byte of the body is read or allocated; waiting here
             // leaves the body in the socket, so the client is held back by TCP.
-            let charge = match shared.budget.try_charge(size) {
+            let charge = match shared.budget.try_charge(&share, size) {
                 Some(charge) => charge,
                 None => {
                     debug!(
@@ -321,7 +337,7 @@ where
                     );
                     shared
                         .budget
-                        .charge(size)
+                        .charge(&share, size)
                         .await
                         .map_err(|_| ConnectionError::Budget)?
                 }
@@ -509,23 +525,46 @@ async fn read_frame(
     timeout: Duration,
 ) -> Result<Bytes, ConnectionError> {
     let mut frame = BytesMut::with_capacity(size);
-    let reading = async {
-        while frame.len() < size {
-            let rest = (size - frame.len()) as u64;
-            if (&mut *reader).take(rest).read_buf(&mut frame).await? == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(timeout, reading).await {
-        Ok(read) => read?,
-        Err(_) => {
-            return Err(ConnectionError::FrameTimeout {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    while frame.len() < size {
+        // The body must keep coming: a sender that stalls, or trickles far below any
+        // network's pace, holds budget others are waiting for.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        if elapsed > FRAME_RATE_GRACE
+            && (frame.len() as u64) < MIN_FRAME_BYTES_PER_SEC * elapsed.as_secs().max(1)
+        {
+            return Err(ConnectionError::FrameTooSlow {
                 size,
                 received: frame.len(),
-                timeout,
-            })
+                elapsed,
+            });
+        }
+        let wait = FRAME_STALL.min(deadline.saturating_duration_since(now));
+        let rest = (size - frame.len()) as u64;
+        let mut body = (&mut *reader).take(rest);
+        let read = tokio::time::timeout(wait, body.read_buf(&mut frame)).await;
+        match read {
+            Ok(Ok(0)) => {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) if Instant::now() >= deadline => {
+                return Err(ConnectionError::FrameTimeout {
+                    size,
+                    received: frame.len(),
+                    timeout,
+                })
+            }
+            Err(_) => {
+                return Err(ConnectionError::FrameTooSlow {
+                    size,
+                    received: frame.len(),
+                    elapsed: Instant::now().saturating_duration_since(started),
+                })
+            }
         }
     }
     Ok(frame.freeze())

@@ -1,6 +1,7 @@
 //! What bounds the front end: connections open (in all and per client IP address, as
 //! Kafka's `max.connections` and `max.connections.per.ip`) and the bytes of requests
-//! being read or handled over all connections (`max_inflight_request_bytes`).
+//! being read or handled over all connections (`max_inflight_request_bytes`), shared so
+//! that no client's large frames hold back everyone's small ones.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -103,77 +104,149 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Frames up to this size are small: ApiVersions, Metadata, heartbeats, offset commits,
+/// fetch requests and most produce requests (a producer's default `max.request.size` is
+/// 1 MB). Only they may draw on the reserve, so they get through while large ones wait.
+pub const SMALL_FRAME: usize = 1 << 20;
+
 /// The budget of request bytes being read or handled, over all connections, counted in
-/// KiB so that a large budget fits a semaphore's u32 permit count. The semaphore is
-/// fair (first come, first served), so a large frame is not starved by small ones.
+/// KiB so that a large budget fits a semaphore's u32 permit count.
+///
+/// Three rules keep one client's large frames from starving everyone else:
+/// - A shared pool, first come first served, so a large frame is not starved by small
+///   ones.
+/// - A reserve (an eighth of the budget) only small frames may use: when large frames
+///   hold the shared pool, a Metadata request, a heartbeat or a small produce still gets
+///   through.
+/// - A connection holds at most a quarter of the budget (or one largest frame) at once;
+///   past that it reads nothing more until its own requests are answered.
 #[derive(Debug)]
 pub struct RequestBudget {
-    permits: Arc<Semaphore>,
-    capacity_kib: u32,
+    shared: Pool,
+    reserve: Pool,
+    per_connection_kib: u32,
     gauges: Arc<ConnectionGauges>,
 }
+
+#[derive(Debug)]
+struct Pool {
+    permits: Arc<Semaphore>,
+    capacity_kib: u32,
+}
+
+impl Pool {
+    fn new(kib: u32) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(kib as usize)),
+            capacity_kib: kib,
+        }
+    }
+
+    /// Never more than the whole pool, so that any frame is admitted once everything
+    /// else is given back (config already keeps frames within the budget).
+    fn cost(&self, bytes: usize) -> u32 {
+        kib(bytes).clamp(1, self.capacity_kib)
+    }
+
+    fn try_take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .try_acquire_many_owned(self.cost(bytes))
+            .ok()
+    }
+
+    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, AcquireError> {
+        self.permits
+            .clone()
+            .acquire_many_owned(self.cost(bytes))
+            .await
+    }
+}
+
+/// One connection's part of the budget: what its frames in flight may hold at once.
+#[derive(Debug)]
+pub struct ConnectionShare(Pool);
 
 /// Bytes of one request charged to the budget, given back when dropped.
 #[derive(Debug)]
 pub struct Charge {
-    _permit: OwnedSemaphorePermit,
+    _own: OwnedSemaphorePermit,
+    _pool: OwnedSemaphorePermit,
     bytes: u64,
     gauges: Arc<ConnectionGauges>,
 }
 
 impl RequestBudget {
-    pub fn new(bytes: usize, gauges: Arc<ConnectionGauges>) -> Self {
-        let capacity_kib = kib(bytes).max(1);
+    /// A budget of `bytes`, of which frames are at most `max_frame`.
+    pub fn new(bytes: usize, max_frame: usize, gauges: Arc<ConnectionGauges>) -> Self {
+        let capacity_kib = kib(bytes).max(2);
+        let reserve_kib = (capacity_kib / 8).max(1);
+        let shared_kib = capacity_kib - reserve_kib;
         Self {
-            permits: Arc::new(Semaphore::new(capacity_kib as usize)),
-            capacity_kib,
+            shared: Pool::new(shared_kib),
+            reserve: Pool::new(reserve_kib),
+            per_connection_kib: (capacity_kib / 4).max(kib(max_frame)).max(1),
             gauges,
         }
     }
 
-    /// The KiB a frame of `bytes` holds. Never more than the whole budget, so that any
-    /// frame is admitted once everything else is given back (config already keeps
-    /// frames within it).
-    fn cost(&self, bytes: usize) -> u32 {
-        kib(bytes).clamp(1, self.capacity_kib)
+    /// The share a new connection's frames draw on before the pools.
+    pub fn connection_share(&self) -> ConnectionShare {
+        ConnectionShare(Pool::new(self.per_connection_kib))
     }
 
     /// Charges `bytes` if the budget has room now and nobody is waiting before us.
-    pub fn try_charge(&self, bytes: usize) -> Option<Charge> {
-        let permit = self
-            .permits
-            .clone()
-            .try_acquire_many_owned(self.cost(bytes))
-            .ok()?;
-        Some(self.charged(permit, bytes))
+    pub fn try_charge(&self, share: &ConnectionShare, bytes: usize) -> Option<Charge> {
+        let own = share.0.try_take(bytes)?;
+        let pool = self.shared.try_take(bytes).or_else(|| {
+            (bytes <= SMALL_FRAME)
+                .then(|| self.reserve.try_take(bytes))
+                .flatten()
+        })?;
+        Some(self.charged(own, pool, bytes))
     }
 
-    /// Waits until `bytes` fit. Fails only if the semaphore was closed, which never
-    /// happens while the budget exists.
-    pub async fn charge(&self, bytes: usize) -> Result<Charge, AcquireError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_many_owned(self.cost(bytes))
-            .await?;
-        Ok(self.charged(permit, bytes))
+    /// Waits until `bytes` fit: this connection's share, then the shared pool (or, for
+    /// a small frame, the reserve, whichever frees first). Fails only if a semaphore
+    /// was closed, which never happens while the budget exists.
+    pub async fn charge(
+        &self,
+        share: &ConnectionShare,
+        bytes: usize,
+    ) -> Result<Charge, AcquireError> {
+        let own = share.0.take(bytes).await?;
+        let pool = if bytes <= SMALL_FRAME {
+            tokio::select! {
+                shared = self.shared.take(bytes) => shared?,
+                reserve = self.reserve.take(bytes) => reserve?,
+            }
+        } else {
+            self.shared.take(bytes).await?
+        };
+        Ok(self.charged(own, pool, bytes))
     }
 
-    fn charged(&self, permit: OwnedSemaphorePermit, bytes: usize) -> Charge {
+    fn charged(
+        &self,
+        own: OwnedSemaphorePermit,
+        pool: OwnedSemaphorePermit,
+        bytes: usize,
+    ) -> Charge {
         let bytes = bytes as u64;
         self.gauges
             .inflight_request_bytes
             .fetch_add(bytes, Ordering::Relaxed);
         Charge {
-            _permit: permit,
+            _own: own,
+            _pool: pool,
             bytes,
             gauges: self.gauges.clone(),
         }
     }
 
-    /// KiB not charged now.
+    /// KiB not charged now (the shared pool and the reserve).
     pub fn available_kib(&self) -> usize {
-        self.permits.available_permits()
+        self.shared.permits.available_permits() + self.reserve.permits.available_permits()
     }
 }
 
@@ -288,38 +361,67 @@ mod tests {
     #[tokio::test]
     async fn budget_waits_then_admits_in_order() -> TestResult {
         let gauges = Arc::new(ConnectionGauges::default());
-        let budget = Arc::new(RequestBudget::new(10 * 1024, gauges.clone()));
-        let big = budget.try_charge(8 * 1024).ok_or("no budget")?;
+        // 16 KiB: 14 shared, 2 reserved for small frames; a connection holds at most 4.
+        let budget = Arc::new(RequestBudget::new(16 * 1024, 4 * 1024, gauges.clone()));
+        let shares: Vec<_> = (0..6).map(|_| budget.connection_share()).collect();
+        let held: Vec<_> = (0..3)
+            .map(|i| budget.try_charge(&shares[i], 4 * 1024).ok_or("no budget"))
+            .collect::<Result<_, _>>()?;
         assert_eq!(
             gauges.inflight_request_bytes.load(Ordering::Relaxed),
-            8 * 1024
+            12 * 1024
         );
-        // 3 KiB do not fit beside 8; a 1-byte frame still costs a whole KiB.
-        assert!(budget.try_charge(3 * 1024).is_none());
-        let small = budget.try_charge(1).ok_or("no budget")?;
-        assert_eq!(budget.available_kib(), 1);
+        // 3 KiB do not fit beside 12 in the shared pool; small frames may use the reserve.
+        let small = budget.try_charge(&shares[3], 1).ok_or("no budget")?;
+        assert_eq!(budget.available_kib(), 3);
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.charge(3 * 1024).await.map(|c| c.bytes) }
+            async move {
+                let share = budget.connection_share();
+                budget.charge(&share, 3 * 1024).await.map(|c| c.bytes)
+            }
         });
         tokio::task::yield_now().await;
-        // First come, first served: a later small request queues behind the waiter.
-        assert!(budget.try_charge(1).is_none());
-        drop(big);
+        drop(held);
         assert_eq!(waiting.await??, 3 * 1024);
         drop(small);
-        assert_eq!(budget.available_kib(), 10);
+        assert_eq!(budget.available_kib(), 16);
         assert_eq!(gauges.inflight_request_bytes.load(Ordering::Relaxed), 0);
         Ok(())
     }
 
+    #[tokio::test]
+    async fn small_frames_pass_large_ones_that_wait() -> TestResult {
+        let budget = Arc::new(RequestBudget::new(64 << 20, 60 << 20, Arc::default()));
+        let big = budget.connection_share();
+        // One large frame holds the shared pool; the next waits for it.
+        let first = budget.try_charge(&big, 55 << 20).ok_or("no budget")?;
+        let other = budget.connection_share();
+        assert!(budget.try_charge(&other, 55 << 20).is_none());
+        // A small frame of a third connection still gets in, from the reserve.
+        let third = budget.connection_share();
+        let small = tokio::time::timeout(Duration::from_secs(1), budget.charge(&third, 10_000))
+            .await
+            .map_err(|_| "a small frame waited behind a large one")??;
+        drop((first, small));
+        Ok(())
+    }
+
     #[test]
-    fn budget_admits_a_frame_larger_than_itself_alone() -> TestResult {
-        let budget = RequestBudget::new(4096, Arc::default());
-        let whole = budget.try_charge(1 << 20).ok_or("no budget")?;
-        assert!(budget.try_charge(1).is_none());
-        drop(whole);
-        assert!(budget.try_charge(1).is_some());
+    fn a_connection_holds_at_most_its_share() -> TestResult {
+        let budget = RequestBudget::new(16 * 1024, 1024, Arc::default());
+        let share = budget.connection_share();
+        let held: Vec<_> = (0..4)
+            .map(|_| budget.try_charge(&share, 1024).ok_or("no budget"))
+            .collect::<Result<_, _>>()?;
+        // A quarter of the budget: the fifth frame of this connection waits for its own.
+        assert!(budget.try_charge(&share, 1024).is_none());
+        // Another connection is not held back by it.
+        assert!(budget
+            .try_charge(&budget.connection_share(), 1024)
+            .is_some());
+        drop(held);
+        assert!(budget.try_charge(&share, 1024).is_some());
         Ok(())
     }
 
