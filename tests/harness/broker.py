@@ -66,9 +66,10 @@ class Broker(StrataProcess):
             if self.bucket is None:
                 self.bucket = self.s3.new_bucket()
         self.objects_dir = self.base_dir / "objects"
-        self.objects_dir.mkdir(parents=True, exist_ok=True)
-        if self.store_dir is not None:
+        if self.store_dir is not None:  # the local store, or a file:// store_url
             self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.store != "url":
+            self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
 
     # ------------------------------------------------------------------ info
