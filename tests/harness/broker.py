@@ -155,10 +155,10 @@ class Broker(StrataProcess):
     def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int | None:
         """Send `sig` and wait for exit (escalating to SIGKILL after `timeout`), then for
         the port to be free. Returns the exit code."""
-        if self.proc is None:
-            return None
+        had_process = self.proc is not None
         rc = super().stop(sig, timeout)
-        self._wait_port_free()
+        if had_process:
+            self._wait_port_free()
         return rc
 
     def restart(self, sig: int = signal.SIGTERM) -> "Broker":
