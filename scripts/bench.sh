@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE benchmark command for Strata (issue 5). Prepares what it needs, then runs
-# scripts/bench.py, which starts its own release broker on a free port and prints
-# one `name: value unit` line per figure.
+# the scripts/bench package (`python -m bench`, its broker launched by tests/harness),
+# which starts its own release broker on a free port and prints one `name: value unit`
+# line per figure.
 #
 #   scripts/bench.sh --quick          # ~1 minute smoke run
 #   scripts/bench.sh                  # default run (2 GiB produce, 20 s latency phase)
@@ -34,4 +35,6 @@ if [ -z "${STRATA_BIN:-}" ]; then
     cargo build --release
 fi
 
-exec .venv/bin/python scripts/bench.py --broker-bin "$(realpath "$bin")" "$@"
+# scripts/ holds the bench package, tests/ the harness package it shares with the tests.
+PYTHONPATH="$(pwd)/scripts:$(pwd)/tests${PYTHONPATH:+:$PYTHONPATH}" \
+    exec .venv/bin/python -m bench --broker-bin "$(realpath "$bin")" "$@"

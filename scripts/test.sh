@@ -12,7 +12,7 @@
 #   PYTEST_ARGS=...  extra args for pytest (e.g. "-k kcat -x")
 #   STRATA_TEST_STORES="local s3"  the object stores to run the integration suite
 #                    against, one pytest run each (s3 = moto's server, started by the
-#                    harness; see tests/integration/conftest.py)
+#                    harness; see tests/harness/s3.py)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
