@@ -6,6 +6,8 @@
 * `harness.broker`: `Broker`, a single broker (local, moto-S3 or caller-given store);
 * `harness.cluster`: `Node` and `Cluster`, Raft clusters of brokers;
 * `harness.s3`: moto's S3 server; `harness.proxy`: `TcpProxy`, a relay that can be cut;
+* `harness.s3proxy`: `S3Proxy`, an HTTP proxy in front of moto that adds S3-like latency,
+  injects 503 SlowDown brownouts and counts requests by the kind S3 bills;
 * `harness.fixtures`: the pytest fixtures (`broker`, `make_cluster`, ...) and `supervise`.
 
 Everything but `harness.fixtures` needs only the standard library at import time (the
