@@ -2,6 +2,9 @@
 //! `STRATA_FAILPOINT=<name>` (an upload whose commit never comes, a crash between a
 //! compaction's upload and its swap, a Raft disk that refuses writes).
 //!
+//! A second kind is a switch file a test creates and removes while the broker runs (the
+//! Raft port's `ISOLATE`: the node stops talking to its peers).
+//!
 //! They exist only in builds with the `failpoints` feature, which the test command
 //! enables and release builds leave off: a production binary neither reads the variable
 //! nor carries the code paths.
@@ -20,5 +23,19 @@ pub fn on(name: &str) -> bool {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn on(_name: &str) -> bool {
+    false
+}
+
+/// Whether the switch file `path` exists now (checked on every call, so a test can flip
+/// it while the broker runs).
+#[cfg(feature = "failpoints")]
+pub fn switch_on(path: &std::path::Path) -> bool {
+    path.exists()
+}
+
+/// Whether the switch file `path` exists: never asked, without the `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn switch_on(_path: &std::path::Path) -> bool {
     false
 }
