@@ -226,12 +226,17 @@ def test_half_sent_frame_is_closed_and_its_budget_released(timeout_broker):
     records = 8 * MiB
     while True:
         waiting = kwire.connect(b.bootstrap, timeout=10)
-        waiting.sendall(produce_frame_head("budget-wait", records, 55) + bytes(records))
+        # Sent from a thread: a frame that waits for budget is not read, so its sender
+        # blocks once the socket buffers are full.
+        frame = produce_frame_head("budget-wait", records, 55) + bytes(records)
+        sender = threading.Thread(target=waiting.sendall, args=(frame,), daemon=True)
+        sender.start()
         waiting.settimeout(1.0)
         try:
-            waiting.recv(1)
+            waiting.recv(1, socket.MSG_PEEK)
         except socket.timeout:
             break
+        sender.join()
         waiting.close()
         assert time.monotonic() - started < 1.5, "the stalled frame never held the budget"
         time.sleep(0.05)
@@ -245,6 +250,7 @@ def test_half_sent_frame_is_closed_and_its_budget_released(timeout_broker):
     assert is_closed_soon(stalled, timeout=8), "stalled frame still open 8 s later"
     closed_after = time.monotonic() - started
     assert 1.5 < closed_after < 6.0, closed_after
+    sender.join(timeout=10)
     waiting.settimeout(10)
     cid, body = kwire.read_response(waiting)
     assert cid == 55 and kwire.parse_produce_v3(body)[0]["error_code"] != 0
