@@ -11,6 +11,7 @@
 #                                     # block a minute (index entries, state/snapshot bytes, RSS, objects,
 #                                     # compaction MB/s, PUTs/GETs per GB), growth since minute 10, catch-up read
 #   scripts/bench.sh --soak --soak-minutes 2 --soak-partitions 50 --soak-report-seconds 20   # soak smoke run
+#   scripts/bench.sh --s3-trickle     # 300 partitions x 1 request/s on moto behind a +30 ms PUT proxy: PUTs/s, cost, latency
 #
 # Setup (idempotent): reuses .venv if it has confluent-kafka, else creates it and
 # installs the pin from tests/integration/requirements.txt; builds
@@ -27,6 +28,16 @@ if ! .venv/bin/python -c 'import confluent_kafka' >/dev/null 2>&1; then
     [ -x .venv/bin/python ] || "$py" -m venv .venv
     .venv/bin/python -m pip install --disable-pip-version-check -q "$(grep -E '^confluent-kafka==' "$req")"
 fi
+# --s3-trickle runs moto's S3 server behind the aiohttp latency proxy.
+case " $* " in
+    *" --s3-trickle "*)
+        if ! .venv/bin/python -c 'import moto, aiohttp' >/dev/null 2>&1; then
+            echo "==> installing moto[server] and aiohttp into .venv" >&2
+            .venv/bin/python -m pip install --disable-pip-version-check -q \
+                "$(grep -E '^moto\[server\]==' "$req")" "$(grep -E '^aiohttp==' "$req")"
+        fi
+        ;;
+esac
 
 bin="${STRATA_BIN:-target/release/strata}"
 if [ -z "${STRATA_BIN:-}" ]; then

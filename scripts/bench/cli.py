@@ -24,6 +24,7 @@ from bench.machine import disk_figures, loadavg, loopback_bandwidth, machine_inf
 from bench.phases import Bench, catchup_phase, latency_phase, produce_phase, tail_phase
 from bench.report import clean_up, fig, fresh_dir, log_figures, note, parse_size, problem_notes
 from bench.soak import run_soak
+from bench.trickle import run_trickle
 from bench.topics import SOAK_ABORT_EVERY, SOAK_COMPACT_CONFIG, SOAK_KEYS, create_acls, create_topic
 from bench.txn import run_txn_phase
 
@@ -86,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     il.add_argument("--idle-rate", type=float, default=300.0, help="records per second [300]")
     il.add_argument("--idle-seconds", type=float, default=10.0, help="measured seconds per producer [10]")
     il.add_argument("--idle-record-size", type=int, default=100, help="bytes per record [100]")
+    tr = ap.add_argument_group("s3 trickle", "--s3-trickle: many partitions, one record per partition per second, "
+                               "on moto's S3 server behind a proxy that adds S3-like latency and counts requests; "
+                               "plain then idempotent producers (uses --record-size, --broker-arg(s))")
+    tr.add_argument("--s3-trickle", action="store_true", help="run the S3 trickle instead of the benchmark")
+    tr.add_argument("--trickle-partitions", type=int, default=300, help="partitions [300]")
+    tr.add_argument("--trickle-rate", type=float, default=1.0, help="records (requests) per partition per second [1]")
+    tr.add_argument("--trickle-producers", type=int, default=2, help="producer processes [2]")
+    tr.add_argument("--trickle-seconds", type=float, default=60.0, help="measured seconds per mode [60]")
+    tr.add_argument("--trickle-warmup", type=float, default=15.0, help="warm-up seconds per mode [15]")
+    tr.add_argument("--trickle-modes", default="plain,idempotent", help="producer modes, in order [plain,idempotent]")
+    tr.add_argument("--put-delay-ms", type=float, default=30.0, help="latency the proxy adds to each PUT [30]")
+    tr.add_argument("--get-delay-ms", type=float, default=15.0, help="latency the proxy adds to each GET [15]")
     return ap
 
 
@@ -96,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_idle_latency(a)
     if a.soak:
         return run_soak(a, mp.get_context("spawn"))
+    if a.s3_trickle:
+        fresh_dir(a.dir)
+        return run_trickle(a, mp.get_context("spawn"))
     if a.txn_records < 1:
         ap.error("--txn-records must be at least 1")
     return run_benchmark(a)
