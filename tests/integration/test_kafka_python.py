@@ -5,7 +5,6 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-
 from cluster import broker_of
 
 TOPIC = "kp-events"
