@@ -13,7 +13,10 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
-use crate::{client_config, cpu_seconds, emit, parse_size, ready_and_wait, round3, versions, Common, Ctx, Failure, Result};
+use crate::{
+    client_config, cpu_seconds, emit, parse_size, ready_and_wait, round3, versions, Common, Ctx,
+    Failure, Result,
+};
 
 #[derive(Args, Clone)]
 pub struct ConsumeArgs {
@@ -69,9 +72,15 @@ fn consumer(common: &Common, a: &ConsumeArgs, name: String) -> Result<Cons> {
         ("enable.auto.offset.store", "false".into()),
         ("auto.offset.reset", "earliest".into()),
         ("fetch.max.bytes", a.fetch_max_bytes.to_string()),
-        ("max.partition.fetch.bytes", a.partition_fetch_bytes.to_string()),
+        (
+            "max.partition.fetch.bytes",
+            a.partition_fetch_bytes.to_string(),
+        ),
         ("fetch.wait.max.ms", a.fetch_wait_ms.to_string()),
-        ("queued.max.messages.kbytes", a.queued_max_kbytes.to_string()),
+        (
+            "queued.max.messages.kbytes",
+            a.queued_max_kbytes.to_string(),
+        ),
         ("enable.partition.eof", "true".into()),
     ];
     client_config(common, &defaults)
@@ -84,10 +93,21 @@ fn plan(c: &Cons, common: &Common, a: &ConsumeArgs) -> Result<BTreeMap<i32, Rang
     let timeout = Duration::from_secs(20);
     let md = c
         .fetch_metadata(Some(&common.topic), timeout)
-        .map_err(|e| Failure::run(format!("metadata of topic {} from {}: {e}", common.topic, common.bootstrap)))?;
-    let nparts = md.topics().first().map_or(0, |t| t.partitions().len() as i32);
+        .map_err(|e| {
+            Failure::run(format!(
+                "metadata of topic {} from {}: {e}",
+                common.topic, common.bootstrap
+            ))
+        })?;
+    let nparts = md
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
     if nparts == 0 {
-        return Err(Failure::run(format!("topic {} has no partitions", common.topic)));
+        return Err(Failure::run(format!(
+            "topic {} has no partitions",
+            common.topic
+        )));
     }
     let wm = |p: i32| {
         c.fetch_watermarks(&common.topic, p, timeout)
@@ -96,22 +116,35 @@ fn plan(c: &Cons, common: &Common, a: &ConsumeArgs) -> Result<BTreeMap<i32, Rang
     let mut out = BTreeMap::new();
     if let Some(spec) = &a.offsets {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let bad = || Failure::config(format!("--offsets: expected P=START[:END], got {item:?}"));
+            let bad =
+                || Failure::config(format!("--offsets: expected P=START[:END], got {item:?}"));
             let (p, range) = item.split_once('=').ok_or_else(bad)?;
             let p: i32 = p.trim().parse().map_err(|_| bad())?;
             if p < 0 || p >= nparts {
-                return Err(Failure::config(format!("--offsets: topic {} has no partition {p}", common.topic)));
+                return Err(Failure::config(format!(
+                    "--offsets: topic {} has no partition {p}",
+                    common.topic
+                )));
             }
             let (s, e) = match range.split_once(':') {
                 Some((s, e)) => (s, Some(e)),
                 None => (range, None),
             };
             let start: i64 = s.trim().parse().map_err(|_| bad())?;
-            let mut end = e.map(|e| e.trim().parse::<i64>()).transpose().map_err(|_| bad())?;
+            let mut end = e
+                .map(|e| e.trim().parse::<i64>())
+                .transpose()
+                .map_err(|_| bad())?;
             if end.is_none() && a.to_end {
                 end = Some(wm(p)?.1);
             }
-            out.insert(p, Range { start: Offset::Offset(start), end });
+            out.insert(
+                p,
+                Range {
+                    start: Offset::Offset(start),
+                    end,
+                },
+            );
         }
         return Ok(out);
     }
@@ -121,17 +154,29 @@ fn plan(c: &Cons, common: &Common, a: &ConsumeArgs) -> Result<BTreeMap<i32, Rang
         t => Some(
             t.strip_prefix("tail:")
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| Failure::config(format!("--from: earliest, latest or tail:N, not {t:?}")))?,
+                .ok_or_else(|| {
+                    Failure::config(format!("--from: earliest, latest or tail:N, not {t:?}"))
+                })?,
         ),
     };
     for p in 0..nparts {
-        let (lo, hi) = if a.to_end || tail.is_some() { wm(p)? } else { (0, 0) };
+        let (lo, hi) = if a.to_end || tail.is_some() {
+            wm(p)?
+        } else {
+            (0, 0)
+        };
         let start = match tail {
             None if a.to_end => Offset::Offset(lo),
             None => Offset::Beginning,
             Some(n) => Offset::Offset((hi - n).max(lo)),
         };
-        out.insert(p, Range { start, end: a.to_end.then_some(hi) });
+        out.insert(
+            p,
+            Range {
+                start,
+                end: a.to_end.then_some(hi),
+            },
+        );
     }
     Ok(out)
 }
@@ -158,10 +203,14 @@ pub fn run(common: &Common, a: &ConsumeArgs) -> Result<()> {
     }
     let ranges = plan(&consumers[0], common, a)?;
     // Partitions already at their end are not read at all.
-    let todo: Vec<(i32, Range)> =
-        ranges.iter().filter(|(_, r)| !matches!((r.start, r.end), (Offset::Offset(s), Some(e)) if s >= e)).map(|(p, r)| (*p, *r)).collect();
-    let groups: Vec<Vec<(i32, Range)>> =
-        (0..a.consumers).map(|i| todo.iter().skip(i).step_by(a.consumers).copied().collect()).collect();
+    let todo: Vec<(i32, Range)> = ranges
+        .iter()
+        .filter(|(_, r)| !matches!((r.start, r.end), (Offset::Offset(s), Some(e)) if s >= e))
+        .map(|(p, r)| (*p, *r))
+        .collect();
+    let groups: Vec<Vec<(i32, Range)>> = (0..a.consumers)
+        .map(|i| todo.iter().skip(i).step_by(a.consumers).copied().collect())
+        .collect();
     // Each instance connects (metadata) before the clock starts.
     for c in &consumers[1..] {
         c.fetch_metadata(Some(&common.topic), Duration::from_secs(20))
@@ -182,7 +231,9 @@ pub fn run(common: &Common, a: &ConsumeArgs) -> Result<()> {
                 s.spawn(move || read_loop(c, &common.topic, g, a, go, total, stop))
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("consumer thread panicked")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("consumer thread panicked"))
+            .collect()
     });
     let cpu = cpu_seconds() - cpu0;
     let results: Vec<ThreadResult> = results.into_iter().collect::<Result<_>>()?;
@@ -193,7 +244,12 @@ pub fn run(common: &Common, a: &ConsumeArgs) -> Result<()> {
     let records: u64 = results.iter().map(|r| r.records).sum();
     let errors: u64 = results.iter().map(|r| r.errors).sum();
     let unfinished: usize = results.iter().map(|r| r.unfinished).sum();
-    let last_error = results.iter().rev().map(|r| r.last_error.clone()).find(|e| !e.is_empty()).unwrap_or_default();
+    let last_error = results
+        .iter()
+        .rev()
+        .map(|r| r.last_error.clone())
+        .find(|e| !e.is_empty())
+        .unwrap_or_default();
     let secs = match (first, last) {
         (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
         _ => 0.0,
@@ -222,15 +278,25 @@ pub fn run(common: &Common, a: &ConsumeArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_loop(c: &Cons, topic: &str, parts: &[(i32, Range)], a: &ConsumeArgs, go: Instant, total: &AtomicU64,
-             stop: &AtomicBool) -> Result<ThreadResult> {
+fn read_loop(
+    c: &Cons,
+    topic: &str,
+    parts: &[(i32, Range)],
+    a: &ConsumeArgs,
+    go: Instant,
+    total: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<ThreadResult> {
     let mut tpl = TopicPartitionList::new();
     for (p, r) in parts {
         tpl.add_partition_offset(topic, *p, r.start)?;
     }
     c.assign(&tpl)?;
     // Partitions still to finish, with their end (exclusive); none when reading unbounded.
-    let mut ends: HashMap<i32, i64> = parts.iter().filter_map(|(p, r)| r.end.map(|e| (*p, e))).collect();
+    let mut ends: HashMap<i32, i64> = parts
+        .iter()
+        .filter_map(|(p, r)| r.end.map(|e| (*p, e)))
+        .collect();
     let bounds = ends.clone();
     let bounded = !ends.is_empty();
     // A partition read to its end stops fetching (what was prefetched past it is skipped).
@@ -252,7 +318,10 @@ fn read_loop(c: &Cons, topic: &str, parts: &[(i32, Range)], a: &ConsumeArgs, go:
         }
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                if bounds.get(&m.partition()).is_some_and(|&end| m.offset() >= end) {
+                if bounds
+                    .get(&m.partition())
+                    .is_some_and(|&end| m.offset() >= end)
+                {
                     continue;
                 }
                 let now = Instant::now();
@@ -265,7 +334,10 @@ fn read_loop(c: &Cons, topic: &str, parts: &[(i32, Range)], a: &ConsumeArgs, go:
                 last_progress = now;
                 r.bytes += len;
                 r.records += 1;
-                if ends.get(&m.partition()).is_some_and(|&end| m.offset() >= end - 1) {
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|&end| m.offset() >= end - 1)
+                {
                     finish(m.partition(), &mut ends);
                 }
                 n += 1;
@@ -274,7 +346,9 @@ fn read_loop(c: &Cons, topic: &str, parts: &[(i32, Range)], a: &ConsumeArgs, go:
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
-                if stop.load(Ordering::Relaxed) || (n & 255 == 0 && duration.is_some_and(|d| go.elapsed() >= d)) {
+                if stop.load(Ordering::Relaxed)
+                    || (n & 255 == 0 && duration.is_some_and(|d| go.elapsed() >= d))
+                {
                     break;
                 }
             }

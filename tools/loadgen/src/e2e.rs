@@ -14,8 +14,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
 use crate::produce::{self, ProduceArgs};
-use crate::{client_config, cpu_seconds, emit, latency_json, ready_and_wait, round3, us_between, versions, Common, Ctx,
-            Failure, Result};
+use crate::{
+    client_config, cpu_seconds, emit, latency_json, ready_and_wait, round3, us_between, versions,
+    Common, Ctx, Failure, Result,
+};
 
 #[derive(Args, Clone)]
 pub struct E2eArgs {
@@ -48,7 +50,9 @@ pub struct E2eArgs {
 
 pub fn run(common: &Common, a: &E2eArgs) -> Result<()> {
     if a.record_size < 9 || a.rate <= 0.0 {
-        return Err(Failure::config("e2e: --record-size must be at least 9 and --rate above 0"));
+        return Err(Failure::config(
+            "e2e: --record-size must be at least 9 and --rate above 0",
+        ));
     }
     let pa = ProduceArgs {
         records: None,
@@ -67,13 +71,19 @@ pub fn run(common: &Common, a: &E2eArgs) -> Result<()> {
     };
     let start = Instant::now();
     let (p, nparts) = produce::connect(common, &pa, "e2e-producer".into(), start)?;
-    let c: BaseConsumer<Ctx> = client_config(common, &[
-        ("group.id", format!("strata-loadgen-e2e-{}", std::process::id())),
-        ("enable.auto.commit", "false".into()),
-        ("enable.auto.offset.store", "false".into()),
-        ("fetch.wait.max.ms", a.fetch_wait_ms.to_string()),
-        ("enable.partition.eof", "false".into()),
-    ])
+    let c: BaseConsumer<Ctx> = client_config(
+        common,
+        &[
+            (
+                "group.id",
+                format!("strata-loadgen-e2e-{}", std::process::id()),
+            ),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("fetch.wait.max.ms", a.fetch_wait_ms.to_string()),
+            ("enable.partition.eof", "false".into()),
+        ],
+    )
     .create_with_context(Ctx::new("e2e-consumer"))
     .map_err(|e| Failure::config(format!("consumer config: {e}")))?;
     let mut tpl = TopicPartitionList::new();
@@ -88,7 +98,10 @@ pub fn run(common: &Common, a: &E2eArgs) -> Result<()> {
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_millis(500) {
         if let Some(Ok(_)) = c.poll(Duration::from_millis(50)) {
-            return Err(Failure::run(format!("e2e: topic {} is being written by someone else", common.topic)));
+            return Err(Failure::run(format!(
+                "e2e: topic {} is being written by someone else",
+                common.topic
+            )));
         }
     }
     ready_and_wait(common)?;
@@ -96,7 +109,10 @@ pub fn run(common: &Common, a: &E2eArgs) -> Result<()> {
     let done = AtomicBool::new(false);
     let measured_sent = AtomicU64::new(0);
     let rate_rps = a.rate * 1e6 / a.record_size as f64;
-    let (warm, total) = (Duration::from_secs_f64(a.warmup), Duration::from_secs_f64(a.warmup + a.duration));
+    let (warm, total) = (
+        Duration::from_secs_f64(a.warmup),
+        Duration::from_secs_f64(a.warmup + a.duration),
+    );
     let body = crate::random_values(a.record_size, 1).pop().unwrap();
     let (e2e, received, (sent, behind_max, achieved, err)) = std::thread::scope(|s| {
         let cons = s.spawn(|| consume_loop(&c, start, &done, &measured_sent));
@@ -163,7 +179,12 @@ pub fn run(common: &Common, a: &E2eArgs) -> Result<()> {
 
 /// Receipt latencies (µs) of the measured records and their count; ends once the producer
 /// is done and every measured record came, or nothing came for 3 s.
-fn consume_loop(c: &BaseConsumer<Ctx>, start: Instant, done: &AtomicBool, measured_sent: &AtomicU64) -> (Vec<u32>, u64) {
+fn consume_loop(
+    c: &BaseConsumer<Ctx>,
+    start: Instant,
+    done: &AtomicBool,
+    measured_sent: &AtomicU64,
+) -> (Vec<u32>, u64) {
     let mut lat = Vec::new();
     let mut idle_since: Option<Instant> = None;
     loop {

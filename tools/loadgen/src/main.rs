@@ -40,7 +40,11 @@ use rdkafka::ClientContext;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "strata-loadgen", version, about = "Kafka load generator on librdkafka (produce, consume, e2e)")]
+#[command(
+    name = "strata-loadgen",
+    version,
+    about = "Kafka load generator on librdkafka (produce, consume, e2e)"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -88,9 +92,13 @@ fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
 /// A size: plain bytes or with a unit (k, M, G = powers of 1000; KiB, MiB, GiB = of 1024).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?} (e.g. 1048576, 256MiB, 2GiB, 1GB)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (e.g. 1048576, 256MiB, 2GiB, 1GB)"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().trim_end_matches('b') {
         "" => 1.0,
         "k" => 1e3,
@@ -99,7 +107,11 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "mi" => 1024.0 * 1024.0,
         "g" => 1e9,
         "gi" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("bad size unit in {s:?} (use k, M, G, KiB, MiB, GiB)")),
+        _ => {
+            return Err(format!(
+                "bad size unit in {s:?} (use k, M, G, KiB, MiB, GiB)"
+            ))
+        }
     };
     Ok((n * mult) as u64)
 }
@@ -113,10 +125,16 @@ pub struct Failure {
 
 impl Failure {
     pub fn run(msg: impl Into<String>) -> Self {
-        Failure { code: 1, msg: msg.into() }
+        Failure {
+            code: 1,
+            msg: msg.into(),
+        }
     }
     pub fn config(msg: impl Into<String>) -> Self {
-        Failure { code: 2, msg: msg.into() }
+        Failure {
+            code: 2,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -138,7 +156,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(name: impl Into<String>) -> Self {
-        Ctx { name: name.into(), errors: AtomicU64::new(0), last_error: Mutex::new(String::new()) }
+        Ctx {
+            name: name.into(),
+            errors: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+        }
     }
     pub fn note_error(&self, e: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +234,8 @@ pub fn pct_ms(sorted_us: &[u32], p: f64) -> Value {
         return Value::Null;
     }
     let n = sorted_us.len() as f64;
-    let i = ((p / 100.0 * n + 0.5).round() as i64 - 1).clamp(0, sorted_us.len() as i64 - 1) as usize;
+    let i =
+        ((p / 100.0 * n + 0.5).round() as i64 - 1).clamp(0, sorted_us.len() as i64 - 1) as usize;
     json!(round3(sorted_us[i] as f64 / 1000.0))
 }
 
@@ -233,7 +256,10 @@ pub fn round3(x: f64) -> f64 {
 /// Distinct pseudo-random values (xorshift; the broker must not see one repeated value).
 pub fn random_values(size: usize, n: usize) -> Vec<Vec<u8>> {
     let mut s: u64 = 0x9E37_79B9_7F4A_7C15
-        ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1));
     (0..n)
         .map(|_| {
             (0..size)
@@ -250,7 +276,9 @@ pub fn random_values(size: usize, n: usize) -> Vec<Vec<u8>> {
 
 /// Microseconds between two instants, saturated into u32 (71 minutes).
 pub fn us_between(a: Instant, b: Instant) -> u32 {
-    b.saturating_duration_since(a).as_micros().min(u32::MAX as u128) as u32
+    b.saturating_duration_since(a)
+        .as_micros()
+        .min(u32::MAX as u128) as u32
 }
 
 pub fn versions() -> Value {

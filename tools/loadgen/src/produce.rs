@@ -14,8 +14,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde_json::json;
 
-use crate::{client_config, cpu_seconds, emit, latency_json, parse_size, ready_and_wait, round3, versions, Common, Ctx,
-            Failure, Result};
+use crate::{
+    client_config, cpu_seconds, emit, latency_json, parse_size, ready_and_wait, round3, versions,
+    Common, Ctx, Failure, Result,
+};
 
 #[derive(Args, Clone)]
 pub struct ProduceArgs {
@@ -64,7 +66,10 @@ impl ProduceArgs {
             ("acks", self.acks.clone()),
             ("linger.ms", self.linger_ms.to_string()),
             ("batch.size", self.batch_size.to_string()),
-            ("message.max.bytes", (self.batch_size + 65536).max(1_000_000).to_string()),
+            (
+                "message.max.bytes",
+                (self.batch_size + 65536).max(1_000_000).to_string(),
+            ),
             ("compression.type", self.compression.clone()),
             ("queue.buffering.max.kbytes", "1048576".into()),
             ("queue.buffering.max.messages", "1000000".into()),
@@ -121,7 +126,10 @@ impl ProducerContext for ProdCtx {
         match r {
             Ok(m) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                self.ok_bytes.fetch_add((m.payload_len() + m.key().map_or(0, |k| k.len())) as u64, Ordering::Relaxed);
+                self.ok_bytes.fetch_add(
+                    (m.payload_len() + m.key().map_or(0, |k| k.len())) as u64,
+                    Ordering::Relaxed,
+                );
                 if sent & NO_SAMPLE == 0 {
                     let now = self.start.elapsed().as_nanos() as usize;
                     let us = (now.saturating_sub(sent) / 1000).min(u32::MAX as usize) as u32;
@@ -140,18 +148,39 @@ pub type Prod = BaseProducer<ProdCtx>;
 
 /// A producer instance, connected: the topic's metadata fetched. Returns it and the
 /// topic's partition count.
-pub fn connect(common: &Common, a: &ProduceArgs, name: String, start: Instant) -> Result<(Prod, i32)> {
+pub fn connect(
+    common: &Common,
+    a: &ProduceArgs,
+    name: String,
+    start: Instant,
+) -> Result<(Prod, i32)> {
     let p: Prod = client_config(common, &a.defaults())
         .create_with_context(ProdCtx::new(name, start))
         .map_err(|e| Failure::config(format!("producer config: {e}")))?;
     let md = p
         .client()
         .fetch_metadata(Some(&common.topic), Duration::from_secs(20))
-        .map_err(|e| Failure::run(format!("metadata of topic {} from {}: {e}", common.topic, common.bootstrap)))?;
-    let parts = md.topics().first().map_or(0, |t| t.partitions().len() as i32);
+        .map_err(|e| {
+            Failure::run(format!(
+                "metadata of topic {} from {}: {e}",
+                common.topic, common.bootstrap
+            ))
+        })?;
+    let parts = md
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
     if parts == 0 {
-        let err = md.topics().first().and_then(|t| t.error()).map(|e| format!(" ({e:?})")).unwrap_or_default();
-        return Err(Failure::run(format!("topic {} has no partitions{err}", common.topic)));
+        let err = md
+            .topics()
+            .first()
+            .and_then(|t| t.error())
+            .map(|e| format!(" ({e:?})"))
+            .unwrap_or_default();
+        return Err(Failure::run(format!(
+            "topic {} has no partitions{err}",
+            common.topic
+        )));
     }
     Ok((p, parts))
 }
@@ -179,14 +208,23 @@ pub fn with_poller<R>(p: &Prod, f: impl FnOnce() -> R) -> R {
 pub fn pace(t0: Instant, at: Duration) {
     let wait = at.saturating_sub(t0.elapsed());
     if !wait.is_zero() {
-        std::thread::sleep(wait.max(Duration::from_millis(1)).min(Duration::from_millis(1)));
+        std::thread::sleep(
+            wait.max(Duration::from_millis(1))
+                .min(Duration::from_millis(1)),
+        );
     }
 }
 
 /// Enqueues one record; waits while the local queue is full (the poller serves the
 /// delivery reports that free it). The opaque is taken when the record is accepted, so
 /// latency counts from then.
-pub fn send(p: &Prod, topic: &str, value: &[u8], partition: Option<i32>, sample: bool) -> Result<()> {
+pub fn send(
+    p: &Prod,
+    topic: &str,
+    value: &[u8],
+    partition: Option<i32>,
+    sample: bool,
+) -> Result<()> {
     loop {
         let mut stamp = p.context().stamp();
         if !sample {
@@ -213,21 +251,41 @@ struct ThreadResult {
 
 pub fn run(common: &Common, a: &ProduceArgs) -> Result<()> {
     if a.records.is_none() && a.bytes.is_none() && a.duration.is_none() {
-        return Err(Failure::config("produce: give --records, --bytes or --duration"));
+        return Err(Failure::config(
+            "produce: give --records, --bytes or --duration",
+        ));
     }
     if a.record_size == 0 || a.producers == 0 {
-        return Err(Failure::config("produce: --record-size and --producers must be at least 1"));
+        return Err(Failure::config(
+            "produce: --record-size and --producers must be at least 1",
+        ));
     }
-    let total: u64 = [a.records, a.bytes.map(|b| b / a.record_size as u64)].into_iter().flatten().min().unwrap_or(u64::MAX);
+    let total: u64 = [a.records, a.bytes.map(|b| b / a.record_size as u64)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(u64::MAX);
     let n = a.producers as u64;
-    let shares: Vec<u64> = (0..n).map(|i| if total == u64::MAX { total } else { total / n + u64::from(i < total % n) }).collect();
+    let shares: Vec<u64> = (0..n)
+        .map(|i| {
+            if total == u64::MAX {
+                total
+            } else {
+                total / n + u64::from(i < total % n)
+            }
+        })
+        .collect();
     let start = Instant::now();
     let mut producers = Vec::new();
     for i in 0..a.producers {
         producers.push(connect(common, a, format!("producer-{i}"), start)?);
     }
     let values = crate::random_values(a.record_size, 64);
-    let rate_rps = if a.rate > 0.0 { a.rate * 1e6 / a.record_size as f64 / n as f64 } else { 0.0 };
+    let rate_rps = if a.rate > 0.0 {
+        a.rate * 1e6 / a.record_size as f64 / n as f64
+    } else {
+        0.0
+    };
     let duration = a.duration.map(Duration::from_secs_f64);
     ready_and_wait(common)?;
     let cpu0 = cpu_seconds();
@@ -239,23 +297,51 @@ pub fn run(common: &Common, a: &ProduceArgs) -> Result<()> {
             .map(|(i, (p, parts))| {
                 let (values, share) = (&values, shares[i]);
                 let nparts = a.partitions.map(|n| n.min(*parts).max(1));
-                s.spawn(move || produce_loop(p, &common.topic, values, share, nparts, rate_rps, t0, duration, a.flush_timeout, i))
+                s.spawn(move || {
+                    produce_loop(
+                        p,
+                        &common.topic,
+                        values,
+                        share,
+                        nparts,
+                        rate_rps,
+                        t0,
+                        duration,
+                        a.flush_timeout,
+                        i,
+                    )
+                })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("producer thread panicked")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("producer thread panicked"))
+            .collect()
     });
     let cpu = cpu_seconds() - cpu0;
     let end = results.iter().map(|r| r.end).max().unwrap_or(t0);
     let secs = end.duration_since(t0).as_secs_f64().max(1e-9);
-    let ctxs: Vec<&ProdCtx> = producers.iter().map(|(p, _)| p.context().as_ref()).collect();
+    let ctxs: Vec<&ProdCtx> = producers
+        .iter()
+        .map(|(p, _)| p.context().as_ref())
+        .collect();
     let ok: u64 = ctxs.iter().map(|c| c.ok.load(Ordering::Relaxed)).sum();
-    let ok_bytes: u64 = ctxs.iter().map(|c| c.ok_bytes.load(Ordering::Relaxed)).sum();
+    let ok_bytes: u64 = ctxs
+        .iter()
+        .map(|c| c.ok_bytes.load(Ordering::Relaxed))
+        .sum();
     let failed: u64 = ctxs.iter().map(|c| c.failed.load(Ordering::Relaxed)).sum();
     let sent: u64 = results.iter().map(|r| r.sent).sum();
     let undelivered: i64 = results.iter().map(|r| r.undelivered as i64).sum();
-    let mut lat: Vec<u32> = ctxs.iter().flat_map(|c| std::mem::take(&mut *c.lat_us.lock().unwrap())).collect();
+    let mut lat: Vec<u32> = ctxs
+        .iter()
+        .flat_map(|c| std::mem::take(&mut *c.lat_us.lock().unwrap()))
+        .collect();
     let mut errs: Vec<String> = results.iter().filter_map(|r| r.error.clone()).collect();
-    errs.extend(ctxs.iter().map(|c| c.last_fail.lock().unwrap().clone()).filter(|e| !e.is_empty()));
+    errs.extend(
+        ctxs.iter()
+            .map(|c| c.last_fail.lock().unwrap().clone())
+            .filter(|e| !e.is_empty()),
+    );
     let last_error = errs.last().cloned().unwrap_or_default();
     emit(&json!({
         "command": "produce", "records": ok, "bytes": ok_bytes, "sent": sent, "seconds": round3(secs),
@@ -275,8 +361,18 @@ pub fn run(common: &Common, a: &ProduceArgs) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn produce_loop(p: &Prod, topic: &str, values: &[Vec<u8>], share: u64, nparts: Option<i32>, rate_rps: f64, t0: Instant,
-                duration: Option<Duration>, flush_timeout: f64, idx: usize) -> ThreadResult {
+fn produce_loop(
+    p: &Prod,
+    topic: &str,
+    values: &[Vec<u8>],
+    share: u64,
+    nparts: Option<i32>,
+    rate_rps: f64,
+    t0: Instant,
+    duration: Option<Duration>,
+    flush_timeout: f64,
+    idx: usize,
+) -> ThreadResult {
     let mut sent: u64 = 0;
     let mut error = None;
     // Spread the producers' round-robin starting points, so they do not all fill one
@@ -314,5 +410,10 @@ fn produce_loop(p: &Prod, topic: &str, values: &[Vec<u8>], share: u64, nparts: O
         };
         (undelivered, Instant::now())
     });
-    ThreadResult { end, sent, undelivered, error }
+    ThreadResult {
+        end,
+        sent,
+        undelivered,
+        error,
+    }
 }
