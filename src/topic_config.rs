@@ -205,6 +205,11 @@ pub struct TopicSettings {
     pub max_message_bytes: usize,
     /// Batches are stamped with the broker's time (`message.timestamp.type`).
     pub log_append_time: bool,
+    /// How far a CreateTime may lie before and after the broker's clock
+    /// (`message.timestamp.before.max.ms` / `after.max.ms`, else the older
+    /// `message.timestamp.difference.max.ms`); i64::MAX when unbounded, Kafka's default.
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
 }
 
 impl TopicSettings {
@@ -237,6 +242,12 @@ impl TopicSettings {
             delete_retention_ms: long_or_default("delete.retention.ms").max(0),
             max_message_bytes: long_or_default("max.message.bytes").max(0) as usize,
             log_append_time: value("message.timestamp.type").is_some_and(|v| v == "LogAppendTime"),
+            timestamp_before_max_ms: long("message.timestamp.before.max.ms")
+                .or_else(|| long("message.timestamp.difference.max.ms"))
+                .map_or(i64::MAX, |v| v.max(0)),
+            timestamp_after_max_ms: long("message.timestamp.after.max.ms")
+                .or_else(|| long("message.timestamp.difference.max.ms"))
+                .map_or(i64::MAX, |v| v.max(0)),
         }
     }
 }
