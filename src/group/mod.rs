@@ -303,8 +303,7 @@ impl GroupCoordinator {
                 Some(ops) => {
                     let group = groups.get(id.as_str());
                     let offsets = group.is_none() && has_offsets(id.as_str());
-                    describe::describe(group, id, version, offsets)
-                        .with_authorized_operations(ops)
+                    describe::describe(group, id, version, offsets).with_authorized_operations(ops)
                 }
                 None => DescribedGroup::default()
                     .with_group_id(id.clone())

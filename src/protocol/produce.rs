@@ -28,9 +28,9 @@ use crate::produce::validate::{self, BatchError, ValidatedBatches};
 use crate::produce::ProduceError;
 use crate::record::batch::{be_i64, BASE_TIMESTAMP};
 use crate::record::records;
-use crate::topic_config::TopicSettings;
 use crate::security::acl::Operation;
 use crate::telemetry;
+use crate::topic_config::TopicSettings;
 
 /// Why a partition's batches were refused: Kafka's error code, a message for the client
 /// (v8+), and KIP-467's record errors (each record's index in its batch, and why).
