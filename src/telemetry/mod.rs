@@ -41,6 +41,7 @@ pub const CACHE_HIT_BYTES: &str = "strata_cache_hit_bytes_total";
 pub const RAFT_COMMIT_SECONDS: &str = "strata_raft_commit_duration_seconds";
 pub const SASL_AUTHENTICATIONS: &str = "strata_sasl_authentications_total";
 pub const TRANSACTIONS: &str = "strata_transactions_total";
+pub const BROKER_FENCES: &str = "strata_broker_fences_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {

@@ -57,6 +57,7 @@ impl network::Handler for MetadataRaft {
                 RaftRequest::Propose(_) => Ok(RaftReply::Propose(Err(refusal))),
                 RaftRequest::Join { .. } => Ok(RaftReply::Join(Err(refusal))),
                 RaftRequest::ChangeVoters { .. } => Ok(RaftReply::ChangeVoters(Err(refusal))),
+                RaftRequest::ReadIndex => Ok(RaftReply::ReadIndex(Err(refusal))),
                 _ => Err(refusal),
             };
         }
@@ -91,6 +92,9 @@ impl network::Handler for MetadataRaft {
             RaftRequest::Join { node_id, addr } => {
                 RaftReply::Join(self.add_learner(node_id, addr).await)
             }
+            RaftRequest::ReadIndex => RaftReply::ReadIndex(
+                self.leader_read_index(read::READ_LEASE * 2).await,
+            ),
         })
     }
 }
@@ -179,7 +183,10 @@ impl MetadataRaft {
                 | RaftRequest::Vote(_)
                 | RaftRequest::InstallSnapshot(_),
             ) => None,
-            (Identity::Node(id), RaftRequest::Propose(_) | RaftRequest::ChangeVoters { .. }) => {
+            (
+                Identity::Node(id),
+                RaftRequest::Propose(_) | RaftRequest::ChangeVoters { .. } | RaftRequest::ReadIndex,
+            ) => {
                 (!member(id)).then(|| {
                     format!(
                         "refused: node {id} is not a registered member of this cluster (start it \
