@@ -19,11 +19,13 @@ from pathlib import Path
 from harness import REPO_ROOT
 
 from bench.broker import bench_broker, stop_broker
+from bench import loadgen
 from bench.idle import run_idle_latency
 from bench.machine import disk_figures, loadavg, loopback_bandwidth, machine_info
 from bench.phases import Bench, catchup_phase, latency_phase, produce_phase, tail_phase
 from bench.report import clean_up, fig, fresh_dir, log_figures, note, parse_size, problem_notes
 from bench.soak import run_soak
+from bench.trickle import run_trickle
 from bench.topics import SOAK_ABORT_EVERY, SOAK_COMPACT_CONFIG, SOAK_KEYS, create_acls, create_topic
 from bench.txn import run_txn_phase
 
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--broker-args", default="",
                     help='extra args for `strata serve` in one string, shell-split; write it with "=": --broker-args="--compaction-age-ms 30000"')
     ap.add_argument("--skip-machine", action="store_true", help="skip the disk/loopback measurements")
+    ap.add_argument("--loadgen", choices=("rust", "python"), default=None,
+                    help="what drives the produce, tail and catch-up phases (and the soak's catch-up): rust = "
+                         "strata-loadgen (tools/loadgen, rdkafka), python = confluent-kafka processes; the latency "
+                         "phase is always Python [rust if --loadgen-bin exists, else python]")
+    ap.add_argument("--loadgen-bin", type=Path, default=loadgen.DEFAULT_BIN,
+                    help="the strata-loadgen binary [tools/loadgen/target/release/strata-loadgen]")
     ap.add_argument("--txn", action="store_true",
                     help="after the produce phase (and the tail read, which must find that phase's data in the "
                          "broker cache), produce the same volume with the same number of processes again, each a "
@@ -86,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     il.add_argument("--idle-rate", type=float, default=300.0, help="records per second [300]")
     il.add_argument("--idle-seconds", type=float, default=10.0, help="measured seconds per producer [10]")
     il.add_argument("--idle-record-size", type=int, default=100, help="bytes per record [100]")
+    tr = ap.add_argument_group("s3 trickle", "--s3-trickle: many partitions, one record per partition per second, "
+                               "on moto's S3 server behind a proxy that adds S3-like latency and counts requests; "
+                               "plain then idempotent producers (uses --record-size, --broker-arg(s))")
+    tr.add_argument("--s3-trickle", action="store_true", help="run the S3 trickle instead of the benchmark")
+    tr.add_argument("--trickle-partitions", type=int, default=300, help="partitions [300]")
+    tr.add_argument("--trickle-rate", type=float, default=1.0, help="records (requests) per partition per second [1]")
+    tr.add_argument("--trickle-producers", type=int, default=2, help="producer processes [2]")
+    tr.add_argument("--trickle-seconds", type=float, default=60.0, help="measured seconds per mode [60]")
+    tr.add_argument("--trickle-warmup", type=float, default=15.0, help="warm-up seconds per mode [15]")
+    tr.add_argument("--trickle-modes", default="plain,idempotent", help="producer modes, in order [plain,idempotent]")
+    tr.add_argument("--put-delay-ms", type=float, default=30.0, help="latency the proxy adds to each PUT [30]")
+    tr.add_argument("--get-delay-ms", type=float, default=15.0, help="latency the proxy adds to each GET [15]")
     return ap
 
 
@@ -94,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.idle_latency:
         return run_idle_latency(a)
+    loadgen.resolve(ap, a)
     if a.soak:
         return run_soak(a, mp.get_context("spawn"))
+    if a.s3_trickle:
+        fresh_dir(a.dir)
+        return run_trickle(a, mp.get_context("spawn"))
     if a.txn_records < 1:
         ap.error("--txn-records must be at least 1")
     return run_benchmark(a)
@@ -123,6 +147,7 @@ def run_benchmark(a) -> int:
          + (f", txn phase: {a.txn_records} records per transaction" if a.txn else ""))
     from confluent_kafka import libversion, version
     fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")
+    loadgen.figure(a)
     machine_info(a.dir)
     fig("machine_loadavg_start", loadavg())
 
@@ -136,7 +161,7 @@ def run_benchmark(a) -> int:
     broker = bench_broker(a)
     broker.start()
     fig("broker_store", broker.store_url)
-    b = Bench(ctx, broker, a, cargs, disk_w, disk_r, loop)
+    b = Bench(ctx, broker, a, cargs, disk_w, disk_r, loop, loadgen_bin=a.loadgen_path)
     log1 = ""
     try:
         create_topic(broker.bootstrap, a.partitions)

@@ -28,6 +28,7 @@ use crate::metadata::state::partition::IndexEntry;
 use crate::metadata::state::{Command, CompactionSwap, MetadataState, Response, StateError};
 use crate::metadata::Metadata;
 use crate::record::batch::batch_max_timestamp;
+use crate::storage::budget::Class;
 use crate::storage::segment::CompactedBuilder;
 use crate::storage::ObjectStorage;
 
@@ -179,6 +180,15 @@ fn merge_run(
     Some(start..start + FAN_IN)
 }
 
+/// Whether background work may start a round of PUTs now: always without a PUT budget;
+/// with one, when the background's bucket has a token (a round may run it into debt,
+/// which the next rounds wait out).
+pub(crate) fn may_spend_puts(storage: &ObjectStorage) -> bool {
+    storage
+        .put_budget()
+        .is_none_or(|b| b.available(Class::Background) >= 1.0)
+}
+
 /// Jobs in flight at once: enough to hide PUT and commit latency (tens of
 /// milliseconds on S3) for thousands of light partitions.
 const CONCURRENT_JOBS: usize = 4;
@@ -197,6 +207,9 @@ pub async fn run(
     let mut seq = 0u64;
     loop {
         tokio::time::sleep(config.interval).await;
+        if !may_spend_puts(&storage) {
+            continue;
+        }
         let now_ms = crate::clock::now_ms();
         let jobs = metadata.read(|s| plan(s, config.node_id, now_ms, &config.policy));
         let jobs = jobs.into_iter().map(|job| {

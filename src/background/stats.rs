@@ -2,6 +2,7 @@
 //! the sizes of the metadata and what the store and the background work did. The soak
 //! benchmark reads it; so can an operator (`cat`), until metrics have an endpoint.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::gc::GcCounters;
 use crate::metadata::shipping::ShippedMark;
 use crate::metadata::state::StateStats;
 use crate::metadata::Metadata;
+use crate::storage::store::{Purpose, RequestKind};
 use crate::storage::ObjectStorage;
 use crate::telemetry::ConnectionGauges;
 
@@ -33,6 +35,8 @@ struct Stats<'a> {
     store_gets: u64,
     store_deletes: u64,
     store_lists: u64,
+    /// Requests by purpose and kind: `{"data": {"put": n, ...}, ...}`.
+    store_requests: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     compaction_jobs: u64,
     compaction_refused: u64,
     compaction_failed: u64,
@@ -104,6 +108,16 @@ pub async fn run(path: PathBuf, sources: StatsSources) {
             store_gets: counters.gets.load(load),
             store_deletes: counters.deletes.load(load),
             store_lists: counters.lists.load(load),
+            store_requests: Purpose::ALL
+                .iter()
+                .map(|p| {
+                    let kinds = RequestKind::ALL
+                        .iter()
+                        .map(|k| (k.name(), counters.of(*p, *k)))
+                        .collect();
+                    (p.name(), kinds)
+                })
+                .collect(),
             compaction_jobs: compaction.jobs.load(load),
             compaction_refused: compaction.refused.load(load),
             compaction_failed: compaction.failed.load(load),

@@ -19,7 +19,9 @@ use crate::group::{GroupCoordinator, GroupOptions};
 use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
+use crate::storage::budget::PutBudget;
 use crate::storage::cache::{CacheError, CacheOptions};
+use crate::storage::store::Purpose;
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
 use crate::txn::TxnCoordinator;
 
@@ -92,23 +94,23 @@ impl Broker {
         let cache = Arc::new(BlockCache::open(cache_options(&config)).await?);
         let (buffer, flusher) = WriteBuffer::start(
             buffer_options(&config),
-            storage.clone(),
+            storage.for_purpose(Purpose::Data),
             metadata.clone(),
             cache.clone(),
         );
         let counters = Counters::default();
         let snapshot_shipper = tokio::spawn(shipping::ship_metadata(
             metadata.clone(),
-            storage.clone(),
+            storage.for_purpose(Purpose::Metadata),
             config.raft.store_snapshot_interval,
             counters.shipped.clone(),
         ));
         let fetcher = Arc::new(FetchReader::new(
             metadata.clone(),
-            storage.clone(),
+            storage.for_purpose(Purpose::Fetch),
             cache.clone(),
         ));
-        let chores = spawn_chores(&config, &metadata, &storage, &fetcher, &counters);
+        let chores = spawn_chores(&config, &metadata, &storage, &cache, &counters);
         let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node.id);
         let groups = GroupCoordinator::new(GroupOptions {
             initial_rebalance_delay: config.groups.initial_rebalance_delay,
@@ -168,7 +170,11 @@ fn buffer_options(config: &Config) -> BufferConfig {
 
 /// Opens the object store and proves it takes writes.
 async fn open_store(store: &StoreConfig) -> Result<ObjectStorage, StartError> {
-    let storage = ObjectStorage::open_with_encryption(&store.url, &store.s3_sse)?;
+    let budget = store
+        .max_puts_per_second
+        .map(|rate| Arc::new(PutBudget::new(rate)));
+    let storage =
+        ObjectStorage::open_with_encryption(&store.url, &store.s3_sse)?.with_put_budget(budget);
     // Fail at start-up, in one line, rather than on the first produce.
     storage
         .put("_strata/probe", Bytes::from_static(b"ok"))
@@ -226,22 +232,35 @@ fn spawn_chores(
     config: &Config,
     metadata: &Arc<Metadata>,
     storage: &ObjectStorage,
-    fetcher: &Arc<FetchReader>,
+    cache: &Arc<BlockCache>,
     counters: &Counters,
 ) -> Vec<JoinHandle<()>> {
     let background = &config.background;
+    // Each chore's requests are counted under its own purpose, reads included.
+    let tagged = |purpose| {
+        let storage = storage.for_purpose(purpose);
+        let reader = Arc::new(FetchReader::new(
+            metadata.clone(),
+            storage.clone(),
+            cache.clone(),
+        ));
+        (storage, reader)
+    };
+    let (compaction_store, compaction_reader) = tagged(Purpose::Compaction);
+    let (cleaner_store, cleaner_reader) = tagged(Purpose::Cleaner);
+    let gc_store = storage.for_purpose(Purpose::Gc);
     let node_id = config.node.id;
     let upload_timeout = config.store.upload_timeout;
     vec![
         tokio::spawn(orphans::collect_orphans(
             metadata.clone(),
-            storage.clone(),
+            gc_store.clone(),
             background.orphan_grace,
         )),
         tokio::spawn(compaction::run(
             metadata.clone(),
-            storage.clone(),
-            fetcher.clone(),
+            compaction_store,
+            compaction_reader,
             CompactionConfig {
                 policy: CompactionPolicy {
                     segment_bytes: background.segment_bytes,
@@ -255,8 +274,8 @@ fn spawn_chores(
         )),
         tokio::spawn(cleaner::run(
             metadata.clone(),
-            storage.clone(),
-            fetcher.clone(),
+            cleaner_store,
+            cleaner_reader,
             CleanerConfig {
                 interval: background.compaction_interval,
                 node_id,
@@ -274,7 +293,7 @@ fn spawn_chores(
         )),
         tokio::spawn(gc::run(
             metadata.clone(),
-            storage.clone(),
+            gc_store,
             background.gc_grace,
             counters.shipped.clone(),
             counters.gc.clone(),

@@ -34,6 +34,7 @@ use super::legacy::{self, LegacyError};
 use super::raft::TypeConfig;
 use super::state::{Command, MetadataState};
 use super::{Metadata, MetadataError};
+use crate::storage::store::Purpose;
 use crate::storage::{ObjectStorage, StorageError};
 
 pub const METADATA_PREFIX: &str = "_strata/metadata";
@@ -278,6 +279,7 @@ pub async fn ship_snapshot(
     metadata: &Metadata,
     storage: &ObjectStorage,
 ) -> Result<Shipped, ShippingError> {
+    let storage = &storage.for_purpose(Purpose::Snapshot);
     // Only the clone happens under the lock (appliers wait on it); encoding a large state
     // takes long enough that it must not hold up an async worker either.
     let (state, applied) = metadata.state_at_index();

@@ -60,13 +60,102 @@ fn apply_sse(
 }
 
 pub use crate::config::ServerSideEncryption;
+use crate::storage::budget::{Class, PutBudget};
 
-/// A handle on the bucket (or directory) that holds every segment object.
+/// What a store request is for: requests are counted by purpose and kind, so that the
+/// bill can be read by what causes it (`strata_store_requests_total{purpose, kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Flush objects of the write buffer.
+    Data,
+    /// Reads for consumers.
+    Fetch,
+    /// Metadata log chunks shipped to the bucket, and their recovery.
+    Metadata,
+    /// Metadata snapshots shipped to the bucket.
+    Snapshot,
+    /// Compaction of flush objects into segments.
+    Compaction,
+    /// The log cleaner (key compaction).
+    Cleaner,
+    /// Garbage and orphan collection.
+    Gc,
+    /// Anything else: the start-up probe, readiness checks.
+    Other,
+}
+
+impl Purpose {
+    /// Which PUT budget bucket its PUTs (and LISTs, billed alike) are charged to.
+    pub fn budget_class(self) -> Class {
+        match self {
+            Purpose::Compaction | Purpose::Cleaner | Purpose::Gc => Class::Background,
+            _ => Class::Foreground,
+        }
+    }
+
+    pub const ALL: [Purpose; 8] = [
+        Purpose::Data,
+        Purpose::Fetch,
+        Purpose::Metadata,
+        Purpose::Snapshot,
+        Purpose::Compaction,
+        Purpose::Cleaner,
+        Purpose::Gc,
+        Purpose::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Data => "data",
+            Purpose::Fetch => "fetch",
+            Purpose::Metadata => "metadata",
+            Purpose::Snapshot => "snapshot",
+            Purpose::Compaction => "compaction",
+            Purpose::Cleaner => "cleaner",
+            Purpose::Gc => "gc",
+            Purpose::Other => "other",
+        }
+    }
+}
+
+/// The kinds of request, as S3 prices them (PUT, COPY, POST and LIST share a price).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Put,
+    Get,
+    List,
+    Delete,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 4] = [
+        RequestKind::Put,
+        RequestKind::Get,
+        RequestKind::List,
+        RequestKind::Delete,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Put => "put",
+            RequestKind::Get => "get",
+            RequestKind::List => "list",
+            RequestKind::Delete => "delete",
+        }
+    }
+}
+
+/// A handle on the bucket (or directory) that holds every segment object, tagged with
+/// what its requests are for ([`ObjectStorage::for_purpose`] gives each component its
+/// own tag on the same store).
 #[derive(Clone, Debug)]
 pub struct ObjectStorage {
     inner: Arc<dyn ObjectStore>,
     description: String,
     counters: Arc<RequestCounters>,
+    purpose: Purpose,
+    /// The PUT budget every handle on this store shares; None: no bound.
+    budget: Option<Arc<PutBudget>>,
     /// Whether large objects use multipart upload (S3; a local directory gains nothing).
     multipart: bool,
     /// The directory of a `file://` store, for writes that pace their own flushing.
@@ -86,35 +175,87 @@ pub struct RequestCounters {
     pub gets: AtomicU64,
     pub lists: AtomicU64,
     pub deletes: AtomicU64,
+    /// By purpose (in `Purpose::ALL` order) and kind (in `RequestKind::ALL` order).
+    by_purpose: [[AtomicU64; 4]; 8],
     /// Whether the last request that completed failed (not-found is an answer, not a
     /// failure): readiness reports a store this broker cannot reach.
     pub last_failed: std::sync::atomic::AtomicBool,
 }
 
-/// Times a store request and counts it by kind (`get`, `put`, `delete`, `list`).
-async fn observed<T>(
-    counters: &RequestCounters,
-    kind: &'static str,
-    request: impl std::future::Future<Output = object_store::Result<T>>,
-) -> object_store::Result<T> {
-    let started = std::time::Instant::now();
-    let result = request.await;
-    // Not-found is an answer from a reachable store, not a failure.
-    let failed = result
-        .as_ref()
-        .is_err_and(|e| !matches!(e, object_store::Error::NotFound { .. }));
-    note(counters, kind, started, failed);
-    result
+impl RequestCounters {
+    fn count(&self, purpose: Purpose, kind: RequestKind) {
+        let total = match kind {
+            RequestKind::Put => &self.puts,
+            RequestKind::Get => &self.gets,
+            RequestKind::List => &self.lists,
+            RequestKind::Delete => &self.deletes,
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+        self.by_purpose[purpose as usize][kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests of `kind` made for `purpose` since start.
+    pub fn of(&self, purpose: Purpose, kind: RequestKind) -> u64 {
+        self.by_purpose[purpose as usize][kind as usize].load(Ordering::Relaxed)
+    }
 }
 
-fn note(counters: &RequestCounters, kind: &'static str, started: std::time::Instant, failed: bool) {
-    use crate::telemetry::{STORE_ERRORS, STORE_REQUESTS, STORE_SECONDS};
-    metrics::counter!(STORE_REQUESTS, "kind" => kind).increment(1);
-    metrics::histogram!(STORE_SECONDS, "kind" => kind).record(started.elapsed().as_secs_f64());
-    if failed {
-        metrics::counter!(STORE_ERRORS, "kind" => kind).increment(1);
+impl ObjectStorage {
+    /// The same store, its requests counted as made for `purpose`.
+    pub fn for_purpose(&self, purpose: Purpose) -> Self {
+        Self {
+            purpose,
+            ..self.clone()
+        }
     }
-    counters.last_failed.store(failed, Ordering::Relaxed);
+
+    /// The same store with its PUTs bounded by `budget` (every handle derived from it
+    /// shares the one budget).
+    pub fn with_put_budget(self, budget: Option<Arc<PutBudget>>) -> Self {
+        Self { budget, ..self }
+    }
+
+    /// The PUT budget, if the store has one.
+    pub fn put_budget(&self) -> Option<&PutBudget> {
+        self.budget.as_deref()
+    }
+
+    /// Counts a request about to be sent (and charges a PUT to the budget).
+    fn count(&self, kind: RequestKind) {
+        self.counters.count(self.purpose, kind);
+        if kind == RequestKind::Put || kind == RequestKind::List {
+            if let Some(budget) = &self.budget {
+                budget.charge(self.purpose.budget_class());
+            }
+        }
+    }
+
+    /// Times a store request, counted already, and notes its outcome.
+    async fn observed<T>(
+        &self,
+        kind: RequestKind,
+        request: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        let started = std::time::Instant::now();
+        let result = request.await;
+        // Not-found is an answer from a reachable store, not a failure.
+        let failed = result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, object_store::Error::NotFound { .. }));
+        self.note(kind, started, failed);
+        result
+    }
+
+    fn note(&self, kind: RequestKind, started: std::time::Instant, failed: bool) {
+        use crate::telemetry::{STORE_ERRORS, STORE_REQUESTS, STORE_SECONDS};
+        let (kind, purpose) = (kind.name(), self.purpose.name());
+        metrics::counter!(STORE_REQUESTS, "kind" => kind, "purpose" => purpose).increment(1);
+        metrics::histogram!(STORE_SECONDS, "kind" => kind).record(started.elapsed().as_secs_f64());
+        if failed {
+            metrics::counter!(STORE_ERRORS, "kind" => kind, "purpose" => purpose).increment(1);
+        }
+        self.counters.last_failed.store(failed, Ordering::Relaxed);
+    }
 }
 
 /// An object found by listing.
@@ -194,6 +335,8 @@ impl ObjectStorage {
             inner,
             description: url.to_owned(),
             counters: Arc::default(),
+            purpose: Purpose::Other,
+            budget: None,
             multipart: parsed.scheme() == "s3",
             local_root,
         })
@@ -211,10 +354,10 @@ impl ObjectStorage {
         if self.multipart && data.len() >= MULTIPART_THRESHOLD {
             return self.put_multipart(path, data).await;
         }
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.count(RequestKind::Put);
         let location = Path::from(path);
         let put = self.inner.put(&location, PutPayload::from(data));
-        observed(&self.counters, "put", put)
+        self.observed(RequestKind::Put, put)
             .await
             .map(|_| ())
             .map_err(|source| store_error(path, source))
@@ -224,6 +367,9 @@ impl ObjectStorage {
     /// below what several connections carry. (Counted as one PUT per part.)
     async fn put_multipart(&self, path: &str, data: Bytes) -> Result<(), StorageError> {
         let location = Path::from(path);
+        // Creating and completing the upload are billed requests too.
+        self.count(RequestKind::Put);
+        self.count(RequestKind::Put);
         let mut upload = self
             .inner
             .put_multipart(&location)
@@ -232,10 +378,9 @@ impl ObjectStorage {
         let parts: Vec<_> = (0..data.len())
             .step_by(MULTIPART_PART)
             .map(|start| {
-                self.counters.puts.fetch_add(1, Ordering::Relaxed);
-                observed(
-                    &self.counters,
-                    "put",
+                self.count(RequestKind::Put);
+                self.observed(
+                    RequestKind::Put,
                     upload.put_part(PutPayload::from(
                         data.slice(start..(start + MULTIPART_PART).min(data.len())),
                     )),
@@ -254,21 +399,21 @@ impl ObjectStorage {
     }
 
     pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.count(RequestKind::Get);
         let location = Path::from(path);
         let get = self.inner.get_range(&location, range);
-        observed(&self.counters, "get", get)
+        self.observed(RequestKind::Get, get)
             .await
             .map_err(|source| store_error(path, source))
     }
 
     pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.count(RequestKind::Get);
         let get = async {
             let result = self.inner.get(&Path::from(path)).await?;
             result.bytes().await
         };
-        observed(&self.counters, "get", get)
+        self.observed(RequestKind::Get, get)
             .await
             .map_err(|source| store_error(path, source))
     }
@@ -288,9 +433,10 @@ impl ObjectStorage {
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, StorageError> {
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.count(RequestKind::List);
         let list = self.inner.list(Some(&Path::from(prefix))).try_collect();
-        let objects: Vec<_> = observed(&self.counters, "list", list)
+        let objects: Vec<_> = self
+            .observed(RequestKind::List, list)
             .await
             .map_err(|source| store_error(prefix, source))?;
         Ok(objects
@@ -316,17 +462,12 @@ impl ObjectStorage {
         let Some(root) = &self.local_root else {
             return self.put_with_retry(path, data, timeout).await;
         };
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.count(RequestKind::Put);
         let target = root.join(path);
         let data = data.clone();
         let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || write_paced(&target, &data)).await;
-        note(
-            &self.counters,
-            "put",
-            started,
-            !matches!(written, Ok(Ok(()))),
-        );
+        self.note(RequestKind::Put, started, !matches!(written, Ok(Ok(()))));
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StorageError::LocalDir {
@@ -364,10 +505,10 @@ impl ObjectStorage {
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), StorageError> {
-        self.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        self.count(RequestKind::Delete);
         let location = Path::from(path);
         let delete = self.inner.delete(&location);
-        match observed(&self.counters, "delete", delete).await {
+        match self.observed(RequestKind::Delete, delete).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(store_error(path, source)),
         }
