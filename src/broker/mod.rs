@@ -127,7 +127,11 @@ impl Broker {
     pub fn controller_id(&self) -> i32 {
         let me = self.node_id();
         match self.metadata.leader() {
-            Some(id) if self.metadata.read(|s| s.cluster().broker(id).is_some_and(|b| b.alive)) => {
+            Some(id)
+                if self
+                    .metadata
+                    .read(|s| s.cluster().broker(id).is_some_and(|b| b.alive)) =>
+            {
                 i32::try_from(id).unwrap_or(i32::MAX)
             }
             _ => me,

@@ -512,11 +512,16 @@ pub struct TcpNetwork {
 /// lease), so while a majority accepted one sent recently, no other leader can exist
 /// (`read.rs`).
 #[derive(Debug, Clone, Default)]
-pub struct QuorumAcks(Arc<std::sync::Mutex<std::collections::HashMap<NodeId, (u64, std::time::Instant)>>>);
+pub struct QuorumAcks(
+    Arc<std::sync::Mutex<std::collections::HashMap<NodeId, (u64, std::time::Instant)>>>,
+);
 
 impl QuorumAcks {
     fn record(&self, peer: NodeId, term: u64, sent: std::time::Instant) {
-        let mut acks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut acks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = acks.entry(peer).or_insert((term, sent));
         if (term, sent) > *entry {
             *entry = (term, sent);
@@ -532,7 +537,10 @@ impl QuorumAcks {
         term: u64,
         now: std::time::Instant,
     ) -> Option<std::time::Instant> {
-        let acks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let acks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut times: Vec<Option<std::time::Instant>> = voters
             .into_iter()
             .map(|v| {

@@ -23,9 +23,10 @@ use super::*;
 /// voters to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a leader that stepped down holds its own elections back, waiting for the new
-/// leader to reach it (see `hold_elections_after_stepping_down`): longer than the longest
-/// pause between retries to an unreachable peer.
-const STEP_DOWN_HOLD: Duration = Duration::from_secs(3);
+/// leader to reach it (see `hold_elections_after_stepping_down`): several of the leader's
+/// retries to a peer it could not reach (each after a pause of up to 2 s, and the first
+/// over a new connection may time out too). The other voters still elect meanwhile.
+const STEP_DOWN_HOLD: Duration = Duration::from_secs(8);
 /// Entries kept behind a snapshot so a briefly lagging follower (later) can catch up from the
 /// log instead of a full snapshot transfer.
 const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 8;

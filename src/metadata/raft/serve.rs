@@ -92,9 +92,9 @@ impl network::Handler for MetadataRaft {
             RaftRequest::Join { node_id, addr } => {
                 RaftReply::Join(self.add_learner(node_id, addr).await)
             }
-            RaftRequest::ReadIndex => RaftReply::ReadIndex(
-                self.leader_read_index(read::READ_LEASE * 2).await,
-            ),
+            RaftRequest::ReadIndex => {
+                RaftReply::ReadIndex(self.leader_read_index(read::READ_LEASE * 2).await)
+            }
         })
     }
 }
@@ -186,14 +186,12 @@ impl MetadataRaft {
             (
                 Identity::Node(id),
                 RaftRequest::Propose(_) | RaftRequest::ChangeVoters { .. } | RaftRequest::ReadIndex,
-            ) => {
-                (!member(id)).then(|| {
-                    format!(
-                        "refused: node {id} is not a registered member of this cluster (start it \
+            ) => (!member(id)).then(|| {
+                format!(
+                    "refused: node {id} is not a registered member of this cluster (start it \
                          so that it joins first)"
-                    )
-                })
-            }
+                )
+            }),
         }
     }
 }
