@@ -129,6 +129,10 @@ fn describe() {
         "Transactions this broker decided, by outcome (commit, abort, timeout, fenced: an open one aborted by a new producer)"
     );
     describe_counter!(
+        BROKER_FENCES,
+        "Times this broker fenced itself (cut off from the metadata cluster; each logged with its cause)"
+    );
+    describe_counter!(
         SASL_AUTHENTICATIONS,
         "SASL exchanges that ended, by mechanism and outcome (ok, reauthenticated, failed)"
     );
