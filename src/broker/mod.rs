@@ -150,7 +150,17 @@ impl Broker {
     /// entry committed before the call (a read index), so the answer is at least what
     /// any broker acknowledged before the request. False: answer NOT_LEADER_OR_FOLLOWER.
     pub async fn fresh_for_reads(&self) -> bool {
-        !self.fenced() && self.metadata.read_barrier(READ_BARRIER_TIMEOUT).await
+        self.fresh_for_reads_within(READ_BARRIER_TIMEOUT).await
+    }
+
+    /// [`Self::fresh_for_reads`], waiting up to `wait` for the read index if that is
+    /// longer (a Fetch may wait its `max_wait_ms` anyway).
+    pub async fn fresh_for_reads_within(&self, wait: std::time::Duration) -> bool {
+        !self.fenced()
+            && self
+                .metadata
+                .read_barrier(wait.max(READ_BARRIER_TIMEOUT))
+                .await
     }
 
     pub fn write_buffer(&self) -> &WriteBuffer {

@@ -39,7 +39,7 @@ pub async fn handle(
     // The replica must hold everything committed before the request, so that the high
     // watermark it reports is at least what was acknowledged (a read index); a broker
     // that cannot tell answers as a fenced one does.
-    let fresh = broker.fresh_for_reads().await;
+    let fresh = broker.fresh_for_reads_within(wait).await;
     let mut applied = broker.applied();
     loop {
         applied.borrow_and_update();

@@ -307,33 +307,47 @@ impl MetadataRaft {
         }
     }
 
-    /// A leader that steps down has learned that another leads with a higher term (it
-    /// was frozen, or cut off, and is back). The new leader may take a while to reach it
-    /// (its retries to a peer that was unreachable back off up to 2 s), longer than this
+    /// A leader that steps down because another was elected with a higher term (it was
+    /// frozen, or cut off, and is back) may wait a while for that leader to reach it (its
+    /// retries to a peer that was unreachable back off up to 2 s), longer than this
     /// node's election timeout: campaigning then would only depose a working leader and
     /// stall every commit for an election. So it holds its own elections back until the
-    /// leader replicates to it, or for [`STEP_DOWN_HOLD`] at most (it still votes).
+    /// leader replicates to it, or for [`STEP_DOWN_HOLD`] at most (it still votes). Only
+    /// when it knows that vote is committed: a leader deposed by a mere candidate (a
+    /// follower that was cut off and campaigned) campaigns at once, as the node most
+    /// likely to win.
     async fn hold_elections_after_stepping_down(self) {
         let mut metrics = self.inner.raft.metrics();
         let mut was_leader = false;
+        let mut stepped_down: Option<Instant> = None;
         let mut held_since: Option<Instant> = None;
         loop {
             let changed = tokio::time::timeout(Duration::from_millis(100), metrics.changed());
             if let Ok(Err(_)) = changed.await {
                 return; // the Raft core stopped
             }
-            let is_leader = {
+            let (is_leader, other_elected) = {
                 let m = metrics.borrow_and_update();
-                m.current_leader == Some(m.id)
+                let other_elected =
+                    m.vote.is_committed() && m.vote.leader_id().voted_for() != Some(m.id);
+                (m.current_leader == Some(m.id), other_elected)
             };
-            if was_leader && !is_leader && held_since.is_none() {
-                tracing::info!(
-                    "stepped down as metadata leader: holding elections back until the new leader reaches this node"
-                );
-                self.inner.raft.runtime_config().elect(false);
-                held_since = Some(Instant::now());
+            if was_leader && !is_leader {
+                stepped_down = Some(Instant::now());
             }
             was_leader = is_leader;
+            if let Some(at) = stepped_down {
+                let reached = self.last_leader_contact().is_some_and(|c| c > at);
+                if is_leader || reached || at.elapsed() >= STEP_DOWN_HOLD {
+                    stepped_down = None;
+                } else if other_elected && held_since.is_none() {
+                    tracing::info!(
+                        "stepped down as metadata leader: holding elections back until the new leader reaches this node"
+                    );
+                    self.inner.raft.runtime_config().elect(false);
+                    held_since = Some(at);
+                }
+            }
             if let Some(since) = held_since {
                 let reached = self.last_leader_contact().is_some_and(|c| c > since);
                 if reached || since.elapsed() >= STEP_DOWN_HOLD || is_leader {

@@ -37,6 +37,8 @@ use super::*;
 pub(super) const READ_LEASE: Duration = Duration::from_millis(450);
 /// How long one round keeps trying (a new leader is elected well within it).
 const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The pause before a barrier with time left starts another round after a failed one.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// What a round found.
 #[derive(Debug, Clone)]
@@ -81,10 +83,20 @@ impl MetadataRaft {
     /// the caller must not answer from the replica.
     pub async fn read_barrier(&self, timeout: Duration) -> Result<(), RaftGlueError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let index = tokio::time::timeout_at(deadline, self.read_index())
-            .await
-            .map_err(|_| RaftGlueError::Propose(format!("no read index within {timeout:?}")))?
-            .map_err(RaftGlueError::Propose)?;
+        // A round gives up after ROUND_TIMEOUT; a caller that may wait longer (a long-poll
+        // Fetch) tries again, so a broker back from a short cut still answers.
+        let index = loop {
+            let round = tokio::time::timeout_at(deadline, self.read_index())
+                .await
+                .map_err(|_| RaftGlueError::Propose(format!("no read index within {timeout:?}")))?;
+            match round {
+                Ok(index) => break index,
+                Err(e) if tokio::time::Instant::now() + RETRY_PAUSE >= deadline => {
+                    return Err(RaftGlueError::Propose(e));
+                }
+                Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        };
         let ReadIndex::At(index) = index else {
             return Ok(());
         };
@@ -154,8 +166,11 @@ impl MetadataRaft {
         let deadline = tokio::time::Instant::now() + ROUND_TIMEOUT;
         let mut last_error = String::from("no metadata leader known");
         loop {
-            if self.inner.isolation.isolated() {
-                return Err("isolated: no read index".into());
+            // Cut off (the test switch): like a leader out of reach, keep trying until the
+            // deadline, so a broker that is back within it still answers.
+            let isolated = self.inner.isolation.isolated();
+            if isolated {
+                last_error = "isolated: no read index".into();
             }
             let (me, leader, addr) = {
                 let metrics = self.inner.raft.metrics();
@@ -168,7 +183,7 @@ impl MetadataRaft {
                 });
                 (m.id, m.current_leader, addr)
             };
-            match leader {
+            match leader.filter(|_| !isolated) {
                 Some(l) if l == me => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     match self.leader_read_index(remaining).await {
