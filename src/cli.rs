@@ -166,6 +166,11 @@ pub struct ServeArgs {
     /// Address for the metadata Raft traffic of other brokers (needed in a cluster).
     #[arg(long, env = "STRATA_RAFT_LISTEN")]
     pub raft_listen: Option<String>,
+    /// Address the other brokers reach this broker's Raft port at, when it is not
+    /// --raft-listen (a DNS name, a Kubernetes Service, a proxy); this broker's entry in
+    /// --controllers must equal it [default: the --raft-listen address].
+    #[arg(long, env = "STRATA_RAFT_ADVERTISE")]
+    pub raft_advertise: Option<String>,
     /// The Raft voters: `1@host:port,2@host:port,3@host:port`. A broker not in the list
     /// is a learner and joins through them [default: this broker alone].
     #[arg(long, env = "STRATA_CONTROLLERS")]

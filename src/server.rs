@@ -179,6 +179,8 @@ enum ConnectionError {
         received: usize,
         timeout: Duration,
     },
+    #[error("frame of {size} bytes not admitted within {timeout:?} (the request budget is held)")]
+    BudgetTimeout { size: usize, timeout: Duration },
     #[error("frame of {size} bytes arriving too slowly: {received} received in {elapsed:?}")]
     FrameTooSlow {
         size: usize,
@@ -326,7 +328,10 @@ where
                 .filter(|s| *s <= max_frame)
                 .ok_or(ConnectionError::FrameSize(i64::from(size)))?;
             // Charged before a byte of the body is read or allocated; waiting here
-            // leaves the body in the socket, so the client is held back by TCP.
+            // leaves the body in the socket, so the client is held back by TCP. The
+            // wait is bounded like the read: a frame waiting longer than a client waits
+            // for its answer is given up (and a sender that only meant to hold a place
+            // in the queue goes with it).
             let charge = match shared.budget.try_charge(&share, size) {
                 Some(charge) => charge,
                 None => {
@@ -335,11 +340,16 @@ where
                         available_kib = shared.budget.available_kib(),
                         "waiting for request budget"
                     );
-                    shared
-                        .budget
-                        .charge(&share, size)
-                        .await
-                        .map_err(|_| ConnectionError::Budget)?
+                    let wait = shared.budget.charge(&share, size);
+                    match tokio::time::timeout(frame_timeout, wait).await {
+                        Ok(charge) => charge.map_err(|_| ConnectionError::Budget)?,
+                        Err(_) => {
+                            return Err(ConnectionError::BudgetTimeout {
+                                size,
+                                timeout: frame_timeout,
+                            })
+                        }
+                    }
                 }
             };
             let frame = read_frame(&mut reader, size, frame_timeout).await?;

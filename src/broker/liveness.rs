@@ -22,6 +22,8 @@ const ADMIN_ITERATIONS: u32 = 4096;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often the Raft leader looks for heartbeats: expiry comes at most this late.
 const EXPIRY_POLL: Duration = Duration::from_millis(100);
+/// How often a broker looks at its own fence, to log when it fences and unfences.
+const FENCE_POLL: Duration = Duration::from_millis(50);
 
 impl Broker {
     /// Announces this broker to the cluster and takes its lease, then its listeners and
@@ -80,9 +82,40 @@ impl Broker {
         let lease = self.config.raft.broker_lease;
         let heartbeats = Self::heartbeats(Arc::downgrade(self), lease);
         let expiry = Self::expire_silent(Arc::downgrade(self), lease);
+        let fence = Self::log_fencing(Arc::downgrade(self));
         tokio::spawn(async move {
-            tokio::join!(heartbeats, expiry);
+            tokio::join!(heartbeats, expiry, fence);
         })
+    }
+
+    /// Logs each time this broker fences itself (with why) and unfences (with how long
+    /// it was fenced): requests are answered by the fence as it is at that moment, and
+    /// this is the operator's record of it.
+    async fn log_fencing(broker: std::sync::Weak<Self>) {
+        let mut tick = tokio::time::interval(FENCE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fenced_since: Option<Instant> = None;
+        loop {
+            tick.tick().await;
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            match (broker.metadata.fence_cause(), fenced_since) {
+                (Some(cause), None) => {
+                    fenced_since = Some(Instant::now());
+                    metrics::counter!(crate::telemetry::BROKER_FENCES).increment(1);
+                    tracing::warn!(%cause, "broker fenced: serving no partition, group or producer id until its lease is renewed");
+                }
+                (None, Some(since)) => {
+                    fenced_since = None;
+                    tracing::info!(
+                        fenced_ms = since.elapsed().as_millis() as u64,
+                        "broker unfenced: its lease is renewed"
+                    );
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn heartbeats(broker: std::sync::Weak<Self>, lease: Duration) {

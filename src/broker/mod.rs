@@ -42,6 +42,10 @@ use crate::telemetry::ConnectionGauges;
 use crate::topic_config::TopicDefaults;
 use crate::txn::TxnCoordinator;
 
+/// How long a read waits for its read index before it is refused (a leader election
+/// takes well under it).
+const READ_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("{0}")]
@@ -117,11 +121,21 @@ impl Broker {
     }
 
     /// The metadata Raft leader, which Metadata and DescribeCluster report as the
-    /// controller; this broker when none is known.
+    /// controller; this broker when none is known, or when the leader is not a live
+    /// broker (one still starting has not registered): clients look the controller up
+    /// among the brokers listed beside it, and wait for one that is not there.
     pub fn controller_id(&self) -> i32 {
-        self.metadata
-            .leader()
-            .map_or(self.node_id(), |id| i32::try_from(id).unwrap_or(i32::MAX))
+        let me = self.node_id();
+        match self.metadata.leader() {
+            Some(id)
+                if self
+                    .metadata
+                    .read(|s| s.cluster().broker(id).is_some_and(|b| b.alive)) =>
+            {
+                i32::try_from(id).unwrap_or(i32::MAX)
+            }
+            _ => me,
+        }
     }
 
     /// Whether this broker has fenced itself (see `metadata/fence.rs`): it names other
@@ -129,6 +143,24 @@ impl Broker {
     /// requests with retriable errors, so clients go where the cluster is.
     pub fn fenced(&self) -> bool {
         self.metadata.fenced()
+    }
+
+    /// Whether this broker may answer where a log ends (ListOffsets, a Fetch's high
+    /// watermark, OffsetForLeaderEpoch): it is not fenced, and its replica holds every
+    /// entry committed before the call (a read index), so the answer is at least what
+    /// any broker acknowledged before the request. False: answer NOT_LEADER_OR_FOLLOWER.
+    pub async fn fresh_for_reads(&self) -> bool {
+        self.fresh_for_reads_within(READ_BARRIER_TIMEOUT).await
+    }
+
+    /// [`Self::fresh_for_reads`], waiting up to `wait` for the read index if that is
+    /// longer (a Fetch may wait its `max_wait_ms` anyway).
+    pub async fn fresh_for_reads_within(&self, wait: std::time::Duration) -> bool {
+        !self.fenced()
+            && self
+                .metadata
+                .read_barrier(wait.max(READ_BARRIER_TIMEOUT))
+                .await
     }
 
     pub fn write_buffer(&self) -> &WriteBuffer {

@@ -320,7 +320,7 @@ fn raft_options(node: &NodeConfig, raft: &RaftConfig) -> RaftOptions {
         .controllers
         .get(&node.id)
         .cloned()
-        .or_else(|| raft.listen.clone())
+        .or_else(|| raft.advertise.clone())
         .unwrap_or_default();
     RaftOptions {
         node_id: node.id,

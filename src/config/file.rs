@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub recover_from_store: Option<bool>,
     pub unsafe_ack_before_shipping: Option<bool>,
     pub raft_listen: Option<String>,
+    pub raft_advertise: Option<String>,
     pub controllers: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
     pub raft_tls: Option<bool>,

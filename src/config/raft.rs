@@ -14,6 +14,9 @@ use crate::tls::TlsSettings;
 pub struct RaftConfig {
     /// `raft_listen`: where peers' Raft traffic arrives; None for a lone broker.
     pub listen: Option<String>,
+    /// `raft_advertise`: where peers reach this broker's Raft port (its entry among the
+    /// voters, the address a learner joins with); the listen address unless set.
+    pub advertise: Option<String>,
     /// `controllers`: the Raft voters by node id and Raft address.
     pub controllers: BTreeMap<u64, String>,
     /// The secret that authenticates the Raft port (read from `cluster_secret_file`).
@@ -50,7 +53,11 @@ impl RaftConfig {
             1..=u64::MAX,
             "use a positive number of log entries",
         )?;
-        let (listen, controllers) = voters(args, file, node.id)?;
+        let Voters {
+            listen,
+            advertise,
+            controllers,
+        } = voters(args, file, node.id)?;
         let cluster_secret = args
             .cluster_secret_file
             .clone()
@@ -75,6 +82,7 @@ impl RaftConfig {
         )?;
         Ok(Self {
             listen,
+            advertise,
             controllers,
             cluster_secret,
             tls,
@@ -108,13 +116,10 @@ fn raft_tls(enabled: bool, tls: Option<&TlsSettings>) -> Result<Option<TlsSettin
     }
 }
 
-/// `raft_listen` and `controllers`, checked together: a broker in a cluster needs a
-/// Raft address, and its own entry among the voters must be that address.
-fn voters(
-    args: &ServeArgs,
-    file: &FileConfig,
-    node_id: u64,
-) -> Result<(Option<String>, BTreeMap<u64, String>), ConfigError> {
+/// `raft_listen`, `raft_advertise` and `controllers`, checked together: a broker in a
+/// cluster needs a Raft address, and its own entry among the voters must be the address
+/// it is reached at (`raft_advertise`, by default the listen address).
+fn voters(args: &ServeArgs, file: &FileConfig, node_id: u64) -> Result<Voters, ConfigError> {
     let raft_listen = args.raft_listen.clone().or(file.raft_listen.clone());
     if let Some(addr) = &raft_listen {
         if split_host_port(addr).is_none() {
@@ -125,9 +130,27 @@ fn voters(
             });
         }
     }
+    let raft_advertise = args.raft_advertise.clone().or(file.raft_advertise.clone());
+    if let Some(addr) = &raft_advertise {
+        if split_host_port(addr).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "raft_advertise",
+                value: addr.clone(),
+                hint: "use HOST:PORT that the other brokers reach this broker's Raft port at, e.g. strata-1.strata:9093",
+            });
+        }
+        if raft_listen.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "raft_advertise",
+                value: addr.clone(),
+                hint: "it is the address of the Raft port: set --raft-listen too",
+            });
+        }
+    }
+    let advertise = raft_advertise.or(raft_listen.clone());
     let controllers = match args.controllers.clone().or(file.controllers.clone()) {
         Some(list) => parse_controllers(&list)?,
-        None => BTreeMap::from([(node_id, raft_listen.clone().unwrap_or_default())]),
+        None => BTreeMap::from([(node_id, advertise.clone().unwrap_or_default())]),
     };
     let lone_voter = controllers.len() == 1 && controllers.contains_key(&node_id);
     if !lone_voter && raft_listen.is_none() {
@@ -138,16 +161,27 @@ fn voters(
                 "a broker in a cluster needs --raft-listen HOST:PORT for the metadata Raft traffic",
         });
     }
-    if let (Some(listen), Some(mine)) = (&raft_listen, controllers.get(&node_id)) {
-        if listen != mine {
+    if let (Some(reached), Some(mine)) = (&advertise, controllers.get(&node_id)) {
+        if reached != mine {
             return Err(ConfigError::Invalid {
                 key: "controllers",
                 value: format!("{node_id}@{mine}"),
-                hint: "this broker's entry must be its --raft-listen address",
+                hint: "this broker's entry must be the address it is reached at: --raft-advertise, else --raft-listen",
             });
         }
     }
-    Ok((raft_listen, controllers))
+    Ok(Voters {
+        listen: raft_listen,
+        advertise,
+        controllers,
+    })
+}
+
+/// What `voters` checked: this broker's Raft addresses and the voters.
+struct Voters {
+    listen: Option<String>,
+    advertise: Option<String>,
+    controllers: BTreeMap<u64, String>,
 }
 
 /// `1@host:port,2@host:port`: the Raft voters.
@@ -246,6 +280,46 @@ mod tests {
             e.starts_with("tls_ca_file = \"\" is not valid: raft_tls"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_own_controllers_entry_is_the_advertised_raft_address() {
+        let load = |args: ServeArgs| Config::load(&args).map_err(|e| e.to_string());
+        let cluster = |advertise: Option<&str>| ServeArgs {
+            node_id: Some(2),
+            raft_listen: Some("0.0.0.0:9093".into()),
+            raft_advertise: advertise.map(str::to_owned),
+            controllers: Some("1@strata-1:9093,2@strata-2:9093".into()),
+            ..Default::default()
+        };
+        // Without --raft-advertise the entry must be the listen address.
+        let e = load(cluster(None)).unwrap_err();
+        assert!(e.starts_with("controllers = \"2@strata-2:9093\""), "{e}");
+        let c = load(cluster(Some("strata-2:9093"))).unwrap();
+        assert_eq!(c.raft.listen.as_deref(), Some("0.0.0.0:9093"));
+        assert_eq!(c.raft.advertise.as_deref(), Some("strata-2:9093"));
+        let e = load(cluster(Some("strata-3:9093"))).unwrap_err();
+        assert!(e.starts_with("controllers = "), "{e}");
+        // Its default is the listen address; it needs one, and HOST:PORT.
+        let c = load(ServeArgs {
+            raft_listen: Some("127.0.0.1:9093".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.raft.advertise.as_deref(), Some("127.0.0.1:9093"));
+        let e = load(ServeArgs {
+            raft_advertise: Some("strata-1:9093".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.starts_with("raft_advertise = "), "{e}");
+        let e = load(ServeArgs {
+            raft_listen: Some("127.0.0.1:9093".into()),
+            raft_advertise: Some("strata-1".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.starts_with("raft_advertise = \"strata-1\""), "{e}");
     }
 
     #[test]

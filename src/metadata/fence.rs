@@ -23,8 +23,59 @@ pub fn is_fenced(
     leader_contact: Option<Instant>,
     is_leader: bool,
 ) -> bool {
-    let stale = |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) > lease);
-    stale(renewed) || (!is_leader && stale(leader_contact))
+    fence_cause(now, lease, renewed, leader_contact, is_leader).is_some()
+}
+
+/// Why a broker is fenced (see [`is_fenced`]); None while it is not.
+pub fn fence_cause(
+    now: Instant,
+    lease: Duration,
+    renewed: Option<Instant>,
+    leader_contact: Option<Instant>,
+    is_leader: bool,
+) -> Option<FenceCause> {
+    let age = |t: Instant| now.saturating_duration_since(t);
+    match renewed {
+        None => return Some(FenceCause::NeverRenewed),
+        Some(t) if age(t) > lease => return Some(FenceCause::LeaseNotRenewed(age(t))),
+        Some(_) => {}
+    }
+    if is_leader {
+        return None;
+    }
+    match leader_contact {
+        None => Some(FenceCause::NoLeaderContact(None)),
+        Some(t) if age(t) > lease => Some(FenceCause::NoLeaderContact(Some(age(t)))),
+        Some(_) => None,
+    }
+}
+
+/// Why a broker fenced itself, for its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceCause {
+    /// No heartbeat (nor the registration) has committed yet.
+    NeverRenewed,
+    /// The last heartbeat that committed started this long ago.
+    LeaseNotRenewed(Duration),
+    /// No leader has replicated to this follower for this long (None: ever).
+    NoLeaderContact(Option<Duration>),
+}
+
+impl std::fmt::Display for FenceCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NeverRenewed => write!(f, "lease never renewed"),
+            Self::LeaseNotRenewed(age) => {
+                write!(f, "lease last renewed {} ms ago", age.as_millis())
+            }
+            Self::NoLeaderContact(None) => write!(f, "no metadata leader has replicated here"),
+            Self::NoLeaderContact(Some(age)) => write!(
+                f,
+                "no metadata leader has replicated here for {} ms",
+                age.as_millis()
+            ),
+        }
+    }
 }
 
 /// The last lease renewal, shared between the heartbeat loop and request handlers.

@@ -72,14 +72,39 @@ impl Metadata {
     /// broker's state may be stale and the others may already have taken its partitions
     /// and groups, so it leads and coordinates nothing (see `fence.rs`).
     pub fn fenced(&self) -> bool {
-        !self.alone
-            && fence::is_fenced(
-                Instant::now(),
-                self.lease.duration(),
-                self.lease.renewed(),
-                self.raft.last_leader_contact(),
-                self.raft.is_leader(),
-            )
+        self.fence_cause().is_some()
+    }
+
+    /// Why this broker is fenced now; None while it is not (see [`Self::fenced`]).
+    pub fn fence_cause(&self) -> Option<fence::FenceCause> {
+        if self.alone {
+            return None;
+        }
+        fence::fence_cause(
+            Instant::now(),
+            self.lease.duration(),
+            self.lease.renewed(),
+            self.raft.last_leader_contact(),
+            self.raft.is_leader(),
+        )
+    }
+
+    /// Waits until this broker's replica holds everything committed before the call (a
+    /// read index, see `raft/read.rs`), so that what it then says about a log's end is at
+    /// least what was acknowledged before; false if it cannot tell within `timeout` (no
+    /// leader, or the leader out of reach) and must not answer from its replica. A lone
+    /// voter is the whole cluster and always can.
+    pub async fn read_barrier(&self, timeout: std::time::Duration) -> bool {
+        if self.alone {
+            return true;
+        }
+        match self.raft.read_barrier(timeout).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "read barrier failed: refusing the read");
+                false
+            }
+        }
     }
 
     /// Whether this broker is the metadata Raft leader: it runs the cluster-wide chores

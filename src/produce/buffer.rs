@@ -284,6 +284,30 @@ async fn flush_loop(
                 }
             }
         }
+        // A place in the commit queue. While the committer is still busy with earlier
+        // uploads (a slow store, a slow commit: every one of them waits for a PUT of the
+        // metadata log), keep filling this object instead of leaving the requests queued
+        // behind it: the next commit then carries everything that arrived meanwhile, and
+        // throughput follows the load, not the store's latency.
+        let slot = loop {
+            if bytes >= config.flush_bytes {
+                break commit_tx.reserve().await.ok();
+            }
+            tokio::select! {
+                biased;
+                slot = commit_tx.reserve() => break slot.ok(),
+                next = rx.recv() => match next {
+                    Some(p) => {
+                        bytes += p.batches.bytes;
+                        pending.push(p);
+                    }
+                    None => break commit_tx.reserve().await.ok(),
+                },
+            }
+        };
+        let Some(slot) = slot else {
+            break;
+        };
         seq += 1;
         let uploaded_ms = crate::clock::now_ms();
         let object = object_name(config.node_id, seq);
@@ -306,9 +330,7 @@ async fn flush_loop(
             }
             .instrument(span),
         );
-        if commit_tx.send(upload).await.is_err() {
-            break;
-        }
+        slot.send(upload);
     }
 }
 

@@ -71,7 +71,7 @@ pub fn describe(
     resp.with_brokers(brokers)
 }
 
-pub fn offset_for_leader_epoch(
+pub async fn offset_for_leader_epoch(
     broker: &Arc<Broker>,
     authz: &Authz<'_>,
     req: OffsetForLeaderEpochRequest,
@@ -83,8 +83,10 @@ pub fn offset_for_leader_epoch(
     // log end offset, and a client validating its position after a leader move never
     // finds a truncation.
     let epoch = broker.read(|s| s.cluster().epoch());
-    // A fenced broker's copy may be stale: the client asks elsewhere.
-    let fenced = broker.fenced();
+    // A fenced broker's copy may be stale, a follower's may trail the leader's commits:
+    // only a replica that holds what was acknowledged before answers; else the client
+    // asks elsewhere.
+    let fenced = !broker.fresh_for_reads().await;
     let topics = req
         .topics
         .into_iter()

@@ -91,7 +91,7 @@ async fn data_request(
             ResponseKind::DescribeCluster(cluster::describe(broker, authz, req, version))
         }
         RequestKind::OffsetForLeaderEpoch(req) => ResponseKind::OffsetForLeaderEpoch(
-            cluster::offset_for_leader_epoch(broker, authz, req, version),
+            cluster::offset_for_leader_epoch(broker, authz, req, version).await,
         ),
         RequestKind::DescribeTopicPartitions(req) => ResponseKind::DescribeTopicPartitions(
             topic_partitions::describe(broker, authz, req, version),

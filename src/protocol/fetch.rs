@@ -36,11 +36,16 @@ pub async fn handle(
     let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
+    // The replica must hold everything committed before the request, so that the high
+    // watermark it reports is at least what was acknowledged (a read index); a broker
+    // that cannot tell answers as a fenced one does.
+    let fresh = broker.fresh_for_reads_within(wait).await;
     let mut applied = broker.applied();
     loop {
         applied.borrow_and_update();
         let last = Instant::now() >= deadline;
-        let (responses, bytes, errors) = read_once(broker, &req, &readable, version, last).await;
+        let (responses, bytes, errors) =
+            read_once(broker, &req, &readable, version, last, fresh).await;
         if bytes >= min_bytes.max(1) || errors || last {
             return answer(responses);
         }
@@ -49,7 +54,8 @@ pub async fn handle(
                 return answer(responses);
             },
             _ = tokio::time::sleep_until(deadline) => {
-                let (responses, _, _) = read_once(broker, &req, &readable, version, true).await;
+                let (responses, _, _) =
+                    read_once(broker, &req, &readable, version, true, fresh).await;
                 return answer(responses);
             }
         }
@@ -85,15 +91,17 @@ fn answer(responses: Vec<FetchableTopicResponse>) -> FetchResponse {
 /// only then is it OFFSET_OUT_OF_RANGE. A fenced broker, whose state may be stale and
 /// stay so, serves nothing from it (no records, no high watermark, no log start): every
 /// partition answers NOT_LEADER_OR_FOLLOWER, so the consumer refreshes its metadata and
-/// reads where the cluster is.
+/// reads where the cluster is. So does a broker whose read barrier failed (`fresh`
+/// false): it cannot tell whether its replica holds what was acknowledged.
 async fn read_once(
     broker: &Broker,
     req: &FetchRequest,
     readable: &[bool],
     version: i16,
     last: bool,
+    fresh: bool,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
-    let mut pass = Pass::new(broker, req, version, last);
+    let mut pass = Pass::new(broker, req, version, last, fresh);
     let mut topics = Vec::with_capacity(req.topics.len());
     for (topic, readable) in req.topics.iter().zip(readable) {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
@@ -141,9 +149,9 @@ struct Pass {
 }
 
 impl Pass {
-    fn new(broker: &Broker, req: &FetchRequest, version: i16, last: bool) -> Self {
+    fn new(broker: &Broker, req: &FetchRequest, version: i16, last: bool, fresh: bool) -> Self {
         Self {
-            fenced: broker.fenced(),
+            fenced: !fresh || broker.fenced(),
             // v4+: read_committed stops at the last stable offset.
             isolation: if version >= 4 {
                 Isolation::from_level(req.isolation_level)

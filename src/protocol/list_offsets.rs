@@ -23,8 +23,10 @@ pub async fn handle(
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
-    // A fenced broker's copy may be stale: it sends the client to where the cluster is.
-    let fenced = broker.fenced();
+    // Only a replica that holds everything committed before the request may answer (a
+    // fenced broker's copy may be stale and stay so; a follower's may trail the leader's
+    // commits): otherwise the client is sent to where the cluster is.
+    let fenced = !broker.fresh_for_reads().await;
     // v2+: read_committed's latest offset is the last stable offset.
     let read_committed = version >= 2 && req.isolation_level == 1;
     let mut topics = Vec::with_capacity(req.topics.len());

@@ -41,6 +41,7 @@ pub const CACHE_HIT_BYTES: &str = "strata_cache_hit_bytes_total";
 pub const RAFT_COMMIT_SECONDS: &str = "strata_raft_commit_duration_seconds";
 pub const SASL_AUTHENTICATIONS: &str = "strata_sasl_authentications_total";
 pub const TRANSACTIONS: &str = "strata_transactions_total";
+pub const BROKER_FENCES: &str = "strata_broker_fences_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -126,6 +127,10 @@ fn describe() {
     describe_counter!(
         TRANSACTIONS,
         "Transactions this broker decided, by outcome (commit, abort, timeout, fenced: an open one aborted by a new producer)"
+    );
+    describe_counter!(
+        BROKER_FENCES,
+        "Times this broker fenced itself (cut off from the metadata cluster; each logged with its cause)"
     );
     describe_counter!(
         SASL_AUTHENTICATIONS,

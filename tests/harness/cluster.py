@@ -14,6 +14,12 @@ voters (`--controllers`); any node added later with `add_learner()` is a learner
     c.isolate(1) / c.heal(1)   # the test-only switch: <data-dir>/raft/ISOLATE
     c.close()                  # SIGKILL everything
 
+Options: `store_url` and `env` put every node on another store (an S3 bucket, with the
+AWS_* variables in `env`); `raft_relays=True` puts a relay (`harness.raftproxy`) in front
+of each node's Raft port, advertised with `--raft-advertise`, and a cluster secret on
+every node, so that `c.relays.partition(1)` cuts node 1's Raft traffic both ways while its
+Kafka port stays reachable; `metrics=True` gives each node a `/metrics` listener.
+
 A node counts as started when its log says "strata is serving" (the Kafka port is bound
 before the node has joined the metadata cluster, so a TCP connect proves nothing).
 """
@@ -69,6 +75,9 @@ class Node(StrataProcess):
         self.id = node_id
         self.kafka_port = free_port()
         self.raft_port = free_port()
+        # Where peers reach its Raft port: a relay's port, else the port itself.
+        self.raft_advertised_port = self.raft_port
+        self.metrics_port = free_port() if cluster.metrics else None
         self.env: dict[str, str] = {}
         self.listener_args: list[str] | None = None
 
@@ -79,6 +88,44 @@ class Node(StrataProcess):
     @property
     def raft_addr(self) -> str:
         return f"127.0.0.1:{self.raft_port}"
+
+    @property
+    def raft_advertised(self) -> str:
+        return f"127.0.0.1:{self.raft_advertised_port}"
+
+    def metrics(self, timeout: float = 5.0) -> dict[str, float]:
+        """This node's unlabelled /metrics samples (needs `metrics=True`)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, _, value = line.partition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+        return out
+
+    def log_size(self) -> int:
+        """Bytes in its log now (a mark for `fence_lines`)."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def fence_lines(self, start: int = 0, end: int | None = None) -> list[str]:
+        """The lines of its log between byte marks `start` and `end` (default: all of it,
+        every start) saying that it fenced itself."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                text = f.read(None if end is None else max(end - start, 0)).decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if "broker fenced" in line]
 
     def command(self) -> list[str]:
         cmd = [
@@ -91,6 +138,12 @@ class Node(StrataProcess):
             "--raft-listen", self.raft_addr,
             "--controllers", self.cluster.controllers,
         ]
+        if self.raft_advertised_port != self.raft_port:
+            cmd += ["--raft-advertise", self.raft_advertised]
+        if self.cluster.secret_path is not None:
+            cmd += ["--cluster-secret-file", str(self.cluster.secret_path)]
+        if self.metrics_port is not None:
+            cmd += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         if self.cluster.config_path is not None:
             cmd += ["--config", str(self.cluster.config_path)]
         if self.id in self.cluster.racks:
@@ -99,6 +152,7 @@ class Node(StrataProcess):
 
     def environment(self) -> dict[str, str]:
         env = self.base_environment()
+        env.update(self.cluster.env)
         env.update(self.env)
         return env
 
@@ -123,25 +177,42 @@ class Node(StrataProcess):
 
 class Cluster:
     def __init__(self, base_dir: Path, voters: int = 3, extra_args: list[str] | None = None,
-                 config: str | None = None, racks: dict[int, str] | None = None):
+                 config: str | None = None, racks: dict[int, str] | None = None,
+                 store_url: str | None = None, env: dict[str, str] | None = None,
+                 raft_relays: bool = False, metrics: bool = False):
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.objects_dir = self.base_dir / "objects"
         self.objects_dir.mkdir(exist_ok=True)
+        self._store_url = store_url
+        self.env = dict(env or {})
+        self.metrics = metrics
         self.extra_args = list(extra_args or [])
         self.racks = dict(racks or {})
         self.config_path: Path | None = None
         if config is not None:
             self.config_path = self.base_dir / "strata.toml"
             self.config_path.write_text(config)
+        self.secret_path: Path | None = None
+        self.relays = None
+        if raft_relays:
+            from harness.raftproxy import RaftRelays
+
+            self.secret_path = self.base_dir / "cluster.secret"
+            self.secret_path.write_text("strata-test-cluster-secret-0123456789\n")
+            self.relays = RaftRelays(self.base_dir / "raft-relays.log")
         self.nodes: dict[int, Node] = {}
         for i in range(1, voters + 1):
             self.nodes[i] = Node(self, i)
+            if self.relays is not None:
+                self.nodes[i].raft_advertised_port = self.relays.add(i, self.nodes[i].raft_port)
         self.voter_ids = list(self.nodes)
-        self.controllers = ",".join(f"{n.id}@{n.raft_addr}" for n in self.nodes.values())
+        self.controllers = ",".join(f"{n.id}@{n.raft_advertised}" for n in self.nodes.values())
 
     @property
     def store_url(self) -> str:
+        if self._store_url is not None:
+            return self._store_url
         return f"file://{self.objects_dir.resolve()}"
 
     def node(self, n: int) -> Node:
@@ -184,6 +255,8 @@ class Cluster:
     def add_learner(self, wait: bool = True) -> int:
         node_id = max(self.nodes) + 1
         self.nodes[node_id] = Node(self, node_id)
+        if self.relays is not None:
+            self.nodes[node_id].raft_advertised_port = self.relays.add(node_id, self.nodes[node_id].raft_port)
         if wait:
             self.start(node_id)
         else:
@@ -200,7 +273,12 @@ class Cluster:
 
     def close(self) -> None:
         for n in self.nodes.values():
+            if n.running:
+                # A stopped (SIGSTOP) process must be continued to die promptly.
+                n.proc.send_signal(signal.SIGCONT)
             n.stop(signal.SIGKILL)
+        if self.relays is not None:
+            self.relays.close()
 
     # -------------------------------------------------------------- metadata
     def metadata(self, via: int | None = None, topic: str | None = None, timeout: float = 10.0):

@@ -53,6 +53,14 @@ STORE_INDEPENDENT = {
 }
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--measure", action="store_true", default=False,
+        help="fault tests (test_availability.py) run their faults at full length and print "
+             "the figures docs/performance.md records, instead of CI's shorter ones",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     if TEST_STORE == "local":
         return

@@ -14,7 +14,8 @@
 //! errors, the node handle); `node.rs` starts the node and proposes, and tracks its
 //! progress and the leader; `serve.rs` serves peers' requests, refusing senders that may
 //! not send them; `membership.rs` adds learners and changes voters. `network.rs` carries
-//! the frames between brokers and `auth.rs` authenticates them. `log_store.rs` is the log,
+//! the frames between brokers and `auth.rs` authenticates them; `read.rs` is the read
+//! barrier (Raft's read index) that keeps answers about a log's end fresh. `log_store.rs` is the log,
 //! `state_machine.rs` applies entries and builds and installs snapshots, `files.rs` holds
 //! the atomic-write helpers. `tests.rs` runs the node end to end.
 
@@ -29,7 +30,7 @@ use openraft::{BasicNode, StorageError};
 use tokio::sync::watch;
 
 use self::auth::ClusterSecret;
-use self::network::{Auth, Isolation};
+use self::network::{Auth, Isolation, QuorumAcks};
 use super::state::{Command, MetadataState, Response};
 
 pub mod auth;
@@ -38,6 +39,7 @@ mod log_store;
 mod membership;
 pub mod network;
 mod node;
+mod read;
 mod serve;
 mod state_machine;
 #[cfg(test)]
@@ -190,4 +192,8 @@ struct Inner {
     /// `started` plus one (0: never).
     leader_contact: AtomicU64,
     started: Instant,
+    /// As leader: when each voter last accepted its AppendEntries (the read lease).
+    acks: QuorumAcks,
+    /// Read-index rounds (`read.rs`).
+    reads: read::ReadRounds,
 }

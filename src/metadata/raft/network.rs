@@ -76,6 +76,11 @@ pub enum RaftRequest {
         add: Vec<NodeId>,
         remove: Vec<NodeId>,
     },
+    /// A follower's read barrier (`read.rs`): the leader's commit index, once it knows it
+    /// is still the leader. Only ever sent to the leader; appended last, so every other
+    /// frame encodes as before and an older build, which cannot decode this one, closes
+    /// the connection (the follower then reads as older builds did).
+    ReadIndex,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,6 +95,8 @@ pub enum RaftReply {
     Join(Result<(), String>),
     /// The voters after the change.
     ChangeVoters(Result<Vec<NodeId>, String>),
+    /// Every entry committed before the request arrived is at or below this index.
+    ReadIndex(Result<u64, String>),
 }
 
 /// Refusals on the Raft port, logged at most this often (with a count of the rest).
@@ -496,6 +503,59 @@ async fn serve_connection<H: Handler>(
 pub struct TcpNetwork {
     pub isolation: Isolation,
     pub auth: Auth,
+    pub acks: QuorumAcks,
+}
+
+/// When each peer last showed that it still follows this node: for each, the term and
+/// the send time of the latest AppendEntries it accepted. A follower that accepts an
+/// AppendEntries refuses its vote to anyone else for a while after (openraft's leader
+/// lease), so while a majority accepted one sent recently, no other leader can exist
+/// (`read.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct QuorumAcks(
+    Arc<std::sync::Mutex<std::collections::HashMap<NodeId, (u64, std::time::Instant)>>>,
+);
+
+impl QuorumAcks {
+    fn record(&self, peer: NodeId, term: u64, sent: std::time::Instant) {
+        let mut acks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = acks.entry(peer).or_insert((term, sent));
+        if (term, sent) > *entry {
+            *entry = (term, sent);
+        }
+    }
+
+    /// The latest time by which a majority of `voters` (this node, `me`, counting as
+    /// now) had accepted an AppendEntries of `term` sent then; None if no majority has.
+    pub fn quorum_since(
+        &self,
+        voters: impl IntoIterator<Item = NodeId>,
+        me: NodeId,
+        term: u64,
+        now: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        let acks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut times: Vec<Option<std::time::Instant>> = voters
+            .into_iter()
+            .map(|v| {
+                if v == me {
+                    Some(now)
+                } else {
+                    acks.get(&v).filter(|(t, _)| *t == term).map(|(_, at)| *at)
+                }
+            })
+            .collect();
+        // Newest first; the majority-th is the time a majority had acknowledged by.
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let majority = times.len() / 2 + 1;
+        times.get(majority - 1).copied().flatten()
+    }
 }
 
 pub struct TcpConnection {
@@ -504,6 +564,7 @@ pub struct TcpConnection {
     stream: Option<Link>,
     isolation: Isolation,
     auth: Auth,
+    acks: QuorumAcks,
 }
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
@@ -516,6 +577,7 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
             stream: None,
             isolation: self.isolation.clone(),
             auth: self.auth.clone(),
+            acks: self.acks.clone(),
         }
     }
 }
@@ -583,8 +645,16 @@ impl RaftNetwork<TypeConfig> for TcpConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        let sent = std::time::Instant::now();
+        let term = rpc.vote.leader_id().term;
         match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
-            RaftReply::AppendEntries(Ok(r)) => Ok(r),
+            RaftReply::AppendEntries(Ok(r)) => {
+                // Anything but a higher vote: the peer still follows this term's leader.
+                if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+                    self.acks.record(self.target, term, sent);
+                }
+                Ok(r)
+            }
             RaftReply::AppendEntries(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }

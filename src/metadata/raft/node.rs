@@ -22,6 +22,11 @@ use super::*;
 /// Generous because a restart may have to replay a long log, or wait for a quorum of
 /// voters to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a leader that stepped down holds its own elections back, waiting for the new
+/// leader to reach it (see `hold_elections_after_stepping_down`): several of the leader's
+/// retries to a peer it could not reach (each after a pause of up to 2 s, and the first
+/// over a new connection may time out too). The other voters still elect meanwhile.
+const STEP_DOWN_HOLD: Duration = Duration::from_secs(8);
 /// Entries kept behind a snapshot so a briefly lagging follower (later) can catch up from the
 /// log instead of a full snapshot transfer.
 const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 8;
@@ -78,9 +83,11 @@ impl MetadataRaft {
             me: Identity::Node(node_id),
             tls,
         };
+        let acks = network::QuorumAcks::default();
         let network = TcpNetwork {
             isolation: isolation.clone(),
             auth: auth.clone(),
+            acks: acks.clone(),
         };
         let log_reader = log_store.clone();
         let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
@@ -99,11 +106,14 @@ impl MetadataRaft {
                 ack_after_shipping: std::sync::atomic::AtomicBool::new(false),
                 leader_contact: AtomicU64::new(0),
                 started: Instant::now(),
+                acks,
+                reads: Default::default(),
             }),
         };
         if let Some(listen) = &options.listen {
             this.serve_peers(listen, options.tls.as_ref(), isolation, auth.clone())
                 .await?;
+            tokio::spawn(this.clone().hold_elections_after_stepping_down());
         }
 
         if let Err(e) = Self::wait_ready(&raft, &options, fresh, auth).await {
@@ -192,7 +202,25 @@ impl MetadataRaft {
 
     /// When this node (a follower or learner) last accepted an AppendEntries or
     /// InstallSnapshot from a leader; None if never.
+    /// A leader counts as in contact while a majority of the voters follows it, so one
+    /// that steps down (a candidate with a higher term reached it) is not taken for one
+    /// that heard from no leader since before it led.
     pub fn last_leader_contact(&self) -> Option<Instant> {
+        let quorum = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader == Some(m.id))
+                .then(|| {
+                    let voters = m.membership_config.membership().voter_ids();
+                    self.inner
+                        .acks
+                        .quorum_since(voters, m.id, m.current_term, Instant::now())
+                })
+                .flatten()
+        };
+        if let Some(at) = quorum {
+            self.record_contact_at(at);
+        }
         match self.inner.leader_contact.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(self.inner.started + Duration::from_millis(ms - 1)),
@@ -200,7 +228,11 @@ impl MetadataRaft {
     }
 
     pub(super) fn record_leader_contact(&self) {
-        let ms = self.inner.started.elapsed().as_millis() as u64 + 1;
+        self.record_contact_at(Instant::now());
+    }
+
+    fn record_contact_at(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.inner.started).as_millis() as u64 + 1;
         self.inner.leader_contact.fetch_max(ms, Ordering::Relaxed);
     }
 
@@ -275,8 +307,59 @@ impl MetadataRaft {
         }
     }
 
+    /// A leader that steps down because another was elected with a higher term (it was
+    /// frozen, or cut off, and is back) may wait a while for that leader to reach it (its
+    /// retries to a peer that was unreachable back off up to 2 s), longer than this
+    /// node's election timeout: campaigning then would only depose a working leader and
+    /// stall every commit for an election. So it holds its own elections back until the
+    /// leader replicates to it, or for [`STEP_DOWN_HOLD`] at most (it still votes). Only
+    /// when it knows that vote is committed: a leader deposed by a mere candidate (a
+    /// follower that was cut off and campaigned) campaigns at once, as the node most
+    /// likely to win.
+    async fn hold_elections_after_stepping_down(self) {
+        let mut metrics = self.inner.raft.metrics();
+        let mut was_leader = false;
+        let mut stepped_down: Option<Instant> = None;
+        let mut held_since: Option<Instant> = None;
+        loop {
+            let changed = tokio::time::timeout(Duration::from_millis(100), metrics.changed());
+            if let Ok(Err(_)) = changed.await {
+                return; // the Raft core stopped
+            }
+            let (is_leader, other_elected) = {
+                let m = metrics.borrow_and_update();
+                let other_elected =
+                    m.vote.is_committed() && m.vote.leader_id().voted_for() != Some(m.id);
+                (m.current_leader == Some(m.id), other_elected)
+            };
+            if was_leader && !is_leader {
+                stepped_down = Some(Instant::now());
+            }
+            was_leader = is_leader;
+            if let Some(at) = stepped_down {
+                let reached = self.last_leader_contact().is_some_and(|c| c > at);
+                if is_leader || reached || at.elapsed() >= STEP_DOWN_HOLD {
+                    stepped_down = None;
+                } else if other_elected && held_since.is_none() {
+                    tracing::info!(
+                        "stepped down as metadata leader: holding elections back until the new leader reaches this node"
+                    );
+                    self.inner.raft.runtime_config().elect(false);
+                    held_since = Some(at);
+                }
+            }
+            if let Some(since) = held_since {
+                let reached = self.last_leader_contact().is_some_and(|c| c > since);
+                if reached || since.elapsed() >= STEP_DOWN_HOLD || is_leader {
+                    self.inner.raft.runtime_config().elect(true);
+                    held_since = None;
+                }
+            }
+        }
+    }
+
     /// Resolves once this node knows of a leader other than `from`.
-    async fn leader_moved(&self, from: Option<NodeId>) {
+    pub(super) async fn leader_moved(&self, from: Option<NodeId>) {
         let mut metrics = self.inner.raft.metrics();
         let stopped = metrics
             .wait_for(|m| m.current_leader.is_some() && m.current_leader != from)

@@ -57,6 +57,7 @@ impl network::Handler for MetadataRaft {
                 RaftRequest::Propose(_) => Ok(RaftReply::Propose(Err(refusal))),
                 RaftRequest::Join { .. } => Ok(RaftReply::Join(Err(refusal))),
                 RaftRequest::ChangeVoters { .. } => Ok(RaftReply::ChangeVoters(Err(refusal))),
+                RaftRequest::ReadIndex => Ok(RaftReply::ReadIndex(Err(refusal))),
                 _ => Err(refusal),
             };
         }
@@ -90,6 +91,9 @@ impl network::Handler for MetadataRaft {
             }
             RaftRequest::Join { node_id, addr } => {
                 RaftReply::Join(self.add_learner(node_id, addr).await)
+            }
+            RaftRequest::ReadIndex => {
+                RaftReply::ReadIndex(self.leader_read_index(read::READ_LEASE * 2).await)
             }
         })
     }
@@ -179,14 +183,15 @@ impl MetadataRaft {
                 | RaftRequest::Vote(_)
                 | RaftRequest::InstallSnapshot(_),
             ) => None,
-            (Identity::Node(id), RaftRequest::Propose(_) | RaftRequest::ChangeVoters { .. }) => {
-                (!member(id)).then(|| {
-                    format!(
-                        "refused: node {id} is not a registered member of this cluster (start it \
+            (
+                Identity::Node(id),
+                RaftRequest::Propose(_) | RaftRequest::ChangeVoters { .. } | RaftRequest::ReadIndex,
+            ) => (!member(id)).then(|| {
+                format!(
+                    "refused: node {id} is not a registered member of this cluster (start it \
                          so that it joins first)"
-                    )
-                })
-            }
+                )
+            }),
         }
     }
 }
