@@ -61,10 +61,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
             serve_metrics(addr, started.clone()).await?;
         }
         let limits = config.listener.clone();
-        log_serving(&config);
+        let serving = config.clone();
         let (broker, tasks) = Broker::start(config).await?;
         broker.register().await?;
         let _ = started.set(broker.clone());
+        // Said only once the broker serves: tests and operators wait for this line.
+        log_serving(&serving);
         let loops = vec![broker.spawn_liveness(), broker.spawn_transactions()];
         if strata::failpoint::on("panic-in-task") {
             // Test switch: a background task panics, as a bug would make one.

@@ -19,6 +19,7 @@ from pathlib import Path
 from harness import REPO_ROOT
 
 from bench.broker import bench_broker, stop_broker
+from bench import loadgen
 from bench.idle import run_idle_latency
 from bench.machine import disk_figures, loadavg, loopback_bandwidth, machine_info
 from bench.phases import Bench, catchup_phase, latency_phase, produce_phase, tail_phase
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--broker-args", default="",
                     help='extra args for `strata serve` in one string, shell-split; write it with "=": --broker-args="--compaction-age-ms 30000"')
     ap.add_argument("--skip-machine", action="store_true", help="skip the disk/loopback measurements")
+    ap.add_argument("--loadgen", choices=("rust", "python"), default=None,
+                    help="what drives the produce, tail and catch-up phases (and the soak's catch-up): rust = "
+                         "strata-loadgen (tools/loadgen, rdkafka), python = confluent-kafka processes; the latency "
+                         "phase is always Python [rust if --loadgen-bin exists, else python]")
+    ap.add_argument("--loadgen-bin", type=Path, default=loadgen.DEFAULT_BIN,
+                    help="the strata-loadgen binary [tools/loadgen/target/release/strata-loadgen]")
     ap.add_argument("--txn", action="store_true",
                     help="after the produce phase (and the tail read, which must find that phase's data in the "
                          "broker cache), produce the same volume with the same number of processes again, each a "
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.idle_latency:
         return run_idle_latency(a)
+    loadgen.resolve(ap, a)
     if a.soak:
         return run_soak(a, mp.get_context("spawn"))
     if a.s3_trickle:
@@ -139,6 +147,7 @@ def run_benchmark(a) -> int:
          + (f", txn phase: {a.txn_records} records per transaction" if a.txn else ""))
     from confluent_kafka import libversion, version
     fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")
+    loadgen.figure(a)
     machine_info(a.dir)
     fig("machine_loadavg_start", loadavg())
 
@@ -152,7 +161,7 @@ def run_benchmark(a) -> int:
     broker = bench_broker(a)
     broker.start()
     fig("broker_store", broker.store_url)
-    b = Bench(ctx, broker, a, cargs, disk_w, disk_r, loop)
+    b = Bench(ctx, broker, a, cargs, disk_w, disk_r, loop, loadgen_bin=a.loadgen_path)
     log1 = ""
     try:
         create_topic(broker.bootstrap, a.partitions)

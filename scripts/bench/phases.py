@@ -1,16 +1,23 @@
 """The benchmark's phases, in the order they run: produce throughput, tail read, latency
 at a fixed rate, catch-up read after a restart (the --txn phases are in bench.txn), and
 what they share: `Phase` (broker CPU and disk reads around a phase), `collect` (worker
-results) and `run_drain` (a read by consumer processes)."""
+results), `run_drain` (a read by consumer processes) and `timed_drain` (a read by the
+load generator of --loadgen, inside a `Phase`).
+
+With --loadgen rust (the default when tools/loadgen is built) the produce, tail and
+catch-up phases are driven by strata-loadgen (bench.loadgen); the latency phase always
+by the Python processes, whose figures it has always had."""
 
 from __future__ import annotations
 
 import queue
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness import Broker
 
+from bench import loadgen
 from bench.broker import stop_broker
 from bench.machine import drop_tree_cache
 from bench.report import GB, MB, fig, note, pct
@@ -29,6 +36,7 @@ class Bench:
     disk_write: float
     disk_read: float
     loopback: float
+    loadgen_bin: Path | None = None  # strata-loadgen (--loadgen rust), or None: the Python processes
     problems: list[str] = field(default_factory=list)
 
 
@@ -99,13 +107,81 @@ def run_drain(ctx, bootstrap, starts, ends, nconsumers, args, topic: str = TOPIC
             "unfinished": sum(r["unfinished"] for r in res), "client_cpu": sum(r["cpu"] for r in res)}
 
 
+def timed_drain(ctx, broker: Broker, loadgen_bin: Path | None, log_dir: Path, starts: dict, ends: dict, nconsumers: int,
+                args: dict, topic: str = TOPIC, isolation=None, name: str = "drain") -> tuple[dict, Phase]:
+    """A read of starts[p]..ends[p] (run_drain's result) and the `Phase` around it: by
+    strata-loadgen when loadgen_bin is set (the phase sampled from its go to its result,
+    its connection set up before), else by consumer processes (the phase around them)."""
+    if loadgen_bin is not None:
+        job = loadgen.drain_job(loadgen_bin, log_dir, broker.bootstrap, topic, starts, ends, nconsumers, args,
+                                isolation, name).start()
+        with Phase(broker) as ph:
+            job.go()
+            res = job.result(900)
+        return loadgen.drain_result(res), ph
+    with Phase(broker) as ph:
+        r = run_drain(ctx, broker.bootstrap, starts, ends, nconsumers, args, topic, isolation)
+    return r, ph
+
+
+def per_gb(cpu: float, nbytes: float):
+    """Broker cpu-s per GB of `nbytes` ("n/a" for none)."""
+    return cpu / (nbytes / GB) if nbytes > 0 else "n/a"
+
+
 # ----------------------------------------------------------------- produce
 def produce_phase(b: Bench, per: list[int]) -> float:
-    """Producer processes (per[i] records each) as fast as they go; returns MB/s."""
-    a, broker, ctx = b.a, b.broker, b.ctx
+    """Producers (per[i] records each: processes, or strata-loadgen's instances) as fast
+    as they go; returns MB/s."""
+    a, broker = b.a, b.broker
     nrec = sum(per)
     objs0 = broker.segment_objects()
     sbytes0 = broker.store_bytes()
+    if b.loadgen_bin is not None:
+        res, ph = _produce_loadgen(b, nrec)
+        secs = res["seconds"]
+        errs = res["errors"] + res["undelivered"]
+        last_errors = [res["last_error"]] if res["last_error"] else []
+        client_cpu = res["cpu_s"]
+    else:
+        res, ph = _produce_python(b, per)
+        secs = max(r["t1"] for r in res) - min(r["t0"] for r in res)
+        errs = sum(r["errors"] for r in res) + sum(r["undelivered"] for r in res)
+        last_errors = [r["last_error"] for r in res if r["last_error"]]
+        client_cpu = sum(r["cpu"] for r in res)
+    prod_bytes = nrec * a.record_size
+    prod_mbs = prod_bytes / secs / MB
+    objs = broker.segment_objects() - objs0
+    fig("produce_mode", producer_mode(producer_conf(broker.bootstrap, b.cargs)))
+    fig("produce_volume", prod_bytes / MB, "MB")
+    fig("produce_seconds", secs, "s")
+    fig("produce_throughput", prod_mbs, "MB/s")
+    fig("produce_records", nrec / secs, "records/s")
+    fig("produce_vs_disk_write", prod_mbs / b.disk_write, "ratio")
+    fig("produce_errors", errs)
+    if errs:
+        b.problems.append(f"produce: {errs} errors, last: {last_errors}")
+    fig("produce_client_cpu", client_cpu / secs, "cores")
+    fig("produce_broker_cpu", ph.cpu / secs, "cores")
+    fig("broker_cpu_per_gb", ph.cpu / (prod_bytes / GB), "cpu-s/GB")
+    fig("produce_broker_cpu_per_gb", ph.cpu / (prod_bytes / GB), "cpu-s/GB")
+    if b.loadgen_bin is not None:
+        # Delivery-report latency of the flat-out producers: mostly time queued in the client.
+        lat = res["latency_ms"]
+        fig("produce_flat_out_latency_p50", lat["p50"], "ms")
+        fig("produce_flat_out_latency_p99", lat["p99"], "ms")
+    if objs >= 0:
+        fig("store_puts_per_gb", objs / (prod_bytes / GB), "PUT/GB")
+        fig("store_object_mean_size", (broker.store_bytes() - sbytes0) / max(objs, 1) / MB, "MB")
+    else:
+        fig("store_puts_per_gb", "n/a")
+    fig("broker_rss_after_produce", broker.rss_mib(), "MiB")
+    return prod_mbs
+
+
+def _produce_python(b: Bench, per: list[int]) -> tuple[list[dict], Phase]:
+    """Producer processes, per[i] records each, started together from a barrier."""
+    a, broker, ctx = b.a, b.broker, b.ctx
     q = ctx.Queue()
     barrier = ctx.Barrier(a.producers + 1)
     procs = [ctx.Process(daemon=True, target=throughput_producer, args=(broker.bootstrap, TOPIC, n, b.cargs, barrier, q))
@@ -117,30 +193,18 @@ def produce_phase(b: Bench, per: list[int]) -> float:
         res = collect(q, procs, len(procs), 1800)
     for pr in procs:
         pr.join(30)
-    secs = max(r["t1"] for r in res) - min(r["t0"] for r in res)
-    prod_bytes = nrec * a.record_size
-    prod_mbs = prod_bytes / secs / MB
-    errs = sum(r["errors"] for r in res) + sum(r["undelivered"] for r in res)
-    objs = broker.segment_objects() - objs0
-    fig("produce_mode", producer_mode(producer_conf(broker.bootstrap, b.cargs)))
-    fig("produce_volume", prod_bytes / MB, "MB")
-    fig("produce_seconds", secs, "s")
-    fig("produce_throughput", prod_mbs, "MB/s")
-    fig("produce_records", nrec / secs, "records/s")
-    fig("produce_vs_disk_write", prod_mbs / b.disk_write, "ratio")
-    fig("produce_errors", errs)
-    if errs:
-        b.problems.append(f"produce: {errs} errors, last: {[r['last_error'] for r in res if r['last_error']]}")
-    fig("produce_client_cpu", sum(r["cpu"] for r in res) / secs, "cores")
-    fig("produce_broker_cpu", ph.cpu / secs, "cores")
-    fig("broker_cpu_per_gb", ph.cpu / (prod_bytes / GB), "cpu-s/GB")
-    if objs >= 0:
-        fig("store_puts_per_gb", objs / (prod_bytes / GB), "PUT/GB")
-        fig("store_object_mean_size", (broker.store_bytes() - sbytes0) / max(objs, 1) / MB, "MB")
-    else:
-        fig("store_puts_per_gb", "n/a")
-    fig("broker_rss_after_produce", broker.rss_mib(), "MiB")
-    return prod_mbs
+    return res, ph
+
+
+def _produce_loadgen(b: Bench, nrec: int) -> tuple[dict, Phase]:
+    """strata-loadgen with --producers instances, nrec records between them."""
+    job = loadgen.produce_job(b.loadgen_bin, b.a.dir, b.broker.bootstrap, TOPIC, nrec, b.a.producers, b.cargs).start()
+    with Phase(b.broker) as ph:
+        job.go()
+        res = job.result(1800)
+    if res["exit_code"]:
+        b.problems.append(f"strata-loadgen produce exited with {res['exit_code']}: {res['stderr']}")
+    return res, ph
 
 
 # ----------------------------------------------------------------- tail read
@@ -153,16 +217,17 @@ def tail_phase(b: Bench, prod_mbs: float) -> None:
     starts = {p: max(wm[p][0], ends[p] - per_part) for p in wm}
     if broker.store_dir:
         drop_tree_cache(broker.store_dir)  # so a store read would show up as a disk read
-    with Phase(broker) as ph:
-        r = run_drain(b.ctx, broker.bootstrap, starts, ends, a.consumers, b.cargs)
+    r, ph = timed_drain(b.ctx, broker, b.loadgen_bin, a.dir, starts, ends, a.consumers, b.cargs, name="tail")
     tail_mbs = r["bytes"] / r["secs"] / MB
     fig("tail_consume_volume", r["total_bytes"] / MB, "MB")
     fig("tail_consume_first_record", r["first_record_s"] * 1000, "ms")
     fig("tail_consume_throughput", tail_mbs, "MB/s")
     fig("tail_consume_vs_produce", tail_mbs / prod_mbs, "ratio")
     fig("tail_consume_vs_loopback", tail_mbs / b.loopback, "ratio")
+    fig("tail_consume_vs_disk_read", tail_mbs / b.disk_read, "ratio")
     fig("tail_consume_broker_disk_read", ph.disk_read / MB if ph.disk_read >= 0 else "n/a", "MB")
     fig("tail_consume_broker_cpu", ph.cpu / r["secs"], "cores")
+    fig("tail_consume_broker_cpu_per_gb", per_gb(ph.cpu, r["total_bytes"]), "cpu-s/GB")
     fig("tail_consume_client_cpu", r["client_cpu"] / r["secs"], "cores")
     if r["errors"] or r["unfinished"]:
         b.problems.append(f"tail consume: {r['errors']} errors, {r['unfinished']} partitions not finished")
@@ -225,8 +290,7 @@ def catchup_phase(b: Bench) -> str:
     starts = {p: wm[p][0] for p in wm}
     ends = {p: wm[p][1] for p in wm}
     evicted = drop_tree_cache(broker.store_dir) if broker.store_dir else 0
-    with Phase(broker) as ph:
-        r = run_drain(b.ctx, broker.bootstrap, starts, ends, a.consumers, b.cargs)
+    r, ph = timed_drain(b.ctx, broker, b.loadgen_bin, a.dir, starts, ends, a.consumers, b.cargs, name="catchup")
     cu_mbs = r["bytes"] / r["secs"] / MB
     fig("catchup_consume_volume", r["total_bytes"] / MB, "MB")
     fig("catchup_consume_first_record", r["first_record_s"] * 1000, "ms")
@@ -235,6 +299,7 @@ def catchup_phase(b: Bench) -> str:
     fig("catchup_consume_vs_loopback", cu_mbs / b.loopback, "ratio")
     fig("catchup_consume_broker_disk_read", ph.disk_read / MB if ph.disk_read >= 0 else "n/a", "MB")
     fig("catchup_consume_broker_cpu", ph.cpu / r["secs"], "cores")
+    fig("catchup_consume_broker_cpu_per_gb", per_gb(ph.cpu, r["total_bytes"]), "cpu-s/GB")
     fig("catchup_consume_client_cpu", r["client_cpu"] / r["secs"], "cores")
     if broker.store_dir:
         note(f"catch-up: broker restarted, {evicted} store files evicted from the page cache first")

@@ -11,7 +11,8 @@ import time
 
 from bench.broker import bench_broker, extra_args, stop_broker
 from bench.machine import disk_figures, drop_tree_cache, machine_info
-from bench.phases import Phase, collect, run_drain
+from bench import loadgen
+from bench.phases import collect, per_gb, timed_drain
 from bench.report import (GB, MB, clean_up, fig, fresh_dir, log_figures, note, parse_size, problem_notes,
                           raft_snapshot_bytes, read_stats, store_walk)
 from bench.topics import SOAK_COMPACT_CONFIG, SOAK_KEYS, TOPIC, create_topic, watermarks
@@ -41,6 +42,7 @@ def run_soak(a, ctx) -> int:
          f"report every {a.soak_report_seconds:g} s, broker args {extra or 'none'}, dir={a.dir}")
     from confluent_kafka import libversion, version
     fig("client", f"confluent-kafka {version()[0]} librdkafka {libversion()[0]}")
+    loadgen.figure(a)
     machine_info(a.dir)
     disk_r = float("nan") if a.skip_machine else disk_figures(a.dir, disk_bytes)[1]
 
@@ -317,8 +319,8 @@ class Soak:
         want = tot["acked"] if a.soak_txn else total_log
         if a.soak_compact:  # the cleaner keeps the latest committed record of each key
             want = nparts * SOAK_KEYS
-        with Phase(broker) as ph:
-            r = run_drain(self.ctx, broker.bootstrap, starts, ends, a.consumers, self.cargs, TOPIC, isolation)
+        r, ph = timed_drain(self.ctx, broker, a.loadgen_path, a.dir, starts, ends, a.consumers, self.cargs, TOPIC,
+                            isolation, name="soak-catchup")
         # timed from each consumer's first batch, as in the benchmark's catch-up phase; a
         # log small enough to arrive in the first batches (a smoke run) has no such figure
         cu_mbs = r["bytes"] / r["secs"] / MB if r["bytes"] > 0 else float("nan")
@@ -329,6 +331,7 @@ class Soak:
         fig("soak_catchup_throughput_incl_first_fetch", r["total_bytes"] / (r["first_record_s"] + r["secs"]) / MB, "MB/s")
         fig("soak_catchup_vs_disk_read", cu_mbs / disk_r, "ratio")
         fig("soak_catchup_broker_cpu", ph.cpu / ph.wall, "cores")
+        fig("soak_catchup_broker_cpu_per_gb", per_gb(ph.cpu, r["total_bytes"]), "cpu-s/GB")
         if r["errors"] or r["unfinished"] or r["records"] < want:
             self.problems.append(f"soak catch-up: {r['errors']} errors, {r['unfinished']} partitions not finished, "
                                  f"{r['records']} of {want} records read")

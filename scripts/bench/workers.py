@@ -221,10 +221,13 @@ def drain_consumer(bootstrap, topic, starts: dict, ends: dict, args, q, ready, i
         conf["isolation.level"] = isolation
         conf["enable.partition.eof"] = isolation == "read_committed"
     c = Consumer(conf)
-    c.assign([TopicPartition(topic, int(p), int(o)) for p, o in starts.items()])
+    c.list_topics(topic, timeout=20)  # connected before the clock starts
     remaining = {int(p): int(ends[p]) for p in starts if int(ends[p]) > int(starts[p])}
     ready.wait()
     t_ready = time.monotonic()
+    # Assigned only now: librdkafka starts fetching on assign(), and what it prefetched
+    # while the parent waited would not be timed.
+    c.assign([TopicPartition(topic, int(p), int(o)) for p, o in starts.items()])
     t0 = None
     nbytes = nrec = 0
     errors = 0

@@ -272,6 +272,9 @@ pub async fn run(
     let mut seq = 0u64;
     loop {
         tokio::time::sleep(config.interval).await;
+        if !super::compaction::may_spend_puts(&storage) {
+            continue;
+        }
         let now_ms = crate::clock::now_ms();
         let mut seen = Vec::new();
         let jobs = metadata.read(|s| {

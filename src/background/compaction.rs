@@ -37,6 +37,7 @@ use crate::metadata::state::{
 };
 use crate::metadata::Metadata;
 use crate::record::batch::batch_max_timestamp;
+use crate::storage::budget::Class;
 use crate::storage::segment::{CompactedBuilder, SharedBuilder, WrittenSection};
 use crate::storage::ObjectStorage;
 
@@ -303,6 +304,15 @@ fn merge_run(
     Some(start..start + FAN_IN)
 }
 
+/// Whether background work may start a round of PUTs now: always without a PUT budget;
+/// with one, when the background's bucket has a token (a round may run it into debt,
+/// which the next rounds wait out).
+pub(crate) fn may_spend_puts(storage: &ObjectStorage) -> bool {
+    storage
+        .put_budget()
+        .is_none_or(|b| b.available(Class::Background) >= 1.0)
+}
+
 /// Objects written at once: enough to hide PUT and commit latency (tens of milliseconds
 /// on S3).
 const CONCURRENT_JOBS: usize = 4;
@@ -340,6 +350,9 @@ pub async fn run(
     let mut seq = 0u64;
     loop {
         tokio::time::sleep(config.interval).await;
+        if !may_spend_puts(&storage) {
+            continue;
+        }
         let now_ms = crate::clock::now_ms();
         let plan = metadata.read(|s| plan(s, config.node_id, now_ms, &config.policy));
         if plan.is_empty() {
@@ -349,7 +362,10 @@ pub async fn run(
         let wanted = plan.puts();
         let granted = allowance.grant(wanted).min(wanted);
         if granted < wanted {
-            debug!(wanted, granted, "compaction round held back by the PUT budget");
+            debug!(
+                wanted,
+                granted, "compaction round held back by the PUT budget"
+            );
         }
         let plan = plan.limit(granted);
         let work = plan
@@ -534,7 +550,16 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
             debug!(%object, base_offset, end_offset, bytes = object_bytes.len(), "segment swapped in");
             crate::failpoint::crash("crash-after-compaction-swap").await;
         }
-        other => discard_refused(ctx.metadata, ctx.storage, &object, &other, &ctx.counters.refused).await,
+        other => {
+            discard_refused(
+                ctx.metadata,
+                ctx.storage,
+                &object,
+                &other,
+                &ctx.counters.refused,
+            )
+            .await
+        }
     }
     Ok(())
 }
@@ -542,13 +567,18 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
 /// Writes the runs of `jobs` as the sections of one shared object and swaps them in
 /// with one command. A run that cannot be read is left out (and tried again in a later
 /// round); a section refused by the state machine leaves the others in.
-async fn compact_shared(ctx: &Context<'_>, jobs: Vec<Job>, seq: u64) -> Result<(), CompactionError> {
+async fn compact_shared(
+    ctx: &Context<'_>,
+    jobs: Vec<Job>,
+    seq: u64,
+) -> Result<(), CompactionError> {
     let capacity = jobs.iter().map(Job::bytes).sum::<u64>() as usize;
     let mut builder = SharedBuilder::new(capacity);
     let mut written: Vec<(&Job, WrittenSection)> = Vec::with_capacity(jobs.len());
-    let mut reads = futures::stream::iter(&jobs)
-        .map(|job| async move { (job, read_run(ctx, &job.entries).await) })
-        .buffered(CONCURRENT_READS);
+    // The futures are made up front: a closure in `map` borrowing `ctx` would not be
+    // general enough over lifetimes for the spawned round.
+    let reads: Vec<_> = jobs.iter().map(|job| read_job(ctx, job)).collect();
+    let mut reads = futures::stream::iter(reads).buffered(CONCURRENT_READS);
     while let Some((job, read)) = reads.next().await {
         let batches = match read {
             Ok(batches) => batches,
@@ -561,8 +591,12 @@ async fn compact_shared(ctx: &Context<'_>, jobs: Vec<Job>, seq: u64) -> Result<(
         let (Some(first), Some(last)) = (job.entries.first(), job.entries.last()) else {
             continue;
         };
-        let mut section =
-            builder.section(&job.topic, job.topic_id, job.partition, first.entry.base_offset);
+        let mut section = builder.section(
+            &job.topic,
+            job.topic_id,
+            job.partition,
+            first.entry.base_offset,
+        );
         for (batch, base, span) in &batches {
             section.push_batch(batch, *base, *span, batch_max_timestamp(batch));
         }
@@ -638,6 +672,14 @@ async fn compact_shared(ctx: &Context<'_>, jobs: Vec<Job>, seq: u64) -> Result<(
         crate::failpoint::crash("crash-after-compaction-swap").await;
     }
     Ok(())
+}
+
+/// A job with its run's batches.
+async fn read_job<'j>(
+    ctx: &Context<'_>,
+    job: &'j Job,
+) -> (&'j Job, Result<Vec<RunBatch>, CompactionError>) {
+    (job, read_run(ctx, &job.entries).await)
 }
 
 /// Puts a section's frames and index into the cache's tail tier.
@@ -1160,7 +1202,9 @@ mod tests {
                             last_stable_offset,
                             aborted,
                             ..
-                        } = reader.read(topic, 0, offset, 1 << 20, true, isolation).await?;
+                        } = reader
+                            .read(topic, 0, offset, 1 << 20, true, isolation)
+                            .await?;
                         out.push(format!(
                             "{topic} {isolation:?} @{offset}: {records:?} hw {high_watermark} lso {last_stable_offset} aborted {aborted:?}"
                         ));
@@ -1225,10 +1269,23 @@ mod tests {
             let now = crate::clock::now_ms();
             // t: 0-1 plain, 2 an aborted transaction's record, 3 plain, 4 its abort
             // marker, 5 plain, 6 an open transaction's record.
-            commit(&metadata, &storage, "segments/0", ("t", batch(2, 1_000, 0, -1)), None, ChunkTxn::None).await?;
+            commit(
+                &metadata,
+                &storage,
+                "segments/0",
+                ("t", batch(2, 1_000, 0, -1)),
+                None,
+                ChunkTxn::None,
+            )
+            .await?;
             let TxnReply::Ready { producer_id, epoch } = txn(
                 &metadata,
-                Command::InitTransactional { txn_id: "x".into(), timeout_ms: 60_000, current: None, now_ms: now },
+                Command::InitTransactional {
+                    txn_id: "x".into(),
+                    timeout_ms: 60_000,
+                    current: None,
+                    now_ms: now,
+                },
             )
             .await?
             else {
@@ -1243,45 +1300,125 @@ mod tests {
             };
             txn(&metadata, add(now)).await?;
             let producer = |sequence: i32| {
-                Some(ProducerBatch { producer_id, epoch, first_sequence: sequence, last_sequence: sequence })
+                Some(ProducerBatch {
+                    producer_id,
+                    epoch,
+                    first_sequence: sequence,
+                    last_sequence: sequence,
+                })
             };
-            commit(&metadata, &storage, "segments/1", ("t", batch(1, 2_000, 0x10, producer_id)), producer(0), ChunkTxn::Data).await?;
-            commit(&metadata, &storage, "segments/2", ("t", batch(1, 3_000, 0, -1)), None, ChunkTxn::None).await?;
-            txn(&metadata, Command::EndTxn { txn_id: "x".into(), producer_id, epoch, commit: false, now_ms: now }).await?;
+            commit(
+                &metadata,
+                &storage,
+                "segments/1",
+                ("t", batch(1, 2_000, 0x10, producer_id)),
+                producer(0),
+                ChunkTxn::Data,
+            )
+            .await?;
+            commit(
+                &metadata,
+                &storage,
+                "segments/2",
+                ("t", batch(1, 3_000, 0, -1)),
+                None,
+                ChunkTxn::None,
+            )
+            .await?;
+            txn(
+                &metadata,
+                Command::EndTxn {
+                    txn_id: "x".into(),
+                    producer_id,
+                    epoch,
+                    commit: false,
+                    now_ms: now,
+                },
+            )
+            .await?;
             commit(
                 &metadata,
                 &storage,
                 "segments/3",
                 ("t", batch(1, 3_500, 0x30, producer_id)),
-                Some(ProducerBatch { producer_id, epoch, first_sequence: -1, last_sequence: -1 }),
-                ChunkTxn::Marker { txn_id: "x".into(), commit: false },
+                Some(ProducerBatch {
+                    producer_id,
+                    epoch,
+                    first_sequence: -1,
+                    last_sequence: -1,
+                }),
+                ChunkTxn::Marker {
+                    txn_id: "x".into(),
+                    commit: false,
+                },
             )
             .await?;
-            commit(&metadata, &storage, "segments/4", ("t", batch(1, 4_000, 0, -1)), None, ChunkTxn::None).await?;
+            commit(
+                &metadata,
+                &storage,
+                "segments/4",
+                ("t", batch(1, 4_000, 0, -1)),
+                None,
+                ChunkTxn::None,
+            )
+            .await?;
             let TxnReply::Ready { producer_id, epoch } = txn(
                 &metadata,
-                Command::InitTransactional { txn_id: "y".into(), timeout_ms: 60_000, current: None, now_ms: now },
+                Command::InitTransactional {
+                    txn_id: "y".into(),
+                    timeout_ms: 60_000,
+                    current: None,
+                    now_ms: now,
+                },
             )
             .await?
             else {
                 anyhow::bail!("no producer id");
             };
-            txn(&metadata, Command::AddPartitionsToTxn { txn_id: "y".into(), producer_id, epoch, partitions: vec![TopicPartition::new("t", 0)], now_ms: now }).await?;
+            txn(
+                &metadata,
+                Command::AddPartitionsToTxn {
+                    txn_id: "y".into(),
+                    producer_id,
+                    epoch,
+                    partitions: vec![TopicPartition::new("t", 0)],
+                    now_ms: now,
+                },
+            )
+            .await?;
             commit(
                 &metadata,
                 &storage,
                 "segments/5",
                 ("t", batch(1, 5_000, 0x10, producer_id)),
-                Some(ProducerBatch { producer_id, epoch, first_sequence: 0, last_sequence: 0 }),
+                Some(ProducerBatch {
+                    producer_id,
+                    epoch,
+                    first_sequence: 0,
+                    last_sequence: 0,
+                }),
                 ChunkTxn::Data,
             )
             .await?;
             // u: plain records.
             for (i, ts) in [1_000, 2_000, 4_000].into_iter().enumerate() {
-                commit(&metadata, &storage, &format!("segments/u{i}"), ("u", batch(3, ts, 0, -1)), None, ChunkTxn::None).await?;
+                commit(
+                    &metadata,
+                    &storage,
+                    &format!("segments/u{i}"),
+                    ("u", batch(3, ts, 0, -1)),
+                    None,
+                    ChunkTxn::None,
+                )
+                .await?;
             }
             let before = view(&reader).await?;
-            assert!(before.iter().any(|l| l.contains("lso 6") && l.contains("aborted [AbortedTxn")), "{before:#?}");
+            assert!(
+                before
+                    .iter()
+                    .any(|l| l.contains("lso 6") && l.contains("aborted [AbortedTxn")),
+                "{before:#?}"
+            );
 
             let config = CompactionConfig {
                 policy: policy(1 << 20),
@@ -1302,23 +1439,54 @@ mod tests {
             let (kinds, stats) = metadata.read(|s| {
                 let kinds: Vec<_> = ["t", "u"]
                     .iter()
-                    .flat_map(|t| s.partition(t, 0).map(|p| p.index.clone()).unwrap_or_default())
+                    .flat_map(|t| {
+                        s.partition(t, 0)
+                            .map(|p| p.index.clone())
+                            .unwrap_or_default()
+                    })
                     .map(|e| s.objects().get(e.object).map(|o| o.kind))
                     .collect();
                 (kinds, s.stats())
             });
             assert_eq!(kinds, vec![Some(ObjectKind::Shared); 2]);
-            assert_eq!((stats.shared_objects, stats.shared_sections, stats.flush_objects), (1, 2, 0));
-            assert_eq!(view(&reader).await?, before, "after the swap, from the cache the compactor filled");
-            assert_eq!(view(&fresh(&metadata, &storage).await).await?, before, "from a cold cache");
+            assert_eq!(
+                (
+                    stats.shared_objects,
+                    stats.shared_sections,
+                    stats.flush_objects
+                ),
+                (1, 2, 0)
+            );
+            assert_eq!(
+                view(&reader).await?,
+                before,
+                "after the swap, from the cache the compactor filled"
+            );
+            assert_eq!(
+                view(&fresh(&metadata, &storage).await).await?,
+                before,
+                "from a cold cache"
+            );
 
             // New data, then the section and the new chunk merged into a new section.
-            commit(&metadata, &storage, "segments/u3", ("u", batch(2, 6_000, 0, -1)), None, ChunkTxn::None).await?;
+            commit(
+                &metadata,
+                &storage,
+                "segments/u3",
+                ("u", batch(2, 6_000, 0, -1)),
+                None,
+                ChunkTxn::None,
+            )
+            .await?;
             let before = view(&fresh(&metadata, &storage).await).await?;
             compact_shared(&ctx, whole_logs(&metadata, &["u"]), 2).await?;
             assert_eq!(counters.jobs.load(Ordering::Relaxed), 3);
             assert_eq!(metadata.read(|s| s.stats().shared_objects), 2);
-            assert_eq!(view(&fresh(&metadata, &storage).await).await?, before, "after a merge of a section");
+            assert_eq!(
+                view(&fresh(&metadata, &storage).await).await?,
+                before,
+                "after a merge of a section"
+            );
             metadata.shutdown().await?;
             Ok(())
         }

@@ -2,8 +2,37 @@
 //! preferred broker (its "leader" in Metadata), KIP-392 read replicas by rack, and the
 //! coordinator of each group and transactional id. A fenced broker names others, so
 //! clients go where the cluster is.
+//!
+//! Metadata may present a broker under several ids (`leader_ids`), all at its address:
+//! any broker serves any partition, and a client's in-flight cap is per connection, so
+//! spreading leadership over more ids buys concurrency where each request waits for
+//! the object store. The other APIs (DescribeCluster, FindCoordinator, read replicas)
+//! name brokers by their own ids.
 
 use super::Broker;
+
+/// A broker's extra leader ids (`leader_ids`) are its own id plus multiples of this:
+/// real ids stay below it, and an id is never taken for another broker's.
+pub const LEADER_ID_STRIDE: i32 = 1 << 20;
+
+/// The `k`th leader id of broker `real` (0: its own id); None past what an i32 holds or
+/// for a real id too large to share the space.
+pub fn leader_id(real: i32, k: i32) -> Option<i32> {
+    if k == 0 {
+        return Some(real);
+    }
+    if !(0..LEADER_ID_STRIDE).contains(&real) {
+        return None;
+    }
+    k.checked_mul(LEADER_ID_STRIDE)?.checked_add(real)
+}
+
+/// Which of its leader ids a broker leads `partition` of `topic` as: every broker
+/// computes the same, so Metadata agrees wherever it is asked.
+fn spread(topic: &str, partition: i32, per_broker: i32) -> i32 {
+    let h = crc32c::crc32c(topic.as_bytes()).wrapping_add(partition as u32);
+    (h % per_broker.max(1) as u32) as i32
+}
 
 /// A live broker as a listener's clients reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +84,41 @@ impl Broker {
         });
         brokers.sort_by_key(|b| b.id);
         brokers
+    }
+
+    /// How many leader ids each live broker answers as: `leader_ids` spread over the
+    /// live brokers.
+    fn ids_per_broker(&self) -> i32 {
+        let live = self.metadata.read(|s| s.cluster().live().count()).max(1);
+        let wanted = self.config.placement.leader_ids as usize;
+        i32::try_from(wanted.div_ceil(live))
+            .unwrap_or(1)
+            .clamp(1, i32::MAX / LEADER_ID_STRIDE)
+    }
+
+    /// `live_brokers` with every leader id of each, for Metadata: a client opens a
+    /// connection per id, and with each connection capping its requests in flight
+    /// (an idempotent producer: 5), more ids keep more in flight when every request
+    /// waits for the object store. All ids of a broker are its one address.
+    pub fn leader_brokers(&self, listener: &str) -> Vec<LiveBroker> {
+        let per = self.ids_per_broker();
+        self.live_brokers(listener)
+            .into_iter()
+            .flat_map(|b| {
+                (0..per).filter_map(move |k| {
+                    let id = leader_id(b.id, k)?;
+                    Some(LiveBroker { id, ..b.clone() })
+                })
+            })
+            .collect()
+    }
+
+    /// The leader id Metadata names for a partition (one of its preferred broker's
+    /// leader ids; None: no live broker but a fenced self), and the leader epoch.
+    pub fn partition_leader(&self, topic: &str, partition: i32) -> (Option<i32>, i32) {
+        let (leader, epoch) = self.preferred_broker(topic, partition);
+        let k = spread(topic, partition, self.ids_per_broker());
+        (leader.map(|id| leader_id(id, k).unwrap_or(id)), epoch)
     }
 
     /// The broker clients should use for a partition (None: no live broker but a fenced
@@ -111,5 +175,33 @@ impl Broker {
             let cluster = s.cluster();
             (cluster.coordinator(group).is_none_or(|c| c == id)).then(|| cluster.epoch())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_ids_are_distinct_across_brokers() {
+        let mut seen = std::collections::BTreeSet::new();
+        for real in [1, 2, 3, 1000] {
+            for k in 0..16 {
+                let id = leader_id(real, k).expect("fits");
+                assert!(seen.insert(id), "{id} twice");
+                assert_eq!(id % LEADER_ID_STRIDE, real);
+            }
+        }
+        assert_eq!(leader_id(7, 0), Some(7));
+        // A real id beyond the stride has only itself; the i32 range is never passed.
+        assert_eq!(leader_id(LEADER_ID_STRIDE, 1), None);
+        assert_eq!(leader_id(5, 2048), None);
+    }
+
+    #[test]
+    fn a_topic_spreads_over_every_leader_id() {
+        let used: std::collections::BTreeSet<_> = (0..64).map(|p| spread("t", p, 8)).collect();
+        assert_eq!(used, (0..8).collect());
+        assert!((0..64).all(|p| spread("t", p, 1) == 0));
     }
 }

@@ -19,6 +19,7 @@ use crate::group::{GroupCoordinator, GroupOptions};
 use crate::metadata::{shipping, Metadata, MetadataError, RaftOptions};
 use crate::produce::buffer::BufferConfig;
 use crate::produce::WriteBuffer;
+use crate::storage::budget::PutBudget;
 use crate::storage::cache::{CacheError, CacheOptions};
 use crate::storage::store::Purpose;
 use crate::storage::{BlockCache, ObjectStorage, StorageError};
@@ -169,7 +170,11 @@ fn buffer_options(config: &Config) -> BufferConfig {
 
 /// Opens the object store and proves it takes writes.
 async fn open_store(store: &StoreConfig) -> Result<ObjectStorage, StartError> {
-    let storage = ObjectStorage::open_with_encryption(&store.url, &store.s3_sse)?;
+    let budget = store
+        .max_puts_per_second
+        .map(|rate| Arc::new(PutBudget::new(rate)));
+    let storage =
+        ObjectStorage::open_with_encryption(&store.url, &store.s3_sse)?.with_put_budget(budget);
     // Fail at start-up, in one line, rather than on the first produce.
     storage
         .put("_strata/probe", Bytes::from_static(b"ok"))

@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub replay_cache_bytes: Option<usize>,
     pub cache_disk_bytes: Option<usize>,
     pub snapshot_every: Option<u64>,
+    pub max_puts_per_second: Option<f64>,
+    pub leader_ids: Option<u32>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub buffer_max_bytes: Option<usize>,
     pub upload_timeout_ms: Option<u64>,

@@ -15,7 +15,8 @@
 //! - `background.rs`: compaction, retention, garbage and orphan collection;
 //! - `topics.rs`: auto-creation and the broker-wide topic config defaults;
 //! - `groups.rs`: the group coordinator;
-//! - `telemetry.rs`: metrics and logs.
+//! - `telemetry.rs`: metrics and logs;
+//! - `placement.rs`: how Metadata presents partition leaders to clients.
 //!
 //! A check that spans sections sits in the loader of the later one, which is handed
 //! the sections it depends on.
@@ -32,6 +33,7 @@ mod flush;
 mod groups;
 mod listener;
 mod node;
+mod placement;
 mod raft;
 mod security;
 mod store;
@@ -45,6 +47,7 @@ pub use self::flush::{FlushConfig, FlushIdle};
 pub use self::groups::GroupConfig;
 pub use self::listener::{Listener, ListenerConfig};
 pub use self::node::NodeConfig;
+pub use self::placement::PlacementConfig;
 pub use self::raft::{load_secret, RaftConfig};
 pub use self::security::{AdminUser, SecurityConfig};
 pub use self::store::{ServerSideEncryption, StoreConfig};
@@ -90,6 +93,7 @@ pub struct Config {
     pub topics: TopicsConfig,
     pub groups: GroupConfig,
     pub telemetry: TelemetryConfig,
+    pub placement: PlacementConfig,
 }
 
 impl Config {
@@ -108,7 +112,9 @@ impl Config {
         let groups = GroupConfig::load(args, &file)?;
         let telemetry = TelemetryConfig::load(args, &file, &listener)?;
         let cache = CacheConfig::load(args, &file, &store);
+        let placement = PlacementConfig::load(args, &file, &store)?;
         Ok(Self {
+            placement,
             node,
             listener,
             security,

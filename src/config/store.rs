@@ -18,6 +18,9 @@ pub struct StoreConfig {
     /// `recover_from_store`: rebuild the metadata from the store's snapshot and objects,
     /// even if the data directory has a metadata log (it is set aside).
     pub recover_from_store: bool,
+    /// `max_puts_per_second`: this broker's PUTs per second, averaged over a minute;
+    /// None for no bound.
+    pub max_puts_per_second: Option<f64>,
 }
 
 impl StoreConfig {
@@ -47,7 +50,22 @@ impl StoreConfig {
             1000..=86_400_000,
             "use 1000 to 86400000 milliseconds",
         )?;
+        // S3 bills each PUT: 10 a second is about $130 a month. A local directory or
+        // memory costs nothing per request.
+        let default_puts = if url.starts_with("s3:") { 10.0 } else { 0.0 };
+        let puts = args
+            .max_puts_per_second
+            .or(file.max_puts_per_second)
+            .unwrap_or(default_puts);
+        if !(puts == 0.0 || (1.0..=100_000.0).contains(&puts)) {
+            return Err(ConfigError::Invalid {
+                key: "max_puts_per_second",
+                value: puts.to_string(),
+                hint: "use 0 (no bound) or 1 to 100000",
+            });
+        }
         Ok(Self {
+            max_puts_per_second: (puts > 0.0).then_some(puts),
             url,
             s3_sse,
             upload_timeout,

@@ -18,6 +18,7 @@ use tracing::{debug, warn, Instrument};
 use super::validate::ValidatedBatches;
 use crate::metadata::state::{ChunkTxn, Command, Response, SegmentCommit, StateError};
 use crate::metadata::Metadata;
+use crate::storage::budget::Class;
 use crate::storage::segment::SegmentBuilder;
 use crate::storage::{BlockCache, ObjectStorage};
 
@@ -263,6 +264,23 @@ async fn flush_loop(
                         continue;
                     }
                     break;
+                }
+            }
+        }
+        // Under the PUT budget, an object that is not full waits for a token and keeps
+        // filling meanwhile: at a trickle, requests share PUTs instead of the bill
+        // growing with them. A full object goes at once (the budget lends it a token).
+        if let Some(budget) = storage.put_budget() {
+            while bytes < config.flush_bytes && budget.available(Class::Foreground) < 1.0 {
+                tokio::select! {
+                    next = rx.recv() => match next {
+                        Some(p) => {
+                            bytes += p.batches.bytes;
+                            pending.push(p);
+                        }
+                        None => break,
+                    },
+                    () = budget.ready(Class::Foreground) => break,
                 }
             }
         }

@@ -65,7 +65,7 @@ pub async fn handle(
         );
     }
     let brokers = broker
-        .live_brokers(authz.listener())
+        .leader_brokers(authz.listener())
         .into_iter()
         .map(
             |LiveBroker {
@@ -120,7 +120,7 @@ fn topic_metadata(
             let partitions = (0..partitions)
                 .map(|index| {
                     // A fenced broker names another (or none: LEADER_NOT_AVAILABLE).
-                    let (leader, epoch) = broker.preferred_broker(name, index);
+                    let (leader, epoch) = broker.partition_leader(name, index);
                     let node = BrokerId(leader.unwrap_or(-1));
                     let error = match leader {
                         Some(_) => 0,

@@ -60,6 +60,7 @@ fn apply_sse(
 }
 
 pub use crate::config::ServerSideEncryption;
+use crate::storage::budget::{Class, PutBudget};
 
 /// What a store request is for: requests are counted by purpose and kind, so that the
 /// bill can be read by what causes it (`strata_store_requests_total{purpose, kind}`).
@@ -84,6 +85,14 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// Which PUT budget bucket its PUTs (and LISTs, billed alike) are charged to.
+    pub fn budget_class(self) -> Class {
+        match self {
+            Purpose::Compaction | Purpose::Cleaner | Purpose::Gc => Class::Background,
+            _ => Class::Foreground,
+        }
+    }
+
     pub const ALL: [Purpose; 8] = [
         Purpose::Data,
         Purpose::Fetch,
@@ -145,6 +154,8 @@ pub struct ObjectStorage {
     description: String,
     counters: Arc<RequestCounters>,
     purpose: Purpose,
+    /// The PUT budget every handle on this store shares; None: no bound.
+    budget: Option<Arc<PutBudget>>,
     /// Whether large objects use multipart upload (S3; a local directory gains nothing).
     multipart: bool,
     /// The directory of a `file://` store, for writes that pace their own flushing.
@@ -198,9 +209,25 @@ impl ObjectStorage {
         }
     }
 
-    /// Counts a request about to be sent.
+    /// The same store with its PUTs bounded by `budget` (every handle derived from it
+    /// shares the one budget).
+    pub fn with_put_budget(self, budget: Option<Arc<PutBudget>>) -> Self {
+        Self { budget, ..self }
+    }
+
+    /// The PUT budget, if the store has one.
+    pub fn put_budget(&self) -> Option<&PutBudget> {
+        self.budget.as_deref()
+    }
+
+    /// Counts a request about to be sent (and charges a PUT to the budget).
     fn count(&self, kind: RequestKind) {
         self.counters.count(self.purpose, kind);
+        if kind == RequestKind::Put || kind == RequestKind::List {
+            if let Some(budget) = &self.budget {
+                budget.charge(self.purpose.budget_class());
+            }
+        }
     }
 
     /// Times a store request, counted already, and notes its outcome.
@@ -309,6 +336,7 @@ impl ObjectStorage {
             description: url.to_owned(),
             counters: Arc::default(),
             purpose: Purpose::Other,
+            budget: None,
             multipart: parsed.scheme() == "s3",
             local_root,
         })

@@ -34,6 +34,16 @@ STOP_TIMEOUT = 30.0
 READY_LINE = "strata is serving"
 
 
+# Metadata may name a broker under several leader ids (`--leader-ids`, 16 on s3://): its
+# own id plus multiples of this.
+LEADER_ID_STRIDE = 1 << 20
+
+
+def broker_of(leader_id: int) -> int:
+    """The broker a Metadata leader id stands for."""
+    return leader_id % LEADER_ID_STRIDE if leader_id >= LEADER_ID_STRIDE else leader_id
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -232,10 +242,10 @@ class Cluster:
         t = md.topics[topic]
         if t.error is not None:
             raise ClusterError(f"metadata for {topic}: {t.error}")
-        return {p: pm.leader for p, pm in t.partitions.items()}
+        return {p: broker_of(pm.leader) for p, pm in t.partitions.items()}
 
     def live_brokers(self, via: int | None = None) -> set[int]:
-        return set(self.metadata(via=via).brokers)
+        return {broker_of(b) for b in self.metadata(via=via).brokers}
 
     def wait_live(self, ids: set[int], via: int | None = None, timeout: float = 30.0) -> float:
         """Waits until Metadata lists exactly `ids` as brokers; returns the seconds it took."""

@@ -5,6 +5,8 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
+from cluster import broker_of
+
 TOPIC = "kp-events"
 PARTS = 2
 N = 100
@@ -23,7 +25,7 @@ def test_kafka_python_admin(broker):
         assert t["error_code"] == 0, t
         parts = t["partitions"]
         assert sorted(p.get("partition_index", p.get("partition")) for p in parts) == list(range(PARTS)), parts
-        assert all(p.get("leader_id", p.get("leader")) == 1 for p in parts), parts
+        assert all(broker_of(p.get("leader_id", p.get("leader"))) == 1 for p in parts), parts
 
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, TOPIC)],
                                          config_filter="all")
