@@ -528,9 +528,9 @@ impl FetchReader {
             .map_err(FetchError::Storage)?;
         match decode_tail(size, &tail) {
             Ok(Footer::Compacted(footer)) => Ok(footer),
-            Ok(Footer::Flush { .. }) => Err(FetchError::Corrupt(
+            Ok(Footer::Flush { .. } | Footer::Shared { .. }) => Err(FetchError::Corrupt(
                 planned.object.clone(),
-                "a flush footer where a compacted segment was expected".into(),
+                "another kind of footer where a compacted segment was expected".into(),
             )),
             Err(e) => Err(FetchError::Corrupt(planned.object.clone(), e.to_string())),
         }

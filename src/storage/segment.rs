@@ -496,7 +496,11 @@ impl SectionBuilder<'_> {
             end_offset: self.index.end_offset,
             position,
             length,
-            max_timestamp: self.index.frames.last().map_or(i64::MIN, |f| f.max_timestamp),
+            max_timestamp: self
+                .index
+                .frames
+                .last()
+                .map_or(i64::MIN, |f| f.max_timestamp),
         };
         self.shared.sections.push(section.clone());
         // Written: nothing for Drop to take back.
@@ -537,7 +541,10 @@ pub fn section_index_len(head: &[u8]) -> Result<u64, SegmentError> {
 /// (`data`: the section's position and length in the object), at least
 /// [`section_index_len`] of them: the checksum, the version, and frames that lie within
 /// the data, in order.
-pub fn decode_section_index(bytes: &[u8], data: (u64, u64)) -> Result<CompactedFooter, SegmentError> {
+pub fn decode_section_index(
+    bytes: &[u8],
+    data: (u64, u64),
+) -> Result<CompactedFooter, SegmentError> {
     let total = section_index_len(bytes)?;
     let body = bytes
         .get(SECTION_HEADER_BYTES as usize..total as usize)
@@ -547,13 +554,16 @@ pub fn decode_section_index(bytes: &[u8], data: (u64, u64)) -> Result<CompactedF
         return Err(SegmentError::BadChecksum);
     }
     let index: CompactedFooter = match body.first() {
-        Some(&SECTION_VERSION) => postcard::from_bytes(&body[1..])
-            .map_err(|e| SegmentError::BadSection(e.to_string()))?,
+        Some(&SECTION_VERSION) => {
+            postcard::from_bytes(&body[1..]).map_err(|e| SegmentError::BadSection(e.to_string()))?
+        }
         Some(&v) => return Err(SegmentError::NewerFooter(v)),
         None => return Err(SegmentError::BadSection("empty".into())),
     };
     let (position, length) = data;
-    let end = position.checked_add(length).ok_or(SegmentError::ChunkOutOfBounds(0))?;
+    let end = position
+        .checked_add(length)
+        .ok_or(SegmentError::ChunkOutOfBounds(0))?;
     let mut next = position;
     for (i, frame) in index.frames.iter().enumerate() {
         let frame_end = frame.position.checked_add(frame.length);
@@ -574,11 +584,8 @@ pub fn read_sections(object: &[u8]) -> Result<Vec<(SectionRef, CompactedFooter)>
     let Footer::Shared { sections } = read_footer(object)? else {
         return Err(SegmentError::BadSection("not a shared object".into()));
     };
-    let footer_start = locate_footer(
-        object.len() as u64,
-        &object[object.len() - TRAILER_LEN..],
-    )?
-    .start;
+    let footer_start =
+        locate_footer(object.len() as u64, &object[object.len() - TRAILER_LEN..])?.start;
     let mut out = Vec::with_capacity(sections.len());
     for (i, section) in sections.into_iter().enumerate() {
         let index_at = section.position + section.length;
@@ -899,7 +906,10 @@ mod tests {
         // A flipped byte of the index: the checksum.
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert_eq!(decode_section_index(&bytes, data), Err(SegmentError::BadChecksum));
+        assert_eq!(
+            decode_section_index(&bytes, data),
+            Err(SegmentError::BadChecksum)
+        );
         // Not where the data ends.
         assert_eq!(
             decode_section_index(&object[w.section.position as usize..], data),
@@ -913,7 +923,10 @@ mod tests {
         // A header claiming a huge index.
         let mut huge = w.index_bytes.to_vec();
         huge[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(section_index_len(&huge), Err(SegmentError::BadSection(_))));
+        assert!(matches!(
+            section_index_len(&huge),
+            Err(SegmentError::BadSection(_))
+        ));
         // A flipped byte in the object's footer: its checksum.
         let mut bad = object.to_vec();
         let i = bad.len() - TRAILER_LEN - 2;
@@ -922,7 +935,10 @@ mod tests {
         // A flush or compacted object is not a shared one.
         let mut flush = SegmentBuilder::new();
         flush.add_chunk("t", 0, &[Bytes::from_static(b"abc")], 1, 0, None);
-        assert!(matches!(read_sections(&flush.finish().0), Err(SegmentError::BadSection(_))));
+        assert!(matches!(
+            read_sections(&flush.finish().0),
+            Err(SegmentError::BadSection(_))
+        ));
         // A section dropped before it is finished leaves nothing behind.
         let mut builder = SharedBuilder::new(1024);
         let mut section = builder.section("t", [0; 16], 0, 0);

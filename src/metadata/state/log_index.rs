@@ -178,7 +178,9 @@ impl MetadataState {
                 .map(|s| {
                     let indexed = self.partition(&s.topic, s.partition).is_some_and(|p| {
                         p.entries_from(s.base_offset, 1).first().is_some_and(|e| {
-                            e.object == id && e.position == s.position && e.base_offset == s.base_offset
+                            e.object == id
+                                && e.position == s.position
+                                && e.base_offset == s.base_offset
                         })
                     });
                     if indexed {
@@ -302,12 +304,19 @@ mod tests {
             Response::SharedCompacted(vec![Ok(()), Ok(()), Err(StateError::StaleCompaction)])
         );
         let id = s.objects().id_of("compacted/s1").expect("added");
-        assert_eq!(s.objects().get(id).map(|o| (o.kind, o.refs)), Some((ObjectKind::Shared, 2)));
+        assert_eq!(
+            s.objects().get(id).map(|o| (o.kind, o.refs)),
+            Some((ObjectKind::Shared, 2))
+        );
         for (partition, position, count) in [(0, 8, 4), (1, 208, 6)] {
             let p = s.partition("t", partition).expect("p");
             assert_eq!(p.index.len(), 1);
             assert_eq!(
-                (p.index[0].object, p.index[0].position, p.index[0].offset_count),
+                (
+                    p.index[0].object,
+                    p.index[0].position,
+                    p.index[0].offset_count
+                ),
                 (id, position, count)
             );
         }
@@ -335,7 +344,10 @@ mod tests {
             partition: 1,
             offset: -1,
         });
-        assert!(s.objects().id_of("compacted/s1").is_some_and(|id| s.objects().get(id).is_none()));
+        assert!(s
+            .objects()
+            .id_of("compacted/s1")
+            .is_some_and(|id| s.objects().get(id).is_none()));
         assert_eq!(s.stats().garbage_objects, 1);
     }
 
@@ -352,7 +364,10 @@ mod tests {
         );
         assert!(s.objects().is_known("compacted/s"));
         assert_eq!(
-            s.objects().garbage().map(|(_, g)| (g.name.clone(), g.since_ms)).collect::<Vec<_>>(),
+            s.objects()
+                .garbage()
+                .map(|(_, g)| (g.name.clone(), g.since_ms))
+                .collect::<Vec<_>>(),
             vec![("compacted/s".to_string(), 50)]
         );
         assert_eq!(s.object_refs("a"), 1);

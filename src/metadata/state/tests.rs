@@ -211,6 +211,9 @@ enum Step {
     Compact(u8, i32, u8, u8, Option<u8>),
     /// One shared object with a section per pick, each picked as `Compact` is.
     CompactShared(Vec<(u8, i32, u8, u8, Option<u8>)>),
+    /// The last shared compaction applied again (a proposal retried after a change of
+    /// leader), however much has happened since.
+    RetryShared,
     Forget,
 }
 
@@ -247,6 +250,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
             1..5
         )
         .prop_map(Step::CompactShared),
+        Just(Step::RetryShared),
         Just(Step::Forget),
     ]
 }
@@ -264,6 +268,7 @@ proptest! {
             let now_ms = clock as i64 * 10;
             let mut honest_swap = None;
             let mut honest_sections: Option<Vec<bool>> = None;
+            let mut retry = false;
             let cmd = match step {
                 Step::Create(t, p) => Command::CreateTopic {
                     name: topic_name(t),
@@ -389,6 +394,13 @@ proptest! {
                     honest_sections = Some(honest);
                     Command::CompactShared(SharedCompaction { object, object_size: 5000, sections, now_ms })
                 }
+                Step::RetryShared => {
+                    let Some(last) = applied.iter().rev().find(|c| matches!(c, Command::CompactShared(_))) else {
+                        continue;
+                    };
+                    retry = true;
+                    last.clone()
+                }
                 Step::Forget => {
                     let ids = state.objects().garbage_due(now_ms, 0, i64::MAX).into_iter().map(|(id, _)| id).collect();
                     Command::ForgetObjects { ids }
@@ -401,7 +413,14 @@ proptest! {
                 let hw = state.partition(&name, p).map(|p| (p.next_offset, p.log_start_offset));
                 (name, p, records, hw)
             }).collect();
+            let indexes_before: Vec<_> = state.topics().values().map(|t| t.partitions.iter().map(|p| p.index.clone()).collect::<Vec<_>>()).collect();
             let response = state.apply(&cmd);
+            if retry {
+                // A retry never swaps anything in again (nor out): no index changes, and
+                // an object forgotten since comes back as garbage only, never live.
+                let indexes_after: Vec<_> = state.topics().values().map(|t| t.partitions.iter().map(|p| p.index.clone()).collect::<Vec<_>>()).collect();
+                prop_assert_eq!(indexes_after, indexes_before);
+            }
             if let (Command::Compact(swap) | Command::Clean(swap), Response::Compacted(result)) = (&cmd, &response) {
                 // A tampered swap is always refused; an honest one always taken.
                 prop_assert_eq!(Some(result.is_ok()), honest_swap, "{:?} -> {:?}", swap, result);
@@ -413,7 +432,7 @@ proptest! {
                     }
                 }
             }
-            if let (Command::CompactShared(shared), Response::SharedCompacted(results)) = (&cmd, &response) {
+            if let (Command::CompactShared(shared), Response::SharedCompacted(results), false) = (&cmd, &response, retry) {
                 // Each section is taken or refused alone, by the same rule as a swap.
                 let taken: Vec<bool> = results.iter().map(Result::is_ok).collect();
                 prop_assert_eq!(Some(taken.clone()), honest_sections.clone(), "{:?} -> {:?}", shared, results);
@@ -552,10 +571,16 @@ fn format_4_and_5_states_decode_without_later_fields() -> Result<(), codec::Code
 fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::CodecError> {
     let mut state = MetadataState::default();
     state.apply(&create("t", 2));
-    state.apply(&one_segment("segments/a".into(), vec![entry("t", 0, 3), entry("t", 1, 2)]));
+    state.apply(&one_segment(
+        "segments/a".into(),
+        vec![entry("t", 0, 3), entry("t", 1, 2)],
+    ));
     let mut bytes = codec::encode(Kind::LocalSnapshot, &state)?;
     bytes[4..6].copy_from_slice(&6u16.to_le_bytes());
-    assert_eq!(codec::decode::<MetadataState>(Kind::LocalSnapshot, &bytes)?, state);
+    assert_eq!(
+        codec::decode::<MetadataState>(Kind::LocalSnapshot, &bytes)?,
+        state
+    );
 
     // The new variants: after the 28 commands, 12 responses and 3 object kinds before.
     let shared = Command::CompactShared(SharedCompaction {
@@ -568,9 +593,18 @@ fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::
     assert_eq!(first_byte(codec::encode(Kind::LogRecord, &shared)?), 28);
     let answer = Response::SharedCompacted(vec![Ok(())]);
     assert_eq!(first_byte(codec::encode(Kind::LogRecord, &answer)?), 12);
-    assert_eq!(first_byte(codec::encode(Kind::LogRecord, &ObjectKind::Shared)?), 3);
     assert_eq!(
-        first_byte(codec::encode(Kind::LogRecord, &Command::ExpireTransactionalIds { now_ms: 0, expiration_ms: 0 })?),
+        first_byte(codec::encode(Kind::LogRecord, &ObjectKind::Shared)?),
+        3
+    );
+    assert_eq!(
+        first_byte(codec::encode(
+            Kind::LogRecord,
+            &Command::ExpireTransactionalIds {
+                now_ms: 0,
+                expiration_ms: 0
+            }
+        )?),
         27
     );
 
@@ -596,6 +630,9 @@ fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::
     assert_eq!(decoded, cmd);
     assert_eq!(state.apply(&cmd), Response::SharedCompacted(vec![Ok(())]));
     let bytes = codec::encode(Kind::LocalSnapshot, &state)?;
-    assert_eq!(codec::decode::<MetadataState>(Kind::LocalSnapshot, &bytes)?, state);
+    assert_eq!(
+        codec::decode::<MetadataState>(Kind::LocalSnapshot, &bytes)?,
+        state
+    );
     Ok(())
 }
