@@ -104,6 +104,141 @@ pub const DYNAMIC_BROKER_CONFIGS: &[(&str, Kind, &str, Option<&str>)] = &[
     ("num.partitions", Kind::Long { min: 1 }, "1", None),
 ];
 
+/// The other broker configs Kafka lets AlterConfigs change at run time (its
+/// `DynamicBrokerConfig`: TLS and SASL settings, thread pools, the cleaner's I/O, quotas,
+/// connection limits, log defaults Strata has no use for). Strata accepts, stores and
+/// describes them so that tools applying a standard broker config set do not fail on the
+/// first; none of them takes effect (docs/compatibility.md). The listener configs are
+/// left out: Strata's listeners are fixed at start-up, and describing an address that
+/// does not apply would mislead. Names prefixed
+/// `listener.name.<listener>.` are accepted as Kafka's per-listener overrides.
+pub const STORED_BROKER_CONFIGS: &[(&str, Kind)] = &[
+    ("background.threads", Kind::Long { min: 1 }),
+    ("compression.gzip.level", Kind::Long { min: -1 }),
+    ("compression.lz4.level", Kind::Long { min: 1 }),
+    ("compression.type", Kind::Text),
+    ("compression.zstd.level", Kind::Long { min: -131_072 }),
+    ("follower.replication.throttled.rate", Kind::Long { min: 0 }),
+    ("leader.replication.throttled.rate", Kind::Long { min: 0 }),
+    ("log.cleaner.backoff.ms", Kind::Long { min: 0 }),
+    ("log.cleaner.dedupe.buffer.size", Kind::Long { min: 0 }),
+    ("log.cleaner.io.buffer.load.factor", Kind::Double),
+    ("log.cleaner.io.buffer.size", Kind::Long { min: 0 }),
+    ("log.cleaner.io.max.bytes.per.second", Kind::Double),
+    ("log.cleaner.threads", Kind::Long { min: 0 }),
+    ("log.flush.interval.messages", Kind::Long { min: 1 }),
+    ("log.flush.interval.ms", Kind::Long { min: 0 }),
+    ("log.index.interval.bytes", Kind::Long { min: 0 }),
+    ("log.index.size.max.bytes", Kind::Long { min: 4 }),
+    ("log.local.retention.bytes", Kind::Long { min: -2 }),
+    ("log.local.retention.ms", Kind::Long { min: -2 }),
+    ("log.message.downconversion.enable", Kind::Bool),
+    ("log.message.timestamp.after.max.ms", Kind::Long { min: 0 }),
+    ("log.message.timestamp.before.max.ms", Kind::Long { min: 0 }),
+    (
+        "log.message.timestamp.difference.max.ms",
+        Kind::Long { min: 0 },
+    ),
+    (
+        "log.message.timestamp.type",
+        Kind::OneOf(&["CreateTime", "LogAppendTime"]),
+    ),
+    ("log.preallocate", Kind::Bool),
+    ("log.roll.jitter.ms", Kind::Long { min: 0 }),
+    ("log.segment.delete.delay.ms", Kind::Long { min: 0 }),
+    ("max.connection.creation.rate", Kind::Long { min: 0 }),
+    ("max.connections", Kind::Long { min: 0 }),
+    ("max.connections.per.ip", Kind::Long { min: 0 }),
+    ("max.connections.per.ip.overrides", Kind::Text),
+    ("metric.reporters", Kind::Text),
+    ("min.insync.replicas", Kind::Long { min: 1 }),
+    ("num.io.threads", Kind::Long { min: 1 }),
+    ("num.network.threads", Kind::Long { min: 1 }),
+    ("num.recovery.threads.per.data.dir", Kind::Long { min: 1 }),
+    ("num.replica.fetchers", Kind::Long { min: 1 }),
+    ("producer.id.expiration.ms", Kind::Long { min: 1 }),
+    (
+        "remote.log.index.file.cache.total.size.bytes",
+        Kind::Long { min: 1 },
+    ),
+    (
+        "remote.log.manager.copy.max.bytes.per.second",
+        Kind::Long { min: 1 },
+    ),
+    (
+        "remote.log.manager.fetch.max.bytes.per.second",
+        Kind::Long { min: 1 },
+    ),
+    (
+        "replica.alter.log.dirs.io.max.bytes.per.second",
+        Kind::Long { min: 0 },
+    ),
+    ("sasl.enabled.mechanisms", Kind::Text),
+    ("sasl.jaas.config", Kind::Text),
+    ("sasl.kerberos.kinit.cmd", Kind::Text),
+    (
+        "sasl.kerberos.min.time.before.relogin",
+        Kind::Long { min: 0 },
+    ),
+    ("sasl.kerberos.principal.to.local.rules", Kind::Text),
+    ("sasl.kerberos.service.name", Kind::Text),
+    ("sasl.kerberos.ticket.renew.jitter", Kind::Double),
+    ("sasl.kerberos.ticket.renew.window.factor", Kind::Double),
+    ("sasl.login.refresh.buffer.seconds", Kind::Long { min: 0 }),
+    (
+        "sasl.login.refresh.min.period.seconds",
+        Kind::Long { min: 0 },
+    ),
+    ("sasl.login.refresh.window.factor", Kind::Double),
+    ("sasl.login.refresh.window.jitter", Kind::Double),
+    ("ssl.cipher.suites", Kind::Text),
+    (
+        "ssl.client.auth",
+        Kind::OneOf(&["required", "requested", "none"]),
+    ),
+    ("ssl.enabled.protocols", Kind::Text),
+    ("ssl.endpoint.identification.algorithm", Kind::Text),
+    ("ssl.engine.factory.class", Kind::Text),
+    ("ssl.key.password", Kind::Text),
+    ("ssl.keymanager.algorithm", Kind::Text),
+    ("ssl.keystore.certificate.chain", Kind::Text),
+    ("ssl.keystore.key", Kind::Text),
+    ("ssl.keystore.location", Kind::Text),
+    ("ssl.keystore.password", Kind::Text),
+    ("ssl.keystore.type", Kind::Text),
+    ("ssl.protocol", Kind::Text),
+    ("ssl.provider", Kind::Text),
+    ("ssl.secure.random.implementation", Kind::Text),
+    ("ssl.trustmanager.algorithm", Kind::Text),
+    ("ssl.truststore.certificates", Kind::Text),
+    ("ssl.truststore.location", Kind::Text),
+    ("ssl.truststore.password", Kind::Text),
+    ("ssl.truststore.type", Kind::Text),
+    ("transaction.partition.verification.enable", Kind::Bool),
+    ("unclean.leader.election.enable", Kind::Bool),
+];
+
+/// How a stored (no-effect) dynamic broker config's value is checked, if `key` is one:
+/// by its own name, or by the name after Kafka's `listener.name.<listener>.` prefix.
+pub fn stored_broker_config_kind(key: &str) -> Option<Kind> {
+    let find = |k: &str| {
+        STORED_BROKER_CONFIGS
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, kind)| *kind)
+    };
+    find(key).or_else(|| {
+        let rest = key.strip_prefix("listener.name.")?;
+        let (listener, name) = rest.split_once('.')?;
+        (!listener.is_empty()).then_some(())?;
+        find(name).or_else(|| {
+            // Per-listener SASL settings: listener.name.<l>.<mechanism>.sasl.jaas.config.
+            let (_mechanism, name) = name.split_once('.')?;
+            find(name)
+        })
+    })
+}
+
 /// The topic configs that have a broker-wide default set by flag, variable or file, by
 /// topic config name (`retention.ms`), as text like a topic's own configs. In a topic's
 /// effective value they rank below its own value and the dynamic broker configs, above
@@ -205,6 +340,11 @@ pub struct TopicSettings {
     pub max_message_bytes: usize,
     /// Batches are stamped with the broker's time (`message.timestamp.type`).
     pub log_append_time: bool,
+    /// How far a CreateTime may lie before and after the broker's clock
+    /// (`message.timestamp.before.max.ms` / `after.max.ms`, else the older
+    /// `message.timestamp.difference.max.ms`); i64::MAX when unbounded, Kafka's default.
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
 }
 
 impl TopicSettings {
@@ -237,6 +377,12 @@ impl TopicSettings {
             delete_retention_ms: long_or_default("delete.retention.ms").max(0),
             max_message_bytes: long_or_default("max.message.bytes").max(0) as usize,
             log_append_time: value("message.timestamp.type").is_some_and(|v| v == "LogAppendTime"),
+            timestamp_before_max_ms: long("message.timestamp.before.max.ms")
+                .or_else(|| long("message.timestamp.difference.max.ms"))
+                .map_or(i64::MAX, |v| v.max(0)),
+            timestamp_after_max_ms: long("message.timestamp.after.max.ms")
+                .or_else(|| long("message.timestamp.difference.max.ms"))
+                .map_or(i64::MAX, |v| v.max(0)),
         }
     }
 }

@@ -5,7 +5,8 @@ Many partitions, one small record per partition per second, each its own produce
 broker's PUTs cost the most per byte. The broker runs on moto's S3 server behind the
 S3 proxy of tests/harness (`harness.s3proxy`), which adds S3 Standard's latency to
 every PUT and counts every request the broker makes. It runs once with plain producers
-and once with idempotent ones (`--trickle-modes`), each on a fresh broker and bucket, and
+with idempotent ones, and with idempotent ones and `--leader-ids 16` (`--trickle-modes`), each
+on a fresh broker and bucket, and
 prints per mode: PUTs and GETs per second and their monthly cost at S3 Standard list
 prices, the PUTs by purpose (from the broker's stats file), and produce latency
 percentiles.
@@ -86,11 +87,19 @@ def stats_requests(broker: Broker) -> dict:
     return stats.get("store_requests", {})
 
 
+# Modes: the producers' idempotence, and for `idempotent16` the broker's `--leader-ids 16`
+# (librdkafka's idempotent producer sends one partition per request, five in flight per
+# connection; more ids, more connections).
+MODES = {"plain": (False, []), "idempotent": (True, []), "idempotent16": (True, ["--leader-ids", "16"])}
+
+
 def run_mode(a, ctx, mode: str, s3, dir_: Path) -> bool:
-    idempotent = mode == "idempotent"
+    if mode not in MODES:
+        raise SystemExit(f"--trickle-modes: unknown mode {mode!r}; use some of {', '.join(MODES)}")
+    idempotent, broker_args = MODES[mode]
     proxy = S3Proxy(s3.endpoint, dir_ / f"proxy-{mode}.log", put_delay_ms=a.put_delay_ms,
                     get_delay_ms=a.get_delay_ms)
-    broker = Broker(dir_ / mode, store="s3", extra_args=extra_args(a), binary=a.broker_bin.resolve(),
+    broker = Broker(dir_ / mode, store="s3", extra_args=extra_args(a) + broker_args, binary=a.broker_bin.resolve(),
                     env_defaults=BENCH_ENV)
     broker.s3_endpoint = proxy.endpoint
     ok = True

@@ -41,7 +41,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::fetch::{FetchReader, Piece, PlannedEntry};
 use crate::metadata::state::objects::ObjectKind;
-use crate::metadata::state::partition::Partition;
+use crate::metadata::state::partition::{IndexEntry, Partition};
 use crate::metadata::state::transactions::AbortedTxn;
 use crate::metadata::state::{Command, MetadataState, Response};
 use crate::metadata::Metadata;
@@ -111,6 +111,35 @@ pub enum Reason {
     DeleteHorizon,
 }
 
+/// Where Kafka would have rolled segments over `index[start..]`: the positions of the
+/// entries that begin one (`start` first, when there are entries); the last begins the
+/// active segment. A segment rolls at `segment.bytes`, or at the first entry written
+/// `segment.ms` after the segment's first; `max.compaction.lag.ms` rolls too, so that old
+/// data does not wait for segment.ms. Object compaction never merges across these
+/// positions, so a record that rolls the segment stays an entry of its own and what is
+/// before it becomes cleanable without waiting for another write.
+pub fn segment_starts(index: &[IndexEntry], start: usize, settings: &Settings) -> Vec<usize> {
+    let roll_ms = settings.segment_ms.min(settings.max_lag_ms);
+    let mut starts = Vec::new();
+    let mut bytes = 0u64;
+    for (i, e) in index.iter().enumerate().skip(start) {
+        let Some(&first) = starts.last() else {
+            starts.push(i);
+            bytes = e.length;
+            continue;
+        };
+        let first: &IndexEntry = &index[first];
+        let too_big = bytes > 0 && bytes + e.length > settings.segment_bytes;
+        let too_old = e.max_timestamp.saturating_sub(first.max_timestamp) >= roll_ms;
+        if too_big || too_old {
+            starts.push(i);
+            bytes = 0;
+        }
+        bytes += e.length;
+    }
+    starts
+}
+
 /// The cleanable run of `p`: `(start, first dirty, end)` as index positions, or None.
 /// `horizon_due` says kept tombstones may be removable now (a pass with nothing dirty).
 pub fn cleanable(
@@ -122,21 +151,10 @@ pub fn cleanable(
 ) -> Option<(usize, usize, usize, Reason)> {
     let index = &p.index;
     let start = index.partition_point(|e| e.end_offset() <= p.log_start_offset);
-    // Kafka's segment roll, replayed over the index: the last segment is the active one.
-    // `max.compaction.lag.ms` rolls too, so that old data does not wait for segment.ms.
-    let roll_ms = settings.segment_ms.min(settings.max_lag_ms);
-    let mut active = start;
-    let mut bytes = 0u64;
-    for i in start..index.len() {
-        let e = &index[i];
-        let too_big = bytes > 0 && bytes + e.length > settings.segment_bytes;
-        let too_old = e.max_timestamp.saturating_sub(index[active].max_timestamp) >= roll_ms;
-        if i > active && (too_big || too_old) {
-            active = i;
-            bytes = 0;
-        }
-        bytes += e.length;
-    }
+    let active = segment_starts(index, start, settings)
+        .last()
+        .copied()
+        .unwrap_or(start);
     let mut end = active;
     // Not rewritten into a segment yet: object compaction's, not ours.
     if let Some(flush) = (start..end).find(|&i| kind(i) == Some(ObjectKind::Flush)) {

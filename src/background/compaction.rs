@@ -36,6 +36,9 @@ use crate::metadata::state::{
     Command, CompactionSwap, MetadataState, Response, SectionSwap, SharedCompaction, StateError,
 };
 use crate::metadata::Metadata;
+use crate::topic_config::TopicDefaults;
+
+use super::cleaner;
 use crate::record::batch::batch_max_timestamp;
 use crate::storage::budget::Class;
 use crate::storage::segment::{CompactedBuilder, SharedBuilder, WrittenSection};
@@ -61,6 +64,8 @@ pub struct CompactionPolicy {
     pub segment_bytes: u64,
     /// Tail older than this is compacted however small (light partitions).
     pub age: Duration,
+    /// The static broker defaults of topic configs (a compacted topic's segment roll).
+    pub topic_defaults: TopicDefaults,
 }
 
 impl CompactionPolicy {
@@ -188,14 +193,34 @@ fn jobs(state: &MetadataState, owner: u64, now_ms: i64, policy: &CompactionPolic
                 continue;
             }
             let entries = &partition.index;
+            // A compacted topic's runs stop where Kafka would roll a segment (the
+            // cleaner's active segment starts at one of them).
+            let rolls = cleaner::Settings::of_topic(
+                &state
+                    .config_layers(owner, &policy.topic_defaults)
+                    .settings(&topic.configs),
+            )
+            .map(|settings| {
+                let start =
+                    entries.partition_point(|e| e.end_offset() <= partition.log_start_offset);
+                cleaner::segment_starts(entries, start, &settings)
+            })
+            .unwrap_or_default();
+            let rolls_at = |i: usize| rolls.binary_search(&i).is_ok();
             // Each partition waits between half and all of the age, by its hash: partitions
             // created together do not all compact in the same round, so the work, the
             // index and the deletion queue stay even instead of rising and falling together.
             let spread = partition_hash(name, index) % (age_ms as u64 / 2).max(1);
             let age_ms = age_ms - spread as i64;
-            let Some(run) = tail_run(entries, state, now_ms, age_ms, policy.segment_bytes)
-                .or_else(|| merge_run(entries, state, policy.segment_bytes))
-            else {
+            let Some(run) = tail_run(
+                entries,
+                state,
+                now_ms,
+                age_ms,
+                policy.segment_bytes,
+                rolls_at,
+            )
+            .or_else(|| merge_run(entries, state, policy.segment_bytes, rolls_at)) else {
                 continue;
             };
             let resolved: Option<Vec<PlannedEntry>> = entries[run]
@@ -246,13 +271,15 @@ fn kind(state: &MetadataState, e: &IndexEntry) -> Option<ObjectKind> {
     state.objects().get(e.object).map(|info| info.kind)
 }
 
-/// The first run of flush chunks that is full or old enough.
+/// The first run of flush chunks that is full or old enough; a run ends before an entry
+/// that `rolls_at`.
 fn tail_run(
     entries: &[IndexEntry],
     state: &MetadataState,
     now_ms: i64,
     age_ms: i64,
     segment_bytes: u64,
+    rolls_at: impl Fn(usize) -> bool,
 ) -> Option<Range<usize>> {
     let is_flush = |e: &IndexEntry| kind(state, e) == Some(ObjectKind::Flush);
     let mut start = 0;
@@ -264,7 +291,11 @@ fn tail_run(
         let mut end = start;
         let mut bytes = 0;
         let mut oldest = i64::MAX;
-        while end < entries.len() && is_flush(&entries[end]) && bytes < segment_bytes {
+        while end < entries.len()
+            && is_flush(&entries[end])
+            && bytes < segment_bytes
+            && (end == start || !rolls_at(end))
+        {
             bytes += entries[end].length;
             if let Some(info) = state.objects().get(entries[end].object) {
                 oldest = oldest.min(info.created_ms);
@@ -289,8 +320,12 @@ fn merge_run(
     entries: &[IndexEntry],
     state: &MetadataState,
     segment_bytes: u64,
+    rolls_at: impl Fn(usize) -> bool,
 ) -> Option<Range<usize>> {
-    let start = entries.windows(FAN_IN).position(|run| {
+    let start = entries.windows(FAN_IN).enumerate().position(|(at, run)| {
+        if (at + 1..at + FAN_IN).any(&rolls_at) {
+            return false;
+        }
         let total: u64 = run.iter().map(|e| e.length).sum();
         let largest = run.iter().map(|e| e.length).max().unwrap_or(0);
         run.iter().all(|e| {
@@ -938,6 +973,7 @@ mod tests {
         CompactionPolicy {
             segment_bytes,
             age: Duration::from_secs(60),
+            topic_defaults: TopicDefaults::default(),
         }
     }
 
@@ -966,6 +1002,42 @@ mod tests {
         let p = plan(&s, 1, 0, &policy(100));
         assert_eq!((p.shared.len(), p.own.len()), (0, 2));
         assert_eq!(p.own[0].entries.len(), 1);
+    }
+
+    #[test]
+    fn a_compacted_topics_runs_stop_where_its_segment_rolls() {
+        // segment.ms = 1 s: a burst at 0-200 ms, then one record 3 s later (Kafka rolls
+        // the segment on it), then silence.
+        let mut s = state_with(1);
+        let compact: BTreeMap<String, Option<String>> =
+            [("cleanup.policy", "compact"), ("segment.ms", "1000")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                .collect();
+        s.apply(&Command::AlterTopicConfigs {
+            name: "t".into(),
+            replace: false,
+            changes: compact,
+        });
+        for (n, at) in [0, 100, 200, 3_200].into_iter().enumerate() {
+            flush(&mut s, &format!("segments/{n}"), at, 100);
+        }
+        let jobs = plan(&s, 1, 120_000, &policy(1 << 20));
+        // The burst is one run; the roll record is left to a run of its own.
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].entries.len(), 3);
+        for job in &jobs {
+            swap(&mut s, job, &format!("compacted/{}", job.partition));
+        }
+        let jobs = plan(&s, 1, 120_000, &policy(1 << 20));
+        assert_eq!(jobs[0].entries.len(), 1, "the roll record's chunk");
+        assert_eq!(jobs[0].entries[0].entry.max_timestamp, 3_200);
+        // Merges stop at the roll too: two segments are never one.
+        for job in &jobs {
+            swap(&mut s, job, &format!("compacted/r{}", job.partition));
+        }
+        assert_eq!(s.partition("t", 0).map(|p| p.index.len()), Some(2));
+        assert!(plan(&s, 1, 120_000, &policy(1 << 20)).is_empty());
     }
 
     #[test]

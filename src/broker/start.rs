@@ -265,6 +265,7 @@ fn spawn_chores(
                 policy: CompactionPolicy {
                     segment_bytes: background.segment_bytes,
                     age: background.compaction_age,
+                    topic_defaults: config.topics.defaults.clone(),
                 },
                 interval: background.compaction_interval,
                 node_id,

@@ -112,7 +112,7 @@ impl Config {
         let groups = GroupConfig::load(args, &file)?;
         let telemetry = TelemetryConfig::load(args, &file, &listener)?;
         let cache = CacheConfig::load(args, &file, &store);
-        let placement = PlacementConfig::load(args, &file, &store)?;
+        let placement = PlacementConfig::load(args, &file)?;
         Ok(Self {
             placement,
             node,

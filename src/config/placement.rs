@@ -1,6 +1,6 @@
 //! Placement: how Metadata presents the brokers that lead partitions to clients.
 
-use super::{in_range, ConfigError, FileConfig, StoreConfig};
+use super::{in_range, ConfigError, FileConfig};
 use crate::cli::ServeArgs;
 
 #[derive(Debug, Clone)]
@@ -11,18 +11,14 @@ pub struct PlacementConfig {
 }
 
 impl PlacementConfig {
-    /// The default follows the store: a client connection carries a few requests at
-    /// once (idempotent producers: 5), each waiting for a PUT to S3, so more ids keep
-    /// more requests in flight; against a local directory one id per broker suffices.
-    pub fn load(
-        args: &ServeArgs,
-        file: &FileConfig,
-        store: &StoreConfig,
-    ) -> Result<Self, ConfigError> {
-        let default = if store.url.starts_with("s3:") { 16 } else { 1 };
+    /// One id per broker unless asked: kafkajs maps every broker id that shares the
+    /// seed broker's address onto one connection with one node id, and then drops the
+    /// partitions of the others from its produce requests (its `brokerPool`), so more
+    /// ids are for fleets whose clients are librdkafka or Java.
+    pub fn load(args: &ServeArgs, file: &FileConfig) -> Result<Self, ConfigError> {
         let leader_ids = in_range(
             "leader_ids",
-            args.leader_ids.or(file.leader_ids).unwrap_or(default),
+            args.leader_ids.or(file.leader_ids).unwrap_or(1),
             1..=1024,
             "use 1 to 1024",
         )?;

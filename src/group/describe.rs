@@ -10,10 +10,23 @@ use super::responses::s;
 use super::state::{Group, GroupState};
 
 /// Kafka's GroupMetadata.summary: metadata/assignments are only shown when Stable.
-pub(super) fn describe(group: Option<&Group>, group_id: &GroupId, version: i16) -> DescribedGroup {
+/// `has_offsets`: the group has committed offsets (it may have no members here).
+pub(super) fn describe(
+    group: Option<&Group>,
+    group_id: &GroupId,
+    version: i16,
+    has_offsets: bool,
+) -> DescribedGroup {
     let out = DescribedGroup::default().with_group_id(group_id.clone());
     let Some(g) = group else {
-        // Kafka's classic coordinator reports an unknown group as Dead with no error.
+        // A group known only by its committed offsets is Empty, as Kafka loads it from
+        // its offsets (and as ListGroups lists it); an unknown group is Dead, with no
+        // error, as Kafka's classic coordinator reports it.
+        if has_offsets {
+            return out
+                .with_group_state(s(GroupState::Empty.as_str()))
+                .with_protocol_type(s("consumer"));
+        }
         return out.with_group_state(s(GroupState::Dead.as_str()));
     };
     let stable = g.state == GroupState::Stable;

@@ -286,19 +286,25 @@ impl GroupCoordinator {
 
     /// `access(group)`: None when the principal may not describe it
     /// (GROUP_AUTHORIZATION_FAILED), else its KIP-430 operations field.
+    /// `has_offsets(group)`: the group has committed offsets, so a group without members
+    /// here is Empty rather than Dead.
     pub fn describe_groups(
         &self,
         req: DescribeGroupsRequest,
         version: i16,
         access: impl Fn(&str) -> Option<i32>,
+        has_offsets: impl Fn(&str) -> bool,
     ) -> DescribeGroupsResponse {
         let groups = self.lock();
         let described = req
             .groups
             .iter()
             .map(|id| match access(id.as_str()) {
-                Some(ops) => describe::describe(groups.get(id.as_str()), id, version)
-                    .with_authorized_operations(ops),
+                Some(ops) => {
+                    let group = groups.get(id.as_str());
+                    let offsets = group.is_none() && has_offsets(id.as_str());
+                    describe::describe(group, id, version, offsets).with_authorized_operations(ops)
+                }
                 None => DescribedGroup::default()
                     .with_group_id(id.clone())
                     .with_error_code(ResponseError::GroupAuthorizationFailed.code())

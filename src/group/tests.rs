@@ -159,6 +159,7 @@ fn state(c: &GroupCoordinator) -> String {
         DescribeGroupsRequest::default().with_groups(vec![gid(G)]),
         5,
         |_| Some(i32::MIN),
+        |_| false,
     );
     d.groups[0].group_state.to_string()
 }
@@ -459,6 +460,7 @@ async fn describe_and_list() {
         DescribeGroupsRequest::default().with_groups(vec![gid(G), gid("nope")]),
         5,
         |_| Some(i32::MIN),
+        |_| false,
     );
     let g = &d.groups[0];
     assert_eq!(g.group_state.as_str(), "Stable");
@@ -473,6 +475,16 @@ async fn describe_and_list() {
     assert_eq!(lm.member_assignment, Bytes::from_static(b"al"));
     assert_eq!(lm.client_id.as_str(), "a");
     assert_eq!(d.groups[1].group_state.as_str(), "Dead");
+    // A group known only by committed offsets is Empty, not Dead.
+    let offsets_only = c.describe_groups(
+        DescribeGroupsRequest::default().with_groups(vec![gid("committed")]),
+        5,
+        |_| Some(i32::MIN),
+        |g| g == "committed",
+    );
+    assert_eq!(offsets_only.groups[0].group_state.as_str(), "Empty");
+    assert_eq!(offsets_only.groups[0].protocol_type.as_str(), "consumer");
+    assert_eq!(offsets_only.groups[0].error_code, 0);
     assert_eq!(g.authorized_operations, i32::MIN, "only when asked");
     let asked = c.describe_groups(
         DescribeGroupsRequest::default()
@@ -480,6 +492,7 @@ async fn describe_and_list() {
             .with_include_authorized_operations(true),
         5,
         |_| Some(0b1_0100_1000),
+        |_| false,
     );
     // READ, DELETE, DESCRIBE (bits 3, 6, 8), as the authorizer reported them.
     assert_eq!(asked.groups[0].authorized_operations, 0b1_0100_1000);
@@ -487,6 +500,7 @@ async fn describe_and_list() {
         DescribeGroupsRequest::default().with_groups(vec![gid(G)]),
         5,
         |_| None,
+        |_| false,
     );
     assert_eq!(
         refused.groups[0].error_code, 30,
@@ -498,6 +512,7 @@ async fn describe_and_list() {
             DescribeGroupsRequest::default().with_groups(vec![gid(G)]),
             v,
             |_| Some(i32::MIN),
+            |_| false,
         );
         encodes(&d, v);
     }

@@ -26,9 +26,9 @@ use crate::broker::Broker;
 use crate::metadata::state::{Command, MetadataState, Response, StateError};
 use crate::security::acl::Operation;
 use crate::topic_config::{
-    kafka_default, kind, validate, Kind, TopicDefaults, DEFAULT_CONFIG, DYNAMIC_BROKER_CONFIGS,
-    DYNAMIC_DEFAULT_BROKER_CONFIG, MAX_PARTITIONS, STATIC_BROKER_CONFIG, TOPIC_CONFIG,
-    TOPIC_DEFAULTS,
+    kafka_default, kind, stored_broker_config_kind, validate, Kind, TopicDefaults, DEFAULT_CONFIG,
+    DYNAMIC_BROKER_CONFIG, DYNAMIC_BROKER_CONFIGS, DYNAMIC_DEFAULT_BROKER_CONFIG, MAX_PARTITIONS,
+    STATIC_BROKER_CONFIG, TOPIC_CONFIG, TOPIC_DEFAULTS,
 };
 
 const TOPIC: i8 = 2;
@@ -39,6 +39,8 @@ const STATIC_BROKER_KEYS: &[&str] = &[
     "auto.create.topics.enable",
     "socket.request.max.bytes",
     "advertised.listeners",
+    "listeners",
+    "listener.security.protocol.map",
     "broker.id",
 ];
 
@@ -58,6 +60,8 @@ impl Scope {
                     DYNAMIC_BROKER_CONFIGS.iter().find(|(k, ..)| *k == key)
                 {
                     Ok(*kind)
+                } else if let Some(kind) = stored_broker_config_kind(key) {
+                    Ok(kind)
                 } else if STATIC_BROKER_KEYS.contains(&key) {
                     Err(format!(
                         "Cannot update these configs dynamically: Set({key})"
@@ -203,9 +207,12 @@ pub fn describe(
                 .into_iter()
                 .filter(|(k, _, _)| wanted(k))
                 .map(|(name, value, source)| {
+                    // Kafka never describes a password's value (PASSWORD-typed configs).
+                    let sensitive = is_sensitive(&name);
                     DescribeConfigsResourceResult::default()
                         .with_name(str_bytes(&name))
-                        .with_value(Some(str_bytes(&value)))
+                        .with_value((!sensitive).then(|| str_bytes(&value)))
+                        .with_is_sensitive(sensitive)
                         .with_config_source(source)
                         .with_read_only(read_only(&name))
                 })
@@ -236,6 +243,39 @@ fn dynamic_broker_entries(
                 })
                 .unwrap_or_else(|| (default.to_string(), DEFAULT_CONFIG));
             (k.to_string(), value, source)
+        })
+        .chain(stored_broker_entries(state, id))
+        .collect()
+}
+
+/// Kafka's PASSWORD-typed broker configs, per listener too.
+fn is_sensitive(name: &str) -> bool {
+    name.ends_with(".password")
+        || name.ends_with("sasl.jaas.config")
+        || name.ends_with("ssl.keystore.key")
+}
+
+/// The stored (no-effect) dynamic broker configs set on this broker or cluster-wide.
+fn stored_broker_entries(state: &MetadataState, id: u64) -> Vec<(String, String, i8)> {
+    let own = state.broker_configs(&id.to_string());
+    let cluster = state.broker_configs("");
+    let mut keys: Vec<&String> = own
+        .into_iter()
+        .chain(cluster)
+        .flat_map(|m| m.keys())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| stored_broker_config_kind(k).is_some())
+        .filter_map(|k| {
+            own.and_then(|m| m.get(k))
+                .map(|v| (k.clone(), v.clone(), DYNAMIC_BROKER_CONFIG))
+                .or_else(|| {
+                    cluster
+                        .and_then(|m| m.get(k))
+                        .map(|v| (k.clone(), v.clone(), DYNAMIC_DEFAULT_BROKER_CONFIG))
+                })
         })
         .collect()
 }
@@ -768,6 +808,20 @@ mod tests {
         let ok = config_changes(Scope::Broker, &none, &set("num.partitions", "6"))
             .expect("a dynamic key");
         assert_eq!(ok["num.partitions"].as_deref(), Some("6"));
+        // Kafka's other dynamic broker configs are stored (librdkafka's 0081_admin sets
+        // this one), per listener too.
+        for (key, value) in [
+            ("sasl.kerberos.min.time.before.relogin", "58000"),
+            ("log.cleaner.threads", "2"),
+            ("listener.name.external.ssl.client.auth", "required"),
+            (
+                "listener.name.internal.plain.sasl.jaas.config",
+                "x required;",
+            ),
+        ] {
+            let ok = config_changes(Scope::Broker, &none, &set(key, value)).expect(key);
+            assert_eq!(ok[key].as_deref(), Some(value));
+        }
         for (key, value) in [
             ("num.partitions", "0"),
             ("num.partitions", "100000"),
@@ -775,6 +829,9 @@ mod tests {
             ("log.cleanup.policy", "shred"),
             ("broker.id", "2"),
             ("advertised.listeners", "PLAINTEXT://x:1"),
+            ("sasl.kerberos.min.time.before.relogin", "soon"),
+            ("listener.name.external.ssl.client.auth", "always"),
+            ("listener.name..ssl.protocol", "TLSv1.3"),
             ("no.such.key", "1"),
             // A topic config is not a broker config.
             ("retention.ms", "1"),

@@ -130,11 +130,16 @@ async fn group_request(
         RequestKind::DescribeGroups(req) => {
             // v3+ (KIP-430): the caller's operations on each group it may describe.
             let ops = version >= 3 && req.include_authorized_operations;
-            ResponseKind::DescribeGroups(broker.groups().describe_groups(req, version, |group| {
-                authz
-                    .group(Operation::Describe, group)
-                    .then(|| authz.reported(ops, ResourceType::Group, group))
-            }))
+            ResponseKind::DescribeGroups(broker.groups().describe_groups(
+                req,
+                version,
+                |group| {
+                    authz
+                        .group(Operation::Describe, group)
+                        .then(|| authz.reported(ops, ResourceType::Group, group))
+                },
+                |group| broker.read(|s| s.group_offsets(group).is_some()),
+            ))
         }
         RequestKind::ListGroups(req) => {
             ResponseKind::ListGroups(groups::list_groups(broker, authz, req, version))

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use tokio::time::Instant;
 use tracing::debug;
@@ -24,11 +26,28 @@ use crate::metadata::state::{ChunkTxn, StateError};
 use crate::produce::buffer::Committed;
 use crate::produce::validate::{self, BatchError, ValidatedBatches};
 use crate::produce::ProduceError;
+use crate::record::batch::{be_i64, BASE_TIMESTAMP};
 use crate::record::records;
 use crate::security::acl::Operation;
 use crate::telemetry;
+use crate::topic_config::TopicSettings;
 
-type PartitionError = (ResponseError, String);
+/// Why a partition's batches were refused: Kafka's error code, a message for the client
+/// (v8+), and KIP-467's record errors (each record's index in its batch, and why).
+#[derive(Debug)]
+struct PartitionError {
+    code: ResponseError,
+    message: String,
+    record_errors: Vec<(i32, String)>,
+}
+
+fn fail(code: ResponseError, message: String) -> PartitionError {
+    PartitionError {
+        code,
+        message,
+        record_errors: Vec::new(),
+    }
+}
 /// Each partition of a topic: enqueued (waiting for its commit) or already refused.
 /// A queued partition carries its LogAppendTime, when the topic uses it, and its size.
 type QueuedPartitions = Vec<(i32, Result<Queued, PartitionError>)>;
@@ -86,12 +105,12 @@ pub async fn enqueue(
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
             let result = if !writable {
-                Err((
+                Err(fail(
                     ResponseError::TopicAuthorizationFailed,
                     format!("{} may not write to topic {name}", ctx.principal),
                 ))
             } else if txn_refused {
-                Err((
+                Err(fail(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     format!("{} may not write transactionally", ctx.principal),
                 ))
@@ -122,7 +141,7 @@ pub async fn enqueue(
 }
 
 fn not_leader() -> PartitionError {
-    (
+    fail(
         ResponseError::NotLeaderOrFollower,
         "this broker is fenced (cut off from the metadata cluster)".into(),
     )
@@ -139,7 +158,7 @@ async fn until_fenced(broker: &Broker) {
 }
 
 fn timed_out() -> PartitionError {
-    (
+    fail(
         ResponseError::RequestTimedOut,
         "timed out waiting for the object store".into(),
     )
@@ -218,13 +237,13 @@ async fn enqueue_partition(
     match lookup {
         TopicLookup::Found { partitions, .. } if (0..*partitions).contains(&partition) => {}
         TopicLookup::Invalid => {
-            return Err((
+            return Err(fail(
                 ResponseError::InvalidTopicException,
                 "invalid topic name".into(),
             ));
         }
         _ => {
-            return Err((
+            return Err(fail(
                 ResponseError::UnknownTopicOrPartition,
                 format!("{topic}-{partition} does not exist"),
             ))
@@ -239,24 +258,22 @@ async fn enqueue_partition(
             BatchError::CrcMismatch | BatchError::Truncated => ResponseError::CorruptMessage,
             BatchError::Control | BatchError::MixedTransactional => ResponseError::InvalidRecord,
         };
-        (code, e.to_string())
+        fail(code, e.to_string())
     })?;
     check_transactional(broker, &batches, transactional_id)?;
     let settings = broker.topic_settings(topic).ok_or_else(|| {
-        (
+        fail(
             ResponseError::UnknownTopicOrPartition,
             format!("{topic}-{partition} does not exist"),
         )
     })?;
     if batches.bytes > settings.max_message_bytes {
-        return Err((
+        return Err(fail(
             ResponseError::MessageTooLarge,
             "batch exceeds max.message.bytes".into(),
         ));
     }
-    if settings.compact {
-        check_keys(&batches, topic, partition)?;
-    }
+    check_records(&batches, &settings, topic, partition)?;
     // The broker's clock (this proposer's), never the state machine's.
     // Batches record counts are checked against their offset spans in `validate`.
     let (bytes, records) = (batches.bytes, batches.offset_count);
@@ -288,7 +305,7 @@ fn check_transactional(
     let transactional = batches.txn == ChunkTxn::Data;
     let Some(id) = transactional_id else {
         if transactional {
-            return Err((
+            return Err(fail(
                 ResponseError::InvalidRecord,
                 "transactional batches need a transactional id".into(),
             ));
@@ -296,7 +313,7 @@ fn check_transactional(
         return Ok(());
     };
     if !transactional {
-        return Err((
+        return Err(fail(
             ResponseError::InvalidRecord,
             "a produce with a transactional id must hold transactional batches".into(),
         ));
@@ -304,7 +321,7 @@ fn check_transactional(
     let producer_id = batches.producer.map_or(-1, |p| p.producer_id);
     let holder = broker.read(|s| s.transactions().get(id).map(|m| m.producer_id));
     if holder != Some(producer_id) {
-        return Err((
+        return Err(fail(
             ResponseError::InvalidProducerIdMapping,
             format!("producer id {producer_id} is not the one transactional id {id} holds"),
         ));
@@ -312,29 +329,91 @@ fn check_transactional(
     Ok(())
 }
 
-/// Kafka's rule for compacted topics: every record has a key (the batches are opened for
-/// this, within `records::MAX_INFLATED_BYTES`).
-fn check_keys(
+/// Kafka's per-record rules (LogValidator): on a compacted topic every record has a key;
+/// a CreateTime lies within `message.timestamp.{before,after}.max.ms` of the broker's
+/// clock. Every offending record is named (KIP-467), so the client can tell the records
+/// that failed from the ones refused only for sharing their batch. The batches are opened
+/// for this (within `records::MAX_INFLATED_BYTES`) only when a rule applies.
+fn check_records(
     batches: &ValidatedBatches,
+    settings: &TopicSettings,
     topic: &str,
     partition: i32,
 ) -> Result<(), PartitionError> {
-    for b in &batches.batches {
-        let mut keyless = false;
-        records::for_each_record(b, |r| keyless |= r.key.is_none()).map_err(|e| {
-            debug!(topic, partition, error = %e, "rejected produce to a compacted topic");
-            (ResponseError::CorruptMessage, e.to_string())
-        })?;
-        if keyless {
-            return Err((
-                ResponseError::InvalidRecord,
-                format!(
-                    "Compacted topic cannot accept message without key in topic partition {topic}-{partition}."
-                ),
-            ));
-        }
+    let bounded_time = !settings.log_append_time
+        && (settings.timestamp_before_max_ms < i64::MAX
+            || settings.timestamp_after_max_ms < i64::MAX);
+    if !settings.compact && !bounded_time {
+        return Ok(());
     }
-    Ok(())
+    let now = crate::clock::now_ms();
+    let earliest = now.saturating_sub(settings.timestamp_before_max_ms);
+    let latest = now.saturating_add(settings.timestamp_after_max_ms);
+    let mut errors = Vec::new();
+    let mut bad_timestamp = false;
+    let mut index = 0i32;
+    for b in &batches.batches {
+        let base_timestamp = be_i64(b, BASE_TIMESTAMP);
+        records::for_each_record(b, |r| {
+            if settings.compact && r.key.is_none() {
+                errors.push((
+                    index,
+                    format!(
+                        "Compacted topic cannot accept message without key in topic partition {topic}-{partition}."
+                    ),
+                ));
+            } else if bounded_time {
+                let timestamp = base_timestamp.wrapping_add(r.timestamp_delta);
+                if !(earliest..=latest).contains(&timestamp) {
+                    bad_timestamp = true;
+                    errors.push((
+                        index,
+                        format!(
+                            "Timestamp {timestamp} of message with offset {} is out of range. \
+                             The timestamp should be within [{earliest}, {latest}]",
+                            r.offset_delta
+                        ),
+                    ));
+                }
+            }
+            index = index.saturating_add(1);
+        })
+        .map_err(|e| {
+            debug!(topic, partition, error = %e, "rejected produce: unreadable records");
+            fail(ResponseError::CorruptMessage, e.to_string())
+        })?;
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    // Kafka's messages (LogValidator.processRecordErrors).
+    let (code, message) = if bad_timestamp {
+        (
+            ResponseError::InvalidTimestamp,
+            "One or more records have been rejected due to invalid timestamp".to_owned(),
+        )
+    } else {
+        let shown: Vec<String> = errors
+            .iter()
+            .take(3)
+            .map(|(i, m)| format!("RecordError(batchIndex={i}, message='{m}')"))
+            .collect();
+        (
+            ResponseError::InvalidRecord,
+            format!(
+                "One or more records have been rejected due to {} record errors in total, and only \
+                 showing the first three errors at most: [{}]",
+                errors.len(),
+                shown.join(", ")
+            ),
+        )
+    };
+    debug!(topic, partition, records = errors.len(), %message, "rejected produce");
+    Err(PartitionError {
+        code,
+        message,
+        record_errors: errors,
+    })
 }
 
 /// Record batch header positions used to stamp LogAppendTime.
@@ -382,7 +461,7 @@ fn produce_error(e: ProduceError) -> PartitionError {
             ResponseError::RequestTimedOut
         }
     };
-    (code, e.to_string())
+    fail(code, e.to_string())
 }
 
 fn partition_response(
@@ -398,10 +477,21 @@ fn partition_response(
             .with_base_offset(base_offset)
             .with_log_append_time_ms(append_time.filter(|_| version >= 2).unwrap_or(-1))
             .with_log_start_offset(if version >= 5 { log_start } else { -1 }),
-        Err((code, message)) => {
-            let response = response.with_error_code(code.code()).with_base_offset(-1);
+        Err(e) => {
+            let response = response.with_error_code(e.code.code()).with_base_offset(-1);
             if version >= 8 {
-                response.with_error_message(Some(str_bytes(&message)))
+                let record_errors = e
+                    .record_errors
+                    .iter()
+                    .map(|(index, message)| {
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(*index)
+                            .with_batch_index_error_message(Some(str_bytes(message)))
+                    })
+                    .collect();
+                response
+                    .with_error_message(Some(str_bytes(&e.message)))
+                    .with_record_errors(record_errors)
             } else {
                 response
             }

@@ -34,6 +34,8 @@ pub enum RecordsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordView<'a> {
     pub offset_delta: i32,
+    /// Added to the batch's base timestamp: the record's CreateTime.
+    pub timestamp_delta: i64,
     pub key: Option<&'a [u8]>,
     /// A null value: a tombstone.
     pub tombstone: bool,
@@ -95,7 +97,7 @@ fn locate(records: &[u8], count: usize) -> Result<Vec<Located<'_>>, RecordsError
         let body = &records[..end];
         let mut p = at + 1; // attributes
         let ts_start = p;
-        varint(body, &mut p)?;
+        let timestamp_delta = varint(body, &mut p)?;
         let ts_end = p;
         let offset_delta =
             i32::try_from(varint(body, &mut p)?).map_err(|_| RecordsError::BadRecord)?;
@@ -104,6 +106,7 @@ fn locate(records: &[u8], count: usize) -> Result<Vec<Located<'_>>, RecordsError
         out.push(Located {
             view: RecordView {
                 offset_delta,
+                timestamp_delta,
                 key,
                 tombstone: value.is_none(),
             },

@@ -34,7 +34,7 @@ STOP_TIMEOUT = 30.0
 READY_LINE = "strata is serving"
 
 
-# Metadata may name a broker under several leader ids (`--leader-ids`, 16 on s3://): its
+# Metadata may name a broker under several leader ids (`--leader-ids`, opt-in): its
 # own id plus multiples of this.
 LEADER_ID_STRIDE = 1 << 20
 

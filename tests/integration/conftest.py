@@ -45,10 +45,11 @@ if TEST_STORE not in ("local", "s3"):
 # Modules that test the wire protocol, the front end, metrics or deployment files: what
 # they check does not depend on the object store, so they run in the local pass only
 # (the S3 pass keeps to what exercises the store), which keeps CI within its time.
+# Transactions write marker objects, so they run in both.
 STORE_INDEPENDENT = {
     "test_wire_fields", "test_wire_order", "test_admin_wire", "test_admin_apis", "test_semantics",
     "test_kafkajs_semantics", "test_compose", "test_terraform", "test_metrics", "test_tls",
-    "test_sasl", "test_acls", "test_transactions",
+    "test_sasl", "test_acls", "test_record_errors",
 }
 
 

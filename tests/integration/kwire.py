@@ -135,16 +135,18 @@ def encode_record(offset_delta: int, key: bytes | None, value: bytes | None, ts_
 
 
 def encode_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,
-                 corrupt_crc: bool = False) -> bytes:
-    """Record batch v2 (magic 2), uncompressed, no producer id."""
+                 corrupt_crc: bool = False, ts_deltas: list[int] | None = None) -> bytes:
+    """Record batch v2 (magic 2), uncompressed, no producer id; `ts_deltas`: each record's
+    timestamp delta from `base_timestamp` (0 by default)."""
     if base_timestamp is None:
         base_timestamp = int(time.time() * 1000)
-    recs = b"".join(encode_record(i, k, v) for i, (k, v) in enumerate(records))
+    deltas = ts_deltas or [0] * len(records)
+    recs = b"".join(encode_record(i, k, v, d) for i, ((k, v), d) in enumerate(zip(records, deltas)))
     after_crc = (
         struct.pack(">h", 0)  # attributes
         + struct.pack(">i", len(records) - 1)  # lastOffsetDelta
         + struct.pack(">q", base_timestamp)  # baseTimestamp
-        + struct.pack(">q", base_timestamp)  # maxTimestamp
+        + struct.pack(">q", base_timestamp + max(deltas, default=0))  # maxTimestamp
         + struct.pack(">q", -1)  # producerId
         + struct.pack(">h", -1)  # producerEpoch
         + struct.pack(">i", -1)  # baseSequence
@@ -249,6 +251,23 @@ def parse_produce_v3(body: bytes) -> list[dict]:
                 "base_offset": r.i64(),
                 "log_append_time": r.i64(),
             })
+    r.i32()  # throttle_time_ms
+    return out
+
+
+def parse_produce_v8(body: bytes) -> list[dict]:
+    """Produce v8: v3's fields, the log start offset (v5), KIP-467's record errors and
+    error message (v8)."""
+    r = Reader(body)
+    out = []
+    for _ in range(r.i32()):
+        name = r.string()
+        for _ in range(r.i32()):
+            p = {"topic": name, "partition": r.i32(), "error_code": r.i16(), "base_offset": r.i64(),
+                 "log_append_time": r.i64(), "log_start_offset": r.i64()}
+            p["record_errors"] = [(r.i32(), r.string()) for _ in range(r.i32())]
+            p["error_message"] = r.string()
+            out.append(p)
     r.i32()  # throttle_time_ms
     return out
 

@@ -124,6 +124,43 @@ def test_alter_configs_and_incremental(broker, unique_topic):
     assert "INVALID_CONFIG" in str(e.value)
 
 
+def test_broker_configs_kafka_accepts_are_stored(broker):
+    """librdkafka's 0081_admin (do_test_AlterConfigs) alters a BROKER resource with
+    sasl.kerberos.min.time.before.relogin: Kafka's dynamic broker configs are accepted and
+    described (a password without its value); read-only and unknown names are refused."""
+    a = admin(broker)
+    res = ConfigResource(ResourceType.BROKER, "1", set_config={
+        "sasl.kerberos.min.time.before.relogin": "58000",
+        "listener.name.plaintext.ssl.keystore.password": "secret"})
+    wait(a.alter_configs([res]))
+    described = wait(a.describe_configs([ConfigResource(ResourceType.BROKER, "1")]))
+    entries = next(iter(described.values()))
+    assert entries["sasl.kerberos.min.time.before.relogin"].value == "58000"
+    password = entries["listener.name.plaintext.ssl.keystore.password"]
+    assert password.is_sensitive and password.value is None
+    for key, value in [("broker.id", "7"), ("no.such.broker.config", "1"),
+                       ("sasl.kerberos.min.time.before.relogin", "soon")]:
+        res = ConfigResource(ResourceType.BROKER, "1")
+        res.add_incremental_config(ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET))
+        with pytest.raises(KafkaException) as e:
+            wait(a.incremental_alter_configs([res]))
+        assert "INVALID_CONFIG" in str(e.value), (key, value, e.value)
+
+
+def test_group_known_only_by_offsets_is_empty(broker, unique_topic):
+    """A group with committed offsets and no members here (after a restart, say) is
+    described as Empty, as Kafka loads it from its offsets, not Dead."""
+    a = admin(broker)
+    create(broker, unique_topic)
+    group = "offsets-only-" + uuid.uuid4().hex
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group})
+    c.commit(offsets=[TopicPartition(unique_topic, 0, 3)], asynchronous=False)
+    c.close()
+    broker.restart()
+    [d] = wait(a.describe_consumer_groups([group])).values()
+    assert d.state == ConsumerGroupState.EMPTY, d.state
+
+
 def test_max_message_bytes_is_enforced_after_alter(broker, unique_topic):
     a = admin(broker)
     create(broker, unique_topic)

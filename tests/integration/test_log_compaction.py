@@ -176,6 +176,43 @@ def store_bytes(b: Broker) -> int:
     return sum(store_objects(b, "segments/").values()) + sum(store_objects(b, "compacted/").values())
 
 
+@pytest.fixture
+def slow_tail_broker(request, tmp_path):
+    """FAST, but the tail waits 8 s to be compacted, as a light partition's tail waits
+    compaction_age_ms (30 s) by default."""
+    args = list(FAST)
+    args[args.index("--compaction-age-ms") + 1] = "8000"
+    yield from supervise(request, Broker(tmp_path / "strata", extra_args=args))
+
+
+def test_a_topic_gone_quiet_after_its_roll_record_is_cleaned(slow_tail_broker):
+    """Issue 26: 200 keys x 10 versions, 50 tombstones, and 3 s later one more record
+    (which rolls Kafka's segment, segment.ms = 1 s); then silence. Kafka cleans everything
+    before the roll record and, a delete.retention.ms later, drops the tombstones, without
+    another write. So must Strata: object compaction keeps the roll record's chunk apart.
+    The tail waits 8 s to be compacted, so that the burst and the roll record are compacted
+    in one round (as with the default age)."""
+    b = slow_tail_broker
+    topic = "quiet-after-roll"
+    create(b, topic, 1, {"cleanup.policy": "compact", "segment.ms": "1000",
+                         "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "1000",
+                         "min.compaction.lag.ms": "0"})
+    burst = [(f"k{k}".encode(), f"v{k}-{n}".encode()) for n in range(10) for k in range(200)]
+    acked = produce_keyed(b, topic, 0, burst)
+    acked += produce_keyed(b, topic, 0, [(f"k{k}".encode(), None) for k in range(50)])
+    time.sleep(3)
+    acked += produce_keyed(b, topic, 0, [(b"roll", b"r")])
+    hw = max(o for o, _, _ in acked) + 1
+    want = latest(acked, tombstones=False)
+    assert len(want) == 151
+
+    def cleaned() -> bool:
+        time.sleep(1)
+        return consume_all(b, topic, 0, hw) == want
+
+    wait_for("the quiet topic to be cleaned, its tombstones gone", cleaned, 90)
+
+
 def test_connect_style_config_topic_stays_small_and_always_readable(lbroker):
     b = lbroker.start()
     # The operator's cluster-wide default (kafka-configs --entity-default): segments roll

@@ -302,7 +302,8 @@ pub async fn add_offsets(
 /// waited for, so that the producer's next transaction does not meet
 /// CONCURRENT_TRANSACTIONS. Should a marker fail, the answer is still success (the
 /// coordinator loop finishes the transaction), as Kafka answers once the decision is in
-/// its log.
+/// its log. A retry while the markers are still being written is CONCURRENT_TRANSACTIONS
+/// (the client retries), and success once the transaction is complete, as in Kafka.
 pub async fn end(
     broker: &Arc<Broker>,
     authz: &Authz<'_>,
@@ -342,8 +343,8 @@ pub async fn end(
                 partitions,
             })
         }
-        // A retry while the markers are still being written: help finish them.
-        Ok(Ok(_)) => broker.txn().pending_plan(txn_id),
+        // Nothing to mark, or a retry of a transaction already complete.
+        Ok(Ok(_)) => None,
         Ok(Err(e)) => return response.with_error_code(code(e, version, 2)),
         Err(code) => return response.with_error_code(code),
     };

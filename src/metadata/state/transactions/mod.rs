@@ -238,9 +238,9 @@ pub enum EndOutcome {
     },
     /// No partition to mark: completed at once.
     Completed(Completion),
-    /// A retry of an EndTxn already decided with this outcome: success, nothing to do.
-    /// (Kafka answers CONCURRENT_TRANSACTIONS to a retry while still in Prepare*; the
-    /// decision is durable here, so success is as safe and saves the client a retry.)
+    /// A retry of an EndTxn that completed with this outcome: success, nothing to do.
+    /// (A retry while its markers are still being written is CONCURRENT_TRANSACTIONS,
+    /// as in Kafka: the client retries until the transaction is complete.)
     AlreadyEnded,
 }
 
@@ -604,8 +604,9 @@ impl Transactions {
     }
 
     /// EndTxn. Ongoing → Prepare* with every partition's marker pending, or Complete* at
-    /// once without partitions. A retry of the decided outcome (in Prepare* or Complete*
-    /// of it) is [`EndOutcome::AlreadyEnded`]; the opposite outcome, or Empty, is
+    /// once without partitions. A retry of the decided outcome is CONCURRENT_TRANSACTIONS
+    /// while its markers are being written (Prepare*) and [`EndOutcome::AlreadyEnded`]
+    /// once complete, as Kafka's coordinator answers; the opposite outcome, or Empty, is
     /// INVALID_TXN_STATE. Producer checks as [`Self::add_partitions`].
     pub fn end_txn(
         &mut self,
@@ -621,8 +622,10 @@ impl Transactions {
                 meta.last_update_ms = now_ms;
                 Ok(prepare(meta, commit))
             }
-            (TxnState::PrepareCommit | TxnState::CompleteCommit, true)
-            | (TxnState::PrepareAbort | TxnState::CompleteAbort, false) => {
+            (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                Err(TxnError::ConcurrentTransactions)
+            }
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => {
                 Ok(EndOutcome::AlreadyEnded)
             }
             _ => Err(TxnError::InvalidTxnState),
@@ -967,8 +970,12 @@ mod tests {
             }
         );
         assert_eq!(txns.in_prepare().count(), 1);
-        // Retries: the same outcome succeeds, the opposite is refused.
-        assert_eq!(txns.end_txn("t", 7, 0, true, 41)?, EndOutcome::AlreadyEnded);
+        // Retries: the same outcome waits for the markers (Kafka's
+        // CONCURRENT_TRANSACTIONS), the opposite is refused.
+        assert_eq!(
+            txns.end_txn("t", 7, 0, true, 41),
+            Err(TxnError::ConcurrentTransactions)
+        );
         assert_eq!(
             txns.end_txn("t", 7, 0, false, 41),
             Err(TxnError::InvalidTxnState)
