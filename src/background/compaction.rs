@@ -1008,7 +1008,7 @@ mod tests {
     fn a_compacted_topics_runs_stop_where_its_segment_rolls() {
         // segment.ms = 1 s: a burst at 0-200 ms, then one record 3 s later (Kafka rolls
         // the segment on it), then silence.
-        let mut s = state_with(1);
+        let mut s = state_with(1, 2);
         let compact: BTreeMap<String, Option<String>> =
             [("cleanup.policy", "compact"), ("segment.ms", "1000")]
                 .into_iter()
@@ -1022,22 +1022,22 @@ mod tests {
         for (n, at) in [0, 100, 200, 3_200].into_iter().enumerate() {
             flush(&mut s, &format!("segments/{n}"), at, 100);
         }
-        let jobs = plan(&s, 1, 120_000, &policy(1 << 20));
+        let planned = jobs(&s, 1, 120_000, &policy(1 << 20));
         // The burst is one run; the roll record is left to a run of its own.
-        assert_eq!(jobs.len(), 2);
-        assert_eq!(jobs[0].entries.len(), 3);
-        for job in &jobs {
+        assert_eq!(planned.len(), 2);
+        assert_eq!(planned[0].entries.len(), 3);
+        for job in &planned {
             swap(&mut s, job, &format!("compacted/{}", job.partition));
         }
-        let jobs = plan(&s, 1, 120_000, &policy(1 << 20));
-        assert_eq!(jobs[0].entries.len(), 1, "the roll record's chunk");
-        assert_eq!(jobs[0].entries[0].entry.max_timestamp, 3_200);
+        let planned = jobs(&s, 1, 120_000, &policy(1 << 20));
+        assert_eq!(planned[0].entries.len(), 1, "the roll record's chunk");
+        assert_eq!(planned[0].entries[0].entry.max_timestamp, 3_200);
         // Merges stop at the roll too: two segments are never one.
-        for job in &jobs {
+        for job in &planned {
             swap(&mut s, job, &format!("compacted/r{}", job.partition));
         }
         assert_eq!(s.partition("t", 0).map(|p| p.index.len()), Some(2));
-        assert!(plan(&s, 1, 120_000, &policy(1 << 20)).is_empty());
+        assert!(jobs(&s, 1, 120_000, &policy(1 << 20)).is_empty());
     }
 
     #[test]
