@@ -128,7 +128,7 @@ class Soak:
     def sample_loop(self, t0: float) -> None:
         """A report block every --soak-report-seconds until --soak-minutes are over."""
         every = self.a.soak_report_seconds
-        prev = {"t": t0, "acked": 0, "cbw": 0}  # the broker's counters start at 0 with it
+        prev = {"t": t0, "acked": 0, "cbw": 0, "cputs": 0, "puts": 0}  # the broker's counters start at 0 with it
         deadline = t0 + self.a.soak_minutes * 60
         k = 0
         while True:
@@ -202,7 +202,19 @@ class Soak:
         fig(f"{pre}_state_bytes", st.get("state_bytes", "n/a"), "B")
         fig(f"{pre}_snapshot_bytes", st.get("snapshot_bytes", "n/a"), "B")
         fig(f"{pre}_stats_objects", f"{st.get('objects', '?')} ({st.get('flush_objects', '?')} flush, "
-            f"{st.get('segment_objects', '?')} segment, {st.get('garbage_objects', '?')} garbage)")
+            f"{st.get('segment_objects', '?')} segment, of which {st.get('shared_objects', 0)} shared "
+            f"holding {st.get('shared_sections', 0)} sections, {st.get('garbage_objects', '?')} garbage)")
+        # PUTs per second over the block: compaction's, and every purpose's.
+        cputs = (st.get("store_requests") or {}).get("compaction", {}).get("put")
+        puts = st.get("store_puts")
+        for key, value, name in (("cputs", cputs, "compaction_put_rate"), ("puts", puts, "store_put_rate")):
+            if isinstance(value, (int, float)) and prev.get(key) is not None:
+                fig(f"{pre}_{name}", (value - prev[key]) / dt, "PUT/s")
+            else:
+                fig(f"{pre}_{name}", "n/a", "PUT/s")
+            prev[key] = value if isinstance(value, (int, float)) else None
+        s["compaction_puts"] = cputs
+        s["store_puts"] = puts
         cbw = st.get("compaction_bytes_written")
         if isinstance(cbw, (int, float)) and prev["cbw"] is not None:
             fig(f"{pre}_compaction_throughput", (cbw - prev["cbw"]) / dt / MB, "MB/s")
@@ -250,6 +262,12 @@ class Soak:
             note(f"run shorter than 10 minutes: growth measured from the first sample "
                  f"(minute {base['minute']:.2f}) instead of minute 10")
         last = samples[-1]
+        first = samples[0]
+        for key, name in (("compaction_puts", "compaction_put_rate"), ("store_puts", "store_put_rate")):
+            a, b = first.get(key), last.get(key)
+            span = (last["elapsed"] - first["elapsed"]) or 1
+            fig(f"soak_{name}_mean", (b - a) / span if isinstance(a, (int, float)) and isinstance(b, (int, float))
+                else "n/a", "PUT/s")
         fig("soak_growth_from", base["minute"], "min")
         fig("soak_growth_to", last["minute"], "min")
         # Compaction makes these series swing (flush chunks pile up, then are merged), so

@@ -717,7 +717,7 @@ async fn swap_in(
     match response {
         Response::Compacted(Ok(_)) => Ok(object_bytes.len() as u64),
         other => {
-            discard_refused(storage, &object, &other, &counters.refused).await;
+            discard_refused(metadata, storage, &object, &other, &counters.refused).await;
             Err(CompactionError::Refused)
         }
     }

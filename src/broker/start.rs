@@ -272,6 +272,8 @@ fn spawn_chores(
                 upload_timeout,
             },
             counters.compaction.clone(),
+            // No PUT budget yet: a round writes all it plans.
+            Arc::new(compaction::Unlimited),
         )),
         tokio::spawn(cleaner::run(
             metadata.clone(),

@@ -1,7 +1,8 @@
 //! The fetch path: index look-up in the local metadata replica, then the pieces of
 //! objects that hold the offsets (a flush chunk, or a frame of a compacted segment found
-//! through the segment's footer), each from the cache or a ranged read of the object,
-//! with the assigned offsets written into each batch header.
+//! through the segment's footer, or of a shared object's section found through the
+//! section's own index), each from the cache or a ranged read of the object, with the
+//! assigned offsets written into each batch header.
 
 use std::sync::Arc;
 
@@ -16,7 +17,10 @@ use crate::record::batch::{
     batch_base_offset, batch_max_timestamp, record_timestamps, set_base_offset, stored_batches,
     StoredBatch,
 };
-use crate::storage::segment::{decode_tail, CompactedFooter, Footer, Frame};
+use crate::storage::segment::{
+    decode_section_index, decode_tail, section_index_len, CompactedFooter, Footer, Frame,
+    SECTION_INDEX_READ,
+};
 use crate::storage::{BlockCache, ObjectStorage};
 
 /// Index entries looked at per partition per fetch; each is at least one batch.
@@ -25,6 +29,10 @@ const MAX_ENTRIES_PER_READ: usize = 256;
 const READ_AHEAD_PIECES: usize = 4;
 /// The cache key position of a compacted segment's footer (no piece starts there).
 const FOOTER_KEY: u64 = u64::MAX;
+/// Set in the cache key position of a shared object's section index, which is the
+/// position where the section's data ends (no piece starts at such a high position):
+/// one key per section.
+const SECTION_INDEX_KEY: u64 = 1 << 63;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FetchError {
@@ -156,7 +164,7 @@ impl Piece {
         }
     }
 
-    /// One frame of a segment entry.
+    /// One frame of a compacted entry (a segment or a section).
     fn frame(planned: &PlannedEntry, footer: &CompactedFooter, frame: &Frame) -> Self {
         Self {
             object: planned.object.clone(),
@@ -388,8 +396,8 @@ impl FetchReader {
                     bytes += planned.entry.length;
                     pieces.push(Piece::chunk(planned));
                 }
-                ObjectKind::Segment | ObjectKind::Cleaned => {
-                    let footer = self.footer(planned).await?;
+                ObjectKind::Segment | ObjectKind::Cleaned | ObjectKind::Shared => {
+                    let footer = self.frame_index(planned).await?;
                     for frame in footer.frames_from(offset.max(planned.entry.base_offset)) {
                         if !pieces.is_empty() && bytes >= max_bytes as u64 {
                             break;
@@ -406,7 +414,7 @@ impl FetchReader {
     /// Kafka's ListOffsets by timestamp: the first offset whose record timestamp is at
     /// or after `timestamp`, with that timestamp. Exact for uncompressed batches; for a
     /// compressed batch it is the batch's first offset. Binary searches: the index's
-    /// running maximum, then the segment footer's.
+    /// running maximum, then the segment footer's (or the section index's).
     pub async fn offset_for_timestamp(
         &self,
         topic: &str,
@@ -428,8 +436,8 @@ impl FetchReader {
         };
         let piece = match planned.kind {
             ObjectKind::Flush => Piece::chunk(&planned),
-            ObjectKind::Segment | ObjectKind::Cleaned => {
-                let footer = self.footer(&planned).await?;
+            ObjectKind::Segment | ObjectKind::Cleaned | ObjectKind::Shared => {
+                let footer = self.frame_index(&planned).await?;
                 let Some(frame) = footer.frame_for_timestamp(timestamp) else {
                     return Ok(Some((
                         planned.entry.max_timestamp,
@@ -461,9 +469,52 @@ impl FetchReader {
         Ok(Some((planned.entry.max_timestamp, piece.base_offset)))
     }
 
+    /// A compacted entry's sparse offset and timestamp index: a segment's footer, or a
+    /// shared object's section index.
+    pub async fn frame_index(&self, planned: &PlannedEntry) -> Result<CompactedFooter, FetchError> {
+        match planned.kind {
+            ObjectKind::Shared => self.section_index(planned).await,
+            _ => self.footer(planned).await,
+        }
+    }
+
+    /// A section's index, from where the section's data ends: one ranged GET of
+    /// [`SECTION_INDEX_READ`] bytes (a second one for the rest of a longer index), kept
+    /// in the cache under the section's own key.
+    async fn section_index(&self, planned: &PlannedEntry) -> Result<CompactedFooter, FetchError> {
+        let corrupt = |e: crate::storage::segment::SegmentError| {
+            FetchError::Corrupt(planned.object.clone(), e.to_string())
+        };
+        let data = (planned.entry.position, planned.entry.length);
+        let at = data.0 + data.1;
+        let size = planned.object_size;
+        if at >= size {
+            return Err(corrupt(crate::storage::segment::SegmentError::TooShort));
+        }
+        let storage = self.storage.clone();
+        let object = planned.object.clone();
+        let bytes = self
+            .cache
+            .get_or_load(&planned.object, SECTION_INDEX_KEY | at, async move {
+                let first = storage
+                    .get_range(&object, at..(at + SECTION_INDEX_READ).min(size))
+                    .await?;
+                // The header says how long the index is; what the first read missed.
+                match section_index_len(&first) {
+                    Ok(len) if len > first.len() as u64 && at + len <= size => {
+                        storage.get_range(&object, at..at + len).await
+                    }
+                    _ => Ok(first),
+                }
+            })
+            .await
+            .map_err(FetchError::Storage)?;
+        decode_section_index(&bytes, data).map_err(corrupt)
+    }
+
     /// A compacted segment's footer: its sparse offset and timestamp index, read with
     /// one ranged GET of the object's tail and kept in the cache.
-    pub async fn footer(&self, planned: &PlannedEntry) -> Result<CompactedFooter, FetchError> {
+    async fn footer(&self, planned: &PlannedEntry) -> Result<CompactedFooter, FetchError> {
         let storage = self.storage.clone();
         let object = planned.object.clone();
         let size = planned.object_size;
@@ -477,9 +528,9 @@ impl FetchReader {
             .map_err(FetchError::Storage)?;
         match decode_tail(size, &tail) {
             Ok(Footer::Compacted(footer)) => Ok(footer),
-            Ok(Footer::Flush { .. }) => Err(FetchError::Corrupt(
+            Ok(Footer::Flush { .. } | Footer::Shared { .. }) => Err(FetchError::Corrupt(
                 planned.object.clone(),
-                "a flush footer where a compacted segment was expected".into(),
+                "another kind of footer where a compacted segment was expected".into(),
             )),
             Err(e) => Err(FetchError::Corrupt(planned.object.clone(), e.to_string())),
         }
@@ -488,6 +539,12 @@ impl FetchReader {
     /// Puts a piece into the cache's memory tier (write-through of data just written).
     pub fn keep(&self, object: &str, position: u64, data: Bytes) {
         self.cache.insert(object, position, data);
+    }
+
+    /// Puts a section's index (as stored at `at`, where its data ends) into the cache's
+    /// memory tier, where a reader of the section looks first.
+    pub fn keep_section_index(&self, object: &str, at: u64, index: Bytes) {
+        self.cache.insert(object, SECTION_INDEX_KEY | at, index);
     }
 
     /// A piece from the cache, or from the store (coalesced with concurrent misses).

@@ -21,8 +21,10 @@ use serde::Serialize;
 /// listener commands and one trailing field to the state (`MetadataState::access`), which
 /// a format 2–4 blob does not hold: [`decoding_format`] tells that field's decoder; 6
 /// appends the transaction commands and fields (`MetadataState::txns`,
-/// `Partition::txns`, `SegmentCommit::txn`) the same way.
-pub const FORMAT_VERSION: u16 = 6;
+/// `Partition::txns`, `SegmentCommit::txn`) the same way; 7 appends variants only
+/// (`Command::CompactShared`, `Response::SharedCompacted`, `ObjectKind::Shared`: shared
+/// compacted objects), so a format 6 blob decodes unchanged.
+pub const FORMAT_VERSION: u16 = 7;
 /// The oldest format this build decodes as the current one. postcard writes an enum
 /// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
 /// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
@@ -284,11 +286,11 @@ mod tests {
     #[test]
     fn newer_version_is_refused() -> Result<(), CodecError> {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
-        bytes[4..6].copy_from_slice(&7u16.to_le_bytes());
+        bytes[4..6].copy_from_slice(&8u16.to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 7, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 8, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 7, this build reads up to 6)"
+                "metadata snapshot written by a newer Strata (format 8, this build reads up to 7)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

@@ -495,7 +495,11 @@ mod tests {
         assert_eq!(shipped.generation, 1);
         let path = snapshot_path(1, shipped.applied);
         let bytes = storage.get(&path).await?;
-        assert_eq!(&bytes[..6], b"STSH\x06\x00");
+        assert_eq!(&bytes[..4], b"STSH");
+        assert_eq!(
+            bytes[4..6],
+            crate::metadata::codec::FORMAT_VERSION.to_le_bytes()
+        );
         assert_eq!(delete_covered(&storage, 1, shipped.applied).await?, 1);
         assert!(storage.get_opt(LEGACY_SNAPSHOT_PATH).await?.is_none());
 

@@ -333,8 +333,18 @@ fn state_size_families(x: &mut Exposition, st: &crate::metadata::state::StateSta
         ),
         (
             "strata_state_segment_objects",
-            "Live compacted segments",
+            "Live compacted objects (segments and shared objects)",
             st.segment_objects,
+        ),
+        (
+            "strata_state_shared_objects",
+            "Live shared compacted objects",
+            st.shared_objects,
+        ),
+        (
+            "strata_state_shared_sections",
+            "Index entries pointing into shared objects",
+            st.shared_sections,
         ),
         (
             "strata_state_garbage_objects",
@@ -375,6 +385,11 @@ fn counter_families(x: &mut Exposition, broker: &Broker) {
             "strata_compaction_failed_total",
             "Compaction jobs that failed",
             &c.failed,
+        ),
+        (
+            "strata_compaction_shared_objects_total",
+            "Shared objects compaction wrote",
+            &c.shared_objects,
         ),
         (
             "strata_compaction_read_bytes_total",

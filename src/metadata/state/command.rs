@@ -189,6 +189,12 @@ pub enum Command {
         now_ms: i64,
         expiration_ms: i64,
     },
+    /// A compaction round wrote the small outputs of many partitions into one shared
+    /// object, a section each (format 7): the object is added once, each section is
+    /// swapped in as [`Command::Compact`] would (refused alone if its run changed), and
+    /// the object holds one reference per section taken (none: it is garbage at once).
+    /// Answers [`Response::SharedCompacted`].
+    CompactShared(SharedCompaction),
 }
 
 /// How a chunk of [`Command::CommitSegments`] takes part in transactions (format 6).
@@ -267,6 +273,32 @@ pub struct CompactionSwap {
     pub now_ms: i64,
 }
 
+/// A compaction round's shared object and the swaps of its sections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedCompaction {
+    pub object: String,
+    pub object_size: u64,
+    /// In the order the sections lie in the object.
+    pub sections: Vec<SectionSwap>,
+    pub now_ms: i64,
+}
+
+/// One section of a [`SharedCompaction`]: the run it replaces (as in [`CompactionSwap`])
+/// and where its data lies in the shared object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionSwap {
+    pub topic: String,
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub base_offset: i64,
+    pub end_offset: i64,
+    /// (object, position) of each replaced entry, in offset order.
+    pub inputs: Vec<(ObjectId, u64)>,
+    /// The section's data (its own index follows it in the object).
+    pub position: u64,
+    pub length: u64,
+}
+
 /// Why a command (or one entry of it) was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum StateError {
@@ -337,6 +369,8 @@ pub enum Response {
     AclsDeleted(Vec<AclBinding>),
     /// The transaction commands.
     Txn(Result<TxnReply, TxnError>),
+    /// CompactShared (format 7): one result per section, in order.
+    SharedCompacted(Vec<Result<(), StateError>>),
 }
 
 impl Command {
@@ -357,6 +391,7 @@ impl Command {
                 Some(*now_ms)
             }
             Command::Compact(swap) | Command::Clean(swap) => Some(swap.now_ms),
+            Command::CompactShared(shared) => Some(shared.now_ms),
             Command::InitTransactional { now_ms, .. }
             | Command::AddPartitionsToTxn { now_ms, .. }
             | Command::AddOffsetsToTxn { now_ms, .. }

@@ -1,7 +1,8 @@
 //! The partitions' logs in the state machine: commits of uploaded objects give their
 //! chunks offsets and index them (transactional chunks and markers go through
 //! `transactions/apply.rs`), DeleteRecords moves a log start forward, compactor and
-//! cleaner swaps replace a run of index entries with one segment, and the objects nothing
+//! cleaner swaps replace a run of index entries with one segment (or, for a shared
+//! object, each of many partitions' runs with one section), and the objects nothing
 //! refers to any more are forgotten once the leader deleted them.
 //!
 //! Invariants: each partition's index is contiguous from its log start to its high
@@ -12,7 +13,8 @@
 
 use super::objects::{ObjectId, ObjectKind};
 use super::{
-    ChunkTxn, Command, CompactionSwap, MetadataState, Response, SegmentCommit, StateError,
+    ChunkTxn, Command, CompactionSwap, MetadataState, Response, SectionSwap, SegmentCommit,
+    SharedCompaction, StateError,
 };
 
 impl MetadataState {
@@ -36,6 +38,9 @@ impl MetadataState {
             } => Response::LogStart(self.delete_records(topic, *partition, *offset)),
             Command::Compact(swap) => Response::Compacted(self.compact(swap, ObjectKind::Segment)),
             Command::Clean(swap) => Response::Compacted(self.compact(swap, ObjectKind::Cleaned)),
+            Command::CompactShared(shared) => {
+                Response::SharedCompacted(self.compact_shared(shared))
+            }
             Command::ForgetObjects { ids } => {
                 self.objects.forget(ids);
                 Response::Empty
@@ -136,35 +141,115 @@ impl MetadataState {
     /// Swaps a compactor's or the cleaner's output (`kind`) in for the run of index
     /// entries it read, unless that run changed since.
     fn compact(&mut self, swap: &CompactionSwap, kind: ObjectKind) -> Result<ObjectId, StateError> {
-        let topic = self
-            .topics
-            .get(&swap.topic)
-            .filter(|t| t.id == swap.topic_id)
-            .ok_or(StateError::StaleCompaction)?;
-        let p = usize::try_from(swap.partition)
-            .ok()
-            .and_then(|i| topic.partitions.get(i))
-            .ok_or(StateError::StaleCompaction)?;
-        let range = p
-            .run_matching(swap.base_offset, swap.end_offset, &swap.inputs)
+        let range = self
+            .run_to_replace(
+                (&swap.topic, swap.topic_id, swap.partition),
+                (swap.base_offset, swap.end_offset),
+                &swap.inputs,
+            )
             .ok_or(StateError::StaleCompaction)?;
         let id = self
             .objects
             .add(&swap.object, swap.object_size, kind, swap.now_ms)
             .ok_or(StateError::StaleCompaction)?;
-        self.objects.acquire(id);
-        let Some(p) = self.partition_mut(&swap.topic, swap.partition) else {
-            return Err(StateError::StaleCompaction);
-        };
-        let replaced = p.replace_run(range, id, swap.position, swap.length);
+        self.replace(
+            (&swap.topic, swap.partition),
+            range,
+            (id, swap.position, swap.length),
+        );
         if kind == ObjectKind::Cleaned {
-            p.txns.cleaned(swap.base_offset, swap.end_offset);
+            if let Some(p) = self.partition_mut(&swap.topic, swap.partition) {
+                p.txns.cleaned(swap.base_offset, swap.end_offset);
+            }
         }
+        Ok(id)
+    }
+
+    /// A compaction round's shared object: added once, each section swapped in alone
+    /// (refused if its run changed, like a [`CompactionSwap`]), one reference per section
+    /// taken; an object no section got into is garbage at once. A retried proposal (the
+    /// object is known already) changes nothing and hears, per section, whether the
+    /// first one took it.
+    fn compact_shared(&mut self, shared: &SharedCompaction) -> Vec<Result<(), StateError>> {
+        if let Some(id) = self.objects.id_of(&shared.object) {
+            return shared
+                .sections
+                .iter()
+                .map(|s| {
+                    let indexed = self.partition(&s.topic, s.partition).is_some_and(|p| {
+                        p.entries_from(s.base_offset, 1).first().is_some_and(|e| {
+                            e.object == id
+                                && e.position == s.position
+                                && e.base_offset == s.base_offset
+                        })
+                    });
+                    if indexed {
+                        Ok(())
+                    } else {
+                        Err(StateError::StaleCompaction)
+                    }
+                })
+                .collect();
+        }
+        let Some(id) = self.objects.add(
+            &shared.object,
+            shared.object_size,
+            ObjectKind::Shared,
+            shared.now_ms,
+        ) else {
+            return vec![Err(StateError::StaleCompaction); shared.sections.len()];
+        };
+        let results = shared
+            .sections
+            .iter()
+            .map(|s: &SectionSwap| {
+                let range = self
+                    .run_to_replace(
+                        (&s.topic, s.topic_id, s.partition),
+                        (s.base_offset, s.end_offset),
+                        &s.inputs,
+                    )
+                    .ok_or(StateError::StaleCompaction)?;
+                self.replace((&s.topic, s.partition), range, (id, s.position, s.length));
+                Ok(())
+            })
+            .collect();
+        self.objects.retire_if_unused(id, self.clock_ms);
+        results
+    }
+
+    /// The index positions of a swap's run, if it is still exactly `inputs` in the
+    /// partition of the same topic (by id: a topic deleted and re-created is another).
+    fn run_to_replace(
+        &self,
+        (topic, topic_id, partition): (&str, [u8; 16], i32),
+        (base_offset, end_offset): (i64, i64),
+        inputs: &[(ObjectId, u64)],
+    ) -> Option<std::ops::Range<usize>> {
+        let topic = self.topics.get(topic).filter(|t| t.id == topic_id)?;
+        let p = usize::try_from(partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))?;
+        p.run_matching(base_offset, end_offset, inputs)
+    }
+
+    /// Replaces the entries `range` of a partition with one entry at `(object, position,
+    /// length)`, which takes a reference; the replaced entries release theirs.
+    fn replace(
+        &mut self,
+        (topic, partition): (&str, i32),
+        range: std::ops::Range<usize>,
+        (object, position, length): (ObjectId, u64, u64),
+    ) {
+        let Some(p) = self.partition_mut(topic, partition) else {
+            return;
+        };
+        let replaced = p.replace_run(range, object, position, length);
+        self.objects.acquire(object);
         let now_ms = self.clock_ms;
         for e in replaced {
             self.objects.release(e.object, now_ms);
         }
-        Ok(id)
     }
 }
 
@@ -175,6 +260,136 @@ mod tests {
 
     use super::super::{MetadataState, SegmentEntry};
     use super::*;
+
+    /// The swap of a partition's whole index as a section at `position`.
+    fn section(s: &MetadataState, topic: &str, partition: i32, position: u64) -> SectionSwap {
+        let p = s.partition(topic, partition).expect("partition");
+        SectionSwap {
+            topic: topic.into(),
+            topic_id: s.topic(topic).expect("topic").id,
+            partition,
+            base_offset: p.index[0].base_offset,
+            end_offset: p.next_offset,
+            inputs: p.index.iter().map(|e| (e.object, e.position)).collect(),
+            position,
+            length: p.index.iter().map(|e| e.length).sum(),
+        }
+    }
+
+    fn shared(object: &str, sections: Vec<SectionSwap>) -> Command {
+        Command::CompactShared(SharedCompaction {
+            object: object.into(),
+            object_size: 1000,
+            sections,
+            now_ms: 50,
+        })
+    }
+
+    #[test]
+    fn a_shared_object_swaps_each_section_alone_and_counts_the_ones_taken() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 3));
+        for object in ["a", "b"] {
+            s.apply(&one_segment(
+                object.into(),
+                vec![entry("t", 0, 2), entry("t", 1, 3), entry("t", 2, 4)],
+            ));
+        }
+        let mut stale = section(&s, "t", 2, 8 + 400);
+        stale.end_offset += 1;
+        let sections = vec![section(&s, "t", 0, 8), section(&s, "t", 1, 8 + 200), stale];
+        let cmd = shared("compacted/s1", sections);
+        assert_eq!(
+            s.apply(&cmd),
+            Response::SharedCompacted(vec![Ok(()), Ok(()), Err(StateError::StaleCompaction)])
+        );
+        let id = s.objects().id_of("compacted/s1").expect("added");
+        assert_eq!(
+            s.objects().get(id).map(|o| (o.kind, o.refs)),
+            Some((ObjectKind::Shared, 2))
+        );
+        for (partition, position, count) in [(0, 8, 4), (1, 208, 6)] {
+            let p = s.partition("t", partition).expect("p");
+            assert_eq!(p.index.len(), 1);
+            assert_eq!(
+                (
+                    p.index[0].object,
+                    p.index[0].position,
+                    p.index[0].offset_count
+                ),
+                (id, position, count)
+            );
+        }
+        assert_eq!(s.partition("t", 2).map(|p| p.index.len()), Some(2));
+        // The flush objects still hold partition 2's chunks.
+        assert_eq!((s.object_refs("a"), s.object_refs("b")), (1, 1));
+        let stats = s.stats();
+        assert_eq!((stats.shared_objects, stats.shared_sections), (1, 2));
+
+        // A retried proposal changes nothing and hears what the first one did.
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&cmd),
+            Response::SharedCompacted(vec![Ok(()), Ok(()), Err(StateError::StaleCompaction)])
+        );
+        assert_eq!(s, before);
+
+        // A section leaves the object when its entry is replaced; the last one makes it
+        // garbage.
+        let merged = shared("compacted/s2", vec![section(&s, "t", 0, 8)]);
+        assert_eq!(s.apply(&merged), Response::SharedCompacted(vec![Ok(())]));
+        assert_eq!(s.object_refs("compacted/s1"), 1);
+        s.apply(&Command::DeleteRecords {
+            topic: "t".into(),
+            partition: 1,
+            offset: -1,
+        });
+        assert!(s
+            .objects()
+            .id_of("compacted/s1")
+            .is_some_and(|id| s.objects().get(id).is_none()));
+        assert_eq!(s.stats().garbage_objects, 1);
+    }
+
+    #[test]
+    fn a_shared_object_no_section_got_into_is_garbage_at_once() {
+        let mut s = MetadataState::default();
+        s.apply(&create("t", 1));
+        s.apply(&one_segment("a".into(), vec![entry("t", 0, 2)]));
+        let mut stale = section(&s, "t", 0, 8);
+        stale.topic_id = [9; 16];
+        assert_eq!(
+            s.apply(&shared("compacted/s", vec![stale])),
+            Response::SharedCompacted(vec![Err(StateError::StaleCompaction)])
+        );
+        assert!(s.objects().is_known("compacted/s"));
+        assert_eq!(
+            s.objects()
+                .garbage()
+                .map(|(_, g)| (g.name.clone(), g.since_ms))
+                .collect::<Vec<_>>(),
+            vec![("compacted/s".to_string(), 50)]
+        );
+        assert_eq!(s.object_refs("a"), 1);
+        // Two sections of one partition apply in order, each against what the one before
+        // left.
+        let first = section(&s, "t", 0, 8);
+        s.apply(&one_segment("b".into(), vec![entry("t", 0, 3)]));
+        let p = s.partition("t", 0).expect("p");
+        let second = SectionSwap {
+            base_offset: 2,
+            inputs: vec![(p.index[1].object, p.index[1].position)],
+            position: 300,
+            length: 100,
+            ..section(&s, "t", 0, 0)
+        };
+        assert_eq!(
+            s.apply(&shared("compacted/s3", vec![first, second])),
+            Response::SharedCompacted(vec![Ok(()), Ok(())])
+        );
+        assert_eq!(s.object_refs("compacted/s3"), 2);
+        assert_eq!(s.stats().flush_objects, 0);
+    }
 
     #[test]
     fn offsets_are_assigned_in_commit_order() {

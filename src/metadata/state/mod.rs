@@ -93,7 +93,12 @@ pub struct StateStats {
     pub max_index_entries_per_partition: usize,
     pub objects: usize,
     pub flush_objects: usize,
+    /// Objects under `compacted/`: segments, cleaned segments and shared objects.
     pub segment_objects: usize,
+    /// Of those, the shared ones.
+    pub shared_objects: usize,
+    /// Index entries pointing into shared objects.
+    pub shared_sections: usize,
     pub garbage_objects: usize,
     pub groups: usize,
     pub producer_ids: usize,
@@ -128,6 +133,7 @@ impl MetadataState {
             | Command::DeleteRecords { .. }
             | Command::Compact(_)
             | Command::Clean(_)
+            | Command::CompactShared(_)
             | Command::ForgetObjects { .. } => self.apply_log(cmd),
             Command::CommitOffsets { .. }
             | Command::CommitGroupOffsets { .. }
@@ -252,6 +258,11 @@ impl MetadataState {
             match info.kind {
                 ObjectKind::Flush => stats.flush_objects += 1,
                 ObjectKind::Segment | ObjectKind::Cleaned => stats.segment_objects += 1,
+                ObjectKind::Shared => {
+                    stats.segment_objects += 1;
+                    stats.shared_objects += 1;
+                    stats.shared_sections += info.refs as usize;
+                }
             }
         }
         stats

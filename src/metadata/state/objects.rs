@@ -24,6 +24,17 @@ pub enum ObjectKind {
     /// A segment written by the log cleaner (format 4): like `Segment`, but it holds only
     /// the latest record of each key, so its offsets have gaps.
     Cleaned,
+    /// A shared compacted object (format 7): sections of many partitions, each with its
+    /// own sparse index after its data; one reference per section indexed.
+    Shared,
+}
+
+impl ObjectKind {
+    /// Whether entries in it are compacted (offsets in the batch headers, read through a
+    /// frame index): anything but a flush.
+    pub fn is_compacted(self) -> bool {
+        !matches!(self, ObjectKind::Flush)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -209,6 +209,11 @@ enum Step {
     DeleteRecords(u8, i32, u8),
     /// Compact `len` entries from entry `at` of a partition; `stale` tampers with it.
     Compact(u8, i32, u8, u8, Option<u8>),
+    /// One shared object with a section per pick, each picked as `Compact` is.
+    CompactShared(Vec<(u8, i32, u8, u8, Option<u8>)>),
+    /// The last shared compaction applied again (a proposal retried after a change of
+    /// leader), however much has happened since.
+    RetryShared,
     Forget,
 }
 
@@ -234,6 +239,18 @@ fn arb_step() -> impl Strategy<Value = Step> {
             prop::option::weighted(0.2, 0..3u8)
         )
             .prop_map(|(t, p, at, len, stale)| Step::Compact(t, p, at, len, stale)),
+        prop::collection::vec(
+            (
+                any::<u8>(),
+                0..4i32,
+                any::<u8>(),
+                1..6u8,
+                prop::option::weighted(0.2, 0..3u8)
+            ),
+            1..5
+        )
+        .prop_map(Step::CompactShared),
+        Just(Step::RetryShared),
         Just(Step::Forget),
     ]
 }
@@ -250,6 +267,8 @@ proptest! {
         for (clock, step) in steps.into_iter().enumerate() {
             let now_ms = clock as i64 * 10;
             let mut honest_swap = None;
+            let mut honest_sections: Option<Vec<bool>> = None;
+            let mut retry = false;
             let cmd = match step {
                 Step::Create(t, p) => Command::CreateTopic {
                     name: topic_name(t),
@@ -329,6 +348,59 @@ proptest! {
                     // The log cleaner's swap is taken or refused by the same rule.
                     if names.is_multiple_of(2) { Command::Compact(swap) } else { Command::Clean(swap) }
                 }
+                Step::CompactShared(picks) => {
+                    names += 1;
+                    let object = format!("compacted/s{names}");
+                    let mut sections = Vec::new();
+                    let mut honest = Vec::new();
+                    for (i, (t, p, at, len, stale)) in picks.into_iter().enumerate() {
+                        let topic = topic_name(t);
+                        // One section per partition, as the compactor plans.
+                        if sections.iter().any(|s: &SectionSwap| s.topic == topic && s.partition == p) {
+                            continue;
+                        }
+                        let Some((topic_id, index)) = state.topic(&topic).and_then(|tp| {
+                            Some((tp.id, state.partition(&topic, p)?.index.clone()))
+                        }) else { continue };
+                        if index.is_empty() { continue; }
+                        let at = usize::from(at) % index.len();
+                        let run = &index[at..(at + usize::from(len)).min(index.len())];
+                        let position = 8 + i as u64 * 1000;
+                        let mut content = Content::new();
+                        for e in run {
+                            let name = &state.objects().get(e.object).expect("live").name;
+                            content.extend(store.pieces[&(name.clone(), e.position)].iter().cloned());
+                        }
+                        store.pieces.insert((object.clone(), position), content);
+                        let mut section = SectionSwap {
+                            topic,
+                            topic_id,
+                            partition: p,
+                            base_offset: run[0].base_offset,
+                            end_offset: run[run.len() - 1].end_offset(),
+                            inputs: run.iter().map(|e| (e.object, e.position)).collect(),
+                            position,
+                            length: run.iter().map(|e| e.length).sum(),
+                        };
+                        honest.push(stale.is_none());
+                        match stale {
+                            Some(0) => section.inputs[0].1 += 1,
+                            Some(1) => section.topic_id[15] ^= 1,
+                            Some(_) => section.end_offset += 1,
+                            None => {}
+                        }
+                        sections.push(section);
+                    }
+                    honest_sections = Some(honest);
+                    Command::CompactShared(SharedCompaction { object, object_size: 5000, sections, now_ms })
+                }
+                Step::RetryShared => {
+                    let Some(last) = applied.iter().rev().find(|c| matches!(c, Command::CompactShared(_))) else {
+                        continue;
+                    };
+                    retry = true;
+                    last.clone()
+                }
                 Step::Forget => {
                     let ids = state.objects().garbage_due(now_ms, 0, i64::MAX).into_iter().map(|(id, _)| id).collect();
                     Command::ForgetObjects { ids }
@@ -341,13 +413,34 @@ proptest! {
                 let hw = state.partition(&name, p).map(|p| (p.next_offset, p.log_start_offset));
                 (name, p, records, hw)
             }).collect();
+            let indexes_before: Vec<_> = state.topics().values().map(|t| t.partitions.iter().map(|p| p.index.clone()).collect::<Vec<_>>()).collect();
             let response = state.apply(&cmd);
+            if retry {
+                // A retry never swaps anything in again (nor out): no index changes, and
+                // an object forgotten since comes back as garbage only, never live.
+                let indexes_after: Vec<_> = state.topics().values().map(|t| t.partitions.iter().map(|p| p.index.clone()).collect::<Vec<_>>()).collect();
+                prop_assert_eq!(indexes_after, indexes_before);
+            }
             if let (Command::Compact(swap) | Command::Clean(swap), Response::Compacted(result)) = (&cmd, &response) {
                 // A tampered swap is always refused; an honest one always taken.
                 prop_assert_eq!(Some(result.is_ok()), honest_swap, "{:?} -> {:?}", swap, result);
                 for (name, p, records, hw) in &before {
                     if name == &swap.topic && *p == swap.partition {
                         // Offsets and the records at each offset are untouched by a swap.
+                        prop_assert_eq!(&store.read(&state, name, *p), records);
+                        prop_assert_eq!(state.partition(name, *p).map(|p| (p.next_offset, p.log_start_offset)), *hw);
+                    }
+                }
+            }
+            if let (Command::CompactShared(shared), Response::SharedCompacted(results), false) = (&cmd, &response, retry) {
+                // Each section is taken or refused alone, by the same rule as a swap.
+                let taken: Vec<bool> = results.iter().map(Result::is_ok).collect();
+                prop_assert_eq!(Some(taken.clone()), honest_sections.clone(), "{:?} -> {:?}", shared, results);
+                let refs = taken.iter().filter(|t| **t).count() as u32;
+                prop_assert_eq!(state.object_refs(&shared.object), refs);
+                prop_assert!(state.objects().is_known(&shared.object), "added even if empty");
+                for (name, p, records, hw) in &before {
+                    if shared.sections.iter().any(|s| &s.topic == name && s.partition == *p) {
                         prop_assert_eq!(&store.read(&state, name, *p), records);
                         prop_assert_eq!(state.partition(name, *p).map(|p| (p.next_offset, p.log_start_offset)), *hw);
                     }
@@ -468,5 +561,78 @@ fn format_4_and_5_states_decode_without_later_fields() -> Result<(), codec::Code
         .credential("admin", Mechanism::Sha512)
         .is_some());
     assert_eq!(decoded, state);
+    Ok(())
+}
+
+/// Format 7 only appended variants (shared compaction): a format 6 blob decodes as it
+/// did, and the new variants are numbered after every earlier one (postcard writes a
+/// variant as its index), so nothing a format 6 build wrote changes meaning.
+#[test]
+fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::CodecError> {
+    let mut state = MetadataState::default();
+    state.apply(&create("t", 2));
+    state.apply(&one_segment(
+        "segments/a".into(),
+        vec![entry("t", 0, 3), entry("t", 1, 2)],
+    ));
+    let mut bytes = codec::encode(Kind::LocalSnapshot, &state)?;
+    bytes[4..6].copy_from_slice(&6u16.to_le_bytes());
+    assert_eq!(
+        codec::decode::<MetadataState>(Kind::LocalSnapshot, &bytes)?,
+        state
+    );
+
+    // The new variants: after the 28 commands, 12 responses and 3 object kinds before.
+    let shared = Command::CompactShared(SharedCompaction {
+        object: "compacted/s".into(),
+        object_size: 10,
+        sections: Vec::new(),
+        now_ms: 1,
+    });
+    let first_byte = |bytes: Vec<u8>| bytes[codec::HEADER_LEN];
+    assert_eq!(first_byte(codec::encode(Kind::LogRecord, &shared)?), 28);
+    let answer = Response::SharedCompacted(vec![Ok(())]);
+    assert_eq!(first_byte(codec::encode(Kind::LogRecord, &answer)?), 12);
+    assert_eq!(
+        first_byte(codec::encode(Kind::LogRecord, &ObjectKind::Shared)?),
+        3
+    );
+    assert_eq!(
+        first_byte(codec::encode(
+            Kind::LogRecord,
+            &Command::ExpireTransactionalIds {
+                now_ms: 0,
+                expiration_ms: 0
+            }
+        )?),
+        27
+    );
+
+    // A state holding a shared object survives the current format.
+    let p = state.partition("t", 0).expect("p").clone();
+    let section = SectionSwap {
+        topic: "t".into(),
+        topic_id: [1; 16],
+        partition: 0,
+        base_offset: 0,
+        end_offset: p.next_offset,
+        inputs: p.index.iter().map(|e| (e.object, e.position)).collect(),
+        position: 8,
+        length: 100,
+    };
+    let cmd = Command::CompactShared(SharedCompaction {
+        object: "compacted/s".into(),
+        object_size: 200,
+        sections: vec![section],
+        now_ms: 5,
+    });
+    let decoded: Command = codec::decode(Kind::LogRecord, &codec::encode(Kind::LogRecord, &cmd)?)?;
+    assert_eq!(decoded, cmd);
+    assert_eq!(state.apply(&cmd), Response::SharedCompacted(vec![Ok(())]));
+    let bytes = codec::encode(Kind::LocalSnapshot, &state)?;
+    assert_eq!(
+        codec::decode::<MetadataState>(Kind::LocalSnapshot, &bytes)?,
+        state
+    );
     Ok(())
 }
