@@ -191,6 +191,10 @@ pub struct ServeArgs {
     /// A broker silent this long is marked dead and its partitions move [default: 5000].
     #[arg(long, env = "STRATA_BROKER_LEASE_MS")]
     pub broker_lease_ms: Option<u64>,
+    /// A dead broker silent this long leaves the metadata (and, a learner, the Raft
+    /// membership) [default: 3600000].
+    #[arg(long, env = "STRATA_BROKER_FORGET_AFTER_MS")]
+    pub broker_forget_after_ms: Option<u64>,
     /// How often each broker looks for compaction work [default: 5000].
     #[arg(long, env = "STRATA_COMPACTION_INTERVAL_MS")]
     pub compaction_interval_ms: Option<u64>,

@@ -191,8 +191,22 @@ fn voters(args: strata::cli::VotersArgs) -> anyhow::Result<()> {
         })?;
     match reply {
         RaftReply::ChangeVoters(Ok(voters)) => {
-            let list: Vec<String> = voters.iter().map(u64::to_string).collect();
-            println!("voters: {}", list.join(","));
+            let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            println!("voters: {}", list(&voters));
+            // An older broker does not know this request and hangs up: voters only.
+            let members = runtime.block_on(call_once(
+                &args.raft,
+                &auth,
+                &RaftRequest::Members,
+                Duration::from_secs(30),
+            ));
+            if let Ok(RaftReply::Members(Ok((_, learners)))) = members {
+                if learners.is_empty() {
+                    println!("learners: none");
+                } else {
+                    println!("learners: {}", list(&learners));
+                }
+            }
             Ok(())
         }
         RaftReply::ChangeVoters(Err(e)) => Err(anyhow::anyhow!("membership change refused: {e}")),

@@ -22,6 +22,11 @@ const ADMIN_ITERATIONS: u32 = 4096;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often the Raft leader looks for heartbeats: expiry comes at most this late.
 const EXPIRY_POLL: Duration = Duration::from_millis(100);
+/// How often the Raft leader looks for brokers and learners to forget.
+const FORGET_POLL: Duration = Duration::from_secs(1);
+/// A learner that is no registered broker for this long (or `--broker-forget-after-ms`,
+/// if shorter, but at least two leases) leaves the Raft membership.
+const LEARNER_GRACE: Duration = Duration::from_secs(30);
 /// How often a broker looks at its own fence, to log when it fences and unfences.
 const FENCE_POLL: Duration = Duration::from_millis(50);
 
@@ -83,8 +88,13 @@ impl Broker {
         let heartbeats = Self::heartbeats(Arc::downgrade(self), lease);
         let expiry = Self::expire_silent(Arc::downgrade(self), lease);
         let fence = Self::log_fencing(Arc::downgrade(self));
+        let forget = Self::forget_departed(
+            Arc::downgrade(self),
+            lease,
+            self.config.raft.broker_forget_after,
+        );
         tokio::spawn(async move {
-            tokio::join!(heartbeats, expiry, fence);
+            tokio::join!(heartbeats, expiry, fence, forget);
         })
     }
 
@@ -189,6 +199,68 @@ impl Broker {
         }
     }
 
+    /// While this broker is the Raft leader: forgets brokers dead for `forget_after` (by
+    /// their last heartbeat value, a wall-clock time: at an hour's scale skew does not
+    /// matter) and removes learners that are no registered broker, so that a fleet which
+    /// starts each machine with a new id keeps a state and a membership the size of the
+    /// fleet, not of its history. A removed learner that comes back joins again.
+    async fn forget_departed(
+        broker: std::sync::Weak<Self>,
+        lease: Duration,
+        forget_after: Duration,
+    ) {
+        let mut tick = tokio::time::interval(FORGET_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A learner joins before it registers, and a broker restarting on its disk
+        // deregisters first: give either time before its replication stops.
+        let learner_grace = (lease * 2).max(forget_after.min(LEARNER_GRACE));
+        let mut unregistered = UnregisteredLearners::default();
+        let mut warn = WarnLimiter::new(WARN_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            if !broker.metadata.is_leader() {
+                unregistered = UnregisteredLearners::default();
+                continue;
+            }
+            let now_ms = crate::clock::now_ms();
+            let forget_ms = i64::try_from(forget_after.as_millis()).unwrap_or(i64::MAX);
+            let (gone, registered): (Vec<(u64, i64)>, Vec<u64>) = broker.metadata.read(|s| {
+                let cluster = s.cluster();
+                let gone = cluster
+                    .brokers()
+                    .filter(|(_, b)| {
+                        !b.alive && now_ms.saturating_sub(b.last_heartbeat_ms) > forget_ms
+                    })
+                    .map(|(id, b)| (id, b.last_heartbeat_ms))
+                    .collect();
+                (gone, cluster.brokers().map(|(id, _)| id).collect())
+            });
+            if !gone.is_empty() {
+                tracing::info!(brokers = ?gone, ?forget_after, "forgetting brokers dead for longer than broker_forget_after_ms");
+                let forget = Command::Cluster(ClusterCommand::Forget { brokers: gone });
+                if let Err(e) = broker.metadata.propose(forget).await {
+                    if let Some(held_back) = warn.hit(Instant::now()) {
+                        tracing::warn!(error = %e, held_back, "forgetting dead brokers failed");
+                    }
+                }
+            }
+            // Another leader may have removed members this node once replicated to.
+            broker.metadata.forget_departed_peers();
+            let learners = broker.metadata.learners();
+            let stale = unregistered.observe(Instant::now(), &learners, &registered, learner_grace);
+            if !stale.is_empty() {
+                if let Err(e) = broker.metadata.remove_learners(stale).await {
+                    if let Some(held_back) = warn.hit(Instant::now()) {
+                        tracing::warn!(error = %e, held_back, "removing departed learners failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// Leaves the cluster gracefully: its partitions and groups move at once.
     pub async fn deregister(&self) {
         let cmd = Command::Cluster(ClusterCommand::Deregister {
@@ -197,5 +269,63 @@ impl Broker {
         if let Err(e) = self.metadata.propose(cmd).await {
             tracing::warn!(error = %e, "leaving the cluster failed");
         }
+    }
+}
+
+/// Since when (on this leader) each learner has been no registered broker. Holds only
+/// current learners, so it is bounded by the membership.
+#[derive(Default)]
+struct UnregisteredLearners {
+    since: std::collections::BTreeMap<u64, Instant>,
+}
+
+impl UnregisteredLearners {
+    /// The learners unregistered for `grace` or longer.
+    fn observe(
+        &mut self,
+        now: Instant,
+        learners: &[u64],
+        registered: &[u64],
+        grace: Duration,
+    ) -> Vec<u64> {
+        self.since
+            .retain(|id, _| learners.contains(id) && !registered.contains(id));
+        for id in learners {
+            if !registered.contains(id) {
+                self.since.entry(*id).or_insert(now);
+            }
+        }
+        self.since
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learner_is_stale_only_after_a_grace_unregistered() {
+        let mut u = UnregisteredLearners::default();
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(30);
+        // 4 registered, 5 not yet: nothing stale at first.
+        assert!(u.observe(t0, &[4, 5], &[1, 2, 3, 4], grace).is_empty());
+        assert_eq!(
+            u.observe(t0 + grace, &[4, 5], &[1, 2, 3, 4], grace),
+            vec![5]
+        );
+        // 5 registers in time on another run: its clock starts again when it leaves.
+        let mut u = UnregisteredLearners::default();
+        u.observe(t0, &[5], &[], grace);
+        assert!(u.observe(t0 + grace / 2, &[5], &[5], grace).is_empty());
+        assert!(u.observe(t0 + grace, &[5], &[], grace).is_empty());
+        assert_eq!(u.observe(t0 + grace * 2, &[5], &[], grace), vec![5]);
+        // A removed learner is no longer tracked.
+        assert!(u.observe(t0 + grace * 3, &[], &[], grace).is_empty());
+        assert!(u.since.is_empty());
     }
 }

@@ -31,6 +31,8 @@ pub struct RaftConfig {
     pub store_snapshot_interval: Duration,
     /// `broker_lease_ms`: a broker whose heartbeats stop this long is expired.
     pub broker_lease: Duration,
+    /// `broker_forget_after_ms`: a dead broker silent this long is forgotten.
+    pub broker_forget_after: Duration,
     /// `unsafe_ack_before_shipping`: acknowledge without waiting for the metadata to
     /// reach the bucket (unsafe).
     pub unsafe_ack_before_shipping: bool,
@@ -72,6 +74,21 @@ impl RaftConfig {
             500..=600_000,
             "use 500 to 600000 milliseconds",
         )?;
+        let broker_forget_after = millis(
+            "broker_forget_after_ms",
+            args.broker_forget_after_ms
+                .or(file.broker_forget_after_ms)
+                .unwrap_or(3_600_000),
+            1000..=31_536_000_000,
+            "use 1000 milliseconds to a year",
+        )?;
+        if broker_forget_after < broker_lease {
+            return Err(ConfigError::Invalid {
+                key: "broker_forget_after_ms",
+                value: broker_forget_after.as_millis().to_string(),
+                hint: "use at least broker_lease_ms: a broker is forgotten only once it is dead",
+            });
+        }
         let store_snapshot_interval = millis(
             "store_snapshot_interval_ms",
             args.store_snapshot_interval_ms
@@ -89,6 +106,7 @@ impl RaftConfig {
             snapshot_every,
             store_snapshot_interval,
             broker_lease,
+            broker_forget_after,
             unsafe_ack_before_shipping: args.unsafe_ack_before_shipping
                 || file.unsafe_ack_before_shipping.unwrap_or(false),
         })

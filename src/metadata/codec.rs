@@ -23,8 +23,10 @@ use serde::Serialize;
 /// appends the transaction commands and fields (`MetadataState::txns`,
 /// `Partition::txns`, `SegmentCommit::txn`) the same way; 7 appends variants only
 /// (`Command::CompactShared`, `Response::SharedCompacted`, `ObjectKind::Shared`: shared
-/// compacted objects), so a format 6 blob decodes unchanged.
-pub const FORMAT_VERSION: u16 = 7;
+/// compacted objects), so a format 6 blob decodes unchanged; 8 appends
+/// `ClusterCommand::Forget` and the `Members` Raft request and reply (a fleet's dead
+/// brokers and learners are forgotten) the same way.
+pub const FORMAT_VERSION: u16 = 8;
 /// The oldest format this build decodes as the current one. postcard writes an enum
 /// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
 /// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
@@ -286,11 +288,11 @@ mod tests {
     #[test]
     fn newer_version_is_refused() -> Result<(), CodecError> {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
-        bytes[4..6].copy_from_slice(&8u16.to_le_bytes());
+        bytes[4..6].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 8, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 9, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 8, this build reads up to 7)"
+                "metadata snapshot written by a newer Strata (format 9, this build reads up to 8)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

@@ -122,6 +122,22 @@ impl Metadata {
         self.raft.leader()
     }
 
+    /// The Raft learners (members that do not vote), as this node knows them.
+    pub fn learners(&self) -> Vec<u64> {
+        self.raft.members().1
+    }
+
+    /// Drops per-peer bookkeeping of nodes that left the Raft membership.
+    pub fn forget_departed_peers(&self) {
+        self.raft.forget_departed_peers();
+    }
+
+    /// On the leader: stops replicating to these learners (see
+    /// [`MetadataRaft::remove_learners`]).
+    pub async fn remove_learners(&self, ids: Vec<u64>) -> Result<(), MetadataError> {
+        Ok(self.raft.remove_learners(ids).await?)
+    }
+
     /// See [`MetadataRaft::ack_after_shipping`].
     pub fn ack_after_shipping(&self) {
         self.raft.ack_after_shipping();

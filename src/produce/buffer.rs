@@ -99,6 +99,52 @@ struct Uploaded {
     chunks: Vec<ChunkWaiters>,
 }
 
+impl ChunkWaiters {
+    /// Every request of the chunk stopped waiting: it was answered with an error (its
+    /// broker fenced, or its timeout passed) and its client retries elsewhere.
+    fn abandoned(&self) -> bool {
+        self.waiters.iter().all(|w| w.reply.is_closed())
+    }
+}
+
+impl Uploaded {
+    /// Leaves out the chunks no request waits for any more: committing them after their
+    /// clients heard an error would give a retried record a second offset.
+    fn drop_abandoned(&mut self) {
+        if !self.chunks.iter().any(ChunkWaiters::abandoned) {
+            return;
+        }
+        let keep: Vec<bool> = self.chunks.iter().map(|c| !c.abandoned()).collect();
+        // Entries (and their transaction parts, when any) match chunks one to one.
+        keep_marked(&mut self.chunks, &keep);
+        keep_marked(&mut self.command_entries, &keep);
+        if !self.command_txn.is_empty() {
+            keep_marked(&mut self.command_txn, &keep);
+        }
+    }
+}
+
+fn keep_marked<T>(items: &mut Vec<T>, keep: &[bool]) {
+    *items = std::mem::take(items)
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(item, keep)| keep.then_some(item))
+        .collect();
+}
+
+/// Resolves once no request waits for any chunk of `uploads` (checked every 100 ms).
+async fn all_abandoned(uploads: &[Uploaded]) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if uploads
+            .iter()
+            .all(|u| u.chunks.iter().all(ChunkWaiters::abandoned))
+        {
+            return;
+        }
+    }
+}
+
 /// The answer to an enqueued request: its base offset once committed.
 pub struct Committed {
     rx: oneshot::Receiver<Result<i64, ProduceError>>,
@@ -462,8 +508,13 @@ async fn commit_loop(
         }
         let mut uploads = Vec::with_capacity(handles.len());
         for handle in handles {
-            if let Ok(Some(uploaded)) = handle.await {
-                uploads.push(uploaded);
+            if let Ok(Some(mut uploaded)) = handle.await {
+                // What nobody waits for is left uncommitted; the orphan collector
+                // deletes an object none of whose chunks was committed.
+                uploaded.drop_abandoned();
+                if !uploaded.chunks.is_empty() {
+                    uploads.push(uploaded);
+                }
             }
         }
         if uploads.is_empty() {
@@ -488,7 +539,16 @@ async fn commit_loop(
             now_ms: crate::clock::now_ms(),
             max_age_ms: max_commit_age.as_millis() as i64,
         };
-        let results = match metadata.propose(commit).await {
+        // A proposal retries (a leader change, a cut-off leader) for up to its timeout;
+        // once every request it carries has been answered with an error, it stops.
+        let proposed = tokio::select! {
+            proposed = metadata.propose(commit) => proposed,
+            () = all_abandoned(&uploads) => {
+                warn!(objects = uploads.len(), "segment commit given up: every request it carried was answered with an error");
+                continue;
+            }
+        };
+        let results = match proposed {
             Ok(Response::Segments(results)) => results,
             Ok(other) => {
                 warn!(?other, "unexpected response to CommitSegments");
@@ -607,6 +667,25 @@ mod tests {
         );
         let base = tokio::time::timeout(Duration::from_secs(10), committed).await??;
         assert_eq!(base, 0);
+        metadata.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_request_nobody_waits_for_is_not_committed() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (buffer, metadata) = buffer(dir.path(), FlushIdle::Interval).await?;
+        // Its client heard an error (a fenced broker, a timeout) and retries elsewhere.
+        let abandoned = buffer
+            .enqueue("t", 0, validate(&make_batch(2, 1000))?)
+            .await?;
+        drop(abandoned);
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let retried = buffer
+            .enqueue("t", 0, validate(&make_batch(2, 1000))?)
+            .await?;
+        let base = tokio::time::timeout(Duration::from_secs(10), retried).await??;
+        assert_eq!(base, 0, "the abandoned request was committed first");
         metadata.shutdown().await?;
         Ok(())
     }

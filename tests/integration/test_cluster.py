@@ -870,7 +870,7 @@ def test_voters_added_and_removed_under_load(make_cluster):
     learner = c.add_learner()
     c.wait_live({1, 2, 3, learner}, timeout=30)
     create_topic(c.bootstrap(), "reconfig", 4)
-    assert strata_voters(c.node(2).raft_addr) == (0, "voters: 1,2,3", "")
+    assert strata_voters(c.node(2).raft_addr) == (0, f"voters: 1,2,3\nlearners: {learner}", "")
     rc, _out, err = strata_voters(c.node(2).raft_addr, "--add", "99")
     assert rc != 0 and "not a learner" in err, err
 
@@ -904,8 +904,8 @@ def test_voters_added_and_removed_under_load(make_cluster):
     while (r := strata_voters(c.node(2).raft_addr, "--add", str(learner)))[0] != 0:
         assert "caught up" in r[2] and time.monotonic() < deadline, r
         time.sleep(0.5)
-    assert r[1] == f"voters: 1,2,3,{learner}", r
-    assert strata_voters(c.node(1).raft_addr, "--remove", "3")[1] == f"voters: 1,2,{learner}"
+    assert r[1].splitlines()[0] == f"voters: 1,2,3,{learner}", r
+    assert strata_voters(c.node(1).raft_addr, "--remove", "3")[1] == f"voters: 1,2,{learner}\nlearners: 3"
     time.sleep(2)
     c.kill(3)
     c.kill(1)
@@ -924,6 +924,68 @@ def test_voters_added_and_removed_under_load(make_cluster):
         want = {o: v for (q, o), v in acked.items() if q == part}
         assert all(got.get(o) == v for o, v in want.items()), f"partition {part}: acknowledged records missing"
         assert set(got.values()) <= sent and len(set(got.values())) == len(got), f"partition {part}: strays or duplicates"
+
+
+def wait_for(what: str, check, timeout: float):
+    """Polls `check()` until it returns a true value (returned), or fails naming `what`
+    with the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if last or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert last, f"{what}: not within {timeout}s (last: {last!r})"
+    return last
+
+
+@pytest.mark.timeout(300)
+def test_departed_brokers_and_learners_are_forgotten(make_cluster):
+    """Issue 25: a learner that dies is forgotten once dead for --broker-forget-after-ms
+    (its registration, listeners and Raft membership), so a fleet that keeps starting new
+    machines does not grow the metadata. Started again on its disk it joins again and
+    serves; stopped with SIGTERM, its learner membership goes too."""
+    c = make_cluster(3, metrics=True,
+                     extra_args=["--broker-lease-ms", "1000", "--broker-forget-after-ms", "4000"])
+    c.start_all()
+    learner = c.add_learner()
+    c.wait_live({1, 2, 3, learner}, timeout=30)
+
+    def registered(node: int) -> float:
+        return c.node(node).metrics().get("strata_brokers_registered", -1)
+
+    def members(node: int = 2) -> str:
+        rc, out, err = strata_voters(c.node(node).raft_addr)
+        assert rc == 0, err
+        return out
+
+    assert members() == f"voters: 1,2,3\nlearners: {learner}"
+    assert registered(1) == 4
+
+    c.kill(learner, signal.SIGKILL)
+    c.wait_live({1, 2, 3}, timeout=30)
+    for node in (1, 2, 3):
+        wait_for(f"node {node} forgets broker {learner}", lambda: registered(node) == 3, 30)
+    wait_for("the dead learner leaves the Raft membership",
+             lambda: members() == "voters: 1,2,3\nlearners: none", 30)
+    assert any("forgetting brokers dead for longer" in c.node(n).log_text() for n in (1, 2, 3))
+
+    # Back on its own disk, after it was removed: it asks to join again and serves.
+    c.start(learner, timeout=90)
+    c.wait_live({1, 2, 3, learner}, timeout=30)
+    assert members() == f"voters: 1,2,3\nlearners: {learner}"
+    assert "asking to join again" in c.node(learner).log_text(), c.node(learner).log_tail()
+    create_topic(c.bootstrap(), "forgotten", 2)
+    acked = produce_keyed(c.node(learner).bootstrap, "forgotten", 200)
+    for p in range(2):
+        want = sorted((o, v) for (q, o), (_k, v) in acked.items() if q == p)
+        assert_serves(c, learner, "forgotten", p, want)
+
+    # A graceful stop deregisters at once; its membership follows after the grace.
+    c.kill(learner, signal.SIGTERM)
+    wait_for("the stopped broker deregisters", lambda: registered(1) == 3, 30)
+    wait_for("the stopped learner leaves the Raft membership",
+             lambda: members() == "voters: 1,2,3\nlearners: none", 30)
 
 
 # ------------------------------------------------------------------ the Raft port's secret
@@ -1017,7 +1079,7 @@ def test_cluster_secret_guards_the_raft_port(make_cluster, tmp_path):
 
     # `strata voters` proves the secret too; without it, it fails clearly.
     rc, out, err = strata_voters(c.node(3).raft_addr, "--cluster-secret-file", str(secret))
-    assert (rc, out) == (0, "voters: 1,2,3"), err
+    assert (rc, out) == (0, "voters: 1,2,3\nlearners: none"), err
     rc, _out, err = strata_voters(c.node(3).raft_addr)
     assert rc != 0 and "cluster secret" in err, err
 
@@ -1087,7 +1149,7 @@ def test_raft_tls_encrypts_the_raft_port(make_cluster, pki):
     # The Kafka listener is SSL too (TLS files with --listen), so clients speak TLS.
     voters_tls = ["--raft-tls", "true", "--tls-ca-file", str(pki / "ca.pem")]
     rc, out, err = strata_voters(c.node(2).raft_addr, *voters_tls)
-    assert (rc, out) == (0, "voters: 1,2,3"), err
+    assert (rc, out) == (0, "voters: 1,2,3\nlearners: none"), err
     # Without TLS, `strata voters` gets no answer.
     rc, _out, err = strata_voters(c.node(2).raft_addr)
     assert rc != 0, err
@@ -1140,6 +1202,6 @@ def test_raft_tls_encrypts_the_raft_port(make_cluster, pki):
 
     # Still working: the voters answer, and a second produce and consume succeed.
     rc, out, err = strata_voters(c.node(3).raft_addr, *voters_tls)
-    assert (rc, out) == (0, "voters: 1,2,3"), err
+    assert (rc, out) == (0, "voters: 1,2,3\nlearners: none"), err
     got = produce_consume(20, "after-", 40)
     assert got == [f"before-{i}" for i in range(20)] + [f"after-{i}" for i in range(20)]

@@ -105,6 +105,63 @@ impl MetadataRaft {
         Ok(voters)
     }
 
+    /// The membership as this node knows it: voters, then learners (not voters).
+    pub fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners = membership
+            .learner_ids()
+            .filter(|id| !voters.contains(id))
+            .collect();
+        (voters, learners)
+    }
+
+    /// Drops what this node keeps per peer for nodes no longer in the membership.
+    pub fn forget_departed_peers(&self) {
+        let metrics = self.inner.raft.metrics();
+        let members: Vec<NodeId> = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        self.inner.acks.retain(|id| members.contains(&id));
+    }
+
+    /// Removes learners from the membership, on the leader: the leader stops replicating
+    /// to them. A removed node that comes back asks to join again (see
+    /// [`join_as_learner`]). Voters are never removed here.
+    pub async fn remove_learners(&self, ids: Vec<NodeId>) -> Result<(), RaftGlueError> {
+        use openraft::ChangeMembers;
+        let (voters, learners) = self.members();
+        let ids: std::collections::BTreeSet<NodeId> = ids
+            .into_iter()
+            .filter(|id| learners.contains(id) && !voters.contains(id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let removed: Vec<NodeId> = ids.iter().copied().collect();
+        let change = self
+            .inner
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false);
+        match tokio::time::timeout(PROPOSE_TIMEOUT, change).await {
+            Ok(Ok(_)) => {
+                tracing::info!(?removed, "learners removed from the metadata cluster");
+                self.forget_departed_peers();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(RaftGlueError::Propose(e.to_string())),
+            Err(_) => Err(RaftGlueError::Propose(format!(
+                "learner removal not committed within {PROPOSE_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     /// Adds a learner (on the leader; a follower forwards to it).
     pub(super) async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), String> {
         match self
@@ -142,25 +199,59 @@ impl MetadataRaft {
     }
 }
 
-/// A new learner asks the voters, in turn, to add it until one (or its leader) does.
-pub(super) async fn join_as_learner(raft: Raft, options: RaftOptions, auth: Auth) {
+/// A learner that hears from no leader for this long asks to join again: the leader may
+/// have removed it (a broker down for longer than `--broker-forget-after-ms`).
+const REJOIN_AFTER: Duration = Duration::from_secs(10);
+
+/// A learner asks the voters, in turn, to add it until one (or its leader) does: at once
+/// when its disk is new, and again whenever no leader has reached it for
+/// [`REJOIN_AFTER`] (it was removed while it was away). Ends when the node stops.
+pub(super) async fn keep_membership(
+    node: std::sync::Weak<Inner>,
+    options: RaftOptions,
+    auth: Auth,
+    fresh: bool,
+) {
     let request = RaftRequest::Join {
         node_id: options.node_id,
         addr: options.addr.clone(),
     };
+    let mut joining = fresh;
+    let mut wait = Duration::ZERO;
     loop {
+        tokio::time::sleep(wait).await;
+        wait = Duration::from_millis(if joining { 500 } else { 2000 });
+        let Some(inner) = node.upgrade() else {
+            return;
+        };
+        let this = MetadataRaft { inner };
+        let silent = this
+            .last_leader_contact()
+            .map_or(this.inner.started.elapsed(), |at| at.elapsed());
+        if joining && this.inner.raft.metrics().borrow().current_leader.is_some() {
+            joining = false;
+        }
+        if !joining && silent < REJOIN_AFTER {
+            continue;
+        }
+        if !joining {
+            tracing::info!(
+                ?silent,
+                "no metadata leader has reached this learner: asking to join again"
+            );
+        }
+        drop(this);
         for addr in options.voters.values() {
             match network::call_once(addr, &auth, &request, PROPOSE_TIMEOUT).await {
-                Ok(RaftReply::Join(Ok(()))) => return,
+                Ok(RaftReply::Join(Ok(()))) => {
+                    joining = false;
+                    break;
+                }
                 Ok(RaftReply::Join(Err(e))) => tracing::debug!(%addr, error = %e, "join refused"),
                 Ok(_) => {}
                 // A wrong secret is logged (rate-limited) where the handshake failed.
                 Err(e) => tracing::debug!(%addr, error = %e, "voter unreachable"),
             }
         }
-        if raft.metrics().borrow().current_leader.is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -81,6 +81,9 @@ pub enum RaftRequest {
     /// frame encodes as before and an older build, which cannot decode this one, closes
     /// the connection (the follower then reads as older builds did).
     ReadIndex,
+    /// The membership as this node knows it: voters and learners (`strata voters`).
+    /// Appended last (format 8), like `ReadIndex`.
+    Members,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +100,8 @@ pub enum RaftReply {
     ChangeVoters(Result<Vec<NodeId>, String>),
     /// Every entry committed before the request arrived is at or below this index.
     ReadIndex(Result<u64, String>),
+    /// Voters, then learners.
+    Members(Result<(Vec<NodeId>, Vec<NodeId>), String>),
 }
 
 /// Refusals on the Raft port, logged at most this often (with a count of the rest).
@@ -526,6 +531,15 @@ impl QuorumAcks {
         if (term, sent) > *entry {
             *entry = (term, sent);
         }
+    }
+
+    /// Keeps only the peers `keep` accepts (the current members), so that the map is
+    /// bounded by the membership, not by every node that ever was one.
+    pub fn retain(&self, keep: impl Fn(NodeId) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| keep(*id));
     }
 
     /// The latest time by which a majority of `voters` (this node, `me`, counting as

@@ -15,7 +15,7 @@ use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::sync::watch;
 
 use super::auth::Identity;
-use super::membership::join_as_learner;
+use super::membership::keep_membership;
 use super::network::{self, RaftReply, RaftRequest, RaftTls, TcpNetwork};
 use super::*;
 
@@ -27,6 +27,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// retries to a peer it could not reach (each after a pause of up to 2 s, and the first
 /// over a new connection may time out too). The other voters still elect meanwhile.
 const STEP_DOWN_HOLD: Duration = Duration::from_secs(8);
+/// Raft's refusal of a write on this node (ForwardToLeader on a follower).
+type WriteRefused = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
+
 /// Entries kept behind a snapshot so a briefly lagging follower (later) can catch up from the
 /// log instead of a full snapshot transfer.
 const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 8;
@@ -116,7 +119,15 @@ impl MetadataRaft {
             tokio::spawn(this.clone().hold_elections_after_stepping_down());
         }
 
-        if let Err(e) = Self::wait_ready(&raft, &options, fresh, auth).await {
+        if !options.voters.contains_key(&node_id) {
+            tokio::spawn(keep_membership(
+                Arc::downgrade(&this.inner),
+                options.clone(),
+                auth.clone(),
+                fresh,
+            ));
+        }
+        if let Err(e) = Self::wait_ready(&raft, &options, fresh).await {
             // Don't leave a half-started node running against this directory.
             if let Err(err) = raft.shutdown().await {
                 tracing::warn!(error = %err, "shutting down failed metadata raft");
@@ -130,7 +141,6 @@ impl MetadataRaft {
         raft: &Raft,
         options: &RaftOptions,
         fresh: bool,
-        auth: Auth,
     ) -> Result<(), RaftGlueError> {
         let node_id = options.node_id;
         let is_voter = options.voters.contains_key(&node_id);
@@ -145,9 +155,6 @@ impl MetadataRaft {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(RaftGlueError::Start(e.to_string())),
             }
-        }
-        if fresh && !is_voter {
-            tokio::spawn(join_as_learner(raft.clone(), options.clone(), auth));
         }
         if options.voters.len() > 1 || !is_voter {
             tracing::info!(node_id, voter = is_voter, "waiting for the metadata leader");
@@ -242,27 +249,9 @@ impl MetadataRaft {
         cmd: Command,
     ) -> Result<(Response, u64), RaftGlueError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
-        let started = Instant::now();
-        let needs_shipping = cmd.needs_shipping();
         loop {
-            // A leader cut off from its followers never learns it was deposed: bound the
-            // wait so that the caller gets an error instead of hanging.
-            let write =
-                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone()));
-            let Ok(result) = write.await else {
-                return Err(RaftGlueError::Propose(format!(
-                    "not committed within {PROPOSE_TIMEOUT:?} (no quorum reachable?)"
-                )));
-            };
-            let last_error = match result {
-                Ok(resp) => {
-                    if needs_shipping {
-                        self.wait_shipped(resp.log_id.index, deadline).await?;
-                    }
-                    metrics::histogram!(crate::telemetry::RAFT_COMMIT_SECONDS)
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok((resp.data, resp.log_id.index));
-                }
+            let last_error = match self.write_here(cmd.clone(), deadline).await? {
+                Ok(answer) => return Ok(answer),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
                     if self.inner.isolation.isolated() =>
                 {
@@ -272,11 +261,16 @@ impl MetadataRaft {
                     match f.leader_node.filter(|n| !n.addr.is_empty()) {
                         Some(leader) => {
                             let request = RaftRequest::Propose(cmd.clone());
-                            let call = network::call_once(
-                                &leader.addr,
-                                &self.inner.auth,
-                                &request,
-                                PROPOSE_TIMEOUT,
+                            // Not past this proposer's deadline: once it gives up, its
+                            // caller hears so (a produce is answered with an error).
+                            let call = tokio::time::timeout_at(
+                                deadline,
+                                network::call_once(
+                                    &leader.addr,
+                                    &self.inner.auth,
+                                    &request,
+                                    PROPOSE_TIMEOUT,
+                                ),
                             );
                             // A leader that froze or was cut off holds the call open; once
                             // another is elected, the proposal goes there at once. Sending
@@ -284,10 +278,14 @@ impl MetadataRaft {
                             // first offsets), heartbeats only renew.
                             tokio::select! {
                                 reply = call => match reply {
-                                    Ok(RaftReply::Propose(Ok(answer))) => return Ok(answer),
-                                    Ok(RaftReply::Propose(Err(e))) => e,
-                                    Ok(_) => "unexpected reply to a forwarded proposal".to_owned(),
-                                    Err(e) => format!("forwarding to leader {:?}: {e}", f.leader_id),
+                                    Ok(Ok(RaftReply::Propose(Ok(answer)))) => return Ok(answer),
+                                    Ok(Ok(RaftReply::Propose(Err(e)))) => e,
+                                    Ok(Ok(_)) => "unexpected reply to a forwarded proposal".to_owned(),
+                                    Ok(Err(e)) => format!("forwarding to leader {:?}: {e}", f.leader_id),
+                                    Err(_) => format!(
+                                        "not committed within {PROPOSE_TIMEOUT:?} (forwarded to leader {:?})",
+                                        f.leader_id
+                                    ),
                                 },
                                 () = self.leader_moved(f.leader_id) => {
                                     tracing::debug!(from = ?f.leader_id, "metadata leader changed: forwarding the proposal to the new one");
@@ -304,6 +302,57 @@ impl MetadataRaft {
                 return Err(RaftGlueError::Propose(last_error));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Appends `cmd` to this node's log and waits for it to commit (and ship, if it must)
+    /// by `deadline`. The inner error is Raft's refusal (ForwardToLeader on a follower).
+    async fn write_here(
+        &self,
+        cmd: Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<(Response, u64), WriteRefused>, RaftGlueError> {
+        let started = Instant::now();
+        let needs_shipping = cmd.needs_shipping();
+        // A leader cut off from its followers never learns it was deposed: bound the
+        // wait so that the caller gets an error instead of hanging.
+        let write = tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd));
+        let Ok(result) = write.await else {
+            return Err(RaftGlueError::Propose(format!(
+                "not committed within {PROPOSE_TIMEOUT:?} (no quorum reachable?)"
+            )));
+        };
+        match result {
+            Ok(resp) => {
+                if needs_shipping {
+                    self.wait_shipped(resp.log_id.index, deadline).await?;
+                }
+                metrics::histogram!(crate::telemetry::RAFT_COMMIT_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(Ok((resp.data, resp.log_id.index)))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// A proposal another node forwarded: written here if this node leads, else refused
+    /// at once. It is never forwarded again: a proposal passed on would outlive its
+    /// proposer, which gives up at its own deadline and tells its client the write failed
+    /// (a produce retried elsewhere), and could then commit the same records a second time.
+    pub(super) async fn propose_forwarded(
+        &self,
+        cmd: Command,
+    ) -> Result<(Response, u64), RaftGlueError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        match self.write_here(cmd, deadline).await? {
+            Ok(answer) => Ok(answer),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RaftGlueError::Propose(format!(
+                    "not the metadata leader (the leader is {:?}); the proposer retries",
+                    f.leader_id
+                )))
+            }
+            Err(e) => Err(RaftGlueError::Propose(e.to_string())),
         }
     }
 

@@ -58,6 +58,7 @@ impl network::Handler for MetadataRaft {
                 RaftRequest::Join { .. } => Ok(RaftReply::Join(Err(refusal))),
                 RaftRequest::ChangeVoters { .. } => Ok(RaftReply::ChangeVoters(Err(refusal))),
                 RaftRequest::ReadIndex => Ok(RaftReply::ReadIndex(Err(refusal))),
+                RaftRequest::Members => Ok(RaftReply::Members(Err(refusal))),
                 _ => Err(refusal),
             };
         }
@@ -84,7 +85,7 @@ impl network::Handler for MetadataRaft {
                 RaftReply::InstallSnapshot(reply)
             }
             RaftRequest::Propose(cmd) => {
-                RaftReply::Propose(self.propose_indexed(cmd).await.map_err(|e| e.to_string()))
+                RaftReply::Propose(self.propose_forwarded(cmd).await.map_err(|e| e.to_string()))
             }
             RaftRequest::ChangeVoters { add, remove } => {
                 RaftReply::ChangeVoters(self.change_voters(add, remove).await)
@@ -95,6 +96,7 @@ impl network::Handler for MetadataRaft {
             RaftRequest::ReadIndex => {
                 RaftReply::ReadIndex(self.leader_read_index(read::READ_LEASE * 2).await)
             }
+            RaftRequest::Members => RaftReply::Members(Ok(self.members())),
         })
     }
 }
@@ -172,7 +174,7 @@ impl MetadataRaft {
             (Identity::Node(id), RaftRequest::Join { node_id, .. }) => Some(format!(
                 "node {id} may not ask for node {node_id} to join (it is not a member)"
             )),
-            (Identity::Operator, RaftRequest::ChangeVoters { .. }) => None,
+            (Identity::Operator, RaftRequest::ChangeVoters { .. } | RaftRequest::Members) => None,
             (Identity::Operator, _) => {
                 Some("an operator may only change voters, not take part in Raft".into())
             }
@@ -185,7 +187,10 @@ impl MetadataRaft {
             ) => None,
             (
                 Identity::Node(id),
-                RaftRequest::Propose(_) | RaftRequest::ChangeVoters { .. } | RaftRequest::ReadIndex,
+                RaftRequest::Propose(_)
+                | RaftRequest::ChangeVoters { .. }
+                | RaftRequest::ReadIndex
+                | RaftRequest::Members,
             ) => (!member(id)).then(|| {
                 format!(
                     "refused: node {id} is not a registered member of this cluster (start it \

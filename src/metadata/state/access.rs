@@ -165,6 +165,11 @@ impl AccessState {
     }
 
     /// A broker that left the cluster for good.
+    /// The brokers with registered listeners.
+    pub fn broker_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.listeners.keys().copied()
+    }
+
     pub fn forget_broker(&mut self, broker: u64) {
         self.listeners.remove(&broker);
     }

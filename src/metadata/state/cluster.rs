@@ -28,6 +28,11 @@ pub enum ClusterCommand {
     /// are dead, unless a heartbeat came in since (the value differs). No wall clock is
     /// compared across brokers, so clock skew cannot make a broker flap.
     ExpireSilent { brokers: Vec<(u64, i64)> },
+    /// Proposed by the Raft leader (format 8): these dead brokers, silent for longer than
+    /// `--broker-forget-after-ms` as seen by their heartbeat value, leave the state, so a
+    /// fleet that starts every machine with a new id does not grow it without bound. One
+    /// that heartbeated since (the value differs) or lives again is kept.
+    Forget { brokers: Vec<(u64, i64)> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +113,18 @@ impl ClusterState {
                 }
                 if changed {
                     self.epoch += 1;
+                }
+            }
+            ClusterCommand::Forget { brokers } => {
+                for (id, seen) in brokers {
+                    // Dead brokers are not in the live set: the epoch does not move.
+                    if self
+                        .brokers
+                        .get(id)
+                        .is_some_and(|b| !b.alive && b.last_heartbeat_ms == *seen)
+                    {
+                        self.brokers.remove(id);
+                    }
                 }
             }
             ClusterCommand::Deregister { id } => {
@@ -336,6 +353,32 @@ mod tests {
             brokers: vec![(1, 100)],
         });
         assert_eq!(c.epoch(), epoch + 1);
+    }
+
+    #[test]
+    fn forget_removes_only_brokers_still_dead_and_silent() {
+        let mut c = ClusterState::default();
+        for id in 1..=4 {
+            c.apply(&register(id, 100));
+        }
+        c.apply(&ClusterCommand::ExpireSilent {
+            brokers: vec![(3, 100), (4, 100)],
+        });
+        let epoch = c.epoch();
+        // 4 comes back before the forget is applied; 1 is alive; 9 is unknown.
+        c.apply(&ClusterCommand::Heartbeat { id: 4, now_ms: 500 });
+        let epoch_after_return = c.epoch();
+        assert_eq!(epoch_after_return, epoch + 1);
+        c.apply(&ClusterCommand::Forget {
+            brokers: vec![(1, 100), (3, 100), (4, 100), (9, 0)],
+        });
+        let ids: Vec<u64> = c.brokers().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 2, 4]);
+        // Forgetting the dead moves no partition: the epoch stays.
+        assert_eq!(c.epoch(), epoch_after_return);
+        // A forgotten broker that starts again registers as new.
+        c.apply(&register(3, 900));
+        assert!(c.broker(3).is_some_and(|b| b.alive));
     }
 
     #[test]

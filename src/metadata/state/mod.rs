@@ -143,8 +143,19 @@ impl MetadataState {
             Command::Cluster(cmd) => {
                 self.cluster.apply(cmd);
                 // A broker that leaves the cluster takes its listeners with it.
-                if let ClusterCommand::Deregister { id } = cmd {
-                    self.access.forget_broker(*id);
+                match cmd {
+                    ClusterCommand::Deregister { id } => self.access.forget_broker(*id),
+                    ClusterCommand::Forget { .. } => {
+                        let gone: Vec<u64> = self
+                            .access
+                            .broker_ids()
+                            .filter(|id| self.cluster.broker(*id).is_none())
+                            .collect();
+                        for id in gone {
+                            self.access.forget_broker(id);
+                        }
+                    }
+                    _ => {}
                 }
                 Response::Empty
             }

@@ -117,6 +117,9 @@ fn arb_command() -> impl Strategy<Value = Command> {
         })),
         (1..3u64, 0..2i64)
             .prop_map(|(id, now_ms)| Command::Cluster(ClusterCommand::Heartbeat { id, now_ms })),
+        (1..3u64, 0..2i64).prop_map(|(id, seen)| Command::Cluster(ClusterCommand::Forget {
+            brokers: vec![(id, seen)]
+        })),
     ]
 }
 
