@@ -195,6 +195,10 @@ pub struct ServeArgs {
     /// membership) [default: 3600000].
     #[arg(long, env = "STRATA_BROKER_FORGET_AFTER_MS")]
     pub broker_forget_after_ms: Option<u64>,
+    /// The longest a graceful stop (SIGTERM) drains: the broker stops advertising
+    /// itself at once, answers what is in flight, then exits [default: 30000].
+    #[arg(long, env = "STRATA_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
     /// How often each broker looks for compaction work [default: 5000].
     #[arg(long, env = "STRATA_COMPACTION_INTERVAL_MS")]
     pub compaction_interval_ms: Option<u64>,

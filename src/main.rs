@@ -75,7 +75,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 panic!("failpoint panic-in-task");
             });
         }
-        let shutdown = stop_signal(broker.clone())?;
+        let stop = stop_signal(broker.clone())?;
+        // The listener keeps serving through the drain: requests in flight are answered
+        // and new ones are sent to the other brokers.
+        let draining = broker.clone();
+        let bound = serving.node.shutdown_timeout;
+        let shutdown = async move {
+            stop.await;
+            draining.drain(bound).await;
+        };
         strata::server::serve(broker.clone(), endpoints, limits, tls, shutdown).await;
         broker.shutdown(tasks, loops).await?;
         info!("stopped");

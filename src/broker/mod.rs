@@ -78,6 +78,8 @@ pub struct Broker {
     counters: Counters,
     /// The transaction coordinator: markers, timeouts, unfinished transactions.
     txn: Arc<TxnCoordinator>,
+    /// Set by a graceful stop: the broker has left the cluster and takes nothing new.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -141,8 +143,20 @@ impl Broker {
     /// Whether this broker has fenced itself (see `metadata/fence.rs`): it names other
     /// brokers as leaders and coordinators and refuses produce, group and producer-id
     /// requests with retriable errors, so clients go where the cluster is.
+    /// Whether this broker takes no new work: it is fenced (cut off from the metadata
+    /// cluster) or draining (stopping). Clients are sent to the others.
     pub fn fenced(&self) -> bool {
+        self.metadata.fenced() || self.draining()
+    }
+
+    /// Fenced in the strict sense: its lease lapsed, so a commit may never come.
+    pub fn cut_off(&self) -> bool {
         self.metadata.fenced()
+    }
+
+    /// A graceful stop is under way (see `shutdown.rs`).
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether this broker may answer where a log ends (ListOffsets, a Fetch's high

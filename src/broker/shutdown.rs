@@ -1,6 +1,7 @@
-//! A graceful stop: the listener has stopped taking requests; what was buffered is
-//! flushed and committed (within a bound), the background work stops, the broker
-//! deregisters so its partitions and groups move at once, and the bucket gets the latest
+//! A graceful stop, in two steps. `drain`, while the listener still serves: the broker
+//! takes nothing new (clients are sent to the others), deregisters so its partitions and
+//! groups move at once, and commits and answers what it took. `shutdown`, once the
+//! listener has stopped: the background work stops and the bucket gets the latest
 //! metadata snapshot so a replacement starts from exactly here.
 
 use std::sync::atomic::Ordering;
@@ -13,11 +14,42 @@ use super::start::BrokerTasks;
 use super::Broker;
 use crate::metadata::{shipping, MetadataError};
 
-/// The longest a stop waits for buffered requests to be committed. Every acknowledged
-/// record is in the store already; this only gives the last requests their answer.
+/// The longest the second step waits for buffered requests to be committed (the drain
+/// has normally emptied the buffer). Every acknowledged record is in the store already;
+/// this only gives the last requests their answer.
 const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 impl Broker {
+    /// The first step of a graceful stop, while the listener still serves: this broker
+    /// takes nothing new (Metadata, Produce, Fetch and the group APIs send clients to
+    /// the others with retriable errors, `/ready` answers 503) and leaves the cluster so
+    /// its partitions and coordinations move at once; then what it took is committed
+    /// and answered, for `bound` at most.
+    pub async fn drain(&self, bound: Duration) {
+        let started = std::time::Instant::now();
+        self.draining.store(true, Ordering::Release);
+        info!(
+            ?bound,
+            "draining: no longer advertised; answering what is in flight"
+        );
+        if tokio::time::timeout(bound, self.deregister())
+            .await
+            .is_err()
+        {
+            warn!("leaving the cluster took longer than the drain bound");
+        }
+        let left = bound.saturating_sub(started.elapsed());
+        if !self.buffer.drain(left).await {
+            warn!(
+                ?bound,
+                "buffered requests not all committed within the drain bound"
+            );
+        }
+        // Clients told to go elsewhere reconnect there; a produce still waiting for its
+        // commit has its answer by now.
+        info!(took = ?started.elapsed(), "drained");
+    }
+
     /// Stops the broker once the listener has stopped; `loops` are the liveness and
     /// transaction loops started after registration.
     pub async fn shutdown(
@@ -25,7 +57,11 @@ impl Broker {
         tasks: BrokerTasks,
         loops: Vec<JoinHandle<()>>,
     ) -> Result<(), MetadataError> {
-        if !self.buffer.drain(DRAIN_BOUND).await {
+        if !self
+            .buffer
+            .drain(DRAIN_BOUND.min(self.config.node.shutdown_timeout))
+            .await
+        {
             warn!(bound = ?DRAIN_BOUND, "buffered requests not all committed before the stop");
         }
         tasks.abort_chores();

@@ -130,6 +130,7 @@ impl Broker {
             cache,
             counters,
             txn,
+            draining: Default::default(),
         });
         let tasks = BrokerTasks {
             flusher,

@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub broker_lease_ms: Option<u64>,
     pub broker_forget_after_ms: Option<u64>,
+    pub shutdown_timeout_ms: Option<u64>,
     pub compaction_interval_ms: Option<u64>,
     pub retention_check_interval_ms: Option<u64>,
     pub compaction_age_ms: Option<u64>,

@@ -104,7 +104,7 @@ impl Config {
         let topics = TopicsConfig::load(args, &file)?;
         let listener = ListenerConfig::load(args, &file)?;
         let security = SecurityConfig::load(args, &file, &listener)?;
-        let node = NodeConfig::load(args, &file);
+        let node = NodeConfig::load(args, &file)?;
         let store = StoreConfig::load(args, &file, &node)?;
         let flush = FlushConfig::load(args, &file)?;
         let raft = RaftConfig::load(args, &file, &node, listener.tls.as_ref())?;

@@ -147,11 +147,12 @@ fn not_leader() -> PartitionError {
     )
 }
 
-/// Resolves once the broker has fenced itself (checked every 250 ms).
+/// Resolves once the broker has fenced itself (checked every 250 ms). Not on a drain:
+/// a draining broker still commits what it took, and answers it.
 async fn until_fenced(broker: &Broker) {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if broker.fenced() {
+        if broker.cut_off() {
             return;
         }
     }

@@ -161,6 +161,9 @@ pub async fn readiness(broker: &Broker) -> Result<(), String> {
             raft.applied, raft.committed
         ));
     }
+    if broker.draining() {
+        return Err("draining: stopping, clients are sent to the other brokers".into());
+    }
     if broker.fenced() {
         return Err("fenced: cut off from the metadata cluster".into());
     }

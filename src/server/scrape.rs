@@ -213,7 +213,13 @@ fn raft_families(x: &mut Exposition, broker: &Broker) {
         "strata_broker_fenced",
         "gauge",
         "1 while this broker has fenced itself (cut off from the metadata cluster)",
-        u8::from(broker.fenced()),
+        u8::from(broker.cut_off()),
+    );
+    x.single(
+        "strata_broker_draining",
+        "gauge",
+        "1 once a graceful stop began: the broker takes nothing new",
+        u8::from(broker.draining()),
     );
 }
 

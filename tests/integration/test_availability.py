@@ -720,3 +720,79 @@ def test_rolling_restart_of_every_voter_under_load(make_cluster, measure):
     assert max(gaps.values()) < 10.0, f"no acknowledgement for a while during a restart: {gaps}"
     n = load.verify(c.bootstrap())
     print(f"read back {n} records")
+
+
+# ------------------------------------------------------------------ a drain
+def test_a_draining_broker_hands_over_with_nothing_lost(make_cluster, measure):
+    """Issue 25: a broker that is not a voter gets SIGTERM while idempotent producers
+    write through every broker and a consumer group of two reads: it stops advertising
+    itself at once (clients hear retriable errors and move), answers what it took, and
+    exits well within --shutdown-timeout-ms. Nothing is lost or written twice, the group
+    keeps consuming, and no broker fences."""
+    c = make_cluster(3, metrics=True)
+    start(c)
+    learner = c.add_learner()
+    c.wait_live({1, 2, 3, learner}, timeout=30)
+    topic, parts = "drained", 6
+    create_topic(c.bootstrap(), topic, parts)
+    load = AckedLoad(c.bootstrap(), topic, parts).start()
+    load.wait_steady()
+
+    consumed: list[tuple[float, bytes]] = []
+    fatal: list[str] = []
+    stop = threading.Event()
+
+    def member(i: int) -> None:
+        consumer = Consumer({"bootstrap.servers": c.bootstrap(), "group.id": "drain-readers",
+                             "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                             "client.id": f"drain-reader-{i}"})
+        consumer.subscribe([topic])
+        try:
+            while not stop.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().fatal():
+                        fatal.append(str(msg.error()))
+                    continue
+                consumed.append((time.monotonic(), msg.value()))
+        finally:
+            consumer.close()
+
+    readers = [threading.Thread(target=member, args=(i,), daemon=True) for i in range(2)]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(consumed) < 200:
+        assert time.monotonic() < deadline, f"the group consumed only {len(consumed)} records"
+        time.sleep(0.2)
+
+    watch = FenceWatch(c)
+    node = c.node(learner)
+    t0 = time.monotonic()
+    rc = node.stop(signal.SIGTERM, timeout=40)
+    took = time.monotonic() - t0
+    log = node.log_text()
+    assert rc == 0 and not node.sigkilled, f"exit code {rc} after SIGTERM"
+    assert "draining: no longer advertised" in log and "drained" in log, log[-3000:]
+    c.wait_live({1, 2, 3}, timeout=10)
+    t_exit = time.monotonic()
+    # The group goes on: records produced after the exit are consumed within a session.
+    while not any(t > t_exit + 1 for t, _ in consumed):
+        assert time.monotonic() - t_exit < 30, "the consumer group stopped after the drain"
+        time.sleep(0.2)
+    load.stop()
+    gap = load.max_gap(t0, t_exit)
+    stop.set()
+    for t in readers:
+        t.join(30)
+
+    figure("drain sigterm-to-exit", took)
+    figure("drain longest-ack-gap", gap)
+    assert not fatal, fatal
+    assert_no_fence(watch, [1, 2, 3])
+    assert took < 10.0, f"the drain took {took:.1f} s"
+    assert gap < 5.0, f"no acknowledgement for {gap:.1f} s during the drain"
+    n = load.verify(c.bootstrap())
+    print(f"drain took {took:.2f} s, longest ack gap {gap:.2f} s; read back {n} records")
