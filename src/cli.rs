@@ -84,9 +84,10 @@ pub struct ServeArgs {
     /// (`false`) [default: the bucket's setting].
     #[arg(long, env = "STRATA_S3_BUCKET_KEY")]
     pub s3_bucket_key: Option<bool>,
-    /// This broker's id [default: 1].
+    /// This broker's id, or `auto` for a broker that is not a voter: a cluster-unique id
+    /// from the metadata leader, kept in the data directory [default: 1].
     #[arg(long, env = "STRATA_NODE_ID")]
-    pub node_id: Option<u64>,
+    pub node_id: Option<NodeIdArg>,
     /// Create unknown topics on Metadata and Produce, like auto.create.topics.enable [default: true].
     #[arg(long, env = "STRATA_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
@@ -330,4 +331,39 @@ pub struct ServeArgs {
     /// [default: delete].
     #[arg(long, env = "STRATA_CLEANUP_POLICY")]
     pub cleanup_policy: Option<String>,
+}
+
+/// `--node-id`: a number, or `auto` (an id from the metadata leader at the first start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeIdArg {
+    Id(u64),
+    Auto,
+}
+
+impl std::str::FromStr for NodeIdArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        s.parse()
+            .map(Self::Id)
+            .map_err(|_| format!("{s:?} is neither a node id (a number) nor auto"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeIdArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(id) => Ok(Self::Id(id)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }

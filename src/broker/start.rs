@@ -3,6 +3,7 @@
 //! cache and the write buffer, then the background work, in the order each needs the last.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -55,7 +56,14 @@ pub enum StartError {
     Recovery(#[from] crate::metadata::shipping::ShippingError),
     #[error("cannot set the old metadata log {dir} aside: {source}")]
     SetAside { dir: String, source: std::io::Error },
+    #[error(
+        "automatic node id file {path}: {detail} (fix or delete it: a deleted file gets a new id)"
+    )]
+    NodeId { path: String, detail: String },
 }
+
+/// How long a broker started with `--node-id auto` waits for the voters to give it an id.
+const AUTO_ID_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Background work owned by a running broker.
 pub struct BrokerTasks {
@@ -83,12 +91,15 @@ impl BrokerTasks {
 impl Broker {
     /// Opens everything the broker serves from and starts its background work; the
     /// broker registers itself (`register`) once the caller is ready to serve.
-    pub async fn start(config: Config) -> Result<(Arc<Self>, BrokerTasks), StartError> {
+    pub async fn start(mut config: Config) -> Result<(Arc<Self>, BrokerTasks), StartError> {
         let data_dir = &config.node.data_dir;
         std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
             dir: data_dir.display().to_string(),
             source,
         })?;
+        if config.node.auto_id {
+            config.node.id = automatic_node_id(&config).await?;
+        }
         let storage = open_store(&config.store).await?;
         let metadata = open_metadata(&config.node, &config.store, &config.raft, &storage).await?;
         let cache = Arc::new(BlockCache::open(cache_options(&config)).await?);
@@ -167,6 +178,44 @@ fn buffer_options(config: &Config) -> BufferConfig {
         node_id: config.node.id,
         max_commit_age: config.background.orphan_grace / 2,
     }
+}
+
+/// `--node-id auto`: the id kept in the data directory, else a new one from the
+/// metadata leader, kept there before it is used (a restart on the same disk keeps it,
+/// a new disk gets a new one).
+async fn automatic_node_id(config: &Config) -> Result<u64, StartError> {
+    let path = config.node.data_dir.join(NodeConfig::AUTO_ID_FILE);
+    let bad_file = |detail: String| StartError::NodeId {
+        path: path.display().to_string(),
+        detail,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text
+                .trim()
+                .parse()
+                .map_err(|_| bad_file(format!("{:?} is not a node id", text.trim())))?;
+            info!(id, "automatic node id, kept in the data directory");
+            return Ok(id);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bad_file(e.to_string())),
+    }
+    let listener = (
+        config.listener.advertise_host().to_owned(),
+        config.listener.advertise_port(),
+        config.node.rack.clone(),
+    );
+    let options = raft_options(&config.node, &config.raft);
+    let id = crate::metadata::raft::request_node_id(&options, listener, AUTO_ID_TIMEOUT)
+        .await
+        .map_err(MetadataError::from)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| bad_file(e.to_string()))?;
+    info!(id, "automatic node id from the metadata leader");
+    Ok(id)
 }
 
 /// Opens the object store and proves it takes writes.

@@ -18,7 +18,7 @@ pub struct FileConfig {
     pub s3_sse: Option<String>,
     pub s3_sse_kms_key_id: Option<String>,
     pub s3_bucket_key: Option<bool>,
-    pub node_id: Option<u64>,
+    pub node_id: Option<crate::cli::NodeIdArg>,
     pub auto_create_topics: Option<bool>,
     pub default_partitions: Option<i32>,
     pub flush_interval_ms: Option<u64>,

@@ -215,4 +215,29 @@ mod tests {
         assert_eq!(c.listener.listen().port(), 2000);
         assert_eq!(c.node.id, 7);
     }
+
+    #[test]
+    fn an_automatic_node_id_needs_voters_to_ask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "node_id = \"auto\"\n").unwrap();
+        let alone = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = Config::load(&alone).unwrap_err().to_string();
+        assert!(err.contains("give --controllers"), "{err}");
+        let joining = ServeArgs {
+            config: Some(path),
+            controllers: Some("1@127.0.0.1:9093".into()),
+            raft_listen: Some("127.0.0.1:9094".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&joining).unwrap();
+        assert!(c.node.auto_id && c.node.id == 0);
+        assert_eq!(
+            "sometimes".parse::<crate::cli::NodeIdArg>(),
+            Err("\"sometimes\" is neither a node id (a number) nor auto".into())
+        );
+    }
 }

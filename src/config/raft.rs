@@ -60,6 +60,14 @@ impl RaftConfig {
             advertise,
             controllers,
         } = voters(args, file, node.id)?;
+        if node.auto_id && controllers.contains_key(&node.id) {
+            return Err(ConfigError::Invalid {
+                key: "node_id",
+                value: "auto".into(),
+                hint: "an automatic id is for a broker that joins a cluster: give --controllers \
+                       (the voters keep explicit ids)",
+            });
+        }
         let cluster_secret = args
             .cluster_secret_file
             .clone()
@@ -304,7 +312,7 @@ mod tests {
     fn the_own_controllers_entry_is_the_advertised_raft_address() {
         let load = |args: ServeArgs| Config::load(&args).map_err(|e| e.to_string());
         let cluster = |advertise: Option<&str>| ServeArgs {
-            node_id: Some(2),
+            node_id: Some(crate::cli::NodeIdArg::Id(2)),
             raft_listen: Some("0.0.0.0:9093".into()),
             raft_advertise: advertise.map(str::to_owned),
             controllers: Some("1@strata-1:9093,2@strata-2:9093".into()),

@@ -80,6 +80,12 @@ class Node(StrataProcess):
         self.metrics_port = free_port() if cluster.metrics else None
         self.env: dict[str, str] = {}
         self.listener_args: list[str] | None = None
+        # "auto": started with `--node-id auto` (its id is then `auto_id()`).
+        self.node_id_arg: str | None = None
+
+    def auto_id(self) -> int:
+        """The id a `--node-id auto` node was given (kept in its data directory)."""
+        return int((self.data_dir / "node_id").read_text().strip())
 
     @property
     def bootstrap(self) -> str:
@@ -130,7 +136,7 @@ class Node(StrataProcess):
     def command(self) -> list[str]:
         cmd = [
             str(self.binary), "serve",
-            "--node-id", str(self.id),
+            "--node-id", self.node_id_arg or str(self.id),
             *(self.listener_args if self.listener_args is not None
               else ["--listen", self.bootstrap, "--advertise", self.bootstrap]),
             "--data-dir", str(self.data_dir),
@@ -262,6 +268,15 @@ class Cluster:
         else:
             self.nodes[node_id].launch()
         return node_id
+
+    def add_auto_broker(self) -> int:
+        """Starts a broker with `--node-id auto` (a learner); returns its slot here, not
+        its id (see `Node.auto_id`)."""
+        slot = max(self.nodes) + 1
+        self.nodes[slot] = Node(self, slot)
+        self.nodes[slot].node_id_arg = "auto"
+        self.start(slot)
+        return slot
 
     def isolate(self, n: int) -> None:
         path = self.nodes[n].data_dir / "raft" / "ISOLATE"

@@ -988,6 +988,45 @@ def test_departed_brokers_and_learners_are_forgotten(make_cluster):
              lambda: members() == "voters: 1,2,3\nlearners: none", 30)
 
 
+@pytest.mark.timeout(300)
+def test_auto_node_ids_are_unique_kept_and_forgotten(make_cluster):
+    """Issue 25: identical brokers started with --node-id auto get cluster-unique ids
+    from the metadata leader (at or above 1000, above every member), keep theirs across
+    a restart on the same disk, and a new disk gets a new id while the old one is
+    forgotten once dead for --broker-forget-after-ms."""
+    c = make_cluster(3, metrics=True,
+                     extra_args=["--broker-lease-ms", "1000", "--broker-forget-after-ms", "4000"])
+    c.start_all()
+    a, b = c.add_auto_broker(), c.add_auto_broker()
+    id_a, id_b = c.node(a).auto_id(), c.node(b).auto_id()
+    assert id_a != id_b and min(id_a, id_b) >= 1000, (id_a, id_b)
+    c.wait_live({1, 2, 3, id_a, id_b}, timeout=30)
+    assert "automatic node id from the metadata leader" in c.node(a).log_text()
+
+    # A restart on the same disk keeps the id.
+    c.kill(a, signal.SIGTERM)
+    c.start(a)
+    assert c.node(a).auto_id() == id_a
+    assert "automatic node id, kept in the data directory" in c.node(a).log_text()
+    c.wait_live({1, 2, 3, id_a, id_b}, timeout=30)
+
+    # A new disk gets a new id; the old one is forgotten.
+    c.kill(b, signal.SIGKILL)
+    shutil.rmtree(c.node(b).data_dir)
+    c.node(b).data_dir.mkdir()
+    c.start(b)
+    id_b2 = c.node(b).auto_id()
+    assert id_b2 not in (1, 2, 3, id_a, id_b), id_b2
+    c.wait_live({1, 2, 3, id_a, id_b2}, timeout=30)
+    wait_for(f"broker {id_b} forgotten",
+             lambda: c.node(1).metrics().get("strata_brokers_registered") == 5, 30)
+    create_topic(c.bootstrap(), "auto-ids", 2)
+    acked = produce_keyed(c.node(b).bootstrap, "auto-ids", 100)
+    for p in range(2):
+        want = sorted((o, v) for (q, o), (_k, v) in acked.items() if q == p)
+        assert_serves(c, b, "auto-ids", p, want)
+
+
 # ------------------------------------------------------------------ the Raft port's secret
 def _raft_handshake(addr: str, secret: bytes, node_id: int = 9, then: bytes = b"",
                     good_mac: bool = True) -> tuple[int | None, bytes]:

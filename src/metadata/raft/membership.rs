@@ -162,6 +162,39 @@ impl MetadataRaft {
         }
     }
 
+    /// Gives a broker started with `--node-id auto` its id: a `ClusterCommand::Allocate`
+    /// proposed (forwarded to the leader if need be) with a floor above every Raft member
+    /// and [`AUTO_ID_BASE`], so hand-picked ids below it never meet an automatic one.
+    pub(super) async fn allocate_node_id(
+        &self,
+        host: String,
+        port: i32,
+        rack: Option<String>,
+    ) -> Result<NodeId, String> {
+        use crate::metadata::state::cluster::ClusterCommand;
+        let (voters, learners) = self.members();
+        let floor = voters
+            .iter()
+            .chain(&learners)
+            .map(|id| id + 1)
+            .fold(AUTO_ID_BASE, u64::max);
+        let cmd = Command::Cluster(ClusterCommand::Allocate {
+            floor,
+            host,
+            port,
+            rack,
+            now_ms: crate::clock::now_ms(),
+        });
+        match self.propose(cmd).await {
+            Ok(Response::NodeId(id)) => {
+                tracing::info!(id, "automatic node id given out");
+                Ok(id)
+            }
+            Ok(other) => Err(format!("unexpected answer to an id allocation: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Adds a learner (on the leader; a follower forwards to it).
     pub(super) async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), String> {
         match self
@@ -197,6 +230,50 @@ impl MetadataRaft {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// Automatic node ids start here; hand-picked ids (voters, fixed brokers) stay below.
+pub const AUTO_ID_BASE: NodeId = 1000;
+
+/// Asks the voters in turn for an automatic node id until one answers (a broker
+/// started with `--node-id auto` on a new disk), for `timeout` at most. `options` are
+/// the broker's Raft options (its id still 0): the voters, the secret and the TLS.
+pub async fn request_node_id(
+    options: &RaftOptions,
+    (host, port, rack): (String, i32, Option<String>),
+    timeout: Duration,
+) -> Result<NodeId, RaftGlueError> {
+    let tls = options
+        .tls
+        .as_ref()
+        .map(network::RaftTls::broker)
+        .transpose()
+        .map_err(|e| RaftGlueError::Start(format!("raft_tls: {e}")))?;
+    let auth = Auth {
+        secret: options.secret.clone(),
+        me: auth::Identity::Node(0),
+        tls,
+    };
+    let auth = &auth;
+    let voters = &options.voters;
+    let request = RaftRequest::AllocateNodeId { host, port, rack };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no voter answered");
+    while tokio::time::Instant::now() < deadline {
+        for addr in voters.values() {
+            match network::call_once(addr, auth, &request, PROPOSE_TIMEOUT).await {
+                Ok(RaftReply::AllocateNodeId(Ok(id))) => return Ok(id),
+                Ok(RaftReply::AllocateNodeId(Err(e))) => last = format!("{addr}: {e}"),
+                Ok(_) => last = format!("{addr}: unexpected reply"),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(RaftGlueError::Start(format!(
+        "no automatic node id from the voters within {timeout:?} ({last}; check --controllers \
+         and that a majority of the voters is running)"
+    )))
 }
 
 /// A learner that hears from no leader for this long asks to join again: the leader may

@@ -42,6 +42,8 @@ mod node;
 mod read;
 mod serve;
 mod state_machine;
+
+pub use membership::{request_node_id, AUTO_ID_BASE};
 #[cfg(test)]
 mod suite_tests;
 #[cfg(test)]

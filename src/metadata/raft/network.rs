@@ -84,6 +84,13 @@ pub enum RaftRequest {
     /// The membership as this node knows it: voters and learners (`strata voters`).
     /// Appended last (format 8), like `ReadIndex`.
     Members,
+    /// A broker started with `--node-id auto` asks for its id (format 8); it has none
+    /// yet, so it is not a member: a cluster secret is its credential.
+    AllocateNodeId {
+        host: String,
+        port: i32,
+        rack: Option<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +109,7 @@ pub enum RaftReply {
     ReadIndex(Result<u64, String>),
     /// Voters, then learners.
     Members(Result<(Vec<NodeId>, Vec<NodeId>), String>),
+    AllocateNodeId(Result<NodeId, String>),
 }
 
 /// Refusals on the Raft port, logged at most this often (with a count of the rest).

@@ -59,6 +59,7 @@ impl network::Handler for MetadataRaft {
                 RaftRequest::ChangeVoters { .. } => Ok(RaftReply::ChangeVoters(Err(refusal))),
                 RaftRequest::ReadIndex => Ok(RaftReply::ReadIndex(Err(refusal))),
                 RaftRequest::Members => Ok(RaftReply::Members(Err(refusal))),
+                RaftRequest::AllocateNodeId { .. } => Ok(RaftReply::AllocateNodeId(Err(refusal))),
                 _ => Err(refusal),
             };
         }
@@ -97,6 +98,9 @@ impl network::Handler for MetadataRaft {
                 RaftReply::ReadIndex(self.leader_read_index(read::READ_LEASE * 2).await)
             }
             RaftRequest::Members => RaftReply::Members(Ok(self.members())),
+            RaftRequest::AllocateNodeId { host, port, rack } => {
+                RaftReply::AllocateNodeId(self.allocate_node_id(host, port, rack).await)
+            }
         })
     }
 }
@@ -171,6 +175,8 @@ impl MetadataRaft {
             {
                 None
             }
+            // Holding the secret is enough: the node has no id to be known by yet.
+            (Identity::Node(_), RaftRequest::AllocateNodeId { .. }) => None,
             (Identity::Node(id), RaftRequest::Join { node_id, .. }) => Some(format!(
                 "node {id} may not ask for node {node_id} to join (it is not a member)"
             )),

@@ -33,6 +33,17 @@ pub enum ClusterCommand {
     /// fleet that starts every machine with a new id does not grow it without bound. One
     /// that heartbeated since (the value differs) or lives again is kept.
     Forget { brokers: Vec<(u64, i64)> },
+    /// A broker started with `--node-id auto` (format 8): it is given the next id at or
+    /// above `floor` (which the proposer sets above every Raft member) that no
+    /// registered broker has, and is registered under it at once, so that no other
+    /// allocation can hand the same id out.
+    Allocate {
+        floor: u64,
+        host: String,
+        port: i32,
+        rack: Option<String>,
+        now_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +126,9 @@ impl ClusterState {
                     self.epoch += 1;
                 }
             }
+            ClusterCommand::Allocate { .. } => {
+                self.allocate(cmd, 0);
+            }
             ClusterCommand::Forget { brokers } => {
                 for (id, seen) in brokers {
                     // Dead brokers are not in the live set: the epoch does not move.
@@ -133,6 +147,31 @@ impl ClusterState {
                 }
             }
         }
+    }
+
+    /// Applies [`ClusterCommand::Allocate`] with no id below `at_least` (the state's
+    /// record of ids given out): the id given (0 for any other command).
+    pub fn allocate(&mut self, cmd: &ClusterCommand, at_least: u64) -> u64 {
+        let ClusterCommand::Allocate {
+            floor,
+            host,
+            port,
+            rack,
+            now_ms,
+        } = cmd
+        else {
+            return 0;
+        };
+        let above = self.brokers.keys().next_back().map_or(0, |id| id + 1);
+        let id = (*floor).max(above).max(at_least);
+        self.apply(&ClusterCommand::Register {
+            id,
+            host: host.clone(),
+            port: *port,
+            rack: rack.clone(),
+            now_ms: *now_ms,
+        });
+        id
     }
 
     pub fn epoch(&self) -> i32 {
@@ -353,6 +392,30 @@ mod tests {
             brokers: vec![(1, 100)],
         });
         assert_eq!(c.epoch(), epoch + 1);
+    }
+
+    #[test]
+    fn allocated_ids_are_unique_and_above_the_floor() {
+        let mut c = ClusterState::default();
+        c.apply(&register(1, 0));
+        c.apply(&register(2, 0));
+        let allocate = |floor| ClusterCommand::Allocate {
+            floor,
+            host: "10.0.0.9".into(),
+            port: 9092,
+            rack: None,
+            now_ms: 5,
+        };
+        let first = c.allocate(&allocate(1000), 0);
+        let second = c.allocate(&allocate(1000), 0);
+        assert_eq!((first, second), (1000, 1001));
+        // Registered at once, alive: the next allocation cannot hand it out again.
+        assert!(c.broker(first).is_some_and(|b| b.alive && b.port == 9092));
+        // A floor above the brokers (a Raft member without a registration) wins, and so
+        // does the record of ids given out.
+        assert_eq!(c.allocate(&allocate(1500), 0), 1500);
+        assert_eq!(c.allocate(&allocate(1000), 2000), 2000);
+        assert_eq!(c.allocate(&register(7, 0), 0), 0);
     }
 
     #[test]

@@ -371,6 +371,8 @@ pub enum Response {
     Txn(Result<TxnReply, TxnError>),
     /// CompactShared (format 7): one result per section, in order.
     SharedCompacted(Vec<Result<(), StateError>>),
+    /// `ClusterCommand::Allocate` (format 8): the id given.
+    NodeId(u64),
 }
 
 impl Command {
@@ -381,7 +383,9 @@ impl Command {
     /// heartbeats that keep every broker from fencing itself. The log is shipped in
     /// order, so what follows a liveness entry carries it to the bucket all the same.
     pub fn needs_shipping(&self) -> bool {
-        !matches!(self, Command::Cluster(_))
+        // An automatic id must survive a rebuild from the bucket, or it could be given
+        // out twice.
+        !matches!(self, Command::Cluster(c) if !matches!(c, ClusterCommand::Allocate { .. }))
     }
 
     /// The time the command carries, which advances the state's clock.
@@ -402,7 +406,8 @@ impl Command {
             Command::Cluster(
                 ClusterCommand::Register { now_ms, .. }
                 | ClusterCommand::Heartbeat { now_ms, .. }
-                | ClusterCommand::Expire { now_ms, .. },
+                | ClusterCommand::Expire { now_ms, .. }
+                | ClusterCommand::Allocate { now_ms, .. },
             ) => Some(*now_ms),
             _ => None,
         }

@@ -56,6 +56,9 @@ pub mod transactions;
 /// encoded state's layout (format 2) unchanged.
 const INTERNAL_SCOPE: &str = "#strata";
 const LOG_GENERATION_KEY: &str = "metadata.log.generation";
+/// The lowest automatic node id not yet given out: ids are never given twice, even once
+/// their broker is forgotten (it might come back on its old disk).
+const NEXT_AUTO_ID_KEY: &str = "node.id.next.auto";
 
 /// Everything the metadata log decides, as of some log index.
 ///
@@ -140,6 +143,12 @@ impl MetadataState {
             | Command::DeleteGroupOffsets { .. }
             | Command::DeleteGroup { .. } => self.apply_offsets(cmd),
             Command::InitProducer { current } => Response::Producer(self.init_producer(*current)),
+            Command::Cluster(cmd @ ClusterCommand::Allocate { .. }) => {
+                let next = self.internal(NEXT_AUTO_ID_KEY).unwrap_or(0);
+                let id = self.cluster.allocate(cmd, next);
+                self.set_internal(NEXT_AUTO_ID_KEY, id + 1);
+                Response::NodeId(id)
+            }
             Command::Cluster(cmd) => {
                 self.cluster.apply(cmd);
                 // A broker that leaves the cluster takes its listeners with it.
@@ -213,19 +222,28 @@ impl MetadataState {
     /// rebuilt from the bucket starts its Raft log again at index 1, so its shipped log
     /// goes under the next generation and never mixes with the one it was rebuilt from.
     pub fn log_generation(&self) -> u64 {
-        self.broker_configs
-            .get(INTERNAL_SCOPE)
-            .and_then(|c| c.get(LOG_GENERATION_KEY))
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0)
+        self.internal(LOG_GENERATION_KEY).unwrap_or(0)
     }
 
     /// Set on a state about to be restored into a new cluster (outside `apply`).
     pub fn set_log_generation(&mut self, generation: u64) {
+        self.set_internal(LOG_GENERATION_KEY, generation);
+    }
+
+    /// A number the cluster records about itself (kept with the broker configs, under a
+    /// scope no client can name, so that it needs no field of its own).
+    fn internal(&self, key: &str) -> Option<u64> {
+        self.broker_configs
+            .get(INTERNAL_SCOPE)
+            .and_then(|c| c.get(key))
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn set_internal(&mut self, key: &str, value: u64) {
         self.broker_configs
             .entry(INTERNAL_SCOPE.to_owned())
             .or_default()
-            .insert(LOG_GENERATION_KEY.to_owned(), generation.to_string());
+            .insert(key.to_owned(), value.to_string());
     }
 
     pub fn cluster(&self) -> &ClusterState {

@@ -639,3 +639,36 @@ fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::
     );
     Ok(())
 }
+
+/// An automatic id is never given twice: not after its broker is forgotten, which it
+/// may survive on its old disk.
+#[test]
+fn automatic_ids_are_never_given_twice() {
+    let mut s = MetadataState::default();
+    let allocate = |now_ms| {
+        Command::Cluster(ClusterCommand::Allocate {
+            floor: 1000,
+            host: "10.0.0.9".into(),
+            port: 9092,
+            rack: None,
+            now_ms,
+        })
+    };
+    assert_eq!(s.apply(&allocate(1)), Response::NodeId(1000));
+    assert_eq!(s.apply(&allocate(2)), Response::NodeId(1001));
+    // 1001 dies and is forgotten; the next broker still gets a new id.
+    s.apply(&Command::Cluster(ClusterCommand::ExpireSilent {
+        brokers: vec![(1001, 2)],
+    }));
+    s.apply(&Command::Cluster(ClusterCommand::Forget {
+        brokers: vec![(1001, 2)],
+    }));
+    assert!(s.cluster().broker(1001).is_none());
+    assert_eq!(s.apply(&allocate(3)), Response::NodeId(1002));
+    // The record rides in the state: a snapshot carries it.
+    let mut restored = MetadataState::default();
+    restored.apply(&Command::Restore {
+        state: Box::new(s.clone()),
+    });
+    assert_eq!(restored.apply(&allocate(4)), Response::NodeId(1003));
+}
