@@ -796,3 +796,78 @@ def test_a_draining_broker_hands_over_with_nothing_lost(make_cluster, measure):
     assert gap < 5.0, f"no acknowledgement for {gap:.1f} s during the drain"
     n = load.verify(c.bootstrap())
     print(f"drain took {took:.2f} s, longest ack gap {gap:.2f} s; read back {n} records")
+
+
+# ------------------------------------------------------------------ fleet churn
+def test_fleet_churn_under_load(make_cluster, measure):
+    """Issue 25's churn loop, as an autoscaler would do it: while idempotent producers
+    write through the fleet, each cycle starts two brokers with --node-id auto, waits
+    until they serve, and sends SIGTERM to two other (never a voter) brokers. Nothing is
+    lost or written twice, no voter fences, and once the learners' grace has passed the
+    metadata and the Raft membership are the size they were before the churn. Only with
+    --measure (the benchmark: 20 cycles); CI's shortened form is still to come."""
+    if not measure:
+        pytest.skip("the churn benchmark runs with --measure")
+    import random
+
+    cycles = 20
+    c = make_cluster(3, metrics=True)
+    start(c)
+    fleet = [c.add_auto_broker(), c.add_auto_broker()]
+    ids = {c.node(s).auto_id() for s in fleet}
+    c.wait_live({1, 2, 3} | ids, timeout=60)
+    topic, parts = "churn", 12
+    create_topic(c.bootstrap(1, 2, 3), topic, parts)
+    load = AckedLoad(c.bootstrap(1, 2, 3), topic, parts).start()
+    load.wait_steady()
+    watch = FenceWatch(c)
+
+    def size(node: int = 1) -> tuple[float, int]:
+        """Registered brokers, and learners in the Raft membership (`strata voters`)."""
+        import subprocess
+
+        from harness.process import STRATA_BIN
+        out = subprocess.run([str(STRATA_BIN), "voters", "--raft", c.node(node).raft_addr],
+                             capture_output=True, text=True, timeout=60).stdout
+        learners = out.split("learners:", 1)[1].strip()
+        count = 0 if learners == "none" else len(learners.split(","))
+        return c.node(node).metrics().get("strata_brokers_registered", -1), count
+
+    before = size()
+    t_start = time.monotonic()
+    starts, drains = [], []
+    rng = random.Random(7)
+    for _ in range(cycles):
+        for _ in range(2):
+            t0 = time.monotonic()
+            slot = c.add_auto_broker()
+            starts.append(time.monotonic() - t0)
+            fleet.append(slot)
+        for slot in rng.sample(fleet[:-2], 2):
+            t0 = time.monotonic()
+            rc = c.node(slot).stop(signal.SIGTERM, timeout=60)
+            drains.append(time.monotonic() - t0)
+            assert rc == 0, f"broker in slot {slot} exited {rc} after SIGTERM"
+            fleet.remove(slot)
+    live = {1, 2, 3} | {c.node(s).auto_id() for s in fleet}
+    c.wait_live(live, timeout=30)
+    load.stop()
+    stall = load.max_gap(t_start, time.monotonic())
+    # Learners that left are removed after their 30 s grace.
+    time.sleep(35)
+    after = size()
+    starts.sort()
+    drains.sort()
+    figure("churn start-to-serving p50", starts[len(starts) // 2])
+    figure("churn start-to-serving max", starts[-1])
+    figure("churn sigterm-to-exit p50", drains[len(drains) // 2])
+    figure("churn sigterm-to-exit max", drains[-1])
+    figure("churn longest-produce-stall", stall)
+    figure("churn brokers-registered before", before[0], "")
+    figure("churn brokers-registered after", after[0], "")
+    figure("churn raft-learners before", before[1], "")
+    figure("churn raft-learners after", after[1], "")
+    assert_no_fence(watch, [1, 2, 3])
+    assert after == before, f"(registered brokers, learners) {before} before, {after} after"
+    n = load.verify(c.bootstrap(1, 2, 3))
+    print(f"{cycles} cycles; read back {n} records")
