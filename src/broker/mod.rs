@@ -140,11 +140,10 @@ impl Broker {
         }
     }
 
-    /// Whether this broker has fenced itself (see `metadata/fence.rs`): it names other
-    /// brokers as leaders and coordinators and refuses produce, group and producer-id
-    /// requests with retriable errors, so clients go where the cluster is.
-    /// Whether this broker takes no new work: it is fenced (cut off from the metadata
-    /// cluster) or draining (stopping). Clients are sent to the others.
+    /// Whether this broker takes no new work: it has fenced itself (cut off from the
+    /// metadata cluster, see `metadata/fence.rs`) or is draining (stopping). It names
+    /// other brokers as leaders and coordinators and refuses produce, group and
+    /// producer-id requests with retriable errors, so clients go where the cluster is.
     pub fn fenced(&self) -> bool {
         self.metadata.fenced() || self.draining()
     }

@@ -57,12 +57,12 @@ impl Broker {
         tasks: BrokerTasks,
         loops: Vec<JoinHandle<()>>,
     ) -> Result<(), MetadataError> {
-        if !self
-            .buffer
-            .drain(DRAIN_BOUND.min(self.config.node.shutdown_timeout))
-            .await
-        {
-            warn!(bound = ?DRAIN_BOUND, "buffered requests not all committed before the stop");
+        let bound = DRAIN_BOUND.min(self.config.node.shutdown_timeout);
+        if !self.buffer.drain(bound).await {
+            warn!(
+                ?bound,
+                "buffered requests not all committed before the stop"
+            );
         }
         tasks.abort_chores();
         for task in &loops {
