@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use self::placement::LiveBroker;
+pub use self::placement::{client_zone, LiveBroker};
 pub use self::start::{BrokerTasks, StartError};
 pub use self::topics::TopicLookup;
 use crate::background::cleaner::CleanerCounters;

@@ -34,6 +34,22 @@ fn spread(topic: &str, partition: i32, per_broker: i32) -> i32 {
     (h % per_broker.max(1) as u32) as i32
 }
 
+/// The client-id field that names a client's zone, as WarpStream's `ws_az=`: a client
+/// whose `client.id` holds `strata_az=us-east-1a` is sent to brokers with that `--rack`.
+const ZONE_HINT: &str = "strata_az=";
+
+/// The zone a client names in its client id: what follows `strata_az=`, up to the first
+/// character that is not a letter, digit, `-` or `.` (so `app,strata_az=eu-1b;v2` names
+/// `eu-1b`). None without the hint or with an empty zone.
+pub fn client_zone(client_id: &str) -> Option<&str> {
+    let start = client_id.find(ZONE_HINT)? + ZONE_HINT.len();
+    let rest = &client_id[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|z| !z.is_empty())
+}
+
 /// A live broker as a listener's clients reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveBroker {
@@ -114,21 +130,38 @@ impl Broker {
     }
 
     /// The leader id Metadata names for a partition (one of its preferred broker's
-    /// leader ids; None: no live broker but a fenced self), and the leader epoch.
-    pub fn partition_leader(&self, topic: &str, partition: i32) -> (Option<i32>, i32) {
-        let (leader, epoch) = self.preferred_broker(topic, partition);
+    /// leader ids; None: no live broker but a fenced self), and the leader epoch. A
+    /// client in `zone` is named a broker of that zone when the zone has a live one.
+    pub fn partition_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        zone: Option<&str>,
+    ) -> (Option<i32>, i32) {
+        let (leader, epoch) = self.preferred_broker(topic, partition, zone);
         let k = spread(topic, partition, self.ids_per_broker());
         (leader.map(|id| leader_id(id, k).unwrap_or(id)), epoch)
     }
 
     /// The broker clients should use for a partition (None: no live broker but a fenced
-    /// self), and the leader epoch to report.
-    pub fn preferred_broker(&self, topic: &str, partition: i32) -> (Option<i32>, i32) {
+    /// self), and the leader epoch to report. Clients in `zone` (a `strata_az=` client
+    /// id) get that zone's broker by the same placement, or everyone's when the zone has
+    /// no live broker.
+    pub fn preferred_broker(
+        &self,
+        topic: &str,
+        partition: i32,
+        zone: Option<&str>,
+    ) -> (Option<i32>, i32) {
         let fenced = self.fenced();
+        let own = Some(self.config.node.id);
         self.metadata.read(|s| {
             let epoch = s.cluster().epoch();
+            let excluded = if fenced { own } else { None };
+            if let Some(id) = zone.and_then(|z| s.zone_broker(topic, partition, z, excluded)) {
+                return (Some(id as i32), epoch);
+            }
             if fenced {
-                let own = Some(self.config.node.id);
                 let id = s.preferred_broker_excluding(topic, partition, own);
                 return (id.map(|id| id as i32), epoch);
             }
@@ -196,6 +229,18 @@ mod tests {
         // A real id beyond the stride has only itself; the i32 range is never passed.
         assert_eq!(leader_id(LEADER_ID_STRIDE, 1), None);
         assert_eq!(leader_id(5, 2048), None);
+    }
+
+    #[test]
+    fn the_zone_hint_is_read_out_of_the_client_id() {
+        assert_eq!(client_zone("strata_az=us-east-1a"), Some("us-east-1a"));
+        assert_eq!(client_zone("app,strata_az=eu-1b;v2"), Some("eu-1b"));
+        assert_eq!(client_zone("rdkafka strata_az=zone.2 x"), Some("zone.2"));
+        assert_eq!(client_zone("app_strata_az=az1_worker"), Some("az1"));
+        assert_eq!(client_zone("strata_az="), None);
+        assert_eq!(client_zone("strata_az=,x"), None);
+        assert_eq!(client_zone("ws_az=us-east-1a"), None);
+        assert_eq!(client_zone(""), None);
     }
 
     #[test]

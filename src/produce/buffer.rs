@@ -248,6 +248,14 @@ impl WriteBuffer {
         self.capacity_kib
     }
 
+    /// Bytes buffered, uploading or waiting for their commit (in whole KiB per request),
+    /// and the cap on them.
+    pub fn buffered_bytes(&self) -> (u64, u64) {
+        let free = self.memory.available_permits() as u64;
+        let cap = u64::from(self.capacity_kib);
+        (cap.saturating_sub(free) * 1024, cap * 1024)
+    }
+
     /// Waits until every request buffered so far is answered (committed, or failed), for
     /// at most `bound`; false if time ran out first. A request holds its share of the
     /// memory cap until it is answered, so the whole cap being free means nothing is

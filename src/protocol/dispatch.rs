@@ -43,7 +43,7 @@ pub(super) async fn dispatch(
         let pending = produce::enqueue(broker, ctx, req, version).await;
         return Ok(pending.finish().await.map(ResponseKind::Produce));
     }
-    let request = match data_request(broker, &authz, request, version).await {
+    let request = match data_request(broker, &authz, request, version, client_id).await {
         Ok(response) => return Ok(Some(response)),
         Err(request) => request,
     };
@@ -73,13 +73,16 @@ async fn data_request(
     authz: &Authz<'_>,
     request: RequestKind,
     version: i16,
+    client_id: &str,
 ) -> Result<ResponseKind, RequestKind> {
+    // A client naming its zone is sent to that zone's brokers.
+    let zone = crate::broker::client_zone(client_id);
     Ok(match request {
         RequestKind::ApiVersions(req) => {
             ResponseKind::ApiVersions(api_versions::handle(req, version))
         }
         RequestKind::Metadata(req) => {
-            ResponseKind::Metadata(metadata::handle(broker, authz, req, version).await)
+            ResponseKind::Metadata(metadata::handle(broker, authz, req, version, zone).await)
         }
         RequestKind::Fetch(req) => {
             ResponseKind::Fetch(fetch::handle(broker, authz, req, version).await)
@@ -94,7 +97,7 @@ async fn data_request(
             cluster::offset_for_leader_epoch(broker, authz, req, version).await,
         ),
         RequestKind::DescribeTopicPartitions(req) => ResponseKind::DescribeTopicPartitions(
-            topic_partitions::describe(broker, authz, req, version),
+            topic_partitions::describe(broker, authz, req, version, zone),
         ),
         other => return Err(other),
     })

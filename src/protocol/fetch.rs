@@ -74,6 +74,7 @@ fn answer(responses: Vec<FetchableTopicResponse>) -> FetchResponse {
             }
         }
         if bytes > 0 {
+            crate::telemetry::load::count_fetched(bytes);
             let name = topic.topic.as_str().to_owned();
             metrics::counter!(crate::telemetry::FETCH_BYTES, "topic" => name.clone())
                 .increment(bytes);

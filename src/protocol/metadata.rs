@@ -1,4 +1,5 @@
-//! Metadata: brokers, topics and partition leaders. A single broker leads everything.
+//! Metadata: brokers, topics and partition leaders. Any broker serves any partition; the
+//! one named leader is where placement (or, for a `strata_az=` client, its zone) sends it.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub async fn handle(
     authz: &Authz<'_>,
     req: MetadataRequest,
     version: i16,
+    zone: Option<&str>,
 ) -> MetadataResponse {
     // Before v4 there is no flag and Kafka always auto-created.
     let allow_create = version < 4 || req.allow_auto_topic_creation;
@@ -61,7 +63,8 @@ pub async fn handle(
         }
         let ops = authz.reported(topic_ops_requested, ResourceType::Topic, name);
         topics.push(
-            topic_metadata(broker, name, lookup, version).with_topic_authorized_operations(ops),
+            topic_metadata(broker, name, lookup, version, zone)
+                .with_topic_authorized_operations(ops),
         );
     }
     let brokers = broker
@@ -110,6 +113,7 @@ fn topic_metadata(
     name: &str,
     lookup: TopicLookup,
     version: i16,
+    zone: Option<&str>,
 ) -> MetadataResponseTopic {
     let topic = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))));
@@ -120,7 +124,7 @@ fn topic_metadata(
             let partitions = (0..partitions)
                 .map(|index| {
                     // A fenced broker names another (or none: LEADER_NOT_AVAILABLE).
-                    let (leader, epoch) = broker.partition_leader(name, index);
+                    let (leader, epoch) = broker.partition_leader(name, index, zone);
                     let node = BrokerId(leader.unwrap_or(-1));
                     let error = match leader {
                         Some(_) => 0,

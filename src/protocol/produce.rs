@@ -191,6 +191,7 @@ impl PendingProduce {
                                     };
                                     if result.is_ok() {
                                         let topic = topic.clone();
+                                        telemetry::load::count_produced(queued.bytes as u64);
                                         metrics::counter!(telemetry::PRODUCE_BYTES, "topic" => topic.clone())
                                             .increment(queued.bytes as u64);
                                         metrics::counter!(telemetry::PRODUCE_RECORDS, "topic" => topic)

@@ -23,6 +23,7 @@ pub fn describe(
     authz: &super::authz::Authz<'_>,
     req: DescribeTopicPartitionsRequest,
     _version: i16,
+    zone: Option<&str>,
 ) -> DescribeTopicPartitionsResponse {
     let all = req.topics.is_empty();
     let mut names: Vec<String> = if all {
@@ -87,7 +88,7 @@ pub fn describe(
         let end = count.min(start.saturating_add(remaining));
         let partitions: Vec<_> = (start..end)
             .map(|index| {
-                let (leader, epoch) = broker.preferred_broker(&name, index);
+                let (leader, epoch) = broker.preferred_broker(&name, index, zone);
                 let node = BrokerId(leader.unwrap_or(-1));
                 let error = match leader {
                     Some(_) => 0,

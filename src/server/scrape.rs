@@ -155,7 +155,56 @@ pub fn render_state(broker: &Broker) -> String {
     state_size_families(&mut x, &view.stats);
     counter_families(&mut x, broker);
     memory_families(&mut x, broker);
+    load_families(&mut x, broker);
     x.finish()
+}
+
+/// What an autoscaler scales on (see docs/operations.md): CPU, traffic, buffered bytes.
+fn load_families(x: &mut Exposition, broker: &Broker) {
+    let load = crate::telemetry::load::read();
+    x.single(
+        "process_cpu_seconds_total",
+        "counter",
+        "CPU time the broker process has used, user and system",
+        load.cpu_seconds,
+    );
+    x.single(
+        "strata_cpu_cores",
+        "gauge",
+        "Cores the broker may use (its cgroup quota, else the machine's)",
+        load.cores,
+    );
+    x.single(
+        "strata_cpu_utilisation",
+        "gauge",
+        "Share of strata_cpu_cores the broker used over the last 10 s or more, 0 to 1",
+        load.cpu_utilisation,
+    );
+    x.single(
+        "strata_produce_bytes_per_second",
+        "gauge",
+        "Record bytes acknowledged to producers per second, over the last 10 s or more",
+        load.produce_bytes_per_second,
+    );
+    x.single(
+        "strata_fetch_bytes_per_second",
+        "gauge",
+        "Record bytes sent to consumers per second, over the last 10 s or more",
+        load.fetch_bytes_per_second,
+    );
+    let (buffered, cap) = broker.write_buffer().buffered_bytes();
+    x.single(
+        "strata_write_buffer_bytes",
+        "gauge",
+        "Produced bytes buffered, uploading or waiting for their commit",
+        buffered as f64,
+    );
+    x.single(
+        "strata_write_buffer_capacity_bytes",
+        "gauge",
+        "The cap on strata_write_buffer_bytes (--buffer-max-bytes)",
+        cap as f64,
+    );
 }
 
 /// This node's metadata Raft and whether it is fenced.

@@ -7,6 +7,7 @@
 //! `server::scrape::render_state` instead: computed once per scrape, never per request, and a
 //! deleted topic or group leaves no stale series behind.
 
+pub mod load;
 pub mod logs;
 
 use std::sync::atomic::AtomicU64;

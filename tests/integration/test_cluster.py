@@ -734,6 +734,64 @@ def test_consumers_fetch_from_their_rack(make_cluster):
     assert got == produced, f"rack-b consumer read {len(got)} of {len(produced)} records, or different ones"
 
 
+def zone_leaders(bootstrap: str, topic: str, client_id: str) -> dict[int, int]:
+    """Partition leaders as Metadata names them to a client with this client.id."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": client_id})
+    t = admin.list_topics(topic=topic, timeout=10).topics[topic]
+    assert t.error is None, t.error
+    return {p: broker_of(pm.leader) for p, pm in t.partitions.items()}
+
+
+def test_zone_hint_in_client_id_keeps_clients_in_their_zone(make_cluster):
+    """Issue 25: brokers in zones a, a, b and (a learner) c. A client whose client.id
+    carries `strata_az=<zone>` is named only that zone's brokers as leaders, spread over
+    them, whichever broker it asks; produce and consume through them work; when its zone
+    empties (the c broker drains) it falls back to the whole fleet."""
+    cluster = make_cluster(racks={1: "a", 2: "a", 3: "b", 4: "c"}).start_all()
+    c4 = cluster.add_learner()
+    assert c4 == 4
+    cluster.wait_live({1, 2, 3, 4})
+    topic = "zoned"
+    create_topic(cluster.bootstrap(1), topic, 12)
+    plain = zone_leaders(cluster.bootstrap(1), topic, "plain-client")
+    assert set(plain.values()) <= {1, 2, 3, 4} and len(set(plain.values())) > 1, plain
+    for via in (1, 3, 4):
+        assert set(zone_leaders(cluster.bootstrap(via), topic, "app,strata_az=a;x").values()) == {1, 2}
+        assert set(zone_leaders(cluster.bootstrap(via), topic, "strata_az=b").values()) == {3}
+        assert set(zone_leaders(cluster.bootstrap(via), topic, "svc strata_az=c").values()) == {4}
+        # An unknown zone falls back to placement itself.
+        assert zone_leaders(cluster.bootstrap(via), topic, "strata_az=nowhere") == plain
+    # Where placement already picks a zone-a broker, the zone-a client gets that one.
+    in_a = zone_leaders(cluster.bootstrap(2), topic, "strata_az=a")
+    assert all(in_a[p] == leader for p, leader in plain.items() if leader in (1, 2)), (in_a, plain)
+
+    # A zone-c producer and consumer, through zone c's broker.
+    zone_c = "orders,strata_az=c"
+    p = Producer({"bootstrap.servers": cluster.bootstrap(1), "client.id": zone_c,
+                  "enable.idempotence": True, "linger.ms": 5})
+    acked, errors = {}, []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            acked[(msg.partition(), msg.offset())] = (msg.key().decode(), msg.value().decode())
+
+    for i in range(300):
+        p.produce(topic, key=f"k{i % 29}", value=f"v{i}", on_delivery=cb)
+        p.poll(0)
+    assert p.flush(60) == 0 and not errors and len(acked) == 300, errors[:3]
+    got = consume_all(cluster.bootstrap(1), topic, 300, extra={"client.id": zone_c})
+    assert got == acked
+
+    # Zone c empties: its clients fall back to the fleet's placement without broker 4.
+    assert cluster.kill(4, signal.SIGTERM) == 0
+    cluster.wait_live({1, 2, 3}, via=1)
+    fallback = zone_leaders(cluster.bootstrap(1), topic, zone_c)
+    assert fallback == cluster.partition_leaders(topic, via=1), fallback
+    assert set(fallback.values()) <= {1, 2, 3}
+
+
 def raw_fetch_v11_replica(bootstrap: str, topic: str, partition: int, rack: str) -> int:
     """Fetch v11 from offset 0 naming `rack`; returns the preferred read replica (-1: none)."""
     body = struct.pack(">iiiibii", -1, 0, 1, 8 << 20, 0, 0, -1) + struct.pack(">i", 1) + kwire.kstring(topic) \

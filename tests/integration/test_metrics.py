@@ -197,3 +197,47 @@ def test_metrics_after_a_known_run(mbroker):
         f"strata: cannot listen for metrics on 127.0.0.1:{port}: Address already in use (os error 98) "
         "(another process is using it; stop it or pass --metrics-listen HOST:PORT (or none))"
     ], r.stderr
+
+
+def test_scaling_signals_are_rates_over_a_window(mbroker):
+    """Issue 25: what an autoscaler scales on. CPU utilisation and the produce and fetch
+    bytes per second are gauges averaged over a window of at least 10 s (zero until one
+    has passed); the write buffer's bytes and cap are there too."""
+    port = mbroker.metrics_port
+    wait_ready(port)
+    first = scrape(port)  # opens the first window
+    t0 = time.monotonic()
+    assert value(first, "strata_produce_bytes_per_second") == 0
+    assert value(first, "strata_cpu_cores") >= 1
+    cpu0 = value(first, "process_cpu_seconds_total")
+    assert cpu0 > 0
+    assert value(first, "strata_write_buffer_capacity_bytes") >= 1 << 20
+
+    topic = "signals-" + uuid.uuid4().hex[:8]
+    p = Producer({"bootstrap.servers": mbroker.bootstrap, "linger.ms": 20})
+    n, size = 2000, 1000
+    for i in range(n):
+        p.produce(topic, b"x" * size, key=b"%d" % i)
+        if i % 200 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+    c = Consumer({"bootstrap.servers": mbroker.bootstrap, "group.id": "signals",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    got = 0
+    try:
+        c.subscribe([topic])
+        deadline = time.monotonic() + 20
+        while got < n and time.monotonic() < deadline:
+            got += sum(1 for m in c.consume(500, timeout=1) if m.error() is None)
+    finally:
+        c.close()
+    assert got == n
+    time.sleep(max(0.0, t0 + 10.5 - time.monotonic()))
+    s = scrape(port)
+    elapsed = time.monotonic() - t0
+    # Everything produced and read fell inside the window, which lasted about `elapsed`.
+    assert n * size / elapsed <= value(s, "strata_produce_bytes_per_second") <= n * (size + 100) / 10.0
+    assert value(s, "strata_fetch_bytes_per_second") >= n * size / elapsed
+    assert 0 < value(s, "strata_cpu_utilisation") <= 1
+    assert value(s, "process_cpu_seconds_total") > cpu0
+    assert value(s, "strata_write_buffer_bytes") == 0  # all of it acknowledged

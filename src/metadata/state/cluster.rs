@@ -262,13 +262,27 @@ impl ClusterState {
         rack: &str,
         hint: Option<u64>,
     ) -> Option<u64> {
+        self.in_rack_broker(topic, partition, rack, hint, None)
+    }
+
+    /// [`Self::read_replica`] as if `excluded` were dead: the broker a client in `rack`
+    /// should produce to and fetch from (a `strata_az=` client id), as a fenced broker
+    /// tells it too.
+    pub fn in_rack_broker(
+        &self,
+        topic: &str,
+        partition: i32,
+        rack: &str,
+        hint: Option<u64>,
+        excluded: Option<u64>,
+    ) -> Option<u64> {
         let in_rack = |b: &BrokerInfo| b.rack.as_deref() == Some(rack);
-        let preferred = self.preferred_broker_hinted(topic, partition, hint)?;
+        let preferred = self.preferred_broker_excluding(topic, partition, hint, excluded)?;
         if self.brokers.get(&preferred).is_some_and(in_rack) {
             return Some(preferred);
         }
         self.pick_among(
-            |_, b| in_rack(b),
+            |id, b| Some(id) != excluded && in_rack(b),
             |h| {
                 h.write(topic.as_bytes());
                 h.write(&partition.to_be_bytes());
@@ -442,6 +456,41 @@ mod tests {
         // A forgotten broker that starts again registers as new.
         c.apply(&register(3, 900));
         assert!(c.broker(3).is_some_and(|b| b.alive));
+    }
+
+    #[test]
+    fn a_zones_clients_get_a_broker_of_that_zone_spread_like_placement() {
+        let mut c = ClusterState::default();
+        for (id, zone) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c")] {
+            c.apply(&ClusterCommand::Register {
+                id,
+                host: "127.0.0.1".into(),
+                port: 9000 + id as i32,
+                rack: Some(zone.into()),
+                now_ms: 0,
+            });
+        }
+        let zone_of = |c: &ClusterState, id: u64| c.broker(id).and_then(|b| b.rack.clone());
+        let mut used = std::collections::BTreeSet::new();
+        for p in 0..200 {
+            let id = c
+                .in_rack_broker("t", p, "b", None, None)
+                .expect("zone b has brokers");
+            assert_eq!(zone_of(&c, id).as_deref(), Some("b"));
+            used.insert(id);
+            // Where placement already picks a zone-b broker, that one.
+            let preferred = c.preferred_broker("t", p).expect("live");
+            if zone_of(&c, preferred).as_deref() == Some("b") {
+                assert_eq!(id, preferred);
+            }
+            // A fenced zone-b broker names the zone's other one.
+            let other = c.in_rack_broker("t", p, "b", None, Some(id));
+            assert_eq!(other, Some(if id == 3 { 4 } else { 3 }));
+        }
+        assert_eq!(used, [3, 4].into());
+        // A zone without brokers, or whose only broker is excluded: none (fall back).
+        assert_eq!(c.in_rack_broker("t", 0, "d", None, None), None);
+        assert_eq!(c.in_rack_broker("t", 0, "c", None, Some(5)), None);
     }
 
     #[test]

@@ -277,6 +277,20 @@ impl MetadataState {
         let hint = self.partition(topic, partition).and_then(|p| p.preferred);
         self.cluster.read_replica(topic, partition, rack, hint)
     }
+
+    /// The broker a client in `zone` should use for a partition, as if `excluded` were
+    /// dead; None when the zone has no live broker.
+    pub fn zone_broker(
+        &self,
+        topic: &str,
+        partition: i32,
+        zone: &str,
+        excluded: Option<u64>,
+    ) -> Option<u64> {
+        let hint = self.partition(topic, partition).and_then(|p| p.preferred);
+        self.cluster
+            .in_rack_broker(topic, partition, zone, hint, excluded)
+    }
 }
 
 /// AlterConfigs (`replace`: the set becomes exactly `changes`) or IncrementalAlterConfigs
