@@ -37,6 +37,14 @@ install_deps() {
         fi
     fi
 
+    # --- kubectl, for `kubectl kustomize` in test_kubernetes.py (bookworm's package is
+    # kubectl 1.20 with kustomize v2.0.3; deploy/kubernetes/ renders with it too) ---
+    if ! command -v kubectl >/dev/null 2>&1; then
+        log "installing kubectl (kubernetes-client) via apt"
+        as_root apt-get update
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y kubernetes-client
+    fi
+
     # --- Python venv with pinned client libraries ---
     local req="tests/integration/requirements.txt"
     local stamp=".venv/.requirements.sha256"
