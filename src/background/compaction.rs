@@ -578,7 +578,7 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
                     let end = start + frame.length as usize;
                     if end <= object_bytes.len() {
                         ctx.fetcher
-                            .keep(&object, frame.position, object_bytes.slice(start..end));
+                            .keep_copy(&object, frame.position, &object_bytes[start..end]);
                     }
                 }
             }
@@ -723,7 +723,7 @@ fn keep_section(fetcher: &FetchReader, object: &str, object_bytes: &Bytes, w: &W
         let start = frame.position as usize;
         let end = start + frame.length as usize;
         if end <= object_bytes.len() {
-            fetcher.keep(object, frame.position, object_bytes.slice(start..end));
+            fetcher.keep_copy(object, frame.position, &object_bytes[start..end]);
         }
     }
     fetcher.keep_section_index(

@@ -541,6 +541,13 @@ impl FetchReader {
         self.cache.insert(object, position, data);
     }
 
+    /// [`Self::keep`] for a frame of a large buffer (a compacted object): kept as a copy,
+    /// since a slice would hold the whole buffer in memory for as long as any one of its
+    /// frames stays cached, while the cache counts only the frame.
+    pub fn keep_copy(&self, object: &str, position: u64, frame: &[u8]) {
+        self.keep(object, position, Bytes::copy_from_slice(frame));
+    }
+
     /// Puts a section's index (as stored at `at`, where its data ends) into the cache's
     /// memory tier, where a reader of the section looks first.
     pub fn keep_section_index(&self, object: &str, at: u64, index: Bytes) {
