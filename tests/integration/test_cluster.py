@@ -42,9 +42,9 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     fs[topic].result(timeout=60)
 
 
-def produce_keyed(bootstrap: str, topic: str, n: int, prefix: str = "") -> dict:
+def produce_keyed(bootstrap: str, topic: str, n: int, prefix: str = "", extra: dict | None = None) -> dict:
     """Produces n keyed records; returns {(partition, offset): (key, value)}."""
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, **(extra or {})})
     acked, errors = {}, []
 
     def cb(err, msg):
@@ -767,20 +767,8 @@ def test_zone_hint_in_client_id_keeps_clients_in_their_zone(make_cluster):
 
     # A zone-c producer and consumer, through zone c's broker.
     zone_c = "orders,strata_az=c"
-    p = Producer({"bootstrap.servers": cluster.bootstrap(1), "client.id": zone_c,
-                  "enable.idempotence": True, "linger.ms": 5})
-    acked, errors = {}, []
-
-    def cb(err, msg):
-        if err is not None:
-            errors.append(err)
-        else:
-            acked[(msg.partition(), msg.offset())] = (msg.key().decode(), msg.value().decode())
-
-    for i in range(300):
-        p.produce(topic, key=f"k{i % 29}", value=f"v{i}", on_delivery=cb)
-        p.poll(0)
-    assert p.flush(60) == 0 and not errors and len(acked) == 300, errors[:3]
+    acked = produce_keyed(cluster.bootstrap(1), topic, 300,
+                          extra={"client.id": zone_c, "enable.idempotence": True})
     got = consume_all(cluster.bootstrap(1), topic, 300, extra={"client.id": zone_c})
     assert got == acked
 
