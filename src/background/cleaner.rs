@@ -597,7 +597,15 @@ async fn clean(
         latest: HashMap::new(),
         bytes: 0,
     };
-    let aborted = AbortedRanges::new(&job.aborted);
+    // The state's aborted transactions, and those compaction moved into the footers of
+    // the pass's segments (a cleaned segment has none: its aborted records are gone).
+    let mut aborted = job.aborted.clone();
+    for planned in &job.entries {
+        if matches!(planned.kind, ObjectKind::Segment | ObjectKind::Shared) {
+            aborted.extend(fetcher.frame_index(planned).await?.aborted);
+        }
+    }
+    let aborted = AbortedRanges::new(&aborted);
     let mut mapped_end = job.first_dirty;
     for planned in &job.entries[job.first_dirty..] {
         let data = read_entry(storage, fetcher, planned).await?;

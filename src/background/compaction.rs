@@ -41,7 +41,7 @@ use crate::topic_config::TopicDefaults;
 use super::cleaner;
 use crate::record::batch::batch_max_timestamp;
 use crate::storage::budget::Class;
-use crate::storage::segment::{CompactedBuilder, SharedBuilder, WrittenSection};
+use crate::storage::segment::{AbortedTxn, CompactedBuilder, SharedBuilder, WrittenSection};
 use crate::storage::ObjectStorage;
 
 /// Where compacted segments live; the recovery replay of flush objects never looks here.
@@ -129,6 +129,9 @@ pub struct Job {
     pub topic_id: [u8; 16],
     pub partition: i32,
     pub entries: Vec<PlannedEntry>,
+    /// The aborted transactions the state moves into the output's footer
+    /// (`PartitionTxns::archivable` over the run); the inputs' own footers add theirs.
+    pub aborted: Vec<AbortedTxn>,
 }
 
 impl Job {
@@ -228,10 +231,13 @@ fn jobs(state: &MetadataState, owner: u64, now_ms: i64, policy: &CompactionPolic
                 .map(|e| PlannedEntry::resolve(state, e))
                 .collect();
             if let Some(entries) = resolved {
+                let base = entries.first().map_or(0, |e| e.entry.base_offset);
+                let end = entries.last().map_or(0, |e| e.entry.end_offset());
                 jobs.push(Job {
                     topic: name.clone(),
                     topic_id: topic.id,
                     partition: index,
+                    aborted: partition.txns.archivable(base, end),
                     entries,
                 });
             }
@@ -481,15 +487,24 @@ pub enum CompactionError {
 /// One batch of a run: its bytes, first offset and the offsets it spans.
 type RunBatch = (Bytes, i64, u32);
 
+/// A run read: its batches, and the aborted transactions its output's footer holds (the
+/// job's, from the state, and those of the compacted inputs' footers, which lie wholly
+/// inside the run).
+struct Run {
+    batches: Vec<RunBatch>,
+    aborted: Vec<AbortedTxn>,
+}
+
 /// A run's batches, read (flush chunks through the cache, compacted entries with one
 /// ranged read each) and checked against the index: in offset order, none before its
 /// entry's base, a flush chunk spanning its entry exactly.
-async fn read_run(
-    ctx: &Context<'_>,
-    entries: &[PlannedEntry],
-) -> Result<Vec<RunBatch>, CompactionError> {
+async fn read_run(ctx: &Context<'_>, job: &Job) -> Result<Run, CompactionError> {
     let mut out = Vec::new();
-    for planned in entries {
+    let mut aborted = job.aborted.clone();
+    for planned in &job.entries {
+        if planned.kind.is_compacted() {
+            aborted.extend(ctx.fetcher.frame_index(planned).await?.aborted);
+        }
         let data = read_entry(ctx.storage, ctx.fetcher, planned).await?;
         ctx.counters
             .bytes_read
@@ -526,7 +541,10 @@ async fn read_run(
             });
         }
     }
-    Ok(out)
+    Ok(Run {
+        batches: out,
+        aborted,
+    })
 }
 
 /// Writes one job's run as a segment of its own and swaps it in.
@@ -536,7 +554,7 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
     };
     let base_offset = first.entry.base_offset;
     let end_offset = last.entry.end_offset();
-    let batches = read_run(ctx, &job.entries).await?;
+    let Run { batches, aborted } = read_run(ctx, &job).await?;
     let mut builder = CompactedBuilder::new(
         &job.topic,
         job.topic_id,
@@ -548,6 +566,9 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
         builder.push_batch(batch, *base, *span, batch_max_timestamp(batch));
     }
     drop(batches);
+    // Only the state's entries leave it; the inputs' are in their footers already.
+    let archiving = !job.aborted.is_empty();
+    builder.set_aborted(aborted);
     let frames = builder.frames().to_vec();
     let (object_bytes, position, length) = builder.finish();
     let object = compacted_name(ctx.config.node_id, &seq.to_string());
@@ -563,7 +584,11 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
             (ctx.metadata, ctx.storage, ctx.config.upload_timeout),
             &ctx.counters.bytes_written,
             "crash-after-compaction-put",
-            Command::Compact,
+            if archiving {
+                Command::CompactArchiving
+            } else {
+                Command::Compact
+            },
         )
         .await?;
     match response {
@@ -615,8 +640,8 @@ async fn compact_shared(
     let reads: Vec<_> = jobs.iter().map(|job| read_job(ctx, job)).collect();
     let mut reads = futures::stream::iter(reads).buffered(CONCURRENT_READS);
     while let Some((job, read)) = reads.next().await {
-        let batches = match read {
-            Ok(batches) => batches,
+        let Run { batches, aborted } = match read {
+            Ok(run) => run,
             Err(e) => {
                 ctx.counters.failed.fetch_add(1, Ordering::Relaxed);
                 warn!(topic = %job.topic, partition = job.partition, error = %e, "a compaction run could not be read; will retry");
@@ -636,6 +661,7 @@ async fn compact_shared(
             section.push_batch(batch, *base, *span, batch_max_timestamp(batch));
         }
         section.extend_to(last.entry.end_offset());
+        section.set_aborted(aborted);
         written.push((job, section.finish()));
     }
     drop(reads);
@@ -669,12 +695,17 @@ async fn compact_shared(
             length: w.section.length,
         })
         .collect();
-    let command = Command::CompactShared(SharedCompaction {
+    let shared = SharedCompaction {
         object: object.clone(),
         object_size: object_bytes.len() as u64,
         sections,
         now_ms: crate::clock::now_ms(),
-    });
+    };
+    let command = if written.iter().any(|(job, _)| !job.aborted.is_empty()) {
+        Command::CompactSharedArchiving(shared)
+    } else {
+        Command::CompactShared(shared)
+    };
     let results = match ctx.metadata.propose(command).await? {
         Response::SharedCompacted(results) => results,
         other => {
@@ -710,11 +741,8 @@ async fn compact_shared(
 }
 
 /// A job with its run's batches.
-async fn read_job<'j>(
-    ctx: &Context<'_>,
-    job: &'j Job,
-) -> (&'j Job, Result<Vec<RunBatch>, CompactionError>) {
-    (job, read_run(ctx, &job.entries).await)
+async fn read_job<'j>(ctx: &Context<'_>, job: &'j Job) -> (&'j Job, Result<Run, CompactionError>) {
+    (job, read_run(ctx, job).await)
 }
 
 /// Puts a section's frames and index into the cache's tail tier.
@@ -1307,6 +1335,7 @@ mod tests {
                             topic: (*topic).to_owned(),
                             topic_id: s.topic(topic)?.id,
                             partition: 0,
+                            aborted: p.txns.archivable(0, p.next_offset),
                             entries: p
                                 .index
                                 .iter()
@@ -1539,6 +1568,40 @@ mod tests {
                 before,
                 "from a cold cache"
             );
+            // The aborted transaction moved into t's section index, out of the state.
+            let held = |s: &MetadataState| s.partition("t", 0).map(|p| p.txns.aborted().len());
+            assert_eq!(metadata.read(held), Some(0));
+
+            // t's section merged with a new chunk into a segment of its own: the section's
+            // aborted transaction moves into the segment's footer.
+            commit(
+                &metadata,
+                &storage,
+                "segments/t9",
+                ("t", batch(2, 6_000, 0, -1)),
+                None,
+                ChunkTxn::None,
+            )
+            .await?;
+            let before_t = view(&fresh(&metadata, &storage).await).await?;
+            for job in whole_logs(&metadata, &["t"]) {
+                compact(&ctx, job, 7).await?;
+            }
+            let kinds = metadata.read(|s| {
+                s.partition("t", 0).map(|p| {
+                    p.index
+                        .iter()
+                        .map(|e| s.objects().get(e.object).map(|o| o.kind))
+                        .collect::<Vec<_>>()
+                })
+            });
+            assert_eq!(kinds, Some(vec![Some(ObjectKind::Segment)]));
+            assert_eq!(
+                view(&fresh(&metadata, &storage).await).await?,
+                before_t,
+                "after a merge into a segment of its own"
+            );
+            assert_eq!(metadata.read(held), Some(0));
 
             // New data, then the section and the new chunk merged into a new section.
             commit(
@@ -1552,8 +1615,8 @@ mod tests {
             .await?;
             let before = view(&fresh(&metadata, &storage).await).await?;
             compact_shared(&ctx, whole_logs(&metadata, &["u"]), 2).await?;
-            assert_eq!(counters.jobs.load(Ordering::Relaxed), 3);
-            assert_eq!(metadata.read(|s| s.stats().shared_objects), 2);
+            assert_eq!(counters.jobs.load(Ordering::Relaxed), 4);
+            assert_eq!(metadata.read(|s| s.stats().shared_objects), 1);
             assert_eq!(
                 view(&fresh(&metadata, &storage).await).await?,
                 before,

@@ -310,7 +310,15 @@ impl FetchReader {
             return Ok(nothing);
         }
         let mut found_aborted = aborted;
-        let mut pieces = self.pieces(&entries, offset, plan_bytes).await?;
+        let committed = isolation == Isolation::ReadCommitted;
+        let mut pieces = self
+            .pieces(
+                &entries,
+                offset,
+                plan_bytes,
+                committed.then_some(&mut found_aborted),
+            )
+            .await?;
         let missed = pieces
             .first()
             .is_some_and(|p| !self.cache.contains(&p.object, p.position));
@@ -358,7 +366,14 @@ impl FetchReader {
                 break;
             };
             found_aborted.extend(next.aborted);
-            pieces = self.pieces(&next.entries, covered, plan_bytes).await?;
+            pieces = self
+                .pieces(
+                    &next.entries,
+                    covered,
+                    plan_bytes,
+                    committed.then_some(&mut found_aborted),
+                )
+                .await?;
             if pieces.is_empty() {
                 break;
             }
@@ -379,11 +394,15 @@ impl FetchReader {
     }
 
     /// The pieces of `entries` from `offset`, about `max_bytes` of them (at least one).
+    /// With `aborted`, the aborted transactions in the footers of the compacted entries
+    /// the pieces come from are added to it: with the state's, they are every aborted
+    /// transaction the pieces overlap (see `PartitionTxns::archivable`).
     async fn pieces(
         &self,
         entries: &[PlannedEntry],
         offset: i64,
         max_bytes: usize,
+        mut aborted: Option<&mut Vec<AbortedTxn>>,
     ) -> Result<Vec<Piece>, FetchError> {
         let mut pieces = Vec::new();
         let mut bytes = 0u64;
@@ -398,6 +417,9 @@ impl FetchReader {
                 }
                 ObjectKind::Segment | ObjectKind::Cleaned | ObjectKind::Shared => {
                     let footer = self.frame_index(planned).await?;
+                    if let Some(found) = aborted.as_deref_mut() {
+                        found.extend_from_slice(&footer.aborted);
+                    }
                     for frame in footer.frames_from(offset.max(planned.entry.base_offset)) {
                         if !pieces.is_empty() && bytes >= max_bytes as u64 {
                             break;
@@ -583,7 +605,7 @@ impl FetchReader {
         let reader = self.clone();
         tokio::spawn(async move {
             let budget = READ_AHEAD_PIECES * crate::storage::segment::FRAME_BYTES;
-            let Ok(pieces) = reader.pieces(&entries, after, budget).await else {
+            let Ok(pieces) = reader.pieces(&entries, after, budget, None).await else {
                 return;
             };
             for piece in pieces.into_iter().take(READ_AHEAD_PIECES) {

@@ -25,8 +25,10 @@ use serde::Serialize;
 /// (`Command::CompactShared`, `Response::SharedCompacted`, `ObjectKind::Shared`: shared
 /// compacted objects), so a format 6 blob decodes unchanged; 8 appends
 /// `ClusterCommand::Forget` and the `Members` Raft request and reply (a fleet's dead
-/// brokers and learners are forgotten) the same way.
-pub const FORMAT_VERSION: u16 = 8;
+/// brokers and learners are forgotten) the same way; 9 appends
+/// `Command::CompactArchiving` and `Command::CompactSharedArchiving` (compactions that move
+/// aborted transactions out of the state into segment footers) the same way.
+pub const FORMAT_VERSION: u16 = 9;
 /// The oldest format this build decodes as the current one. postcard writes an enum
 /// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
 /// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
@@ -290,9 +292,9 @@ mod tests {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
         bytes[4..6].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 9, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 10, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 9, this build reads up to 8)"
+                "metadata snapshot written by a newer Strata (format 10, this build reads up to 9)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

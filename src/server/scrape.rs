@@ -377,6 +377,11 @@ fn state_size_families(x: &mut Exposition, st: &crate::metadata::state::StateSta
             st.index_entries,
         ),
         (
+            "strata_state_aborted_txns",
+            "Aborted transactions held in the metadata (compaction moves them into segment footers)",
+            st.aborted_txns,
+        ),
+        (
             "strata_state_objects",
             "Live objects in the store",
             st.objects,

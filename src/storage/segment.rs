@@ -45,12 +45,18 @@ const FOOTER_VERSION: u8 = 2;
 /// The first byte of a shared object's footer: the same encoding, but a broker that
 /// knows no shared objects reports it as a newer footer rather than as garbage.
 const SHARED_FOOTER_VERSION: u8 = 3;
+/// The first byte of a compacted segment's footer that carries aborted transactions: the
+/// version 2 encoding, then the postcard-encoded list. Written only when the list is not
+/// empty, so segments without aborts stay readable by a broker that predates it.
+const ABORTS_FOOTER_VERSION: u8 = 4;
 /// What opens a section's index, right after the section's data.
 const SECTION_MAGIC: &[u8; 8] = b"STRATASX";
 /// The section index header: magic, index length, CRC-32C of the index.
 pub const SECTION_HEADER_BYTES: u64 = 16;
 /// The first byte of a section's index.
 const SECTION_VERSION: u8 = 1;
+/// A section index carrying aborted transactions (as [`ABORTS_FOOTER_VERSION`]).
+const ABORTS_SECTION_VERSION: u8 = 2;
 /// What a reader reads from the end of a section's data to get its index in one request:
 /// a section of a whole segment (128 frames) has an index of about 4 KiB.
 pub const SECTION_INDEX_READ: u64 = 8 << 10;
@@ -121,6 +127,22 @@ pub struct CompactedFooter {
     pub end_offset: i64,
     /// The sparse offset and timestamp index, in offset order.
     pub frames: Vec<Frame>,
+    /// The aborted transactions whose abort marker lies in this segment and whose first
+    /// offset is at or after its base (Kafka's `.txnindex`), by marker offset. Encoded
+    /// after the footer, only when not empty (see [`ABORTS_FOOTER_VERSION`]).
+    #[serde(skip)]
+    pub aborted: Vec<AbortedTxn>,
+}
+
+/// An aborted transaction on a partition: an entry of Fetch's `aborted_transactions`.
+/// Kept in the metadata state until the compaction that writes its marker into a segment
+/// moves it into that segment's footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    /// The abort marker's offset.
+    pub last_offset: i64,
 }
 
 /// A run of whole batches inside a compacted segment.
@@ -177,14 +199,22 @@ pub enum SegmentError {
 
 /// Appends the footer and trailer to an object's data.
 fn seal(mut buf: BytesMut, footer: &Footer) -> Bytes {
+    let aborted = match footer {
+        Footer::Compacted(c) => c.aborted.as_slice(),
+        Footer::Flush { .. } | Footer::Shared { .. } => &[],
+    };
     let version = match footer {
         Footer::Shared { .. } => SHARED_FOOTER_VERSION,
+        Footer::Compacted(_) if !aborted.is_empty() => ABORTS_FOOTER_VERSION,
         Footer::Flush { .. } | Footer::Compacted(_) => FOOTER_VERSION,
     };
     let mut encoded = vec![version];
     // Plain strings and integers always encode.
     let body = postcard::to_stdvec(footer).unwrap_or_default();
     encoded.extend_from_slice(&body);
+    if !aborted.is_empty() {
+        encoded.extend_from_slice(&postcard::to_stdvec(aborted).unwrap_or_default());
+    }
     buf.put_slice(&encoded);
     buf.put_u32(encoded.len() as u32);
     buf.put_u32(crc32c::crc32c(&encoded));
@@ -287,6 +317,7 @@ impl CompactedBuilder {
                 base_offset,
                 end_offset: base_offset,
                 frames: Vec::new(),
+                aborted: Vec::new(),
             },
         }
     }
@@ -320,6 +351,13 @@ impl CompactedBuilder {
     /// before (the log cleaner emptied them): the footer then agrees with the index.
     pub fn extend_to(&mut self, end: i64) {
         self.footer.end_offset = self.footer.end_offset.max(end);
+    }
+
+    /// The aborted transactions the segment's footer indexes (see
+    /// [`CompactedFooter::aborted`]).
+    pub fn set_aborted(&mut self, mut aborted: Vec<AbortedTxn>) {
+        aborted.sort_by_key(|a| (a.last_offset, a.producer_id));
+        self.footer.aborted = aborted;
     }
 
     /// The object, and where its data lies in it (position, length).
@@ -416,6 +454,7 @@ impl SharedBuilder {
                 base_offset,
                 end_offset: base_offset,
                 frames: Vec::new(),
+                aborted: Vec::new(),
             },
         }
     }
@@ -470,6 +509,13 @@ impl SectionBuilder<'_> {
         self.index.end_offset = self.index.end_offset.max(end);
     }
 
+    /// The aborted transactions the section's index holds (as
+    /// [`CompactedBuilder::set_aborted`]).
+    pub fn set_aborted(&mut self, mut aborted: Vec<AbortedTxn>) {
+        aborted.sort_by_key(|a| (a.last_offset, a.producer_id));
+        self.index.aborted = aborted;
+    }
+
     pub fn data_len(&self) -> u64 {
         (self.shared.buf.len() - self.start) as u64
     }
@@ -479,9 +525,17 @@ impl SectionBuilder<'_> {
         let buf = &mut self.shared.buf;
         let position = self.start as u64;
         let length = buf.len() as u64 - position;
-        let mut encoded = vec![SECTION_VERSION];
+        let aborted = &self.index.aborted;
+        let mut encoded = vec![if aborted.is_empty() {
+            SECTION_VERSION
+        } else {
+            ABORTS_SECTION_VERSION
+        }];
         // Plain strings and integers always encode.
         encoded.extend_from_slice(&postcard::to_stdvec(&self.index).unwrap_or_default());
+        if !aborted.is_empty() {
+            encoded.extend_from_slice(&postcard::to_stdvec(aborted).unwrap_or_default());
+        }
         let index_start = buf.len();
         buf.put_slice(SECTION_MAGIC);
         buf.put_u32(encoded.len() as u32);
@@ -553,9 +607,14 @@ pub fn decode_section_index(
     if crc32c::crc32c(body) != crc {
         return Err(SegmentError::BadChecksum);
     }
+    let bad = |e: postcard::Error| SegmentError::BadSection(e.to_string());
     let index: CompactedFooter = match body.first() {
-        Some(&SECTION_VERSION) => {
-            postcard::from_bytes(&body[1..]).map_err(|e| SegmentError::BadSection(e.to_string()))?
+        Some(&SECTION_VERSION) => postcard::from_bytes(&body[1..]).map_err(bad)?,
+        Some(&ABORTS_SECTION_VERSION) => {
+            let (mut index, rest): (CompactedFooter, _) =
+                postcard::take_from_bytes(&body[1..]).map_err(bad)?;
+            index.aborted = postcard::from_bytes(rest).map_err(bad)?;
+            index
         }
         Some(&v) => return Err(SegmentError::NewerFooter(v)),
         None => return Err(SegmentError::BadSection("empty".into())),
@@ -682,6 +741,18 @@ pub fn decode_footer(bytes: &[u8], location: &FooterLocation) -> Result<Footer, 
         }
         Some(&(FOOTER_VERSION | SHARED_FOOTER_VERSION)) => {
             postcard::from_bytes(&bytes[1..]).map_err(|e| SegmentError::BadFooter(e.to_string()))?
+        }
+        Some(&ABORTS_FOOTER_VERSION) => {
+            let bad = |e: postcard::Error| SegmentError::BadFooter(e.to_string());
+            let (footer, rest): (Footer, _) =
+                postcard::take_from_bytes(&bytes[1..]).map_err(bad)?;
+            let Footer::Compacted(mut c) = footer else {
+                return Err(SegmentError::BadFooter(
+                    "aborted transactions in a footer that is not a segment's".into(),
+                ));
+            };
+            c.aborted = postcard::from_bytes(rest).map_err(bad)?;
+            Footer::Compacted(c)
         }
         Some(&v) => return Err(SegmentError::NewerFooter(v)),
         None => return Err(SegmentError::BadFooter("empty".into())),
@@ -895,6 +966,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn aborted_transactions_ride_in_footers_and_section_indexes_only_when_there_are_some() {
+        use crate::testing::make_batch;
+        let txn = |pid, first, last| AbortedTxn {
+            producer_id: pid,
+            first_offset: first,
+            last_offset: last,
+        };
+        let batch = make_batch(3, 0);
+        let segment = |aborted: Vec<AbortedTxn>| {
+            let mut b = CompactedBuilder::new("t", [1; 16], 0, 10, 1024);
+            b.push_batch(&batch, 10, 3, 5);
+            b.set_aborted(aborted);
+            b.finish().0
+        };
+        // None: the footer keeps the format an older broker reads.
+        let plain = segment(Vec::new());
+        let location = locate_footer(plain.len() as u64, &plain[plain.len() - TRAILER_LEN..]);
+        assert_eq!(
+            location.map(|l| plain[l.start as usize]),
+            Ok(FOOTER_VERSION)
+        );
+        // Some: sorted by marker, read back with the frames.
+        let object = segment(vec![txn(7, 11, 12), txn(3, 10, 11)]);
+        let Ok(Footer::Compacted(footer)) = read_footer(&object) else {
+            panic!("not a compacted footer");
+        };
+        assert_eq!(footer.aborted, vec![txn(3, 10, 11), txn(7, 11, 12)]);
+        assert_eq!(footer.frames.len(), 1);
+        let tail = &object[object.len().saturating_sub(100)..];
+        assert_eq!(
+            decode_tail(object.len() as u64, tail),
+            Ok(Footer::Compacted(footer))
+        );
+
+        let mut shared = SharedBuilder::new(1024);
+        let mut section = shared.section("t", [1; 16], 0, 10);
+        section.push_batch(&batch, 10, 3, 5);
+        section.set_aborted(vec![txn(3, 10, 12)]);
+        let w = section.finish();
+        assert_eq!(
+            w.index_bytes[SECTION_HEADER_BYTES as usize],
+            ABORTS_SECTION_VERSION
+        );
+        let index = decode_section_index(&w.index_bytes, (w.section.position, w.section.length));
+        assert_eq!(index.map(|i| i.aborted), Ok(vec![txn(3, 10, 12)]));
+        let mut section = shared.section("u", [2; 16], 0, 0);
+        section.push_batch(&batch, 0, 3, 5);
+        let w = section.finish();
+        assert_eq!(
+            w.index_bytes[SECTION_HEADER_BYTES as usize],
+            SECTION_VERSION
+        );
+        let sections = read_sections(&shared.finish());
+        assert_eq!(
+            sections.map(|s| s.iter().map(|(_, i)| i.aborted.len()).collect::<Vec<_>>()),
+            Ok(vec![1, 0])
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import REPO_ROOT, Broker, supervise
+from conftest import REPO_ROOT, TEST_STORE, Broker, supervise
 
 # Compaction within seconds: look every 200 ms, tail data older than 1 s is compacted,
 # replaced objects go 1 s after their last reference.
@@ -305,6 +305,10 @@ def test_records_identical_across_compaction_and_merging(cbroker, idempotence):
     reading from offset 0. After each round: no flush object left, garbage collected,
     index entries per partition bounded, the whole log byte-identical at identical
     offsets; the store holds exactly the referenced objects."""
+    if TEST_STORE == "s3" and not idempotence:
+        # The store sees the same kinds of objects either way; the S3 pass runs the
+        # idempotent case (one chunk per request: the most objects) to keep CI in time.
+        pytest.skip("the idempotent case covers S3")
     b = cbroker
     topic, parts, rounds, per_round = "compact-rdk", 40, 3, 6700
     # Round 1 is written and read with compaction held off (tail age 10 min, and the

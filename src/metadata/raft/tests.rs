@@ -275,14 +275,15 @@ async fn undecodable_whole_record_is_an_error_not_a_torn_tail() -> anyhow::Resul
     drop(r);
     let log_path = dir.path().join(LOG_FILE);
     let mut payload = codec::encode(Kind::LogRecord, &Record::Purged(LogId::default()))?;
-    payload[4..6].copy_from_slice(&9u16.to_le_bytes());
+    payload[4..6].copy_from_slice(&(codec::FORMAT_VERSION + 1).to_le_bytes());
     let before = fs::read(&log_path)?;
     let mut log = before.clone();
     log.extend(json_record(&payload));
     fs::write(&log_path, &log)?;
     let err = start_error(dir.path(), "a record from a newer format").await?;
     let message = err.to_string();
-    assert!(message.contains("newer Strata (format 9"), "{message}");
+    let newer = format!("newer Strata (format {}", codec::FORMAT_VERSION + 1);
+    assert!(message.contains(&newer), "{message}");
     assert!(
         message.contains(&format!("byte {}", before.len())),
         "{message}"

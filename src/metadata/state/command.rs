@@ -195,6 +195,14 @@ pub enum Command {
     /// the object holds one reference per section taken (none: it is garbage at once).
     /// Answers [`Response::SharedCompacted`].
     CompactShared(SharedCompaction),
+    /// [`Command::Compact`] whose segment's footer holds the aborted transactions of its
+    /// run (format 9): swapped in, they leave the state (see `PartitionTxns::archivable`).
+    /// Proposed only when the run has some, so a cluster without aborts writes no new
+    /// variant.
+    CompactArchiving(CompactionSwap),
+    /// [`Command::CompactShared`] whose sections' indexes hold their runs' aborted
+    /// transactions (format 9), as [`Command::CompactArchiving`].
+    CompactSharedArchiving(SharedCompaction),
 }
 
 /// How a chunk of [`Command::CommitSegments`] takes part in transactions (format 6).
@@ -394,8 +402,12 @@ impl Command {
             Command::CreateTopic { now_ms, .. } | Command::CommitSegments { now_ms, .. } => {
                 Some(*now_ms)
             }
-            Command::Compact(swap) | Command::Clean(swap) => Some(swap.now_ms),
-            Command::CompactShared(shared) => Some(shared.now_ms),
+            Command::Compact(swap) | Command::Clean(swap) | Command::CompactArchiving(swap) => {
+                Some(swap.now_ms)
+            }
+            Command::CompactShared(shared) | Command::CompactSharedArchiving(shared) => {
+                Some(shared.now_ms)
+            }
             Command::InitTransactional { now_ms, .. }
             | Command::AddPartitionsToTxn { now_ms, .. }
             | Command::AddOffsetsToTxn { now_ms, .. }

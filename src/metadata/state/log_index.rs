@@ -41,6 +41,36 @@ impl MetadataState {
             Command::CompactShared(shared) => {
                 Response::SharedCompacted(self.compact_shared(shared))
             }
+            Command::CompactArchiving(swap) => {
+                let result = self.compact(swap, ObjectKind::Segment);
+                if result.is_ok() {
+                    self.archive_aborted(
+                        &swap.topic,
+                        swap.partition,
+                        swap.base_offset,
+                        swap.end_offset,
+                    );
+                }
+                Response::Compacted(result)
+            }
+            Command::CompactSharedArchiving(shared) => {
+                // A retried proposal answers as the first one did, which archived already.
+                let retried = self.objects.id_of(&shared.object).is_some();
+                let results = self.compact_shared(shared);
+                if !retried {
+                    for (s, result) in shared.sections.iter().zip(&results) {
+                        if result.is_ok() {
+                            self.archive_aborted(
+                                &s.topic,
+                                s.partition,
+                                s.base_offset,
+                                s.end_offset,
+                            );
+                        }
+                    }
+                }
+                Response::SharedCompacted(results)
+            }
             Command::ForgetObjects { ids } => {
                 self.objects.forget(ids);
                 Response::Empty
@@ -163,6 +193,14 @@ impl MetadataState {
             }
         }
         Ok(id)
+    }
+
+    /// A swapped-in compaction of `[base, end)` wrote the run's aborted transactions into
+    /// its output: they leave the state.
+    fn archive_aborted(&mut self, topic: &str, partition: i32, base: i64, end: i64) {
+        if let Some(p) = self.partition_mut(topic, partition) {
+            p.txns.archive(base, end);
+        }
     }
 
     /// A compaction round's shared object: added once, each section swapped in alone

@@ -106,6 +106,8 @@ pub struct StateStats {
     pub groups: usize,
     pub producer_ids: usize,
     pub transactional_ids: usize,
+    /// Aborted transactions the state holds (the rest are in segment footers).
+    pub aborted_txns: usize,
 }
 
 impl MetadataState {
@@ -137,6 +139,8 @@ impl MetadataState {
             | Command::Compact(_)
             | Command::Clean(_)
             | Command::CompactShared(_)
+            | Command::CompactArchiving(_)
+            | Command::CompactSharedArchiving(_)
             | Command::ForgetObjects { .. } => self.apply_log(cmd),
             Command::CommitOffsets { .. }
             | Command::CommitGroupOffsets { .. }
@@ -281,6 +285,7 @@ impl MetadataState {
             stats.index_entries += p.index.len();
             stats.max_index_entries_per_partition =
                 stats.max_index_entries_per_partition.max(p.index.len());
+            stats.aborted_txns += p.txns.aborted().len();
         }
         for (_, info) in self.objects.live() {
             stats.objects += 1;

@@ -53,8 +53,11 @@ pub const MAX_PARTITIONS_PER_TXN: usize = 10_000;
 pub const MAX_GROUPS_PER_TXN: usize = 1_000;
 /// At most this many (group, topic, partition) offsets committed in one transaction.
 pub const MAX_PENDING_OFFSETS_PER_TXN: usize = 100_000;
-/// At most this many aborted plus ongoing transactions indexed per partition; a new
-/// transaction on a full partition is refused until retention frees entries.
+/// At most this many aborted plus ongoing transactions held in the state per partition; a
+/// new transaction on a full partition is refused until compaction moves aborted ones
+/// into segment footers (within a compaction round) or retention frees them. The state
+/// holds only aborts whose marker is not compacted yet, or whose transaction began in an
+/// earlier segment, so the bound is met only by more aborts per compaction round.
 pub const MAX_ABORTED_PER_PARTITION: usize = 10_000;
 /// Kafka's default `transaction.max.timeout.ms` (15 minutes).
 pub const MAX_TXN_TIMEOUT_MS: i64 = 15 * 60 * 1000;
@@ -749,14 +752,7 @@ impl Transactions {
     }
 }
 
-/// An aborted transaction on a partition (an entry of Fetch's `aborted_transactions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AbortedTxn {
-    pub producer_id: i64,
-    pub first_offset: i64,
-    /// The abort marker's offset.
-    pub last_offset: i64,
-}
+pub use crate::storage::segment::AbortedTxn;
 
 /// The partition side: ongoing transactions and the aborted-transaction index.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -862,6 +858,30 @@ impl PartitionTxns {
             .filter(|a| a.first_offset < upto)
             .copied()
             .collect()
+    }
+
+    /// The aborted transactions a compaction of `[base, end)` moves into its output's
+    /// footer: those whose marker lies there and whose first offset is at or after
+    /// `base`. So every aborted transaction a read of some range needs is either here or
+    /// in the footer of a segment that range overlaps (its first offset and marker both
+    /// lie in that segment); one that began in an earlier segment stays here.
+    pub fn archivable(&self, base: i64, end: i64) -> Vec<AbortedTxn> {
+        let start = self.aborted.partition_point(|a| a.last_offset < base);
+        self.aborted
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|a| a.last_offset < end)
+            .filter(|a| a.first_offset >= base)
+            .copied()
+            .collect()
+    }
+
+    /// A compaction of `[base, end)` that wrote [`Self::archivable`] into its output
+    /// was swapped in: those entries leave the state.
+    pub fn archive(&mut self, base: i64, end: i64) {
+        self.aborted
+            .retain(|a| !(a.last_offset >= base && a.last_offset < end && a.first_offset >= base));
     }
 
     /// The log cleaner replaced `[from, to)` with its output: an aborted transaction whose
@@ -1384,6 +1404,36 @@ mod tests {
     }
 
     #[test]
+    fn compaction_archives_the_aborts_that_lie_wholly_in_its_run() -> Result<(), TxnError> {
+        let mut p = PartitionTxns::default();
+        // 1 aborts over [2, 5], 2 over [8, 12], 3 over [9, 20].
+        for (pid, first, marker) in [(1, 2, 5), (2, 8, 12), (3, 9, 20)] {
+            p.record_transactional_batch(pid, first)?;
+            p.marker(pid, false, marker);
+        }
+        let t = |pid, first, last| AbortedTxn {
+            producer_id: pid,
+            first_offset: first,
+            last_offset: last,
+        };
+        // [0, 10) holds 1 wholly; 2 and 3 end later.
+        assert_eq!(p.archivable(0, 10), vec![t(1, 2, 5)]);
+        // [10, 15) holds 2's marker, but 2 began before: it stays.
+        assert_eq!(p.archivable(10, 15), vec![]);
+        p.archive(0, 10);
+        assert_eq!(p.aborted(), &[t(2, 8, 12), t(3, 9, 20)]);
+        p.archive(10, 15);
+        assert_eq!(p.aborted(), &[t(2, 8, 12), t(3, 9, 20)]);
+        // A later merge of [0, 25) takes both.
+        assert_eq!(p.archivable(0, 25), vec![t(2, 8, 12), t(3, 9, 20)]);
+        p.archive(0, 25);
+        assert!(p.aborted().is_empty());
+        // The state's room is freed for new transactions.
+        assert_eq!(p.record_capped(4, 30, 1), Ok(()));
+        Ok(())
+    }
+
+    #[test]
     fn partition_cap_leaves_room_for_every_abort() -> Result<(), Box<dyn std::error::Error>> {
         let mut p = PartitionTxns::default();
         p.record_capped(1, 0, 2)?;
@@ -1483,6 +1533,93 @@ mod tests {
                     .copied()
                     .collect();
                 prop_assert_eq!(p.aborted_in(from, upto), want);
+            }
+        }
+    }
+
+    /// A step of the aborted-index property test: a transaction's batch or marker (each
+    /// its own flush entry), or a compaction of a run of entries.
+    #[derive(Debug, Clone)]
+    enum LogStep {
+        Batch { pid: i64 },
+        Marker { pid: i64, commit: bool },
+        Compact { at: prop::sample::Index, len: usize },
+    }
+
+    fn arb_log_step() -> impl Strategy<Value = LogStep> {
+        prop_oneof![
+            4 => (0..4i64).prop_map(|pid| LogStep::Batch { pid }),
+            3 => (0..4i64, any::<bool>()).prop_map(|(pid, commit)| LogStep::Marker { pid, commit }),
+            2 => (any::<prop::sample::Index>(), 1..5usize).prop_map(|(at, len)| LogStep::Compact { at, len }),
+        ]
+    }
+
+    proptest! {
+        /// Compaction moves aborted transactions from the state into the footers of its
+        /// outputs (`archivable`, then `archive`; inputs' footers carried over): for any
+        /// range, the state's entries plus the footers of the entries the range overlaps
+        /// give exactly the aborted transactions overlapping it, as one index would.
+        #[test]
+        fn the_state_and_the_footers_answer_as_one_index(
+            steps in prop::collection::vec(arb_log_step(), 0..120),
+            ranges in prop::collection::vec((0..150i64, 1..40i64), 1..10),
+        ) {
+            let mut p = PartitionTxns::default();
+            // (base, end, footer) per index entry, in offset order.
+            let mut log: Vec<(i64, i64, Vec<AbortedTxn>)> = Vec::new();
+            let mut ongoing: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut model: Vec<AbortedTxn> = Vec::new();
+            let mut hw = 0i64;
+            for step in &steps {
+                match step {
+                    LogStep::Batch { pid } => {
+                        p.record_capped(*pid, hw, usize::MAX)?;
+                        ongoing.entry(*pid).or_insert(hw);
+                        log.push((hw, hw + 2, Vec::new()));
+                        hw += 2;
+                    }
+                    LogStep::Marker { pid, commit } => {
+                        p.marker(*pid, *commit, hw);
+                        if let Some(first_offset) = ongoing.remove(pid) {
+                            if !commit {
+                                model.push(AbortedTxn { producer_id: *pid, first_offset, last_offset: hw });
+                            }
+                        }
+                        log.push((hw, hw + 1, Vec::new()));
+                        hw += 1;
+                    }
+                    LogStep::Compact { at, len } => {
+                        if log.is_empty() {
+                            continue;
+                        }
+                        let start = at.index(log.len());
+                        let end = (start + len).min(log.len());
+                        let run: Vec<_> = log.drain(start..end).collect();
+                        let (base, to) = (run[0].0, run[run.len() - 1].1);
+                        let mut footer: Vec<AbortedTxn> =
+                            run.into_iter().flat_map(|(_, _, f)| f).collect();
+                        footer.extend(p.archivable(base, to));
+                        p.archive(base, to);
+                        for a in &footer {
+                            prop_assert!(a.first_offset >= base && a.last_offset < to);
+                        }
+                        log.insert(start, (base, to, footer));
+                    }
+                }
+            }
+            for &(from, len) in &ranges {
+                let upto = from + len;
+                let overlaps = |a: &AbortedTxn| a.last_offset >= from && a.first_offset < upto;
+                let mut got = p.aborted_in(from, upto);
+                for (base, end, footer) in &log {
+                    if *base < upto && *end > from {
+                        got.extend(footer.iter().filter(|a| overlaps(a)));
+                    }
+                }
+                got.sort_by_key(|a| (a.last_offset, a.producer_id));
+                let mut want: Vec<AbortedTxn> = model.iter().filter(|a| overlaps(a)).copied().collect();
+                want.sort_by_key(|a| (a.last_offset, a.producer_id));
+                prop_assert_eq!(got, want);
             }
         }
     }
