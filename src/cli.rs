@@ -119,14 +119,16 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_CACHE_DISK_BYTES")]
     pub cache_disk_bytes: Option<usize>,
     /// Bound on this broker's PUT requests per second, averaged over a minute: data,
-    /// metadata, compaction and snapshots together; 0 for none [default: 10 with an s3://
-    /// store, 0 otherwise].
+    /// metadata, compaction and snapshots together; 0 for none [default: 0]. 10 keeps a
+    /// broker near $130 a month in S3 PUTs; see docs/performance.md for what it costs in
+    /// latency.
     #[arg(long, env = "STRATA_MAX_PUTS_PER_SECOND")]
     pub max_puts_per_second: Option<f64>,
     /// Broker ids Metadata spreads partition leadership over: each live broker answers
     /// as ceil(N / live brokers) ids at its own address, so clients that cap requests in
     /// flight per connection (idempotent producers: 5) keep enough of them in flight when
-    /// each takes an object-store round trip [default: 16 with an s3:// store, 1 otherwise].
+    /// each takes an object-store round trip [default: 1]. kafkajs folds ids that share
+    /// an address into one connection, so raise it only for other clients.
     #[arg(long, env = "STRATA_LEADER_IDS")]
     pub leader_ids: Option<u32>,
     /// Take a metadata snapshot after this many Raft log entries [default: 10000].

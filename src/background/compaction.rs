@@ -487,19 +487,24 @@ pub enum CompactionError {
 /// One batch of a run: its bytes, first offset and the offsets it spans.
 type RunBatch = (Bytes, i64, u32);
 
-/// A run read: its batches, and the aborted transactions its output's footer holds (the
-/// job's, from the state, and those of the compacted inputs' footers, which lie wholly
-/// inside the run).
+/// A run read whole (the runs of a shared object are read concurrently, then written in
+/// order): its batches, and the aborted transactions its output's footer holds.
 struct Run {
     batches: Vec<RunBatch>,
     aborted: Vec<AbortedTxn>,
 }
 
-/// A run's batches, read (flush chunks through the cache, compacted entries with one
-/// ranged read each) and checked against the index: in offset order, none before its
-/// entry's base, a flush chunk spanning its entry exactly.
-async fn read_run(ctx: &Context<'_>, job: &Job) -> Result<Run, CompactionError> {
-    let mut out = Vec::new();
+/// Reads a run entry by entry, handing each batch to `push` as it goes, so a job holds
+/// one input entry at a time besides its output (flush chunks through the cache,
+/// compacted entries with one ranged read each), checked against the index: in offset
+/// order, none before its entry's base, a flush chunk spanning its entry exactly. Returns
+/// the aborted transactions the output's footer holds: the job's, from the state, and
+/// those of the compacted inputs' footers, which lie wholly inside the run.
+async fn read_run(
+    ctx: &Context<'_>,
+    job: &Job,
+    mut push: impl FnMut(Bytes, i64, u32),
+) -> Result<Vec<AbortedTxn>, CompactionError> {
     let mut aborted = job.aborted.clone();
     for planned in &job.entries {
         if planned.kind.is_compacted() {
@@ -522,11 +527,11 @@ async fn read_run(ctx: &Context<'_>, job: &Job) -> Result<Run, CompactionError> 
                     expected: next - planned.entry.base_offset,
                 });
             }
-            out.push((
+            push(
                 data.slice(batch.start..batch.start + batch.len),
                 base,
                 batch.offset_span,
-            ));
+            );
             next = base + i64::from(batch.offset_span);
         }
         // A flush chunk spans its entry exactly; a segment's batches end at or before the
@@ -541,10 +546,7 @@ async fn read_run(ctx: &Context<'_>, job: &Job) -> Result<Run, CompactionError> 
             });
         }
     }
-    Ok(Run {
-        batches: out,
-        aborted,
-    })
+    Ok(aborted)
 }
 
 /// Writes one job's run as a segment of its own and swaps it in.
@@ -554,7 +556,6 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
     };
     let base_offset = first.entry.base_offset;
     let end_offset = last.entry.end_offset();
-    let Run { batches, aborted } = read_run(ctx, &job).await?;
     let mut builder = CompactedBuilder::new(
         &job.topic,
         job.topic_id,
@@ -562,10 +563,10 @@ async fn compact(ctx: &Context<'_>, job: Job, seq: u64) -> Result<(), Compaction
         base_offset,
         job.bytes() as usize,
     );
-    for (batch, base, span) in &batches {
-        builder.push_batch(batch, *base, *span, batch_max_timestamp(batch));
-    }
-    drop(batches);
+    let aborted = read_run(ctx, &job, |batch, base, span| {
+        builder.push_batch(&batch, base, span, batch_max_timestamp(&batch));
+    })
+    .await?;
     // Only the state's entries leave it; the inputs' are in their footers already.
     let archiving = !job.aborted.is_empty();
     builder.set_aborted(aborted);
@@ -742,7 +743,12 @@ async fn compact_shared(
 
 /// A job with its run's batches.
 async fn read_job<'j>(ctx: &Context<'_>, job: &'j Job) -> (&'j Job, Result<Run, CompactionError>) {
-    (job, read_run(ctx, job).await)
+    let mut batches = Vec::new();
+    let read = read_run(ctx, job, |batch, base, span| {
+        batches.push((batch, base, span))
+    })
+    .await;
+    (job, read.map(|aborted| Run { batches, aborted }))
 }
 
 /// Puts a section's frames and index into the cache's tail tier.

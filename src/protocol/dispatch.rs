@@ -75,14 +75,15 @@ async fn data_request(
     version: i16,
     client_id: &str,
 ) -> Result<ResponseKind, RequestKind> {
-    // A client naming its zone is sent to that zone's brokers.
-    let zone = crate::broker::client_zone(client_id);
+    // A client naming its zone is sent to that zone's brokers (parsed only where used:
+    // Fetch passes through here too).
+    let zone = || crate::broker::client_zone(client_id);
     Ok(match request {
         RequestKind::ApiVersions(req) => {
             ResponseKind::ApiVersions(api_versions::handle(req, version))
         }
         RequestKind::Metadata(req) => {
-            ResponseKind::Metadata(metadata::handle(broker, authz, req, version, zone).await)
+            ResponseKind::Metadata(metadata::handle(broker, authz, req, version, zone()).await)
         }
         RequestKind::Fetch(req) => {
             ResponseKind::Fetch(fetch::handle(broker, authz, req, version).await)
@@ -97,7 +98,7 @@ async fn data_request(
             cluster::offset_for_leader_epoch(broker, authz, req, version).await,
         ),
         RequestKind::DescribeTopicPartitions(req) => ResponseKind::DescribeTopicPartitions(
-            topic_partitions::describe(broker, authz, req, version, zone),
+            topic_partitions::describe(broker, authz, req, version, zone()),
         ),
         other => return Err(other),
     })
