@@ -295,6 +295,9 @@ def catchup_phase(b: Bench) -> str:
     # caches plus 128 MiB): a few seconds for freed pages to go back to the OS.
     time.sleep(6)
     fig("broker_rss_at_rest", broker.rss_mib(), "MiB")
+    # The high-water mark of the produce, tail and latency phases, while the produce
+    # phase's data was compacted.
+    fig("broker_rss_peak", broker.rss_mib("VmHWM"), "MiB")
     heap_figures("at_rest", broker)
     rc = stop_broker(broker)
     if rc not in (0, None):
