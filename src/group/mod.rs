@@ -6,6 +6,7 @@
 //! callers on oneshot channels and runs a ticker that expires sessions and
 //! fires rebalance deadlines.
 
+pub mod consumer;
 mod describe;
 mod member_id;
 mod responses;
