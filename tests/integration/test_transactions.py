@@ -1158,16 +1158,15 @@ def fast_compacting_broker(request, tmp_path):
     yield from supervise(request, b)
 
 
+# The index moves between the state and footers the same way on either store; the S3
+# pass's compaction of aborts is test_cleaner_drops_aborted_records_then_markers.
+@pytest.mark.skipif(TEST_STORE == "s3", reason="runs in the local pass only (CI time)")
 def test_aborted_index_past_the_cap(fast_compacting_broker):
     """20,000 aborted transactions on one partition of a deleting topic, twice the 10,000
     the metadata state may hold per partition: compaction moves each aborted transaction
     into the footer of the segment its marker is compacted into (Kafka's `.txnindex`), so
     the state holds only the last compaction round's aborts, new transactions are still
     accepted, and read_committed returns exactly the committed records."""
-    if TEST_STORE == "s3":
-        # The index moves between the state and footers the same way on either store; the
-        # S3 pass's compaction of aborts is test_cleaner_drops_aborted_records_then_markers.
-        pytest.skip("runs in the local pass only (CI time)")
     b = fast_compacting_broker
     port = b.metrics_port
     topic = "aborts"
