@@ -60,43 +60,53 @@ pub(super) fn describe(
         .with_members(members)
 }
 
+/// `consumer_groups`: the consumer-protocol groups here, with their states.
 pub(super) fn list(
     groups: &HashMap<String, Group>,
+    consumer_groups: &[(String, &'static str)],
     states_filter: &[String],
     types_filter: &[String],
     groups_with_offsets: &[String],
     mine: impl Fn(&str) -> bool,
     version: i16,
 ) -> ListGroupsResponse {
-    let mut rows: Vec<(String, String, &'static str)> = groups
+    // (id, protocol type, state, group type)
+    let mut rows: Vec<(String, String, &'static str, &'static str)> = groups
         .values()
         // A group whose coordinator moved away may linger here until it expires.
         .filter(|g| mine(&g.id))
         .map(|g| {
             let ptype = g.protocol_type.clone().unwrap_or_else(|| "consumer".into());
-            (g.id.clone(), ptype, g.state.as_str())
+            (g.id.clone(), ptype, g.state.as_str(), "classic")
         })
         .collect();
+    for (id, state) in consumer_groups {
+        if mine(id) {
+            rows.push((id.clone(), "consumer".into(), state, "consumer"));
+        }
+    }
     for id in groups_with_offsets {
-        if !groups.contains_key(id) && mine(id) {
-            rows.push((id.clone(), "consumer".into(), GroupState::Empty.as_str()));
+        let live = groups.contains_key(id) || consumer_groups.iter().any(|(c, _)| c == id);
+        if !live && mine(id) {
+            rows.push((
+                id.clone(),
+                "consumer".into(),
+                GroupState::Empty.as_str(),
+                "classic",
+            ));
         }
     }
     rows.sort();
     rows.dedup_by(|a, b| a.0 == b.0);
     let listed = rows
         .into_iter()
-        .filter(|(_, _, state)| {
+        .filter(|(_, _, state, _)| {
             states_filter.is_empty() || states_filter.iter().any(|f| f.eq_ignore_ascii_case(state))
         })
-        // Every group here is a classic group.
-        .filter(|_| {
-            types_filter.is_empty()
-                || types_filter
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case("classic"))
+        .filter(|(_, _, _, gtype)| {
+            types_filter.is_empty() || types_filter.iter().any(|t| t.eq_ignore_ascii_case(gtype))
         })
-        .map(|(id, ptype, state)| {
+        .map(|(id, ptype, state, gtype)| {
             let mut g = ListedGroup::default()
                 .with_group_id(GroupId(s(&id)))
                 .with_protocol_type(s(&ptype));
@@ -104,7 +114,7 @@ pub(super) fn list(
                 g = g.with_group_state(s(state));
             }
             if version >= 5 {
-                g = g.with_group_type(s("classic"));
+                g = g.with_group_type(s(gtype));
             }
             g
         })

@@ -63,6 +63,9 @@ impl Default for GroupOptions {
 pub struct GroupCoordinator {
     config: GroupOptions,
     groups: Mutex<HashMap<String, Group>>,
+    /// Groups of the consumer protocol (KIP-848), in their own map: a group id is one or
+    /// the other.
+    consumer: consumer::ConsumerGroups,
     shut_down: AtomicBool,
 }
 
@@ -77,6 +80,7 @@ impl GroupCoordinator {
         let this = Arc::new(GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
+            consumer: consumer::ConsumerGroups::new(consumer::Settings::default()),
             shut_down: AtomicBool::new(false),
         });
         match tokio::runtime::Handle::try_current() {
@@ -106,6 +110,20 @@ impl GroupCoordinator {
         for g in self.lock().values_mut() {
             g.tick(now);
         }
+        self.consumer.expire(now);
+    }
+
+    /// The consumer-protocol groups this broker coordinates.
+    pub fn consumer(&self) -> &consumer::ConsumerGroups {
+        &self.consumer
+    }
+
+    /// Whether `group` is a classic group with members (a consumer-protocol member may
+    /// not join it).
+    pub fn is_active_classic(&self, group: &str) -> bool {
+        self.lock()
+            .get(group)
+            .is_some_and(|g| !g.members.is_empty())
     }
 
     /// A poisoned lock only means another request panicked; the map is still usable.
@@ -135,7 +153,12 @@ impl GroupCoordinator {
         {
             return fail(ResponseError::InvalidSessionTimeout);
         }
-        if req.protocol_type.is_empty() || req.protocols.is_empty() {
+        // A group of the consumer protocol takes no classic members (Kafka's answer
+        // when it cannot convert the group).
+        if req.protocol_type.is_empty()
+            || req.protocols.is_empty()
+            || self.consumer.contains(&group_id)
+        {
             return fail(ResponseError::InconsistentGroupProtocol);
         }
         // v0 has no rebalance timeout; Kafka uses the session timeout then.
@@ -336,8 +359,15 @@ impl GroupCoordinator {
         } else {
             Vec::new()
         };
+        let consumer: Vec<(String, &'static str)> = self
+            .consumer
+            .list()
+            .into_iter()
+            .map(|(id, state)| (id, state.as_str()))
+            .collect();
         describe::list(
             &self.lock(),
+            &consumer,
             &states,
             &types,
             groups_with_offsets,
@@ -349,13 +379,24 @@ impl GroupCoordinator {
     /// Validate an OffsetCommit against group membership, as Kafka does.
     /// generation -1 + empty member id is a standalone commit, allowed only
     /// while the group has no members. `None` means the commit may proceed.
+    /// `consumer_version_ok`: the request may come from a consumer-protocol member
+    /// (OffsetCommit v9+, or a transactional commit).
     pub fn check_offset_commit(
         &self,
         group_id: &str,
         generation_id: i32,
         member_id: &str,
         group_instance_id: Option<&str>,
+        consumer_version_ok: bool,
     ) -> Option<ResponseError> {
+        if let Some(refusal) = self.consumer.check_offset_commit(
+            group_id,
+            member_id,
+            generation_id,
+            consumer_version_ok,
+        ) {
+            return refusal;
+        }
         match self.lock().get(group_id) {
             Some(g) => g.check_offset_commit(generation_id, member_id, group_instance_id),
             // Unknown group: fine for standalone commits, stale otherwise.
@@ -368,6 +409,9 @@ impl GroupCoordinator {
     /// from memory. Ok(true) when the group was known here (its committed offsets, if
     /// any, are the caller's to delete).
     pub fn delete_group(&self, group_id: &str) -> Result<bool, ResponseError> {
+        if self.consumer.contains(group_id) {
+            return Err(ResponseError::NonEmptyGroup);
+        }
         let mut groups = self.lock();
         match groups.get(group_id) {
             None => Ok(false),
@@ -406,6 +450,7 @@ impl GroupCoordinator {
     pub fn shutdown(&self) {
         self.shut_down.store(true, Ordering::Relaxed);
         self.lock().clear();
+        self.consumer.clear();
     }
 }
 

@@ -417,29 +417,29 @@ async fn silent_member_expires() {
 #[tokio::test]
 async fn offset_commit_checks() {
     let c = coord();
-    assert_eq!(c.check_offset_commit(G, -1, "", None), None);
+    assert_eq!(c.check_offset_commit(G, -1, "", None, true), None);
     assert_eq!(
-        c.check_offset_commit(G, 3, "m", None),
+        c.check_offset_commit(G, 3, "m", None, true),
         Some(ResponseError::IllegalGeneration)
     );
     let j = join(&c, "c", b"m").await;
     let m = j.member_id.to_string();
     assert_eq!(
-        c.check_offset_commit(G, 1, &m, None),
+        c.check_offset_commit(G, 1, &m, None, true),
         Some(ResponseError::RebalanceInProgress)
     );
     c.sync_group(sync_req(&m, 1, &[]), 5).await;
-    assert_eq!(c.check_offset_commit(G, 1, &m, None), None);
+    assert_eq!(c.check_offset_commit(G, 1, &m, None, true), None);
     assert_eq!(
-        c.check_offset_commit(G, 2, &m, None),
+        c.check_offset_commit(G, 2, &m, None, true),
         Some(ResponseError::IllegalGeneration)
     );
     assert_eq!(
-        c.check_offset_commit(G, 1, "x", None),
+        c.check_offset_commit(G, 1, "x", None, true),
         Some(ResponseError::UnknownMemberId)
     );
     assert_eq!(
-        c.check_offset_commit(G, -1, "", None),
+        c.check_offset_commit(G, -1, "", None, true),
         Some(ResponseError::UnknownMemberId)
     );
     c.leave_group(
@@ -449,7 +449,7 @@ async fn offset_commit_checks() {
         1,
     )
     .await;
-    assert_eq!(c.check_offset_commit(G, -1, "", None), None);
+    assert_eq!(c.check_offset_commit(G, -1, "", None, true), None);
 }
 
 #[tokio::test]

@@ -14,9 +14,9 @@ use tracing::debug;
 
 use super::authz::{Authz, RequestContext};
 use super::{
-    acls, api_versions, cluster, configs, elect_leaders, fetch, group_gate, groups, list_offsets,
-    log_dirs, metadata, offsets, partitions, produce, producer_id, producers, quotas,
-    reassignments, records, scram, str_bytes, topic_partitions, topics, transactions,
+    acls, api_versions, cluster, configs, consumer_groups, elect_leaders, fetch, group_gate,
+    groups, list_offsets, log_dirs, metadata, offsets, partitions, produce, producer_id, producers,
+    quotas, reassignments, records, scram, str_bytes, topic_partitions, topics, transactions,
     ProtocolError,
 };
 use crate::broker::Broker;
@@ -128,6 +128,12 @@ async fn group_request(
         RequestKind::Heartbeat(req) => {
             ResponseKind::Heartbeat(broker.groups().heartbeat(req, version).await)
         }
+        RequestKind::ConsumerGroupHeartbeat(req) => {
+            ResponseKind::ConsumerGroupHeartbeat(consumer_groups::heartbeat(broker, req, version))
+        }
+        RequestKind::ConsumerGroupDescribe(req) => ResponseKind::ConsumerGroupDescribe(
+            consumer_groups::describe(broker, authz, req, version),
+        ),
         RequestKind::LeaveGroup(req) => {
             ResponseKind::LeaveGroup(broker.groups().leave_group(req, version).await)
         }

@@ -11,8 +11,9 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
-    DescribeGroupsResponse, HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse,
-    OffsetCommitResponse, OffsetFetchResponse, RequestKind, ResponseKind, SyncGroupResponse,
+    ConsumerGroupHeartbeatResponse, DescribeGroupsResponse, HeartbeatResponse, JoinGroupResponse,
+    LeaveGroupResponse, OffsetCommitResponse, OffsetFetchResponse, RequestKind, ResponseKind,
+    SyncGroupResponse,
 };
 
 use super::authz::Authz;
@@ -87,6 +88,13 @@ fn group_error(
         }
         RequestKind::Heartbeat(r) if !mine(&r.group_id) => {
             ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code))
+        }
+        RequestKind::ConsumerGroupHeartbeat(r) if !mine(&r.group_id) => {
+            ResponseKind::ConsumerGroupHeartbeat(
+                ConsumerGroupHeartbeatResponse::default()
+                    .with_error_code(code)
+                    .with_member_epoch(-1),
+            )
         }
         RequestKind::LeaveGroup(r) if !mine(&r.group_id) => {
             ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code))

@@ -24,15 +24,33 @@ pub async fn handle(
 ) -> MetadataResponse {
     // Before v4 there is no flag and Kafka always auto-created.
     let allow_create = version < 4 || req.allow_auto_topic_creation;
+    // v10+ may name a topic by id alone (KIP-516; a KIP-848 consumer resolves its
+    // assignment this way); an id no topic has is UNKNOWN_TOPIC_ID.
+    let mut unknown_ids = Vec::new();
     let (names, all): (Vec<String>, bool) = match &req.topics {
         // v0 used an empty list to mean "all topics".
-        Some(topics) if !(version == 0 && topics.is_empty()) => (
-            topics
-                .iter()
-                .filter_map(|t| t.name.as_ref().map(|n| n.as_str().to_owned()))
-                .collect(),
-            false,
-        ),
+        Some(topics) if !(version == 0 && topics.is_empty()) => {
+            let mut names = Vec::with_capacity(topics.len());
+            for t in topics {
+                match &t.name {
+                    Some(n) => names.push(n.as_str().to_owned()),
+                    None if !t.topic_id.is_nil() => {
+                        let id = *t.topic_id.as_bytes();
+                        match broker.read(|s| {
+                            s.topics()
+                                .iter()
+                                .find(|(_, topic)| topic.id == id)
+                                .map(|(name, _)| name.clone())
+                        }) {
+                            Some(name) => names.push(name),
+                            None => unknown_ids.push(t.topic_id),
+                        }
+                    }
+                    None => {}
+                }
+            }
+            (names, false)
+        }
         _ => (broker.read(|s| s.topics().keys().cloned().collect()), true),
     };
     // As Kafka: topics the principal may not describe are left out of "all topics" and
@@ -67,6 +85,11 @@ pub async fn handle(
                 .with_topic_authorized_operations(ops),
         );
     }
+    topics.extend(unknown_ids.into_iter().map(|id| {
+        MetadataResponseTopic::default()
+            .with_topic_id(id)
+            .with_error_code(ResponseError::UnknownTopicId.code())
+    }));
     let brokers = broker
         .leader_brokers(authz.listener())
         .into_iter()

@@ -7,6 +7,7 @@ pub mod authz;
 pub mod bounds;
 mod cluster;
 pub(crate) mod configs;
+mod consumer_groups;
 mod dispatch;
 mod elect_leaders;
 mod fetch;

@@ -69,6 +69,8 @@ pub async fn commit(
         req.generation_id_or_member_epoch,
         req.member_id.as_str(),
         req.group_instance_id.as_ref().map(|s| s.as_str()),
+        // v9 is KIP-848's: the field holds a consumer-protocol member's epoch.
+        version >= 9,
     );
     let now = now_ms();
     let readable: Vec<bool> = req

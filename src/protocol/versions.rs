@@ -2,7 +2,7 @@
 //!
 //! Ranges cover what kafkajs 2.2, librdkafka 2.x and kafka-python negotiate, capped below
 //! versions whose semantics we don't implement yet (Fetch v13+ addresses topics by id,
-//! OffsetFetch v8+ batches groups, OffsetCommit v9+ is the KIP-848 protocol). Each range is
+//! OffsetFetch v8+ batches groups, OffsetCommit v10 addresses topics by id). Each range is
 //! also clipped to what the kafka-protocol crate can decode.
 
 use kafka_protocol::messages::ApiKey;
@@ -12,7 +12,7 @@ const TABLE: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetCommit, 2, 9),
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
@@ -40,6 +40,9 @@ const TABLE: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::DescribeClientQuotas, 0, 1),
     (ApiKey::DescribeTopicPartitions, 0, 0),
+    // KIP-848: v1 brings member ids chosen by the client and subscriptions by pattern.
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
     // After a v0 SaslHandshake the tokens go raw, unframed by Kafka headers
     // (`server/sasl.rs`); librdkafka wants v0 listed before it uses v1.
     (ApiKey::SaslHandshake, 0, 1),

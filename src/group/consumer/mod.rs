@@ -21,6 +21,9 @@
 //!   or the one before it when the last answer was lost.
 
 pub mod assign;
+mod groups;
+
+pub use self::groups::{ConsumerGroups, Described};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,6 +149,10 @@ pub enum HeartbeatError {
     UnreleasedInstanceId,
     #[error("the group has reached its maximum size")]
     GroupMaxSizeReached,
+    #[error("the subscription's regular expression is not valid")]
+    InvalidRegularExpression,
+    #[error("the group is not a consumer group")]
+    NotConsumerGroup,
 }
 
 impl HeartbeatError {
@@ -157,6 +164,8 @@ impl HeartbeatError {
             Self::UnsupportedAssignor => ResponseError::UnsupportedAssignor,
             Self::UnreleasedInstanceId => ResponseError::UnreleasedInstanceId,
             Self::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+            Self::InvalidRegularExpression => ResponseError::InvalidRegularExpression,
+            Self::NotConsumerGroup => ResponseError::GroupIdNotFound,
         }
     }
 }

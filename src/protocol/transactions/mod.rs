@@ -380,6 +380,7 @@ pub async fn offset_commit(
                 req.generation_id,
                 req.member_id.as_str(),
                 req.group_instance_id.as_ref().map(|s| s.as_str()),
+                true,
             )
             .map(|e| e.code())
     } else {
