@@ -138,6 +138,14 @@ pub struct ServeArgs {
     /// group.initial.rebalance.delay.ms [default: 300].
     #[arg(long, env = "STRATA_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// How long a member of a consumer-protocol group (KIP-848) may go without a
+    /// heartbeat before it is fenced, like group.consumer.session.timeout.ms [default: 45000].
+    #[arg(long, env = "STRATA_GROUP_CONSUMER_SESSION_TIMEOUT_MS")]
+    pub group_consumer_session_timeout_ms: Option<u64>,
+    /// How often members of a consumer-protocol group heartbeat, like
+    /// group.consumer.heartbeat.interval.ms [default: 5000].
+    #[arg(long, env = "STRATA_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
+    pub group_consumer_heartbeat_interval_ms: Option<u64>,
     /// Produce data held while uploads are slow; producers wait beyond it [default: 268435456].
     #[arg(long, env = "STRATA_BUFFER_MAX_BYTES")]
     pub buffer_max_bytes: Option<usize>,

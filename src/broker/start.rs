@@ -125,6 +125,17 @@ impl Broker {
         let txn = TxnCoordinator::new(metadata.clone(), buffer.clone(), config.node.id);
         let groups = GroupCoordinator::new(GroupOptions {
             initial_rebalance_delay: config.groups.initial_rebalance_delay,
+            consumer: crate::group::consumer::Settings {
+                heartbeat_interval_ms: i32::try_from(
+                    config.groups.consumer_heartbeat_interval.as_millis(),
+                )
+                .unwrap_or(i32::MAX),
+                session_timeout_ms: i64::try_from(
+                    config.groups.consumer_session_timeout.as_millis(),
+                )
+                .unwrap_or(i64::MAX),
+                ..Default::default()
+            },
             ..GroupOptions::default()
         });
         let cluster_id = format!("strata-{:08x}", crc32c::crc32c(config.store.url.as_bytes()));

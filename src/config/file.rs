@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub max_puts_per_second: Option<f64>,
     pub leader_ids: Option<u32>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    pub group_consumer_session_timeout_ms: Option<u64>,
+    pub group_consumer_heartbeat_interval_ms: Option<u64>,
     pub buffer_max_bytes: Option<usize>,
     pub upload_timeout_ms: Option<u64>,
     pub store_snapshot_interval_ms: Option<u64>,

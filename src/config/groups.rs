@@ -10,6 +10,12 @@ pub struct GroupConfig {
     /// `group_initial_rebalance_delay_ms`: how long a new group waits for more members
     /// before its first rebalance (Kafka's `group.initial.rebalance.delay.ms`).
     pub initial_rebalance_delay: Duration,
+    /// `group_consumer_session_timeout_ms`: a consumer-protocol member silent this long
+    /// is fenced (Kafka's `group.consumer.session.timeout.ms`).
+    pub consumer_session_timeout: Duration,
+    /// `group_consumer_heartbeat_interval_ms`: the interval told to consumer-protocol
+    /// members (Kafka's `group.consumer.heartbeat.interval.ms`); below the session timeout.
+    pub consumer_heartbeat_interval: Duration,
 }
 
 impl GroupConfig {
@@ -22,8 +28,28 @@ impl GroupConfig {
             0..=300_000,
             "use 0 to 300000 milliseconds",
         )?;
+        let consumer_session_timeout = millis(
+            "group_consumer_session_timeout_ms",
+            args.group_consumer_session_timeout_ms
+                .or(file.group_consumer_session_timeout_ms)
+                .unwrap_or(45_000),
+            1_000..=1_800_000,
+            "use 1000 to 1800000 milliseconds",
+        )?;
+        let interval_ms = args
+            .group_consumer_heartbeat_interval_ms
+            .or(file.group_consumer_heartbeat_interval_ms)
+            .unwrap_or(5_000);
+        let consumer_heartbeat_interval = millis(
+            "group_consumer_heartbeat_interval_ms",
+            interval_ms,
+            100..=(consumer_session_timeout.as_millis() as u64).saturating_sub(1),
+            "use at least 100 milliseconds and less than group_consumer_session_timeout_ms",
+        )?;
         Ok(Self {
             initial_rebalance_delay,
+            consumer_session_timeout,
+            consumer_heartbeat_interval,
         })
     }
 }

@@ -202,6 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_heartbeat_interval_must_be_below_the_session_timeout() {
+        let args = ServeArgs {
+            group_consumer_session_timeout_ms: Some(2_000),
+            group_consumer_heartbeat_interval_ms: Some(2_000),
+            ..Default::default()
+        };
+        match Config::load(&args) {
+            Err(ConfigError::Invalid { key, .. }) => {
+                assert_eq!(key, "group_consumer_heartbeat_interval_ms")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let args = ServeArgs {
+            group_consumer_heartbeat_interval_ms: Some(1_999),
+            ..args
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.groups.consumer_session_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");

@@ -48,6 +48,8 @@ pub struct GroupOptions {
     pub min_session_timeout: Duration,
     /// group.max.session.timeout.ms (30 min).
     pub max_session_timeout: Duration,
+    /// The consumer protocol's `group.consumer.*` settings.
+    pub consumer: consumer::Settings,
 }
 
 impl Default for GroupOptions {
@@ -56,6 +58,7 @@ impl Default for GroupOptions {
             initial_rebalance_delay: Duration::from_millis(100),
             min_session_timeout: Duration::from_secs(6),
             max_session_timeout: Duration::from_secs(30 * 60),
+            consumer: consumer::Settings::default(),
         }
     }
 }
@@ -78,9 +81,9 @@ impl GroupCoordinator {
     /// only holds a `Weak` and stops on shutdown or when the coordinator drops.
     pub fn new(config: GroupOptions) -> Arc<Self> {
         let this = Arc::new(GroupCoordinator {
+            consumer: consumer::ConsumerGroups::new(config.consumer.clone()),
             config,
             groups: Mutex::new(HashMap::new()),
-            consumer: consumer::ConsumerGroups::new(consumer::Settings::default()),
             shut_down: AtomicBool::new(false),
         });
         match tokio::runtime::Handle::try_current() {

@@ -49,7 +49,7 @@ if TEST_STORE not in ("local", "s3"):
 STORE_INDEPENDENT = {
     "test_wire_fields", "test_wire_order", "test_admin_wire", "test_admin_apis", "test_semantics",
     "test_kafkajs_semantics", "test_compose", "test_terraform", "test_metrics", "test_tls",
-    "test_sasl", "test_acls", "test_record_errors", "test_kubernetes",
+    "test_sasl", "test_acls", "test_record_errors", "test_kubernetes", "test_consumer_protocol",
 }
 
 

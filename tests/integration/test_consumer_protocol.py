@@ -3,10 +3,17 @@ confluent-kafka (librdkafka 2.16): the broker computes the assignment, members
 reconcile through ConsumerGroupHeartbeat, commits carry the member epoch
 (OffsetCommit v9), and the assignment's topic ids resolve through Metadata."""
 
+import struct
+import subprocess
+import sys
 import time
 
-from confluent_kafka import Consumer, Producer
+import kwire
+import pytest
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from harness.broker import Broker
+from harness.fixtures import supervise
 
 try:  # confluent-kafka 2.6+
     from confluent_kafka import ConsumerGroupType
@@ -197,3 +204,242 @@ def test_a_classic_group_refuses_a_consumer_protocol_member(broker, unique_topic
     assert len(classic.assignment()) == 2
     new.close()
     classic.close()
+
+
+# ------------------------------------------------------------ raw wire (flexible versions)
+
+def _cstr(s):
+    if s is None:
+        return kwire.uvarint(0)
+    b = s.encode()
+    return kwire.uvarint(len(b) + 1) + b
+
+
+def _carray(items):
+    return kwire.uvarint(len(items) + 1) + b"".join(items)
+
+
+def _flexible(bootstrap, api_key, version, body):
+    """One flexible request (header v2) and its body after the response header v1."""
+    header = struct.pack(">hhi", api_key, version, 11) + kwire.kstring("strata-raw") + b"\x00"
+    payload = header + body
+    with kwire.connect(bootstrap) as s:
+        s.sendall(struct.pack(">i", len(payload)) + payload)
+        cid, resp = kwire.read_response(s)
+    assert cid == 11
+    assert resp[0] == 0, "response header tags"
+    return kwire.Reader(resp[1:])
+
+
+def _read_cstr(r):
+    n = 0
+    shift = 0
+    while True:
+        b = r.data[r.pos]
+        r.pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    if n == 0:
+        return None
+    s = r.data[r.pos:r.pos + n - 1].decode()
+    r.pos += n - 1
+    return s
+
+
+def heartbeat_v0(bootstrap, group, member_id, epoch, topics):
+    body = (_cstr(group) + _cstr(member_id) + struct.pack(">i", epoch) + _cstr(None) + _cstr(None)
+            + struct.pack(">i", 30000 if epoch == 0 else -1)
+            + (_carray([_cstr(t) for t in topics]) if topics is not None else kwire.uvarint(0))
+            + _cstr(None) + (_carray([]) if epoch == 0 else kwire.uvarint(0)) + b"\x00")
+    r = _flexible(bootstrap, 68, 0, body)
+    r.i32()  # throttle
+    error = r.i16()
+    _read_cstr(r)  # message
+    member = _read_cstr(r)
+    return error, member, r.i32()
+
+
+def commit(bootstrap, group, member_id, epoch, topic, version=9):
+    part = struct.pack(">iqi", 0, 5, -1) + _cstr(None) + b"\x00"
+    body = (_cstr(group) + struct.pack(">i", epoch) + _cstr(member_id) + _cstr(None)
+            + _carray([_cstr(topic) + _carray([part]) + b"\x00"]) + b"\x00")
+    r = _flexible(bootstrap, 8, version, body)
+    r.i32()  # throttle
+    r.pos += 1  # one topic
+    _read_cstr(r)
+    r.pos += 1  # one partition
+    r.i32()
+    return r.i16()
+
+
+def test_commits_are_checked_against_the_member_epoch(broker, unique_topic):
+    """OffsetCommit v9 from a consumer-protocol member: its epoch commits; an older
+    epoch is STALE_MEMBER_EPOCH, a newer one FENCED_MEMBER_EPOCH, an unknown member
+    UNKNOWN_MEMBER_ID, and a member committing with v8 UNSUPPORTED_VERSION (Kafka's
+    checks)."""
+    topic, group = unique_topic, f"{unique_topic}-g"
+    create_topic(broker.bootstrap, topic, 1)
+    error, member, epoch = heartbeat_v0(broker.bootstrap, group, "", 0, [topic])
+    assert error == 0 and member and epoch >= 1, (error, member, epoch)
+    assert commit(broker.bootstrap, group, member, epoch, topic) == 0
+    assert commit(broker.bootstrap, group, member, epoch - 1, topic) == 113  # STALE_MEMBER_EPOCH
+    assert commit(broker.bootstrap, group, member, epoch + 1, topic) == 110  # FENCED_MEMBER_EPOCH
+    assert commit(broker.bootstrap, group, "nobody", epoch, topic) == 25  # UNKNOWN_MEMBER_ID
+    assert commit(broker.bootstrap, group, member, epoch, topic, version=8) == 35  # UNSUPPORTED_VERSION
+    # A heartbeat at a wrong epoch is fenced; at the right one it keeps the member.
+    assert heartbeat_v0(broker.bootstrap, group, member, epoch + 5, None)[0] == 110
+    assert heartbeat_v0(broker.bootstrap, group, member, epoch, None)[0] == 0
+    # Leaving (-1) ends the membership: the next commit names an unknown member.
+    assert heartbeat_v0(broker.bootstrap, group, member, -1, None)[0] == 0
+    assert commit(broker.bootstrap, group, member, epoch, topic) == 22  # ILLEGAL_GENERATION: no group
+
+
+# ------------------------------------------------------------ timeouts, static members, range
+
+QUICK = ["--group-consumer-session-timeout-ms=4000", "--group-consumer-heartbeat-interval-ms=500"]
+
+
+@pytest.fixture
+def quick_broker(request, tmp_path):
+    """A broker whose consumer-protocol sessions end after 4 s (heartbeats every 0.5 s)."""
+    yield from supervise(request, Broker(tmp_path / "strata", extra_args=QUICK))
+
+
+MEMBER = """
+import sys, time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2],
+              "group.protocol": "consumer", "auto.offset.reset": "earliest"})
+c.subscribe([sys.argv[3]])
+while True:
+    c.poll(0.2)
+    if c.assignment():
+        print("assigned", flush=True)
+"""
+
+
+def test_a_killed_member_is_fenced_after_its_session(quick_broker, unique_topic):
+    """A member SIGKILLed (no leave) keeps its partitions until its session times out;
+    then the survivor owns them all."""
+    b, topic, group = quick_broker, unique_topic, f"{unique_topic}-g"
+    create_topic(b.bootstrap, topic, 4)
+    every = {(topic, p) for p in range(4)}
+    victim = subprocess.Popen([sys.executable, "-c", MEMBER, b.bootstrap, group, topic],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout.readline().strip() == "assigned"
+        survivor = consumer(b.bootstrap, group)
+        survivor.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while len(owned(survivor)) != 2:
+            assert time.monotonic() < deadline, f"survivor owns {owned(survivor)}"
+            survivor.poll(0.2)
+    finally:
+        victim.kill()
+        victim.wait()
+    killed = time.monotonic()
+    deadline = killed + 30
+    while owned(survivor) != every:
+        assert time.monotonic() < deadline, f"after the kill the survivor owns {owned(survivor)}"
+        survivor.poll(0.2)
+    took = time.monotonic() - killed
+    # Not before the session (4 s) has run out, and soon after it.
+    assert took > 3.0, f"partitions moved {took:.1f} s after the kill, before the session ended"
+    survivor.close()
+
+
+def test_a_static_member_returns_to_its_assignment(quick_broker, unique_topic):
+    """A static member (group.instance.id) that closes leaves for now (epoch -2): its
+    partitions wait for it, and when it comes back within its session it gets the same
+    ones while the other member's stay put."""
+    b, topic, group = quick_broker, unique_topic, f"{unique_topic}-g"
+    create_topic(b.bootstrap, topic, 4)
+    one = consumer(b.bootstrap, group, **{"group.instance.id": "static-1"})
+    two = consumer(b.bootstrap, group, **{"group.instance.id": "static-2"})
+    one.subscribe([topic])
+    two.subscribe([topic])
+    deadline = time.monotonic() + 60
+    while not (len(owned(one)) == 2 and len(owned(two)) == 2):
+        assert time.monotonic() < deadline, f"no split: {owned(one)} / {owned(two)}"
+        one.poll(0.1)
+        two.poll(0.1)
+    first, kept = owned(one), owned(two)
+    one.close()
+    back = consumer(b.bootstrap, group, **{"group.instance.id": "static-1"})
+    back.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while owned(back) != first:
+        assert time.monotonic() < deadline, f"returned with {owned(back)}, had {first}"
+        back.poll(0.1)
+        two.poll(0.1)
+        assert owned(two) == kept, f"the other member's partitions moved: {owned(two)}"
+    back.close()
+    two.close()
+
+
+def test_the_range_assignor(broker, unique_topic):
+    """`group.remote.assignor=range`: each member owns a contiguous range of the topic's
+    partitions, and the group describes itself with that assignor."""
+    topic, group = unique_topic, f"{unique_topic}-g"
+    admin = create_topic(broker.bootstrap, topic, 6)
+    members = [consumer(broker.bootstrap, group, **{"group.remote.assignor": "range"})
+               for _ in range(2)]
+    for m in members:
+        m.subscribe([topic])
+    deadline = time.monotonic() + 60
+    while sorted(len(owned(m)) for m in members) != [3, 3]:
+        assert time.monotonic() < deadline, [owned(m) for m in members]
+        for m in members:
+            m.poll(0.1)
+    ranges = sorted(sorted(p for _, p in owned(m)) for m in members)
+    assert ranges == [[0, 1, 2], [3, 4, 5]], ranges
+    desc = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+    assert desc.partition_assignor == "range", desc.partition_assignor
+    for m in members:
+        m.close()
+
+
+def test_consume_transform_produce_under_the_consumer_protocol(broker, unique_topic):
+    """A transactional processor whose consumer uses `group.protocol=consumer`: its
+    offsets go with its output through send_offsets_to_transaction (TxnOffsetCommit with
+    the member's epoch); the output holds every input once and the group's committed
+    offsets are the input's ends."""
+    src, dst, group = f"{unique_topic}-in", f"{unique_topic}-out", f"{unique_topic}-g"
+    create_topic(broker.bootstrap, src, 2)
+    create_topic(broker.bootstrap, dst, 1)
+    produce(broker.bootstrap, src, 200, 2)
+    c = consumer(broker.bootstrap, group, **{"isolation.level": "read_committed"})
+    c.subscribe([src])
+    p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": f"{unique_topic}-tx"})
+    p.init_transactions(30)
+    done = 0
+    deadline = time.monotonic() + 90
+    while done < 200:
+        assert time.monotonic() < deadline, f"processed {done} of 200"
+        batch = [m for m in c.consume(50, 1.0) if m.error() is None]
+        if not batch:
+            continue
+        p.begin_transaction()
+        for m in batch:
+            p.produce(dst, key=m.key(), value=b"out-" + m.value())
+        p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata(), 30)
+        p.commit_transaction(30)
+        done += len(batch)
+    c.close()
+
+    check = consumer(broker.bootstrap, f"{group}-check", **{"isolation.level": "read_committed"})
+    check.subscribe([dst])
+    out = []
+    deadline = time.monotonic() + 60
+    while len(out) < 200:
+        assert time.monotonic() < deadline, f"read {len(out)} of 200"
+        m = check.poll(0.5)
+        if m is not None and m.error() is None:
+            out.append(m.value().decode())
+    check.close()
+    assert sorted(out) == sorted(f"out-v-{i}" for i in range(200))
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(60)
+    assert sorted((tp.partition, tp.offset) for tp in offsets.topic_partitions) == [(0, 100), (1, 100)]
