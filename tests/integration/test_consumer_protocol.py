@@ -7,11 +7,12 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import kwire
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from harness.broker import Broker
 from harness.fixtures import supervise
@@ -519,3 +520,114 @@ def test_the_group_goes_on_when_its_coordinator_is_killed(make_cluster, unique_t
     # Only what was read after a commit that failed can come again: at most the fetches
     # in flight when the coordinator died, per partition.
     assert twice <= 4 * 8, f"{twice} records read twice"
+
+
+# ------------------------------------------------------------ a rolling rebalance (measured)
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("protocol", ["consumer", "classic"])
+def test_rolling_rebalance(broker, unique_topic, protocol, request):
+    """Issue 27's scenario, run with --measure (CI runs a short one of the consumer
+    protocol): members are added one at a time up to `top` and removed one at a time,
+    on 48 partitions under continuous produce; each member commits what it read before
+    giving a partition up. Per step: the time until every member owns its share. Over
+    the run: records delivered twice (0 expected), and the longest time a partition a
+    member kept went without a delivery (no stop-the-world)."""
+    measure = request.config.getoption("--measure")
+    if protocol == "classic" and not measure:
+        pytest.skip("the classic side of the comparison runs with --measure")
+    top, partitions = (6, 48) if measure else (3, 12)
+    topic, group = unique_topic, f"{unique_topic}-g"
+    create_topic(broker.bootstrap, topic, partitions)
+    stop = threading.Event()
+    produced = [0]
+
+    def produce_forever():
+        p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+        i = 0
+        while not stop.is_set():
+            for _ in range(partitions):
+                p.produce(topic, value=f"{i}", partition=i % partitions)
+                i += 1
+            p.poll(0)
+            time.sleep(0.05)
+        p.flush(30)
+        produced[0] = i
+
+    producer = threading.Thread(target=produce_forever, daemon=True)
+    producer.start()
+    delivered = {}  # value -> times
+    last_seen = {}  # partition -> monotonic time of its last delivery
+    kept_gap = [0.0]
+    members = []
+
+    def make():
+        extra = {"enable.auto.commit": False}
+        if protocol == "classic":
+            extra.update({"group.protocol": "classic", "session.timeout.ms": 10000,
+                          "partition.assignment.strategy": "cooperative-sticky"})
+        c = consumer(broker.bootstrap, group, **extra)
+        positions = {}
+
+        def on_revoke(cons, parts):
+            mine = [TopicPartition(topic, tp.partition, positions[tp.partition])
+                    for tp in parts if tp.partition in positions]
+            if mine:
+                cons.commit(offsets=mine, asynchronous=False)
+            for tp in parts:
+                positions.pop(tp.partition, None)
+
+        c.subscribe([topic], on_revoke=on_revoke)
+        return c, positions
+
+    def poll_all(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for c, positions in members:
+                for msg in c.consume(100, 0.02):
+                    if msg.error() is not None:
+                        continue
+                    now = time.monotonic()
+                    part = msg.partition()
+                    if part in last_seen and (part, id(c)) in owners_before:
+                        kept_gap[0] = max(kept_gap[0], now - last_seen[part])
+                    last_seen[part] = now
+                    v = msg.value().decode()
+                    delivered[v] = delivered.get(v, 0) + 1
+                    positions[part] = msg.offset() + 1
+
+    def balanced():
+        counts = sorted(len(c.assignment()) for c, _ in members)
+        share = partitions // len(members)
+        return sum(counts) == partitions and counts[0] >= share and counts[-1] <= share + 1
+
+    steps = []
+    owners_before = set()
+    plan = [+1] * top + [-1] * (top - 1)
+    for step in plan:
+        # Partitions each member owned before the step: a gap in those is a stall of a
+        # kept partition (if the member keeps it).
+        owners_before = {(tp.partition, id(c)) for c, _ in members for tp in c.assignment()}
+        start = time.monotonic()
+        if step > 0:
+            members.append(make())
+        else:
+            c, positions = members.pop(0)
+            c.close()
+        while not balanced():
+            assert time.monotonic() - start < 120, f"{len(members)} members not balanced in 120 s"
+            poll_all(0.1)
+        took = time.monotonic() - start
+        steps.append((len(members), took))
+        poll_all(1.0)
+    stop.set()
+    producer.join(60)
+    poll_all(5.0)
+    for c, _ in members:
+        c.close()
+    twice = sum(1 for n in delivered.values() if n > 1)
+    print(f"{protocol}: members/seconds to balance {[(n, round(t, 1)) for n, t in steps]}; "
+          f"{len(delivered)} records read, {twice} twice; longest stall of a kept partition "
+          f"{kept_gap[0]:.1f} s")
+    assert twice == 0, f"{twice} records delivered twice"
+    assert len(delivered) >= produced[0] * 0.9
