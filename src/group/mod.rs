@@ -327,6 +327,15 @@ impl GroupCoordinator {
             .groups
             .iter()
             .map(|id| match access(id.as_str()) {
+                // As Kafka: DescribeGroups is the classic protocol's; a consumer group is
+                // described by ConsumerGroupDescribe.
+                Some(ops) if self.consumer.contains(id.as_str()) => DescribedGroup::default()
+                    .with_group_id(id.clone())
+                    .with_error_code(ResponseError::GroupIdNotFound.code())
+                    .with_error_message(Some(kafka_protocol::protocol::StrBytes::from_string(
+                        format!("Group {} is not a classic group.", id.as_str()),
+                    )))
+                    .with_authorized_operations(ops),
                 Some(ops) => {
                     let group = groups.get(id.as_str());
                     let offsets = group.is_none() && has_offsets(id.as_str());
@@ -435,6 +444,15 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
     ) -> Option<(Option<String>, std::collections::BTreeSet<String>)> {
+        if let Some(d) = self.consumer.describe(group_id) {
+            let topics = d
+                .group
+                .members
+                .values()
+                .flat_map(|m| m.subscribed_topics.iter().cloned())
+                .collect();
+            return Some((Some("consumer".to_owned()), topics));
+        }
         let groups = self.lock();
         let g = groups.get(group_id)?;
         if g.members.is_empty() {

@@ -12,7 +12,8 @@ import time
 
 import kwire
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import (Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 from harness.broker import Broker
 from harness.fixtures import supervise
@@ -98,6 +99,10 @@ def test_consume_and_commit_exactly_once(broker, unique_topic):
     assert assigned == {(topic, p) for p in range(3)}
     listed = admin.list_consumer_groups(request_timeout=30).result(timeout=60)
     assert group in {g.group_id for g in listed.valid}, listed.valid
+    # A group with members is not deleted (NON_EMPTY_GROUP).
+    with pytest.raises(KafkaException) as refused:
+        admin.delete_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+    assert refused.value.args[0].code() == KafkaError.NON_EMPTY_GROUP, refused.value
     c1.close()
 
     c2 = consumer(broker.bootstrap, group)
@@ -117,6 +122,10 @@ def test_consume_and_commit_exactly_once(broker, unique_topic):
         assert m is None or m.error() is not None, f"record read twice: {m.value()}"
     c2.close()
     assert sorted(seen) == sorted(f"v-{i}" for i in range(300))
+    # Empty now: deleted with its offsets.
+    admin.delete_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+    offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(60)
+    assert all(tp.offset < 0 for tp in offsets.topic_partitions), offsets.topic_partitions
 
 
 def test_members_join_and_leave_owning_each_partition_once(broker, unique_topic):
