@@ -1162,8 +1162,8 @@ def fast_compacting_broker(request, tmp_path):
 # pass's compaction of aborts is test_cleaner_drops_aborted_records_then_markers.
 @pytest.mark.skipif(TEST_STORE == "s3", reason="runs in the local pass only (CI time)")
 def test_aborted_index_past_the_cap(fast_compacting_broker):
-    """20,000 aborted transactions on one partition of a deleting topic, twice the 10,000
-    the metadata state may hold per partition: compaction moves each aborted transaction
+    """11,008 aborted transactions on one partition of a deleting topic, past the 10,000
+    the metadata state could once hold per partition: compaction moves each aborted transaction
     into the footer of the segment its marker is compacted into (Kafka's `.txnindex`), so
     the state holds only the last compaction round's aborts, new transactions are still
     accepted, and read_committed returns exactly the committed records."""
@@ -1171,7 +1171,7 @@ def test_aborted_index_past_the_cap(fast_compacting_broker):
     port = b.metrics_port
     topic = "aborts"
     create_topic(b.bootstrap, topic, 1)
-    producers, aborts_each, commit_every = 32, 625, 125
+    producers, aborts_each, commit_every = 32, 344, 125
     held = [0]
     stop = threading.Event()
 
@@ -1213,7 +1213,7 @@ def test_aborted_index_past_the_cap(fast_compacting_broker):
     sampler.join()
     assert not failures, failures
     aborts = producers * aborts_each
-    assert aborts == 20_000 and len(committed) == producers * (aborts_each // commit_every)
+    assert aborts > 10_000 and len(committed) == producers * (aborts_each // commit_every)
     print(f"{aborts} aborts in {took:.1f} s; aborted transactions the state held: max {max(held)}")
     # The state never approached the cap: it held one compaction round's aborts at most.
     assert max(held) < 5_000, max(held)
