@@ -188,6 +188,47 @@ impl Broker {
         &self.groups
     }
 
+    /// Brings a consumer-protocol group up to what the metadata log holds of it (a
+    /// coordinator taking the group over continues from there).
+    pub fn load_consumer_group(&self, group: &str) {
+        let stored = self.read(|s| s.consumer_group(group).cloned());
+        if let Some(record) = stored {
+            self.groups
+                .consumer()
+                .load(group, record.seq, &record.bytes);
+        }
+    }
+
+    /// Commits a consumer-protocol group's write to the metadata log, as its coordinator
+    /// at the current cluster epoch. NOT_COORDINATOR when this broker no longer
+    /// coordinates the group, COORDINATOR_NOT_AVAILABLE when the log cannot take it.
+    pub async fn write_consumer_group(
+        &self,
+        group: &str,
+        write: crate::group::consumer::Write,
+    ) -> Result<(), kafka_protocol::error::ResponseError> {
+        use kafka_protocol::error::ResponseError;
+        let epoch = self
+            .coordinator_epoch(group)
+            .ok_or(ResponseError::NotCoordinator)?;
+        match self
+            .propose(Command::PutConsumerGroup {
+                group: group.to_owned(),
+                seq: write.seq,
+                bytes: write.bytes,
+                coordinator: self.id(),
+                epoch,
+            })
+            .await
+        {
+            Ok(Response::Group(Ok(()))) => Ok(()),
+            Ok(Response::Group(Err(StateError::NotCoordinator))) => {
+                Err(ResponseError::NotCoordinator)
+            }
+            _ => Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+
     pub fn txn(&self) -> &TxnCoordinator {
         &self.txn
     }

@@ -154,6 +154,19 @@ impl Broker {
             txn,
             draining: Default::default(),
         });
+        // Members the ticker fences leave the group in the metadata log too.
+        let weak = Arc::downgrade(&broker);
+        broker
+            .groups()
+            .set_consumer_writer(Box::new(move |group, write| {
+                if let Some(broker) = weak.upgrade() {
+                    tokio::spawn(async move {
+                        if let Err(e) = broker.write_consumer_group(&group, write).await {
+                            tracing::debug!(%group, error = ?e, "a fenced member's leave was not written");
+                        }
+                    });
+                }
+            }));
         let tasks = BrokerTasks {
             flusher,
             snapshot_shipper,

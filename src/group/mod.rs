@@ -63,12 +63,17 @@ impl Default for GroupOptions {
     }
 }
 
+/// Takes a consumer-protocol group's write to the metadata log (in the background).
+pub type ConsumerWriter = Box<dyn Fn(String, consumer::Write) + Send + Sync>;
+
 pub struct GroupCoordinator {
     config: GroupOptions,
     groups: Mutex<HashMap<String, Group>>,
     /// Groups of the consumer protocol (KIP-848), in their own map: a group id is one or
     /// the other.
     consumer: consumer::ConsumerGroups,
+    /// Where the ticker's consumer-group writes (members fenced) go: the broker sets it.
+    consumer_writer: std::sync::OnceLock<ConsumerWriter>,
     shut_down: AtomicBool,
 }
 
@@ -84,6 +89,7 @@ impl GroupCoordinator {
             consumer: consumer::ConsumerGroups::new(config.consumer.clone()),
             config,
             groups: Mutex::new(HashMap::new()),
+            consumer_writer: std::sync::OnceLock::new(),
             shut_down: AtomicBool::new(false),
         });
         match tokio::runtime::Handle::try_current() {
@@ -113,7 +119,16 @@ impl GroupCoordinator {
         for g in self.lock().values_mut() {
             g.tick(now);
         }
-        self.consumer.expire(now);
+        for (group, write) in self.consumer.expire(now) {
+            if let Some(writer) = self.consumer_writer.get() {
+                writer(group, write);
+            }
+        }
+    }
+
+    /// Sets where fenced members' writes go (once; later calls are ignored).
+    pub fn set_consumer_writer(&self, writer: ConsumerWriter) {
+        let _ = self.consumer_writer.set(writer);
     }
 
     /// The consumer-protocol groups this broker coordinates.

@@ -27,8 +27,10 @@ use serde::Serialize;
 /// `ClusterCommand::Forget` and the `Members` Raft request and reply (a fleet's dead
 /// brokers and learners are forgotten) the same way; 9 appends
 /// `Command::CompactArchiving` and `Command::CompactSharedArchiving` (compactions that move
-/// aborted transactions out of the state into segment footers) the same way.
-pub const FORMAT_VERSION: u16 = 9;
+/// aborted transactions out of the state into segment footers) the same way; 10 appends
+/// `Command::PutConsumerGroup` and one trailing field to the state
+/// (`MetadataState::consumer_groups`, KIP-848 groups), read as empty from older blobs.
+pub const FORMAT_VERSION: u16 = 10;
 /// The oldest format this build decodes as the current one. postcard writes an enum
 /// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
 /// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
@@ -190,6 +192,15 @@ where
     T: serde::Deserialize<'de> + Default,
 {
     since::<6, D, T>(deserializer)
+}
+
+/// A field appended in format 10 ([`since`]).
+pub fn since_format_10<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    since::<10, D, T>(deserializer)
 }
 
 fn check_header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {

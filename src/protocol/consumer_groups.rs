@@ -37,7 +37,7 @@ fn topics(broker: &Broker) -> BTreeMap<String, (TopicId, i32)> {
     })
 }
 
-pub fn heartbeat(
+pub async fn heartbeat(
     broker: &Arc<Broker>,
     req: ConsumerGroupHeartbeatRequest,
     version: i16,
@@ -97,11 +97,18 @@ pub fn heartbeat(
         None
     };
     let topics = topics(broker);
-    match broker
-        .groups()
-        .consumer()
-        .heartbeat(group, hb, regex, &topics)
-    {
+    let groups = broker.groups().consumer();
+    // From the change until its write is committed (so a group's writes land in order);
+    // the answer waits for the write, as Kafka's does.
+    let _writing = groups.write_lock(group).await;
+    broker.load_consumer_group(group);
+    let (result, write) = groups.heartbeat(group, hb, regex, &topics);
+    if let Some(write) = write {
+        if let Err(code) = broker.write_consumer_group(group, write).await {
+            return fail(code, "the group's state could not be written".into());
+        }
+    }
+    match result {
         Ok(reply) => ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(str_bytes(&reply.member_id)))
             .with_member_epoch(reply.member_epoch)
@@ -179,6 +186,7 @@ pub fn describe(
             if !broker.is_coordinator(group_id) {
                 return error(ResponseError::NotCoordinator, String::new());
             }
+            broker.load_consumer_group(group_id);
             let Some(d) = broker.groups().consumer().describe(group_id) else {
                 let classic = broker.groups().is_active_classic(group_id)
                     || broker.read(|s| s.group_offsets(group_id).is_some());

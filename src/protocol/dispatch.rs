@@ -128,9 +128,9 @@ async fn group_request(
         RequestKind::Heartbeat(req) => {
             ResponseKind::Heartbeat(broker.groups().heartbeat(req, version).await)
         }
-        RequestKind::ConsumerGroupHeartbeat(req) => {
-            ResponseKind::ConsumerGroupHeartbeat(consumer_groups::heartbeat(broker, req, version))
-        }
+        RequestKind::ConsumerGroupHeartbeat(req) => ResponseKind::ConsumerGroupHeartbeat(
+            consumer_groups::heartbeat(broker, req, version).await,
+        ),
         RequestKind::ConsumerGroupDescribe(req) => ResponseKind::ConsumerGroupDescribe(
             consumer_groups::describe(broker, authz, req, version),
         ),

@@ -64,6 +64,7 @@ pub async fn commit(
     version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.as_str().to_owned();
+    broker.load_consumer_group(&group);
     let refusal = broker.groups().check_offset_commit(
         &group,
         req.generation_id_or_member_epoch,

@@ -641,3 +641,36 @@ def test_rolling_rebalance(broker, unique_topic, protocol, request):
           f"{kept_gap[0]:.1f} s")
     assert twice == 0, f"{twice} records delivered twice"
     assert len(delivered) >= produced[0] * 0.9
+
+
+@pytest.mark.timeout(200)
+def test_members_keep_their_epochs_when_the_coordinator_dies(make_cluster, unique_topic):
+    """The group's state is in the metadata log: after its coordinator is SIGKILLed, the
+    next coordinator knows the member at the epoch it had (heartbeats and commits at it
+    succeed, an older epoch is still STALE_MEMBER_EPOCH), with no rejoin."""
+    c = make_cluster(3)
+    c.start_all()
+    c.wait_live({1, 2, 3})
+    topic = unique_topic
+    create_topic(c.bootstrap(), topic, 2)
+    leader = c.wait_leader()
+    via = c.node(leader).bootstrap
+    group = next(g for g in (f"{topic}-g{i}" for i in range(200)) if find_coordinator(via, g) != leader)
+    victim = find_coordinator(via, group)
+    error, member, epoch = heartbeat_v0(c.node(victim).bootstrap, group, "", 0, [topic])
+    assert error == 0 and epoch >= 1, (error, epoch)
+    assert commit(c.node(victim).bootstrap, group, member, epoch, topic) == 0
+    c.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "the group never moved off the dead broker"
+        successor = find_coordinator(via, group)
+        if successor != victim:
+            nb = c.node(successor).bootstrap
+            answer = heartbeat_v0(nb, group, member, epoch, None)
+            if answer[0] not in (15, 16):  # the move still settling: ask again
+                break
+        time.sleep(0.5)
+    assert answer == (0, member, epoch), f"on broker {successor}: {answer} (epoch was {epoch})"
+    assert commit(nb, group, member, epoch, topic) == 0
+    assert commit(nb, group, member, epoch - 1, topic) == 113  # STALE_MEMBER_EPOCH

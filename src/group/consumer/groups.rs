@@ -3,22 +3,36 @@
 //! clock (milliseconds since the coordinator started) for sessions and rebalance
 //! timeouts.
 //!
-//! A group lives while it has members; its committed offsets live in the metadata log,
-//! so an empty group is dropped and memory follows the members, not the groups ever
-//! seen. A group lost with its coordinator (a broker's death, a move) is rebuilt by its
-//! members: a heartbeat for a member this coordinator does not know gets
-//! UNKNOWN_MEMBER_ID and the client joins again at epoch 0.
+//! A group lives while it has members; an empty group is dropped, so memory follows the
+//! members, not the groups ever seen. Every change but a heartbeat's time is a [`Write`]
+//! for the metadata log (`record.rs`), numbered per group; the coordinator that takes a
+//! group over (after a broker's death or a move) loads the last one, so members keep
+//! their epochs and assignments. Writes of one group are made one at a time (the
+//! caller holds [`ConsumerGroups::write_lock`] from the change until its write is
+//! committed), so they reach the log in the order they were made.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use kafka_protocol::error::ResponseError;
 use tokio::time::Instant;
 
 use super::{
-    ConsumerGroup, GroupState, Heartbeat, HeartbeatError, HeartbeatReply, Settings, TopicId,
-    JOIN_EPOCH,
+    record, ConsumerGroup, GroupState, Heartbeat, HeartbeatError, HeartbeatReply, Settings,
+    TopicId, JOIN_EPOCH,
 };
+
+/// Stripes of the per-group write lock: bounded, whatever the number of groups.
+const WRITE_STRIPES: usize = 64;
+
+/// A group's state for the metadata log: the `seq`-th write of it; `bytes` None when the
+/// group is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub seq: u64,
+    pub bytes: Option<Vec<u8>>,
+}
 
 /// A subscription pattern of one member (KIP-848's `SubscribedTopicRegex`), matched
 /// against whole topic names as Kafka's RE2/J `matches()` does.
@@ -33,6 +47,40 @@ struct Entry {
     /// Members subscribed by pattern: re-evaluated against the topics at each of their
     /// heartbeats, so a topic created later joins the subscription within an interval.
     patterns: HashMap<String, Pattern>,
+    /// The number of the last write made (or loaded) of this group, and its bytes.
+    seq: u64,
+    written: Option<Vec<u8>>,
+}
+
+impl Entry {
+    fn pattern_sources(&self) -> BTreeMap<String, String> {
+        self.patterns
+            .iter()
+            .map(|(m, p)| (m.clone(), p.source.clone()))
+            .collect()
+    }
+
+    /// The write this entry's changes call for, if any.
+    fn write(&mut self) -> Option<Write> {
+        let bytes = record::encode(&self.group, &self.pattern_sources());
+        if self.written.as_ref() == Some(&bytes) {
+            return None;
+        }
+        self.seq += 1;
+        self.written = Some(bytes.clone());
+        Some(Write {
+            seq: self.seq,
+            bytes: Some(bytes),
+        })
+    }
+
+    /// The write removing a group that was written before.
+    fn removal(&self) -> Option<Write> {
+        self.written.is_some().then(|| Write {
+            seq: self.seq + 1,
+            bytes: None,
+        })
+    }
 }
 
 /// What describing a group needs beyond the state machine: each member's pattern.
@@ -45,6 +93,7 @@ pub struct ConsumerGroups {
     settings: Settings,
     groups: Mutex<HashMap<String, Entry>>,
     start: Instant,
+    writes: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// Compiles a subscription pattern with full-match semantics.
@@ -59,7 +108,50 @@ impl ConsumerGroups {
             settings,
             groups: Mutex::new(HashMap::new()),
             start: Instant::now(),
+            writes: (0..WRITE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// Held from a change of `group` until its write is committed, so one group's
+    /// writes are made and committed in order.
+    pub async fn write_lock(&self, group: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        group.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % WRITE_STRIPES as u64).unwrap_or(0);
+        self.writes[stripe].lock().await
+    }
+
+    /// Takes `group` as the metadata log holds it (its `seq`-th write) unless this
+    /// coordinator already has that write or a later one: a coordinator taking a group
+    /// over, or getting it back after it moved away and on, continues from the log.
+    pub fn load(&self, group: &str, seq: u64, bytes: &[u8]) {
+        let mut groups = self.lock();
+        if groups.get(group).is_some_and(|e| e.seq >= seq) {
+            return;
+        }
+        let Some((loaded, patterns)) = record::decode(bytes, self.now_ms(Instant::now())) else {
+            tracing::warn!(group, "a consumer group's record in the metadata log is not readable by this build; the group starts again");
+            return;
+        };
+        let patterns = patterns
+            .into_iter()
+            .filter_map(|(member, source)| {
+                compile(&source)
+                    .ok()
+                    .map(|regex| (member, Pattern { source, regex }))
+            })
+            .collect();
+        groups.insert(
+            group.to_owned(),
+            Entry {
+                group: loaded,
+                patterns,
+                seq,
+                written: Some(bytes.to_vec()),
+            },
+        );
     }
 
     pub fn settings(&self) -> &Settings {
@@ -88,18 +180,21 @@ impl ConsumerGroups {
         mut hb: Heartbeat,
         regex: Option<&str>,
         topics: &BTreeMap<String, (TopicId, i32)>,
-    ) -> Result<HeartbeatReply, HeartbeatError> {
+    ) -> (Result<HeartbeatReply, HeartbeatError>, Option<Write>) {
         let now_ms = self.now_ms(Instant::now());
         let pattern = match regex {
-            Some(p) if !p.is_empty() => Some(Pattern {
-                source: p.to_owned(),
-                regex: compile(p)?,
-            }),
+            Some(p) if !p.is_empty() => match compile(p) {
+                Ok(regex) => Some(Pattern {
+                    source: p.to_owned(),
+                    regex,
+                }),
+                Err(e) => return (Err(e), None),
+            },
             _ => None,
         };
         let mut groups = self.lock();
         if hb.member_epoch != JOIN_EPOCH && !groups.contains_key(group_id) {
-            return Err(HeartbeatError::UnknownMemberId);
+            return (Err(HeartbeatError::UnknownMemberId), None);
         }
         let entry = groups.entry(group_id.to_owned()).or_default();
         match (pattern, regex) {
@@ -126,23 +221,40 @@ impl ConsumerGroups {
         if !entry.group.members.contains_key(&member_id) {
             entry.patterns.remove(&member_id);
         }
-        if entry.group.members.is_empty() {
+        let write = if entry.group.members.is_empty() {
+            let removal = entry.removal();
             groups.remove(group_id);
-        }
-        result
+            removal
+        } else {
+            entry.write()
+        };
+        (result, write)
     }
 
-    /// Fences members whose session or rebalance timeout ran out.
-    pub fn expire(&self, now: Instant) {
+    /// Fences members whose session or rebalance timeout ran out; the writes that calls
+    /// for, by group.
+    pub fn expire(&self, now: Instant) -> Vec<(String, Write)> {
         let now_ms = self.now_ms(now);
         let mut groups = self.lock();
-        for entry in groups.values_mut() {
-            for gone in entry.group.expire(&self.settings, now_ms) {
-                tracing::info!(member = %gone, "consumer group member fenced: its session or rebalance timeout ran out");
-                entry.patterns.remove(&gone);
+        let mut writes = Vec::new();
+        for (id, entry) in groups.iter_mut() {
+            let gone = entry.group.expire(&self.settings, now_ms);
+            if gone.is_empty() {
+                continue;
             }
+            for member in &gone {
+                tracing::info!(group = %id, %member, "consumer group member fenced: its session or rebalance timeout ran out");
+                entry.patterns.remove(member);
+            }
+            let write = if entry.group.members.is_empty() {
+                entry.removal()
+            } else {
+                entry.write()
+            };
+            writes.extend(write.map(|w| (id.clone(), w)));
         }
         groups.retain(|_, e| !e.group.members.is_empty());
+        writes
     }
 
     /// Kafka's OffsetCommit check for a consumer-protocol group: None when `group` is not
@@ -204,6 +316,7 @@ impl ConsumerGroups {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Assignment;
     use super::*;
 
     const T1: TopicId = [1; 16];
@@ -225,7 +338,7 @@ mod tests {
         let groups = ConsumerGroups::new(Settings::default());
         let topics = [("a".to_owned(), (T1, 2))].into();
         assert_eq!(groups.check_offset_commit("g", "m", 1, true), None);
-        let reply = groups.heartbeat("g", join("m", &["a"]), None, &topics);
+        let reply = groups.heartbeat("g", join("m", &["a"]), None, &topics).0;
         let epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
         assert!(epoch > 0);
         let check = |member: &str, e: i32, v9: bool| groups.check_offset_commit("g", member, e, v9);
@@ -253,18 +366,20 @@ mod tests {
             member_epoch: super::super::LEAVE_EPOCH,
             ..join("m", &["a"])
         };
-        assert!(groups.heartbeat("g", leave, None, &topics).is_ok());
+        assert!(groups.heartbeat("g", leave, None, &topics).0.is_ok());
         assert!(!groups.contains("g"));
         assert_eq!(
-            groups.heartbeat(
-                "g",
-                Heartbeat {
-                    member_epoch: epoch,
-                    ..join("m", &[])
-                },
-                None,
-                &topics
-            ),
+            groups
+                .heartbeat(
+                    "g",
+                    Heartbeat {
+                        member_epoch: epoch,
+                        ..join("m", &[])
+                    },
+                    None,
+                    &topics
+                )
+                .0,
             Err(HeartbeatError::UnknownMemberId)
         );
     }
@@ -275,10 +390,14 @@ mod tests {
         let mut topics: BTreeMap<String, (TopicId, i32)> = [("orders".to_owned(), (T1, 1))].into();
         topics.insert("orders-eu".to_owned(), (T2, 1));
         assert_eq!(
-            groups.heartbeat("g", join("m", &[]), Some("orders("), &topics),
+            groups
+                .heartbeat("g", join("m", &[]), Some("orders("), &topics)
+                .0,
             Err(HeartbeatError::InvalidRegularExpression)
         );
-        let reply = groups.heartbeat("g", join("m", &[]), Some("orders"), &topics);
+        let reply = groups
+            .heartbeat("g", join("m", &[]), Some("orders"), &topics)
+            .0;
         let reply = reply.expect("join");
         // Full match: "orders" does not take "orders-eu".
         assert_eq!(reply.assignment, Some([(T1, [0].into())].into()));
@@ -288,7 +407,9 @@ mod tests {
             Some("orders")
         );
 
-        let reply = groups.heartbeat("g", join("n", &[]), Some("orders.*"), &topics);
+        let reply = groups
+            .heartbeat("g", join("n", &[]), Some("orders.*"), &topics)
+            .0;
         assert!(reply.is_ok());
         let subscribed = |g: &ConsumerGroups, m: &str| {
             g.describe("g")
@@ -306,7 +427,92 @@ mod tests {
             member_epoch: epoch.unwrap_or_default(),
             ..Heartbeat::default()
         };
-        assert!(groups.heartbeat("g", hb, None, &topics).is_ok());
+        assert!(groups.heartbeat("g", hb, None, &topics).0.is_ok());
         assert!(subscribed(&groups, "n").contains("orders-us"));
+    }
+
+    #[test]
+    fn a_new_coordinator_continues_from_the_last_write() {
+        let first = ConsumerGroups::new(Settings::default());
+        let topics: BTreeMap<String, (TopicId, i32)> =
+            [("a".to_owned(), (T1, 4)), ("b".to_owned(), (T2, 1))].into();
+        let mut last = None;
+        let (reply, write) = first.heartbeat("g", join("m", &["a"]), None, &topics);
+        let m_epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
+        last = write.or(last);
+        let (reply, write) = first.heartbeat("g", join("n", &[]), Some("b"), &topics);
+        let n_epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
+        last = write.or(last);
+        let Some(Write {
+            seq,
+            bytes: Some(bytes),
+        }) = last
+        else {
+            panic!("joins write the group")
+        };
+        assert_eq!(seq, 2);
+        // A heartbeat that changes nothing writes nothing.
+        let hb = |id: &str, epoch: i32| Heartbeat {
+            member_id: id.into(),
+            member_epoch: epoch,
+            ..Heartbeat::default()
+        };
+        let (reply, write) = first.heartbeat("g", hb("n", n_epoch), None, &topics);
+        assert!(reply.is_ok() && write.is_none(), "{reply:?} {write:?}");
+
+        let next = ConsumerGroups::new(Settings::default());
+        next.load("g", seq, &bytes);
+        let before = first
+            .describe("g")
+            .map(|d| (d.group.group_epoch, d.patterns));
+        let after = next
+            .describe("g")
+            .map(|d| (d.group.group_epoch, d.patterns));
+        assert_eq!(before, after);
+        let owned: Assignment = first
+            .describe("g")
+            .and_then(|d| d.group.members.get("m").map(|m| m.assigned.clone()))
+            .unwrap_or_default();
+        // Both members carry on at their epochs, with what they own.
+        let (reply, _) = next.heartbeat(
+            "g",
+            Heartbeat {
+                owned: Some(owned.clone()),
+                ..hb("m", m_epoch)
+            },
+            None,
+            &topics,
+        );
+        // As the old coordinator would have answered: neither fenced nor unknown.
+        let (same, _) = first.heartbeat(
+            "g",
+            Heartbeat {
+                owned: Some(owned.clone()),
+                ..hb("m", m_epoch)
+            },
+            None,
+            &topics,
+        );
+        assert_eq!(reply, same);
+        let m_now = reply.map(|r| r.member_epoch).unwrap_or_default();
+        assert!(m_now >= m_epoch);
+        let n_reply = next.heartbeat("g", hb("n", n_epoch), None, &topics).0;
+        assert_eq!(
+            n_reply,
+            first.heartbeat("g", hb("n", n_epoch), None, &topics).0
+        );
+        assert!(n_reply.is_ok());
+        assert_eq!(next.check_offset_commit("g", "m", m_now, true), Some(None));
+        // An older write does not replace what the coordinator has.
+        next.load("g", seq - 1, &bytes);
+        assert_eq!(next.describe("g").map(|d| d.group.members.len()), Some(2));
+        // The last member's leave removes the group from the log.
+        let leave = |id: &str| hb(id, crate::group::consumer::LEAVE_EPOCH);
+        assert!(next
+            .heartbeat("g", leave("m"), None, &topics)
+            .1
+            .is_some_and(|w| w.bytes.is_some()));
+        let (_, gone) = next.heartbeat("g", leave("n"), None, &topics);
+        assert!(gone.is_some_and(|w| w.bytes.is_none() && w.seq > seq));
     }
 }

@@ -22,8 +22,9 @@
 
 pub mod assign;
 mod groups;
+mod record;
 
-pub use self::groups::{ConsumerGroups, Described};
+pub use self::groups::{ConsumerGroups, Described, Write};
 
 use std::collections::{BTreeMap, BTreeSet};
 

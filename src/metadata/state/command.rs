@@ -203,6 +203,18 @@ pub enum Command {
     /// [`Command::CompactShared`] whose sections' indexes hold their runs' aborted
     /// transactions (format 9), as [`Command::CompactArchiving`].
     CompactSharedArchiving(SharedCompaction),
+    /// A consumer-protocol group's state from its coordinator (format 10; KIP-848), as the
+    /// coordinator encodes it: stored unless `coordinator` no longer coordinates the group
+    /// at cluster epoch `epoch` (NotCoordinator) or the state holds a later write of it
+    /// (`seq`; such a write is dropped). `bytes` None forgets the group. Answers
+    /// [`Response::Group`].
+    PutConsumerGroup {
+        group: String,
+        seq: u64,
+        bytes: Option<Vec<u8>>,
+        coordinator: u64,
+        epoch: i32,
+    },
 }
 
 /// How a chunk of [`Command::CommitSegments`] takes part in transactions (format 6).

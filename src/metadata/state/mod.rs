@@ -85,6 +85,9 @@ pub struct MetadataState {
     /// Every transactional id's transaction (format 6).
     #[serde(deserialize_with = "codec::since_format_6")]
     txns: Transactions,
+    /// Consumer-protocol groups (format 10), as their coordinators encode them.
+    #[serde(deserialize_with = "codec::since_format_10")]
+    consumer_groups: BTreeMap<String, offsets::ConsumerGroupRecord>,
 }
 
 /// Sizes of the state, for the stats file and the soak benchmark.
@@ -145,7 +148,8 @@ impl MetadataState {
             Command::CommitOffsets { .. }
             | Command::CommitGroupOffsets { .. }
             | Command::DeleteGroupOffsets { .. }
-            | Command::DeleteGroup { .. } => self.apply_offsets(cmd),
+            | Command::DeleteGroup { .. }
+            | Command::PutConsumerGroup { .. } => self.apply_offsets(cmd),
             Command::InitProducer { current } => Response::Producer(self.init_producer(*current)),
             Command::Cluster(cmd @ ClusterCommand::Allocate { .. }) => {
                 let next = self.internal(NEXT_AUTO_ID_KEY).unwrap_or(0);
@@ -219,6 +223,7 @@ impl MetadataState {
             broker_configs: BTreeMap::new(),
             access: AccessState::default(),
             txns: Transactions::default(),
+            consumer_groups: BTreeMap::new(),
         }
     }
 

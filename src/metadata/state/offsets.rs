@@ -15,6 +15,15 @@ use super::{Command, MetadataState, OffsetCommit, Response, StateError};
 /// A consumer group's committed offsets, by topic then partition.
 pub type GroupOffsets = BTreeMap<String, BTreeMap<i32, CommittedOffset>>;
 
+/// A consumer-protocol group (KIP-848) as its coordinator wrote it: opaque here, so the
+/// state machine does not depend on the coordinator's types. `seq` orders one group's
+/// writes across coordinators (each continues from the stored one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerGroupRecord {
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
     pub offset: i64,
@@ -40,12 +49,22 @@ impl MetadataState {
             Command::DeleteGroupOffsets { group, partitions } => {
                 Response::Offsets(self.delete_group_offsets(group, partitions))
             }
-            Command::DeleteGroup { group } => Response::Group(
-                self.groups
-                    .remove(group)
-                    .map(|_| ())
-                    .ok_or(StateError::GroupIdNotFound),
-            ),
+            Command::DeleteGroup { group } => {
+                let members = self.consumer_groups.remove(group).is_some();
+                let offsets = self.groups.remove(group).is_some();
+                Response::Group(if members || offsets {
+                    Ok(())
+                } else {
+                    Err(StateError::GroupIdNotFound)
+                })
+            }
+            Command::PutConsumerGroup {
+                group,
+                seq,
+                bytes,
+                coordinator,
+                epoch,
+            } => Response::Group(self.put_consumer_group(group, *seq, bytes, *coordinator, *epoch)),
             // `apply` routes no other command here.
             _ => Response::Empty,
         }
@@ -80,6 +99,57 @@ impl MetadataState {
         results
     }
 
+    /// Whether `coordinator` coordinates `group` at cluster epoch `epoch`. With no live
+    /// broker at all (every lease lapsed) any broker may, as every broker then answers
+    /// for itself.
+    fn coordinates(&self, group: &str, coordinator: u64, epoch: i32) -> bool {
+        epoch == self.cluster.epoch()
+            && self
+                .cluster
+                .coordinator(group)
+                .is_none_or(|c| c == coordinator)
+    }
+
+    fn put_consumer_group(
+        &mut self,
+        group: &str,
+        seq: u64,
+        bytes: &Option<Vec<u8>>,
+        coordinator: u64,
+        epoch: i32,
+    ) -> Result<(), StateError> {
+        if !self.coordinates(group, coordinator, epoch) {
+            return Err(StateError::NotCoordinator);
+        }
+        if self
+            .consumer_groups
+            .get(group)
+            .is_some_and(|stored| stored.seq >= seq)
+        {
+            return Ok(());
+        }
+        match bytes {
+            Some(bytes) => {
+                self.consumer_groups.insert(
+                    group.to_owned(),
+                    ConsumerGroupRecord {
+                        seq,
+                        bytes: bytes.clone(),
+                    },
+                );
+            }
+            None => {
+                self.consumer_groups.remove(group);
+            }
+        }
+        Ok(())
+    }
+
+    /// A consumer-protocol group as its coordinator last wrote it.
+    pub fn consumer_group(&self, group: &str) -> Option<&ConsumerGroupRecord> {
+        self.consumer_groups.get(group)
+    }
+
     /// A commit from the group's coordinator, which must still coordinate the group at
     /// the cluster epoch it decided with (see [`Command::CommitGroupOffsets`]).
     fn commit_group_offsets(
@@ -89,14 +159,7 @@ impl MetadataState {
         coordinator: u64,
         epoch: i32,
     ) -> Vec<Result<(), StateError>> {
-        // No live broker at all (every lease lapsed): any broker may coordinate,
-        // as every broker then answers for itself.
-        let current = epoch == self.cluster.epoch()
-            && self
-                .cluster
-                .coordinator(group)
-                .is_none_or(|c| c == coordinator);
-        if current {
+        if self.coordinates(group, coordinator, epoch) {
             self.commit_offsets(group, offsets)
         } else {
             vec![Err(StateError::NotCoordinator); offsets.len()]

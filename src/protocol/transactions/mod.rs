@@ -373,6 +373,7 @@ pub async fn offset_commit(
     } else if !broker.is_coordinator(group) {
         Some(ResponseError::NotCoordinator.code())
     } else if version >= 3 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
+        broker.load_consumer_group(group);
         broker
             .groups()
             .check_offset_commit(
