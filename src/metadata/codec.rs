@@ -303,9 +303,9 @@ mod tests {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
         bytes[4..6].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 10, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 11, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 10, this build reads up to 9)"
+                "metadata snapshot written by a newer Strata (format 11, this build reads up to 10)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

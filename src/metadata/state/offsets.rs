@@ -228,6 +228,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn consumer_group_writes_keep_the_latest_from_the_current_coordinator() {
+        let mut s = MetadataState::default();
+        for id in 1..=2 {
+            s.apply(&Command::Cluster(ClusterCommand::Register {
+                id,
+                host: "h".into(),
+                port: 1,
+                rack: None,
+                now_ms: 0,
+            }));
+        }
+        let epoch = s.cluster().epoch();
+        let coordinator = s.cluster().coordinator("g").unwrap();
+        let other = 3 - coordinator;
+        let put = |seq, bytes: Option<&[u8]>, coordinator| Command::PutConsumerGroup {
+            group: "g".into(),
+            seq,
+            bytes: bytes.map(<[u8]>::to_vec),
+            coordinator,
+            epoch,
+        };
+        let ok = Response::Group(Ok(()));
+        assert_eq!(s.apply(&put(2, Some(b"two"), coordinator)), ok);
+        // An older write arriving late is dropped; another broker's is refused.
+        assert_eq!(s.apply(&put(1, Some(b"one"), coordinator)), ok);
+        assert_eq!(
+            s.apply(&put(3, Some(b"x"), other)),
+            Response::Group(Err(StateError::NotCoordinator))
+        );
+        let stored = s.consumer_group("g").map(|r| (r.seq, r.bytes.clone()));
+        assert_eq!(stored, Some((2, b"two".to_vec())));
+        // Removed with its last member; DeleteGroups removes it too.
+        assert_eq!(s.apply(&put(3, None, coordinator)), ok);
+        assert!(s.consumer_group("g").is_none());
+        s.apply(&put(4, Some(b"four"), coordinator));
+        assert_eq!(s.apply(&Command::DeleteGroup { group: "g".into() }), ok);
+        assert!(s.consumer_group("g").is_none());
+        // And it survives a snapshot.
+        s.apply(&put(5, Some(b"five"), coordinator));
+        let bytes = crate::metadata::codec::encode(crate::metadata::codec::Kind::LocalSnapshot, &s)
+            .unwrap();
+        let back: MetadataState =
+            crate::metadata::codec::decode(crate::metadata::codec::Kind::LocalSnapshot, &bytes)
+                .unwrap();
+        assert_eq!(back.consumer_group("g").map(|r| r.seq), Some(5));
+    }
+
+    #[test]
     fn offset_commits_need_the_current_coordinator_and_epoch() {
         let mut s = MetadataState::default();
         s.apply(&create("t", 1));

@@ -519,10 +519,11 @@ fn format_4_and_5_states_decode_without_later_fields() -> Result<(), codec::Code
     });
     let current = codec::encode(Kind::LocalSnapshot, &(state.clone(), 7u64))?;
     // An empty access state is three empty collections, an empty transaction state
-    // two: one zero length byte each, right before the trailing u64 (one byte).
+    // two, no consumer groups one: one zero length byte each, right before the trailing
+    // u64 (one byte).
     let end = current.len() - 1;
-    assert_eq!(&current[end - 5..end], &[0, 0, 0, 0, 0]);
-    for (format, strip) in [(4u16, 5), (5, 2)] {
+    assert_eq!(&current[end - 6..end], &[0, 0, 0, 0, 0, 0]);
+    for (format, strip) in [(4u16, 6), (5, 3), (9, 1)] {
         let mut bytes = current.clone();
         bytes.drain(end - strip..end);
         bytes[4..6].copy_from_slice(&format.to_le_bytes());
@@ -579,6 +580,8 @@ fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::
         vec![entry("t", 0, 3), entry("t", 1, 2)],
     ));
     let mut bytes = codec::encode(Kind::LocalSnapshot, &state)?;
+    // Format 10's consumer groups, empty here: one zero byte at the end.
+    assert_eq!(bytes.pop(), Some(0));
     bytes[4..6].copy_from_slice(&6u16.to_le_bytes());
     assert_eq!(
         codec::decode::<MetadataState>(Kind::LocalSnapshot, &bytes)?,
