@@ -227,10 +227,9 @@ mod tests {
     use super::super::fixtures::create;
     use super::*;
 
-    #[test]
-    fn consumer_group_writes_keep_the_latest_from_the_current_coordinator() {
-        let mut s = MetadataState::default();
-        for id in 1..=2 {
+    /// Brokers 1..=n, live.
+    fn register(s: &mut MetadataState, n: u64) {
+        for id in 1..=n {
             s.apply(&Command::Cluster(ClusterCommand::Register {
                 id,
                 host: "h".into(),
@@ -239,6 +238,12 @@ mod tests {
                 now_ms: 0,
             }));
         }
+    }
+
+    #[test]
+    fn consumer_group_writes_keep_the_latest_from_the_current_coordinator() {
+        let mut s = MetadataState::default();
+        register(&mut s, 2);
         let epoch = s.cluster().epoch();
         let coordinator = s.cluster().coordinator("g").unwrap();
         let other = 3 - coordinator;
@@ -279,15 +284,7 @@ mod tests {
     fn offset_commits_need_the_current_coordinator_and_epoch() {
         let mut s = MetadataState::default();
         s.apply(&create("t", 1));
-        for id in 1..=3 {
-            s.apply(&Command::Cluster(ClusterCommand::Register {
-                id,
-                host: "h".into(),
-                port: 1,
-                rack: None,
-                now_ms: 0,
-            }));
-        }
+        register(&mut s, 3);
         let epoch = s.cluster().epoch();
         let coordinator = s.cluster().coordinator("g").unwrap();
         let other = (1..=3).find(|id| *id != coordinator).unwrap();
