@@ -36,6 +36,11 @@ impl<'a> Authz<'a> {
         Self { broker, ctx }
     }
 
+    /// The client's IP address.
+    pub fn host(&self) -> &str {
+        &self.ctx.host
+    }
+
     pub fn allowed(&self, op: Operation, resource_type: ResourceType, name: &str) -> bool {
         let settings = &self.broker.security().authorizer;
         let who = Requester {

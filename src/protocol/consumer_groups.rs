@@ -21,7 +21,9 @@ use kafka_protocol::protocol::StrBytes;
 use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
-use crate::group::consumer::{assign, Assignment, Heartbeat, HeartbeatError, TopicId, JOIN_EPOCH};
+use crate::group::consumer::{
+    assign, Assignment, Caller, Heartbeat, HeartbeatError, TopicId, JOIN_EPOCH,
+};
 use crate::security::acl::{Operation, ResourceType};
 
 /// The cluster's topics as the state machine takes them: name → (id, partitions).
@@ -39,6 +41,8 @@ fn topics(broker: &Broker) -> BTreeMap<String, (TopicId, i32)> {
 
 pub async fn heartbeat(
     broker: &Arc<Broker>,
+    authz: &Authz<'_>,
+    client_id: &str,
     req: ConsumerGroupHeartbeatRequest,
     version: i16,
 ) -> ConsumerGroupHeartbeatResponse {
@@ -60,6 +64,20 @@ pub async fn heartbeat(
             ResponseError::GroupIdNotFound,
             format!("Group {group} is not a consumer group."),
         );
+    }
+    // As Kafka: every topic named in a subscription must be one the principal may
+    // describe; a pattern matches only such topics.
+    if let Some(names) = &req.subscribed_topic_names {
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        if authz
+            .allowed_each(Operation::Describe, ResourceType::Topic, &names)
+            .contains(&false)
+        {
+            return fail(
+                ResponseError::TopicAuthorizationFailed,
+                "Not authorized to describe every subscribed topic.".into(),
+            );
+        }
     }
     let mut member_id = req.member_id.to_string();
     // v0: the coordinator names a joining member; v1 (KIP-1082): the client does.
@@ -102,7 +120,15 @@ pub async fn heartbeat(
     // the answer waits for the write, as Kafka's does.
     let _writing = groups.write_lock(group).await;
     broker.load_consumer_group(group);
-    let (result, write) = groups.heartbeat(group, hb, regex, &topics);
+    let (result, write) = {
+        let may_describe = |topic: &str| authz.topic(Operation::Describe, topic);
+        let caller = Caller {
+            client_id,
+            host: authz.host(),
+            may_describe: &may_describe,
+        };
+        groups.heartbeat(group, hb, regex, &topics, &caller)
+    };
     if let Some(write) = write {
         if let Err(code) = broker.write_consumer_group(group, write).await {
             return fail(code, "the group's state could not be written".into());
@@ -214,11 +240,15 @@ pub fn describe(
                         .get(&m.member_id)
                         .cloned()
                         .unwrap_or_default();
+                    let (client_id, client_host) =
+                        d.clients.get(&m.member_id).cloned().unwrap_or_default();
                     describe::Member::default()
                         .with_member_id(str_bytes(&m.member_id))
                         .with_instance_id(m.instance_id.as_deref().map(str_bytes))
                         .with_rack_id(m.rack_id.as_deref().map(str_bytes))
                         .with_member_epoch(m.member_epoch)
+                        .with_client_id(str_bytes(&client_id))
+                        .with_client_host(str_bytes(&client_host))
                         .with_subscribed_topic_names(
                             m.subscribed_topics
                                 .iter()

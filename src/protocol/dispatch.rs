@@ -129,7 +129,7 @@ async fn group_request(
             ResponseKind::Heartbeat(broker.groups().heartbeat(req, version).await)
         }
         RequestKind::ConsumerGroupHeartbeat(req) => ResponseKind::ConsumerGroupHeartbeat(
-            consumer_groups::heartbeat(broker, req, version).await,
+            consumer_groups::heartbeat(broker, authz, client_id, req, version).await,
         ),
         RequestKind::ConsumerGroupDescribe(req) => ResponseKind::ConsumerGroupDescribe(
             consumer_groups::describe(broker, authz, req, version),

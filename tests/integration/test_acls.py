@@ -626,3 +626,46 @@ def test_super_user_and_anonymous(request, tmp_path):
         eventually(lambda: topic_error(anon_admin, "ops-topic") is None, "anonymous sees ops-topic")
         got, errors = consume(anon, "ops-topic", "anon-group-2", n=2)
         assert got == [b"o1", b"o2"], errors
+
+
+def test_consumer_protocol_sees_only_topics_it_may_describe(acl_broker):
+    """KIP-848 under ACLs, as Kafka: a pattern subscription matches only the topics the
+    member may describe, and a subscription naming one it may not is refused with
+    TOPIC_AUTHORIZATION_FAILED."""
+    b = acl_broker
+    create_users(b, "carol")
+    create_topics(b, "kip-open", "kip-secret", partitions=2)
+    opened = admin_produce(b, "kip-open", 3)
+    admin_produce(b, "kip-secret", 3)
+    create_acls(b, [
+        acl(ResourceType.TOPIC, "kip-open", ResourcePatternType.LITERAL, "User:carol",
+            AclOperation.READ, AclPermissionType.ALLOW),
+        acl(ResourceType.GROUP, "kip-", ResourcePatternType.PREFIXED, "User:carol",
+            AclOperation.READ, AclPermissionType.ALLOW),
+    ])
+    eventually(lambda: topic_error(admin_client(b, "carol"), "kip-open") is None, "carol sees kip-open")
+    conf = sasl_conf(b, "carol", **{"group.protocol": "consumer", "auto.offset.reset": "earliest"})
+    c = Consumer({**conf, "group.id": "kip-pattern"})
+    c.subscribe(["^kip-.*"])
+    got = []
+    deadline = time.monotonic() + 30
+    while len(got) < len(opened):
+        assert time.monotonic() < deadline, f"read {got}"
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append(m.value())
+    assert sorted(got) == sorted(opened)
+    assert {tp.topic for tp in c.assignment()} == {"kip-open"}, c.assignment()
+    c.close()
+
+    named = Consumer({**conf, "group.id": "kip-named"})
+    named.subscribe(["kip-secret"])
+    errors = set()
+    deadline = time.monotonic() + 15
+    while TOPIC_AUTH not in errors and time.monotonic() < deadline:
+        m = named.poll(0.5)
+        if m is not None and m.error() is not None:
+            errors.add(m.error().code())
+        assert m is None or m.error() is not None, "read a topic it may not describe"
+    named.close()
+    assert TOPIC_AUTH in errors, errors

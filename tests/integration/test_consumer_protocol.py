@@ -75,7 +75,7 @@ def test_consume_and_commit_exactly_once(broker, unique_topic):
     produce(broker.bootstrap, topic, 300, 3)
 
     seen = []
-    c1 = consumer(broker.bootstrap, group)
+    c1 = consumer(broker.bootstrap, group, **{"client.id": "kip848-client"})
     c1.subscribe([topic])
     deadline = time.monotonic() + 60
     while len(seen) < 150:
@@ -95,6 +95,8 @@ def test_consume_and_commit_exactly_once(broker, unique_topic):
     if ConsumerGroupType is not None:
         assert desc.type == ConsumerGroupType.CONSUMER, desc.type
     assert len(desc.members) == 1, desc.members
+    assert desc.members[0].client_id == "kip848-client", desc.members[0].client_id
+    assert desc.members[0].host.endswith("127.0.0.1"), desc.members[0].host
     assigned = {(tp.topic, tp.partition) for tp in desc.members[0].assignment.topic_partitions}
     assert assigned == {(topic, p) for p in range(3)}
     listed = admin.list_consumer_groups(request_timeout=30).result(timeout=60)

@@ -50,6 +50,9 @@ struct Entry {
     /// The number of the last write made (or loaded) of this group, and its bytes.
     seq: u64,
     written: Option<Vec<u8>>,
+    /// Each member's client id and host, as its last heartbeat came (not written: the
+    /// next heartbeat brings them to a new coordinator).
+    clients: HashMap<String, (String, String)>,
 }
 
 impl Entry {
@@ -83,10 +86,20 @@ impl Entry {
     }
 }
 
-/// What describing a group needs beyond the state machine: each member's pattern.
+/// What describing a group needs beyond the state machine: each member's pattern, and
+/// its client id and host.
 pub struct Described {
     pub group: ConsumerGroup,
     pub patterns: BTreeMap<String, String>,
+    pub clients: BTreeMap<String, (String, String)>,
+}
+
+/// Who sent a heartbeat: the client id and host, and which topics a pattern may match
+/// (those the principal may describe, as Kafka filters a pattern's matches).
+pub struct Caller<'a> {
+    pub client_id: &'a str,
+    pub host: &'a str,
+    pub may_describe: &'a dyn Fn(&str) -> bool,
 }
 
 pub struct ConsumerGroups {
@@ -150,6 +163,7 @@ impl ConsumerGroups {
                 patterns,
                 seq,
                 written: Some(bytes.to_vec()),
+                clients: HashMap::new(),
             },
         );
     }
@@ -180,6 +194,7 @@ impl ConsumerGroups {
         mut hb: Heartbeat,
         regex: Option<&str>,
         topics: &BTreeMap<String, (TopicId, i32)>,
+        caller: &Caller<'_>,
     ) -> (Result<HeartbeatReply, HeartbeatError>, Option<Write>) {
         let now_ms = self.now_ms(Instant::now());
         let pattern = match regex {
@@ -211,15 +226,21 @@ impl ConsumerGroups {
             // the other); with a pattern, the names are what it matches now.
             let matched: BTreeSet<String> = topics
                 .keys()
-                .filter(|name| p.regex.is_match(name))
+                .filter(|name| p.regex.is_match(name) && (caller.may_describe)(name))
                 .cloned()
                 .collect();
             hb.subscribed_topics = Some(matched);
         }
         let member_id = hb.member_id.clone();
         let result = entry.group.heartbeat(hb, topics, &self.settings, now_ms);
-        if !entry.group.members.contains_key(&member_id) {
+        if entry.group.members.contains_key(&member_id) {
+            entry.clients.insert(
+                member_id.clone(),
+                (caller.client_id.to_owned(), caller.host.to_owned()),
+            );
+        } else {
             entry.patterns.remove(&member_id);
+            entry.clients.remove(&member_id);
         }
         let write = if entry.group.members.is_empty() {
             let removal = entry.removal();
@@ -245,6 +266,7 @@ impl ConsumerGroups {
             for member in &gone {
                 tracing::info!(group = %id, %member, "consumer group member fenced: its session or rebalance timeout ran out");
                 entry.patterns.remove(member);
+                entry.clients.remove(member);
             }
             let write = if entry.group.members.is_empty() {
                 entry.removal()
@@ -293,10 +315,11 @@ impl ConsumerGroups {
         let entry = groups.get(group_id)?;
         Some(Described {
             group: entry.group.clone(),
-            patterns: entry
-                .patterns
+            patterns: entry.pattern_sources(),
+            clients: entry
+                .clients
                 .iter()
-                .map(|(m, p)| (m.clone(), p.source.clone()))
+                .map(|(m, c)| (m.clone(), c.clone()))
                 .collect(),
         })
     }
@@ -319,6 +342,16 @@ mod tests {
     use super::super::Assignment;
     use super::*;
 
+    fn anyone(_: &str) -> bool {
+        true
+    }
+
+    const ANYONE: Caller<'static> = Caller {
+        client_id: "client",
+        host: "127.0.0.1",
+        may_describe: &anyone,
+    };
+
     const T1: TopicId = [1; 16];
     const T2: TopicId = [2; 16];
 
@@ -338,7 +371,9 @@ mod tests {
         let groups = ConsumerGroups::new(Settings::default());
         let topics = [("a".to_owned(), (T1, 2))].into();
         assert_eq!(groups.check_offset_commit("g", "m", 1, true), None);
-        let reply = groups.heartbeat("g", join("m", &["a"]), None, &topics).0;
+        let reply = groups
+            .heartbeat("g", join("m", &["a"]), None, &topics, &ANYONE)
+            .0;
         let epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
         assert!(epoch > 0);
         let check = |member: &str, e: i32, v9: bool| groups.check_offset_commit("g", member, e, v9);
@@ -366,7 +401,10 @@ mod tests {
             member_epoch: super::super::LEAVE_EPOCH,
             ..join("m", &["a"])
         };
-        assert!(groups.heartbeat("g", leave, None, &topics).0.is_ok());
+        assert!(groups
+            .heartbeat("g", leave, None, &topics, &ANYONE)
+            .0
+            .is_ok());
         assert!(!groups.contains("g"));
         assert_eq!(
             groups
@@ -377,7 +415,8 @@ mod tests {
                         ..join("m", &[])
                     },
                     None,
-                    &topics
+                    &topics,
+                    &ANYONE,
                 )
                 .0,
             Err(HeartbeatError::UnknownMemberId)
@@ -391,12 +430,12 @@ mod tests {
         topics.insert("orders-eu".to_owned(), (T2, 1));
         assert_eq!(
             groups
-                .heartbeat("g", join("m", &[]), Some("orders("), &topics)
+                .heartbeat("g", join("m", &[]), Some("orders("), &topics, &ANYONE)
                 .0,
             Err(HeartbeatError::InvalidRegularExpression)
         );
         let reply = groups
-            .heartbeat("g", join("m", &[]), Some("orders"), &topics)
+            .heartbeat("g", join("m", &[]), Some("orders"), &topics, &ANYONE)
             .0;
         let reply = reply.expect("join");
         // Full match: "orders" does not take "orders-eu".
@@ -408,7 +447,7 @@ mod tests {
         );
 
         let reply = groups
-            .heartbeat("g", join("n", &[]), Some("orders.*"), &topics)
+            .heartbeat("g", join("n", &[]), Some("orders.*"), &topics, &ANYONE)
             .0;
         assert!(reply.is_ok());
         let subscribed = |g: &ConsumerGroups, m: &str| {
@@ -427,7 +466,7 @@ mod tests {
             member_epoch: epoch.unwrap_or_default(),
             ..Heartbeat::default()
         };
-        assert!(groups.heartbeat("g", hb, None, &topics).0.is_ok());
+        assert!(groups.heartbeat("g", hb, None, &topics, &ANYONE).0.is_ok());
         assert!(subscribed(&groups, "n").contains("orders-us"));
     }
 
@@ -437,10 +476,10 @@ mod tests {
         let topics: BTreeMap<String, (TopicId, i32)> =
             [("a".to_owned(), (T1, 4)), ("b".to_owned(), (T2, 1))].into();
         let mut last = None;
-        let (reply, write) = first.heartbeat("g", join("m", &["a"]), None, &topics);
+        let (reply, write) = first.heartbeat("g", join("m", &["a"]), None, &topics, &ANYONE);
         let m_epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
         last = write.or(last);
-        let (reply, write) = first.heartbeat("g", join("n", &[]), Some("b"), &topics);
+        let (reply, write) = first.heartbeat("g", join("n", &[]), Some("b"), &topics, &ANYONE);
         let n_epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
         last = write.or(last);
         let Some(Write {
@@ -457,7 +496,7 @@ mod tests {
             member_epoch: epoch,
             ..Heartbeat::default()
         };
-        let (reply, write) = first.heartbeat("g", hb("n", n_epoch), None, &topics);
+        let (reply, write) = first.heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE);
         assert!(reply.is_ok() && write.is_none(), "{reply:?} {write:?}");
 
         let next = ConsumerGroups::new(Settings::default());
@@ -482,6 +521,7 @@ mod tests {
             },
             None,
             &topics,
+            &ANYONE,
         );
         // As the old coordinator would have answered: neither fenced nor unknown.
         let (same, _) = first.heartbeat(
@@ -492,14 +532,19 @@ mod tests {
             },
             None,
             &topics,
+            &ANYONE,
         );
         assert_eq!(reply, same);
         let m_now = reply.map(|r| r.member_epoch).unwrap_or_default();
         assert!(m_now >= m_epoch);
-        let n_reply = next.heartbeat("g", hb("n", n_epoch), None, &topics).0;
+        let n_reply = next
+            .heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE)
+            .0;
         assert_eq!(
             n_reply,
-            first.heartbeat("g", hb("n", n_epoch), None, &topics).0
+            first
+                .heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE)
+                .0
         );
         assert!(n_reply.is_ok());
         assert_eq!(next.check_offset_commit("g", "m", m_now, true), Some(None));
@@ -509,10 +554,10 @@ mod tests {
         // The last member's leave removes the group from the log.
         let leave = |id: &str| hb(id, crate::group::consumer::LEAVE_EPOCH);
         assert!(next
-            .heartbeat("g", leave("m"), None, &topics)
+            .heartbeat("g", leave("m"), None, &topics, &ANYONE)
             .1
             .is_some_and(|w| w.bytes.is_some()));
-        let (_, gone) = next.heartbeat("g", leave("n"), None, &topics);
+        let (_, gone) = next.heartbeat("g", leave("n"), None, &topics, &ANYONE);
         assert!(gone.is_some_and(|w| w.bytes.is_none() && w.seq > seq));
     }
 }

@@ -24,7 +24,7 @@ pub mod assign;
 mod groups;
 mod record;
 
-pub use self::groups::{ConsumerGroups, Described, Write};
+pub use self::groups::{Caller, ConsumerGroups, Described, Write};
 
 use std::collections::{BTreeMap, BTreeSet};
 
