@@ -146,6 +146,10 @@ pub struct ServeArgs {
     /// group.consumer.heartbeat.interval.ms [default: 5000].
     #[arg(long, env = "STRATA_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
     pub group_consumer_heartbeat_interval_ms: Option<u64>,
+    /// The server-side assignors consumer-protocol members may ask for, the default
+    /// first, like group.consumer.assignors [default: uniform,range].
+    #[arg(long, env = "STRATA_GROUP_CONSUMER_ASSIGNORS")]
+    pub group_consumer_assignors: Option<String>,
     /// Produce data held while uploads are slow; producers wait beyond it [default: 268435456].
     #[arg(long, env = "STRATA_BUFFER_MAX_BYTES")]
     pub buffer_max_bytes: Option<usize>,

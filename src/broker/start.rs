@@ -134,6 +134,7 @@ impl Broker {
                     config.groups.consumer_session_timeout.as_millis(),
                 )
                 .unwrap_or(i64::MAX),
+                assignors: config.groups.consumer_assignors.clone(),
                 ..Default::default()
             },
             ..GroupOptions::default()

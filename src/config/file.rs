@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub group_consumer_session_timeout_ms: Option<u64>,
     pub group_consumer_heartbeat_interval_ms: Option<u64>,
+    pub group_consumer_assignors: Option<String>,
     pub buffer_max_bytes: Option<usize>,
     pub upload_timeout_ms: Option<u64>,
     pub store_snapshot_interval_ms: Option<u64>,

@@ -30,7 +30,7 @@ mod background;
 mod cache;
 mod file;
 mod flush;
-mod groups;
+pub(crate) mod groups;
 mod listener;
 mod node;
 mod placement;
@@ -220,6 +220,24 @@ mod tests {
         };
         let c = Config::load(&args).unwrap();
         assert_eq!(c.groups.consumer_session_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn consumer_assignors_are_known_names_default_first() {
+        let args = |list: &str| ServeArgs {
+            group_consumer_assignors: Some(list.into()),
+            ..Default::default()
+        };
+        let c = Config::load(&args(" range , uniform ")).unwrap();
+        assert_eq!(c.groups.consumer_assignors, ["range", "uniform"]);
+        for bad in ["", "sticky", "range,cooperative"] {
+            match Config::load(&args(bad)) {
+                Err(ConfigError::Invalid { key, .. }) => {
+                    assert_eq!(key, "group_consumer_assignors")
+                }
+                other => panic!("{bad:?}: expected a refusal, got {other:?}"),
+            }
+        }
     }
 
     #[test]

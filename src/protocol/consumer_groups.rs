@@ -228,6 +228,10 @@ pub fn describe(
                 .members
                 .values()
                 .find_map(|m| m.server_assignor.clone())
+                .or_else(|| {
+                    let settings = broker.groups().consumer().settings();
+                    settings.assignors.first().cloned()
+                })
                 .unwrap_or_else(|| assign::ASSIGNORS[0].to_owned());
             let members = d
                 .group

@@ -219,6 +219,11 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_config_knows_every_assignor() {
+        assert_eq!(ASSIGNORS, crate::config::groups::ASSIGNORS);
+    }
+
     proptest! {
         /// Any subscriptions: each partition of a subscribed topic goes to exactly one
         /// member subscribed to it; with identical subscriptions, counts differ by at most

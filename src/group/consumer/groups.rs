@@ -471,6 +471,40 @@ mod tests {
     }
 
     #[test]
+    fn only_the_configured_assignors_are_served_the_first_by_default() {
+        let groups = ConsumerGroups::new(Settings {
+            assignors: vec!["range".into()],
+            ..Settings::default()
+        });
+        let topics = [("a".to_owned(), (T1, 1)), ("b".to_owned(), (T2, 1))].into();
+        let asking = |assignor: &str| Heartbeat {
+            server_assignor: Some(assignor.into()),
+            ..join("m", &["a", "b"])
+        };
+        let refused = groups
+            .heartbeat("g", asking("uniform"), None, &topics, &ANYONE)
+            .0;
+        assert_eq!(refused, Err(HeartbeatError::UnsupportedAssignor));
+        // Without a preference, range: partition 0 of each topic to the first member
+        // (uniform would give each member one).
+        for member in ["m", "n"] {
+            let reply = groups.heartbeat("g", join(member, &["a", "b"]), None, &topics, &ANYONE);
+            assert!(reply.0.is_ok());
+        }
+        let counts: Vec<usize> = groups
+            .describe("g")
+            .map(|d| {
+                d.group
+                    .target
+                    .values()
+                    .map(|a| a.values().map(BTreeSet::len).sum())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(counts, [2, 0]);
+    }
+
+    #[test]
     fn a_new_coordinator_continues_from_the_last_write() {
         let first = ConsumerGroups::new(Settings::default());
         let topics: BTreeMap<String, (TopicId, i32)> =

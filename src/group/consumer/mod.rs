@@ -49,6 +49,9 @@ pub struct Settings {
     pub session_timeout_ms: i64,
     /// Members per group.
     pub max_size: usize,
+    /// The assignors members may ask for (Kafka's `group.consumer.assignors`); the first
+    /// is the default.
+    pub assignors: Vec<String>,
 }
 
 impl Default for Settings {
@@ -57,6 +60,7 @@ impl Default for Settings {
             heartbeat_interval_ms: 5_000,
             session_timeout_ms: 45_000,
             max_size: 1_000,
+            assignors: assign::ASSIGNORS.iter().map(|a| (*a).to_owned()).collect(),
         }
     }
 }
@@ -220,7 +224,7 @@ impl ConsumerGroup {
             return Err(HeartbeatError::InvalidRequest("MemberId can't be empty."));
         }
         if let Some(a) = &hb.server_assignor {
-            if !assign::ASSIGNORS.contains(&a.as_str()) {
+            if !settings.assignors.iter().any(|known| known == a) {
                 return Err(HeartbeatError::UnsupportedAssignor);
             }
         }
@@ -269,7 +273,7 @@ impl ConsumerGroup {
         }
         self.refresh_subscription(topics);
         if self.assignment_epoch < self.group_epoch {
-            self.compute_target();
+            self.compute_target(settings);
         }
         let before = self.members.get(&hb.member_id).map(|m| m.assigned.clone());
         self.reconcile(&hb.member_id, hb.owned.as_ref(), now_ms);
@@ -436,7 +440,7 @@ impl ConsumerGroup {
         }
     }
 
-    fn compute_target(&mut self) {
+    fn compute_target(&mut self, settings: &Settings) {
         let ids: BTreeMap<&String, TopicId> = self
             .subscribed
             .iter()
@@ -471,7 +475,13 @@ impl ConsumerGroup {
         let assignor = votes
             .iter()
             .max_by_key(|(name, n)| (**n, std::cmp::Reverse(**name)))
-            .map_or(assign::ASSIGNORS[0], |(name, _)| name);
+            .map_or(
+                settings
+                    .assignors
+                    .first()
+                    .map_or(assign::ASSIGNORS[0], String::as_str),
+                |(name, _)| name,
+            );
         self.target = assign::assign(assignor, &specs, &counts);
         self.assignment_epoch = self.group_epoch;
     }
