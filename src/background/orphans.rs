@@ -3,7 +3,8 @@
 //! whose swap never came), deleted once older than a grace period. Objects the state
 //! knows, live or garbage, are never touched here: garbage goes through [`super::gc`].
 //! A commit arriving after half the grace is refused by the state machine, so the sweep
-//! can never delete an object whose commit is on its way.
+//! can never delete an object whose commit is on its way. A flush object that carried
+//! metadata log entries (`metadata/ride.rs`) waits, besides, for a snapshot to cover them.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 use super::compaction::COMPACTED_PREFIX;
-use crate::metadata::shipping::SEGMENTS_PREFIX;
+use crate::metadata::shipping::{self, SEGMENTS_PREFIX};
 use crate::metadata::Metadata;
 use crate::storage::{ObjectStorage, StorageError};
 
@@ -41,15 +42,29 @@ pub async fn collect_once(
 ) -> Result<usize, StorageError> {
     let now = SystemTime::now();
     let mut deleted = 0;
+    let old_enough =
+        |written: SystemTime| now.duration_since(written).is_ok_and(|age| age >= grace);
+    // Read once per pass, and only if needed.
+    let mut newest = None;
     for prefix in [SEGMENTS_PREFIX, COMPACTED_PREFIX] {
         for object in storage.list(prefix).await? {
-            let old_enough = now
-                .duration_since(object.last_modified)
-                .is_ok_and(|age| age >= grace);
-            if old_enough && !metadata.read(|s| s.objects().is_known(&object.path)) {
-                storage.delete(&object.path).await?;
-                deleted += 1;
+            if !old_enough(object.last_modified)
+                || metadata.read(|s| s.objects().is_known(&object.path))
+            {
+                continue;
             }
+            // A flush object that carried metadata log entries also serves recovery
+            // until a snapshot covers them.
+            if shipping::parse_ride_path(&object.path).is_some() {
+                if newest.is_none() {
+                    newest = Some(shipping::newest_snapshot(storage).await?);
+                }
+                if !shipping::ride_covered(&object.path, newest.flatten()) {
+                    continue;
+                }
+            }
+            storage.delete(&object.path).await?;
+            deleted += 1;
         }
     }
     Ok(deleted)

@@ -4,6 +4,7 @@ pub mod codec;
 pub mod fence;
 pub mod legacy;
 pub mod raft;
+pub mod ride;
 pub mod shipping;
 pub mod state;
 
@@ -41,6 +42,8 @@ pub struct Metadata {
     /// A lone voter without a Raft network is the whole cluster: nobody can take over
     /// from it, so it never fences itself.
     alone: bool,
+    /// Claims on committed entries not yet in the bucket (see `ride.rs`).
+    ride: ride::LogRide,
 }
 
 impl Metadata {
@@ -54,6 +57,7 @@ impl Metadata {
             state,
             lease,
             alone,
+            ride: ride::LogRide::default(),
         })
     }
 
@@ -143,8 +147,27 @@ impl Metadata {
         self.raft.ack_after_shipping();
     }
 
+    /// A snapshot up to `index` is in the bucket.
     pub fn mark_shipped(&self, index: u64) {
+        self.ride.with(|r| r.cover(index));
         self.raft.mark_shipped(index);
+    }
+
+    /// The last index an acknowledgement waits to see shipped.
+    pub fn shipping_wanted(&self) -> watch::Receiver<u64> {
+        self.raft.shipping_wanted()
+    }
+
+    /// The claims on entries not yet shipped, shared by the shipper and the write buffer.
+    pub fn ride(&self) -> &ride::LogRide {
+        &self.ride
+    }
+
+    /// Records how a claim's PUT ended and advances the shipped mark if it may.
+    pub fn finish_ride(&self, claim: ride::Claim, ok: bool) {
+        if let Some(shipped) = self.ride.with(|r| r.finish(claim, ok)) {
+            self.raft.mark_shipped(shipped);
+        }
     }
 
     pub fn log_entries(

@@ -27,15 +27,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::{Entry, EntryPayload};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::codec::{self, CodecError, Kind};
 use super::legacy::{self, LegacyError};
 use super::raft::TypeConfig;
+use super::ride::Claim;
 use super::state::{Command, MetadataState};
 use super::{Metadata, MetadataError};
+use crate::storage::budget::Class;
 use crate::storage::store::Purpose;
-use crate::storage::{ObjectStorage, StorageError};
+use crate::storage::{segment, ObjectStorage, StorageError};
 
 pub const METADATA_PREFIX: &str = "_strata/metadata";
 pub const SNAPSHOTS_PREFIX: &str = "_strata/metadata/snapshots";
@@ -98,6 +101,66 @@ fn parse_chunk_path(path: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// The name of a flush object carrying log entries `first..=last` (`ride.rs`): its own
+/// name under `segments/` with the range added, so that recovery finds it by listing the
+/// flush objects (only the tail not yet compacted).
+pub fn ride_path(object: &str, generation: u64, first: u64, last: u64) -> String {
+    let stem = object.strip_suffix(".seg").unwrap_or(object);
+    format!("{stem}-log-{generation}-{first}-{last}.seg")
+}
+
+/// `(generation, first, last)` of a flush object carrying log entries.
+pub fn parse_ride_path(path: &str) -> Option<(u64, u64, u64)> {
+    let name = path.strip_prefix(SEGMENTS_PREFIX)?.strip_prefix('/')?;
+    let (_, range) = name.strip_suffix(".seg")?.rsplit_once("-log-")?;
+    let mut parts = range.splitn(3, '-').map(str::parse::<u64>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(g)), Some(Ok(first)), Some(Ok(last))) => Some((g, first, last)),
+        _ => None,
+    }
+}
+
+/// `(generation, first, last)` of a log chunk, or of a flush object carrying one.
+fn parse_shipped_path(path: &str) -> Option<(u64, u64, u64)> {
+    parse_chunk_path(path).or_else(|| parse_ride_path(path))
+}
+
+/// Whether the snapshot `newest` (`(generation, applied)`) makes the entries a flush
+/// object carries unnecessary to recovery; true for one that carries none. Until then
+/// the orphan sweep keeps it even if its data was never committed.
+pub fn ride_covered(path: &str, newest: Option<(u64, u64)>) -> bool {
+    match parse_ride_path(path) {
+        None => true,
+        Some((g, _, last)) => newest.is_some_and(|n| (g, last) <= n),
+    }
+}
+
+/// `(generation, applied)` of the newest snapshot in the bucket.
+pub async fn newest_snapshot(storage: &ObjectStorage) -> Result<Option<(u64, u64)>, StorageError> {
+    Ok(storage
+        .list(SNAPSHOTS_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|o| parse_snapshot_path(&o.path))
+        .max())
+}
+
+/// What recovery reads: the metadata, and the flush objects not yet compacted (some
+/// carry log entries).
+async fn list_shipped(
+    storage: &ObjectStorage,
+) -> Result<Vec<crate::storage::store::ListedObject>, StorageError> {
+    let mut listed = storage.list(METADATA_PREFIX).await?;
+    listed.extend(
+        storage
+            .list(SEGMENTS_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|o| parse_ride_path(&o.path).is_some()),
+    );
+    Ok(listed)
+}
+
 /// What the bucket's newest snapshot covers, as this broker shipped it while leader.
 /// Garbage collection trusts it: an object is deleted only once a shipped snapshot no
 /// longer names it, so recovery from the bucket never meets a missing object.
@@ -110,26 +173,55 @@ pub struct ShippedMark {
     pub clock_ms: AtomicI64,
 }
 
+/// How long the shipper lets committed entries wait for a forming round of data to carry
+/// them (a round forms for at most a few flush intervals without a PUT budget).
+const RIDE_WAIT: Duration = Duration::from_millis(100);
+/// The longest wait under a PUT budget: riding is then what keeps the metadata log from
+/// taking half the budget.
+const RIDE_WAIT_BUDGET_MAX: Duration = Duration::from_secs(1);
+/// Under a PUT budget with fewer foreground tokens than this, the shipper waits for a
+/// round of data even before one forms.
+const RIDE_TOKENS: f64 = 2.0;
+/// How long entries nobody waits for (lease renewals) may wait for one that somebody
+/// does, or for a round of data, before they go out alone.
+const LAZY_SHIP: Duration = Duration::from_secs(5);
+/// A claim in flight this long (a data PUT retrying against a slow store) is shipped
+/// again by the shipper rather than holding every acknowledgement.
+const RIDE_STALE: Duration = Duration::from_secs(2);
+
 /// Ships the metadata while this broker is the Raft leader: a snapshot on becoming
-/// leader and every `interval` while the state changes, committed entries in between.
+/// leader and every `interval` while the state changes, committed entries in between,
+/// in a round of data when one is forming (`ride.rs`), else in a chunk of their own.
 pub async fn ship_metadata(
     metadata: Arc<Metadata>,
     storage: ObjectStorage,
     interval: Duration,
     shipped_snapshot: Arc<ShippedMark>,
 ) {
-    // Shipped while leader: the last entry in the bucket, and the last snapshot's index.
-    let mut shipped: Option<u64> = None;
+    // Whether this broker, as leader, has shipped its first snapshot.
+    let mut leading = false;
+    let mut need_snapshot = false;
     let mut snapshot_applied = 0;
     let mut last_snapshot = tokio::time::Instant::now();
     let mut failures = 0u32;
+    let mut pending_since: Option<tokio::time::Instant> = None;
+    let mut lazy_since: Option<tokio::time::Instant> = None;
     let mut applied_rx = metadata.subscribe();
+    let mut wanted_rx = metadata.shipping_wanted();
+    // Under a PUT budget, a PUT of its own costs a token the data rounds then wait for:
+    // when tokens are scarce, wait up to two of the foreground's tokens for a ride.
+    let budget = storage.put_budget();
+    let ride_wait = storage.put_budget().map_or(RIDE_WAIT, |b| {
+        Duration::from_secs_f64(2.0 / (b.rate() * 0.8)).clamp(RIDE_WAIT, RIDE_WAIT_BUDGET_MAX)
+    });
     // Clean-up runs beside the shipping (one at a time): a minute of chunks can be
     // thousands of DELETEs, and acknowledgements wait on this loop.
     let mut cleanup: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if !metadata.is_leader() {
-            if shipped.take().is_some() {
+            if leading {
+                leading = false;
+                metadata.ride().with(|r| r.close());
                 // A new leader collects garbage only after its own first shipment.
                 shipped_snapshot.clock_ms.store(i64::MIN, Ordering::Release);
             }
@@ -142,25 +234,20 @@ pub async fn ship_metadata(
             tokio::time::sleep(pause).await;
         }
         let applied = *applied_rx.borrow_and_update();
-        let snapshot_due = match shipped {
-            None => true,
-            Some(_) => last_snapshot.elapsed() >= interval && applied > snapshot_applied,
-        };
-        let entries = match shipped {
-            Some(from) if !snapshot_due && applied > from => {
-                // Purged behind a local snapshot (this node was slow to ship): a shipped
-                // snapshot covers them instead.
-                metadata.log_entries(from + 1, applied)
-            }
-            _ => None,
-        };
-        if snapshot_due || (shipped.is_some_and(|from| applied > from) && entries.is_none()) {
+        let snapshot_due = !leading
+            || need_snapshot
+            || (last_snapshot.elapsed() >= interval && applied > snapshot_applied);
+        if snapshot_due {
             match ship_snapshot(&metadata, &storage).await {
                 Ok(done) => {
                     failures = 0;
+                    need_snapshot = false;
                     snapshot_applied = done.applied;
                     last_snapshot = tokio::time::Instant::now();
-                    shipped = Some(shipped.unwrap_or(0).max(done.applied));
+                    if !leading {
+                        leading = true;
+                        metadata.ride().with(|r| r.open(done.applied));
+                    }
                     metadata.mark_shipped(done.applied);
                     record(&shipped_snapshot, done);
                     if cleanup.as_ref().is_none_or(|c| c.is_finished()) {
@@ -181,29 +268,110 @@ pub async fn ship_metadata(
             }
             continue;
         }
-        let Some(entries) = entries else {
-            // Nothing new: wait for a commit, but look up now and then (leadership, the
-            // snapshot interval).
-            let _ = tokio::time::timeout(Duration::from_millis(100), applied_rx.changed()).await;
+        let ride = metadata.ride();
+        let wanted = (*wanted_rx.borrow_and_update()).min(applied);
+        let (urgent, any) = ride.with(|r| (r.pending(wanted), r.pending(applied)));
+        if !urgent {
+            pending_since = None;
+        }
+        // How far new entries may be claimed now (failed and stuck claims always are).
+        let mut upto = applied;
+        if !any {
+            lazy_since = None;
+        } else if !urgent {
+            // Nobody waits for these (lease renewals): they go with the next entry that
+            // somebody waits for, or after a while.
+            let since = *lazy_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() < LAZY_SHIP {
+                upto = 0;
+            }
+        } else if ride.is_forming()
+            || budget.is_some_and(|b| b.available(Class::Foreground) < RIDE_TOKENS)
+        {
+            // A round of data is gathering requests (or, tokens being scarce under a
+            // budget, the next one is worth waiting for): it carries the entries.
+            let since = *pending_since.get_or_insert_with(tokio::time::Instant::now);
+            let left = ride_wait.saturating_sub(since.elapsed());
+            if !left.is_zero() {
+                ride.wait_claimed(left.min(Duration::from_millis(20))).await;
+                continue;
+            }
+        }
+        let claim = ride.with(|r| r.claim(upto, tokio::time::Instant::now(), Some(RIDE_STALE)));
+        let Some(claim) = claim else {
+            idle(&mut applied_rx, &mut wanted_rx).await;
             continue;
         };
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        pending_since = None;
+        lazy_since = None;
+        let Some(entries) = metadata.log_entries(claim.first, claim.last) else {
+            // Purged behind a local snapshot (this node was slow to ship): a shipped
+            // snapshot covers them instead.
+            metadata.finish_ride(claim, false);
+            need_snapshot = true;
             continue;
         };
-        let (first, last) = (first.log_id.index, last.log_id.index);
         let generation = metadata.read(MetadataState::log_generation);
         match ship_chunk(&storage, generation, &entries).await {
             Ok(()) => {
                 failures = 0;
-                shipped = Some(last);
-                metadata.mark_shipped(last);
+                metrics::counter!(crate::telemetry::LOG_CHUNKS, "carrier" => "alone").increment(1);
+                metadata.finish_ride(claim, true);
             }
             Err(e) => {
                 failures += 1;
-                warn!(first, last, error = %e, "shipping metadata log entries failed; will retry");
+                metadata.finish_ride(claim, false);
+                warn!(first = claim.first, last = claim.last, error = %e, "shipping metadata log entries failed; will retry");
             }
         }
     }
+}
+
+/// Nothing to ship: waits for a commit or for someone to wait for one, but looks up now
+/// and then (leadership, the snapshot interval, a claim stuck in flight).
+async fn idle(applied: &mut watch::Receiver<u64>, wanted: &mut watch::Receiver<u64>) {
+    tokio::select! {
+        _ = applied.changed() => {}
+        _ = wanted.changed() => {}
+        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+}
+
+/// Committed entries riding in a flush object: its name (saying which entries it
+/// carries) and the encoded entries, which go before its first chunk.
+pub struct Riding {
+    pub claim: Claim,
+    pub path: String,
+    pub log: Vec<u8>,
+}
+
+/// On the leader, as a round of data starts its upload: claims the committed entries not
+/// yet in the bucket for it to carry. None on a follower or when nothing waits.
+pub fn board(metadata: &Metadata, object: &str) -> Option<Riding> {
+    let applied = *metadata.subscribe().borrow();
+    let claim = metadata.ride().claim_for_round(applied)?;
+    let encoded = metadata
+        .log_entries(claim.first, claim.last)
+        .and_then(|entries| codec::encode(Kind::LogChunk, &entries).ok());
+    let Some(log) = encoded else {
+        // Purged, or unencodable: the shipper deals with it.
+        metadata.finish_ride(claim, false);
+        return None;
+    };
+    let generation = metadata.read(MetadataState::log_generation);
+    Some(Riding {
+        claim,
+        path: ride_path(object, generation, claim.first, claim.last),
+        log,
+    })
+}
+
+/// How a round's PUT carrying entries ended.
+pub fn landed(metadata: &Metadata, claim: Claim, ok: bool) {
+    if ok {
+        metrics::counter!(crate::telemetry::LOG_CHUNKS, "carrier" => "data").increment(1);
+    }
+    metadata.finish_ride(claim, ok);
 }
 
 async fn ship_chunk(
@@ -314,7 +482,7 @@ pub fn object_time_ms(path: &str) -> Option<u64> {
 /// The last Raft index the bucket holds for the newest generation (snapshot or log
 /// chunk); 0 when it holds none.
 pub async fn last_shipped_index(storage: &ObjectStorage) -> Result<u64, ShippingError> {
-    let listed = storage.list(METADATA_PREFIX).await?;
+    let listed = list_shipped(storage).await?;
     let Some((generation, applied)) = listed
         .iter()
         .filter_map(|o| parse_snapshot_path(&o.path))
@@ -324,7 +492,7 @@ pub async fn last_shipped_index(storage: &ObjectStorage) -> Result<u64, Shipping
     };
     let chunks = listed
         .iter()
-        .filter_map(|o| parse_chunk_path(&o.path))
+        .filter_map(|o| parse_shipped_path(&o.path))
         .filter(|(g, _, _)| *g == generation)
         .map(|(_, _, last)| last);
     Ok(chunks.fold(applied, u64::max))
@@ -348,7 +516,7 @@ pub async fn recover(
     storage: &ObjectStorage,
 ) -> Result<Recovered, ShippingError> {
     let mut recovered = Recovered::default();
-    let listed = storage.list(METADATA_PREFIX).await?;
+    let listed = list_shipped(storage).await?;
     let newest = listed
         .iter()
         .filter_map(|o| parse_snapshot_path(&o.path).map(|key| (key, o.path.clone())))
@@ -375,7 +543,7 @@ pub async fn recover(
     let mut chunks: Vec<(u64, u64, String)> = listed
         .iter()
         .filter_map(|o| {
-            let (g, first, last) = parse_chunk_path(&o.path)?;
+            let (g, first, last) = parse_shipped_path(&o.path)?;
             (g == generation && last > applied).then(|| (first, last, o.path.clone()))
         })
         .collect();
@@ -390,8 +558,9 @@ pub async fn recover(
             break;
         }
         let bytes = storage.get(&path).await?;
-        let entries: Vec<Entry<TypeConfig>> =
-            tokio::task::spawn_blocking(move || codec::decode(Kind::LogChunk, &bytes)).await??;
+        let ride = parse_ride_path(&path).is_some();
+        let decoded = tokio::task::spawn_blocking(move || decode_chunk(&bytes, ride)).await?;
+        let entries = decoded?;
         for entry in entries {
             if entry.log_id.index < next {
                 continue;
@@ -419,6 +588,19 @@ pub async fn recover(
     }
     info!(?recovered, "metadata recovered from the object store");
     Ok(recovered)
+}
+
+/// The entries of a log chunk, or of a flush object carrying them before its first chunk.
+fn decode_chunk(bytes: &[u8], ride: bool) -> Result<Vec<Entry<TypeConfig>>, ShippingError> {
+    let log = if ride {
+        segment::leading_bytes(bytes).map_err(|e| CodecError::Corrupt {
+            kind: Kind::LogChunk.name(),
+            reason: e.to_string(),
+        })?
+    } else {
+        bytes
+    };
+    Ok(codec::decode(Kind::LogChunk, log)?)
 }
 
 /// The snapshot of a build before log shipping: `snapshot.bin`, else format 1's JSON.
@@ -618,6 +800,82 @@ mod tests {
         Ok(())
     }
 
+    /// Entries carried by a flush object (a round of data forming on the leader) are
+    /// acknowledged once it lands, rebuilt by recovery from it, and kept by the snapshot
+    /// clean-up, which leaves such objects to garbage collection and the orphan sweep.
+    #[tokio::test]
+    async fn entries_riding_in_a_data_object_are_acknowledged_and_recovered() -> anyhow::Result<()>
+    {
+        let storage = ObjectStorage::open("memory://")?;
+        let dir = tempfile::tempdir()?;
+        let m =
+            Arc::new(Metadata::open(&dir.path().join("a"), RaftOptions::single(1, 1000)).await?);
+        m.ack_after_shipping();
+        let shipper = tokio::spawn(ship_metadata(
+            m.clone(),
+            storage.clone(),
+            Duration::from_secs(3600),
+            Arc::new(ShippedMark::default()),
+        ));
+        m.propose(create("kept")).await?;
+        let mut rides = Vec::new();
+        for round in 1..=3u64 {
+            let forming = m.ride().forming();
+            let proposer = m.clone();
+            let proposal =
+                tokio::spawn(async move { proposer.propose(commit("g", round as i64)).await });
+            // Committed, and waiting for a ride: nothing goes out alone meanwhile.
+            let riding = loop {
+                if let Some(riding) = board(&m, &format!("segments/{round}-1-0-{round}.seg")) {
+                    break riding;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            drop(forming);
+            assert!(
+                !proposal.is_finished(),
+                "acknowledged before its entry was in the bucket"
+            );
+            let mut builder = segment::SegmentBuilder::new();
+            builder.add_leading(&riding.log);
+            builder.add_chunk("kept", 0, &[Bytes::from_static(b"data")], 1, 0, None);
+            let (object, _) = builder.finish();
+            storage.put(&riding.path, object).await?;
+            landed(&m, riding.claim, true);
+            proposal.await??;
+            rides.push(riding.path);
+        }
+        shipper.abort();
+        assert!(rides.iter().all(|p| parse_ride_path(p).is_some()));
+        let newest = newest_snapshot(&storage).await?;
+        assert!(
+            !rides.iter().any(|p| ride_covered(p, newest)),
+            "no snapshot covers them yet"
+        );
+
+        let new = Metadata::open(&dir.path().join("b"), RaftOptions::single(1, 1000)).await?;
+        let recovered = recover(&new, &storage).await?;
+        assert!(recovered.entries_replayed >= 3, "{recovered:?}");
+        assert!(same_state(&m, &new));
+        assert_eq!(
+            new.read(|s| s.committed_offset("g", "kept", 1).map(|c| c.offset)),
+            Some(3)
+        );
+        ship_snapshot(&new, &storage).await?;
+        let newest = newest_snapshot(&storage).await?;
+        assert!(rides.iter().all(|p| ride_covered(p, newest)));
+        delete_covered(&storage, 1, u64::MAX).await?;
+        for path in &rides {
+            assert!(
+                storage.get_opt(path).await?.is_some(),
+                "a ride is not the clean-up's"
+            );
+        }
+        m.shutdown().await?;
+        new.shutdown().await?;
+        Ok(())
+    }
+
     #[test]
     fn names_sort_in_order_and_parse_back() {
         assert!(snapshot_path(1, 99) < snapshot_path(1, 100));
@@ -627,6 +885,17 @@ mod tests {
             Some((7, 1234))
         );
         assert_eq!(parse_chunk_path(&chunk_path(7, 5, 9)), Some((7, 5, 9)));
+        let ride = ride_path("segments/0001764000000000-3-000000007-11.seg", 7, 5, 9);
+        assert_eq!(parse_ride_path(&ride), Some((7, 5, 9)));
+        assert_eq!(parse_shipped_path(&ride), Some((7, 5, 9)));
+        assert_eq!(object_time_ms(&ride), Some(1_764_000_000_000));
+        assert_eq!(
+            parse_ride_path("segments/0001764000000000-3-000000007-11.seg"),
+            None
+        );
+        assert_eq!(parse_ride_path(&chunk_path(7, 5, 9)), None);
+        assert!(ride_covered(&ride, Some((7, 9))) && !ride_covered(&ride, Some((7, 8))));
+        assert!(!ride_covered(&ride, None) && ride_covered("segments/1-2-3-4.seg", None));
         assert_eq!(parse_chunk_path(&snapshot_path(7, 5)), None);
         assert_eq!(
             parse_snapshot_path("_strata/metadata/snapshots/x-1.bin"),

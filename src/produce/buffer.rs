@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use super::validate::ValidatedBatches;
+use crate::metadata::shipping::{self, Riding};
 use crate::metadata::state::{ChunkTxn, Command, Response, SegmentCommit, StateError};
 use crate::metadata::Metadata;
 use crate::storage::budget::Class;
@@ -187,7 +188,14 @@ impl WriteBuffer {
         let memory = Arc::new(Semaphore::new(capacity_kib as usize));
         let (commit_tx, commit_rx) = mpsc::channel(config.max_inflight_uploads.max(1));
         let max_commit_age = config.max_commit_age;
-        let flusher = tokio::spawn(flush_loop(config, rx, commit_tx, storage, cache));
+        let flusher = tokio::spawn(flush_loop(
+            config,
+            rx,
+            commit_tx,
+            storage,
+            cache,
+            metadata.clone(),
+        ));
         let committer = tokio::spawn(commit_loop(commit_rx, metadata, max_commit_age));
         let handle = tokio::spawn(async move {
             let _ = flusher.await;
@@ -272,11 +280,15 @@ async fn flush_loop(
     commit_tx: mpsc::Sender<JoinHandle<Option<Uploaded>>>,
     storage: ObjectStorage,
     cache: Arc<BlockCache>,
+    metadata: Arc<Metadata>,
 ) {
     let mut seq: u64 = 0;
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Ends when every WriteBuffer handle is dropped: what is buffered is still flushed.
     while let Some(first) = rx.recv().await {
+        // On the leader the shipper lets committed entries wait for this round (a PUT
+        // saved) while it forms.
+        let mut forming = Some(metadata.ride().forming());
         let started = Instant::now();
         let mut deadline = started + config.flush_interval;
         let mut bytes = first.batches.bytes;
@@ -343,20 +355,29 @@ async fn flush_loop(
         // metadata log), keep filling this object instead of leaving the requests queued
         // behind it: the next commit then carries everything that arrived meanwhile, and
         // throughput follows the load, not the store's latency.
-        let slot = loop {
-            if bytes >= config.flush_bytes {
-                break commit_tx.reserve().await.ok();
-            }
-            tokio::select! {
-                biased;
-                slot = commit_tx.reserve() => break slot.ok(),
-                next = rx.recv() => match next {
-                    Some(p) => {
-                        bytes += p.batches.bytes;
-                        pending.push(p);
+        let slot = match commit_tx.try_reserve() {
+            Ok(slot) => Some(slot),
+            Err(mpsc::error::TrySendError::Closed(())) => None,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                // Waiting for the committer, which may itself wait for entries to be
+                // shipped: not a round the shipper should wait for.
+                forming = None;
+                loop {
+                    if bytes >= config.flush_bytes {
+                        break commit_tx.reserve().await.ok();
                     }
-                    None => break commit_tx.reserve().await.ok(),
-                },
+                    tokio::select! {
+                        biased;
+                        slot = commit_tx.reserve() => break slot.ok(),
+                        next = rx.recv() => match next {
+                            Some(p) => {
+                                bytes += p.batches.bytes;
+                                pending.push(p);
+                            }
+                            None => break commit_tx.reserve().await.ok(),
+                        },
+                    }
+                }
             }
         };
         let Some(slot) = slot else {
@@ -364,7 +385,10 @@ async fn flush_loop(
         };
         seq += 1;
         let uploaded_ms = crate::clock::now_ms();
-        let object = object_name(config.node_id, seq);
+        let plain = object_name(config.node_id, seq);
+        let riding = shipping::board(&metadata, &plain);
+        drop(forming);
+        let object = riding.as_ref().map_or(plain, |r| r.path.clone());
         let span = tracing::debug_span!("upload", %object, bytes, requests = pending.len());
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let uploading = in_flight.clone();
@@ -372,6 +396,7 @@ async fn flush_loop(
             object,
             uploaded_ms,
             pending,
+            riding.map(|r| (r, metadata.clone())),
             storage.clone(),
             cache.clone(),
             config.upload_timeout,
@@ -404,6 +429,7 @@ async fn upload(
     object: String,
     uploaded_ms: i64,
     pending: Vec<Pending>,
+    riding: Option<(Riding, Arc<Metadata>)>,
     storage: ObjectStorage,
     cache: Arc<BlockCache>,
     upload_timeout: Duration,
@@ -422,7 +448,11 @@ async fn upload(
     // Sized to fit: the write-through cache keeps slices of this buffer, and so the whole
     // allocation, alive; slack would be memory the cache does not count.
     let footer_bytes: usize = by_partition.keys().map(|(t, _, _)| t.len() + 48).sum();
-    let mut builder = SegmentBuilder::with_capacity(data_bytes + footer_bytes + 16);
+    let log_bytes = riding.as_ref().map_or(0, |(r, _)| r.log.len());
+    let mut builder = SegmentBuilder::with_capacity(log_bytes + data_bytes + footer_bytes + 16);
+    if let Some((r, _)) = &riding {
+        builder.add_leading(&r.log);
+    }
     let mut chunks = Vec::with_capacity(by_partition.len());
     let mut command_txn = Vec::with_capacity(by_partition.len());
     for ((topic, partition, _), requests) in by_partition {
@@ -468,7 +498,11 @@ async fn upload(
     }
     let size = data.len() as u64;
     let started = Instant::now();
-    if let Err(e) = storage.put_with_retry(&object, &data, upload_timeout).await {
+    let put = storage.put_with_retry(&object, &data, upload_timeout).await;
+    if let Some((r, metadata)) = riding {
+        shipping::landed(&metadata, r.claim, put.is_ok());
+    }
+    if let Err(e) = put {
         metrics::counter!(crate::telemetry::FLUSH_FAILURES).increment(1);
         warn!(error = %e, "segment upload failed; failing its requests");
         let err = ProduceError::Storage(e.to_string());

@@ -249,6 +249,13 @@ impl SegmentBuilder {
         }
     }
 
+    /// Bytes no chunk references, right after the header: the metadata log entries a
+    /// flush carries on the Raft leader (`metadata/ride.rs`). Must come before any chunk.
+    pub fn add_leading(&mut self, bytes: &[u8]) {
+        debug_assert!(self.chunks.is_empty());
+        self.buf.put_slice(bytes);
+    }
+
     /// Appends one partition's batches; returns the chunk's byte position.
     pub fn add_chunk(
         &mut self,
@@ -681,6 +688,21 @@ pub fn read_footer(object: &[u8]) -> Result<Footer, SegmentError> {
     decode_footer(bytes, &location)
 }
 
+/// The bytes of a flush object before its first chunk (see [`SegmentBuilder::add_leading`]).
+pub fn leading_bytes(object: &[u8]) -> Result<&[u8], SegmentError> {
+    let Footer::Flush { chunks } = read_footer(object)? else {
+        return Err(SegmentError::BadFooter("not a flush object".into()));
+    };
+    let end = chunks
+        .iter()
+        .map(|c| c.position)
+        .min()
+        .ok_or_else(|| SegmentError::BadFooter("a flush object with no chunk".into()))?;
+    object
+        .get(DATA_START as usize..end as usize)
+        .ok_or(SegmentError::ChunkOutOfBounds(0))
+}
+
 /// Decodes the footer from the object's last bytes: the footer and the trailer, as read
 /// by one ranged GET from `object_size - tail.len()` to the end.
 pub fn decode_tail(object_size: u64, tail: &[u8]) -> Result<Footer, SegmentError> {
@@ -799,9 +821,11 @@ mod tests {
         fn write_then_read_back_gives_the_same_chunks(
             chunks in prop::collection::vec(
                 ("[a-z]{1,8}", 0..8i32, prop::collection::vec(prop::collection::vec(any::<u8>(), 1..200), 1..4), 1..100u32),
-                1..10)
+                1..10),
+            leading in prop::collection::vec(any::<u8>(), 0..64)
         ) {
             let mut builder = SegmentBuilder::new();
+            builder.add_leading(&leading);
             for (topic, partition, batches, count) in &chunks {
                 let batches: Vec<Bytes> = batches.iter().map(|b| Bytes::from(b.clone())).collect();
                 builder.add_chunk(topic, *partition, &batches, *count, 42, None);
@@ -815,6 +839,7 @@ mod tests {
                 let want = batches.concat();
                 prop_assert_eq!(got, want.as_slice());
             }
+            prop_assert_eq!(leading_bytes(&object).unwrap(), leading.as_slice());
         }
 
         #[test]

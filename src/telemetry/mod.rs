@@ -31,6 +31,7 @@ pub const FETCH_BYTES: &str = "strata_fetch_bytes_total";
 pub const FETCH_RECORDS: &str = "strata_fetch_records_total";
 pub const FLUSHES: &str = "strata_flushes_total";
 pub const FLUSH_FAILURES: &str = "strata_flush_failures_total";
+pub const LOG_CHUNKS: &str = "strata_metadata_log_chunks_total";
 pub const FLUSH_BYTES: &str = "strata_flush_bytes";
 pub const FLUSH_SECONDS: &str = "strata_flush_duration_seconds";
 pub const STORE_REQUESTS: &str = "strata_store_requests_total";
@@ -162,6 +163,10 @@ fn describe() {
         "Records returned to fetches (from batch headers), by topic"
     );
     describe_counter!(FLUSHES, "Write-buffer flush objects uploaded");
+    describe_counter!(
+        LOG_CHUNKS,
+        "Metadata log chunks shipped by the Raft leader, by carrier (data: in a flush object, alone: a PUT of its own)"
+    );
     describe_counter!(
         FLUSH_FAILURES,
         "Write-buffer flush objects whose upload failed after retries"

@@ -188,6 +188,8 @@ struct Inner {
     vote_floor: AtomicU64,
     /// The last index whose entry is in the bucket (a shipped snapshot or log chunk).
     shipped: watch::Sender<u64>,
+    /// The last index an acknowledgement waits to see shipped.
+    wanted: watch::Sender<u64>,
     /// Whether the leader answers a proposal only once its entry is in the bucket.
     ack_after_shipping: AtomicBool,
     /// When this node last accepted replication from a leader, as milliseconds after

@@ -106,6 +106,7 @@ impl MetadataRaft {
                 log: log_reader,
                 vote_floor: AtomicU64::new(options.vote_floor),
                 shipped: watch::channel(0).0,
+                wanted: watch::channel(0).0,
                 ack_after_shipping: std::sync::atomic::AtomicBool::new(false),
                 leader_contact: AtomicU64::new(0),
                 started: Instant::now(),
@@ -431,6 +432,12 @@ impl MetadataRaft {
         if !self.inner.ack_after_shipping.load(Ordering::Acquire) {
             return Ok(());
         }
+        // Tells the shipper someone waits, before waiting.
+        self.inner.wanted.send_if_modified(|w| {
+            let later = index > *w;
+            *w = (*w).max(index);
+            later
+        });
         let mut shipped = self.inner.shipped.subscribe();
         let reached = tokio::time::timeout_at(deadline, shipped.wait_for(|s| *s >= index))
             .await
@@ -448,6 +455,12 @@ impl MetadataRaft {
         self.inner
             .ack_after_shipping
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The last index an acknowledgement waits to see shipped: entries after it (lease
+    /// renewals, say) may wait for company.
+    pub fn shipping_wanted(&self) -> watch::Receiver<u64> {
+        self.inner.wanted.subscribe()
     }
 
     /// Records that every entry up to `index` is in the bucket.
