@@ -191,6 +191,12 @@ impl Broker {
     /// Brings a consumer-protocol group up to what the metadata log holds of it (a
     /// coordinator taking the group over continues from there).
     pub fn load_consumer_group(&self, group: &str) {
+        // On every heartbeat: look at the write's number before copying the record.
+        // (The state's lock is let go before the groups' is taken.)
+        let seq = self.read(|s| s.consumer_group(group).map(|r| r.seq));
+        if !seq.is_some_and(|seq| self.groups.consumer().is_behind(group, seq)) {
+            return;
+        }
         let stored = self.read(|s| s.consumer_group(group).cloned());
         if let Some(record) = stored {
             self.groups

@@ -187,6 +187,26 @@ mod tests {
     }
 
     #[test]
+    fn s3_has_a_put_budget_by_default_a_directory_none_and_0_lifts_it() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.store.max_puts_per_second, None);
+        let on_s3 = |budget: Option<f64>| ServeArgs {
+            store: Some("s3://bucket/prefix".into()),
+            max_puts_per_second: budget,
+            ..Default::default()
+        };
+        let c = Config::load(&on_s3(None)).unwrap();
+        assert_eq!(
+            c.store.max_puts_per_second,
+            Some(store::DEFAULT_S3_PUTS_PER_SECOND)
+        );
+        let c = Config::load(&on_s3(Some(0.0))).unwrap();
+        assert_eq!(c.store.max_puts_per_second, None);
+        let c = Config::load(&on_s3(Some(50.0))).unwrap();
+        assert_eq!(c.store.max_puts_per_second, Some(50.0));
+    }
+
+    #[test]
     fn the_example_config_is_valid_and_complete() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/strata.toml");
         let args = ServeArgs {

@@ -23,6 +23,9 @@ pub struct StoreConfig {
     pub max_puts_per_second: Option<f64>,
 }
 
+/// The PUT budget on an `s3://` store unless one is given.
+pub const DEFAULT_S3_PUTS_PER_SECOND: f64 = 10.0;
+
 impl StoreConfig {
     /// The store defaults to a directory under the node's `data_dir`.
     pub fn load(
@@ -50,13 +53,18 @@ impl StoreConfig {
             1000..=86_400_000,
             "use 1000 to 86400000 milliseconds",
         )?;
-        // No bound unless asked: at 10 a second a trickle over 300 partitions spends most
-        // tokens on metadata chunks and light partitions' compaction, and produce waits
-        // seconds for the rest (docs/performance.md, "The PUT budget").
+        // S3 bills every PUT: on s3:// a broker keeps to 10 a second (about $130 a month)
+        // unless told otherwise; a local directory pays nothing per PUT. With the metadata
+        // log riding in data objects and light partitions sharing compaction objects,
+        // nearly every token goes to data (docs/performance.md, "The PUT budget").
         let puts = args
             .max_puts_per_second
             .or(file.max_puts_per_second)
-            .unwrap_or(0.0);
+            .unwrap_or(if url.starts_with("s3://") {
+                DEFAULT_S3_PUTS_PER_SECOND
+            } else {
+                0.0
+            });
         if !(puts == 0.0 || (1.0..=100_000.0).contains(&puts)) {
             return Err(ConfigError::Invalid {
                 key: "max_puts_per_second",

@@ -174,7 +174,7 @@ pub struct LogRide {
     state: Mutex<RideState>,
     /// Rounds of the write buffer gathering requests, not yet uploading.
     forming: AtomicUsize,
-    /// Woken when a round takes a claim.
+    /// Woken when a round takes a claim or stops forming.
     claimed: Notify,
 }
 
@@ -206,7 +206,7 @@ impl LogRide {
         self.forming.load(Ordering::Acquire) > 0
     }
 
-    /// Waits until a round takes a claim, or `timeout`.
+    /// Waits until a round takes a claim or stops forming, or `timeout`.
     pub async fn wait_claimed(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.claimed.notified()).await;
     }
@@ -217,6 +217,8 @@ pub struct FormingGuard<'a>(&'a LogRide);
 impl Drop for FormingGuard<'_> {
     fn drop(&mut self) {
         self.0.forming.fetch_sub(1, Ordering::AcqRel);
+        // A shipper waiting for this round looks again at once.
+        self.0.claimed.notify_waiters();
     }
 }
 

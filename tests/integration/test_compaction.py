@@ -38,8 +38,11 @@ JS_SCRIPT = REPO_ROOT / "tests" / "js" / "compaction.js"
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture
 def cbroker(request, tmp_path):
-    """A broker the test starts itself, after setting extra_args / extra_env."""
-    b = Broker(tmp_path / "strata")
+    """A broker the test starts itself, after setting extra_args / extra_env. These tests
+    measure compaction's bounds and crash safety with compaction running flat out, so the
+    s3 pass lifts the default PUT budget (which would hold compaction to 2 PUTs a second;
+    test_s3_budget covers the budget)."""
+    b = Broker(tmp_path / "strata", extra_args=["--max-puts-per-second", "0"])
     yield from supervise(request, b, start=False, report=lambda: f"--- last stats: {read_stats(b)}")
 
 

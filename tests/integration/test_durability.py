@@ -404,6 +404,72 @@ def test_recovery_is_exact_deleted_stays_deleted_unacked_never_appears(s3broker)
     assert "entries_replayed" in b.log_text()
 
 
+def test_sigkill_after_a_ride_before_its_commit_recovers_exactly(s3broker):
+    """Issue 23: on the leader a flush object also carries the committed metadata log
+    entries not yet in the bucket (`metadata/ride.rs`). The broker dies (failpoint
+    crash-after-ride) after such an object is in the bucket, and the acknowledgements
+    it released have gone out, but before its own records are committed; then its data
+    directory is wiped. Recovery from the bucket alone brings back every acknowledged
+    record at its offset, offsets stay contiguous, and the dead round's records (never
+    acknowledged) appear only as a producer's retry would put them. The object, never
+    committed, is collected by the orphan sweep once a snapshot covers what it carried."""
+    b = s3broker
+    b.extra_env["STRATA_FAILPOINT"] = "crash-after-ride"
+    b.extra_args += ["--orphan-grace-ms", "2000", "--store-snapshot-interval-ms", "3600000"]
+    b.start()
+    topic = "ride-crash"
+    create_topics(b.bootstrap, {topic: 4})
+    acked, sent = {}, set()
+    lock = threading.Lock()
+
+    def trickle(tag):
+        p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 0,
+                      "message.timeout.ms": 5000, "retries": 0})
+
+        def cb(err, msg):
+            if err is None:
+                with lock:
+                    acked[(msg.partition(), msg.offset())] = (msg.key(), msg.value())
+
+        for i in range(4000):
+            if b.proc.poll() is not None:
+                break
+            v = f"{tag}-{i}".encode()
+            with lock:
+                sent.add((None, v))
+            p.produce(topic, value=v, partition=i % 4, on_delivery=cb)
+            p.poll(0)
+            time.sleep(0.002)
+        p.flush(15)
+
+    threads = [threading.Thread(target=trickle, args=(t,)) for t in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert b.proc.wait(timeout=30) != 0, "the failpoint never fired: no round carried log entries"
+    log = b.log_text()
+    assert "failpoint crash-after-ride" in log
+    line = next(l for l in log.splitlines() if "failpoint crash-after-ride" in l)
+    ride = re.search(r"(segments/\S+-log-[0-9-]+\.seg)", line)
+    assert ride, line
+    assert acked, "nothing was acknowledged before the crash"
+    b.stop()
+    del b.extra_env["STRATA_FAILPOINT"]
+
+    shutil.rmtree(b.data_dir)
+    b.data_dir.mkdir()
+    b.extra_args[b.extra_args.index("--store-snapshot-interval-ms") + 1] = "1000"
+    b.start()
+    got, hw = read_partitions(b.bootstrap, topic, 4)
+    assert_acked_exact(acked, got, hw, sent)
+    key = "strata/" + ride.group(1)
+    deadline = time.monotonic() + 30
+    while key in b.s3.list_keys(b.bucket, SEGMENTS) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert key not in b.s3.list_keys(b.bucket, SEGMENTS), f"the dead round's object {key} was never collected"
+
+
 def test_orphan_objects_are_collected_committed_ones_kept(s3broker):
     """A crash between upload and commit (STRATA_FAILPOINT=crash-before-commit) leaves an
     object no index entry names; it is deleted after --orphan-grace-ms, committed objects

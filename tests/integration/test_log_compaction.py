@@ -21,8 +21,9 @@ from test_compaction import store_objects, wait_store_matches_stats
 from test_kcat import kcat_bin
 from test_retention import wait_for
 
+# The cleaner flat out: no PUT budget on the s3 pass either (test_s3_budget covers it).
 FAST = ["--compaction-interval-ms", "200", "--compaction-age-ms", "300", "--gc-grace-ms", "1000",
-        "--orphan-grace-ms", "2000", "--retention-check-interval-ms", "300"]
+        "--orphan-grace-ms", "2000", "--retention-check-interval-ms", "300", "--max-puts-per-second", "0"]
 # Rolls a segment a second after its first record; cleans whatever is dirty.
 COMPACT = {"cleanup.policy": "compact", "segment.ms": "1000", "min.cleanable.dirty.ratio": "0.01",
            "delete.retention.ms": "4000"}

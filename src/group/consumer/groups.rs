@@ -139,6 +139,12 @@ impl ConsumerGroups {
     /// Takes `group` as the metadata log holds it (its `seq`-th write) unless this
     /// coordinator already has that write or a later one: a coordinator taking a group
     /// over, or getting it back after it moved away and on, continues from the log.
+    /// Whether the write `seq` of `group` is newer than what this broker holds: only then
+    /// is the stored record worth reading.
+    pub fn is_behind(&self, group: &str, seq: u64) -> bool {
+        self.lock().get(group).is_none_or(|e| e.seq < seq)
+    }
+
     pub fn load(&self, group: &str, seq: u64, bytes: &[u8]) {
         let mut groups = self.lock();
         if groups.get(group).is_some_and(|e| e.seq >= seq) {
