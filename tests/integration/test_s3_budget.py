@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -82,23 +83,36 @@ def _read_all(bootstrap: str, topic: str) -> dict[int, list[tuple[int, str]]]:
     return out
 
 
-@pytest.mark.timeout(240)
-def test_idempotent_trickle_on_slow_puts_stays_in_budget_and_survives_sigkill(tmp_path):
-    broker = Broker(tmp_path / "b", store="s3", extra_args=["--max-puts-per-second", str(BUDGET)])
+@contextmanager
+def _trickling(tmp_path, topic: str, extra_args: list[str]):
+    """A broker on moto behind the PUT-delaying proxy, and two producers trickling into
+    `topic` until `stop` is set; yields (broker, proxy, stop, acked, errors, producers)."""
+    broker = Broker(tmp_path / "b", store="s3", extra_args=extra_args)
     proxy = S3Proxy(broker.s3.endpoint, tmp_path / "proxy.log", put_delay_ms=PUT_DELAY_MS)
     broker.s3_endpoint = proxy.endpoint
     stop = threading.Event()
     try:
         broker.start()
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-        for f in admin.create_topics([NewTopic("trickle", PARTITIONS, 1)]).values():
+        for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
             f.result(30)
         acked: dict[int, list] = defaultdict(list)
         errors: list[str] = []
-        producers = [threading.Thread(target=_trickle, args=(broker.bootstrap, "trickle", stop, acked, errors, t))
+        producers = [threading.Thread(target=_trickle, args=(broker.bootstrap, topic, stop, acked, errors, t))
                      for t in ("a", "b")]
         for t in producers:
             t.start()
+        yield broker, proxy, stop, acked, errors, producers
+    finally:
+        stop.set()
+        broker.stop(timeout=30)
+        proxy.stop()
+
+
+@pytest.mark.timeout(240)
+def test_idempotent_trickle_on_slow_puts_stays_in_budget_and_survives_sigkill(tmp_path):
+    args = ["--max-puts-per-second", str(BUDGET)]
+    with _trickling(tmp_path, "trickle", args) as (broker, proxy, stop, acked, errors, producers):
         time.sleep(8)  # the buckets' burst is spent
         before = proxy.stats()
         t0 = time.monotonic()
@@ -133,10 +147,6 @@ def test_idempotent_trickle_on_slow_puts_stays_in_budget_and_survives_sigkill(tm
             for tag in ("a", "b"):
                 seqs = [int(v.rsplit("-", 1)[1]) for v in values if v.startswith(f"{tag}-")]
                 assert seqs == sorted(seqs), f"partition {part}: {tag}'s records out of order"
-    finally:
-        stop.set()
-        broker.stop(timeout=30)
-        proxy.stop()
 
 
 @pytest.mark.timeout(240)
@@ -146,21 +156,8 @@ def test_metadata_log_rides_in_data_objects_and_a_wiped_broker_recovers_from_the
     here under the default PUT budget of an s3:// store. With no snapshot after start-up,
     a SIGKILL and a wiped data directory leave recovery only the snapshot, the chunks and
     those data objects, and it brings back every acknowledged record at its offset."""
-    broker = Broker(tmp_path / "b", store="s3", extra_args=["--store-snapshot-interval-ms", "3600000"])
-    proxy = S3Proxy(broker.s3.endpoint, tmp_path / "proxy.log", put_delay_ms=PUT_DELAY_MS)
-    broker.s3_endpoint = proxy.endpoint
-    stop = threading.Event()
-    try:
-        broker.start()
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-        for f in admin.create_topics([NewTopic("rides", PARTITIONS, 1)]).values():
-            f.result(30)
-        acked: dict[int, list] = defaultdict(list)
-        errors: list[str] = []
-        producers = [threading.Thread(target=_trickle, args=(broker.bootstrap, "rides", stop, acked, errors, t))
-                     for t in ("a", "b")]
-        for t in producers:
-            t.start()
+    args = ["--store-snapshot-interval-ms", "3600000"]
+    with _trickling(tmp_path, "rides", args) as (broker, _proxy, stop, acked, errors, producers):
         time.sleep(10)
         stop.set()
         for t in producers:
@@ -191,7 +188,3 @@ def test_metadata_log_rides_in_data_objects_and_a_wiped_broker_recovers_from_the
             for offset, value in acked[part]:
                 assert by_offset.get(offset) == value, f"partition {part}: acked {value}@{offset} not recovered"
             assert len(stored[part]) == len(acked[part]), f"partition {part}: unacknowledged records came back"
-    finally:
-        stop.set()
-        broker.stop(timeout=30)
-        proxy.stop()
