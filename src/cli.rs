@@ -119,9 +119,9 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_CACHE_DISK_BYTES")]
     pub cache_disk_bytes: Option<usize>,
     /// Bound on this broker's PUT requests per second, averaged over a minute: data,
-    /// metadata, compaction and snapshots together; 0 for none [default: 0]. 10 keeps a
-    /// broker near $130 a month in S3 PUTs; see docs/performance.md for what it costs in
-    /// latency.
+    /// metadata, compaction and snapshots together; 0 for none [default: 10 on s3://
+    /// (near $130 a month in S3 PUTs), 0 on a local directory]; see docs/performance.md
+    /// for what it costs in latency.
     #[arg(long, env = "STRATA_MAX_PUTS_PER_SECOND")]
     pub max_puts_per_second: Option<f64>,
     /// Broker ids Metadata spreads partition leadership over: each live broker answers
