@@ -53,8 +53,13 @@ use limits::{ConnectionLimits, RequestBudget, Throttle};
 use sasl::{Intercept, SaslSession};
 
 /// Responses a connection may owe (produces waiting for their commit, answers not yet
-/// written); past this, reading pauses (backpressure).
-const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
+/// written); past this, reading pauses (backpressure). Their bytes are bounded by the
+/// request budget; this bounds their count. It must cover a client's request rate times
+/// the produce latency on S3: librdkafka sends one partition per request with no cap on
+/// requests in flight, so 1,000 partitions at one request a second, answered in 250 ms,
+/// owe 250 answers on one connection. With 64 the connection served 256 a second and
+/// the rest queued in the client for seconds.
+const MAX_INFLIGHT_PER_CONNECTION: usize = 1024;
 
 /// Refused connections are logged at most this often (a flood must not flood the log).
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);

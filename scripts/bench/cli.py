@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--trickle-seconds", type=float, default=60.0, help="measured seconds per mode [60]")
     tr.add_argument("--trickle-warmup", type=float, default=15.0, help="warm-up seconds per mode [15]")
     tr.add_argument("--trickle-modes", default="plain,idempotent,idempotent16",
-                    help="modes, in order: plain, idempotent, idempotent16 (idempotent, broker --leader-ids 16) "
+                    help="modes, in order: plain, idempotent, idempotentN (idempotent, broker --leader-ids N) "
                          "[plain,idempotent,idempotent16]")
     tr.add_argument("--put-delay-ms", type=float, default=30.0, help="latency the proxy adds to each PUT [30]")
     tr.add_argument("--get-delay-ms", type=float, default=15.0, help="latency the proxy adds to each GET [15]")

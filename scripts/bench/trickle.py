@@ -87,16 +87,26 @@ def stats_requests(broker: Broker) -> dict:
     return stats.get("store_requests", {})
 
 
-# Modes: the producers' idempotence, and for `idempotent16` the broker's `--leader-ids 16`
+# Modes: the producers' idempotence, and for `idempotentN` the broker's `--leader-ids N`
 # (librdkafka's idempotent producer sends one partition per request, five in flight per
 # connection; more ids, more connections).
-MODES = {"plain": (False, []), "idempotent": (True, []), "idempotent16": (True, ["--leader-ids", "16"])}
+MODES = {"plain": (False, []), "idempotent": (True, [])}
+
+
+def mode_settings(mode: str) -> tuple[bool, list[str]]:
+    """A mode's producers' idempotence and broker flags; `idempotentN` is idempotent
+    producers against `--leader-ids N`."""
+    if mode in MODES:
+        return MODES[mode]
+    n = mode.removeprefix("idempotent")
+    if n != mode and n.isdigit() and 1 <= int(n) <= 1024:
+        return True, ["--leader-ids", n]
+    raise SystemExit(f"--trickle-modes: unknown mode {mode!r}; use some of {', '.join(MODES)} "
+                     "or idempotentN (N leader ids, 1 to 1024)")
 
 
 def run_mode(a, ctx, mode: str, s3, dir_: Path) -> bool:
-    if mode not in MODES:
-        raise SystemExit(f"--trickle-modes: unknown mode {mode!r}; use some of {', '.join(MODES)}")
-    idempotent, broker_args = MODES[mode]
+    idempotent, broker_args = mode_settings(mode)
     proxy = S3Proxy(s3.endpoint, dir_ / f"proxy-{mode}.log", put_delay_ms=a.put_delay_ms,
                     get_delay_ms=a.get_delay_ms)
     broker = Broker(dir_ / mode, store="s3", extra_args=extra_args(a) + broker_args, binary=a.broker_bin.resolve(),

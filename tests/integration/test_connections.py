@@ -11,6 +11,7 @@ The behaviour does not depend on the object store, so these run only with the lo
 """
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -18,6 +19,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 import kwire
 from conftest import TEST_STORE, Broker, supervise
@@ -339,3 +341,54 @@ def test_connection_limits_per_ip_and_in_all(limited_broker):
     assert "max_connections_per_ip (5)" in warnings[0], warnings[0]
     for s in first + others + [again]:
         s.close()
+
+
+PIPELINED = 400
+ROUND_MS = 1000
+
+
+@pytest.fixture
+def slow_round_broker(request, tmp_path):
+    # One write-buffer round a second, idle or not: what a round gathers is what arrived.
+    b = Broker(tmp_path / "strata",
+               extra_args=["--flush-idle", "interval", "--flush-interval-ms", str(ROUND_MS)])
+    yield from supervise(request, b)
+
+
+def segment_files(b: Broker) -> int:
+    root = b.store_dir / "segments"
+    return sum(len(files) for _, _, files in os.walk(root)) if root.exists() else 0
+
+
+def test_hundreds_of_pipelined_produces_on_one_connection_share_a_round(slow_round_broker):
+    """librdkafka sends one partition per produce request with no cap on those in flight:
+    at 1,000 partitions and S3's latency one connection owes hundreds of answers. The
+    broker reads them all into the round that is forming; when it stopped reading at 64
+    owed answers, 400 requests took at least seven rounds, and the rest waited in the
+    client for seconds."""
+    b = slow_round_broker
+    topic = "pipelined"
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    fs = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    for f in fs.values():
+        f.result(timeout=30)
+    s = kwire.connect(b.bootstrap, timeout=60)
+    before = segment_files(b)
+    frames = b"".join(
+        kwire.request(kwire.API_PRODUCE, 3, cid,
+                      kwire.produce_v3_body(topic, 0, kwire.encode_batch([(b"k", b"v%d" % cid)])))
+        for cid in range(PIPELINED))
+    s.sendall(frames)
+    offsets = []
+    for cid in range(PIPELINED):
+        got, body = kwire.read_response(s)
+        assert got == cid, f"answer {got} came where {cid} was owed"
+        [p] = kwire.parse_produce_v3(body)
+        assert p["error_code"] == 0, p
+        offsets.append(p["base_offset"])
+    s.close()
+    # In request order, one offset each.
+    assert offsets == list(range(PIPELINED)), offsets[:10]
+    # A round may close as the burst arrives, so two; never one per 64 requests.
+    rounds = segment_files(b) - before
+    assert 1 <= rounds <= 3, f"{PIPELINED} pipelined requests took {rounds} objects"
