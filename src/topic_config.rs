@@ -18,6 +18,8 @@ pub const DYNAMIC_BROKER_CONFIG: i8 = 2;
 pub const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
 pub const STATIC_BROKER_CONFIG: i8 = 4;
 pub const DEFAULT_CONFIG: i8 = 5;
+/// Set on a GROUP resource (KIP-848).
+pub const GROUP_CONFIG: i8 = 8;
 
 /// Topic-level defaults a client may ask about, as Kafka names them.
 pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[

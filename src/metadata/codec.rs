@@ -29,8 +29,10 @@ use serde::Serialize;
 /// `Command::CompactArchiving` and `Command::CompactSharedArchiving` (compactions that move
 /// aborted transactions out of the state into segment footers) the same way; 10 appends
 /// `Command::PutConsumerGroup` and one trailing field to the state
-/// (`MetadataState::consumer_groups`, KIP-848 groups), read as empty from older blobs.
-pub const FORMAT_VERSION: u16 = 10;
+/// (`MetadataState::consumer_groups`, KIP-848 groups), read as empty from older blobs; 11
+/// appends `Command::AlterGroupConfigs` and one trailing field to the state
+/// (`MetadataState::group_configs`, GROUP config resources) the same way.
+pub const FORMAT_VERSION: u16 = 11;
 /// The oldest format this build decodes as the current one. postcard writes an enum
 /// variant as its index, so a format 2 or 3 blob, which cannot hold the variants later
 /// formats appended, decodes unchanged with the current types: old logs, snapshots and frames
@@ -203,6 +205,15 @@ where
     since::<10, D, T>(deserializer)
 }
 
+/// A field appended in format 11 ([`since`]).
+pub fn since_format_11<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    since::<11, D, T>(deserializer)
+}
+
 fn check_header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
     let magic = kind.magic();
     if bytes.get(..4) != Some(&magic[..]) {
@@ -303,9 +314,9 @@ mod tests {
         let mut bytes = encode(Kind::LocalSnapshot, &sample())?;
         bytes[4..6].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         match decode::<Sample>(Kind::LocalSnapshot, &bytes) {
-            Err(e @ CodecError::Newer { version: 11, .. }) => assert_eq!(
+            Err(e @ CodecError::Newer { version: 12, .. }) => assert_eq!(
                 e.to_string(),
-                "metadata snapshot written by a newer Strata (format 11, this build reads up to 10)"
+                "metadata snapshot written by a newer Strata (format 12, this build reads up to 11)"
             ),
             other => panic!("expected Newer, got {other:?}"),
         }

@@ -229,6 +229,11 @@ impl Metadata {
         self.raft.applied()
     }
 
+    /// The last applied index now, without a receiver of one's own.
+    pub fn applied_index(&self) -> u64 {
+        self.raft.applied_index()
+    }
+
     pub async fn shutdown(&self) -> Result<(), MetadataError> {
         Ok(self.raft.shutdown().await?)
     }

@@ -212,7 +212,8 @@ pub async fn ship_metadata(
     // when tokens are scarce, wait up to two of the foreground's tokens for a ride.
     let budget = storage.put_budget();
     let ride_wait = storage.put_budget().map_or(RIDE_WAIT, |b| {
-        Duration::from_secs_f64(2.0 / (b.rate() * 0.8)).clamp(RIDE_WAIT, RIDE_WAIT_BUDGET_MAX)
+        Duration::from_secs_f64(2.0 / b.class_rate(Class::Foreground))
+            .clamp(RIDE_WAIT, RIDE_WAIT_BUDGET_MAX)
     });
     // Clean-up runs beside the shipping (one at a time): a minute of chunks can be
     // thousands of DELETEs, and acknowledgements wait on this loop.
@@ -348,8 +349,7 @@ pub struct Riding {
 /// On the leader, as a round of data starts its upload: claims the committed entries not
 /// yet in the bucket for it to carry. None on a follower or when nothing waits.
 pub fn board(metadata: &Metadata, object: &str) -> Option<Riding> {
-    let applied = *metadata.subscribe().borrow();
-    let claim = metadata.ride().claim_for_round(applied)?;
+    let claim = metadata.ride().claim_for_round(metadata.applied_index())?;
     let encoded = metadata
         .log_entries(claim.first, claim.last)
         .and_then(|entries| codec::encode(Kind::LogChunk, &entries).ok());

@@ -2,7 +2,7 @@
 //! the static broker defaults, then Kafka's defaults, each with its source) and broker
 //! configs; AlterConfigs and IncrementalAlterConfigs for topic configs and dynamic broker
 //! configs (cluster-wide defaults or one broker's, kept in the Raft state), validated by
-//! type.
+//! type; a consumer group's own configs (GROUP resources, KIP-848), within Kafka's bounds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,17 +23,25 @@ use kafka_protocol::protocol::StrBytes;
 use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
+use crate::group::consumer::{HEARTBEAT_INTERVAL_CONFIG, SESSION_TIMEOUT_CONFIG};
 use crate::metadata::state::{Command, MetadataState, Response, StateError};
 use crate::security::acl::Operation;
 use crate::topic_config::{
     kafka_default, kind, stored_broker_config_kind, validate, Kind, TopicDefaults, DEFAULT_CONFIG,
-    DYNAMIC_BROKER_CONFIG, DYNAMIC_BROKER_CONFIGS, DYNAMIC_DEFAULT_BROKER_CONFIG, MAX_PARTITIONS,
-    STATIC_BROKER_CONFIG, TOPIC_CONFIG, TOPIC_DEFAULTS,
+    DYNAMIC_BROKER_CONFIG, DYNAMIC_BROKER_CONFIGS, DYNAMIC_DEFAULT_BROKER_CONFIG, GROUP_CONFIG,
+    MAX_PARTITIONS, STATIC_BROKER_CONFIG, TOPIC_CONFIG, TOPIC_DEFAULTS,
 };
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
 const BROKER_LOGGER: i8 = 8;
+const GROUP: i8 = 32;
+/// A group's configs, with Kafka's bounds on them (`group.consumer.min/max.*`): a
+/// broker configured outside them widens them to its own value.
+const GROUP_CONFIGS: &[(&str, i64, i64)] = &[
+    (SESSION_TIMEOUT_CONFIG, 45_000, 60_000),
+    (HEARTBEAT_INTERVAL_CONFIG, 5_000, 15_000),
+];
 /// Broker configs described but fixed at start-up (flags, variables, file).
 const STATIC_BROKER_KEYS: &[&str] = &[
     "auto.create.topics.enable",
@@ -49,6 +57,7 @@ const STATIC_BROKER_KEYS: &[&str] = &[
 enum Scope {
     Topic,
     Broker,
+    Group,
 }
 
 impl Scope {
@@ -70,6 +79,11 @@ impl Scope {
                     Err(format!("Unknown or read-only broker config name: {key}"))
                 }
             }
+            Scope::Group => GROUP_CONFIGS
+                .iter()
+                .any(|(k, ..)| *k == key)
+                .then_some(Kind::Long { min: 1 })
+                .ok_or_else(|| format!("Unknown group config name: {key}")),
         }
     }
 
@@ -80,6 +94,7 @@ impl Scope {
                 .iter()
                 .find(|(k, ..)| *k == key)
                 .map(|(_, _, v, _)| *v),
+            Scope::Group => None,
         }
     }
 }
@@ -137,6 +152,10 @@ fn config_access(
         BROKER | BROKER_LOGGER if !authz.cluster(op) => Err((
             ResponseError::ClusterAuthorizationFailed,
             format!("Authorization failed: {op:?} on the cluster"),
+        )),
+        GROUP if !authz.group(op, name) => Err((
+            ResponseError::GroupAuthorizationFailed,
+            format!("Authorization failed: {op:?} on group {name}"),
         )),
         _ => Ok(()),
     }
@@ -200,6 +219,13 @@ pub fn describe(
                             .collect(),
                         Some(id) => broker_entries(broker, id),
                     }
+                }
+                GROUP => {
+                    let name = resource.resource_name.as_str();
+                    let set = broker
+                        .read(|s| s.group_configs(name).cloned())
+                        .unwrap_or_default();
+                    group_entries(&broker_group_defaults(broker), &set)
                 }
                 _ => return result.with_error_code(ResponseError::InvalidRequest.code()),
             };
@@ -299,6 +325,76 @@ fn broker_entries(broker: &Broker, id: u64) -> Vec<(String, String, i8)> {
     entries.insert(1, ("num.partitions".into(), partitions.0, partitions.1));
     entries.extend(dynamic);
     entries
+}
+
+/// The broker's own values of a group's configs (`--group-consumer-*`).
+fn broker_group_defaults(broker: &Broker) -> BTreeMap<&'static str, i64> {
+    let settings = broker.groups().consumer().settings();
+    BTreeMap::from([
+        (SESSION_TIMEOUT_CONFIG, settings.session_timeout_ms),
+        (
+            HEARTBEAT_INTERVAL_CONFIG,
+            i64::from(settings.heartbeat_interval_ms),
+        ),
+    ])
+}
+
+/// A GROUP resource's entries: what was set on it, else the broker's value, as Kafka
+/// describes a group's configs.
+fn group_entries(
+    defaults: &BTreeMap<&'static str, i64>,
+    set: &BTreeMap<String, String>,
+) -> Vec<(String, String, i8)> {
+    GROUP_CONFIGS
+        .iter()
+        .map(|(key, ..)| match set.get(*key) {
+            Some(v) => ((*key).to_owned(), v.clone(), GROUP_CONFIG),
+            None => (
+                (*key).to_owned(),
+                defaults.get(key).copied().unwrap_or_default().to_string(),
+                DEFAULT_CONFIG,
+            ),
+        })
+        .collect()
+}
+
+/// Checks a group's configs as they would be after a change: each within Kafka's bounds
+/// (widened to the broker's own value), and the interval below the session timeout.
+fn check_group_configs(
+    defaults: &BTreeMap<&'static str, i64>,
+    after: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let mut effective = BTreeMap::new();
+    for (key, min, max) in GROUP_CONFIGS {
+        let own = defaults.get(key).copied().unwrap_or(*min);
+        let (min, max) = ((*min).min(own), (*max).max(own));
+        let value = match after.get(*key) {
+            Some(v) => {
+                let n = v.trim().parse::<i64>().map_err(|_| {
+                    format!("Invalid value {v} for configuration {key}: Not a number of type INT")
+                })?;
+                if !(min..=max).contains(&n) {
+                    return Err(format!(
+                        "Invalid value {v} for configuration {key}: must be between {min} and {max}"
+                    ));
+                }
+                n
+            }
+            None => own,
+        };
+        effective.insert(*key, value);
+    }
+    let interval = effective
+        .get(HEARTBEAT_INTERVAL_CONFIG)
+        .copied()
+        .unwrap_or(0);
+    let session = effective.get(SESSION_TIMEOUT_CONFIG).copied().unwrap_or(0);
+    if interval >= session {
+        return Err(format!(
+            "{HEARTBEAT_INTERVAL_CONFIG} ({interval}) must be less than {SESSION_TIMEOUT_CONFIG} ({session})"
+        ));
+    }
+    Ok(())
 }
 
 /// Incremental operations (KIP-339).
@@ -429,6 +525,9 @@ async fn alter_resource(
         BROKER => {
             return alter_broker(broker, name, replace, configs, validate_only).await;
         }
+        GROUP => {
+            return alter_group(broker, name, replace, configs, validate_only).await;
+        }
         other => {
             return Err((
                 ResponseError::InvalidRequest,
@@ -491,6 +590,48 @@ async fn alter_broker(
     }
     let cmd = Command::AlterBrokerConfigs {
         broker: scope,
+        replace,
+        changes,
+    };
+    match broker.propose(cmd).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
+    }
+}
+
+/// One GROUP resource: a consumer group's own configs, whether or not the group exists
+/// (as in Kafka); they take effect at its members' next heartbeats.
+async fn alter_group(
+    broker: &Arc<Broker>,
+    name: &str,
+    replace: bool,
+    configs: &[(String, i8, Option<String>)],
+    validate_only: bool,
+) -> Result<(), (ResponseError, String)> {
+    if name.is_empty() {
+        return Err((
+            ResponseError::InvalidRequest,
+            "A GROUP resource must name a group".into(),
+        ));
+    }
+    let current = broker
+        .read(|s| s.group_configs(name).cloned())
+        .unwrap_or_default();
+    let changes = config_changes(Scope::Group, &current, configs)?;
+    let mut after = if replace { BTreeMap::new() } else { current };
+    for (k, v) in &changes {
+        match v {
+            Some(v) => after.insert(k.clone(), v.clone()),
+            None => after.remove(k),
+        };
+    }
+    check_group_configs(&broker_group_defaults(broker), &after)
+        .map_err(|m| (ResponseError::InvalidConfig, m))?;
+    if validate_only {
+        return Ok(());
+    }
+    let cmd = Command::AlterGroupConfigs {
+        group: name.to_owned(),
         replace,
         changes,
     };
@@ -892,5 +1033,58 @@ mod tests {
         assert_eq!(err.unwrap_err().0, ResponseError::InvalidConfig);
         let err = topic_changes(&current, &[("bogus".into(), OP_SET, Some("1".into()))]);
         assert_eq!(err.unwrap_err().0, ResponseError::InvalidConfig);
+    }
+
+    #[test]
+    fn group_configs_keep_kafkas_bounds_and_the_interval_below_the_session() {
+        let defaults = BTreeMap::from([
+            (SESSION_TIMEOUT_CONFIG, 45_000),
+            (HEARTBEAT_INTERVAL_CONFIG, 5_000),
+        ]);
+        let set = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let check = |kv: &[(&str, &str)]| check_group_configs(&defaults, &set(kv));
+        assert!(check(&[]).is_ok());
+        assert!(check(&[(SESSION_TIMEOUT_CONFIG, "60000")]).is_ok());
+        assert!(check(&[(HEARTBEAT_INTERVAL_CONFIG, "15000")]).is_ok());
+        let err = check(&[(SESSION_TIMEOUT_CONFIG, "30000")]).unwrap_err();
+        assert!(err.contains("must be between 45000 and 60000"), "{err}");
+        assert!(check(&[(HEARTBEAT_INTERVAL_CONFIG, "20000")]).is_err());
+        assert!(check(&[(HEARTBEAT_INTERVAL_CONFIG, "five")]).is_err());
+        // A broker configured below Kafka's minimum (tests, demos) widens the bound.
+        let short = BTreeMap::from([
+            (SESSION_TIMEOUT_CONFIG, 6_000),
+            (HEARTBEAT_INTERVAL_CONFIG, 1_000),
+        ]);
+        assert!(check_group_configs(&short, &set(&[(SESSION_TIMEOUT_CONFIG, "6000")])).is_ok());
+        let err =
+            check_group_configs(&short, &set(&[(HEARTBEAT_INTERVAL_CONFIG, "6000")])).unwrap_err();
+        assert!(err.contains("must be less than"), "{err}");
+        // Described: what was set, else the broker's value.
+        let entries = group_entries(&defaults, &set(&[(SESSION_TIMEOUT_CONFIG, "50000")]));
+        assert_eq!(
+            entries,
+            vec![
+                (
+                    SESSION_TIMEOUT_CONFIG.to_owned(),
+                    "50000".to_owned(),
+                    GROUP_CONFIG
+                ),
+                (
+                    HEARTBEAT_INTERVAL_CONFIG.to_owned(),
+                    "5000".to_owned(),
+                    DEFAULT_CONFIG
+                ),
+            ]
+        );
+        let unknown = config_changes(
+            Scope::Group,
+            &BTreeMap::new(),
+            &[("share.session.timeout.ms".into(), OP_SET, Some("1".into()))],
+        );
+        assert_eq!(unknown.unwrap_err().0, ResponseError::InvalidConfig);
     }
 }

@@ -22,7 +22,7 @@ use super::authz::Authz;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::group::consumer::{
-    assign, Assignment, Caller, Heartbeat, HeartbeatError, TopicId, JOIN_EPOCH,
+    assign, Assignment, Caller, Heartbeat, HeartbeatError, Overrides, TopicId, JOIN_EPOCH,
 };
 use crate::security::acl::{Operation, ResourceType};
 
@@ -127,7 +127,15 @@ pub async fn heartbeat(
             host: authz.host(),
             may_describe: &may_describe,
         };
-        groups.heartbeat(group, hb, regex, &topics, &caller)
+        let overrides = broker.read(|s| s.group_configs(group).map(Overrides::from_configs));
+        groups.heartbeat(
+            group,
+            hb,
+            regex,
+            &topics,
+            &caller,
+            overrides.unwrap_or_default(),
+        )
     };
     if let Some(write) = write {
         if let Err(code) = broker.write_consumer_group(group, write).await {

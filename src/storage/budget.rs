@@ -56,6 +56,11 @@ impl PutBudget {
         self.rate
     }
 
+    /// The PUTs per second of `class`'s share.
+    pub fn class_rate(&self, class: Class) -> f64 {
+        self.bucket(class).rate
+    }
+
     fn bucket(&self, class: Class) -> &TokenBucket {
         match class {
             Class::Foreground => &self.foreground,

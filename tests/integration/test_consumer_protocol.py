@@ -262,7 +262,7 @@ def _read_cstr(r):
     return s
 
 
-def heartbeat_v0(bootstrap, group, member_id, epoch, topics):
+def heartbeat_v0(bootstrap, group, member_id, epoch, topics, interval=False):
     body = (_cstr(group) + _cstr(member_id) + struct.pack(">i", epoch) + _cstr(None) + _cstr(None)
             + struct.pack(">i", 30000 if epoch == 0 else -1)
             + (_carray([_cstr(t) for t in topics]) if topics is not None else kwire.uvarint(0))
@@ -272,7 +272,10 @@ def heartbeat_v0(bootstrap, group, member_id, epoch, topics):
     error = r.i16()
     _read_cstr(r)  # message
     member = _read_cstr(r)
-    return error, member, r.i32()
+    epoch = r.i32()
+    if interval:
+        return error, member, epoch, r.i32()
+    return error, member, epoch
 
 
 def commit(bootstrap, group, member_id, epoch, topic, version=9):
@@ -319,6 +322,52 @@ QUICK = ["--group-consumer-session-timeout-ms=4000", "--group-consumer-heartbeat
 def quick_broker(request, tmp_path):
     """A broker whose consumer-protocol sessions end after 4 s (heartbeats every 0.5 s)."""
     yield from supervise(request, Broker(tmp_path / "strata", extra_args=QUICK))
+
+
+def test_a_groups_own_configs_set_its_heartbeat_interval_and_session(quick_broker, unique_topic):
+    """IncrementalAlterConfigs on a GROUP resource (KIP-848) through confluent-kafka's
+    admin client: the group's own `consumer.heartbeat.interval.ms` is what its heartbeats
+    are told, and its own `consumer.session.timeout.ms` keeps a silent member past the
+    broker's 4 s session. Out-of-bounds values, an interval not below the session and an
+    unknown name are INVALID_CONFIG; DescribeConfigs tells what is set from the defaults."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+    b, topic, group = quick_broker, unique_topic, f"{unique_topic}-g"
+    create_topic(b.bootstrap, topic, 1)
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+
+    def alter(**configs):
+        entries = [ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET)
+                   for k, v in configs.items()]
+        res = ConfigResource(ResourceType.GROUP, group, incremental_configs=entries)
+        [f] = admin.incremental_alter_configs([res]).values()
+        try:
+            f.result(timeout=30)
+            return KafkaError.NO_ERROR
+        except KafkaException as e:
+            return e.args[0].code()
+
+    assert alter(consumer_session_timeout_ms="20000", consumer_heartbeat_interval_ms="1500") == KafkaError.NO_ERROR
+    assert alter(consumer_session_timeout_ms="100") == KafkaError.INVALID_CONFIG
+    assert alter(consumer_heartbeat_interval_ms="20000") == KafkaError.INVALID_CONFIG
+    assert alter(share_session_timeout_ms="20000") == KafkaError.INVALID_CONFIG
+    [f] = admin.describe_configs([ConfigResource(ResourceType.GROUP, group)]).values()
+    described = {n: (c.value, int(c.source)) for n, c in f.result(timeout=30).items()}
+    assert described == {"consumer.session.timeout.ms": ("20000", 8),  # GROUP_CONFIG
+                         "consumer.heartbeat.interval.ms": ("1500", 8)}, described
+    [f] = admin.describe_configs([ConfigResource(ResourceType.GROUP, f"{group}-other")]).values()
+    other = {n: (c.value, int(c.source)) for n, c in f.result(timeout=30).items()}
+    assert other["consumer.session.timeout.ms"] == ("4000", 5), other  # the broker's, DEFAULT_CONFIG
+
+    error, member, epoch, interval = heartbeat_v0(b.bootstrap, group, "", 0, [topic], interval=True)
+    assert error == 0 and epoch >= 1, (error, member, epoch)
+    assert interval == 1500
+    # Silent for twice the broker's session, within the group's own: still a member.
+    time.sleep(8)
+    error, _, still, interval = heartbeat_v0(b.bootstrap, group, member, epoch, None, interval=True)
+    assert (error, still, interval) == (0, epoch, 1500)
+    # Another group keeps the broker's settings.
+    error, _, _, interval = heartbeat_v0(b.bootstrap, f"{group}-other", "", 0, [topic], interval=True)
+    assert (error, interval) == (0, 500)
 
 
 MEMBER = """

@@ -19,8 +19,8 @@ use kafka_protocol::error::ResponseError;
 use tokio::time::Instant;
 
 use super::{
-    record, ConsumerGroup, GroupState, Heartbeat, HeartbeatError, HeartbeatReply, Settings,
-    TopicId, JOIN_EPOCH,
+    record, ConsumerGroup, GroupState, Heartbeat, HeartbeatError, HeartbeatReply, Overrides,
+    Settings, TopicId, JOIN_EPOCH,
 };
 
 /// Stripes of the per-group write lock: bounded, whatever the number of groups.
@@ -53,6 +53,9 @@ struct Entry {
     /// Each member's client id and host, as its last heartbeat came (not written: the
     /// next heartbeat brings them to a new coordinator).
     clients: HashMap<String, (String, String)>,
+    /// The group's own configs as of its last heartbeat (kept in the metadata state;
+    /// each heartbeat brings them).
+    overrides: Overrides,
 }
 
 impl Entry {
@@ -170,6 +173,7 @@ impl ConsumerGroups {
                 seq,
                 written: Some(bytes.to_vec()),
                 clients: HashMap::new(),
+                overrides: Overrides::default(),
             },
         );
     }
@@ -193,7 +197,8 @@ impl ConsumerGroups {
     }
 
     /// One heartbeat. `regex` is the request's `SubscribedTopicRegex` (v1): `Some("")`
-    /// clears a pattern, as Kafka treats an empty one.
+    /// clears a pattern, as Kafka treats an empty one. `overrides`: the group's own
+    /// configs now.
     pub fn heartbeat(
         &self,
         group_id: &str,
@@ -201,6 +206,7 @@ impl ConsumerGroups {
         regex: Option<&str>,
         topics: &BTreeMap<String, (TopicId, i32)>,
         caller: &Caller<'_>,
+        overrides: Overrides,
     ) -> (Result<HeartbeatReply, HeartbeatError>, Option<Write>) {
         let now_ms = self.now_ms(Instant::now());
         let pattern = match regex {
@@ -238,7 +244,9 @@ impl ConsumerGroups {
             hb.subscribed_topics = Some(matched);
         }
         let member_id = hb.member_id.clone();
-        let result = entry.group.heartbeat(hb, topics, &self.settings, now_ms);
+        entry.overrides = overrides;
+        let settings = self.settings.with(overrides);
+        let result = entry.group.heartbeat(hb, topics, &settings, now_ms);
         if entry.group.members.contains_key(&member_id) {
             entry.clients.insert(
                 member_id.clone(),
@@ -265,7 +273,9 @@ impl ConsumerGroups {
         let mut groups = self.lock();
         let mut writes = Vec::new();
         for (id, entry) in groups.iter_mut() {
-            let gone = entry.group.expire(&self.settings, now_ms);
+            let gone = entry
+                .group
+                .expire(&self.settings.with(entry.overrides), now_ms);
             if gone.is_empty() {
                 continue;
             }
@@ -357,6 +367,10 @@ mod tests {
         host: "127.0.0.1",
         may_describe: &anyone,
     };
+    const NONE: Overrides = Overrides {
+        heartbeat_interval_ms: None,
+        session_timeout_ms: None,
+    };
 
     const T1: TopicId = [1; 16];
     const T2: TopicId = [2; 16];
@@ -373,12 +387,38 @@ mod tests {
     }
 
     #[test]
+    fn a_groups_own_configs_set_its_interval_and_session() {
+        let groups = ConsumerGroups::new(Settings::default());
+        let topics = [("a".to_owned(), (T1, 2))].into();
+        let own = Overrides {
+            heartbeat_interval_ms: Some(2_000),
+            session_timeout_ms: Some(10_000),
+        };
+        let reply = groups
+            .heartbeat("g", join("m", &["a"]), None, &topics, &ANYONE, own)
+            .0
+            .map(|r| r.heartbeat_interval_ms);
+        assert_eq!(reply, Ok(2_000));
+        let reply = groups
+            .heartbeat("h", join("m", &["a"]), None, &topics, &ANYONE, NONE)
+            .0
+            .map(|r| r.heartbeat_interval_ms);
+        assert_eq!(reply, Ok(5_000));
+        // Past g's own session and within the broker's: only g's member is fenced.
+        let fenced = groups.expire(Instant::now() + std::time::Duration::from_secs(11));
+        let fenced: Vec<&str> = fenced.iter().map(|(g, _)| g.as_str()).collect();
+        assert_eq!(fenced, ["g"]);
+        assert!(!groups.contains("g"));
+        assert!(groups.contains("h"));
+    }
+
+    #[test]
     fn commits_are_checked_against_the_member_epoch() {
         let groups = ConsumerGroups::new(Settings::default());
         let topics = [("a".to_owned(), (T1, 2))].into();
         assert_eq!(groups.check_offset_commit("g", "m", 1, true), None);
         let reply = groups
-            .heartbeat("g", join("m", &["a"]), None, &topics, &ANYONE)
+            .heartbeat("g", join("m", &["a"]), None, &topics, &ANYONE, NONE)
             .0;
         let epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
         assert!(epoch > 0);
@@ -408,7 +448,7 @@ mod tests {
             ..join("m", &["a"])
         };
         assert!(groups
-            .heartbeat("g", leave, None, &topics, &ANYONE)
+            .heartbeat("g", leave, None, &topics, &ANYONE, NONE)
             .0
             .is_ok());
         assert!(!groups.contains("g"));
@@ -423,6 +463,7 @@ mod tests {
                     None,
                     &topics,
                     &ANYONE,
+                    NONE,
                 )
                 .0,
             Err(HeartbeatError::UnknownMemberId)
@@ -436,12 +477,12 @@ mod tests {
         topics.insert("orders-eu".to_owned(), (T2, 1));
         assert_eq!(
             groups
-                .heartbeat("g", join("m", &[]), Some("orders("), &topics, &ANYONE)
+                .heartbeat("g", join("m", &[]), Some("orders("), &topics, &ANYONE, NONE)
                 .0,
             Err(HeartbeatError::InvalidRegularExpression)
         );
         let reply = groups
-            .heartbeat("g", join("m", &[]), Some("orders"), &topics, &ANYONE)
+            .heartbeat("g", join("m", &[]), Some("orders"), &topics, &ANYONE, NONE)
             .0;
         let reply = reply.expect("join");
         // Full match: "orders" does not take "orders-eu".
@@ -453,7 +494,14 @@ mod tests {
         );
 
         let reply = groups
-            .heartbeat("g", join("n", &[]), Some("orders.*"), &topics, &ANYONE)
+            .heartbeat(
+                "g",
+                join("n", &[]),
+                Some("orders.*"),
+                &topics,
+                &ANYONE,
+                NONE,
+            )
             .0;
         assert!(reply.is_ok());
         let subscribed = |g: &ConsumerGroups, m: &str| {
@@ -472,7 +520,10 @@ mod tests {
             member_epoch: epoch.unwrap_or_default(),
             ..Heartbeat::default()
         };
-        assert!(groups.heartbeat("g", hb, None, &topics, &ANYONE).0.is_ok());
+        assert!(groups
+            .heartbeat("g", hb, None, &topics, &ANYONE, NONE)
+            .0
+            .is_ok());
         assert!(subscribed(&groups, "n").contains("orders-us"));
     }
 
@@ -488,13 +539,14 @@ mod tests {
             ..join("m", &["a", "b"])
         };
         let refused = groups
-            .heartbeat("g", asking("uniform"), None, &topics, &ANYONE)
+            .heartbeat("g", asking("uniform"), None, &topics, &ANYONE, NONE)
             .0;
         assert_eq!(refused, Err(HeartbeatError::UnsupportedAssignor));
         // Without a preference, range: partition 0 of each topic to the first member
         // (uniform would give each member one).
         for member in ["m", "n"] {
-            let reply = groups.heartbeat("g", join(member, &["a", "b"]), None, &topics, &ANYONE);
+            let reply =
+                groups.heartbeat("g", join(member, &["a", "b"]), None, &topics, &ANYONE, NONE);
             assert!(reply.0.is_ok());
         }
         let counts: Vec<usize> = groups
@@ -516,10 +568,11 @@ mod tests {
         let topics: BTreeMap<String, (TopicId, i32)> =
             [("a".to_owned(), (T1, 4)), ("b".to_owned(), (T2, 1))].into();
         let mut last = None;
-        let (reply, write) = first.heartbeat("g", join("m", &["a"]), None, &topics, &ANYONE);
+        let (reply, write) = first.heartbeat("g", join("m", &["a"]), None, &topics, &ANYONE, NONE);
         let m_epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
         last = write.or(last);
-        let (reply, write) = first.heartbeat("g", join("n", &[]), Some("b"), &topics, &ANYONE);
+        let (reply, write) =
+            first.heartbeat("g", join("n", &[]), Some("b"), &topics, &ANYONE, NONE);
         let n_epoch = reply.map(|r| r.member_epoch).unwrap_or_default();
         last = write.or(last);
         let Some(Write {
@@ -536,7 +589,7 @@ mod tests {
             member_epoch: epoch,
             ..Heartbeat::default()
         };
-        let (reply, write) = first.heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE);
+        let (reply, write) = first.heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE, NONE);
         assert!(reply.is_ok() && write.is_none(), "{reply:?} {write:?}");
 
         let next = ConsumerGroups::new(Settings::default());
@@ -562,6 +615,7 @@ mod tests {
             None,
             &topics,
             &ANYONE,
+            NONE,
         );
         // As the old coordinator would have answered: neither fenced nor unknown.
         let (same, _) = first.heartbeat(
@@ -573,17 +627,18 @@ mod tests {
             None,
             &topics,
             &ANYONE,
+            NONE,
         );
         assert_eq!(reply, same);
         let m_now = reply.map(|r| r.member_epoch).unwrap_or_default();
         assert!(m_now >= m_epoch);
         let n_reply = next
-            .heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE)
+            .heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE, NONE)
             .0;
         assert_eq!(
             n_reply,
             first
-                .heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE)
+                .heartbeat("g", hb("n", n_epoch), None, &topics, &ANYONE, NONE)
                 .0
         );
         assert!(n_reply.is_ok());
@@ -594,10 +649,10 @@ mod tests {
         // The last member's leave removes the group from the log.
         let leave = |id: &str| hb(id, crate::group::consumer::LEAVE_EPOCH);
         assert!(next
-            .heartbeat("g", leave("m"), None, &topics, &ANYONE)
+            .heartbeat("g", leave("m"), None, &topics, &ANYONE, NONE)
             .1
             .is_some_and(|w| w.bytes.is_some()));
-        let (_, gone) = next.heartbeat("g", leave("n"), None, &topics, &ANYONE);
+        let (_, gone) = next.heartbeat("g", leave("n"), None, &topics, &ANYONE, NONE);
         assert!(gone.is_some_and(|w| w.bytes.is_none() && w.seq > seq));
     }
 }

@@ -54,6 +54,51 @@ pub struct Settings {
     pub assignors: Vec<String>,
 }
 
+/// A group's own `consumer.session.timeout.ms` (Kafka's GROUP config resource).
+pub const SESSION_TIMEOUT_CONFIG: &str = "consumer.session.timeout.ms";
+/// A group's own `consumer.heartbeat.interval.ms`.
+pub const HEARTBEAT_INTERVAL_CONFIG: &str = "consumer.heartbeat.interval.ms";
+
+/// What a group's own configs replace of the broker's [`Settings`]; they take effect at
+/// the group's next heartbeat, as in Kafka.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub heartbeat_interval_ms: Option<i32>,
+    pub session_timeout_ms: Option<i64>,
+}
+
+impl Overrides {
+    /// From the configs set on the group (validated when they were set; anything that
+    /// does not parse is left to the broker's setting).
+    pub fn from_configs(configs: &BTreeMap<String, String>) -> Self {
+        Self {
+            heartbeat_interval_ms: configs
+                .get(HEARTBEAT_INTERVAL_CONFIG)
+                .and_then(|v| v.trim().parse().ok()),
+            session_timeout_ms: configs
+                .get(SESSION_TIMEOUT_CONFIG)
+                .and_then(|v| v.trim().parse().ok()),
+        }
+    }
+}
+
+impl Settings {
+    /// The settings for a group with `overrides`: borrowed when it has none.
+    pub fn with(&self, overrides: Overrides) -> std::borrow::Cow<'_, Settings> {
+        if overrides == Overrides::default() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut settings = self.clone();
+        if let Some(ms) = overrides.heartbeat_interval_ms {
+            settings.heartbeat_interval_ms = ms;
+        }
+        if let Some(ms) = overrides.session_timeout_ms {
+            settings.session_timeout_ms = ms;
+        }
+        std::borrow::Cow::Owned(settings)
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {

@@ -542,6 +542,11 @@ impl MetadataRaft {
         self.inner.applied.clone()
     }
 
+    /// The last applied index now.
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
     /// Resolves when the Raft core has stopped on its own (a storage error, a panic in the
     /// core), with the reason. A broker in that state can serve only stale metadata and
     /// commit nothing, so the binary exits rather than stay up half-working.

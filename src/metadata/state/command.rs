@@ -215,6 +215,14 @@ pub enum Command {
         coordinator: u64,
         epoch: i32,
     },
+    /// IncrementalAlterConfigs / AlterConfigs on a GROUP resource (format 11; appended
+    /// last, as postcard numbers variants in order): a group's own `consumer.*` configs,
+    /// validated by the broker that proposes them.
+    AlterGroupConfigs {
+        group: String,
+        replace: bool,
+        changes: BTreeMap<String, Option<String>>,
+    },
 }
 
 /// How a chunk of [`Command::CommitSegments`] takes part in transactions (format 6).

@@ -88,6 +88,9 @@ pub struct MetadataState {
     /// Consumer-protocol groups (format 10), as their coordinators encode them.
     #[serde(deserialize_with = "codec::since_format_10")]
     consumer_groups: BTreeMap<String, offsets::ConsumerGroupRecord>,
+    /// Dynamic configs of GROUP resources, by group id (format 11).
+    #[serde(deserialize_with = "codec::since_format_11")]
+    group_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Sizes of the state, for the stats file and the soak benchmark.
@@ -136,7 +139,8 @@ impl MetadataState {
             | Command::DeleteTopic { .. }
             | Command::CreatePartitions { .. }
             | Command::AlterTopicConfigs { .. }
-            | Command::AlterBrokerConfigs { .. } => self.apply_topics(cmd),
+            | Command::AlterBrokerConfigs { .. }
+            | Command::AlterGroupConfigs { .. } => self.apply_topics(cmd),
             Command::CommitSegments { .. }
             | Command::DeleteRecords { .. }
             | Command::Compact(_)
@@ -224,6 +228,7 @@ impl MetadataState {
             access: AccessState::default(),
             txns: Transactions::default(),
             consumer_groups: BTreeMap::new(),
+            group_configs: BTreeMap::new(),
         }
     }
 

@@ -86,6 +86,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 .into_iter()
                 .collect(),
         }),
+        (any::<bool>(), 0..3u8).prop_map(|(replace, v)| Command::AlterGroupConfigs {
+            group: "g".into(),
+            replace,
+            changes: [(
+                "consumer.session.timeout.ms".to_string(),
+                (v > 0).then(|| (45_000 + u32::from(v)).to_string()),
+            )]
+            .into_iter()
+            .collect(),
+        }),
         (topic.clone(), 0..4i32, 0..1000i64).prop_map(|(t, p, o)| Command::CommitOffsets {
             group: "g".into(),
             offsets: vec![OffsetCommit {
@@ -519,11 +529,11 @@ fn format_4_and_5_states_decode_without_later_fields() -> Result<(), codec::Code
     });
     let current = codec::encode(Kind::LocalSnapshot, &(state.clone(), 7u64))?;
     // An empty access state is three empty collections, an empty transaction state
-    // two, no consumer groups one: one zero length byte each, right before the trailing
-    // u64 (one byte).
+    // two, no consumer groups one, no group configs one: one zero length byte each,
+    // right before the trailing u64 (one byte).
     let end = current.len() - 1;
-    assert_eq!(&current[end - 6..end], &[0, 0, 0, 0, 0, 0]);
-    for (format, strip) in [(4u16, 6), (5, 3), (9, 1)] {
+    assert_eq!(&current[end - 7..end], &[0, 0, 0, 0, 0, 0, 0]);
+    for (format, strip) in [(4u16, 7), (5, 4), (9, 2), (10, 1)] {
         let mut bytes = current.clone();
         bytes.drain(end - strip..end);
         bytes[4..6].copy_from_slice(&format.to_le_bytes());
@@ -580,7 +590,9 @@ fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::
         vec![entry("t", 0, 3), entry("t", 1, 2)],
     ));
     let mut bytes = codec::encode(Kind::LocalSnapshot, &state)?;
-    // Format 10's consumer groups, empty here: one zero byte at the end.
+    // Format 10's consumer groups and format 11's group configs, empty here: one zero
+    // byte each at the end.
+    assert_eq!(bytes.pop(), Some(0));
     assert_eq!(bytes.pop(), Some(0));
     bytes[4..6].copy_from_slice(&6u16.to_le_bytes());
     assert_eq!(
@@ -612,6 +624,18 @@ fn format_6_blobs_decode_and_format_7_variants_come_last() -> Result<(), codec::
             }
         )?),
         27
+    );
+    // Format 11's command comes after format 10's (31), last.
+    assert_eq!(
+        first_byte(codec::encode(
+            Kind::LogRecord,
+            &Command::AlterGroupConfigs {
+                group: "g".into(),
+                replace: false,
+                changes: BTreeMap::new()
+            }
+        )?),
+        32
     );
 
     // A state holding a shared object survives the current format.

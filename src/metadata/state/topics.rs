@@ -72,6 +72,18 @@ impl MetadataState {
                 self.alter_broker_configs(*broker, *replace, changes);
                 Response::Empty
             }
+            Command::AlterGroupConfigs {
+                group,
+                replace,
+                changes,
+            } => {
+                let configs = self.group_configs.entry(group.clone()).or_default();
+                patch(configs, *replace, changes);
+                if configs.is_empty() {
+                    self.group_configs.remove(group);
+                }
+                Response::Empty
+            }
             // `apply` routes no other command here.
             _ => Response::Empty,
         }
@@ -231,6 +243,11 @@ impl MetadataState {
     /// Dynamic broker configs: cluster-wide defaults ("") or one broker's (its id).
     pub fn broker_configs(&self, scope: &str) -> Option<&BTreeMap<String, String>> {
         self.broker_configs.get(scope)
+    }
+
+    /// What was set on the GROUP resource `group`.
+    pub fn group_configs(&self, group: &str) -> Option<&BTreeMap<String, String>> {
+        self.group_configs.get(group)
     }
 
     /// What topic configs resolve through for broker `node`, below a topic's own values:
@@ -478,6 +495,37 @@ mod tests {
         let restored: MetadataState =
             serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(restored.preferred_broker("b", 3), Some(2));
+    }
+
+    #[test]
+    fn group_configs_are_patched_per_group_and_kept_in_snapshots() {
+        let mut s = MetadataState::default();
+        let alter =
+            |group: &str, replace, kv: &[(&str, Option<&str>)]| Command::AlterGroupConfigs {
+                group: group.to_owned(),
+                replace,
+                changes: kv
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                    .collect(),
+            };
+        let hb = "consumer.heartbeat.interval.ms";
+        let session = "consumer.session.timeout.ms";
+        s.apply(&alter("g", false, &[(hb, Some("6000"))]));
+        s.apply(&alter("g", false, &[(session, Some("50000"))]));
+        s.apply(&alter("h", false, &[(session, Some("46000"))]));
+        let g = s.group_configs("g").unwrap();
+        assert_eq!(g.get(hb).map(String::as_str), Some("6000"));
+        assert_eq!(g.get(session).map(String::as_str), Some("50000"));
+        let restored: MetadataState =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(restored.group_configs("g"), s.group_configs("g"));
+        // A whole set replaces; deleting the last one forgets the group's entry.
+        s.apply(&alter("g", true, &[(session, Some("47000"))]));
+        assert_eq!(s.group_configs("g").unwrap().len(), 1);
+        s.apply(&alter("g", false, &[(session, None)]));
+        assert!(s.group_configs("g").is_none());
+        assert!(s.group_configs("h").is_some());
     }
 
     #[test]
