@@ -585,18 +585,29 @@ async fn alter_broker(
         .read(|s| s.broker_configs(name).cloned())
         .unwrap_or_default();
     let changes = config_changes(Scope::Broker, &current, configs)?;
-    if validate_only {
-        return Ok(());
-    }
     let cmd = Command::AlterBrokerConfigs {
         broker: scope,
         replace,
         changes,
     };
-    match broker.propose(cmd).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
+    propose_unless_validating(broker, cmd, validate_only).await
+}
+
+/// Proposes a validated change, unless the request only validates; one that does not
+/// commit is REQUEST_TIMED_OUT.
+async fn propose_unless_validating(
+    broker: &Arc<Broker>,
+    cmd: Command,
+    validate_only: bool,
+) -> Result<(), (ResponseError, String)> {
+    if validate_only {
+        return Ok(());
     }
+    broker
+        .propose(cmd)
+        .await
+        .map(|_| ())
+        .map_err(|e| (ResponseError::RequestTimedOut, e.to_string()))
 }
 
 /// One GROUP resource: a consumer group's own configs, whether or not the group exists
@@ -627,18 +638,12 @@ async fn alter_group(
     }
     check_group_configs(&broker_group_defaults(broker), &after)
         .map_err(|m| (ResponseError::InvalidConfig, m))?;
-    if validate_only {
-        return Ok(());
-    }
     let cmd = Command::AlterGroupConfigs {
         group: name.to_owned(),
         replace,
         changes,
     };
-    match broker.propose(cmd).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
-    }
+    propose_unless_validating(broker, cmd, validate_only).await
 }
 
 /// One resource of an alter request: (resource type, name, [(key, operation, value)]).
