@@ -205,6 +205,36 @@ impl Broker {
         }
     }
 
+    /// Takes up the stored consumer-protocol groups this broker coordinates and holds
+    /// no newer copy of. A group whose coordinator died together with its members (or
+    /// whose members never came back) would otherwise keep its record in the metadata
+    /// log forever, since only a request about the group loads it. Loaded, its members
+    /// get a session from now; if none heartbeats, the ticker fences them and the
+    /// group's removal is written. Returns how many were taken up.
+    pub fn adopt_consumer_groups(&self) -> usize {
+        if self.fenced() {
+            return 0;
+        }
+        let me = self.config.node.id;
+        let stored: Vec<(String, u64)> = self.read(|s| {
+            let cluster = s.cluster();
+            s.consumer_group_seqs()
+                .filter(|(g, _)| cluster.coordinator(g).is_none_or(|c| c == me))
+                .map(|(g, seq)| (g.clone(), seq))
+                .collect()
+        });
+        // The state's lock is let go before the groups' is taken (as on a heartbeat).
+        let consumer = self.groups.consumer();
+        let mut adopted = 0;
+        for (group, seq) in stored {
+            if consumer.is_behind(&group, seq) {
+                self.load_consumer_group(&group);
+                adopted += 1;
+            }
+        }
+        adopted
+    }
+
     /// Commits a consumer-protocol group's write to the metadata log, as its coordinator
     /// at the current cluster epoch. NOT_COORDINATOR when this broker no longer
     /// coordinates the group, COORDINATOR_NOT_AVAILABLE when the log cannot take it.

@@ -28,6 +28,9 @@ use crate::txn::TxnCoordinator;
 
 /// Uploads the write buffer keeps in flight at once.
 const MAX_INFLIGHT_UPLOADS: usize = 4;
+/// How often stored consumer groups nobody asked about are looked for (or each session
+/// timeout, if shorter).
+const ADOPT_EVERY: Duration = Duration::from_secs(30);
 
 /// Why the broker could not start; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +171,26 @@ impl Broker {
                     });
                 }
             }));
+        // Stored groups nobody asks about are taken up, so their fenced members leave.
+        let weak = Arc::downgrade(&broker);
+        let every = broker
+            .config
+            .groups
+            .consumer_session_timeout
+            .min(ADOPT_EVERY);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(broker) = weak.upgrade() else { break };
+                let adopted = broker.adopt_consumer_groups();
+                if adopted > 0 {
+                    tracing::info!(
+                        adopted,
+                        "took up stored consumer groups that no member has come back to"
+                    );
+                }
+            }
+        });
         let tasks = BrokerTasks {
             flusher,
             snapshot_shipper,

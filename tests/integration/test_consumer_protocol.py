@@ -3,6 +3,7 @@ confluent-kafka (librdkafka 2.16): the broker computes the assignment, members
 reconcile through ConsumerGroupHeartbeat, commits carry the member epoch
 (OffsetCommit v9), and the assignment's topic ids resolve through Metadata."""
 
+import json
 import signal
 import struct
 import subprocess
@@ -368,6 +369,40 @@ def test_a_groups_own_configs_set_its_heartbeat_interval_and_session(quick_broke
     # Another group keeps the broker's settings.
     error, _, _, interval = heartbeat_v0(b.bootstrap, f"{group}-other", "", 0, [topic], interval=True)
     assert (error, interval) == (0, 500)
+
+
+def stored_consumer_groups(b):
+    """The consumer-protocol groups the metadata state holds, from the stats file."""
+    try:
+        return json.loads((b.data_dir / "stats.json").read_text()).get("consumer_groups")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_a_group_no_member_returns_to_leaves_the_metadata(quick_broker, unique_topic):
+    """A coordinator that dies with its group's members leaves the group's record in the
+    metadata log, and only a request about the group would load it again. The restarted
+    broker takes such groups up by itself (every session timeout, at most 30 s), fences
+    the members after their session and writes the removal: the record does not stay
+    forever."""
+    b, topic, group = quick_broker, unique_topic, f"{unique_topic}-g"
+    create_topic(b.bootstrap, topic, 1)
+    error, member, epoch = heartbeat_v0(b.bootstrap, group, "", 0, [topic])
+    assert error == 0 and epoch >= 1, (error, member, epoch)
+    # The member heartbeats until the stats file shows its group stored.
+    deadline = time.monotonic() + 20
+    while stored_consumer_groups(b) != 1:
+        assert time.monotonic() < deadline, f"stats.json: {stored_consumer_groups(b)}"
+        time.sleep(0.5)
+        error, _, epoch = heartbeat_v0(b.bootstrap, group, member, epoch, None)
+        assert error == 0
+    b.stop(signal.SIGKILL)
+    b.start()
+    # Nobody heartbeats or asks about the group from here on.
+    deadline = time.monotonic() + 40
+    while stored_consumer_groups(b) != 0:
+        assert time.monotonic() < deadline, f"the dead group is still stored: {stored_consumer_groups(b)}"
+        time.sleep(0.5)
 
 
 MEMBER = """

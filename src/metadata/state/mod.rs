@@ -110,6 +110,8 @@ pub struct StateStats {
     pub shared_sections: usize,
     pub garbage_objects: usize,
     pub groups: usize,
+    /// Consumer-protocol groups' stored records (KIP-848).
+    pub consumer_groups: usize,
     pub producer_ids: usize,
     pub transactional_ids: usize,
     /// Aborted transactions the state holds (the rest are in segment footers).
@@ -285,6 +287,7 @@ impl MetadataState {
         let mut stats = StateStats {
             topics: self.topics.len(),
             groups: self.groups.len(),
+            consumer_groups: self.consumer_groups.len(),
             producer_ids: self.producer_epochs.len(),
             transactional_ids: self.txns.len(),
             garbage_objects: self.objects.garbage_count(),

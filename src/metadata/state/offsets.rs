@@ -150,6 +150,11 @@ impl MetadataState {
         self.consumer_groups.get(group)
     }
 
+    /// Every stored consumer-protocol group, with the number of its last write.
+    pub fn consumer_group_seqs(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.consumer_groups.iter().map(|(g, r)| (g, r.seq))
+    }
+
     /// A commit from the group's coordinator, which must still coordinate the group at
     /// the cluster epoch it decided with (see [`Command::CommitGroupOffsets`]).
     fn commit_group_offsets(
