@@ -669,3 +669,45 @@ def test_consumer_protocol_sees_only_topics_it_may_describe(acl_broker):
         assert m is None or m.error() is not None, "read a topic it may not describe"
     named.close()
     assert TOPIC_AUTH in errors, errors
+
+
+def test_a_groups_own_configs_need_the_groups_config_acls(acl_broker):
+    """GROUP config resources (KIP-848) are authorized on the group, as Kafka does:
+    ALTER_CONFIGS to change them, DESCRIBE_CONFIGS to read them, else
+    GROUP_AUTHORIZATION_FAILED."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+    b = acl_broker
+    create_users(b, "dave")
+    create_acls(b, [
+        acl(ResourceType.GROUP, "dave-", ResourcePatternType.PREFIXED, "User:dave",
+            AclOperation.ALTER_CONFIGS, AclPermissionType.ALLOW),
+        acl(ResourceType.GROUP, "dave-", ResourcePatternType.PREFIXED, "User:dave",
+            AclOperation.DESCRIBE_CONFIGS, AclPermissionType.ALLOW),
+    ])
+    admin = admin_client(b, "dave")
+
+    def alter(group: str):
+        entry = ConfigEntry("consumer.session.timeout.ms", "50000",
+                            incremental_operation=AlterConfigOpType.SET)
+        [f] = admin.incremental_alter_configs(
+            [ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])]).values()
+        try:
+            f.result(timeout=15)
+            return None
+        except KafkaException as e:
+            return e.args[0].code()
+
+    def describe(group: str):
+        [f] = admin.describe_configs([ConfigResource(ResourceType.GROUP, group)]).values()
+        try:
+            return {n: c.value for n, c in f.result(timeout=15).items()}
+        except KafkaException as e:
+            return e.args[0].code()
+
+    def may_alter_own():
+        assert alter("dave-g") is None
+
+    eventually(may_alter_own, "dave may alter dave-g's configs")
+    assert describe("dave-g")["consumer.session.timeout.ms"] == "50000"
+    assert alter("other-g") == GROUP_AUTH
+    assert describe("other-g") == GROUP_AUTH
