@@ -522,11 +522,18 @@ async fn alter_resource(
 ) -> Result<(), (ResponseError, String)> {
     match resource_type {
         TOPIC => {}
-        BROKER => {
-            return alter_broker(broker, name, replace, configs, validate_only).await;
-        }
-        GROUP => {
-            return alter_group(broker, name, replace, configs, validate_only).await;
+        BROKER | GROUP => {
+            let alter = Alter {
+                name,
+                replace,
+                configs,
+                validate_only,
+            };
+            return if resource_type == BROKER {
+                alter_broker(broker, alter).await
+            } else {
+                alter_group(broker, alter).await
+            };
         }
         other => {
             return Err((
@@ -563,15 +570,22 @@ async fn alter_resource(
     }
 }
 
+/// What one resource of an alter request asks: its name, whether the given set replaces
+/// what is there, the changes `(key, operation, value)`, and whether only to validate.
+#[derive(Clone, Copy)]
+struct Alter<'a> {
+    name: &'a str,
+    replace: bool,
+    configs: &'a [(String, i8, Option<String>)],
+    validate_only: bool,
+}
+
 /// One BROKER resource: dynamic broker configs, cluster-wide ("") or one broker's.
 async fn alter_broker(
     broker: &Arc<Broker>,
-    name: &str,
-    replace: bool,
-    configs: &[(String, i8, Option<String>)],
-    validate_only: bool,
+    alter: Alter<'_>,
 ) -> Result<(), (ResponseError, String)> {
-    let scope = broker_scope(name)?;
+    let scope = broker_scope(alter.name)?;
     if let Some(id) = scope {
         let known = id == broker.id() || broker.read(|s| s.cluster().broker(id).is_some());
         if !known {
@@ -582,15 +596,15 @@ async fn alter_broker(
         }
     }
     let current = broker
-        .read(|s| s.broker_configs(name).cloned())
+        .read(|s| s.broker_configs(alter.name).cloned())
         .unwrap_or_default();
-    let changes = config_changes(Scope::Broker, &current, configs)?;
+    let changes = config_changes(Scope::Broker, &current, alter.configs)?;
     let cmd = Command::AlterBrokerConfigs {
         broker: scope,
-        replace,
+        replace: alter.replace,
         changes,
     };
-    propose_unless_validating(broker, cmd, validate_only).await
+    propose_unless_validating(broker, cmd, alter.validate_only).await
 }
 
 /// Proposes a validated change, unless the request only validates; one that does not
@@ -614,22 +628,23 @@ async fn propose_unless_validating(
 /// (as in Kafka); they take effect at its members' next heartbeats.
 async fn alter_group(
     broker: &Arc<Broker>,
-    name: &str,
-    replace: bool,
-    configs: &[(String, i8, Option<String>)],
-    validate_only: bool,
+    alter: Alter<'_>,
 ) -> Result<(), (ResponseError, String)> {
-    if name.is_empty() {
+    if alter.name.is_empty() {
         return Err((
             ResponseError::InvalidRequest,
             "A GROUP resource must name a group".into(),
         ));
     }
     let current = broker
-        .read(|s| s.group_configs(name).cloned())
+        .read(|s| s.group_configs(alter.name).cloned())
         .unwrap_or_default();
-    let changes = config_changes(Scope::Group, &current, configs)?;
-    let mut after = if replace { BTreeMap::new() } else { current };
+    let changes = config_changes(Scope::Group, &current, alter.configs)?;
+    let mut after = if alter.replace {
+        BTreeMap::new()
+    } else {
+        current
+    };
     for (k, v) in &changes {
         match v {
             Some(v) => after.insert(k.clone(), v.clone()),
@@ -639,11 +654,11 @@ async fn alter_group(
     check_group_configs(&broker_group_defaults(broker), &after)
         .map_err(|m| (ResponseError::InvalidConfig, m))?;
     let cmd = Command::AlterGroupConfigs {
-        group: name.to_owned(),
-        replace,
+        group: alter.name.to_owned(),
+        replace: alter.replace,
         changes,
     };
-    propose_unless_validating(broker, cmd, validate_only).await
+    propose_unless_validating(broker, cmd, alter.validate_only).await
 }
 
 /// One resource of an alter request: (resource type, name, [(key, operation, value)]).
